@@ -1,0 +1,158 @@
+"""The public Python API: load a spec, build a model, run it forward and backward."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from . import batch as batching
+from .autodiff import Program
+from .backend import Backend, get_backend
+from .compile import compile_graph
+from .errors import DataError
+from .graph import Graph
+from .init import initialize
+from .spec import Spec, load_spec
+
+__all__ = ["Model", "check", "load_spec"]
+
+
+def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+class Model:
+    """A spec with parameters on a backend.
+
+    `params` maps names such as `l0.W_ih` or `out.W` to backend arrays. Every method that
+    takes a batch compiles (once per sequence length and feedback mode) the unrolled graph.
+    """
+
+    def __init__(self, spec: Spec | str | os.PathLike | dict, backend: str | None = None,
+                 dtype: str | None = None, seed: int | None = None):
+        self.spec = _as_spec(spec)
+        self.backend: Backend = get_backend(backend or self.spec.backend,
+                                            dtype or self.spec.dtype)
+        self.seed = self.spec.seed if seed is None else seed
+        self._programs: dict[tuple, Program] = {}
+        probe = self.compiled(1, 1 if self.spec.model.feeds_back else None)
+        self.param_info = probe.param_info
+        self.params: dict[str, Any] = {}
+        self.set_params(initialize(self.param_info, self.seed))
+
+    # ---- parameters --------------------------------------------------------------------------
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Replace some or all parameters (host or backend arrays); shapes must match."""
+        for name, value in params.items():
+            if name not in self.param_info:
+                raise DataError(f"unknown parameter {name!r}; this model has: "
+                                f"{', '.join(sorted(self.param_info))}")
+            host = self.backend.to_numpy(value)
+            if tuple(host.shape) != self.param_info[name].shape:
+                raise DataError(f"parameter {name!r} must have shape "
+                                f"{self.param_info[name].shape}, got {tuple(host.shape)}")
+            self.params[name] = self.backend.asarray(host)
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(info.shape) for info in self.param_info.values()))
+
+    # ---- graphs ------------------------------------------------------------------------------
+
+    def compiled(self, steps: int, out_steps: int | None = None,
+                 feedback: str = "teacher") -> Graph:
+        return self.program(steps, out_steps, feedback).graph
+
+    def program(self, steps: int, out_steps: int | None = None,
+                feedback: str = "teacher") -> Program:
+        """The flattened program for one sequence length (cached)."""
+        key = (steps, out_steps, feedback)
+        if key not in self._programs:
+            self._programs[key] = Program(compile_graph(self.spec, steps, out_steps, feedback))
+        return self._programs[key]
+
+    def graph(self, steps: int, out_steps: int | None = None,
+              feedback: str = "teacher") -> nx.MultiDiGraph:
+        """The unrolled networkx.MultiDiGraph for `steps` input steps (and decoder steps)."""
+        if self.spec.model.feeds_back and out_steps is None:
+            out_steps = steps
+        return compile_graph(self.spec, steps, out_steps, feedback).nx
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def _run(self, batch: dict, feedback: str):
+        _, steps, out_steps = batching.shape_of(self.spec, batch)
+        program = self.program(steps, out_steps, feedback)
+        graph = program.graph
+        bk = self.backend
+        leaves = {key: bk.asarray(v) for key, v in batching.feeds(self.spec, graph, batch).items()}
+        leaves.update({key: self.params[name] for name, key in graph.params.items()})
+        leaves.update({key: bk.asarray(v) for key, v in program.consts.items()})
+        return program, program.forward(bk.xp, leaves)
+
+    def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
+        """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
+        `loss` (float, or None without `y`) and `state` (final states by name)."""
+        program, values = self._run(batch, feedback)
+        graph, xp = program.graph, self.backend.xp
+        preds = [values[k] for k in graph.outputs["predictions"]]
+        single = self.spec.model.pattern in ("many_to_one", "one_to_one")
+        out = {
+            "predictions": preds[0] if single else xp.stack(preds, axis=1),
+            "loss": float(values[graph.loss]) if batch.get("y") is not None else None,
+            "state": self._final_states(program, values),
+        }
+        return out
+
+    def _final_states(self, program: Program, values: dict) -> dict[str, Any]:
+        """The state after the last step of each input layer, named like `batch['state']`."""
+        states = {}
+        for key in program.graph.inputs:
+            scope, name, _ = key
+            if program.graph.inputs[key]["role"] != "state":
+                continue
+            var = name[:-1]
+            steps = [k[2] for k in program.order
+                     if k[0] == scope and k[1] == var and isinstance(k[2], int)]
+            # a reverse direction ends at t = 0
+            last = (min if scope.endswith(".bwd") else max)(steps, default=None)
+            if last is not None:
+                states[f"{scope}.{name}"] = values[(scope, var, last)]
+        return states
+
+    def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
+        """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""
+        if batch.get("y") is None:
+            raise DataError("loss_and_grads needs targets: give batch['y']")
+        program, values = self._run(batch, feedback)
+        grads = program.backward(self.backend.xp, values, program.graph.loss)
+        return float(values[program.graph.loss]), {
+            name: grads[key] for name, key in program.graph.params.items()}
+
+
+def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
+          out_steps: int | None = None) -> dict[str, Any]:
+    """Validate a spec and describe its unrolled graph: parameters, node and edge counts, and
+    the shape of every node of the first step (from a dry run on a random batch of 2)."""
+    model = Model(spec, backend="numpy", dtype="float64")
+    out_steps = out_steps or (steps if model.spec.model.feeds_back else None)
+    sample = batching.dummy(model.spec, 2, steps, out_steps)
+    program, values = model._run(sample, "teacher")
+    graph = program.graph
+    first = [k for k in program.order if k[2] in (0, None) and graph.node(k)["kind"] != "const"]
+    return {
+        "name": model.spec.name,
+        "pattern": model.spec.model.pattern,
+        "params": {name: info.shape for name, info in sorted(model.param_info.items())},
+        "num_params": model.num_params(),
+        "steps": len(sample["x"][0]) if sample["x"].ndim > 1 else 1,
+        "nodes": graph.nx.number_of_nodes(),
+        "edges": graph.nx.number_of_edges(),
+        "step_shapes": [(k, graph.node(k)["kind"], graph.node(k).get("op"),
+                         tuple(values[k].shape)) for k in first],
+        "loss": float(values[graph.loss]),
+    }
+

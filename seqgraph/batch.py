@@ -1,0 +1,161 @@
+"""A user's batch dict -> host arrays for every data node of the unrolled graph.
+
+A batch holds `x`, `y`, optional `lengths` (input steps per sequence), `y_lengths` (decoder
+steps, for one_to_many and encoder_decoder), `use_model` (B, T_out) booleans for scheduled
+sampling, and `state` ({"l0.h0": (B, H)}) to start from a carried hidden state.
+Padded steps get mask False and loss weight 0; the loss weight is 1/B on real steps, so the
+loss is the per-sequence sum over steps, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DataError
+from .graph import Graph, Key
+from .spec import IOSpec, Spec
+
+SINGLE_STEP_INPUT = ("one_to_one", "one_to_many")  # x has no time axis
+PER_STEP_TARGET = ("many_to_many", "one_to_many", "encoder_decoder")
+
+
+def _check_io(name: str, array: np.ndarray, io: IOSpec, leading: int, pattern: str) -> None:
+    lead = "(B, T" if leading == 2 else "(B"
+    want = f"{lead}) integer ids" if io.type == "ids" else f"{lead}, {io.size}) floats"
+    if io.type == "ids":
+        ok = array.ndim == leading and array.dtype.kind in "iu"
+        if ok and array.size and (array.min() < 0 or array.max() >= io.size):
+            raise DataError(f"batch[{name!r}] holds ids from {array.min()} to {array.max()}, "
+                            f"outside the vocab 0..{io.size - 1} of the spec")
+    else:
+        ok = array.ndim == leading + 1 and array.shape[-1] == io.size and array.dtype.kind == "f"
+        if ok and not np.all(np.isfinite(array)):
+            raise DataError(f"batch[{name!r}] contains NaN or Inf")
+    if not ok:
+        raise DataError(f"batch[{name!r}] has shape {array.shape} and dtype {array.dtype}; "
+                        f"{pattern} expects {want}")
+
+
+def _lengths(batch: dict, name: str, size: int, steps: int) -> np.ndarray:
+    if batch.get(name) is None:
+        return np.full(size, steps, dtype=np.int64)
+    lengths = np.asarray(batch[name])
+    if lengths.shape != (size,) or lengths.dtype.kind not in "iu":
+        raise DataError(f"batch[{name!r}] must be {size} integers, one per sequence")
+    if lengths.size and (lengths.min() < 1 or lengths.max() > steps):
+        raise DataError(f"batch[{name!r}] must lie in 1..{steps} (the padded length); "
+                        f"got {lengths.min()}..{lengths.max()}")
+    return lengths.astype(np.int64)
+
+
+def shape_of(spec: Spec, batch: dict) -> tuple[int, int, int | None]:
+    """(batch size, input steps, decoder steps) of a batch, checked against the spec."""
+    m = spec.model
+    if "x" not in batch:
+        raise DataError("the batch has no 'x'")
+    x = np.asarray(batch["x"])
+    leading = 1 if m.pattern in SINGLE_STEP_INPUT else 2
+    _check_io("x", x, m.input, leading, m.pattern)
+    size, steps = x.shape[0], (1 if leading == 1 else x.shape[1])
+    out_steps = None
+    if "y" in batch and batch["y"] is not None:
+        y = np.asarray(batch["y"])
+        y_leading = 2 if m.pattern in PER_STEP_TARGET else 1
+        _check_io("y", y, m.target, y_leading, m.pattern)
+        if y.shape[0] != size:
+            raise DataError(f"batch['y'] has {y.shape[0]} sequences but batch['x'] has {size}")
+        if m.pattern == "many_to_many" and y.shape[1] != steps:
+            raise DataError(f"batch['y'] has {y.shape[1]} steps but batch['x'] has {steps}; "
+                            "many_to_many needs one target per input step")
+        if m.feeds_back:
+            out_steps = y.shape[1]
+    elif m.feeds_back:
+        out_steps = int(batch.get("out_steps", 0))
+        if out_steps < 1:
+            raise DataError(f"{m.pattern} needs 'y' (or 'out_steps' when generating)")
+    return size, steps, out_steps
+
+
+def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
+    """Host arrays for every data node of `graph` (built for this batch's shape)."""
+    m = spec.model
+    size, steps, out_steps = shape_of(spec, batch)
+    x = np.asarray(batch["x"])
+    y = np.asarray(batch["y"]) if batch.get("y") is not None else _dummy_target(m, size, steps,
+                                                                                out_steps)
+    x_len = _lengths(batch, "lengths", size, steps)
+    y_len = _lengths(batch, "y_lengths", size, out_steps) if out_steps else x_len
+    coins = np.zeros((size, out_steps or 1), dtype=bool)
+    if batch.get("use_model") is not None:
+        coins = np.asarray(batch["use_model"], dtype=bool).reshape(size, -1)
+    states = batch.get("state") or {}
+    out: dict[Key, np.ndarray] = {}
+    for key, role in graph.inputs.items():
+        scope, name, t = key
+        kind = role["role"]
+        if kind == "x":
+            out[key] = x if t is None or m.pattern == "one_to_one" else x[:, t]
+        elif kind == "mask":
+            lengths = x_len if scope == "x" else y_len
+            out[key] = (t < lengths)[:, None]
+        elif kind == "weight":
+            real = np.ones(size) if t is None or m.pattern == "many_to_one" else (t < y_len)
+            out[key] = real.astype(np.float64) / size
+        elif kind == "y":
+            out[key] = _target(y, t)
+        elif kind == "feed":
+            out[key] = _teacher_feed(m, y, t, size)
+        elif kind == "coin":
+            out[key] = coins[:, t][:, None]
+        elif kind == "state":
+            out[key] = _state(states, f"{scope}.{name}", size, role["size"])
+    return out
+
+
+def _dummy_target(m, size: int, steps: int, out_steps: int | None) -> np.ndarray:
+    """Zeros in the target's shape, so a batch without `y` can still run forward."""
+    shape = (size,) if m.pattern in ("many_to_one", "one_to_one") else (
+        size, out_steps if m.feeds_back else steps)
+    if m.target.type == "ids":
+        return np.zeros(shape, dtype=np.int64)
+    return np.zeros(shape + (m.target.size,))
+
+
+def _target(y, t):
+    return y if t is None else y[:, t]
+
+
+def _teacher_feed(m, y, t, size):
+    """The decoder's input at step t when teacher-forced: the previous target, or BOS."""
+    if t > 0:
+        return y[:, t - 1]
+    if m.target.type == "ids":
+        return np.full(size, m.bos, dtype=np.int64)
+    return np.zeros((size, m.target.size))
+
+
+def _state(states: dict, name: str, size: int, hidden: int) -> np.ndarray:
+    if name not in states:
+        return np.zeros((size, hidden))
+    value = np.asarray(states[name])
+    if value.shape != (size, hidden):
+        raise DataError(f"batch['state'][{name!r}] must have shape {(size, hidden)}")
+    return value
+
+
+def dummy(spec: Spec, size: int, steps: int, out_steps: int | None = None,
+          seed: int = 0) -> dict:
+    """A random batch of the right shapes for `spec` (used by `check` and by tests)."""
+    m, rng = spec.model, np.random.default_rng(seed)
+
+    def draw(io: IOSpec, shape: tuple) -> np.ndarray:
+        if io.type == "ids":
+            return rng.integers(0, io.size, size=shape)
+        return rng.normal(size=shape + (io.size,))
+
+    x_shape = (size,) if m.pattern in SINGLE_STEP_INPUT else (size, steps)
+    if m.pattern in ("many_to_one", "one_to_one"):
+        y_shape = (size,)
+    else:
+        y_shape = (size, (out_steps or steps) if m.feeds_back else steps)
+    return {"x": draw(m.input, x_shape), "y": draw(m.target, y_shape)}
