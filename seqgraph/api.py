@@ -17,7 +17,7 @@ from .graph import Graph
 from .init import initialize
 from .spec import Spec, load_spec
 
-__all__ = ["Model", "check", "load_spec"]
+__all__ = ["Model", "check", "evaluate_run", "load_run", "load_spec", "sample", "train"]
 
 
 def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
@@ -123,6 +123,15 @@ class Model:
                 states[f"{scope}.{name}"] = values[(scope, var, last)]
         return states
 
+    def train_step(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict, dict]:
+        """(loss, grads, final states) in one pass: what truncated BPTT needs to carry on."""
+        if batch.get("y") is None:
+            raise DataError("training needs targets: give batch['y']")
+        program, values = self._run(batch, feedback)
+        grads = program.backward(self.backend.xp, values, program.graph.loss)
+        named = {name: grads[key] for name, key in program.graph.params.items()}
+        return float(values[program.graph.loss]), named, self._final_states(program, values)
+
     def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
         """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""
         if batch.get("y") is None:
@@ -155,4 +164,70 @@ def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
                          tuple(values[k].shape)) for k in first],
         "loss": float(values[graph.loss]),
     }
+
+
+# ---- runs: train, load, sample, evaluate -----------------------------------------------------
+
+
+def train(spec: str, log=print, **options) -> dict:
+    """Train as `seqgraph run` does (options: data, backend, dtype, steps, out, resume,
+    progress, stop_after, sample); returns a summary with the run folder and losses."""
+    from .train import RunOptions, run
+
+    return run(RunOptions(spec, **options), log=log)
+
+
+def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
+    """The model of a run folder at its last checkpoint; `model.run_facts` holds data.json."""
+    from pathlib import Path
+
+    from . import runs
+
+    run_dir = Path(run_dir)
+    facts = runs.read_data_facts(run_dir)
+    model = Model(run_dir / "spec.yaml", backend=backend)
+    params, _, _, meta = runs.load_checkpoint(run_dir)
+    model.set_params(params)
+    model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir)}
+    return model
+
+
+def sample(run_dir: str | os.PathLike, length: int = 300, temperature: float | None = None,
+           prime: str | None = None, greedy: bool = False, seed: int = 0,
+           backend: str | None = None):
+    """Generate from a trained run: text for character models, an array for vector models."""
+    from .data import Stream
+    from .generate import sample_ids, sample_vectors
+
+    model = load_run(run_dir, backend)
+    vocab = model.run_facts.get("vocab")
+    if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
+        text = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), vocab)
+        prime = prime if prime is not None else model.spec.train.get("prime", "\n")
+        if temperature is None:
+            temperature = float(model.spec.train.get("temperature", 1.0))
+        ids = sample_ids(model, list(text.encode(prime)), length, temperature, greedy, seed)
+        return prime + text.decode(ids)
+    start = np.zeros((1, model.spec.model.input.size))
+    return sample_vectors(model, start, length)
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
+                 backend: str | None = None) -> dict:
+    """Loss (per target step), accuracy and token count on the run's validation split, or
+    on the validation split of `data` read the same way."""
+    from . import data as datasets
+    from .evaluate import evaluate
+    from .train import _data_config, train_config
+
+    model = load_run(run_dir, backend)
+    spec = model.spec
+    config = _data_config(spec.data, data)
+    dataset = datasets.load(config, spec.model.pattern, spec.seed)
+    if getattr(dataset, "vocab", None) and dataset.vocab != model.run_facts.get("vocab"):
+        raise DataError(f"{config.get('path', 'the data')}: its vocabulary differs from the "
+                        "run's; evaluate on text with the same characters")
+    settings = train_config(spec, None)
+    batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
+    return {"run_dir": str(run_dir), "step": model.run_facts["step"], **evaluate(model, batches)}
 

@@ -15,6 +15,10 @@ from .schema import spec_schema
 
 EXAMPLES = {
     "check": "seqgraph check specs/char_lstm.yaml --steps 4",
+    "run": "seqgraph run specs/char_lstm.yaml --steps 300 --out runs/demo",
+    "sample": "seqgraph sample runs/demo --length 300 --temperature 0.7 --prime 'def '",
+    "eval": "seqgraph eval runs/demo --json",
+    "render": "seqgraph render specs/char_lstm.yaml --steps 4 -o lstm.svg",
     "schema": "seqgraph schema > seqgraph.schema.json",
 }
 
@@ -31,6 +35,43 @@ def _cmd_check(args) -> int:
     for key, kind, op, shape in report["step_shapes"]:
         what = op if kind == "op" else kind
         print(f"  {key_str(key):<32} {what:<12} {shape}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    summary = api.train(args.spec, data=args.data, backend=args.backend, dtype=args.dtype,
+                        steps=args.steps, out=args.out, resume=args.resume)
+    if summary["stopped"]:
+        return 130
+    valid = summary.get("valid", {})
+    line = f"done: {summary['steps_done']} steps in {summary['run_dir']}"
+    if valid:
+        line += f"; validation loss {valid['loss']:.4f} per target step"
+        if "accuracy" in valid:
+            line += f", accuracy {valid['accuracy']:.3f}"
+    print(line)
+    if "sample" in summary:
+        print("--- sample ---")
+        print(summary["sample"])
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    out = api.sample(args.run_dir, length=args.length, temperature=args.temperature,
+                     prime=args.prime, greedy=args.greedy, seed=args.seed, backend=args.backend)
+    print(out if isinstance(out, str) else "\n".join(" ".join(f"{v:.4f}" for v in row)
+                                                     for row in out))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
+        print(f"{result['run_dir']} at step {result['step']}: loss {result['loss']:.4f} per "
+              f"target step over {result['tokens']:,} steps{extra}")
     return 0
 
 
@@ -59,6 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--steps", type=int, default=5, help="time steps to unroll (default 5)")
     command("schema", "print the JSON Schema of the spec format", _cmd_schema)
+
+    p = command("run", "train the model a spec describes", _cmd_run)
+    p.add_argument("spec", help="path to a YAML spec")
+    p.add_argument("--data", help="data file (text, .tsv/.csv or .npz); overrides data.path")
+    p.add_argument("--backend", choices=["numpy", "cupy"], help="array backend")
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    p.add_argument("--out", help="run folder (default runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+    p = command("sample", "generate from a trained run", _cmd_sample)
+    p.add_argument("run_dir")
+    p.add_argument("--length", type=int, default=300)
+    p.add_argument("--temperature", type=float, help="default: train.temperature or 1")
+    p.add_argument("--prime", help="text to start from (default: train.prime)")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest next id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["numpy", "cupy"])
+
+    p = command("eval", "loss and accuracy of a run on held-out data", _cmd_eval)
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="evaluate on this file's validation split instead")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backend", choices=["numpy", "cupy"])
     return parser
 
 
