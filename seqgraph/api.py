@@ -12,7 +12,7 @@ from . import batch as batching
 from .autodiff import Program
 from .backend import Backend, get_backend
 from .compile import compile_graph
-from .errors import DataError
+from .errors import DataError, SpecError
 from .graph import Graph
 from .init import initialize
 from .spec import Spec, load_spec
@@ -142,10 +142,25 @@ class Model:
             name: grads[key] for name, key in program.graph.params.items()}
 
 
+def _uses_auto(spec: Spec | str | os.PathLike | dict) -> bool:
+    if isinstance(spec, Spec):
+        return False
+    try:
+        load_spec(spec)
+    except SpecError as exc:
+        return "vocab: auto" in exc.message
+    return False
+
+
 def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
-          out_steps: int | None = None) -> dict[str, Any]:
+          out_steps: int | None = None, data: str | None = None) -> dict[str, Any]:
     """Validate a spec and describe its unrolled graph: parameters, node and edge counts, and
-    the shape of every node of the first step (from a dry run on a random batch of 2)."""
+    the shape of every node of the first step (from a dry run on a random batch of 2).
+    A spec with `vocab: auto` has its data loaded (from `data`, if given) to size it."""
+    if _uses_auto(spec) or data is not None:
+        from .train import prepare
+
+        spec = prepare(spec, data)[0]
     model = Model(spec, backend="numpy", dtype="float64")
     out_steps = out_steps or (steps if model.spec.model.feeds_back else None)
     sample = batching.dummy(model.spec, 2, steps, out_steps)

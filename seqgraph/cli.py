@@ -24,7 +24,7 @@ EXAMPLES = {
 
 
 def _cmd_check(args) -> int:
-    report = api.check(args.spec, steps=args.steps)
+    report = api.check(args.spec, steps=args.steps, data=args.data)
     print(f"{report['name']}: {report['pattern']}, {report['num_params']:,} parameters, "
           f"{report['nodes']:,} nodes and {report['edges']:,} edges unrolled over "
           f"{args.steps} steps")
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", "validate a spec and describe its unrolled graph", _cmd_check)
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--steps", type=int, default=5, help="time steps to unroll (default 5)")
+    p.add_argument("--data", help="data file that sizes a `vocab: auto` spec")
     command("schema", "print the JSON Schema of the spec format", _cmd_schema)
 
     p = command("run", "train the model a spec describes", _cmd_run)

@@ -99,10 +99,11 @@ _io = {
     "required": ["type"],
     "properties": {
         "type": {"enum": ["ids", "vectors"]},
-        "vocab": _size,
+        "vocab": {"oneOf": [_size, {"const": "auto"}]},
         "size": _size,
     },
-    "description": "ids: integer tokens/classes (give vocab); vectors: floats (give size)",
+    "description": "ids: integer tokens/classes (give vocab, or auto to take it from the "
+    "data); vectors: floats (give size)",
 }
 
 MODEL = {
@@ -122,6 +123,94 @@ MODEL = {
     },
 }
 
+_number = {"type": "number"}
+_count = {"type": "integer", "minimum": 1}
+
+DATA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "source": {"enum": ["python_stdlib", "text", "tsv", "npz", "adding", "copy", "sine"]},
+        "path": {"type": "string"},
+        "valid_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
+        "max_chars": _count,
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        "tokenizer": {"enum": ["word", "char"]},
+        "min_count": _count,
+        "labels": {"type": "array"},
+        "steps": _count,
+        "examples": _count,
+        "symbols": _count,
+        "length": _count,
+        "delay": {"type": "integer", "minimum": 0},
+        "waves": _count,
+        "dt": _number,
+    },
+    "description": "python_stdlib (default) and text are character streams; tsv rows are "
+    "text<TAB>label; npz holds x, y and optional lengths; adding, copy and sine are generated",
+}
+
+TRAIN = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "steps": _count,
+        "batch_size": _count,
+        "seq_len": {**_count, "description": "window length of truncated BPTT on streams"},
+        "lr": {"type": "number", "exclusiveMinimum": 0},
+        "optimizer": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "name": {"enum": ["sgd", "adagrad", "rmsprop", "adam"]},
+                "momentum": _number,
+                "nesterov": {"type": "boolean"},
+                "betas": {"type": "array", "items": _number, "minItems": 2, "maxItems": 2},
+                "alpha": _number,
+                "eps": _number,
+                "weight_decay": _number,
+            },
+        },
+        "schedule": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "name": {"enum": ["constant", "step", "exponential", "cosine"]},
+                "warmup": {"type": "integer", "minimum": 0},
+                "gamma": _number,
+                "every": _count,
+                "min_factor": _number,
+            },
+        },
+        "clip": {
+            "type": ["object", "null"],
+            "description": "null turns clipping off",
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": ["global_norm", "per_param_norm", "value"]},
+                "max": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "scheduled_sampling": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "schedule": {"enum": ["linear", "exponential", "inverse_sigmoid"]},
+                "k": {"type": "number", "exclusiveMinimum": 0},
+                "base": _number,
+                "min_truth": _number,
+            },
+        },
+        "log_every": _count,
+        "eval_every": _count,
+        "valid_batches": _count,
+        "checkpoint_every": _count,
+        "sample_length": _count,
+        "prime": {"type": "string", "minLength": 1},
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
 SPEC = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "seqgraph spec",
@@ -136,8 +225,8 @@ SPEC = {
         "seed": {"type": "integer", "minimum": 0},
         "cells": {"type": "object", "additionalProperties": CELL},
         "model": MODEL,
-        "data": {"type": "object"},
-        "train": {"type": "object"},
+        "data": DATA,
+        "train": TRAIN,
     },
 }
 
