@@ -107,8 +107,10 @@ class Model:
         }
         return out
 
-    def _final_states(self, program: Program, values: dict) -> dict[str, Any]:
-        """The state after the last step of each input layer, named like `batch['state']`."""
+    def _final_states(self, program: Program, values: dict,
+                      after: int | None = None) -> dict[str, Any]:
+        """The state after the last step (or after `after` steps) of each input layer, named
+        like `batch['state']`."""
         states = {}
         for key in program.graph.inputs:
             scope, name, _ = key
@@ -119,18 +121,23 @@ class Model:
                      if k[0] == scope and k[1] == var and isinstance(k[2], int)]
             # a reverse direction ends at t = 0
             last = (min if scope.endswith(".bwd") else max)(steps, default=None)
+            if after is not None and steps:
+                last = after - 1
             if last is not None:
                 states[f"{scope}.{name}"] = values[(scope, var, last)]
         return states
 
-    def train_step(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict, dict]:
-        """(loss, grads, final states) in one pass: what truncated BPTT needs to carry on."""
+    def train_step(self, batch: dict, feedback: str = "teacher",
+                   state_at: int | None = None) -> tuple[float, dict, dict]:
+        """(loss, grads, states) in one pass: what truncated BPTT needs to carry on. The
+        states are those after the last step, or after `state_at` steps if given."""
         if batch.get("y") is None:
             raise DataError("training needs targets: give batch['y']")
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         named = {name: grads[key] for name, key in program.graph.params.items()}
-        return float(values[program.graph.loss]), named, self._final_states(program, values)
+        states = self._final_states(program, values, state_at)
+        return float(values[program.graph.loss]), named, states
 
     def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
         """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""

@@ -34,22 +34,27 @@ class Stream:
     vocab: list[str]
     kind: str = "stream"
 
-    def windows(self, batch_size: int, seq_len: int) -> int:
-        windows = (len(self.train) // batch_size - 1) // seq_len
+    def windows(self, batch_size: int, seq_len: int, stride: int) -> int:
+        windows = (len(self.train) // batch_size - 1 - seq_len) // stride + 1
         if windows < 1:
             raise DataError(f"the text has {len(self.train)} training characters, too few for "
                             f"batch_size {batch_size} x seq_len {seq_len}; use smaller ones")
         return windows
 
-    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int) -> dict:
-        """Window `step` of the B streams; `reset` says the carried state must start anew."""
-        n = self.windows(batch_size, seq_len)
-        w = step % n
+    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int,
+                 stride: int | None = None) -> dict:
+        """Window `step` of the B streams, truncated BPTT(k1=stride, k2=seq_len): windows
+        start every `stride` characters, gradients reach back `seq_len` steps, and only the
+        last `stride` steps add loss (except in the first window). `reset` says the carried
+        state starts anew; the state to carry is the one after `stride` steps."""
+        stride = stride or seq_len
+        w = step % self.windows(batch_size, seq_len, stride)
         streams = self.train[: batch_size * (len(self.train) // batch_size)]
         streams = streams.reshape(batch_size, -1)
-        start = w * seq_len
+        start = w * stride
         return {"x": streams[:, start : start + seq_len],
-                "y": streams[:, start + 1 : start + seq_len + 1], "reset": w == 0}
+                "y": streams[:, start + 1 : start + seq_len + 1], "reset": w == 0,
+                "loss_from": 0 if w == 0 else seq_len - stride}
 
     def valid_batches(self, batch_size: int, seq_len: int):
         data = self.valid
@@ -89,7 +94,8 @@ class SequenceSet:
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.x) // batch_size))
 
-    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int) -> dict:
+    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int,
+                 stride: int | None = None) -> dict:
         per_epoch = self.batches_per_epoch(batch_size)
         epoch, index = divmod(step, per_epoch)
         order = _bucketed_order(self.x, batch_size, np.random.default_rng([seed, epoch]))

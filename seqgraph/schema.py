@@ -156,7 +156,10 @@ TRAIN = {
     "properties": {
         "steps": _count,
         "batch_size": _count,
-        "seq_len": {**_count, "description": "window length of truncated BPTT on streams"},
+        "seq_len": {**_count, "description": "k2 of truncated BPTT on streams: how far "
+                    "gradients reach back"},
+        "stride": {**_count, "description": "k1 of truncated BPTT: steps between updates "
+                   "(default seq_len); the state after `stride` steps is carried over"},
         "lr": {"type": "number", "exclusiveMinimum": 0},
         "optimizer": {
             "type": "object",

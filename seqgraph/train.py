@@ -178,10 +178,13 @@ class _Loop:
         self.xp = model.backend.xp
         self.last: dict = {}
         self.seed = model.seed
+        stream = isinstance(dataset, datasets.Stream)
+        self.carry_at = config.get("stride") if stream else None
 
     def batch(self, step: int, carry: dict) -> tuple[dict, str]:
         c = self.config
-        batch = self.dataset.batch_at(step, c["batch_size"], c["seq_len"], self.seed)
+        batch = self.dataset.batch_at(step, c["batch_size"], c["seq_len"], self.seed,
+                                      c.get("stride"))
         if isinstance(self.dataset, datasets.Stream):
             batch["state"] = {} if batch.pop("reset") else carry
         feedback = "teacher"
@@ -200,7 +203,7 @@ class _Loop:
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
-                loss, grads, state = self.model.train_step(batch, feedback)
+                loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
                 if not math.isfinite(loss):
                     progress.close()
                     raise TrainingError(
@@ -211,7 +214,8 @@ class _Loop:
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
-                n_tokens = int(real_steps(self.model, batch).sum())
+                n_tokens = int(real_steps(self.model, batch)[..., batch.get("loss_from", 0):]
+                               .sum())
                 per_token = loss * len(batch["y"]) / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)

@@ -187,3 +187,29 @@ def test_schedules_and_sampling_probability():
     inv = sampling_probability({"schedule": "inverse_sigmoid", "k": 10}, 0)
     assert inv == pytest.approx(1 - 10 / 11)
     assert sampling_probability(None, 10**6) == 0.0
+
+
+def test_truncated_bptt_with_stride_carries_the_state_after_k1_steps(tmp_path):
+    """k1 < k2: each window's first k2-k1 steps only warm the state up, so the carried state
+    at the window boundary equals a plain forward run over the whole stream."""
+    from seqgraph import data as datasets
+
+    stream = datasets.Stream(np.arange(200) % 7, np.arange(50) % 7, [str(i) for i in range(7)])
+    first = stream.batch_at(0, 2, 10, 0, stride=4)
+    second = stream.batch_at(1, 2, 10, 0, stride=4)
+    assert first["reset"] and first["loss_from"] == 0 and second["loss_from"] == 6
+    np.testing.assert_array_equal(second["x"][:, :6], first["x"][:, 4:])
+    spec = {"model": {"pattern": "many_to_many", "input": {"type": "ids", "vocab": 7},
+                      "target": {"type": "ids", "vocab": 7},
+                      "encoders": [{"type": "onehot"}], "layers": [{"cell": "gru", "hidden": 5}]}}
+    model = api.Model(spec, dtype="float64")
+    _, _, carried = model.train_step(first, state_at=4)
+    whole = model.forward({"x": first["x"][:, :4]})["state"]
+    np.testing.assert_allclose(carried["l0.h0"], whole["l0.h0"], rtol=0, atol=1e-14)
+    second["state"] = carried
+    loss, _, _ = model.train_step(second, state_at=4)
+    logits = np.asarray(model.forward({"x": second["x"], "state": carried})["predictions"])
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, second["y"][..., None], -1)[..., 0]
+    expected = -picked[:, 6:].sum() / 2  # only the last k1 = 4 steps, averaged over B = 2
+    assert loss == pytest.approx(expected, rel=1e-12)
