@@ -2,7 +2,8 @@
 
 A batch holds `x`, `y`, optional `lengths` (input steps per sequence), `y_lengths` (decoder
 steps, for one_to_many and encoder_decoder), `use_model` (B, T_out) booleans for scheduled
-sampling, and `state` ({"l0.h0": (B, H)}) to start from a carried hidden state.
+sampling, `state` ({"l0.h0": (B, H)}) to start from a carried hidden state, and `loss_from`
+(a step index: earlier steps add no loss, as in truncated BPTT with k1 < k2).
 Padded steps get mask False and loss weight 0; the loss weight is 1/B on real steps, so the
 loss is the per-sequence sum over steps, averaged over the batch.
 """
@@ -100,13 +101,16 @@ def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
             out[key] = (t < lengths)[:, None]
         elif kind == "weight":
             real = np.ones(size) if t is None or m.pattern == "many_to_one" else (t < y_len)
+            if t is not None and t < batch.get("loss_from", 0):
+                real = np.zeros(size)  # truncated BPTT: these steps only warm the state up
             out[key] = real.astype(np.float64) / size
         elif kind == "y":
             out[key] = _target(y, t)
         elif kind == "feed":
             out[key] = _teacher_feed(m, y, t, size)
         elif kind == "coin":
-            out[key] = coins[:, t][:, None]
+            # shaped like the fed-back value: (B,) ids or (B, size) vectors
+            out[key] = coins[:, t] if m.target.type == "ids" else coins[:, t][:, None]
         elif kind == "state":
             out[key] = _state(states, f"{scope}.{name}", size, role["size"])
     return out
