@@ -17,6 +17,8 @@ from .graph import Graph
 from .init import initialize
 from .spec import Spec, load_spec
 
+AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
+
 __all__ = ["Model", "check", "evaluate_run", "load_run", "load_spec", "sample", "train"]
 
 
@@ -164,10 +166,18 @@ def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
     """Validate a spec and describe its unrolled graph: parameters, node and edge counts, and
     the shape of every node of the first step (from a dry run on a random batch of 2).
     A spec with `vocab: auto` has its data loaded (from `data`, if given) to size it."""
+    note = ""
     if _uses_auto(spec) or data is not None:
         from .train import prepare
 
-        spec = prepare(spec, data)[0]
+        try:
+            spec = prepare(spec, data)[0]
+        except DataError as exc:
+            if data is not None:
+                raise
+            note = (f"vocab: auto could not be sized ({exc}); checked with a placeholder of "
+                    f"{AUTO_PLACEHOLDER}")
+            spec = load_spec(spec, auto={"input": AUTO_PLACEHOLDER, "target": AUTO_PLACEHOLDER})
     model = Model(spec, backend="numpy", dtype="float64")
     out_steps = out_steps or (steps if model.spec.model.feeds_back else None)
     sample = batching.dummy(model.spec, 2, steps, out_steps)
@@ -185,6 +195,7 @@ def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
         "step_shapes": [(k, graph.node(k)["kind"], graph.node(k).get("op"),
                          tuple(values[k].shape)) for k in first],
         "loss": float(values[graph.loss]),
+        "note": note,
     }
 
 

@@ -28,6 +28,8 @@ def _cmd_check(args) -> int:
     print(f"{report['name']}: {report['pattern']}, {report['num_params']:,} parameters, "
           f"{report['nodes']:,} nodes and {report['edges']:,} edges unrolled over "
           f"{args.steps} steps")
+    if report["note"]:
+        print(f"note: {report['note']}")
     print("parameters:")
     for name, shape in report["params"].items():
         print(f"  {name:<24} {shape}")
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `seqgraph check ... | head` closed our stdout: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
