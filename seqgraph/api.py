@@ -15,6 +15,7 @@ from .compile import compile_graph
 from .errors import DataError, SpecError
 from .graph import Graph
 from .init import initialize
+from .plan import Plan
 from .spec import Spec, load_spec
 
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
@@ -31,14 +32,21 @@ class Model:
 
     `params` maps names such as `l0.W_ih` or `out.W` to backend arrays. Every method that
     takes a batch compiles (once per sequence length and feedback mode) the unrolled graph.
+    `engine="plan"` runs gradients through a compiled execution plan (`plan.py`, cached per
+    batch shape); `engine="interp"` walks the graph node by node (`autodiff.Program`), the
+    reference the plan is tested against.
     """
 
     def __init__(self, spec: Spec | str | os.PathLike | dict, backend: str | None = None,
-                 dtype: str | None = None, seed: int | None = None):
+                 dtype: str | None = None, seed: int | None = None, engine: str = "plan"):
+        if engine not in ("plan", "interp"):
+            raise ValueError(f"engine must be 'plan' or 'interp', got {engine!r}")
         self.spec = _as_spec(spec)
+        self._plans: dict[tuple, Plan] = {}
         self.backend: Backend = get_backend(backend or self.spec.backend,
                                             dtype or self.spec.dtype)
         self.seed = self.spec.seed if seed is None else seed
+        self.engine = engine if self.backend.name in ("numpy", "cupy") else "interp"
         self._programs: dict[tuple, Program] = {}
         probe = self.compiled(1, 1 if self.spec.model.feeds_back else None)
         self.param_info = probe.param_info
@@ -58,6 +66,20 @@ class Model:
                 raise DataError(f"parameter {name!r} must have shape "
                                 f"{self.param_info[name].shape}, got {tuple(host.shape)}")
             self.params[name] = self.backend.asarray(host)
+
+    def export_params(self, convention: str = "pytorch", arrays: dict | None = None,
+                      **options) -> dict[str, np.ndarray]:
+        """Host copies of the parameters (or of `arrays` keyed like them, e.g. gradients)
+        named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.interop`)."""
+        from .interop import export_params
+
+        return export_params(self, convention, arrays, **options)
+
+    def import_params(self, source, convention: str = "pytorch", **options) -> None:
+        """Load parameters from a dict of arrays or an .npz written in `convention`'s layout."""
+        from .interop import import_params
+
+        import_params(self, source, convention, **options)
 
     def num_params(self) -> int:
         return int(sum(np.prod(info.shape) for info in self.param_info.values()))
@@ -141,10 +163,30 @@ class Model:
         states = self._final_states(program, values, state_at)
         return float(values[program.graph.loss]), named, states
 
+    def plan(self, batch: dict, feedback: str = "teacher") -> tuple[Plan, dict]:
+        """The execution plan for this batch's shape (cached) and the batch's leaf arrays."""
+        size, steps, out_steps = batching.shape_of(self.spec, batch)
+        program = self.program(steps, out_steps, feedback)
+        feeds = batching.feeds(self.spec, program.graph, batch)
+        full = _all_steps_real(batch, steps, out_steps)
+        key = (steps, out_steps, feedback, size, full,
+               tuple(sorted((k[:2], v.dtype.kind) for k, v in feeds.items() if k[2] in (0, None))))
+        if key not in self._plans:
+            bk = self.backend
+            meta = {k: (v.shape, np.dtype(bk.dtype_name) if v.dtype.kind == "f" else
+                        np.dtype(np.int64) if v.dtype.kind in "iu" else v.dtype)
+                    for k, v in feeds.items()}
+            self._plans[key] = Plan(program.graph, meta, bk.xp, bk.name, bk.dtype_name,
+                                    full=full)
+        return self._plans[key], feeds
+
     def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
         """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""
         if batch.get("y") is None:
             raise DataError("loss_and_grads needs targets: give batch['y']")
+        if self.engine == "plan":
+            plan, feeds = self.plan(batch, feedback)
+            return plan.loss_and_grads(feeds, self.params)
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
@@ -159,6 +201,15 @@ def _uses_auto(spec: Spec | str | os.PathLike | dict) -> bool:
     except SpecError as exc:
         return "vocab: auto" in exc.message
     return False
+
+
+def _all_steps_real(batch: dict, steps: int, out_steps: int | None) -> bool:
+    """True when no sequence is padded, so every step mask is all true (plans fold it away)."""
+    for name, total in (("lengths", steps), ("y_lengths", out_steps)):
+        lengths = batch.get(name)
+        if lengths is not None and total and np.min(np.asarray(lengths)) < total:
+            return False
+    return True
 
 
 def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,

@@ -1,0 +1,145 @@
+"""PyTorch as an independent oracle: torch.nn.RNN/LSTM/GRU with the same weights and data.
+
+Outputs, final states, loss and EVERY parameter gradient must agree in float64 to a relative
+error of 1e-9, through variable lengths (pack_padded_sequence), stacking and bidirectional
+layers, and for a seq2seq encoder-decoder built from two torch modules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqgraph import Model
+
+torch = pytest.importorskip("torch", reason="torch is the test-only oracle: pip install '.[test]'")
+nn = torch.nn
+RTOL = 1e-9
+
+MODULES = {"rnn": (nn.RNN, {"nonlinearity": "tanh"}), "rnn_relu": (nn.RNN, {"nonlinearity":
+                                                                            "relu"}),
+           "lstm": (nn.LSTM, {}), "gru": (nn.GRU, {})}
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def seqgraph_spec(cell, layers, bidirectional, pattern, n_in, hidden, classes) -> dict:
+    stack = [{"cell": cell, "hidden": hidden, "bidirectional": bidirectional}
+             for _ in range(layers)]
+    return {"model": {"pattern": pattern, "input": {"type": "vectors", "size": n_in},
+                      "target": {"type": "ids", "vocab": classes}, "layers": stack}}
+
+
+def torch_run(rnn, readout, x, lengths, y, pattern):
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                               enforce_sorted=False)
+    out, hidden = rnn(packed)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+    if pattern == "many_to_one":
+        top = h_n[-2:] if rnn.bidirectional else h_n[-1:]
+        logits = readout(torch.cat(list(top), dim=-1))
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum") / len(x)
+    else:
+        logits = readout(out)
+        mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        loss = (ce * mask).sum() / len(x)
+    return logits, h_n, loss
+
+
+CASES = [(cell, layers, bi, pattern) for cell in MODULES for layers, bi in
+         ((1, False), (2, False), (2, True)) for pattern in ("many_to_many", "many_to_one")]
+
+
+@pytest.mark.parametrize("cell,layers,bidirectional,pattern", CASES)
+def test_against_torch_modules(cell, layers, bidirectional, pattern):
+    torch.manual_seed(0)
+    B, T, n_in, hidden, classes = 4, 6, 3, 5, 4
+    module, kwargs = MODULES[cell]
+    rnn = module(n_in, hidden, num_layers=layers, bidirectional=bidirectional,
+                 batch_first=True, **kwargs).double()
+    readout = nn.Linear(hidden * (2 if bidirectional else 1), classes).double()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(B, T, n_in))
+    lengths = np.array([6, 2, 5, 3])
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    y = rng.integers(0, classes, size=(B,) if pattern == "many_to_one" else (B, T))
+
+    model = Model(seqgraph_spec(cell, layers, bidirectional, pattern, n_in, hidden, classes),
+                  dtype="float64")
+    weights = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
+    weights["out.W"] = readout.weight.detach().numpy().T
+    weights["out.b"] = readout.bias.detach().numpy()
+    model.import_params(weights, convention="pytorch")
+    batch = {"x": x, "y": y, "lengths": lengths}
+    out = model.forward(batch)
+    loss, grads = model.loss_and_grads(batch)
+
+    logits, h_n, t_loss = torch_run(rnn, readout, torch.tensor(x), torch.tensor(lengths),
+                                    torch.tensor(y), pattern)
+    t_loss.backward()
+    assert rel_err(loss, t_loss.item()) < RTOL
+    real = np.arange(T)[None, :] < lengths[:, None]
+    ours = np.asarray(out["predictions"])
+    theirs = logits.detach().numpy()
+    assert rel_err(ours[real] if pattern == "many_to_many" else ours,
+                   theirs[real] if pattern == "many_to_many" else theirs) < RTOL
+    if not bidirectional:
+        top = f"l{layers - 1}.h0"
+        assert rel_err(out["state"][top], h_n[-1].detach().numpy()) < RTOL
+    as_torch = model.export_params("pytorch", arrays=grads)
+    for name, param in rnn.named_parameters():
+        assert rel_err(as_torch[name], param.grad.numpy()) < RTOL, name
+    assert rel_err(as_torch["out.W"], readout.weight.grad.numpy().T) < RTOL
+    assert rel_err(as_torch["out.b"], readout.bias.grad.numpy()) < RTOL
+
+
+def test_seq2seq_against_two_torch_modules():
+    torch.manual_seed(0)
+    B, T_in, T_out, vocab, emb, hidden, bos = 3, 5, 4, 7, 4, 6, 1
+    spec = {"model": {
+        "pattern": "encoder_decoder", "input": {"type": "ids", "vocab": vocab},
+        "target": {"type": "ids", "vocab": vocab}, "bos": bos,
+        "encoders": [{"type": "embedding", "size": emb}],
+        "feedback_encoders": [{"type": "embedding", "size": emb}],
+        "layers": [{"cell": "gru", "hidden": hidden}]}}
+    model = Model(spec, dtype="float64")
+    enc_emb, dec_emb = nn.Embedding(vocab, emb).double(), nn.Embedding(vocab, emb).double()
+    encoder = nn.GRU(emb, hidden, batch_first=True).double()
+    decoder = nn.GRU(emb, hidden, batch_first=True).double()
+    readout = nn.Linear(hidden, vocab).double()
+    weights = {"enc0.E": enc_emb.weight.detach().numpy(),
+               "fb0.E": dec_emb.weight.detach().numpy(),
+               "out.W": readout.weight.detach().numpy().T, "out.b": readout.bias.detach().numpy()}
+    weights.update({k: v.detach().numpy() for k, v in encoder.state_dict().items()})
+    weights.update({k.replace("_l0", "_dec_l0"): v.detach().numpy()
+                    for k, v in decoder.state_dict().items()})
+    model.import_params(weights, convention="pytorch")
+
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, vocab, (B, T_in)), rng.integers(0, vocab, (B, T_out))
+    lengths, y_lengths = np.array([5, 2, 4]), np.array([4, 1, 3])
+    batch = {"x": x, "y": y, "lengths": lengths, "y_lengths": y_lengths}
+    loss, grads = model.loss_and_grads(batch)
+
+    packed = nn.utils.rnn.pack_padded_sequence(enc_emb(torch.tensor(x)), torch.tensor(lengths),
+                                               batch_first=True, enforce_sorted=False)
+    _, h = encoder(packed)
+    feed = torch.tensor(np.concatenate([np.full((B, 1), bos), y[:, :-1]], axis=1))
+    out, _ = decoder(dec_emb(feed), h)
+    ce = nn.functional.cross_entropy(readout(out).transpose(1, 2), torch.tensor(y),
+                                     reduction="none")
+    mask = torch.arange(T_out)[None, :] < torch.tensor(y_lengths)[:, None]
+    t_loss = (ce * mask).sum() / B
+    t_loss.backward()
+    assert rel_err(loss, t_loss.item()) < RTOL
+    assert rel_err(grads["enc0.E"], enc_emb.weight.grad.numpy()) < RTOL
+    assert rel_err(grads["fb0.E"], dec_emb.weight.grad.numpy()) < RTOL
+    assert rel_err(grads["l0.W_hh"], encoder.weight_hh_l0.grad.numpy().T) < RTOL
+    assert rel_err(grads["dec.l0.W_ih"], decoder.weight_ih_l0.grad.numpy().T) < RTOL
+    assert rel_err(grads["dec.l0.b_hh"], decoder.bias_hh_l0.grad.numpy()) < RTOL
+    assert rel_err(grads["out.W"], readout.weight.grad.numpy().T) < RTOL
