@@ -12,7 +12,7 @@ from . import batch as batching
 from .autodiff import Program
 from .backend import Backend, get_backend
 from .compile import compile_graph
-from .errors import DataError, SpecError
+from .errors import DataError, GraphError, SpecError
 from .graph import Graph
 from .init import initialize
 from .plan import Plan
@@ -52,6 +52,22 @@ class Model:
         self.param_info = probe.param_info
         self.params: dict[str, Any] = {}
         self.set_params(initialize(self.param_info, self.seed))
+        self._dry_run()
+
+    def _dry_run(self) -> None:
+        """Run one tiny batch so that equations whose shapes do not fit fail now, as a
+        SpecError naming the equation, rather than in the middle of training."""
+        out_steps = 1 if self.spec.model.feeds_back else None
+        try:
+            self._run(batching.dummy(self.spec, 1, 2, out_steps), "teacher")
+        except GraphError as exc:
+            source = getattr(exc, "source", "")
+            if not source:
+                raise
+            raise SpecError(source, f"shapes do not fit: {exc.op} got inputs of shape "
+                                    f"{exc.shapes}; check the param shapes against "
+                                    "`input` and `hidden`",
+                            self.spec.lines.get(source), self.spec.source) from None
 
     # ---- parameters --------------------------------------------------------------------------
 

@@ -58,8 +58,10 @@ class Program:
             except (ValueError, TypeError, IndexError) as exc:
                 shapes = ", ".join(str(tuple(values[i].shape)) for i in ins.inputs)
                 where = f" ({ins.source})" if ins.source else ""
-                raise GraphError(f"{ins.op.name} at node {key_str(ins.key)}{where} failed on "
-                                 f"inputs of shape {shapes}: {exc}") from None
+                error = GraphError(f"{ins.op.name} at node {key_str(ins.key)}{where} failed on "
+                                   f"inputs of shape {shapes}: {exc}")
+                error.source, error.shapes, error.op = ins.source, shapes, ins.op.name
+                raise error from None
         return values
 
     def backward(self, xp, values: dict, loss: Key, seed=None) -> dict[Key, Any]:
@@ -75,6 +77,8 @@ class Program:
                 if source not in self.needs_grad:
                     continue
                 if grad is None:
+                    if not xp.isdtype(values[source].dtype, "real floating"):
+                        continue  # ids and masks carry no gradient (e.g. an argmax fed back)
                     raise MissingVJPError(ins.op.name, position, key_str(ins.key))
                 grads[source] = grads[source] + grad if source in grads else grad
         for name, key in self.graph.params.items():

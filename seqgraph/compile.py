@@ -19,6 +19,7 @@ from .graph import Graph, Key, ParamInfo
 from .spec import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
 
 FEEDBACK_MODES = ("teacher", "scheduled", "free")
+MAX_PARAM_SIZE = 2**28  # 1 GiB of float32 in one parameter
 
 
 class Unroller:
@@ -51,6 +52,9 @@ class Unroller:
             dims = tuple(int(n) for n in shape)
             if any(n < 1 for n in dims):
                 raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}")
+            if math.prod(dims) > MAX_PARAM_SIZE:
+                raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}, "
+                                f"{math.prod(dims):,} numbers; sizes this large are a typo")
             self.g.add_param(f"{scope}.{name}", key, ParamInfo(dims, init, fill))
         return key
 
@@ -112,6 +116,9 @@ class Unroller:
             fill = None
             if p.fill and layer.options.get(p.fill["option"]) is not None:
                 value = p.fill.get("value", layer.options[p.fill["option"]])
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SpecError(f"model.layers.options.{p.fill['option']}",
+                                    f"must be a number or null, got {value!r}")
                 fill = {"parts": p.fill["parts"], "index": p.fill["index"], "value": value}
             keys[name] = self.param(scope, name, shape, init, fill, f"{where}.{name}")
         return keys

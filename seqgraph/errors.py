@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """Errors print as one line, even when they quote a key or value holding newlines."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class SeqgraphError(Exception):
     """Base of every error seqgraph raises on purpose."""
 
@@ -15,7 +20,7 @@ class SpecError(SeqgraphError):
         where = source or "spec"
         if line is not None:
             where += f":{line}"
-        super().__init__(f"{where}: {path or '<root>'}: {message}")
+        super().__init__(one_line(f"{where}: {path or '<root>'}: {message}"))
 
 
 class GraphError(SeqgraphError):

@@ -17,6 +17,7 @@ _size_expr = {
     "oneOf": [_size, {"type": "string", "minLength": 1, "maxLength": 200}],
     "description": "a whole number or a size expression such as 4*hidden",
 }
+_option = {"type": ["number", "boolean", "string", "null"]}
 _name_list = {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"}}
 
 _init = {
@@ -62,7 +63,7 @@ CELL = {
         "inputs": {**_name_list, "minItems": 1, "maxItems": 1},
         "state": {**_name_list, "minItems": 1},
         "output": {"type": "string"},
-        "options": {"type": "object"},
+        "options": {"type": "object", "additionalProperties": _option},
         "params": {"type": "object", "additionalProperties": _param},
         "equations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
     },
@@ -89,7 +90,7 @@ _layer = {
         "bidirectional": {"type": "boolean"},
         "merge": {"enum": ["concat", "sum"]},
         "init_state": {"enum": ["zeros", "learned"]},
-        "options": {"type": "object"},
+        "options": {"type": "object", "additionalProperties": _option},
     },
 }
 

@@ -23,6 +23,8 @@ from .errors import SpecError
 
 MAX_YAML_NODES = 200_000  # refuses billion-laughs style alias bombs before they expand
 MAX_YAML_DEPTH = 60
+PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+              yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
 
 
 # ---- dataclasses -----------------------------------------------------------------------------
@@ -109,6 +111,7 @@ class Spec:
     train: dict
     raw: dict = field(hash=False, repr=False)
     source: str = ""
+    lines: dict = field(default_factory=dict, hash=False, repr=False)  # YAML path -> line
 
 
 # ---- YAML with line numbers ------------------------------------------------------------------
@@ -120,13 +123,15 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
+            line = text[: exc.start].count(b"\n") + 1
             raise SpecError("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8",
-                            source=source) from None
+                            line, source) from None
     if not text.strip():
         raise SpecError("", "the file is empty; a spec needs at least a `model:` section",
                         source=source)
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise SpecError("", "the file holds no YAML document", source=source)
@@ -136,10 +141,12 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        hint = "; indent with spaces, not tabs" if "\t" in text and "tab" in str(exc) else ""
+        bad = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        hint = "; indent with spaces, not tabs" if "\t" in bad else ""
         raise SpecError("", f"invalid YAML: {problem}{hint}", line, source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -151,6 +158,9 @@ def _convert(loader, node, path, lines, count, depth, source):
     if depth > MAX_YAML_DEPTH:
         raise SpecError(path, f"nested deeper than {MAX_YAML_DEPTH} levels", source=source)
     lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
+        raise SpecError(path, f"the tag {node.tag} is not allowed; specs hold plain data only",
+                        node.start_mark.line + 1, source)
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
@@ -159,6 +169,10 @@ def _convert(loader, node, path, lines, count, depth, source):
                                 key_node.start_mark.line + 1, source)
             key = str(loader.construct_object(key_node))
             child = f"{path}.{key}" if path else key
+            if key in out:  # PyYAML would silently keep the last one
+                raise SpecError(child, f"duplicate key {key!r}; it is already set on line "
+                                f"{lines[child]}", key_node.start_mark.line + 1, source)
+            lines[child] = key_node.start_mark.line + 1  # errors about a key point at the key
             out[key] = _convert(loader, value_node, child, lines, count, depth + 1, source)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -288,10 +302,15 @@ def _with_line(exc: SpecError, lines, source) -> SpecError:
 # ---- model section ---------------------------------------------------------------------------
 
 
-def _io(raw: dict, path: str) -> IOSpec:
+def _io(raw: dict, path: str, auto: int | None) -> IOSpec:
     key = "vocab" if raw["type"] == "ids" else "size"
     if key not in raw:
         raise SpecError(path, f"{raw['type']} needs `{key}`: e.g. {{type: {raw['type']}, {key}: 10}}")
+    if raw[key] == "auto":
+        if auto is None:
+            raise SpecError(f"{path}.vocab", "vocab: auto is taken from the data, which was not "
+                                             "loaded here; give a number or use `seqgraph run`")
+        return IOSpec(raw["type"], auto)
     return IOSpec(raw["type"], raw[key])
 
 
@@ -339,9 +358,10 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
     return tuple(out)
 
 
-def _model(raw: dict, cells: dict) -> ModelSpec:
+def _model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     pattern = raw["pattern"]
-    inp, target = _io(raw["input"], "model.input"), _io(raw["target"], "model.target")
+    inp = _io(raw["input"], "model.input", auto.get("input"))
+    target = _io(raw["target"], "model.target", auto.get("target"))
     layers = _layers(raw["layers"], cells, "model.layers")
     feeds_back = pattern in ("one_to_many", "encoder_decoder")
     encoders = _encoders(raw.get("encoders", []), inp, "model.encoders")
@@ -395,11 +415,21 @@ def _check_bridge(encoder: tuple, decoder: tuple, cells: dict) -> None:
 # ---- entry point -----------------------------------------------------------------------------
 
 
-def load_spec(source: str | os.PathLike | dict) -> Spec:
-    """Read and check a spec from a YAML path, YAML text or a dict; raises SpecError."""
+def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
+    """Read and check a spec from a YAML path, YAML text (str with a newline, or bytes) or a
+    dict; raises SpecError.
+
+    `auto` gives the sizes that `vocab: auto` stands for, {"input": n, "target": m}, or is a
+    function of the validated spec dict that returns them (e.g. by loading its data).
+    """
     name = "spec"
     if isinstance(source, dict):
         data, lines = source, {}
+    elif isinstance(source, bytes):
+        data, lines = read_yaml(source, name)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise SpecError("", f"a spec is a YAML path, YAML text or a dict, not a "
+                            f"{type(source).__name__}")
     else:
         text = None
         if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source):
@@ -420,9 +450,10 @@ def load_spec(source: str | os.PathLike | dict) -> Spec:
         cells = dict(builtin_cells())
         for cname, craw in (data.get("cells") or {}).items():
             cells[cname] = parse_cell(cname, craw, f"cells.{cname}", lines, name)
-        model = _model(data["model"], cells)
+        sizes = auto(data) if callable(auto) else (auto or {})
+        model = _model(data["model"], cells, sizes)
     except SpecError as exc:
         raise _with_line(exc, lines, name) from None
     return Spec(data.get("name", Path(name).stem), model, cells, data.get("backend", "numpy"),
                 data.get("dtype", "float32"), data.get("seed", 0), dict(data.get("data") or {}),
-                dict(data.get("train") or {}), data, name)
+                dict(data.get("train") or {}), data, name, lines)
