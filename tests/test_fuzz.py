@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from seqgraph import Model, SpecError, load_spec
 
-EXAMPLES = int(os.environ.get("SEQGRAPH_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("SEQGRAPH_FUZZ_EXAMPLES", "60"))
 CASES = {"total": 0, "spec_errors": 0, "valid": 0}
 
 BASES = [
