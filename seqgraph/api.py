@@ -20,7 +20,9 @@ from .spec import Spec, load_spec
 
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
 
-__all__ = ["Model", "check", "evaluate_run", "load_run", "load_spec", "sample", "train"]
+__all__ = [
+    "Model", "check", "evaluate_run", "export_run", "load_run", "load_spec", "sample", "train",
+]
 
 
 def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
@@ -330,4 +332,22 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
     settings = train_config(spec, None)
     batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
     return {"run_dir": str(run_dir), "step": model.run_facts["step"], **evaluate(model, batches)}
+
+
+def export_run(run_dir: str | os.PathLike, to: str = "onnx",
+               out: str | os.PathLike | None = None) -> str:
+    """Write a run's model as ONNX (`to="onnx"`) or its weights as an .npz in the PyTorch,
+    Keras or ONNX-initializer convention (`to="pytorch"|"keras"|"onnx_weights"`)."""
+    from pathlib import Path
+
+    model = load_run(run_dir)
+    suffix = ".onnx" if to == "onnx" else f".{to}.npz"
+    path = Path(out) if out else Path(run_dir) / f"model{suffix}"
+    if to == "onnx":
+        from .onnx_export import export_onnx
+
+        return str(export_onnx(model, path))
+    convention = {"onnx_weights": "onnx"}.get(to, to)
+    np.savez(path, **model.export_params(convention))
+    return str(path)
 

@@ -20,6 +20,7 @@ EXAMPLES = {
     "eval": "seqgraph eval runs/demo --json",
     "render": "seqgraph render specs/char_lstm.yaml --steps 4 -o lstm.svg",
     "schema": "seqgraph schema > seqgraph.schema.json",
+    "export": "seqgraph export runs/demo --to onnx -o demo.onnx",
 }
 
 
@@ -77,6 +78,11 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    print(api.export_run(args.run_dir, to=args.to, out=args.output))
+    return 0
+
+
 def _cmd_schema(args) -> int:
     print(json.dumps(spec_schema(), indent=2))
     return 0
@@ -127,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this file's validation split instead")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--backend", choices=["numpy", "cupy"])
+
+    p = command("export", "write a run's model as ONNX, or its weights in another convention",
+                _cmd_export)
+    p.add_argument("run_dir")
+    p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
+    p.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.onnx ...)")
     return parser
 
 

@@ -43,8 +43,7 @@ def _layers(model) -> list[tuple[str, str, int, str]]:
     out = []
     for prefix, layers in (("", m.layers), ("dec.", m.decoder_layers)):
         for i, layer in enumerate(layers):
-            directions = [(".fwd", ""), (".bwd", "_reverse")] if layer.bidirectional else [
-                ("", "")]
+            directions = [(".fwd", ""), (".bwd", "_reverse")] if layer.bidirectional else [("", "")]
             for scope_suffix, torch_suffix in directions:
                 out.append((f"{prefix}l{i}{scope_suffix}", layer.cell, i, torch_suffix))
     return out
@@ -53,23 +52,30 @@ def _layers(model) -> list[tuple[str, str, int, str]]:
 def _check_cells(model, convention: str, options: dict) -> None:
     for scope, cell, _, _ in _layers(model):
         if cell not in GATES:
-            raise DataError(f"layer {scope} uses cell {cell!r}, which has no {convention} "
-                            "counterpart; only rnn, rnn_relu, lstm and gru can be mapped")
+            raise DataError(
+                f"layer {scope} uses cell {cell!r}, which has no {convention} "
+                "counterpart; only rnn, rnn_relu, lstm and gru can be mapped"
+            )
         if cell == "gru" and convention == "keras" and not options.get("reset_after", True):
-            raise DataError("Keras GRU with reset_after=False applies the reset gate before "
-                            "the recurrent product; seqgraph's gru (PyTorch's equations) "
-                            "applies it after, so the weights would compute another function")
+            raise DataError(
+                "Keras GRU with reset_after=False applies the reset gate before "
+                "the recurrent product; seqgraph's gru (PyTorch's equations) "
+                "applies it after, so the weights would compute another function"
+            )
         if cell == "gru" and convention == "onnx" and not options.get("linear_before_reset", 1):
-            raise DataError("ONNX GRU with linear_before_reset=0 differs from seqgraph's gru "
-                            "(linear_before_reset=1, PyTorch's equations); refusing to map it")
+            raise DataError(
+                "ONNX GRU with linear_before_reset=0 differs from seqgraph's gru "
+                "(linear_before_reset=1, PyTorch's equations); refusing to map it"
+            )
 
 
 def _rest(model, params: dict, names: set) -> dict:
     return {k: v for k, v in params.items() if k not in names}
 
 
-def export_params(model, convention: str = "pytorch", arrays: dict | None = None,
-                  **options) -> dict[str, np.ndarray]:
+def export_params(
+    model, convention: str = "pytorch", arrays: dict | None = None, **options
+) -> dict[str, np.ndarray]:
     """The model's parameters (or `arrays` keyed like them, e.g. gradients) as host arrays
     named and laid out as `convention` expects."""
     if convention not in CONVENTIONS:
@@ -85,8 +91,14 @@ def export_params(model, convention: str = "pytorch", arrays: dict | None = None
         tag = "dec_" if scope.startswith("dec.") else ""
         if convention == "pytorch":
             key = f"{tag}l{index}{suffix}"
-            out.update({f"weight_ih_{key}": W_ih.T, f"weight_hh_{key}": W_hh.T,
-                        f"bias_ih_{key}": b_ih, f"bias_hh_{key}": b_hh})
+            out.update(
+                {
+                    f"weight_ih_{key}": W_ih.T,
+                    f"weight_hh_{key}": W_hh.T,
+                    f"bias_ih_{key}": b_ih,
+                    f"bias_hh_{key}": b_hh,
+                }
+            )
         elif convention == "keras":
             order = KERAS_ORDER[cell]
             key = f"{scope}"
@@ -159,6 +171,7 @@ def _read_source(source) -> dict:
 
 def _need(arrays: dict, name: str) -> np.ndarray:
     if name not in arrays:
-        raise DataError(f"weights {name!r} are missing; the source holds "
-                        f"{', '.join(sorted(arrays)[:8])}")
+        raise DataError(
+            f"weights {name!r} are missing; the source holds {', '.join(sorted(arrays)[:8])}"
+        )
     return np.asarray(arrays[name])

@@ -94,6 +94,9 @@ def test_run_prints_a_sample_and_subcommands_work(tmp_path, capsys):
     assert main(["eval", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["step"] == 4 and 0 < result["loss"] < 10 and 0 <= result["accuracy"] <= 1
+    assert main(["export", str(out), "--to", "pytorch"]) == 0
+    exported = np.load(capsys.readouterr().out.strip())
+    assert exported["weight_hh_l0"].shape == (32, 8)
     assert main(["run", str(spec), "--out", str(out)]) == 2  # never overwrite a run
     assert "--resume" in capsys.readouterr().err
 
