@@ -8,8 +8,9 @@ knows an op by name: it calls the op table's forward and VJP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import ops
 from .errors import GraphError, MissingVJPError

@@ -140,8 +140,15 @@ def _matmul(xp, a, b):
 
 @_matmul.vjp
 def _matmul_vjp(xp, g, out, a, b):
-    ga = xp.matmul(g, xp.matrix_transpose(b)) if b.ndim > 1 else g[..., None] * b
-    gb = xp.matmul(xp.matrix_transpose(a), g) if a.ndim > 1 else a[:, None] * g[None, :]
+    # A 1-D operand is a row (a) or column (b) matrix, as matmul treats it; g gets that axis too.
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = g[..., None] if b.ndim == 1 else g
+    g2 = g2[..., None, :] if a.ndim == 1 else g2
+    ga = xp.matmul(g2, xp.matrix_transpose(b2))
+    gb = xp.matmul(xp.matrix_transpose(a2), g2)
+    ga = ga[..., 0, :] if a.ndim == 1 else ga
+    gb = gb[..., 0] if b.ndim == 1 else gb
     return unbroadcast(xp, ga, a.shape), unbroadcast(xp, gb, b.shape)
 
 

@@ -276,7 +276,7 @@ def _check_cell_bindings(name, raw, path, steps, bindings, params, state) -> Non
                             f"unknown option {fill['option']!r}; declare it under options")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin_cells() -> dict[str, CellSpec]:
     """The standard cells shipped as YAML inside the package (seqgraph/cells/*.yaml)."""
     cells = {}

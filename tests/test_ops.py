@@ -1,0 +1,358 @@
+"""The op table, tested from one table of rows: every op's forward against a NumPy reference,
+its VJP against float64 central finite differences (per element: the shapes are tiny), and the
+same row on array_api_strict to prove the op uses only the array API standard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat.numpy as xnp
+import numpy as np
+import pytest
+from support import record
+
+from seqgraph import ops
+
+EPS = 1e-6
+
+
+# ---- input domains ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Real:
+    """Floats drawn from N(0, 1): differentiable."""
+
+    shape: tuple
+    differentiable = True
+
+    def draw(self, rng):
+        return rng.normal(size=self.shape)
+
+
+@dataclass(frozen=True)
+class Positive(Real):
+    """Floats in [0.5, 2] (log, and divisors kept away from zero)."""
+
+    def draw(self, rng):
+        return rng.uniform(0.5, 2.0, size=self.shape)
+
+
+@dataclass(frozen=True)
+class AwayFromZero(Real):
+    """Floats with |x| in [0.2, 2], random sign (relu: central differences never straddle 0)."""
+
+    def draw(self, rng):
+        return rng.uniform(0.2, 2.0, size=self.shape) * rng.choice([-1.0, 1.0], size=self.shape)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Exact given values, e.g. integer ids with repeats; never differentiable."""
+
+    value: Any
+    differentiable = False
+
+    def draw(self, rng):
+        return np.asarray(self.value)
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Random integer ids in [0, n): not differentiable."""
+
+    shape: tuple
+    n: int
+    differentiable = False
+
+    def draw(self, rng):
+        return rng.integers(0, self.n, size=self.shape)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A random boolean condition: not differentiable."""
+
+    shape: tuple
+    differentiable = False
+
+    def draw(self, rng):
+        return rng.random(self.shape) < 0.5
+
+
+@dataclass(frozen=True)
+class NoGrad(Real):
+    """Floats the op reads but does not differentiate (argmax): its VJP must give None."""
+
+    differentiable = False
+
+
+def _log_softmax(a):
+    shifted = a - a.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Row:
+    op: str
+    inputs: tuple
+    ref: Callable  # the NumPy forward the op must reproduce
+    attrs: dict = field(default_factory=dict)
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    label: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.label}" if self.label else self.op
+
+
+# One row per op and per interesting case (broadcasting, batch axes, repeats, attrs).
+ROWS = [
+    Row("add", (Real((3, 4)), Real((3, 4))), np.add),
+    Row("add", (Real((3, 4)), Real((4,))), np.add, label="bcast_vec"),
+    Row("add", (Real((1, 4)), Real((3, 4))), np.add, label="bcast_row"),
+    Row("addn", (Real((3, 4)), Real((4,)), Real((3, 1))), lambda a, b, c: a + b + c),
+    Row("addn", (Real((2, 3)),), lambda a: a, label="one"),
+    Row("sub", (Real((3, 4)), Real((3, 4))), np.subtract),
+    Row("sub", (Real((3, 4)), Real((4,))), np.subtract, label="bcast_vec"),
+    Row("sub", (Real((1, 4)), Real((3, 4))), np.subtract, label="bcast_row"),
+    Row("mul", (Real((3, 4)), Real((3, 4))), np.multiply),
+    Row("mul", (Real((3, 4)), Real((4,))), np.multiply, label="bcast_vec"),
+    Row("mul", (Real((3, 4)), Real((1, 4))), np.multiply, label="bcast_row"),
+    Row("div", (Real((3, 4)), Positive((3, 4))), np.divide),
+    Row("div", (Real((3, 4)), Positive((4,))), np.divide, label="bcast_vec"),
+    Row("div", (Real((1, 4)), Positive((3, 4))), np.divide, label="bcast_row"),
+    Row("neg", (Real((3, 4)),), np.negative),
+    Row("matmul", (Real((3, 4)), Real((4, 2))), np.matmul),
+    Row("matmul", (Real((2, 3, 4)), Real((4, 2))), np.matmul, label="batch_left"),
+    Row("matmul", (Real((2, 3, 4)), Real((2, 4, 2))), np.matmul, label="batch_both"),
+    Row("matmul", (Real((3, 4)), Real((4,))), np.matmul, label="vec_right"),
+    Row("matmul", (Real((4,)), Real((4, 2))), np.matmul, label="vec_left"),
+    Row("matmul", (Real((2, 3, 4)), Real((4,))), np.matmul, label="batch_vec_right"),
+    Row("matmul", (Real((4,)), Real((2, 4, 3))), np.matmul, label="vec_batch_right"),
+    Row("matmul", (Real((4,)), Real((4,))), np.matmul, label="dot"),
+    Row("tanh", (Real((3, 4)),), np.tanh),
+    Row("sigmoid", (Real((3, 4)),), lambda a: 1 / (1 + np.exp(-a))),
+    Row("relu", (AwayFromZero((3, 4)),), lambda a: np.maximum(a, 0)),
+    Row("exp", (Real((3, 4)),), np.exp),
+    Row("log", (Positive((3, 4)),), np.log),
+    Row(
+        "concat",
+        (Real((2, 3)), Real((2, 1)), Real((2, 2))),
+        lambda *xs: np.concatenate(xs, axis=-1),
+        label="three",
+    ),
+    Row(
+        "concat",
+        (Real((1, 3)), Real((2, 3)), Real((3, 3))),
+        lambda *xs: np.concatenate(xs, axis=0),
+        {"axis": 0},
+        label="axis0",
+    ),
+    Row("slice", (Real((3, 5)),), lambda a: a[:, 1:3], {"start": 1, "stop": 3}),
+    Row("slice", (Real((4, 2)),), lambda a: a[2:], {"start": 2, "axis": 0}, label="to_end"),
+    Row("slice", (Real((3, 4)),), lambda a: a[:, 0:4], {"start": 0, "stop": 4}, label="all"),
+    Row("chunk", (Real((2, 6)),), lambda a: a[:, 2:4], {"index": 1, "parts": 3}),
+    Row(
+        "chunk",
+        (Real((4, 3)),),
+        lambda a: a[2:],
+        {"index": 1, "parts": 2, "axis": 0},
+        label="axis0",
+    ),
+    Row("sum", (Real((3, 4)),), np.sum, label="all"),
+    Row("sum", (Real((3, 4)),), lambda a: a.sum(axis=1), {"axis": 1}, label="axis1"),
+    Row(
+        "sum",
+        (Real((3, 4)),),
+        lambda a: a.sum(axis=0, keepdims=True),
+        {"axis": 0, "keepdims": True},
+        label="keepdims",
+    ),
+    Row("sum", (Real((2, 3, 2)),), lambda a: a.sum(axis=(0, 2)), {"axis": (0, 2)}, label="axes"),
+    Row("mean", (Real((3, 4)),), np.mean, label="all"),
+    Row("mean", (Real((3, 4)),), lambda a: a.mean(axis=-1), {"axis": -1}, label="axis_last"),
+    Row(
+        "mean",
+        (Real((3, 4)),),
+        lambda a: a.mean(axis=1, keepdims=True),
+        {"axis": 1, "keepdims": True},
+        label="keepdims",
+    ),
+    Row("reshape", (Real((3, 4)),), lambda a: a.reshape(2, 6), {"shape": (2, 6)}),
+    Row("reshape", (Real((3, 4)),), lambda a: a.reshape(-1), label="flat"),
+    Row("transpose", (Real((3, 4)),), np.transpose),
+    Row(
+        "transpose",
+        (Real((2, 3, 4)),),
+        lambda a: np.transpose(a, (1, 2, 0)),
+        {"axes": (1, 2, 0)},
+        label="axes",
+    ),
+    Row("where", (Mask((3, 4)), Real((3, 4)), Real((3, 4))), np.where),
+    Row("where", (Mask((3, 1)), Real((4,)), Real((3, 4))), np.where, label="bcast_vec"),
+    Row("where", (Mask((3, 4)), Real((1, 4)), Real((4,))), np.where, label="bcast_row"),
+    Row(
+        "embedding",
+        (Fixed([[0, 2], [2, 2], [1, 2]]), Real((5, 3))),
+        lambda ids, W: W[ids],
+        label="repeated_ids",
+    ),
+    Row("onehot", (Ids((2, 3), 4),), lambda ids: np.eye(4)[ids], {"classes": 4}),
+    Row("argmax", (NoGrad((3, 5)),), lambda a: np.argmax(a, axis=-1)),
+    Row("log_softmax", (Real((3, 5)),), _log_softmax),
+    Row(
+        "softmax_ce",
+        (Real((3, 5)), Fixed([4, 0, 4])),
+        lambda z, t: -_log_softmax(z)[np.arange(3), t],
+    ),
+    Row(
+        "softmax_ce",
+        (Real((2, 3, 4)), Ids((2, 3), 4)),
+        lambda z, t: -np.take_along_axis(_log_softmax(z), t[..., None], -1)[..., 0],
+        label="batch",
+    ),
+    Row("mse", (Real((3, 4)), Real((3, 4))), lambda p, y: ((p - y) ** 2).mean(axis=-1)),
+    Row(
+        "mse",
+        (Real((3, 4)), Real((4,))),
+        lambda p, y: ((p - y) ** 2).mean(axis=-1),
+        label="bcast_target",
+    ),
+]
+
+
+def _inputs(row: Row, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [domain.draw(rng) for domain in row.inputs]
+
+
+def _cotangent(out: np.ndarray, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=np.shape(out))
+
+
+def test_every_op_has_a_row():
+    """Adding an op to the table without a test row fails here."""
+    missing = sorted(set(ops.OPS) - {row.op for row in ROWS})
+    unknown = sorted({row.op for row in ROWS} - set(ops.OPS))
+    assert not missing, f"ops without a row in tests/test_ops.py: {missing}"
+    assert not unknown, f"rows for ops that do not exist: {unknown}"
+
+
+def test_every_op_is_documented():
+    for name, op in ops.OPS.items():
+        assert op.name == name
+        assert op.doc, f"op {name!r} has no docstring"
+        assert op.arity == ops.VARIADIC or op.arity >= 1
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_forward_matches_numpy_reference(row: Row):
+    inputs = _inputs(row)
+    out = np.asarray(ops.OPS[row.op].forward(xnp, *inputs, **row.attrs))
+    expected = np.asarray(row.ref(*inputs))
+    assert out.shape == expected.shape
+    if expected.dtype.kind in "iub":
+        np.testing.assert_array_equal(out, expected)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_vjp_matches_central_differences(row: Row):
+    op = ops.OPS[row.op]
+    inputs = _inputs(row)
+    out = op.forward(xnp, *inputs, **row.attrs)
+    g = _cotangent(out)
+    grads = op.vjp(xnp, g, out, *inputs, **row.attrs)
+    assert len(grads) == len(inputs), f"{row.op} VJP must return one item per input"
+
+    def objective(values) -> float:
+        return float(np.sum(g * np.asarray(op.forward(xnp, *values, **row.attrs))))
+
+    worst = 0.0
+    for position, domain in enumerate(row.inputs):
+        if not domain.differentiable:
+            assert grads[position] is None, f"{row.op} input {position} must get None"
+            continue
+        grad = np.asarray(grads[position])
+        assert grad.shape == inputs[position].shape, f"{row.op} input {position} grad shape"
+        numeric = np.zeros_like(inputs[position])
+        for index in np.ndindex(inputs[position].shape):
+            values = [x.copy() for x in inputs]
+            values[position][index] += EPS
+            up = objective(values)
+            values[position][index] -= 2 * EPS
+            numeric[index] = (up - objective(values)) / (2 * EPS)
+        np.testing.assert_allclose(
+            grad, numeric, rtol=row.rtol, atol=row.atol, err_msg=f"{row.id}: d/d input {position}"
+        )
+        worst = max(worst, float(np.max(np.abs(grad - numeric), initial=0.0)))
+    record("ops: per-element VJP vs central differences (abs)", worst, row.id)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_array_api_strict_matches_numpy(row: Row):
+    """The same forward and VJP on array_api_strict: any NumPy-only call would raise here."""
+    xs = pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
+    op = ops.OPS[row.op]
+    inputs = _inputs(row)
+    out = op.forward(xnp, *inputs, **row.attrs)
+    g = _cotangent(out)
+    expected = op.vjp(xnp, g, out, *inputs, **row.attrs)
+
+    strict_inputs = [xs.asarray(x) for x in inputs]
+    strict_out = op.forward(xs, *strict_inputs, **row.attrs)
+    assert type(strict_out).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(strict_out), np.asarray(out), rtol=1e-12, atol=1e-14)
+    strict_grads = op.vjp(xs, xs.asarray(g), strict_out, *strict_inputs, **row.attrs)
+    for position, (got, want) in enumerate(zip(strict_grads, expected, strict=True)):
+        if want is None:
+            assert got is None
+            continue
+        np.testing.assert_allclose(
+            np.asarray(got),
+            np.asarray(want),
+            rtol=1e-12,
+            atol=1e-14,
+            err_msg=f"{row.id}: strict grad of input {position}",
+        )
+
+
+def test_embedding_repeated_ids_add_up():
+    """Row 2 is looked up four times, rows 3 and 4 never: dW[2] = sum of four rows of g,
+    dW[3] = dW[4] = 0."""
+    ids = np.array([[0, 2], [2, 2], [1, 2]])
+    W = np.arange(15.0).reshape(5, 3)
+    g = np.arange(18.0).reshape(3, 2, 3)
+    _, dW = ops.OPS["embedding"].vjp(xnp, g, None, ids, W)
+    np.testing.assert_array_equal(dW[2], g[0, 1] + g[1, 0] + g[1, 1] + g[2, 1])
+    np.testing.assert_array_equal(dW[0], g[0, 0])
+    np.testing.assert_array_equal(dW[1], g[2, 0])
+    np.testing.assert_array_equal(dW[3:], 0.0)
+
+
+def test_stable_ops_do_not_overflow():
+    """sigmoid, log_softmax and softmax_ce are primitives so huge inputs stay finite."""
+    big = np.array([[-800.0, 0.0, 800.0]])
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        np.testing.assert_allclose(ops.OPS["sigmoid"].forward(xnp, big), [[0.0, 0.5, 1.0]])
+        np.testing.assert_allclose(
+            ops.OPS["log_softmax"].forward(xnp, big), [[-1600.0, -800.0, 0.0]]
+        )
+        np.testing.assert_allclose(ops.OPS["softmax_ce"].forward(xnp, big, np.array([1])), [800.0])
+        g = ops.OPS["log_softmax"].vjp(
+            xnp, np.ones_like(big), ops.OPS["log_softmax"].forward(xnp, big), big
+        )[0]
+    np.testing.assert_allclose(g, [[1.0, 1.0, -2.0]])
+
+
+def test_unbroadcast_sums_to_shape():
+    g = np.ones((2, 3, 4))
+    assert ops.unbroadcast(xnp, g, (4,)).tolist() == [6.0] * 4
+    np.testing.assert_array_equal(ops.unbroadcast(xnp, g, (3, 1)), np.full((3, 1), 8.0))
+    np.testing.assert_array_equal(ops.unbroadcast(xnp, g, (1, 3, 4)), np.full((1, 3, 4), 2.0))
+    assert ops.unbroadcast(xnp, g, (2, 3, 4)) is g
