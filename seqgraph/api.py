@@ -21,7 +21,8 @@ from .spec import Spec, load_spec
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
 
 __all__ = [
-    "Model", "check", "evaluate_run", "export_run", "load_run", "load_spec", "sample", "train",
+    "Model", "check", "evaluate_run", "export_run", "gradflow", "load_run", "load_spec",
+    "sample", "train",
 ]
 
 
@@ -350,4 +351,41 @@ def export_run(run_dir: str | os.PathLike, to: str = "onnx",
     convention = {"onnx_weights": "onnx"}.get(to, to)
     np.savez(path, **model.export_params(convention))
     return str(path)
+
+
+def gradflow(source: str | os.PathLike, out: str | os.PathLike | None = None,
+             batch_size: int = 8, steps: int | None = None, threshold: float = 1e-3,
+             data: str | None = None) -> dict:
+    """The gradient ledger of one batch for a spec (at initialisation) or a run folder (at its
+    checkpoint): CSVs of per-step parameter contributions and of ‖∂L/∂h_t‖, and a heatmap."""
+    from pathlib import Path
+
+    from . import data as datasets
+    from . import gradflow as flow
+    from .train import prepare, train_config
+
+    source = Path(source)
+    if source.is_dir():
+        model = load_run(source)
+        spec, folder = model.spec, Path(out or source / "gradflow")
+        config = {**spec.data, **({"path": data} if data else {})}
+        dataset = datasets.load(config, spec.model.pattern, spec.seed)
+    else:
+        spec, dataset, _ = prepare(str(source), data)
+        model, folder = Model(spec), Path(out or Path("runs") / spec.name / "gradflow")
+    settings = train_config(spec, None)
+    batch = dataset.batch_at(0, batch_size, steps or settings["seq_len"], spec.seed)
+    batch.pop("reset", None), batch.pop("loss_from", None)
+    book = flow.ledger(model, batch)
+    csvs = flow.write_csv(book, folder)
+    clip = (settings.get("clip") or {}).get("max")
+    png = flow.heatmap(book, folder / "heatmap.png", threshold, clip, spec.name)
+    rows, matrix = book.state_matrix()
+    reach = {}
+    for row, norms in zip(rows, matrix):
+        alive = np.flatnonzero(norms >= threshold * np.nanmax(norms))
+        reach[row] = int(alive.max() - alive.min() + 1) if len(alive) else 0
+    return {"folder": str(folder), "csv": [str(p) for p in csvs], "heatmap": str(png),
+            "loss": book.loss, "global_norm": book.global_norm, "steps": book.steps,
+            "alive_steps": reach}
 

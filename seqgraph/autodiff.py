@@ -44,6 +44,7 @@ class Program:
                     Instruction(key, op, node["inputs"], node["attrs"], node.get("source", "")))
                 if any(i in self.needs_grad for i in node["inputs"]):
                     self.needs_grad.add(key)
+        self.param_keys = set(graph.params.values())
         self.consts = {k: graph.node(k)["attrs"]["value"] for k in self.order
                        if graph.node(k)["kind"] == "const"}
 
@@ -65,13 +66,20 @@ class Program:
                 raise error from None
         return values
 
-    def backward(self, xp, values: dict, loss: Key, seed=None) -> dict[Key, Any]:
-        """Gradients of `loss` for every node that needs one; params always get an entry."""
+    def backward(self, xp, values: dict, loss: Key, seed=None,
+                 observe: Callable[[Key, Any, Key | None], None] | None = None) -> dict:
+        """Gradients of `loss` for every node that needs one; params always get an entry.
+
+        `observe(key, grad, consumer)` sees each node's complete gradient (consumer None) and,
+        for parameters, each consumer's contribution before they are summed: the gradient
+        ledger of `seqgraph gradflow`."""
         grads: dict[Key, Any] = {loss: seed if seed is not None else xp.ones_like(values[loss])}
         for ins in reversed(self.instructions):
             g = grads.pop(ins.key, None)
             if g is None:
                 continue
+            if observe is not None:
+                observe(ins.key, g, None)
             inputs = [values[i] for i in ins.inputs]
             contributions = ins.op.vjp(xp, g, values[ins.key], *inputs, **ins.attrs)
             for position, (source, grad) in enumerate(zip(ins.inputs, contributions)):
@@ -82,6 +90,8 @@ class Program:
                         continue  # ids and masks carry no gradient (e.g. an argmax fed back)
                     raise MissingVJPError(ins.op.name, position, key_str(ins.key))
                 grads[source] = grads[source] + grad if source in grads else grad
+                if observe is not None and source in self.param_keys:
+                    observe(source, grad, ins.key)
         for name, key in self.graph.params.items():
             if key not in grads:  # unused parameter: a zero gradient, not a missing one
                 grads[key] = xp.zeros_like(values[key])

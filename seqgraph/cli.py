@@ -21,6 +21,7 @@ EXAMPLES = {
     "render": "seqgraph render specs/char_lstm.yaml --steps 4 -o lstm.svg",
     "schema": "seqgraph schema > seqgraph.schema.json",
     "export": "seqgraph export runs/demo --to onnx -o demo.onnx",
+    "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
 }
 
 
@@ -83,6 +84,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_gradflow(args) -> int:
+    result = api.gradflow(args.source, out=args.out, batch_size=args.batch,
+                          steps=args.steps, threshold=args.threshold, data=args.data)
+    print(f"loss {result['loss']:.4f}, gradient norm {result['global_norm']:.4g} over "
+          f"{result['steps']} steps")
+    for row, alive in result["alive_steps"].items():
+        print(f"  {row:<20} gradient above {args.threshold:g} x its peak on {alive} of "
+              f"{result['steps']} steps")
+    print(f"wrote {result['heatmap']} and {', '.join(result['csv'])}")
+    return 0
+
+
 def _cmd_schema(args) -> int:
     print(json.dumps(spec_schema(), indent=2))
     return 0
@@ -133,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this file's validation split instead")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--backend", choices=["numpy", "cupy"])
+
+    p = command("gradflow", "per-step gradient ledger of one batch: CSV and heatmap",
+                _cmd_gradflow)
+    p.add_argument("source", help="a spec (at initialisation) or a run folder (at its checkpoint)")
+    p.add_argument("--batch", type=int, default=8, help="sequences in the batch (default 8)")
+    p.add_argument("--steps", type=int, help="time steps for streams (default train.seq_len)")
+    p.add_argument("--threshold", type=float, default=1e-3,
+                   help="mark steps whose gradient is below this fraction of the peak")
+    p.add_argument("--data", help="data file, as for `run`")
+    p.add_argument("--out", help="folder for the CSVs and heatmap.png")
 
     p = command("export", "write a run's model as ONNX, or its weights in another convention",
                 _cmd_export)
