@@ -1,0 +1,279 @@
+"""Kernels over preallocated buffers: each op's forward and VJP written with `out=`.
+
+A kernel is a closure with no arguments that reads and writes arrays bound when the plan is
+built, so the hot loop is `for k in kernels: k()`. Ops without a fast kernel here fall back to
+the op table (`ops.py`) and copy the result into the buffer, so every op runs. `m` is the raw
+array module (numpy or cupy), which has ufuncs with `out=`; `xp` is the array API namespace
+the op table is written against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .errors import MissingVJPError
+
+
+class Context:
+    """The array modules of one backend and a pool of scratch buffers, one per shape."""
+
+    def __init__(self, xp, module_name: str):
+        self.xp = xp
+        if module_name == "cupy":
+            import cupy as m
+            from cupyx.scipy.special import expit
+        else:
+            m = np
+            try:
+                from scipy.special import expit
+            except ImportError:  # scipy is optional: a tanh form is as stable, a bit slower
+                expit = None
+        self.m, self.expit, self.name = m, expit, module_name
+        self.scratch: dict = {}
+
+    def tmp(self, shape, dtype, tag: int = 0):
+        """A scratch array; a kernel uses it only while it runs, so one per shape is enough."""
+        key = (tuple(shape), np.dtype(dtype).str, tag)
+        if key not in self.scratch:
+            self.scratch[key] = self.m.empty(tuple(shape), dtype=dtype)
+        return self.scratch[key]
+
+
+def rows(x):
+    """x as a 2-D (rows, last axis) view; `x` must be C-contiguous."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _contiguous(x) -> bool:
+    return bool(x.flags.c_contiguous)
+
+
+# ---- forward ---------------------------------------------------------------------------------
+
+
+def _sigmoid(ctx, out, a):
+    if ctx.expit is not None:
+        return lambda: ctx.expit(a, out=out)
+    m = ctx.m
+
+    def run():  # 1/(1+exp(-a)) = (1 + tanh(a/2)) / 2, without overflow
+        m.multiply(a, 0.5, out=out)
+        m.tanh(out, out=out)
+        m.multiply(out, 0.5, out=out)
+        m.add(out, 0.5, out=out)
+
+    return run
+
+
+def _matmul(ctx, out, a, b):
+    m = ctx.m
+    if b.ndim == 2 and a.ndim > 2 and _contiguous(out):
+        out2 = rows(out)
+        if _contiguous(a):
+            a2 = rows(a)
+            return lambda: m.matmul(a2, b, out=out2)
+        return lambda: m.matmul(rows(m.ascontiguousarray(a)), b, out=out2)
+    return lambda: m.matmul(a, b, out=out)
+
+
+def _where(ctx, out, cond, a, b):
+    m = ctx.m
+
+    def run():
+        m.copyto(out, b)
+        m.copyto(out, a, where=cond)
+
+    return run
+
+
+def _unary(name):
+    return lambda ctx, out, a: (lambda f: lambda: f(a, out=out))(getattr(ctx.m, name))
+
+
+def _binary(name):
+    return lambda ctx, out, a, b: (lambda f: lambda: f(a, b, out=out))(getattr(ctx.m, name))
+
+
+FORWARD = {
+    "add": _binary("add"),
+    "sub": _binary("subtract"),
+    "mul": _binary("multiply"),
+    "div": _binary("divide"),
+    "neg": _unary("negative"),
+    "tanh": _unary("tanh"),
+    "exp": _unary("exp"),
+    "log": _unary("log"),
+    "sigmoid": _sigmoid,
+    "matmul": _matmul,
+    "where": _where,
+    "relu": lambda ctx, out, a: lambda: ctx.m.maximum(a, 0, out=out),
+}
+
+
+def forward(ctx, op: str, out, ins: list, attrs: dict):
+    """A kernel writing op(*ins) into `out`."""
+    make = FORWARD.get(op)
+    if make is not None and not attrs:
+        return make(ctx, out, *ins)
+    fn, xp = ops.OPS[op].forward, ctx.xp
+
+    def run():
+        out[...] = fn(xp, *ins, **attrs)
+
+    return run
+
+
+def reduce_rest(ctx, op: str, out, a):
+    """Per step of a stacked `a`: the sum (or mean) of all its entries, into out (n,)."""
+    m, n = ctx.m, a.shape[0]
+    scale = 1.0 / (a.size // max(n, 1)) if op == "mean" else None
+
+    def run():
+        flat = a.reshape(n, -1)
+        m.sum(flat, axis=1, out=out)
+        if scale is not None:
+            m.multiply(out, scale, out=out)
+
+    return run
+
+
+# ---- VJPs --------------------------------------------------------------------------------------
+# ELEMENT_VJP[op][position](m, o, g, out, *ins) writes the contribution at g's (broadcast) shape
+# into o; None means the contribution is g itself, and NEGATE that it is -g.
+
+NEGATE = "negate"
+
+
+def _mul_vjp(position):
+    return lambda m, o, g, out, a, b: m.multiply(g, b if position == 0 else a, out=o)
+
+
+def _tanh_vjp(m, o, g, out, a):
+    m.multiply(out, out, out=o)
+    m.subtract(1, o, out=o)
+    m.multiply(o, g, out=o)
+
+
+def _sigmoid_vjp(m, o, g, out, a):
+    m.subtract(1, out, out=o)
+    m.multiply(o, out, out=o)
+    m.multiply(o, g, out=o)
+
+
+def _div_b(m, o, g, out, a, b):
+    m.multiply(g, out, out=o)
+    m.divide(o, b, out=o)
+    m.negative(o, out=o)
+
+
+ELEMENT_VJP = {
+    "add": (None, None),
+    "sub": (None, NEGATE),
+    "mul": (_mul_vjp(0), _mul_vjp(1)),
+    "div": (lambda m, o, g, out, a, b: m.divide(g, b, out=o), _div_b),
+    "neg": (NEGATE,),
+    "tanh": (_tanh_vjp,),
+    "sigmoid": (_sigmoid_vjp,),
+    "exp": (lambda m, o, g, out, a: m.multiply(g, out, out=o),),
+    "log": (lambda m, o, g, out, a: m.divide(g, a, out=o),),
+    "relu": (lambda m, o, g, out, a: m.multiply(g, a > 0, out=o),),
+    "where": (
+        None,
+        lambda m, o, g, out, c, a, b: m.multiply(g, c, out=o),
+        lambda m, o, g, out, c, a, b: m.multiply(g, ~c, out=o),
+    ),
+}
+
+
+def _reduce_axes(full_shape: tuple, shape: tuple) -> tuple:
+    lead = len(full_shape) - len(shape)
+    return tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and full_shape[lead + i] != 1
+    )
+
+
+def deliver(ctx, dest, add: bool, compute, full_shape: tuple, dtype):
+    """Kernel: compute(o) fills o (at full_shape); the result, summed down to dest's shape,
+    is written into dest (add=False) or added to it."""
+    m = ctx.m
+    axes = _reduce_axes(full_shape, tuple(dest.shape))
+    if not axes and tuple(full_shape) == tuple(dest.shape):
+        if not add:
+            return lambda: compute(dest)
+        o = ctx.tmp(full_shape, dtype)
+        return lambda: (compute(o), m.add(dest, o, out=dest))
+    full = ctx.tmp(full_shape, dtype)
+    lead = (None,) * (len(full_shape) - dest.ndim)
+    target = dest[lead] if lead else dest
+    if not add:
+        return lambda: (compute(full), m.sum(full, axis=axes, keepdims=True, out=target))
+    part = ctx.tmp(target.shape, dtype, tag=1)
+    return lambda: (
+        compute(full),
+        m.sum(full, axis=axes, keepdims=True, out=part),
+        m.add(target, part, out=target),
+    )
+
+
+def _pass(m, g, negate):
+    if negate:
+        return lambda o: m.negative(g, out=o)
+    return lambda o: m.copyto(o, g)
+
+
+def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: dict):
+    """A kernel writing (or adding) the gradient for input `position` into dest."""
+    m = ctx.m
+    rules = ELEMENT_VJP.get(op)
+    if rules is not None and not attrs:
+        rule = rules[position]
+        if rule is None or rule == NEGATE:
+            compute = _pass(m, g, rule == NEGATE)
+        else:
+            compute = (lambda r: lambda o: r(m, o, g, out, *ins))(rule)
+        return deliver(ctx, dest, add, compute, tuple(g.shape), g.dtype)
+    if op == "matmul":
+        kernel = _matmul_vjp(ctx, position, dest, add, g, *ins)
+        if kernel is not None:
+            return kernel
+    return _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs)
+
+
+def _matmul_vjp(ctx, position, dest, add, g, a, b):
+    """da = g @ b^T (b a matrix); db = a^T @ g summed over leading axes (one GEMM)."""
+    m = ctx.m
+    if b.ndim != 2 or not (_contiguous(dest) and _contiguous(g)):
+        return None
+    g2 = rows(g)
+    if position == 0:
+        if tuple(dest.shape) != tuple(g.shape[:-1]) + (b.shape[0],):
+            return None
+        d2, bt = rows(dest), b.T
+        if not add:
+            return lambda: m.matmul(g2, bt, out=d2)
+        o = ctx.tmp(d2.shape, dest.dtype)
+        return lambda: (m.matmul(g2, bt, out=o), m.add(d2, o, out=d2))
+    if dest.ndim != 2:
+        return None
+    a2 = (lambda: rows(a).T) if _contiguous(a) else (lambda: rows(m.ascontiguousarray(a)).T)
+    if not add:
+        return lambda: m.matmul(a2(), g2, out=dest)
+    o = ctx.tmp(dest.shape, dest.dtype)
+    return lambda: (m.matmul(a2(), g2, out=o), m.add(dest, o, out=dest))
+
+
+def _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs):
+    entry, xp, m = ops.OPS[op], ctx.xp, ctx.m
+
+    def run():
+        grad = entry.vjp(xp, g, out, *ins, **attrs)[position]
+        if grad is None:
+            raise MissingVJPError(op, position, "(plan)")
+        grad = ops.unbroadcast(xp, grad, tuple(dest.shape))
+        if add:
+            m.add(dest, grad, out=dest)
+        else:
+            dest[...] = grad
+
+    return run

@@ -1,0 +1,217 @@
+"""Lower an unrolled graph into an execution plan: a flat list of kernels over fixed buffers.
+
+The interpreter (`autodiff.Program`) walks nodes with a dict of values; a plan is built once
+per (spec, steps, batch shape) and then runs `for k in kernels: k()` with no graph, dict or
+shape work in the loop. Building it:
+
+1. `passes.Analysis`: live nodes, shapes, classes (one equation over all steps), and which
+   classes sit on a recurrence.
+2. `layout.Layout`: one buffer per class stacked over time, views for slices and aliases.
+3. Units: a class off every recurrence whose op has a batch rule runs as ONE kernel over all
+   steps (input projections, readouts, losses); the rest run per node, in an order that
+   respects every dependency (Kahn's algorithm, ties broken by the graph's own order).
+4. Backward walks the units in reverse. A parameter's gradient from a per-step class
+   (W_hh, b_hh) is not summed step by step: after the loop it is one batched product over
+   the stacked step values and gradients (one GEMM for a matmul).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from . import kernels, passes
+from .graph import Graph, Key
+from .layout import Layout
+from .passes import Analysis, class_of
+
+
+class Plan:
+    """Kernels for one graph and batch shape. `run` then `gradients`, or `loss_and_grads`."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        leaf_meta: dict,
+        xp,
+        module: str,
+        dtype,
+        outputs: list[Key] | None = None,
+        full: bool = False,
+        grads: bool = True,
+    ):
+        self.graph = graph
+        outputs = list(outputs or []) + [graph.loss]
+        self.ctx = kernels.Context(xp, module)
+        self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full)
+        self.layout = Layout(an, self.ctx, graph.loss if grads else None)
+        self.batched = self._batched_classes()
+        self.units = self._schedule()
+        self.forward_kernels: list = []
+        for unit in self.units:
+            self.forward_kernels.extend(self._forward(unit))
+        self._fill_consts()
+        self.backward_kernels: list = []
+        self.zero: set = set()
+        if grads:
+            self._emit_backward()
+
+    # ---- which classes run batched, and in what order -------------------------------------
+
+    def _batched_classes(self) -> dict:
+        an, lay, out = self.an, self.layout, {}
+        for c in lay.classes:
+            same = an.same_op(c)
+            if c in an.recurrent or c in lay.source or same is None:
+                continue
+            op, attrs = same
+            k0 = an.members[c][lay.range[c][0]]
+            in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
+            patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
+            stacked = [p is not None and p[0] == "class" for p in patterns]
+            rule = passes.batch_rule(op, attrs, in_nd, stacked)
+            ins = self._stacked_inputs(c, op, in_nd, k0)
+            if rule is not None and ins is not None:
+                out[c] = (rule[0], rule[1], ins)
+        return out
+
+    def _stacked_inputs(self, cls, op: str, in_nd: list, k0, grad: bool = False):
+        out_nd = len(self.an.meta[k0][0])
+        pad = op in passes.ELEMENTWISE
+        views = []
+        for i, nd in enumerate(in_nd):
+            view = self.layout.stacked(cls, i, grad, pad=(out_nd - nd) if pad else 0)
+            if view is None and not grad:
+                return None
+            views.append(view)
+        return views
+
+    def _schedule(self) -> list:
+        """Units in dependency order: ("class", cls) or ("node", key)."""
+        an, lay = self.an, self.layout
+        unit_of, index, units, first = {}, {}, [], []
+        for k in an.order:
+            if k not in an.live or an.kind(k) != "op" or k in lay.alias_of:
+                continue
+            c = class_of(k)
+            unit = ("class", c) if c in self.batched else ("node", k)
+            if unit not in index:
+                index[unit] = len(units)
+                units.append(unit)
+                first.append(an.pos[k])
+            unit_of[k] = index[unit]
+        deps = [set() for _ in units]
+        for k, u in unit_of.items():
+            for source in an.inputs(k):
+                while source in lay.alias_of:
+                    source = lay.alias_of[source]
+                if source in unit_of and unit_of[source] != u:
+                    deps[u].add(unit_of[source])
+        users = [[] for _ in units]
+        for u, ds in enumerate(deps):
+            for d in ds:
+                users[d].append(u)
+        waiting = [len(ds) for ds in deps]
+        ready = [(first[u], u) for u in range(len(units)) if not waiting[u]]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, u = heapq.heappop(ready)
+            order.append(units[u])
+            for v in users[u]:
+                waiting[v] -= 1
+                if not waiting[v]:
+                    heapq.heappush(ready, (first[v], v))
+        return order
+
+    # ---- forward -------------------------------------------------------------------------
+
+    def _forward(self, unit) -> list:
+        an, lay, ctx = self.an, self.layout, self.ctx
+        if unit[0] == "class":
+            cls = unit[1]
+            kind, attrs, ins = self.batched[cls]
+            out = lay.value_stack[cls].span(*lay.range[cls])
+            op = an.same_op(cls)[0]
+            if kind == "reduce_rest":
+                return [kernels.reduce_rest(ctx, op, out, ins[0])]
+            return [kernels.forward(ctx, op, out, ins, attrs)]
+        k = unit[1]
+        node = an.node[k]
+        total = an.addn_of_class(k)
+        if total is not None:
+            stacked = lay.value_stack[total].span(*lay.range[total])
+            out, m = lay.value[k], ctx.m
+            return [lambda: m.sum(stacked, axis=0, out=out)]
+        ins = [lay.value[i] for i in node["inputs"]]
+        return [kernels.forward(ctx, node["op"], lay.value[k], ins, node["attrs"])]
+
+    def _fill_consts(self) -> None:
+        for k in self.an.live:
+            if self.an.kind(k) == "const":
+                self.load(self.layout.value[k], self.an.node[k]["attrs"]["value"])
+
+    def load(self, dest, host) -> None:
+        """Copy host data into a plan buffer (casting to the buffer's dtype)."""
+        if self.ctx.name == "cupy":
+            dest[...] = self.ctx.m.asarray(host)
+        else:
+            self.ctx.m.copyto(dest, host, casting="unsafe")
+
+    # ---- backward ------------------------------------------------------------------------
+
+    def _emit_backward(self) -> None:
+        from .plan_backward import emit
+
+        emit(self)
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self, leaves: dict[Key, Any], params: dict[str, Any]) -> float:
+        """Copy in the batch (host arrays by node key) and parameters, run forward."""
+        lay, an = self.layout, self.an
+        for cls, keys in self._leaf_classes().items():
+            import numpy as np
+
+            self.load(
+                lay.value_stack[cls].span(*lay.range[cls]), np.stack([leaves[k] for k in keys])
+            )
+        for k in self._single_leaves:
+            self.load(lay.value[k], leaves[k])
+        for name, k in self.graph.params.items():
+            if k in an.live:
+                self.ctx.m.copyto(lay.value[k], params[name])
+        for kernel in self.forward_kernels:
+            kernel()
+        return float(lay.value[self.graph.loss])
+
+    def _leaf_classes(self) -> dict:
+        if not hasattr(self, "_leaves"):
+            an, lay = self.an, self.layout
+            self._leaves, self._single_leaves = {}, []
+            for k in an.order:
+                if k in an.live and an.kind(k) == "input":
+                    c = class_of(k)
+                    if c in lay.value_stack and len(c) == 2:
+                        members = an.members[c]
+                        self._leaves[c] = [members[t] for t in sorted(members)]
+                    else:
+                        self._single_leaves.append(k)
+        return self._leaves
+
+    def gradients(self) -> dict[str, Any]:
+        """Run backward (after `run`); a fresh copy of every parameter's gradient."""
+        bufs = self.layout.grad_buffers
+        for i in self.zero:
+            bufs[i].fill(0)
+        for kernel in self.backward_kernels:
+            kernel()
+        return {name: self.layout.grad[k].copy() for name, k in self.graph.params.items()}
+
+    def loss_and_grads(self, leaves: dict, params: dict) -> tuple[float, dict]:
+        loss = self.run(leaves, params)
+        return loss, self.gradients()
+
+    def value(self, key: Key):
+        """The value of a node after `run` (a view into the plan's buffers)."""
+        return self.layout.value[key]

@@ -1,0 +1,56 @@
+"""Compile time against sequence length for a 2-layer LSTM: unroll, then lower to a plan.
+
+python tools/compile_scaling.py [T ...]     (default: 100 1000 10000)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import array_api_compat.numpy as xp  # noqa: E402
+
+from seqgraph import batch as batching  # noqa: E402
+from seqgraph.compile import compile_graph  # noqa: E402
+from seqgraph.plan import Plan  # noqa: E402
+from seqgraph.spec import load_spec  # noqa: E402
+
+SPEC = {
+    "model": {
+        "pattern": "many_to_many",
+        "input": {"type": "vectors", "size": 32},
+        "target": {"type": "ids", "vocab": 32},
+        "layers": [{"cell": "lstm", "hidden": 64}] * 2,
+    }
+}
+
+
+def main(argv: list[str]) -> int:
+    spec = load_spec(SPEC)
+    print(f"{'T':>6} {'nodes':>8} {'unroll s':>9} {'plan s':>8} {'kernels':>8} {'steps/s':>9}")
+    for steps in [int(a) for a in argv] or [100, 1000, 10000]:
+        start = time.perf_counter()
+        graph = compile_graph(spec, steps)
+        unrolled = time.perf_counter()
+        feeds = batching.feeds(spec, graph, batching.dummy(spec, 16, steps))
+        meta = {
+            k: (v.shape, np.dtype("float32") if v.dtype.kind == "f" else v.dtype)
+            for k, v in feeds.items()
+        }
+        plan = Plan(graph, meta, xp, "numpy", "float32", full=True)
+        done = time.perf_counter()
+        kernels = len(plan.forward_kernels) + len(plan.backward_kernels)
+        print(
+            f"{steps:6d} {graph.nx.number_of_nodes():8d} {unrolled - start:9.3f} "
+            f"{done - unrolled:8.3f} {kernels:8d} {steps / (done - start):9.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
