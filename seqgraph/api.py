@@ -316,9 +316,9 @@ def sample(run_dir: str | os.PathLike, length: int = 300, temperature: float | N
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
-                 backend: str | None = None) -> dict:
-    """Loss (per target step), accuracy and token count on the run's validation split, or
-    on the validation split of `data` read the same way."""
+                 backend: str | None = None, split: str = "valid") -> dict:
+    """Loss (per target step), accuracy and token count on the run's validation (or test)
+    split, or on that split of `data` read the same way."""
     from . import data as datasets
     from .evaluate import evaluate
     from .train import _data_config, train_config
@@ -331,8 +331,12 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
         raise DataError(f"{config.get('path', 'the data')}: its vocabulary differs from the "
                         "run's; evaluate on text with the same characters")
     settings = train_config(spec, None)
-    batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    return {"run_dir": str(run_dir), "step": model.run_facts["step"], **evaluate(model, batches)}
+    if split == "test":
+        batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
+    else:
+        batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
+    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split,
+            **evaluate(model, batches)}
 
 
 def export_run(run_dir: str | os.PathLike, to: str = "onnx",

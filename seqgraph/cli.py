@@ -69,13 +69,14 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend)
+    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend,
+                              split=args.split)
     if args.json:
         print(json.dumps(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
-        print(f"{result['run_dir']} at step {result['step']}: loss {result['loss']:.4f} per "
-              f"target step over {result['tokens']:,} steps{extra}")
+        print(f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
+              f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}")
     return 0
 
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="evaluate on this file's validation split instead")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--backend", choices=["numpy", "cupy"])
 
     p = command("gradflow", "per-step gradient ledger of one batch: CSV and heatmap",

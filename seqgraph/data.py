@@ -10,7 +10,6 @@ would have seen, and the only cursor to save is the step. Two shapes of data:
 
 from __future__ import annotations
 
-import csv
 import json
 import sysconfig
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import synthetic
+from . import sentences, synthetic
 from .errors import DataError
 
 STDLIB_CHARS = 2_000_000  # enough Python source for a few minutes of training
@@ -90,6 +89,8 @@ class SequenceSet:
     labels: list[str] | None = None
     kind: str = "sequences"
     layout: dict = field(default_factory=dict)  # keyword arguments of `pad` for this pattern
+    test_x: list = field(default_factory=list)
+    test_y: list = field(default_factory=list)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.x) // batch_size))
@@ -102,10 +103,14 @@ class SequenceSet:
         chosen = order[index * batch_size : (index + 1) * batch_size]
         return pad([self.x[i] for i in chosen], [self.y[i] for i in chosen], **self.layout)
 
-    def valid_batches(self, batch_size: int, seq_len: int):
-        for start in range(0, len(self.valid_x), batch_size):
-            yield pad(self.valid_x[start : start + batch_size],
-                      self.valid_y[start : start + batch_size], **self.layout)
+    def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
+        xs, ys = (self.test_x, self.test_y) if split == "test" else (self.valid_x, self.valid_y)
+        if split == "test" and not xs:
+            raise DataError("this data set has no test split; use split: mod10 or "
+                            "test_fraction in the data section")
+        for start in range(0, len(xs), batch_size):
+            yield pad(xs[start : start + batch_size], ys[start : start + batch_size],
+                      **self.layout)
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -156,7 +161,7 @@ LAYOUTS = {
     "one_to_many": {"x_time": False, "y_time": True, "y_own_lengths": True},
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
-SOURCES = ("python_stdlib", "text", "tsv", "npz", "adding", "copy", "sine")
+SOURCES = ("python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding", "copy", "sine")
 
 
 def load(config: dict, pattern: str, seed: int):
@@ -171,8 +176,8 @@ def load(config: dict, pattern: str, seed: int):
     if source in ("adding", "copy", "sine"):
         xs, ys = getattr(synthetic, source)(config, np.random.default_rng([seed, 7]))
         return _split(xs, ys, valid_fraction, seed, LAYOUTS[pattern])
-    if source == "tsv":
-        return _tsv(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
+    if source in ("tsv", "labelled_lines"):
+        return _sentences(config, seed, LAYOUTS[pattern])
     if source == "npz":
         return _npz(_need_path(config), valid_fraction, seed, LAYOUTS[pattern])
     raise DataError(f"data.source {source!r} is unknown; use one of {', '.join(SOURCES)}")
@@ -236,46 +241,15 @@ def _split(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
                        layout=layout, **extra)
 
 
-def _tsv(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
-    """`text<TAB>label` rows (or comma-separated with delimiter: ","), one example a row."""
-    delimiter = config.get("delimiter", "\t")
-    rows = []
-    text = _read_text(path)
-    for number, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2 or not row[0].strip() or not row[-1].strip():
-            raise DataError(f"{path}:{number}: expected `text{delimiter!r}label`, got {row!r}")
-        rows.append((delimiter.join(row[:-1]), row[-1].strip()))
-    labels = sorted({label for _, label in rows})
-    allowed = config.get("labels")
-    if allowed is not None:
-        for number, (_, label) in enumerate(rows, 1):
-            if label not in [str(a) for a in allowed]:
-                raise DataError(f"{path}: row {number}: label {label!r} is not one of {allowed}")
-        labels = [str(a) for a in allowed]
-    words = config.get("tokenizer", "word") == "word"
-    tokens = [tokenize(t, words) for t, _ in rows]
-    counts: dict[str, int] = {}
-    for toks in tokens:
-        for tok in toks:
-            counts[tok] = counts.get(tok, 0) + 1
-    min_count = int(config.get("min_count", 1))
-    vocab = ["<pad>", "<unk>"] + sorted(t for t, n in counts.items() if n >= min_count)
-    index = {t: i for i, t in enumerate(vocab)}
-    xs = [np.array([index.get(t, 1) for t in toks] or [1], dtype=np.int64) for toks in tokens]
-    ys = [np.int64(labels.index(label)) for _, label in rows]
-    return _split(xs, ys, valid_fraction, seed, layout, vocab=vocab, labels=labels)
-
-
-def tokenize(text: str, words: bool) -> list[str]:
-    """Lower-cased words split on non-letters (words=True), or characters."""
-    text = text.lower()
-    if not words:
-        return list(text)
-    import re
-
-    return re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text)
+def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
+    rows = sentences.read_rows(config, _read_text)
+    if not rows:
+        raise DataError("the data files hold no examples")
+    train, valid, test = sentences.split_rows(rows, config, seed)
+    labels, vocab, (xs, ys), held = sentences.encode(config, train, [valid, test])
+    (vx, vy), (tx, ty) = held
+    return SequenceSet(xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout,
+                       test_x=tx, test_y=ty)
 
 
 def _npz(path: Path, valid_fraction, seed, layout) -> SequenceSet:
@@ -307,7 +281,8 @@ def describe(dataset) -> dict:
     """Facts about a dataset that a run saves beside its checkpoints."""
     out = {"kind": dataset.kind, "vocab": getattr(dataset, "vocab", None)}
     if isinstance(dataset, SequenceSet):
-        out.update(labels=dataset.labels, train=len(dataset.x), valid=len(dataset.valid_x))
+        out.update(labels=dataset.labels, train=len(dataset.x), valid=len(dataset.valid_x),
+                   test=len(dataset.test_x))
     else:
         out.update(train=len(dataset.train), valid=len(dataset.valid))
     return json.loads(json.dumps(out))

@@ -131,8 +131,14 @@ DATA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "source": {"enum": ["python_stdlib", "text", "tsv", "npz", "adding", "copy", "sine"]},
+        "source": {"enum": ["python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding",
+                            "copy", "sine"]},
         "path": {"type": "string"},
+        "root": {"type": "string", "description": "folder that holds `files`"},
+        "files": {"type": ["array", "object"], "description": "tsv: a list of files; "
+                  "labelled_lines: {label: file}"},
+        "split": {"enum": ["random", "mod10"]},
+        "test_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
         "valid_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
         "max_chars": _count,
         "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},

@@ -66,7 +66,9 @@ class RunOptions:
 
 def _data_config(spec_data: dict, path: str | None) -> dict:
     config = dict(spec_data)
-    if path:
+    if path and config.get("source") in ("tsv", "labelled_lines") and Path(path).is_dir():
+        config["root"] = path
+    elif path:
         config["path"] = path
         if config.get("source", "python_stdlib") == "python_stdlib":
             suffix = Path(path).suffix.lower()

@@ -154,7 +154,7 @@ def test_data_errors_name_the_file_and_row(tmp_path):
     labels.write_text("good\tpos\nbad\tneg\nmeh\tneutral\n")
     spec = write_spec(tmp_path, model, {"source": "tsv", "path": str(labels),
                                         "labels": ["pos", "neg"]}, {"steps": 1})
-    with pytest.raises(DataError, match=r"labels.tsv: row 3: label 'neutral'"):
+    with pytest.raises(DataError, match=r"labels.tsv:3: label 'neutral'"):
         api.train(str(spec), progress=False, out=str(tmp_path / "r2"))
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -1,0 +1,38 @@
+"""Labelled sentences: the mod10 split, a vocabulary from the training split only, and
+one-file-per-label sources."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqgraph import data as datasets
+from seqgraph.train import _data_config
+
+
+def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):
+    (tmp_path / "good.txt").write_text("".join(f"fine film {i}\n" for i in range(20)))
+    bad = [f"dull plot {i}" for i in range(19)] + ["zebra"]  # line 19: i % 10 == 9, test
+    (tmp_path / "bad.txt").write_text("\n".join(bad) + "\n")
+    config = _data_config({"source": "labelled_lines", "files": {"pos": "good.txt",
+                                                                   "neg": "bad.txt"},
+                           "split": "mod10"}, str(tmp_path))
+    assert config["root"] == str(tmp_path)
+    data = datasets.load(config, "many_to_one", seed=0)
+    assert (len(data.x), len(data.valid_x), len(data.test_x)) == (32, 4, 4)
+    assert data.labels == ["neg", "pos"]
+    assert "zebra" not in data.vocab and "18" not in data.vocab and "17" in data.vocab
+    unk = data.vocab.index("<unk>")
+    assert [int(v) for v in data.test_x[-1]] == [unk]  # a word never seen in training
+    batch = next(data.valid_batches(8, 0, split="test"))
+    assert batch["x"].shape[0] == 4 and sorted(batch["y"].tolist()) == [0, 0, 1, 1]
+
+
+def test_tsv_random_split_is_seeded(tmp_path):
+    rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(50))
+    (tmp_path / "s.tsv").write_text(rows)
+    config = {"source": "tsv", "path": str(tmp_path / "s.tsv"), "valid_fraction": 0.2,
+              "test_fraction": 0.2}
+    a = datasets.load(config, "many_to_one", seed=3)
+    b = datasets.load(config, "many_to_one", seed=3)
+    assert (len(a.x), len(a.valid_x), len(a.test_x)) == (30, 10, 10)
+    assert all(np.array_equal(u, v) for u, v in zip(a.valid_x, b.valid_x))
