@@ -179,7 +179,7 @@ def load(config: dict, pattern: str, seed: int):
     if source in ("tsv", "labelled_lines"):
         return _sentences(config, seed, LAYOUTS[pattern])
     if source == "npz":
-        return _npz(_need_path(config), valid_fraction, seed, LAYOUTS[pattern])
+        return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
     raise DataError(f"data.source {source!r} is unknown; use one of {', '.join(SOURCES)}")
 
 
@@ -252,7 +252,7 @@ def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
                        test_x=tx, test_y=ty)
 
 
-def _npz(path: Path, valid_fraction, seed, layout) -> SequenceSet:
+def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -270,7 +270,14 @@ def _npz(path: Path, valid_fraction, seed, layout) -> SequenceSet:
     if len(x) != len(y) or len(lengths) != len(x):
         raise DataError(f"{path}: x, y and lengths must have the same number of examples")
     if layout["x_time"] and (lengths.min() < 1 or lengths.max() > x.shape[1]):
-        raise DataError(f"{path}: lengths must lie in 1..{x.shape[1]}")
+        row = int(np.argmax((lengths < 1) | (lengths > x.shape[1])))
+        raise DataError(f"{path}: lengths must lie in 1..{x.shape[1]}; example {row} has "
+                        f"length {lengths[row]}")
+    limit = config.get("max_len")
+    if limit is not None and layout["x_time"] and lengths.max() > limit:
+        row = int(np.argmax(lengths > limit))
+        raise DataError(f"{path}: example {row} has {lengths[row]} steps, more than "
+                        f"data.max_len = {limit}")
     xs = [x[i, : lengths[i]] if layout["x_time"] else x[i] for i in range(len(x))]
     ys = [y[i, : lengths[i]] if layout["y_time"] and not layout.get("y_own_lengths") else y[i]
           for i in range(len(y))]

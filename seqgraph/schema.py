@@ -138,6 +138,7 @@ DATA = {
         "files": {"type": ["array", "object"], "description": "tsv: a list of files; "
                   "labelled_lines: {label: file}"},
         "split": {"enum": ["random", "mod10"]},
+        "max_len": {**_count, "description": "refuse examples longer than this"},
         "test_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
         "valid_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
         "max_chars": _count,

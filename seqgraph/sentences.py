@@ -102,9 +102,16 @@ def encode(config: dict, train: list, held_out: list[list]):
     vocab = ["<pad>", "<unk>"] + sorted(t for t, n in counts.items() if n >= min_count)
     index = {t: i for i, t in enumerate(vocab)}
 
+    limit = config.get("max_len")
+
     def ids(part):
-        xs = [np.array([index.get(t, 1) for t in tokenize(text, words)] or [1], dtype=np.int64)
-              for text, *_ in part]
+        xs = []
+        for text, _, line, path in part:
+            tokens = tokenize(text, words)
+            if limit is not None and len(tokens) > limit:
+                raise DataError(f"{path}:{line + 1}: {len(tokens)} tokens, more than "
+                                f"data.max_len = {limit}; raise max_len or shorten the line")
+            xs.append(np.array([index.get(t, 1) for t in tokens] or [1], dtype=np.int64))
         return xs, [np.int64(labels.index(row[1])) for row in part]
 
     return labels, vocab, ids(train), [ids(part) for part in held_out]

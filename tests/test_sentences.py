@@ -36,3 +36,19 @@ def test_tsv_random_split_is_seeded(tmp_path):
     b = datasets.load(config, "many_to_one", seed=3)
     assert (len(a.x), len(a.valid_x), len(a.test_x)) == (30, 10, 10)
     assert all(np.array_equal(u, v) for u, v in zip(a.valid_x, b.valid_x))
+
+
+def test_too_long_and_zero_length_examples_are_refused_with_their_place(tmp_path):
+    import pytest
+
+    from seqgraph.errors import DataError
+
+    (tmp_path / "s.tsv").write_text("short one\t1\nthis line is far too long\t0\n")
+    with pytest.raises(DataError, match=r"s.tsv:2: 5 tokens, more than data.max_len = 3"):
+        datasets.load({"source": "tsv", "path": str(tmp_path / "s.tsv"), "max_len": 3},
+                      "many_to_one", seed=0)
+    np.savez(tmp_path / "a.npz", x=np.zeros((3, 4, 2)), y=np.zeros((3, 1)),
+             lengths=np.array([4, 0, 2]))
+    with pytest.raises(DataError, match=r"a.npz: lengths must lie in 1..4; example 1 has "
+                                        r"length 0"):
+        datasets.load({"source": "npz", "path": str(tmp_path / "a.npz")}, "many_to_one", 0)
