@@ -44,7 +44,7 @@ def test_too_long_and_zero_length_examples_are_refused_with_their_place(tmp_path
     from seqgraph.errors import DataError
 
     (tmp_path / "s.tsv").write_text("short one\t1\nthis line is far too long\t0\n")
-    with pytest.raises(DataError, match=r"s.tsv:2: 5 tokens, more than data.max_len = 3"):
+    with pytest.raises(DataError, match=r"s.tsv:2: 6 tokens, more than data.max_len = 3"):
         datasets.load({"source": "tsv", "path": str(tmp_path / "s.tsv"), "max_len": 3},
                       "many_to_one", seed=0)
     np.savez(tmp_path / "a.npz", x=np.zeros((3, 4, 2)), y=np.zeros((3, 1)),
