@@ -10,6 +10,8 @@ loss is the per-sequence sum over steps, averaged over the batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .errors import DataError
@@ -29,7 +31,11 @@ def _check_io(name: str, array: np.ndarray, io: IOSpec, leading: int, pattern: s
             raise DataError(f"batch[{name!r}] holds ids from {array.min()} to {array.max()}, "
                             f"outside the vocab 0..{io.size - 1} of the spec")
     else:
-        ok = array.ndim == leading + 1 and array.shape[-1] == io.size and array.dtype.kind == "f"
+        tail = io.shape if io.type == "images" else (io.size,)
+        if io.type == "images":
+            want = f"{lead}, {', '.join(map(str, tail))}) floats"
+        ok = (array.ndim == leading + len(tail) and tuple(array.shape[leading:]) == tail
+              and array.dtype.kind == "f")
         if ok and not np.all(np.isfinite(array)):
             raise DataError(f"batch[{name!r}] contains NaN or Inf")
     if not ok:
@@ -77,8 +83,21 @@ def shape_of(spec: Spec, batch: dict) -> tuple[int, int, int | None]:
     return size, steps, out_steps
 
 
-def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
-    """Host arrays for every data node of `graph` (built for this batch's shape)."""
+class Prepared(NamedTuple):
+    """A batch checked and filled in: what every data node of a graph is cut from."""
+
+    size: int
+    x: np.ndarray
+    y: np.ndarray
+    x_len: np.ndarray
+    y_len: np.ndarray
+    coins: np.ndarray
+    states: dict
+    loss_from: int
+
+
+def prepare(spec: Spec, batch: dict) -> Prepared:
+    """Check a batch against the spec and fill in its defaults (lengths, coins, a target)."""
     m = spec.model
     size, steps, out_steps = shape_of(spec, batch)
     x = np.asarray(batch["x"])
@@ -89,31 +108,65 @@ def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
     coins = np.zeros((size, out_steps or 1), dtype=bool)
     if batch.get("use_model") is not None:
         coins = np.asarray(batch["use_model"], dtype=bool).reshape(size, -1)
-    states = batch.get("state") or {}
-    out: dict[Key, np.ndarray] = {}
-    for key, role in graph.inputs.items():
-        scope, name, t = key
-        kind = role["role"]
-        if kind == "x":
-            out[key] = x if t is None or m.pattern == "one_to_one" else x[:, t]
-        elif kind == "mask":
-            lengths = x_len if scope == "x" else y_len
-            out[key] = (t < lengths)[:, None]
-        elif kind == "weight":
-            real = np.ones(size) if t is None or m.pattern == "many_to_one" else (t < y_len)
-            if t is not None and t < batch.get("loss_from", 0):
-                real = np.zeros(size)  # truncated BPTT: these steps only warm the state up
-            out[key] = real.astype(np.float64) / size
-        elif kind == "y":
-            out[key] = _target(y, t)
-        elif kind == "feed":
-            out[key] = _teacher_feed(m, y, t, size)
-        elif kind == "coin":
-            # shaped like the fed-back value: (B,) ids or (B, size) vectors
-            out[key] = coins[:, t] if m.target.type == "ids" else coins[:, t][:, None]
-        elif kind == "state":
-            out[key] = _state(states, f"{scope}.{name}", size, role["size"])
-    return out
+    return Prepared(size, x, y, x_len, y_len, coins, batch.get("state") or {},
+                    batch.get("loss_from", 0))
+
+
+def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
+    """Host arrays for every data node of `graph` (built for this batch's shape)."""
+    p = prepare(spec, batch)
+    return {key: feed_one(spec, p, key, role) for key, role in graph.inputs.items()}
+
+
+def feed_one(spec: Spec, p: Prepared, key: Key, role: dict) -> np.ndarray:
+    """The host array of one data node (`role` is its entry in `graph.inputs`)."""
+    m, size = spec.model, p.size
+    scope, name, t = key
+    kind = role["role"]
+    if kind == "x":
+        return p.x if t is None or m.pattern == "one_to_one" else p.x[:, t]
+    if kind == "mask":
+        lengths = p.x_len if scope == "x" else p.y_len
+        return (t < lengths)[:, None]
+    if kind == "weight":
+        real = np.ones(size) if t is None or m.pattern == "many_to_one" else (t < p.y_len)
+        if t is not None and t < p.loss_from:
+            real = np.zeros(size)  # truncated BPTT: these steps only warm the state up
+        return real.astype(np.float64) / size
+    if kind == "y":
+        return _target(p.y, t)
+    if kind == "feed":
+        return _teacher_feed(m, p.y, t, size)
+    if kind == "coin":
+        # shaped like the fed-back value: (B,) ids or (B, size) vectors
+        return p.coins[:, t] if m.target.type == "ids" else p.coins[:, t][:, None]
+    if kind == "state":
+        return _state(p.states, f"{scope}.{name}", size, role["size"])
+    raise DataError(f"no data for node {key} (role {kind!r})")
+
+
+def stacked(spec: Spec, p: Prepared, keys: list, role: dict) -> np.ndarray:
+    """feed_one of steps lo..hi of one data class (`keys` in step order), stacked on a new
+    leading axis: whole-array slices instead of one small array per step."""
+    m, kind = spec.model, role["role"]
+    lo, hi = keys[0][2], keys[-1][2]
+    if m.pattern == "one_to_one" or kind not in ("x", "y", "mask", "weight", "coin"):
+        return np.stack([feed_one(spec, p, k, role) for k in keys])
+    ts = np.arange(lo, hi + 1)
+    if kind in ("x", "y"):
+        return np.moveaxis((p.x if kind == "x" else p.y)[:, lo : hi + 1], 1, 0)
+    if kind == "mask":
+        lengths = p.x_len if keys[0][0] == "x" else p.y_len
+        return (ts[:, None] < lengths[None, :])[:, :, None]
+    if kind == "coin":
+        coins = np.moveaxis(p.coins[:, lo : hi + 1], 1, 0)
+        return coins if m.target.type == "ids" else coins[:, :, None]
+    if m.pattern == "many_to_one":
+        real = np.ones((len(ts), p.size))
+    else:
+        real = (ts[:, None] < p.y_len[None, :]).astype(np.float64)
+    real[ts < p.loss_from] = 0.0
+    return real / p.size
 
 
 def _dummy_target(m, size: int, steps: int, out_steps: int | None) -> np.ndarray:
@@ -155,7 +208,7 @@ def dummy(spec: Spec, size: int, steps: int, out_steps: int | None = None,
     def draw(io: IOSpec, shape: tuple) -> np.ndarray:
         if io.type == "ids":
             return rng.integers(0, io.size, size=shape)
-        return rng.normal(size=shape + (io.size,))
+        return rng.normal(size=shape + (io.shape if io.type == "images" else (io.size,)))
 
     x_shape = (size,) if m.pattern in SINGLE_STEP_INPUT else (size, steps)
     if m.pattern in ("many_to_one", "one_to_one"):

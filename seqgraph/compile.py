@@ -67,10 +67,15 @@ class Unroller:
     # ---- per-step encoders and the readout ---------------------------------------------------
 
     def encode(self, encoders, prefix: str, key: Key, io: IOSpec, t) -> Key:
-        size = io.size
+        size, shape = io.size, io.shape
         for i, enc in enumerate(encoders):
             scope = f"{prefix}{i}"
-            if enc.type == "onehot":
+            if enc.type == "conv":
+                key, shape = self.conv(scope, key, shape, enc, t)
+                size = shape[0] * shape[1] * shape[2]
+                if i + 1 == len(encoders) or encoders[i + 1].type != "conv":
+                    key = self.op((scope, "flat", t), "reshape", (key,), shape=(-1, size))
+            elif enc.type == "onehot":
                 key = self.op((scope, "onehot", t), "embedding", (key, self.const(np.eye(size))))
             elif enc.type == "embedding":
                 table = self.param(scope, "E", (size, enc.size), {"dist": "normal", "scale": 1.0})
@@ -79,6 +84,21 @@ class Unroller:
                 key = self.dense(scope, key, size, enc.size, t, enc.activation)
                 size = enc.size
         return key
+
+    def conv(self, scope: str, key: Key, shape: tuple, enc, t) -> tuple[Key, tuple]:
+        """A per-frame conv -> activation -> max-pool, sharing its kernel across steps."""
+        channels, height, width = shape
+        fan_in = channels * enc.kernel * enc.kernel
+        init = {"dist": "uniform", "scale": 1 / math.sqrt(fan_in)}
+        W = self.param(scope, "K", (enc.size, channels, enc.kernel, enc.kernel), init)
+        b = self.param(scope, "b", (enc.size, 1, 1), init)
+        key = self.op((scope, "conv", t), "conv2d", (key, W), padding=enc.kernel // 2)
+        key = self.op((scope, "z", t), "add", (key, b))
+        if enc.activation != "identity":
+            key = self.op((scope, enc.activation, t), enc.activation, (key,))
+        if enc.pool > 1:
+            key = self.op((scope, "pool", t), "maxpool2d", (key,), size=enc.pool)
+        return key, (enc.size, height // enc.pool, width // enc.pool)
 
     def dense(self, scope: str, key: Key, n_in: int, n_out: int, t, activation="identity"):
         init = {"dist": "uniform", "scale": 1 / math.sqrt(n_in)}

@@ -377,17 +377,6 @@ def _embedding_vjp(xp, g, out, ids, W):
     return None, xp_extra.scatter_add_rows(xp, xp.reshape(ids, (-1,)), flat_g, W.shape[0])
 
 
-@op("onehot", 1, ("classes",))
-def _onehot(xp, ids, classes=1):
-    """out[..., k] = 1 if ids[...] == k else 0, in the default float dtype.  No gradient."""
-    return xp_extra.one_hot(xp, ids, classes)
-
-
-@_onehot.vjp
-def _onehot_vjp(xp, g, out, ids, classes=1):
-    return (None,)
-
-
 @op("argmax", 1)
 def _argmax(xp, a):
     """out = index of the largest entry along the last axis.  Not differentiable: the gradient
@@ -457,3 +446,6 @@ def _mse_vjp(xp, g, out, pred, target):
 def get(name: str) -> Op:
     """The op called `name`; KeyError if the table has none."""
     return OPS[name]
+
+
+from . import ops_image  # noqa: E402,F401  (registers conv2d and maxpool2d in OPS)

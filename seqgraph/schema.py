@@ -74,9 +74,12 @@ _encoder = {
     "additionalProperties": False,
     "required": ["type"],
     "properties": {
-        "type": {"enum": ["embedding", "onehot", "dense"]},
+        "type": {"enum": ["embedding", "onehot", "dense", "conv"]},
         "size": _size,
         "activation": {"enum": ACTIVATIONS},
+        "channels": _size,
+        "kernel": {"type": "integer", "minimum": 1, "maximum": 15},
+        "pool": {"type": "integer", "minimum": 1, "maximum": 8},
     },
 }
 
@@ -99,9 +102,11 @@ _io = {
     "additionalProperties": False,
     "required": ["type"],
     "properties": {
-        "type": {"enum": ["ids", "vectors"]},
+        "type": {"enum": ["ids", "vectors", "images"]},
         "vocab": {"oneOf": [_size, {"const": "auto"}]},
         "size": _size,
+        "shape": {"type": "array", "items": _size, "minItems": 3, "maxItems": 3,
+                  "description": "images: [channels, height, width]"},
     },
     "description": "ids: integer tokens/classes (give vocab, or auto to take it from the "
     "data); vectors: floats (give size)",

@@ -54,8 +54,10 @@ class CellSpec:
 @dataclass(frozen=True)
 class EncoderSpec:
     type: str
-    size: int | None = None
+    size: int | None = None  # output features (channels for conv)
     activation: str = "identity"
+    kernel: int = 3  # conv only
+    pool: int = 2  # conv only: max-pool window after the convolution
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class IOSpec:
-    type: str  # "ids" or "vectors"
-    size: int  # vocabulary size for ids, feature size for vectors
+    type: str  # "ids", "vectors" or "images"
+    size: int  # vocabulary size for ids, feature size for vectors, C*H*W for images
+    shape: tuple = ()  # (C, H, W) for images
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,11 @@ def _with_line(exc: SpecError, lines, source) -> SpecError:
 
 
 def _io(raw: dict, path: str, auto: int | None) -> IOSpec:
+    if raw["type"] == "images":
+        if "shape" not in raw:
+            raise SpecError(path, "images need `shape: [channels, height, width]`")
+        channels, height, width = raw["shape"]
+        return IOSpec("images", channels * height * width, tuple(raw["shape"]))
     key = "vocab" if raw["type"] == "ids" else "size"
     if key not in raw:
         raise SpecError(path, f"{raw['type']} needs `{key}`: e.g. {{type: {raw['type']}, {key}: 10}}")
@@ -324,6 +332,16 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
                                             "come first and the input must be `type: ids`")
         if kind in ("embedding", "dense") and "size" not in raw:
             raise SpecError(here, f"a {kind} encoder needs `size`")
+        if kind == "conv":
+            if io.type != "images" or any(e.type != "conv" for e in out):
+                raise SpecError(f"{here}.type", "conv encoders read image frames: the input "
+                                "must be `type: images` and convs come before other encoders")
+            if "channels" not in raw:
+                raise SpecError(here, "a conv encoder needs `channels`")
+            out.append(EncoderSpec(kind, raw["channels"], raw.get("activation", "relu"),
+                                   raw.get("kernel", 3), raw.get("pool", 2)))
+            _image_shapes(tuple(out), io, here)
+            continue
         out.append(EncoderSpec(kind, raw.get("size"), raw.get("activation", "identity")))
     if io.type == "ids" and (not out or out[0].type not in ("embedding", "onehot")):
         raise SpecError(path, "integer ids must first pass an `embedding` or `onehot` encoder: "
@@ -331,11 +349,30 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
     return tuple(out)
 
 
+def _image_shapes(encoders: tuple[EncoderSpec, ...], io: IOSpec, path: str = "") -> list:
+    """(C, H, W) after each conv encoder; each must keep H and W divisible by its pool."""
+    shape, out = io.shape, []
+    for enc in encoders:
+        if enc.type != "conv":
+            break
+        _, height, width = shape
+        if enc.kernel % 2 == 0 or height % enc.pool or width % enc.pool:
+            raise SpecError(path, f"kernel must be odd and pool ({enc.pool}) must divide the "
+                                  f"{height}x{width} frames it pools")
+        shape = (enc.size, height // enc.pool, width // enc.pool)
+        out.append(shape)
+    return out
+
+
 def encoded_size(encoders: tuple[EncoderSpec, ...], io: IOSpec) -> int:
-    """The feature size after a chain of per-step encoders."""
+    """The feature size after a chain of per-step encoders (conv output flattened)."""
     size = io.size
     for enc in encoders:
-        size = io.size if enc.type == "onehot" else enc.size
+        if enc.type == "conv":
+            channels, height, width = _image_shapes(encoders, io)[-1]
+            size = channels * height * width
+        else:
+            size = io.size if enc.type == "onehot" else enc.size
     return size
 
 

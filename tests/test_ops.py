@@ -89,6 +89,18 @@ class NoGrad(Real):
     differentiable = False
 
 
+def conv_ref(x, w, padding):
+    """Direct 2-D cross-correlation, pixel by pixel (the slow, obvious reference)."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    n, _, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    out = np.zeros((n, k, h - kh + 1, wd - kw + 1))
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            out[:, :, i, j] = np.einsum("ncab,kcab->nk", x[:, :, i : i + kh, j : j + kw], w)
+    return out
+
+
 def _log_softmax(a):
     shifted = a - a.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -201,7 +213,15 @@ ROWS = [
         lambda ids, W: W[ids],
         label="repeated_ids",
     ),
-    Row("onehot", (Ids((2, 3), 4),), lambda ids: np.eye(4)[ids], {"classes": 4}),
+    Row("conv2d", (Real((2, 3, 5, 4)), Real((2, 3, 3, 3))), lambda x, w: conv_ref(x, w, 0)),
+    Row("conv2d", (Real((1, 2, 4, 4)), Real((3, 2, 3, 3))), lambda x, w: conv_ref(x, w, 1),
+        {"padding": 1}, label="same"),
+    Row("conv2d", (Real((2, 1, 3, 3)), Real((2, 1, 1, 2))), lambda x, w: conv_ref(x, w, 0),
+        label="rect_kernel"),
+    Row("maxpool2d", (Real((2, 3, 4, 6)),),
+        lambda x: x.reshape(2, 3, 2, 2, 3, 2).max(axis=(3, 5))),
+    Row("maxpool2d", (Real((1, 2, 6, 3)),),
+        lambda x: x.reshape(1, 2, 2, 3, 1, 3).max(axis=(3, 5)), {"size": 3}, label="size3"),
     Row("argmax", (NoGrad((3, 5)),), lambda a: np.argmax(a, axis=-1)),
     Row("log_softmax", (Real((3, 5)),), _log_softmax),
     Row(
