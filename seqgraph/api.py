@@ -16,13 +16,14 @@ from .errors import DataError, GraphError, SpecError
 from .graph import Graph
 from .init import initialize
 from .plan import Plan
+from .plan_run import Runner, state_keys
 from .spec import Spec, load_spec
 
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
 
 __all__ = [
     "Model", "check", "evaluate_run", "export_run", "gradflow", "load_run", "load_spec",
-    "sample", "train",
+    "render", "sample", "train",
 ]
 
 
@@ -45,7 +46,7 @@ class Model:
         if engine not in ("plan", "interp"):
             raise ValueError(f"engine must be 'plan' or 'interp', got {engine!r}")
         self.spec = _as_spec(spec)
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: dict[tuple, Runner] = {}
         self.backend: Backend = get_backend(backend or self.spec.backend,
                                             dtype or self.spec.dtype)
         self.seed = self.spec.seed if seed is None else seed
@@ -139,36 +140,17 @@ class Model:
     def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
         `loss` (float, or None without `y`) and `state` (final states by name)."""
+        if self.engine == "plan":
+            return self.runner(batch, feedback, grads=False).forward(batch, self.params)
         program, values = self._run(batch, feedback)
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
         single = self.spec.model.pattern in ("many_to_one", "one_to_one")
-        out = {
+        return {
             "predictions": preds[0] if single else xp.stack(preds, axis=1),
             "loss": float(values[graph.loss]) if batch.get("y") is not None else None,
-            "state": self._final_states(program, values),
+            "state": {name: values[k] for name, k in state_keys(program).items()},
         }
-        return out
-
-    def _final_states(self, program: Program, values: dict,
-                      after: int | None = None) -> dict[str, Any]:
-        """The state after the last step (or after `after` steps) of each input layer, named
-        like `batch['state']`."""
-        states = {}
-        for key in program.graph.inputs:
-            scope, name, _ = key
-            if program.graph.inputs[key]["role"] != "state":
-                continue
-            var = name[:-1]
-            steps = [k[2] for k in program.order
-                     if k[0] == scope and k[1] == var and isinstance(k[2], int)]
-            # a reverse direction ends at t = 0
-            last = (min if scope.endswith(".bwd") else max)(steps, default=None)
-            if after is not None and steps:
-                last = after - 1
-            if last is not None:
-                states[f"{scope}.{name}"] = values[(scope, var, last)]
-        return states
 
     def train_step(self, batch: dict, feedback: str = "teacher",
                    state_at: int | None = None) -> tuple[float, dict, dict]:
@@ -176,36 +158,37 @@ class Model:
         states are those after the last step, or after `state_at` steps if given."""
         if batch.get("y") is None:
             raise DataError("training needs targets: give batch['y']")
+        if self.engine == "plan":
+            return self.runner(batch, feedback, state_at=state_at).train_step(batch, self.params)
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         named = {name: grads[key] for name, key in program.graph.params.items()}
-        states = self._final_states(program, values, state_at)
+        states = {name: values[k] for name, k in state_keys(program, state_at).items()}
         return float(values[program.graph.loss]), named, states
+
+    def runner(self, batch: dict, feedback: str = "teacher", grads: bool = True,
+               state_at: int | None = None) -> Runner:
+        """The plan runner for this batch's shape (cached): gradients, or forward only."""
+        size, steps, out_steps = batching.shape_of(self.spec, batch)
+        full = _all_steps_real(batch, steps, out_steps)
+        key = (steps, out_steps, feedback, size, full, grads, state_at)
+        runner = self._plans.get(key)
+        if runner is None:
+            program = self.program(steps, out_steps, feedback)
+            runner = self._plans[key] = Runner(self, program, batch, full, grads, state_at)
+        return runner
 
     def plan(self, batch: dict, feedback: str = "teacher") -> tuple[Plan, dict]:
         """The execution plan for this batch's shape (cached) and the batch's leaf arrays."""
-        size, steps, out_steps = batching.shape_of(self.spec, batch)
-        program = self.program(steps, out_steps, feedback)
-        feeds = batching.feeds(self.spec, program.graph, batch)
-        full = _all_steps_real(batch, steps, out_steps)
-        key = (steps, out_steps, feedback, size, full,
-               tuple(sorted((k[:2], v.dtype.kind) for k, v in feeds.items() if k[2] in (0, None))))
-        if key not in self._plans:
-            bk = self.backend
-            meta = {k: (v.shape, np.dtype(bk.dtype_name) if v.dtype.kind == "f" else
-                        np.dtype(np.int64) if v.dtype.kind in "iu" else v.dtype)
-                    for k, v in feeds.items()}
-            self._plans[key] = Plan(program.graph, meta, bk.xp, bk.name, bk.dtype_name,
-                                    full=full)
-        return self._plans[key], feeds
+        runner = self.runner(batch, feedback)
+        return runner.plan, batching.feeds(self.spec, runner.graph, batch)
 
     def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
         """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""
         if batch.get("y") is None:
             raise DataError("loss_and_grads needs targets: give batch['y']")
         if self.engine == "plan":
-            plan, feeds = self.plan(batch, feedback)
-            return plan.loss_and_grads(feeds, self.params)
+            return self.runner(batch, feedback).train_step(batch, self.params)[:2]
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
@@ -231,23 +214,43 @@ def _all_steps_real(batch: dict, steps: int, out_steps: int | None) -> bool:
     return True
 
 
+def _sized_spec(spec, data: str | None) -> tuple[Spec, str]:
+    """The spec with `vocab: auto` sized from its data, or from a placeholder (and a note
+    saying so) when the data cannot be read here."""
+    if not (_uses_auto(spec) or data is not None):
+        return _as_spec(spec), ""
+    from .train import prepare
+
+    try:
+        return prepare(spec, data)[0], ""
+    except DataError as exc:
+        if data is not None:
+            raise
+        note = (f"vocab: auto could not be sized ({exc}); using a placeholder of "
+                f"{AUTO_PLACEHOLDER}")
+        return load_spec(spec, auto={"input": AUTO_PLACEHOLDER, "target": AUTO_PLACEHOLDER}), note
+
+
+def render(spec: Spec | str | os.PathLike | dict, output: str | os.PathLike, steps: int = 4,
+           out_steps: int | None = None, fold: bool = False, grad: bool = False,
+           lengths: list[int] | None = None, detail: bool = False) -> str:
+    """Draw the unrolled graph of `spec` to `output` (.svg, .png, .pdf or .dot); `grad`
+    colours it by the gradient norms of one backward pass on a random batch."""
+    from .render import render_model, render_to_file
+
+    spec, _ = _sized_spec(spec, None)
+    model = Model(spec, dtype="float64")
+    digraph = render_model(model, steps, out_steps=out_steps, lengths=lengths, fold=fold,
+                           with_grads=grad, detail=detail)
+    return str(render_to_file(digraph, output))
+
+
 def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
           out_steps: int | None = None, data: str | None = None) -> dict[str, Any]:
     """Validate a spec and describe its unrolled graph: parameters, node and edge counts, and
     the shape of every node of the first step (from a dry run on a random batch of 2).
     A spec with `vocab: auto` has its data loaded (from `data`, if given) to size it."""
-    note = ""
-    if _uses_auto(spec) or data is not None:
-        from .train import prepare
-
-        try:
-            spec = prepare(spec, data)[0]
-        except DataError as exc:
-            if data is not None:
-                raise
-            note = (f"vocab: auto could not be sized ({exc}); checked with a placeholder of "
-                    f"{AUTO_PLACEHOLDER}")
-            spec = load_spec(spec, auto={"input": AUTO_PLACEHOLDER, "target": AUTO_PLACEHOLDER})
+    spec, note = _sized_spec(spec, data)
     model = Model(spec, backend="numpy", dtype="float64")
     out_steps = out_steps or (steps if model.spec.model.feeds_back else None)
     sample = batching.dummy(model.spec, 2, steps, out_steps)

@@ -18,7 +18,7 @@ EXAMPLES = {
     "run": "seqgraph run specs/char_lstm.yaml --steps 300 --out runs/demo",
     "sample": "seqgraph sample runs/demo --length 300 --temperature 0.7 --prime 'def '",
     "eval": "seqgraph eval runs/demo --json",
-    "render": "seqgraph render specs/char_lstm.yaml --steps 4 -o lstm.svg",
+    "render": "seqgraph render specs/sentiment_bilstm.yaml --steps 5 --lengths 5,3 -o bi.svg",
     "schema": "seqgraph schema > seqgraph.schema.json",
     "export": "seqgraph export runs/demo --to onnx -o demo.onnx",
     "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
@@ -97,6 +97,19 @@ def _cmd_gradflow(args) -> int:
     return 0
 
 
+def _cmd_render(args) -> int:
+    lengths = None
+    if args.lengths:
+        try:
+            lengths = [int(n) for n in args.lengths.split(",")]
+        except ValueError:
+            raise SeqgraphError(f"--lengths takes whole numbers separated by commas, "
+                                f"got {args.lengths!r}") from None
+    print(api.render(args.spec, args.output, steps=args.steps, out_steps=args.out_steps,
+                     fold=args.fold, grad=args.grad, lengths=lengths, detail=args.detail))
+    return 0
+
+
 def _cmd_schema(args) -> int:
     print(json.dumps(spec_schema(), indent=2))
     return 0
@@ -148,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--backend", choices=["numpy", "cupy"])
+
+    p = command("render", "draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render)
+    p.add_argument("spec")
+    p.add_argument("--steps", type=int, default=4, help="time steps to draw (default 4)")
+    p.add_argument("--out-steps", type=int, help="decoder steps (default --steps)")
+    p.add_argument("-o", "--output", default="graph.svg",
+                   help="file: .svg, .png, .pdf (need Graphviz's dot) or .dot (default graph.svg)")
+    p.add_argument("--fold", action="store_true", help="draw each cell once, with its recurrence")
+    p.add_argument("--grad", action="store_true",
+                   help="colour by gradient norm of one backward pass (random batch)")
+    p.add_argument("--lengths", help="sequence lengths, e.g. 5,3: padded steps are greyed")
+    p.add_argument("--detail", action="store_true", help="every op, not one node per cell step")
 
     p = command("gradflow", "per-step gradient ledger of one batch: CSV and heatmap",
                 _cmd_gradflow)
