@@ -55,7 +55,10 @@ class Stream:
                 "y": streams[:, start + 1 : start + seq_len + 1], "reset": w == 0,
                 "loss_from": 0 if w == 0 else seq_len - stride}
 
-    def valid_batches(self, batch_size: int, seq_len: int):
+    def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
+        if split == "test":
+            raise DataError("a text stream has a train/validation split only (valid_fraction); "
+                            "use --split valid")
         data = self.valid
         width = (len(data) - 1) // batch_size
         if width < 2:
@@ -161,7 +164,8 @@ LAYOUTS = {
     "one_to_many": {"x_time": False, "y_time": True, "y_own_lengths": True},
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
-SOURCES = ("python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding", "copy", "sine")
+SOURCES = ("python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding", "copy", "sine",
+           "fsdd")
 
 
 def load(config: dict, pattern: str, seed: int):
@@ -178,6 +182,10 @@ def load(config: dict, pattern: str, seed: int):
         return _split(xs, ys, valid_fraction, seed, LAYOUTS[pattern])
     if source in ("tsv", "labelled_lines"):
         return _sentences(config, seed, LAYOUTS[pattern])
+    if source == "fsdd":  # spoken digits -> log-mel frames and phoneme ids, for CTC
+        from . import fsdd
+
+        return fsdd.load(config)
     if source == "npz":
         return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
     raise DataError(f"data.source {source!r} is unknown; use one of {', '.join(SOURCES)}")
