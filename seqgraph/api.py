@@ -141,7 +141,9 @@ class Model:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
         `loss` (float, or None without `y`) and `state` (final states by name)."""
         if self.engine == "plan":
-            return self.runner(batch, feedback, grads=False).forward(batch, self.params)
+            prepared = batching.prepare(self.spec, batch)
+            return self.runner(batch, feedback, False, prepared=prepared).forward(
+                prepared, self.params)
         program, values = self._run(batch, feedback)
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
@@ -159,7 +161,9 @@ class Model:
         if batch.get("y") is None:
             raise DataError("training needs targets: give batch['y']")
         if self.engine == "plan":
-            return self.runner(batch, feedback, state_at=state_at).train_step(batch, self.params)
+            prepared = batching.prepare(self.spec, batch)
+            runner = self.runner(batch, feedback, state_at=state_at, prepared=prepared)
+            return runner.train_step(prepared, self.params)
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         named = {name: grads[key] for name, key in program.graph.params.items()}
@@ -167,15 +171,14 @@ class Model:
         return float(values[program.graph.loss]), named, states
 
     def runner(self, batch: dict, feedback: str = "teacher", grads: bool = True,
-               state_at: int | None = None) -> Runner:
+               state_at: int | None = None, prepared=None) -> Runner:
         """The plan runner for this batch's shape (cached): gradients, or forward only."""
-        size, steps, out_steps = batching.shape_of(self.spec, batch)
-        full = _all_steps_real(batch, steps, out_steps)
-        key = (steps, out_steps, feedback, size, full, grads, state_at)
+        p = prepared or batching.prepare(self.spec, batch)
+        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at)
         runner = self._plans.get(key)
         if runner is None:
-            program = self.program(steps, out_steps, feedback)
-            runner = self._plans[key] = Runner(self, program, batch, full, grads, state_at)
+            program = self.program(p.steps, p.out_steps, feedback)
+            runner = self._plans[key] = Runner(self, program, batch, p.full, grads, state_at)
         return runner
 
     def plan(self, batch: dict, feedback: str = "teacher") -> tuple[Plan, dict]:
@@ -188,7 +191,7 @@ class Model:
         if batch.get("y") is None:
             raise DataError("loss_and_grads needs targets: give batch['y']")
         if self.engine == "plan":
-            return self.runner(batch, feedback).train_step(batch, self.params)[:2]
+            return self.train_step(batch, feedback)[:2]
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
@@ -203,15 +206,6 @@ def _uses_auto(spec: Spec | str | os.PathLike | dict) -> bool:
     except SpecError as exc:
         return "vocab: auto" in exc.message
     return False
-
-
-def _all_steps_real(batch: dict, steps: int, out_steps: int | None) -> bool:
-    """True when no sequence is padded, so every step mask is all true (plans fold it away)."""
-    for name, total in (("lengths", steps), ("y_lengths", out_steps)):
-        lengths = batch.get(name)
-        if lengths is not None and total and np.min(np.asarray(lengths)) < total:
-            return False
-    return True
 
 
 def _sized_spec(spec, data: str | None) -> tuple[Spec, str]:

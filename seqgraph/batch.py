@@ -55,6 +55,28 @@ def _lengths(batch: dict, name: str, size: int, steps: int) -> np.ndarray:
     return lengths.astype(np.int64)
 
 
+def _ctc_label_lengths(batch: dict, y: np.ndarray, x_len: np.ndarray) -> np.ndarray:
+    """CTC label lengths (0 allowed), checked: no blank (id 0) among the real labels, and
+    enough input steps for the labels plus one blank between each pair of equal neighbours."""
+    size, width = y.shape
+    lengths = np.asarray(batch.get("y_lengths", np.full(size, width)))
+    if lengths.shape != (size,) or lengths.dtype.kind not in "iu":
+        raise DataError(f"batch['y_lengths'] must be {size} integers, one per label sequence")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > width):
+        raise DataError(f"batch['y_lengths'] must lie in 0..{width} (the padded label length)")
+    real = np.arange(width)[None, :] < lengths[:, None]
+    if np.any(real & (y == 0)):
+        row = int(np.argmax(np.any(real & (y == 0), axis=1)))
+        raise DataError(f"batch['y'] sequence {row} holds id 0, the CTC blank; labels are 1 and up")
+    need = lengths + np.sum(real[:, 1:] & (y[:, 1:] == y[:, :-1]), axis=1)
+    if np.any(need > x_len):
+        row = int(np.argmax(need > x_len))
+        raise DataError(f"sequence {row} has {x_len[row]} input steps, too few for its "
+                        f"{lengths[row]} labels: CTC needs {need[row]} (a blank between equal "
+                        "neighbours); its loss would be infinite")
+    return lengths.astype(np.int64)
+
+
 def shape_of(spec: Spec, batch: dict) -> tuple[int, int, int | None]:
     """(batch size, input steps, decoder steps) of a batch, checked against the spec."""
     m = spec.model
@@ -71,7 +93,7 @@ def shape_of(spec: Spec, batch: dict) -> tuple[int, int, int | None]:
         _check_io("y", y, m.target, y_leading, m.pattern)
         if y.shape[0] != size:
             raise DataError(f"batch['y'] has {y.shape[0]} sequences but batch['x'] has {size}")
-        if m.pattern == "many_to_many" and y.shape[1] != steps:
+        if m.pattern == "many_to_many" and m.loss != "ctc" and y.shape[1] != steps:
             raise DataError(f"batch['y'] has {y.shape[1]} steps but batch['x'] has {steps}; "
                             "many_to_many needs one target per input step")
         if m.feeds_back:
@@ -87,6 +109,10 @@ class Prepared(NamedTuple):
     """A batch checked and filled in: what every data node of a graph is cut from."""
 
     size: int
+    steps: int
+    out_steps: int | None
+    full: bool  # no padded step: every mask is all true
+    has_y: bool
     x: np.ndarray
     y: np.ndarray
     x_len: np.ndarray
@@ -105,11 +131,17 @@ def prepare(spec: Spec, batch: dict) -> Prepared:
                                                                                 out_steps)
     x_len = _lengths(batch, "lengths", size, steps)
     y_len = _lengths(batch, "y_lengths", size, out_steps) if out_steps else x_len
+    if m.loss == "ctc":
+        y_len = _ctc_label_lengths(batch, y, x_len)
+        # Labels padded (or cut: past y_lengths is padding) to T columns, so that a graph and
+        # a plan, cached per input length, always see one label shape. S <= T once checked.
+        y = np.concatenate([y, np.zeros((size, steps), y.dtype)], axis=1)[:, :steps]
     coins = np.zeros((size, out_steps or 1), dtype=bool)
     if batch.get("use_model") is not None:
         coins = np.asarray(batch["use_model"], dtype=bool).reshape(size, -1)
-    return Prepared(size, x, y, x_len, y_len, coins, batch.get("state") or {},
-                    batch.get("loss_from", 0))
+    full = bool(np.all(x_len >= steps) and (not out_steps or np.all(y_len >= out_steps)))
+    return Prepared(size, steps, out_steps, full, batch.get("y") is not None, x, y, x_len,
+                    y_len, coins, batch.get("state") or {}, batch.get("loss_from", 0))
 
 
 def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
@@ -135,6 +167,8 @@ def feed_one(spec: Spec, p: Prepared, key: Key, role: dict) -> np.ndarray:
         return real.astype(np.float64) / size
     if kind == "y":
         return _target(p.y, t)
+    if kind in ("labels", "lengths", "label_lengths"):  # a whole-sequence loss (ctc)
+        return {"labels": p.y, "lengths": p.x_len, "label_lengths": p.y_len}[kind]
     if kind == "feed":
         return _teacher_feed(m, p.y, t, size)
     if kind == "coin":
@@ -211,6 +245,9 @@ def dummy(spec: Spec, size: int, steps: int, out_steps: int | None = None,
         return rng.normal(size=shape + (io.shape if io.type == "images" else (io.size,)))
 
     x_shape = (size,) if m.pattern in SINGLE_STEP_INPUT else (size, steps)
+    if m.loss == "ctc":  # labels 1.. (0 is the blank), at most half as many as steps
+        labels = rng.integers(1, m.target.size, size=(size, max(1, steps // 2)))
+        return {"x": draw(m.input, x_shape), "y": labels}
     if m.pattern in ("many_to_one", "one_to_one"):
         y_shape = (size,)
     else:

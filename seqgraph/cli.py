@@ -53,6 +53,7 @@ def _cmd_run(args) -> int:
         line += f"; validation loss {valid['loss']:.4f} per target step"
         if "accuracy" in valid:
             line += f", accuracy {valid['accuracy']:.3f}"
+        line += _ctc_scores(valid)
     print(line)
     if "sample" in summary:
         print("--- sample ---")
@@ -75,9 +76,19 @@ def _cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
+        extra += _ctc_scores(result)
         print(f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
               f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}")
     return 0
+
+
+def _ctc_scores(result: dict) -> str:
+    """A CTC model's phoneme error rate and sequence (digit) accuracies, if reported."""
+    if "per" not in result:
+        return ""
+    return (f"; PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
+            f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
+            "sequences")
 
 
 def _cmd_export(args) -> int:

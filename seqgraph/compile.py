@@ -120,6 +120,16 @@ class Unroller:
         weighted = self.op(("loss", "weighted", t), "mul", (per_row, weight))
         return self.op(("loss", "L", t), "sum", (weighted,))
 
+    def ctc_loss(self, predictions: list) -> Key:
+        """ONE ctc node over the per-step logits stacked to (B, T, C), averaged over the batch:
+        targets are whole label sequences (B, S) with their own lengths, not one per step."""
+        logits = self.op(("loss", "logits", None), "stack", tuple(predictions), axis=1)
+        labels = self.data("y", "labels", None, role="labels")
+        steps = self.data("x", "lengths", None, role="lengths")
+        label_steps = self.data("y", "lengths", None, role="label_lengths")
+        nll = self.op(("loss", "ctc", None), "ctc", (logits, labels, steps, label_steps))
+        return self.op(("loss", "L", None), "mean", (nll,))
+
     # ---- cells -------------------------------------------------------------------------------
 
     def cell_params(self, cell: CellSpec, layer: LayerSpec, scope: str, n_in: int) -> dict:
@@ -258,7 +268,11 @@ class Unroller:
         m, g = self.model, self.g
         if m.pattern in ("many_to_many", "many_to_one", "one_to_one"):
             outs, finals, last, size = self.encoder_stack(m.layers, "")
-            if m.pattern == "many_to_many":
+            if m.pattern == "many_to_many" and m.loss == "ctc":
+                g.outputs["predictions"] = [self.readout(out, size, t)
+                                            for t, out in enumerate(outs)]
+                g.outputs["losses"] = [self.ctc_loss(g.outputs["predictions"])]
+            elif m.pattern == "many_to_many":
                 for t, out in enumerate(outs):
                     pred = self.readout(out, size, t)
                     g.outputs.setdefault("predictions", []).append(pred)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ctc_eval
 from .xp_extra import to_numpy
 
 
@@ -11,6 +12,9 @@ def real_steps(model, batch: dict) -> np.ndarray:
     """(B, T) booleans: which target steps are real (or (B,) ones for one target each)."""
     m = model.spec.model
     y = np.asarray(batch["y"])
+    if m.loss == "ctc":  # label positions, not frames
+        lengths = batch.get("y_lengths", np.full(len(y), y.shape[1]))
+        return np.arange(y.shape[1])[None, :] < np.asarray(lengths)[:, None]
     if m.pattern in ("many_to_one", "one_to_one"):
         return np.ones(len(y), dtype=bool)
     lengths = batch.get("y_lengths") if m.feeds_back else batch.get("lengths")
@@ -23,8 +27,12 @@ def real_steps(model, batch: dict) -> np.ndarray:
 def evaluate(model, batches, max_batches: int | None = None) -> dict:
     """Mean loss per real target step over `batches`, and accuracy for class targets.
 
-    Stream batches marked `carry` continue from the previous batch's final state."""
+    Stream batches marked `carry` continue from the previous batch's final state. A CTC
+    model's loss is per label; it reports per, digit_accuracy, nearest_accuracy (`ctc_eval`).
+    """
     total, count, correct, carry, used = 0.0, 0, 0, {}, 0
+    ctc = model.spec.model.loss == "ctc"
+    refs, hyps = [], []
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
@@ -35,12 +43,17 @@ def evaluate(model, batches, max_batches: int | None = None) -> dict:
         real = real_steps(model, batch)
         total += out["loss"] * len(batch["y"])  # the batch loss averages over sequences
         count += int(real.sum())
-        if model.spec.model.target.type == "ids":
+        if ctc:
+            refs += ctc_eval.references(batch)
+            hyps += ctc_eval.greedy_decode(to_numpy(out["predictions"]), batch.get("lengths"))
+        elif model.spec.model.target.type == "ids":
             guess = np.argmax(to_numpy(out["predictions"]), axis=-1)
             correct += int(((guess == np.asarray(batch["y"])) & real).sum())
         carry = {k: to_numpy(v) for k, v in out["state"].items()}
         used += 1
     result = {"loss": total / max(count, 1), "tokens": count, "batches": used}
-    if model.spec.model.target.type == "ids":
+    if ctc:
+        result.update(ctc_eval.score(refs, hyps))
+    elif model.spec.model.target.type == "ids":
         result["accuracy"] = correct / max(count, 1)
     return result

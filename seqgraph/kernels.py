@@ -108,14 +108,48 @@ FORWARD = {
     "matmul": _matmul,
     "where": _where,
     "relu": lambda ctx, out, a: lambda: ctx.m.maximum(a, 0, out=out),
+    "softmax_ce": lambda ctx, out, z, targets: _softmax_ce(ctx, out, z, targets),
 }
+
+
+def _ce_rows(ctx, z, targets):
+    """z as rows, (row index, target) pairs, and two (rows, 1) scratch columns; None if z or
+    targets is not contiguous (then the op table's version runs)."""
+    if not (_contiguous(z) and _contiguous(targets)) or z.ndim < 1:
+        return None
+    z2 = rows(z)
+    n = z2.shape[0]
+    index = (ctx.m.arange(n), targets.reshape(n))
+    return z2, index, ctx.tmp((n, 1), z.dtype, tag=2), ctx.tmp((n, 1), z.dtype, tag=3)
+
+
+def _softmax_ce(ctx, out, z, targets):
+    """out = logsumexp(z) - z[target] per row, as the op table computes it, without the
+    one-hot product: top + log(sum(exp(z - top))) with top the row maximum."""
+    parts = _ce_rows(ctx, z, targets)
+    if parts is None or not _contiguous(out):
+        return None
+    m, (z2, index, top, total) = ctx.m, parts
+    e, o = ctx.tmp(z2.shape, z.dtype, tag=4), out.reshape(-1, 1)
+
+    def run():
+        m.max(z2, axis=1, keepdims=True, out=top)
+        m.subtract(z2, top, out=e)
+        m.exp(e, out=e)
+        m.sum(e, axis=1, keepdims=True, out=total)
+        m.log(total, out=total)
+        m.add(top, total, out=o)
+        m.subtract(o[:, 0], z2[index], out=o[:, 0])
+
+    return run
 
 
 def forward(ctx, op: str, out, ins: list, attrs: dict):
     """A kernel writing op(*ins) into `out`."""
     make = FORWARD.get(op)
-    if make is not None and not attrs:
-        return make(ctx, out, *ins)
+    kernel = make(ctx, out, *ins) if make is not None and not attrs else None
+    if kernel is not None:
+        return kernel
     fn, xp = ops.OPS[op].forward, ctx.xp
 
     def run():
@@ -233,10 +267,13 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
         else:
             compute = (lambda r: lambda o: r(m, o, g, out, *ins))(rule)
         return deliver(ctx, dest, add, compute, tuple(g.shape), g.dtype)
+    kernel = None
     if op == "matmul":
         kernel = _matmul_vjp(ctx, position, dest, add, g, *ins)
-        if kernel is not None:
-            return kernel
+    elif op == "softmax_ce" and position == 0 and _contiguous(g):
+        kernel = _softmax_ce_vjp(ctx, dest, add, g, *ins)
+    if kernel is not None:
+        return kernel
     return _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs)
 
 
@@ -261,6 +298,27 @@ def _matmul_vjp(ctx, position, dest, add, g, a, b):
         return lambda: m.matmul(a2(), g2, out=dest)
     o = ctx.tmp(dest.shape, dest.dtype)
     return lambda: (m.matmul(a2(), g2, out=o), m.add(dest, o, out=dest))
+
+
+def _softmax_ce_vjp(ctx, dest, add, g, z, targets):
+    """dz = g * (softmax(z) - onehot(target)), softmax as exp(z - top) / sum."""
+    parts = _ce_rows(ctx, z, targets)
+    if parts is None or not _contiguous(dest):
+        return None
+    m, (z2, index, top, total) = ctx.m, parts
+    g_col = g.reshape(-1, 1)
+
+    def compute(o):
+        o2 = o.reshape(z2.shape)  # o is dest or a scratch array: contiguous, so a view
+        m.max(z2, axis=1, keepdims=True, out=top)
+        m.subtract(z2, top, out=o2)
+        m.exp(o2, out=o2)
+        m.sum(o2, axis=1, keepdims=True, out=total)
+        m.divide(o2, total, out=o2)
+        o2[index] -= 1
+        m.multiply(o2, g_col, out=o2)
+
+    return deliver(ctx, dest, add, compute, tuple(z.shape), z.dtype)
 
 
 def _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs):

@@ -367,4 +367,4 @@ def get(name: str) -> Op:
     return OPS[name]
 
 
-from . import ops_image, ops_loss  # noqa: E402,F401  (register their ops in OPS)
+from . import ops_ctc, ops_image, ops_loss  # noqa: E402,F401  (register their ops in OPS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from . import kernels, passes
+from . import fusion, kernels, passes
 from .graph import Graph, Key
 from .layout import Layout
 from .passes import Analysis, class_of
@@ -39,22 +39,29 @@ class Plan:
         outputs: list[Key] | None = None,
         full: bool = False,
         grads: bool = True,
+        fuse: bool = True,
     ):
         self.graph = graph
         outputs = list(outputs or []) + [graph.loss]
+        self.outputs = set(outputs)
         self.ctx = kernels.Context(xp, module)
         self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.layout = Layout(an, self.ctx, graph.loss if grads else None)
         self.batched = self._batched_classes()
         self.units = self._schedule()
+        self.groups = fusion.groups(self) if fuse else [[unit] for unit in self.units]
         self.forward_kernels: list = []
-        for unit in self.units:
-            self.forward_kernels.extend(self._forward(unit))
+        for run in self.groups:
+            self.forward_kernels.extend(self._forward_group(run, grads))
         self._fill_consts()
         self.backward_kernels: list = []
         self.zero: set = set()
         if grads:
             self._emit_backward()
+        self._param_slots = [
+            (name, self.layout.value[k]) for name, k in graph.params.items() if k in an.live
+        ]
+        self._loss = self.layout.value[graph.loss]
 
     # ---- which classes run batched, and in what order -------------------------------------
 
@@ -126,6 +133,20 @@ class Plan:
 
     # ---- forward -------------------------------------------------------------------------
 
+    def _forward_group(self, run, keep_all: bool) -> list:
+        """One kernel for a fused group (`fusion.py`); a lone unit as `_forward` makes it."""
+        if len(run) == 1:
+            return self._forward(run[0])
+        if self.ctx.name == "cupy":
+            return [fusion.cupy_kernel(self, run, keep_all)]
+        chain = tuple(k for unit in run for k in self._forward(unit))
+
+        def run_chain():
+            for kernel in chain:
+                kernel()
+
+        return [run_chain]
+
     def _forward(self, unit) -> list:
         an, lay, ctx = self.an, self.layout, self.ctx
         if unit[0] == "class":
@@ -169,35 +190,39 @@ class Plan:
 
     def run(self, leaves: dict[Key, Any], params: dict[str, Any]) -> float:
         """Copy in the batch (host arrays by node key) and parameters, run forward."""
-        lay, an = self.layout, self.an
-        for cls, keys in self._leaf_classes().items():
-            import numpy as np
+        import numpy as np
 
-            self.load(
-                lay.value_stack[cls].span(*lay.range[cls]), np.stack([leaves[k] for k in keys])
-            )
-        for k in self._single_leaves:
-            self.load(lay.value[k], leaves[k])
-        for name, k in self.graph.params.items():
-            if k in an.live:
-                self.ctx.m.copyto(lay.value[k], params[name])
+        for dest, keys, stacked in self.leaf_slots():
+            self.load(dest, np.stack([leaves[k] for k in keys]) if stacked else leaves[keys[0]])
+        return self.execute(params)
+
+    def execute(self, params: dict[str, Any]) -> float:
+        """Copy in the parameters and run forward (the batch is already loaded); the loss."""
+        copy = self.ctx.m.copyto
+        for name, dest in self._param_slots:
+            copy(dest, params[name])
         for kernel in self.forward_kernels:
             kernel()
-        return float(lay.value[self.graph.loss])
+        return float(self._loss)
 
-    def _leaf_classes(self) -> dict:
-        if not hasattr(self, "_leaves"):
+    def leaf_slots(self) -> list:
+        """(buffer, keys, stacked) for every data node: a class's steps in one buffer (keys in
+        step order, stacked True), or a single node."""
+        if not hasattr(self, "_slots"):
             an, lay = self.an, self.layout
-            self._leaves, self._single_leaves = {}, []
+            self._slots, seen = [], set()
             for k in an.order:
-                if k in an.live and an.kind(k) == "input":
-                    c = class_of(k)
-                    if c in lay.value_stack and len(c) == 2:
-                        members = an.members[c]
-                        self._leaves[c] = [members[t] for t in sorted(members)]
-                    else:
-                        self._single_leaves.append(k)
-        return self._leaves
+                if k not in an.live or an.kind(k) != "input":
+                    continue
+                c = class_of(k)
+                if c in lay.value_stack and len(c) == 2:
+                    if c not in seen:
+                        seen.add(c)
+                        keys = [an.members[c][t] for t in sorted(an.members[c])]
+                        self._slots.append((lay.value_stack[c].span(*lay.range[c]), keys, True))
+                else:
+                    self._slots.append((lay.value[k], [k], False))
+        return self._slots
 
     def gradients(self) -> dict[str, Any]:
         """Run backward (after `run`); a fresh copy of every parameter's gradient."""

@@ -368,8 +368,9 @@ def _columns(scene: _Scene, edges: dict) -> tuple[dict[str, float], dict[str, in
     row_of, col = {}, {}
     for block, members in scene.members.items():
         t = members[0][2]
-        if isinstance(t, int):
-            col[block] = t + (scene.x_steps if members[0] in scene.y_axis else 0)
+        if isinstance(t, int):  # a gap column when a backward lane's initial state needs it
+            gap = any(c.endswith(".bwd") for c in scene.cells)
+            col[block] = t + ((scene.x_steps + gap) if members[0] in scene.y_axis else 0)
             row = re.sub(r"@\d+$", "", block).replace("dec.", "").replace("y/feed", "x/x")
             row_of[block] = re.sub(r"\bfb(\d*)\b", r"enc\1", row)
         elif not block.startswith("param"):
@@ -403,16 +404,20 @@ def _grid(scene: _Scene, edges: dict) -> dict[str, tuple[float, float]]:
         slots[(round(col[block], 2), level[block])].append(block)
     role = {b: scene.g.node(scene.members[b][0]).get("role") for b in col}
     states = {k for k, blocks in slots.items() if all(role[b] == "state" for b in blocks)}
-    width = max([COLUMN] + [0.6 * len(b) + 0.5 for k, b in slots.items() if k not in states])
-    row = DETAIL_ROW if scene.detail else ROW
-    where = {}
+    size = {k: sum(scene.width(b) + 0.15 for b in blocks) for k, blocks in slots.items()}
+    width = max([COLUMN] + [size[k] + 0.3 for k in slots if k not in states])
+    row, where = (DETAIL_ROW if scene.detail else ROW), {}
     for (c, lvl), blocks in slots.items():
+        x, up = c * width - size[c, lvl] / 2, (c, lvl) in states
         for i, block in enumerate(blocks):
-            shift, up = i - (len(blocks) - 1) / 2, (c, lvl) in states
             # lanes of a bidirectional layer stagger, so x_t's edge to bwd passes beside fwd
-            lane = {".fwd": -0.25, ".bwd": 0.25}.get(scene.members[block][0][0][-4:], 0)
-            x = (c + lane) * width + 0.6 * shift * (not up)
-            where[block] = (x, lvl * row + 0.32 * shift * up)
+            lane = {".fwd": -0.25, ".bwd": 0.25}.get(scene.members[block][0][0][-4:], 0) * width
+            if up:
+                where[block] = (c * width + lane, lvl * row + 0.32 * (i - (len(blocks) - 1) / 2))
+            else:
+                where[block] = (x + lane + scene.width(block) / 2 + 0.075, lvl * row)
+                x += scene.width(block) + 0.15
+    _clear(scene, where)
     users: dict[str, list[str]] = defaultdict(list)
     for tail, head, _ in edges:
         if tail.startswith("param") and head in where:
@@ -420,6 +425,24 @@ def _grid(scene: _Scene, edges: dict) -> dict[str, tuple[float, float]]:
     for block, heads in users.items():
         _place_param(scene, block, heads, where, row)
     return where
+
+
+def _clear(scene: _Scene, where: dict) -> None:
+    """Move each block without a step sideways until it clears the others in its row."""
+    rows: dict[float, list[str]] = defaultdict(list)
+    for block, (_, y) in where.items():
+        rows[round(y, 2)].append(block)
+    for blocks in rows.values():
+        placed = [b for b in blocks if isinstance(scene.t(b), int)]
+        for block in (b for b in blocks if b not in placed):
+            x, y = where[block]
+            for other in sorted(placed, key=lambda o: abs(where[o][0] - x)):
+                gap = (scene.width(block) + scene.width(other)) / 2 + 0.1
+                overlap = gap - abs(where[other][0] - x)
+                if overlap > 0:
+                    x += overlap if x >= where[other][0] else -overlap
+            where[block] = (x, y)
+            placed.append(block)
 
 
 def _place_param(scene: _Scene, block: str, heads: list[str], where: dict, row: float) -> None:

@@ -125,6 +125,9 @@ MODEL = {
         "decoder_layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "feedback_encoders": {"type": "array", "items": _encoder},
         "readout": {"enum": ["linear", "identity"]},
+        "loss": {"enum": ["softmax_ce", "mse", "ctc"],
+                 "description": "default: softmax_ce for ids targets, mse for vectors; ctc: "
+                 "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0"},
         "bos": {"type": "integer", "minimum": 0},
     },
 }
@@ -137,7 +140,7 @@ DATA = {
     "additionalProperties": False,
     "properties": {
         "source": {"enum": ["python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding",
-                            "copy", "sine"]},
+                            "copy", "sine", "fsdd"]},
         "path": {"type": "string"},
         "root": {"type": "string", "description": "folder that holds `files`"},
         "files": {"type": ["array", "object"], "description": "tsv: a list of files; "
@@ -158,9 +161,13 @@ DATA = {
         "delay": {"type": "integer", "minimum": 0},
         "waves": _count,
         "dt": _number,
+        "phonemes": {"enum": ["arpabet", "espeak"], "description": "fsdd: phoneme column"},
+        "mel_bands": {**_count, "description": "fsdd: log-mel bands per frame (default 40)"},
+        "stack": {**_count, "description": "fsdd: join this many 10 ms frames into one"},
     },
     "description": "python_stdlib (default) and text are character streams; tsv rows are "
-    "text<TAB>label; npz holds x, y and optional lengths; adding, copy and sine are generated",
+    "text<TAB>label; npz holds x, y and optional lengths; adding, copy and sine are generated; "
+    "fsdd is the spoken-digit folder (log-mel frames -> phonemes, for model.loss: ctc)",
 }
 
 TRAIN = {

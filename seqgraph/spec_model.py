@@ -135,7 +135,23 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     bos = raw.get("bos", 0)
     if feeds_back and target.type == "ids" and bos >= target.size:
         raise SpecError("model.bos", f"bos id {bos} is outside the target vocab ({target.size})")
-    return ModelSpec(pattern, inp, target, encoders, layers, decoder, feedback, readout, bos)
+    objective = _objective(raw.get("loss", ""), pattern, target)
+    return ModelSpec(pattern, inp, target, encoders, layers, decoder, feedback, readout, bos,
+                     objective)
+
+
+def _objective(loss: str, pattern: str, target: IOSpec) -> str:
+    """`model.loss`, checked against the target type and the pattern."""
+    needs = {"softmax_ce": "ids", "mse": "vectors", "ctc": "ids"}
+    if loss and target.type != needs[loss]:
+        raise SpecError("model.loss", f"{loss} needs `target: {{type: {needs[loss]}}}`, "
+                                      f"not {target.type}")
+    if loss == "ctc" and pattern != "many_to_many":
+        raise SpecError("model.loss", f"ctc scores a label sequence against every input step: "
+                                      f"use pattern many_to_many, not {pattern}")
+    if loss == "ctc" and target.size < 2:
+        raise SpecError("model.target.vocab", "ctc needs the blank (id 0) and at least one label")
+    return loss
 
 
 def _check_bridge(encoder: tuple, decoder: tuple, cells: dict) -> None:

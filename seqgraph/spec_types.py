@@ -67,9 +67,12 @@ class ModelSpec:
     feedback_encoders: tuple[EncoderSpec, ...]
     readout: str
     bos: int
+    objective: str = ""  # `model.loss` as written; "" picks the target type's default
 
     @property
     def loss(self) -> str:
+        if self.objective:
+            return self.objective
         return "softmax_ce" if self.target.type == "ids" else "mse"
 
     @property

@@ -260,6 +260,8 @@ class _Loop:
     def _validation_line(self, step: int) -> str:
         result = self.validate(step)
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+        if "per" in result:
+            extra += f", PER {result['per']:.3f}, digit accuracy {result['digit_accuracy']:.3f}"
         return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
 
     def sample_text(self) -> str:

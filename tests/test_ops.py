@@ -4,6 +4,7 @@ same row on array_api_strict to prove the op uses only the array API standard.""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,21 @@ def conv_ref(x, w, padding):
 def _log_softmax(a):
     shifted = a - a.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def ctc_brute(logits, labels, input_lengths, label_lengths):
+    """CTC negative log-likelihood by enumerating every frame-level path (C**T of them) and
+    keeping those that collapse (merge repeats, drop blanks) to the labels."""
+    out = []
+    for b in range(len(logits)):
+        logp = _log_softmax(logits[b, : input_lengths[b]])
+        target, total = list(labels[b, : label_lengths[b]]), 0.0
+        for path in itertools.product(range(logits.shape[2]), repeat=int(input_lengths[b])):
+            merged = [k for i, k in enumerate(path) if i == 0 or k != path[i - 1]]
+            if [k for k in merged if k != 0] == target:
+                total += np.exp(sum(logp[t, k] for t, k in enumerate(path)))
+        out.append(-np.log(total))
+    return np.array(out)
 
 
 @dataclass(frozen=True)
@@ -241,6 +257,28 @@ ROWS = [
         (Real((3, 4)), Real((4,))),
         lambda p, y: ((p - y) ** 2).mean(axis=-1),
         label="bcast_target",
+    ),
+    Row("stack", (Real((2, 3)), Real((2, 3)), Real((2, 3))), lambda *xs: np.stack(xs, axis=1)),
+    Row(
+        "stack", (Real((2, 3)), Real((2, 3))), lambda *xs: np.stack(xs), {"axis": 0}, label="axis0"
+    ),
+    Row(
+        "ctc",
+        (Real((2, 4, 3)), Fixed([[1, 2], [2, 0]]), Fixed([4, 3]), Fixed([2, 1])),
+        ctc_brute,
+        label="ragged",
+    ),
+    Row(
+        "ctc",
+        (Real((2, 5, 3)), Fixed([[1, 1], [2, 2]]), Fixed([5, 3]), Fixed([2, 2])),
+        ctc_brute,
+        label="repeats",
+    ),
+    Row(
+        "ctc",
+        (Real((2, 3, 3)), Fixed([[1], [2]]), Fixed([3, 2]), Fixed([0, 1])),
+        ctc_brute,
+        label="empty_label",
     ),
 ]
 

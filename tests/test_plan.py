@@ -134,3 +134,177 @@ def test_single_sequence_batch_matches_interpreter():
     """Regression: with B=1 a per-step loss is 0-d, and its slot must stay a view."""
     raw = spec("gru")
     check_same(raw, batching.dummy(Model(raw, dtype="float64").spec, 1, 4))
+
+
+def pair(raw):
+    return (Model(raw, backend="numpy", dtype="float64", engine=e) for e in ("plan", "interp"))
+
+
+def assert_close(got, want, what):
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=what)
+
+
+def check_train_step(raw, batch, feedback="teacher", state_at=None, calls=2):
+    plan, interp = pair(raw)
+    loss, grads, states = interp.train_step(batch, feedback, state_at)
+    for _ in range(calls):
+        got_loss, got_grads, got_states = plan.train_step(batch, feedback, state_at)
+        assert got_loss == pytest.approx(loss, rel=1e-12, abs=1e-12)
+        assert set(got_grads) == set(grads) and list(got_states) == list(states)
+        for name in grads:
+            assert_close(got_grads[name], grads[name], name)
+        for name in states:
+            assert_close(got_states[name], states[name], name)
+
+
+def check_forward(raw, batch, feedback="teacher", calls=2):
+    plan, interp = pair(raw)
+    want = interp.forward(batch, feedback)
+    for _ in range(calls):
+        got = plan.forward(batch, feedback)
+        assert got["predictions"].shape == want["predictions"].shape
+        assert_close(got["predictions"], want["predictions"], "predictions")
+        if want["loss"] is None:
+            assert got["loss"] is None
+        else:
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-12, abs=1e-12)
+        assert list(got["state"]) == list(want["state"])
+        for name in want["state"]:
+            assert_close(got["state"][name], want["state"][name], name)
+    runner = plan.runner(batch, feedback, grads=False)
+    assert not runner.plan.backward_kernels and not runner.plan.layout.grad_buffers
+
+
+@pytest.mark.parametrize("state_at", [None, 1, 3])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_train_step_matches_interpreter(cell, state_at):
+    raw = spec(cell, 2)
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5)
+    rng = np.random.default_rng(2)
+    batch["state"] = {"l0.h0": rng.normal(size=(3, 5))}
+    batch["loss_from"] = 2
+    check_train_step(raw, batch, state_at=state_at)
+    batch["lengths"] = np.array([5, 2, 4])
+    check_train_step(raw, batch, state_at=state_at)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        spec("lstm"),
+        spec("gru", 2, bidirectional=True),
+        spec("lstm", pattern="many_to_one"),
+        spec("lstm", ids=True),
+        spec("custom"),
+    ],
+)
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("targets", [True, False])
+def test_forward_matches_interpreter(raw, padded, targets):
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 4)
+    if padded:
+        batch["lengths"] = np.array([4, 1, 3])
+    if not targets:
+        del batch["y"]
+    check_forward(raw, batch)
+
+
+@pytest.mark.parametrize("feedback", ["teacher", "free", "scheduled"])
+@pytest.mark.parametrize("pattern", ["encoder_decoder", "one_to_many"])
+def test_feedback_forward_and_train_step_match_interpreter(pattern, feedback):
+    raw = spec("lstm", pattern=pattern)
+    steps = 1 if pattern == "one_to_many" else 3
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, steps, out_steps=4)
+    batch["use_model"] = np.random.default_rng(3).random((3, 4)) < 0.5
+    batch["y_lengths"] = np.array([4, 2, 3])
+    check_forward(raw, batch, feedback)
+    check_train_step(raw, batch, feedback)
+    check_train_step(raw, batch, feedback, state_at=2)
+
+
+# ---- elementwise fusion (fusion.py) --------------------------------------------------------
+
+
+def run_c_body(body: str, env: dict) -> dict:
+    """Evaluate the generated CUDA body with NumPy: the statements are `T v = expr;`,
+    `y = v;`, with +-*/, unary minus, exp/tanh/log, casts `(T)1` and `a ? b : c`."""
+    import re
+
+    for line in body.splitlines():
+        target, expr = line.rstrip(";").split(" = ", 1)
+        expr = re.sub(r"\((?:double|float)\)(\d)", r"\1.0", expr)
+        for fn in ("exp", "tanh", "log"):
+            expr = re.sub(rf"\b{fn}\(", f"np.{fn}(", expr)
+        ternary = re.fullmatch(r"(.+) \? (.+) : (.+)", expr)
+        if ternary:
+            expr = "np.where({}, {}, {})".format(*ternary.groups())
+        env[target.split()[-1]] = eval(expr, {"np": np}, env)
+    return env
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "gru", "lstm", "custom"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_groups_generate_the_plan_values(cell, padded):
+    """Each fused group's CUDA body, evaluated on the CPU, gives what the NumPy chain wrote;
+    for training every member is written back, for forward only what others read."""
+    from seqgraph import fusion
+
+    raw = spec(cell)
+    model = Model(raw, backend="numpy", dtype="float64")
+    batch = batching.dummy(model.spec, 3, 4)
+    if padded:
+        batch["lengths"] = np.array([4, 2, 3])
+    for grads in (True, False):
+        runner = model.runner(batch, grads=grads)
+        runner.load(batching.prepare(model.spec, batch))
+        runner.plan.execute(model.params)
+        fused = [run for run in runner.plan.groups if len(run) > 1]
+        assert fused, "a cell step has at least one elementwise chain"
+        for run in fused:
+            _, out_params, body, inputs, outputs = fusion.source(runner.plan, run, grads)
+            value = runner.plan.layout.value
+            env = run_c_body(body, {f"x{i}": value[k] for i, k in enumerate(inputs)})
+            assert len(outputs) == len(run) or not grads
+            for j, k in enumerate(outputs):
+                np.testing.assert_allclose(env[f"y{j}"], value[k], rtol=1e-13, atol=1e-14)
+
+
+def test_lstm_step_fuses_gate_chain():
+    """Per LSTM step: one product, the bias adds, then sigmoid/tanh gates, c and h in one
+    group (the gate slices are views, so the group starts after them)."""
+    model = Model(spec("lstm"), dtype="float64")
+    runner = model.runner(batching.dummy(model.spec, 2, 5), grads=False)
+    sizes = [len(run) for run in runner.plan.groups if len(run) > 1]
+    assert sizes == [2, 9] * 5
+    from seqgraph import fusion
+
+    _, out_params, body, _, outputs = fusion.source(runner.plan, runner.plan.groups[4], False)
+    assert [k[1] for k in outputs] == ["c#15", "h#18"]  # the state; the rest stays in registers
+    assert body.count("exp(") == 3 and body.count("tanh(") == 2
+
+
+def test_unfused_plan_matches_fused():
+    model = Model(spec("gru", 2), dtype="float64")
+    batch = batching.dummy(model.spec, 2, 4)
+    fused = model.runner(batch).plan
+    plain_model = Model(spec("gru", 2), dtype="float64")
+    runner = plain_model.runner(batch)
+    loss, grads = model.loss_and_grads(batch)
+    from seqgraph.plan import Plan
+
+    an = runner.plan.an
+    plain = Plan(
+        runner.graph,
+        {k: v for k, v in an.meta.items() if an.kind(k) == "input"},
+        fused.ctx.xp,
+        "numpy",
+        "float64",
+        full=True,
+        fuse=False,
+    )
+    assert all(len(run) == 1 for run in plain.groups)
+    assert len(plain.forward_kernels) > len(fused.forward_kernels)
+    feeds = batching.feeds(model.spec, runner.graph, batch)
+    assert plain.run(feeds, model.params) == pytest.approx(loss, rel=1e-14)
+    for name, g in plain.gradients().items():
+        np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-15, err_msg=name)

@@ -1,0 +1,81 @@
+"""Decoding and scoring of CTC models: greedy decoding, edit distance and error rates.
+
+Greedy (best-path) decoding takes the likeliest class at every real frame, merges repeats and
+drops blanks (id 0). The phoneme error rate is the summed edit distance over the summed
+reference length. A decoded sequence is right when it equals its reference (for FSDD: the
+digit's phoneme string, i.e. it spells the right digit); `nearest_accuracy` is more lenient:
+the decoded sequence is mapped to the closest reference in the lexicon (by default the distinct
+references of the evaluated split, e.g. the ten digits) before it is compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLANK = 0
+
+
+def greedy_decode(logits, lengths=None) -> list[list[int]]:
+    """Best path of each sequence of (B, T, C) logits over its first `lengths[b]` frames."""
+    logits = np.asarray(logits)
+    size, steps = logits.shape[:2]
+    lengths = np.full(size, steps) if lengths is None else np.asarray(lengths)
+    best = np.argmax(logits, axis=-1)
+    out = []
+    for b in range(size):
+        path = best[b, : int(lengths[b])]
+        keep = np.ones(len(path), dtype=bool)
+        keep[1:] = path[1:] != path[:-1]
+        out.append([int(k) for k in path[keep] if k != BLANK])
+    return out
+
+
+def edit_distance(reference, hypothesis) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    previous = np.arange(len(hypothesis) + 1)
+    for i, ref in enumerate(reference, start=1):
+        current = np.empty_like(previous)
+        current[0] = i
+        for j, hyp in enumerate(hypothesis, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp))
+        previous = current
+    return int(previous[-1])
+
+
+def nearest(hypothesis, lexicon: list) -> tuple:
+    """The lexicon entry closest to `hypothesis` (ties: the first in the lexicon)."""
+    return min(lexicon, key=lambda word: edit_distance(word, hypothesis))
+
+
+def score(references: list, hypotheses: list, lexicon: list | None = None) -> dict:
+    """per (edits / reference labels), digit_accuracy (exact matches) and nearest_accuracy."""
+    refs = [tuple(r) for r in references]
+    hyps = [tuple(h) for h in hypotheses]
+    edits = sum(edit_distance(r, h) for r, h in zip(refs, hyps, strict=True))
+    labels = sum(len(r) for r in refs)
+    lexicon = [tuple(w) for w in lexicon] if lexicon else sorted(set(refs))
+    exact = sum(r == h for r, h in zip(refs, hyps))
+    near = sum(r == nearest(h, lexicon) for r, h in zip(refs, hyps)) if lexicon else 0
+    count = max(len(refs), 1)
+    return {
+        "per": edits / max(labels, 1),
+        "digit_accuracy": exact / count,
+        "nearest_accuracy": near / count,
+        "sequences": len(refs),
+    }
+
+
+def references(batch: dict) -> list[list[int]]:
+    """The label sequences of a CTC batch (padding cut at `y_lengths`)."""
+    y = np.asarray(batch["y"])
+    lengths = np.asarray(batch.get("y_lengths", np.full(len(y), y.shape[1])))
+    return [[int(k) for k in row[:n]] for row, n in zip(y, lengths)]
+
+
+def baseline(train_targets: list, test_targets: list) -> tuple[tuple, dict]:
+    """A constant guess, the floor to beat: of the distinct training label sequences, the one
+    with the fewest edits to all training targets (on a balanced set such as FSDD every digit
+    is equally common, so "the most common one" would be a tie). (guess, its test scores)."""
+    train = [tuple(int(k) for k in t) for t in train_targets]
+    guess = min(sorted(set(train)), key=lambda c: sum(edit_distance(t, c) for t in train))
+    return guess, score(test_targets, [guess] * len(test_targets))
