@@ -98,7 +98,8 @@ class _Scene:
         # what cannot reach the loss (a layer's unused final state) is not drawn
         self.live = set(order) if graph.loss is None else nx.ancestors(graph.nx, graph.loss)
         self.live.add(graph.loss)
-        self.cells = {k[0] for k in order if str(graph.node(k).get("source")).startswith("equ")}
+        sources = {k: str(graph.node(k).get("source")) for k in order}
+        self.cells = {k[0] for k in order if sources[k].startswith("equations")}  # cell steps
         self.block = {k: self._block(k) for k in order}
         self.members: dict[str, list[Key]] = defaultdict(list)
         for key in order:
@@ -135,8 +136,8 @@ class _Scene:
         return scope if self.fold else f"{scope} t={t}"
 
     def _y_axis(self, order: list[Key]) -> set[Key]:
-        """Nodes on a decoder's time axis: y, and all that a decoder mask or feed reaches."""
-        seen = {k for k in order if k[0] == "y"}
+        """Nodes on a decoder's time axis: y, dec.*, and all a decoder mask or feed reaches."""
+        seen = {k for k in order if k[0] == "y" or k[0].startswith("dec.")}
         if not any(k[:2] == ("y", "mask") for k in seen):
             return set()
         sources = [k for k in seen if k[1] in ("mask", "feed")]
@@ -517,9 +518,11 @@ def render_graph(
         edges[(tail, head, state)] = (_edge_attrs(scene, tail, head, names), norm)
     scale = _paint(scene, nodes, edges)
     where = {} if fold else _grid(scene, edges)
-    splines = {"splines": "true" if len(edges) <= SPLINE_EDGES else "line"} if where else {}
+    # layout=neato: the pinned grid survives `dot -Tsvg g.dot` too
+    splines = "true" if len(edges) <= SPLINE_EDGES else "line"
+    grid = {"layout": "neato", "splines": splines} if where else {}
     name = spec.name if spec is not None else "seqgraph"
-    engine, graph_attr = "neato" if where else "dot", {**GRAPH_ATTR, **splines}
+    engine, graph_attr = "neato" if where else "dot", {**GRAPH_ATTR, **grid}
     dot = graphviz.Digraph(name, engine=engine, graph_attr=graph_attr, node_attr=NODE_ATTR)
     dot.edge_attr.update(EDGE_ATTR)
     _emit(dot, scene, nodes, edges, where)
