@@ -126,54 +126,44 @@ def _cmd_schema(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="seqgraph",
-        description="Declarative recurrent networks: a YAML spec unrolled into an explicit graph.",
-        epilog="example: " + EXAMPLES["check"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--traceback", action="store_true", help="show the full stack on error")
-    sub = parser.add_subparsers(dest="command", required=True)
+BACKENDS = ["numpy", "cupy"]
 
-    def command(name: str, help_text: str, handler):
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog="example: " + EXAMPLES[name])
-        p.set_defaults(handler=handler)
-        return p
 
-    p = command("check", "validate a spec and describe its unrolled graph", _cmd_check)
+def _args_check(p) -> None:
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--steps", type=int, default=5, help="time steps to unroll (default 5)")
     p.add_argument("--data", help="data file that sizes a `vocab: auto` spec")
-    command("schema", "print the JSON Schema of the spec format", _cmd_schema)
 
-    p = command("run", "train the model a spec describes", _cmd_run)
+
+def _args_run(p) -> None:
     p.add_argument("spec", help="path to a YAML spec")
-    p.add_argument("--data", help="data file (text, .tsv/.csv or .npz); overrides data.path")
-    p.add_argument("--backend", choices=["numpy", "cupy"], help="array backend")
+    p.add_argument("--data", help="data file or folder; overrides data.path (data.root)")
+    p.add_argument("--backend", choices=BACKENDS, help="array backend")
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
-    p = command("sample", "generate from a trained run", _cmd_sample)
+
+def _args_sample(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--length", type=int, default=300)
     p.add_argument("--temperature", type=float, help="default: train.temperature or 1")
     p.add_argument("--prime", help="text to start from (default: train.prime)")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest next id")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=["numpy", "cupy"])
+    p.add_argument("--backend", choices=BACKENDS)
 
-    p = command("eval", "loss and accuracy of a run on held-out data", _cmd_eval)
+
+def _args_eval(p) -> None:
     p.add_argument("run_dir")
-    p.add_argument("--data", help="evaluate on this file's validation split instead")
+    p.add_argument("--data", help="evaluate on this data's split instead")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
-    p.add_argument("--backend", choices=["numpy", "cupy"])
+    p.add_argument("--backend", choices=BACKENDS)
 
-    p = command("render", "draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render)
+
+def _args_render(p) -> None:
     p.add_argument("spec")
     p.add_argument("--steps", type=int, default=4, help="time steps to draw (default 4)")
     p.add_argument("--out-steps", type=int, help="decoder steps (default --steps)")
@@ -185,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", help="sequence lengths, e.g. 5,3: padded steps are greyed")
     p.add_argument("--detail", action="store_true", help="every op, not one node per cell step")
 
-    p = command("gradflow", "per-step gradient ledger of one batch: CSV and heatmap",
-                _cmd_gradflow)
+
+def _args_gradflow(p) -> None:
     p.add_argument("source", help="a spec (at initialisation) or a run folder (at its checkpoint)")
     p.add_argument("--batch", type=int, default=8, help="sequences in the batch (default 8)")
     p.add_argument("--steps", type=int, help="time steps for streams (default train.seq_len)")
@@ -195,11 +185,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data file, as for `run`")
     p.add_argument("--out", help="folder for the CSVs and heatmap.png")
 
-    p = command("export", "write a run's model as ONNX, or its weights in another convention",
-                _cmd_export)
+
+def _args_export(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
     p.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.onnx ...)")
+
+
+COMMANDS = {  # name: (help, handler, arguments)
+    "check": ("validate a spec and describe its unrolled graph", _cmd_check, _args_check),
+    "schema": ("print the JSON Schema of the spec format", _cmd_schema, None),
+    "run": ("train the model a spec describes", _cmd_run, _args_run),
+    "sample": ("generate from a trained run", _cmd_sample, _args_sample),
+    "eval": ("loss and accuracy of a run on held-out data", _cmd_eval, _args_eval),
+    "render": ("draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render,
+               _args_render),
+    "gradflow": ("per-step gradient ledger of one batch: CSV and heatmap", _cmd_gradflow,
+                 _args_gradflow),
+    "export": ("write a run's model as ONNX, or its weights in another convention",
+               _cmd_export, _args_export),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqgraph",
+        description="Declarative recurrent networks: a YAML spec unrolled into an explicit graph.",
+        epilog="example: " + EXAMPLES["check"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--traceback", action="store_true", help="show the full stack on error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, handler, arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog="example: " + EXAMPLES[name])
+        p.set_defaults(handler=handler)
+        if arguments is not None:
+            arguments(p)
     return parser
 
 
