@@ -269,7 +269,11 @@ def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
 # ---- runs: train, load, sample, evaluate -----------------------------------------------------
 
 
-def train(spec: str, log=print, **options) -> dict:
+def _print_now(line: str) -> None:
+    print(line, flush=True)  # progress lines must reach a log file or pipe as they happen
+
+
+def train(spec: str, log=_print_now, **options) -> dict:
     """Train as `seqgraph run` does (options: data, backend, dtype, steps, out, resume,
     progress, stop_after, sample); returns a summary with the run folder and losses."""
     from .train import RunOptions, run

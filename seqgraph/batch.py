@@ -188,12 +188,12 @@ def stacked(spec: Spec, p: Prepared, keys: list, role: dict) -> np.ndarray:
         return np.stack([feed_one(spec, p, k, role) for k in keys])
     ts = np.arange(lo, hi + 1)
     if kind in ("x", "y"):
-        return np.moveaxis((p.x if kind == "x" else p.y)[:, lo : hi + 1], 1, 0)
+        return (p.x if kind == "x" else p.y)[:, lo : hi + 1].swapaxes(0, 1)
     if kind == "mask":
         lengths = p.x_len if keys[0][0] == "x" else p.y_len
         return (ts[:, None] < lengths[None, :])[:, :, None]
     if kind == "coin":
-        coins = np.moveaxis(p.coins[:, lo : hi + 1], 1, 0)
+        coins = p.coins[:, lo : hi + 1].swapaxes(0, 1)
         return coins if m.target.type == "ids" else coins[:, :, None]
     if m.pattern == "many_to_one":
         real = np.ones((len(ts), p.size))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .passes import class_of
+
 FUSABLE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log", "where"}
-C_TYPES = {"float32": "float", "float64": "double", "bool": "bool", "int64": "long long"}
+C_TYPES = {"float32": "float", "float64": "double"}  # of the values computed in the body
 C_EXPR = {  # {t}: the C type of the result
     "add": "{0} + {1}",
     "sub": "{0} - {1}",
@@ -75,7 +77,8 @@ def source(plan, run, keep_all: bool) -> tuple:
     """The CUDA pieces of one group: (in_params, out_params, body, inputs, outputs).
 
     `inputs` and `outputs` are the node keys bound to x0.. and y0..; a member is an output if
-    a later kernel reads it (or always, with `keep_all`, when backward needs every value)."""
+    a later kernel reads it (or always, with `keep_all`, when backward needs every value),
+    unless a later member of the group overwrites its buffer."""
     an = plan.an
     members = [u[1] for u in run]
     local = {k: f"v{i}" for i, k in enumerate(members)}
@@ -90,20 +93,31 @@ def source(plan, run, keep_all: bool) -> tuple:
         ctype = C_TYPES[an.meta[k][1].name]
         expr = C_EXPR[an.node[k]["op"]].format(*args, t=ctype)
         lines.append(f"{ctype} {local[k]} = {expr};")
-    inside = set(members)
-    outputs = [
+    outputs = _outputs(plan, members, keep_all)
+    lines += [f"y{j} = {local[k]};" for j, k in enumerate(outputs)]
+    # parameter lists take NumPy dtype names ("float" would mean float64 there); the body C's
+    in_params = ", ".join(f"{np.dtype(an.meta[k][1]).name} {name}" for k, name in inputs.items())
+    out_params = ", ".join(f"{an.meta[k][1].name} y{j}" for j, k in enumerate(outputs))
+    return in_params, out_params, "\n".join(lines), list(inputs), outputs
+
+
+def _outputs(plan, members: list, keep_all: bool) -> list:
+    """The members a group writes back (see `source`)."""
+    an, inside, in_place = plan.an, set(members), plan.layout.in_place
+    # a member whose buffer a later member overwrites (layout's in-place chain) is dead
+    overwritten = {
+        an.members[in_place[class_of(k)]][k[2]] for k in members if class_of(k) in in_place
+    }
+    return [
         k
         for k in members
-        if keep_all
-        or k in plan.outputs
-        or any(user not in inside for user, _ in an.consumers.get(k, ()))
+        if k not in overwritten
+        and (
+            keep_all
+            or k in plan.outputs
+            or any(user not in inside for user, _ in an.consumers.get(k, ()))
+        )
     ]
-    lines += [f"y{j} = {local[k]};" for j, k in enumerate(outputs)]
-    in_params = ", ".join(
-        f"{C_TYPES[np.dtype(an.meta[k][1]).name]} {name}" for k, name in inputs.items()
-    )
-    out_params = ", ".join(f"{C_TYPES[an.meta[k][1].name]} y{j}" for j, k in enumerate(outputs))
-    return in_params, out_params, "\n".join(lines), list(inputs), outputs
 
 
 _COMPILED: dict = {}

@@ -9,6 +9,8 @@ the op table is written against.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from . import ops
@@ -54,7 +56,7 @@ def _contiguous(x) -> bool:
 
 def _sigmoid(ctx, out, a):
     if ctx.expit is not None:
-        return lambda: ctx.expit(a, out=out)
+        return partial(ctx.expit, a, out=out)
     m = ctx.m
 
     def run():  # 1/(1+exp(-a)) = (1 + tanh(a/2)) / 2, without overflow
@@ -71,10 +73,9 @@ def _matmul(ctx, out, a, b):
     if b.ndim == 2 and a.ndim > 2 and _contiguous(out):
         out2 = rows(out)
         if _contiguous(a):
-            a2 = rows(a)
-            return lambda: m.matmul(a2, b, out=out2)
+            return partial(m.matmul, rows(a), b, out=out2)
         return lambda: m.matmul(rows(m.ascontiguousarray(a)), b, out=out2)
-    return lambda: m.matmul(a, b, out=out)
+    return partial(m.matmul, a, b, out=out)
 
 
 def _where(ctx, out, cond, a, b):
@@ -87,12 +88,15 @@ def _where(ctx, out, cond, a, b):
     return run
 
 
+# Kernels that are one ufunc call are `functools.partial` objects: called from C, no frame.
+
+
 def _unary(name):
-    return lambda ctx, out, a: (lambda f: lambda: f(a, out=out))(getattr(ctx.m, name))
+    return lambda ctx, out, a: partial(getattr(ctx.m, name), a, out=out)
 
 
 def _binary(name):
-    return lambda ctx, out, a, b: (lambda f: lambda: f(a, b, out=out))(getattr(ctx.m, name))
+    return lambda ctx, out, a, b: partial(getattr(ctx.m, name), a, b, out=out)
 
 
 FORWARD = {
@@ -107,7 +111,7 @@ FORWARD = {
     "sigmoid": _sigmoid,
     "matmul": _matmul,
     "where": _where,
-    "relu": lambda ctx, out, a: lambda: ctx.m.maximum(a, 0, out=out),
+    "relu": lambda ctx, out, a: partial(ctx.m.maximum, a, 0, out=out),
     "softmax_ce": lambda ctx, out, z, targets: _softmax_ce(ctx, out, z, targets),
 }
 
@@ -262,6 +266,8 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
     rules = ELEMENT_VJP.get(op)
     if rules is not None and not attrs:
         rule = rules[position]
+        if not add and tuple(g.shape) == tuple(dest.shape):
+            return _direct_vjp(m, op, position, rule, dest, g, out, ins)
         if rule is None or rule == NEGATE:
             compute = _pass(m, g, rule == NEGATE)
         else:
@@ -275,6 +281,28 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
     if kernel is not None:
         return kernel
     return _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs)
+
+
+ONE_CALL_VJP = {  # (op, position) -> (ufunc, second operand): the VJP is ufunc(g, operand)
+    ("mul", 0): ("multiply", 1),
+    ("mul", 1): ("multiply", 0),
+    ("div", 0): ("divide", 1),
+    ("exp", 0): ("multiply", "out"),
+    ("log", 0): ("divide", 0),
+}
+
+
+def _direct_vjp(m, op, position, rule, dest, g, out, ins):
+    """An elementwise VJP written straight into dest (same shape, nothing to add to)."""
+    if rule is None:
+        return partial(m.copyto, dest, g)
+    if rule == NEGATE:
+        return partial(m.negative, g, out=dest)
+    one = ONE_CALL_VJP.get((op, position))
+    if one is not None:
+        name, which = one
+        return partial(getattr(m, name), g, out if which == "out" else ins[which], out=dest)
+    return partial(rule, m, dest, g, out, *ins)
 
 
 def _matmul_vjp(ctx, position, dest, add, g, a, b):

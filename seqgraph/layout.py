@@ -116,14 +116,51 @@ class Layout:
                 self.placed[seed] = (root, side)
         return ext
 
+    def _in_place(self, ext: dict) -> dict:
+        """cls -> the input class whose buffer it overwrites (an in-place chain: the bias adds
+        after a projection share one buffer). Only where the input's value is dead once read:
+        its one reader is this op at the same step, and no VJP reads it (passes.IN_PLACE)."""
+        an, out = self.an, {}
+        slotted = {c for c, _ in ext}
+        for c in self.classes:
+            same = an.same_op(c)
+            if same is None or same[0] not in passes.IN_PLACE or same[1] or c in self.source:
+                continue
+            for position in range(len(an.inputs(an.members[c][self.range[c][0]]))):
+                pattern = an.input_pattern(c, position)
+                if pattern and pattern[0] == "class" and pattern[2] == 0 and pattern[3] is None:
+                    if self._dead_after(pattern[1], c, position) and not {c, pattern[1]} & slotted:
+                        out[c] = pattern[1]
+                        break
+        return out
+
+    def _dead_after(self, source, cls, position) -> bool:
+        an = self.an
+        same = an.same_op(source) if source in self.range else None
+        if same is None or same[0] not in passes.OUTPUT_UNREAD or source in self.source:
+            return False
+        if self.range[source] != self.range[cls] or any(
+            r == source for r, _ in self.placed.values()
+        ):
+            return False
+        return all(
+            an.consumers.get(k, []) == [(an.members[cls][t], position)]
+            and k not in an.outputs
+            and an.meta[k] == an.meta[an.members[cls][t]]
+            for t, k in an.members[source].items()
+        )
+
     def _values(self) -> None:
         an, m = self.an, self.m
         ext = self._extensions()
+        self.in_place = self._in_place(ext)
         for c in self.classes:
             lo, hi = self.range[c]
             kind, target, index = self.source.get(c, (None, None, None))
             if kind == "alias":
                 self.value_stack[c] = self.value_stack[target]
+            elif c in self.in_place:
+                self.value_stack[c] = self.value_stack[self.in_place[c]]
             elif kind == "view":
                 parent = self.value_stack[target]
                 self.value_stack[c] = Stack(parent.arr[(slice(None),) + index], parent.offset)
@@ -139,6 +176,11 @@ class Layout:
         for seed, (root, side) in self.placed.items():
             arr = self.value_stack[root].arr
             self.value[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
+        self._single_values()
+
+    def _single_values(self) -> None:
+        """Nodes outside every class buffer: a view of their input, or their own array."""
+        an, m = self.an, self.m
         for k in an.order:
             if k not in an.live or k in self.value:
                 continue

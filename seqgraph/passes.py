@@ -23,6 +23,10 @@ ROWWISE = {"softmax_ce", "log_softmax", "mse", "embedding", "onehot", "argmax"} 
 AXIS_OPS = {"chunk", "slice", "concat"}  # take an `axis` attribute
 VIEW_OPS = {"chunk", "slice"}  # output is a view of the input: no kernel, grads alias too
 PASS_THROUGH = {"add": (0, 1), "sub": (0,)}  # d input = d output when shapes match
+# an op whose VJP reads neither its inputs nor its output may overwrite an input's buffer
+# when it is that input's only reader; the input's op must not read its own output either
+IN_PLACE = {"add", "sub"}
+OUTPUT_UNREAD = {"add", "sub", "neg", "matmul"}
 
 
 def class_of(key: Key) -> tuple:
@@ -70,10 +74,18 @@ class Analysis:
 
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
-        self.order = graph.order()
-        self.pos = {k: i for i, k in enumerate(self.order)}
+        self.order = list(graph.order())  # a copy: `reassociate` may edit it
         self.node = {k: graph.node(k) for k in self.order}
-        self.live = self._live(outputs)
+        self.outputs = set(outputs)
+        self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
+        self._derive(leaf_meta)
+        if reassociate(self):
+            self._derive(leaf_meta)
+
+    def _derive(self, leaf_meta: dict) -> None:
+        """Liveness, consumers, classes, shapes, recurrences (again after a rewrite)."""
+        self.pos = {k: i for i, k in enumerate(self.order)}
+        self.live = self._live(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         for k in self.order:
             if k in self.live:
@@ -86,7 +98,6 @@ class Analysis:
         self.meta = self._infer(leaf_meta)
         self.recurrent = self._recurrent()
         self.needs_grad = self._needs_grad()
-        self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
 
     def inputs(self, key: Key) -> tuple:
         return self.node[key]["inputs"]
@@ -98,7 +109,7 @@ class Analysis:
         """Ancestors of the requested outputs (dead-node elimination)."""
         live, stack = set(outputs), list(outputs)
         while stack:
-            for source in self.graph.node(stack.pop())["inputs"]:
+            for source in self.node[stack.pop()]["inputs"]:
                 if source not in live:
                     live.add(source)
                     stack.append(source)
@@ -108,7 +119,7 @@ class Analysis:
         """(shape, dtype) of every live node; each distinct op signature is evaluated once."""
         import array_api_compat.numpy as xp
 
-        meta, memo = dict(leaf_meta), {}
+        meta, memo = {k: v for k, v in getattr(self, "meta", leaf_meta).items()}, {}
         for k in self.order:
             if k not in self.live or k in meta:
                 continue
@@ -225,3 +236,51 @@ class Analysis:
         ):
             return cls
         return None
+
+
+def reassociate(an: Analysis) -> bool:
+    """(a + r) + p -> (a + p) + r, with r on a recurrence, a off it and p a parameter or
+    constant: the bias of `x W_ih + b_ih + h W_hh + b_hh` then joins the input projection,
+    added once over all steps, and each step does one add less. Rounding differs from the
+    graph's order by an ulp. Rewrites `an.node` and `an.order` (copies, not the graph)."""
+    rewrites = {}
+    for k in an.order:
+        found = _bias_pattern(an, k) if k in an.live and k[2] is not None else None
+        if found is not None:
+            rewrites[k] = found
+    for k, (u, a, r, p) in rewrites.items():
+        v = (k[0], f"{u[1]}+{p[1]}", k[2])
+        an.node[v] = {**an.node[u], "inputs": (a, p)}
+        an.node[k] = {**an.node[k], "inputs": (v, r)}
+        an.order[an.order.index(u)] = v  # v needs only a and p, which precede u
+    return bool(rewrites)
+
+
+def _bias_pattern(an: Analysis, k):
+    """(u, a, r, p) if node k is add(u, p) / add(p, u) with u = add(a, r) as described."""
+    node = an.node[k]
+    if node["kind"] != "op" or node["op"] != "add" or node["attrs"]:
+        return None
+    for u, p in (node["inputs"], node["inputs"][::-1]):
+        inner = an.node[u]
+        if (
+            p[2] is not None
+            or an.kind(p) not in ("param", "const")
+            or inner["kind"] != "op"
+            or inner["op"] != "add"
+            or inner["attrs"]
+            or u[2] != k[2]
+            or an.consumers.get(u) != [(k, node["inputs"].index(u))]
+            or u in an.outputs
+            or an.meta[u] != an.meta[k]
+        ):
+            continue
+        for a, r in (inner["inputs"], inner["inputs"][::-1]):
+            if (
+                class_of(r) in an.recurrent
+                and class_of(a) not in an.recurrent
+                and len(class_of(a)) == 2
+                and an.meta[a] == an.meta[u]
+            ):
+                return u, a, r, p
+    return None

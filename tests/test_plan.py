@@ -257,28 +257,40 @@ def test_fused_groups_generate_the_plan_values(cell, padded):
     for grads in (True, False):
         runner = model.runner(batch, grads=grads)
         runner.load(batching.prepare(model.spec, batch))
-        runner.plan.execute(model.params)
-        fused = [run for run in runner.plan.groups if len(run) > 1]
+        runner.plan.execute(model.params)  # loads the parameters
+        value, fused = runner.plan.layout.value, 0
+        for run in runner.plan.groups:  # forward again, group by group
+            if len(run) > 1:
+                fused += 1
+                _, _, body, inputs, outputs = fusion.source(runner.plan, run, grads)
+                # inputs as the kernel sees them: an in-place chain overwrites some
+                env = {f"x{i}": value[k].copy() for i, k in enumerate(inputs)}
+            for kernel in runner.plan._forward_group(run, grads):
+                kernel()
+            if len(run) > 1:
+                run_c_body(body, env)
+                keys, lay, an = [u[1] for u in run], runner.plan.layout, runner.plan.an
+                dead = {
+                    an.members[lay.in_place[k[:2]]][k[2]] for k in keys if k[:2] in lay.in_place
+                }
+                assert not grads or set(keys) - set(outputs) == dead & set(keys)
+                for j, k in enumerate(outputs):
+                    np.testing.assert_allclose(env[f"y{j}"], value[k], rtol=1e-13, atol=1e-14)
         assert fused, "a cell step has at least one elementwise chain"
-        for run in fused:
-            _, out_params, body, inputs, outputs = fusion.source(runner.plan, run, grads)
-            value = runner.plan.layout.value
-            env = run_c_body(body, {f"x{i}": value[k] for i, k in enumerate(inputs)})
-            assert len(outputs) == len(run) or not grads
-            for j, k in enumerate(outputs):
-                np.testing.assert_allclose(env[f"y{j}"], value[k], rtol=1e-13, atol=1e-14)
 
 
 def test_lstm_step_fuses_gate_chain():
-    """Per LSTM step: one product, the bias adds, then sigmoid/tanh gates, c and h in one
+    """Per LSTM step: one product, one add, then the sigmoid/tanh gates, c and h in one
     group (the gate slices are views, so the group starts after them)."""
-    model = Model(spec("lstm"), dtype="float64")
-    runner = model.runner(batching.dummy(model.spec, 2, 5), grads=False)
-    sizes = [len(run) for run in runner.plan.groups if len(run) > 1]
-    assert sizes == [2, 9] * 5
     from seqgraph import fusion
 
-    _, out_params, body, _, outputs = fusion.source(runner.plan, runner.plan.groups[4], False)
+    model = Model(spec("lstm"), dtype="float64")
+    plan = model.runner(batching.dummy(model.spec, 2, 5), grads=False).plan
+    fused = [run for run in plan.groups if len(run) > 1]
+    assert [len(run) for run in fused] == [9] * 5
+    per_step = [u for u in plan.units if u[0] == "node" and u[1][2] == 2]
+    assert [plan.an.node[u[1]]["op"] for u in per_step[:2]] == ["matmul", "add"]
+    _, _, body, _, outputs = fusion.source(plan, fused[0], False)
     assert [k[1] for k in outputs] == ["c#15", "h#18"]  # the state; the rest stays in registers
     assert body.count("exp(") == 3 and body.count("tanh(") == 2
 
@@ -308,3 +320,47 @@ def test_unfused_plan_matches_fused():
     assert plain.run(feeds, model.params) == pytest.approx(loss, rel=1e-14)
     for name, g in plain.gradients().items():
         np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_reused_runner_reloads_what_changed():
+    """Masks, weights and absent states are kept between calls only while their inputs
+    (lengths, loss_from, coins, which states are given) stay the same."""
+    raw = spec("lstm", pattern="encoder_decoder")
+    plan, interp = pair(raw)
+    base = batching.dummy(plan.spec, 3, 4, out_steps=3)
+    rng = np.random.default_rng(4)
+    variants = [
+        {"lengths": np.array([4, 2, 3]), "y_lengths": np.array([3, 1, 2])},
+        {"lengths": np.array([1, 4, 2]), "y_lengths": np.array([2, 3, 1]), "loss_from": 1},
+        {
+            "lengths": np.array([1, 4, 2]),
+            "y_lengths": np.array([2, 3, 1]),
+            "state": {"l0.h0": rng.normal(size=(3, 5))},
+        },
+        {"lengths": np.array([4, 2, 3]), "y_lengths": np.array([3, 1, 2])},
+    ]
+    for extra in variants:
+        batch = {**base, **extra}
+        for feedback in ("teacher", "scheduled"):
+            batch["use_model"] = rng.random((3, 3)) < 0.5
+            loss, grads, _ = interp.train_step(batch, feedback)
+            got_loss, got, _ = plan.train_step(batch, feedback)
+            assert got_loss == pytest.approx(loss, rel=1e-12, abs=1e-12)
+            for name in grads:
+                assert_close(got[name], grads[name], name)
+
+
+def test_bias_adds_run_in_place():
+    """x W_ih + b_ih + h W_hh + b_hh: b_hh joins the projection (`passes.reassociate`), so
+    both biases are added over all steps at once, and each add overwrites the buffer of the
+    sum before it (whose value nothing reads again); the gates keep their own buffers."""
+    model = Model(spec("lstm"), dtype="float64")
+    plan = model.runner(batching.dummy(model.spec, 2, 5)).plan
+    lay = plan.layout
+    assert {("l0", "t#2"), ("l0", "t#4+b_hh")} <= set(plan.batched)
+    assert ("l0", "t#4") not in plan.an.members  # the per-step sum it replaced is dead
+    chain = [("l0", "t#2"), ("l0", "t#4+b_hh"), ("l0", "gates#5")]
+    for cls in chain:
+        assert lay.value_stack[cls].arr is lay.value_stack[("l0", "t#1")].arr
+    assert lay.value_stack[("l0", "t#12")].arr is not lay.value_stack[("l0", "t#1")].arr
+    assert lay.value_stack[("l0", "t#3")].arr is not lay.value_stack[("l0", "t#1")].arr
