@@ -22,8 +22,16 @@ from .spec import Spec, load_spec
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
 
 __all__ = [
-    "Model", "check", "evaluate_run", "export_run", "gradflow", "load_run", "load_spec",
-    "render", "sample", "train",
+    "Model",
+    "check",
+    "evaluate_run",
+    "export_run",
+    "gradflow",
+    "load_run",
+    "load_spec",
+    "render",
+    "sample",
+    "train",
 ]
 
 
@@ -41,14 +49,19 @@ class Model:
     reference the plan is tested against.
     """
 
-    def __init__(self, spec: Spec | str | os.PathLike | dict, backend: str | None = None,
-                 dtype: str | None = None, seed: int | None = None, engine: str = "plan"):
+    def __init__(
+        self,
+        spec: Spec | str | os.PathLike | dict,
+        backend: str | None = None,
+        dtype: str | None = None,
+        seed: int | None = None,
+        engine: str = "plan",
+    ):
         if engine not in ("plan", "interp"):
             raise ValueError(f"engine must be 'plan' or 'interp', got {engine!r}")
         self.spec = _as_spec(spec)
         self._plans: dict[tuple, Runner] = {}
-        self.backend: Backend = get_backend(backend or self.spec.backend,
-                                            dtype or self.spec.dtype)
+        self.backend: Backend = get_backend(backend or self.spec.backend, dtype or self.spec.dtype)
         self.seed = self.spec.seed if seed is None else seed
         self.engine = engine if self.backend.name in ("numpy", "cupy") else "interp"
         self._programs: dict[tuple, Program] = {}
@@ -68,10 +81,14 @@ class Model:
             source = getattr(exc, "source", "")
             if not source:
                 raise
-            raise SpecError(source, f"shapes do not fit: {exc.op} got inputs of shape "
-                                    f"{exc.shapes}; check the param shapes against "
-                                    "`input` and `hidden`",
-                            self.spec.lines.get(source), self.spec.source) from None
+            raise SpecError(
+                source,
+                f"shapes do not fit: {exc.op} got inputs of shape "
+                f"{exc.shapes}; check the param shapes against "
+                "`input` and `hidden`",
+                self.spec.lines.get(source),
+                self.spec.source,
+            ) from None
 
     # ---- parameters --------------------------------------------------------------------------
 
@@ -79,16 +96,21 @@ class Model:
         """Replace some or all parameters (host or backend arrays); shapes must match."""
         for name, value in params.items():
             if name not in self.param_info:
-                raise DataError(f"unknown parameter {name!r}; this model has: "
-                                f"{', '.join(sorted(self.param_info))}")
+                raise DataError(
+                    f"unknown parameter {name!r}; this model has: "
+                    f"{', '.join(sorted(self.param_info))}"
+                )
             host = self.backend.to_numpy(value)
             if tuple(host.shape) != self.param_info[name].shape:
-                raise DataError(f"parameter {name!r} must have shape "
-                                f"{self.param_info[name].shape}, got {tuple(host.shape)}")
+                raise DataError(
+                    f"parameter {name!r} must have shape "
+                    f"{self.param_info[name].shape}, got {tuple(host.shape)}"
+                )
             self.params[name] = self.backend.asarray(host)
 
-    def export_params(self, convention: str = "pytorch", arrays: dict | None = None,
-                      **options) -> dict[str, np.ndarray]:
+    def export_params(
+        self, convention: str = "pytorch", arrays: dict | None = None, **options
+    ) -> dict[str, np.ndarray]:
         """Host copies of the parameters (or of `arrays` keyed like them, e.g. gradients)
         named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.interop`)."""
         from .interop import export_params
@@ -106,20 +128,23 @@ class Model:
 
     # ---- graphs ------------------------------------------------------------------------------
 
-    def compiled(self, steps: int, out_steps: int | None = None,
-                 feedback: str = "teacher") -> Graph:
+    def compiled(
+        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+    ) -> Graph:
         return self.program(steps, out_steps, feedback).graph
 
-    def program(self, steps: int, out_steps: int | None = None,
-                feedback: str = "teacher") -> Program:
+    def program(
+        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+    ) -> Program:
         """The flattened program for one sequence length (cached)."""
         key = (steps, out_steps, feedback)
         if key not in self._programs:
             self._programs[key] = Program(compile_graph(self.spec, steps, out_steps, feedback))
         return self._programs[key]
 
-    def graph(self, steps: int, out_steps: int | None = None,
-              feedback: str = "teacher") -> nx.MultiDiGraph:
+    def graph(
+        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+    ) -> nx.MultiDiGraph:
         """The unrolled networkx.MultiDiGraph for `steps` input steps (and decoder steps)."""
         if self.spec.model.feeds_back and out_steps is None:
             out_steps = steps
@@ -143,7 +168,8 @@ class Model:
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
             return self.runner(batch, feedback, False, prepared=prepared).forward(
-                prepared, self.params)
+                prepared, self.params
+            )
         program, values = self._run(batch, feedback)
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
@@ -154,8 +180,9 @@ class Model:
             "state": {name: values[k] for name, k in state_keys(program).items()},
         }
 
-    def train_step(self, batch: dict, feedback: str = "teacher",
-                   state_at: int | None = None) -> tuple[float, dict, dict]:
+    def train_step(
+        self, batch: dict, feedback: str = "teacher", state_at: int | None = None
+    ) -> tuple[float, dict, dict]:
         """(loss, grads, states) in one pass: what truncated BPTT needs to carry on. The
         states are those after the last step, or after `state_at` steps if given."""
         if batch.get("y") is None:
@@ -170,8 +197,14 @@ class Model:
         states = {name: values[k] for name, k in state_keys(program, state_at).items()}
         return float(values[program.graph.loss]), named, states
 
-    def runner(self, batch: dict, feedback: str = "teacher", grads: bool = True,
-               state_at: int | None = None, prepared=None) -> Runner:
+    def runner(
+        self,
+        batch: dict,
+        feedback: str = "teacher",
+        grads: bool = True,
+        state_at: int | None = None,
+        prepared=None,
+    ) -> Runner:
         """The plan runner for this batch's shape (cached): gradients, or forward only."""
         p = prepared or batching.prepare(self.spec, batch)
         key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at)
@@ -195,7 +228,8 @@ class Model:
         program, values = self._run(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
-            name: grads[key] for name, key in program.graph.params.items()}
+            name: grads[key] for name, key in program.graph.params.items()
+        }
 
 
 def _uses_auto(spec: Spec | str | os.PathLike | dict) -> bool:
@@ -220,27 +254,44 @@ def _sized_spec(spec, data: str | None) -> tuple[Spec, str]:
     except DataError as exc:
         if data is not None:
             raise
-        note = (f"vocab: auto could not be sized ({exc}); using a placeholder of "
-                f"{AUTO_PLACEHOLDER}")
+        note = f"vocab: auto could not be sized ({exc}); using a placeholder of {AUTO_PLACEHOLDER}"
         return load_spec(spec, auto={"input": AUTO_PLACEHOLDER, "target": AUTO_PLACEHOLDER}), note
 
 
-def render(spec: Spec | str | os.PathLike | dict, output: str | os.PathLike, steps: int = 4,
-           out_steps: int | None = None, fold: bool = False, grad: bool = False,
-           lengths: list[int] | None = None, detail: bool = False) -> str:
+def render(
+    spec: Spec | str | os.PathLike | dict,
+    output: str | os.PathLike,
+    steps: int = 4,
+    out_steps: int | None = None,
+    fold: bool = False,
+    grad: bool = False,
+    lengths: list[int] | None = None,
+    detail: bool = False,
+) -> str:
     """Draw the unrolled graph of `spec` to `output` (.svg, .png, .pdf or .dot); `grad`
     colours it by the gradient norms of one backward pass on a random batch."""
     from .render import render_model, render_to_file
 
     spec, _ = _sized_spec(spec, None)
     model = Model(spec, dtype="float64")
-    digraph = render_model(model, steps, out_steps=out_steps, lengths=lengths, fold=fold,
-                           with_grads=grad, detail=detail)
+    digraph = render_model(
+        model,
+        steps,
+        out_steps=out_steps,
+        lengths=lengths,
+        fold=fold,
+        with_grads=grad,
+        detail=detail,
+    )
     return str(render_to_file(digraph, output))
 
 
-def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
-          out_steps: int | None = None, data: str | None = None) -> dict[str, Any]:
+def check(
+    spec: Spec | str | os.PathLike | dict,
+    steps: int = 5,
+    out_steps: int | None = None,
+    data: str | None = None,
+) -> dict[str, Any]:
     """Validate a spec and describe its unrolled graph: parameters, node and edge counts, and
     the shape of every node of the first step (from a dry run on a random batch of 2).
     A spec with `vocab: auto` has its data loaded (from `data`, if given) to size it."""
@@ -259,8 +310,10 @@ def check(spec: Spec | str | os.PathLike | dict, steps: int = 5,
         "steps": len(sample["x"][0]) if sample["x"].ndim > 1 else 1,
         "nodes": graph.nx.number_of_nodes(),
         "edges": graph.nx.number_of_edges(),
-        "step_shapes": [(k, graph.node(k)["kind"], graph.node(k).get("op"),
-                         tuple(values[k].shape)) for k in first],
+        "step_shapes": [
+            (k, graph.node(k)["kind"], graph.node(k).get("op"), tuple(values[k].shape))
+            for k in first
+        ],
         "loss": float(values[graph.loss]),
         "note": note,
     }
@@ -296,9 +349,15 @@ def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
     return model
 
 
-def sample(run_dir: str | os.PathLike, length: int = 300, temperature: float | None = None,
-           prime: str | None = None, greedy: bool = False, seed: int = 0,
-           backend: str | None = None):
+def sample(
+    run_dir: str | os.PathLike,
+    length: int = 300,
+    temperature: float | None = None,
+    prime: str | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+    backend: str | None = None,
+):
     """Generate from a trained run: text for character models, an array for vector models."""
     from .data import Stream
     from .generate import sample_ids, sample_vectors
@@ -316,8 +375,12 @@ def sample(run_dir: str | os.PathLike, length: int = 300, temperature: float | N
     return sample_vectors(model, start, length)
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
-                 backend: str | None = None, split: str = "valid") -> dict:
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: str | None = None,
+    backend: str | None = None,
+    split: str = "valid",
+) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
     split, or on that split of `data` read the same way."""
     from . import data as datasets
@@ -329,19 +392,26 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None,
     config = _data_config(spec.data, data)
     dataset = datasets.load(config, spec.model.pattern, spec.seed)
     if getattr(dataset, "vocab", None) and dataset.vocab != model.run_facts.get("vocab"):
-        raise DataError(f"{config.get('path', 'the data')}: its vocabulary differs from the "
-                        "run's; evaluate on text with the same characters")
+        raise DataError(
+            f"{config.get('path', 'the data')}: its vocabulary differs from the "
+            "run's; evaluate on text with the same characters"
+        )
     settings = train_config(spec, None)
     if split == "test":
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split,
-            **evaluate(model, batches)}
+    return {
+        "run_dir": str(run_dir),
+        "step": model.run_facts["step"],
+        "split": split,
+        **evaluate(model, batches),
+    }
 
 
-def export_run(run_dir: str | os.PathLike, to: str = "onnx",
-               out: str | os.PathLike | None = None) -> str:
+def export_run(
+    run_dir: str | os.PathLike, to: str = "onnx", out: str | os.PathLike | None = None
+) -> str:
     """Write a run's model as ONNX (`to="onnx"`) or its weights as an .npz in the PyTorch,
     Keras or ONNX-initializer convention (`to="pytorch"|"keras"|"onnx_weights"`)."""
     from pathlib import Path
@@ -358,9 +428,14 @@ def export_run(run_dir: str | os.PathLike, to: str = "onnx",
     return str(path)
 
 
-def gradflow(source: str | os.PathLike, out: str | os.PathLike | None = None,
-             batch_size: int = 8, steps: int | None = None, threshold: float = 1e-3,
-             data: str | None = None) -> dict:
+def gradflow(
+    source: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    steps: int | None = None,
+    threshold: float = 1e-3,
+    data: str | None = None,
+) -> dict:
     """The gradient ledger of one batch for a spec (at initialisation) or a run folder (at its
     checkpoint): CSVs of per-step parameter contributions and of ‖∂L/∂h_t‖, and a heatmap."""
     from pathlib import Path
@@ -390,7 +465,12 @@ def gradflow(source: str | os.PathLike, out: str | os.PathLike | None = None,
     for row, norms in zip(rows, matrix):
         alive = np.flatnonzero(norms >= threshold * np.nanmax(norms))
         reach[row] = int(alive.max() - alive.min() + 1) if len(alive) else 0
-    return {"folder": str(folder), "csv": [str(p) for p in csvs], "heatmap": str(png),
-            "loss": book.loss, "global_norm": book.global_norm, "steps": book.steps,
-            "alive_steps": reach}
-
+    return {
+        "folder": str(folder),
+        "csv": [str(p) for p in csvs],
+        "heatmap": str(png),
+        "loss": book.loss,
+        "global_norm": book.global_norm,
+        "steps": book.steps,
+        "alive_steps": reach,
+    }

@@ -41,12 +41,16 @@ class Program:
             elif node["kind"] == "op":
                 op = ops.OPS[node["op"]]
                 self.instructions.append(
-                    Instruction(key, op, node["inputs"], node["attrs"], node.get("source", "")))
+                    Instruction(key, op, node["inputs"], node["attrs"], node.get("source", ""))
+                )
                 if any(i in self.needs_grad for i in node["inputs"]):
                     self.needs_grad.add(key)
         self.param_keys = set(graph.params.values())
-        self.consts = {k: graph.node(k)["attrs"]["value"] for k in self.order
-                       if graph.node(k)["kind"] == "const"}
+        self.consts = {
+            k: graph.node(k)["attrs"]["value"]
+            for k in self.order
+            if graph.node(k)["kind"] == "const"
+        }
 
     def forward(self, xp, leaves: dict[Key, Any], keep: Callable[[Key], bool] | None = None):
         """Evaluate every op; `leaves` holds params, inputs and consts. Returns all values."""
@@ -55,19 +59,29 @@ class Program:
             try:
                 values[ins.key] = ins.op.forward(xp, *[values[i] for i in ins.inputs], **ins.attrs)
             except KeyError as exc:
-                raise GraphError(f"node {key_str(ins.key)} needs {exc.args[0]}, which has no "
-                                 "value: feed it in the batch") from None
+                raise GraphError(
+                    f"node {key_str(ins.key)} needs {exc.args[0]}, which has no "
+                    "value: feed it in the batch"
+                ) from None
             except (ValueError, TypeError, IndexError) as exc:
                 shapes = ", ".join(str(tuple(values[i].shape)) for i in ins.inputs)
                 where = f" ({ins.source})" if ins.source else ""
-                error = GraphError(f"{ins.op.name} at node {key_str(ins.key)}{where} failed on "
-                                   f"inputs of shape {shapes}: {exc}")
+                error = GraphError(
+                    f"{ins.op.name} at node {key_str(ins.key)}{where} failed on "
+                    f"inputs of shape {shapes}: {exc}"
+                )
                 error.source, error.shapes, error.op = ins.source, shapes, ins.op.name
                 raise error from None
         return values
 
-    def backward(self, xp, values: dict, loss: Key, seed=None,
-                 observe: Callable[[Key, Any, Key | None], None] | None = None) -> dict:
+    def backward(
+        self,
+        xp,
+        values: dict,
+        loss: Key,
+        seed=None,
+        observe: Callable[[Key, Any, Key | None], None] | None = None,
+    ) -> dict:
         """Gradients of `loss` for every node that needs one; params always get an entry.
 
         `observe(key, grad, consumer)` sees each node's complete gradient (consumer None) and,
@@ -92,7 +106,7 @@ class Program:
                 grads[source] = grads[source] + grad if source in grads else grad
                 if observe is not None and source in self.param_keys:
                     observe(source, grad, ins.key)
-        for name, key in self.graph.params.items():
+        for key in self.graph.params.values():
             if key not in grads:  # unused parameter: a zero gradient, not a missing one
                 grads[key] = xp.zeros_like(values[key])
         return grads

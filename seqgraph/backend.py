@@ -51,22 +51,27 @@ def get_backend(name: str = "numpy", dtype: str = "float32") -> Backend:
         try:
             import array_api_strict as xp
         except ImportError:
-            raise BackendError("backend 'strict' needs array_api_strict: "
-                               "pip install 'seqgraph[test]'") from None
+            raise BackendError(
+                "backend 'strict' needs array_api_strict: pip install 'seqgraph[test]'"
+            ) from None
         return Backend(name, xp, dtype)
     if name == "cupy":
         try:
             import array_api_compat.cupy as xp
             import cupy
         except ImportError:
-            raise BackendError("backend 'cupy' needs CuPy: pip install 'seqgraph[gpu]' "
-                               "(cupy-cuda12x or cupy-cuda13x to match your CUDA)") from None
+            raise BackendError(
+                "backend 'cupy' needs CuPy: pip install 'seqgraph[gpu]' "
+                "(cupy-cuda12x or cupy-cuda13x to match your CUDA)"
+            ) from None
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception:  # CUDA driver missing or broken: CuPy raises several kinds
             count = 0
         if count < 1:
-            raise BackendError("backend 'cupy' needs an NVIDIA GPU with a working driver, and "
-                               "none was found; use --backend numpy")
+            raise BackendError(
+                "backend 'cupy' needs an NVIDIA GPU with a working driver, and "
+                "none was found; use --backend numpy"
+            )
         return Backend(name, xp, dtype)
     raise BackendError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")

@@ -28,19 +28,26 @@ def _check_io(name: str, array: np.ndarray, io: IOSpec, leading: int, pattern: s
     if io.type == "ids":
         ok = array.ndim == leading and array.dtype.kind in "iu"
         if ok and array.size and (array.min() < 0 or array.max() >= io.size):
-            raise DataError(f"batch[{name!r}] holds ids from {array.min()} to {array.max()}, "
-                            f"outside the vocab 0..{io.size - 1} of the spec")
+            raise DataError(
+                f"batch[{name!r}] holds ids from {array.min()} to {array.max()}, "
+                f"outside the vocab 0..{io.size - 1} of the spec"
+            )
     else:
         tail = io.shape if io.type == "images" else (io.size,)
         if io.type == "images":
             want = f"{lead}, {', '.join(map(str, tail))}) floats"
-        ok = (array.ndim == leading + len(tail) and tuple(array.shape[leading:]) == tail
-              and array.dtype.kind == "f")
+        ok = (
+            array.ndim == leading + len(tail)
+            and tuple(array.shape[leading:]) == tail
+            and array.dtype.kind == "f"
+        )
         if ok and not np.all(np.isfinite(array)):
             raise DataError(f"batch[{name!r}] contains NaN or Inf")
     if not ok:
-        raise DataError(f"batch[{name!r}] has shape {array.shape} and dtype {array.dtype}; "
-                        f"{pattern} expects {want}")
+        raise DataError(
+            f"batch[{name!r}] has shape {array.shape} and dtype {array.dtype}; "
+            f"{pattern} expects {want}"
+        )
 
 
 def _lengths(batch: dict, name: str, size: int, steps: int) -> np.ndarray:
@@ -50,8 +57,10 @@ def _lengths(batch: dict, name: str, size: int, steps: int) -> np.ndarray:
     if lengths.shape != (size,) or lengths.dtype.kind not in "iu":
         raise DataError(f"batch[{name!r}] must be {size} integers, one per sequence")
     if lengths.size and (lengths.min() < 1 or lengths.max() > steps):
-        raise DataError(f"batch[{name!r}] must lie in 1..{steps} (the padded length); "
-                        f"got {lengths.min()}..{lengths.max()}")
+        raise DataError(
+            f"batch[{name!r}] must lie in 1..{steps} (the padded length); "
+            f"got {lengths.min()}..{lengths.max()}"
+        )
     return lengths.astype(np.int64)
 
 
@@ -71,9 +80,11 @@ def _ctc_label_lengths(batch: dict, y: np.ndarray, x_len: np.ndarray) -> np.ndar
     need = lengths + np.sum(real[:, 1:] & (y[:, 1:] == y[:, :-1]), axis=1)
     if np.any(need > x_len):
         row = int(np.argmax(need > x_len))
-        raise DataError(f"sequence {row} has {x_len[row]} input steps, too few for its "
-                        f"{lengths[row]} labels: CTC needs {need[row]} (a blank between equal "
-                        "neighbours); its loss would be infinite")
+        raise DataError(
+            f"sequence {row} has {x_len[row]} input steps, too few for its "
+            f"{lengths[row]} labels: CTC needs {need[row]} (a blank between equal "
+            "neighbours); its loss would be infinite"
+        )
     return lengths.astype(np.int64)
 
 
@@ -94,8 +105,10 @@ def shape_of(spec: Spec, batch: dict) -> tuple[int, int, int | None]:
         if y.shape[0] != size:
             raise DataError(f"batch['y'] has {y.shape[0]} sequences but batch['x'] has {size}")
         if m.pattern == "many_to_many" and m.loss != "ctc" and y.shape[1] != steps:
-            raise DataError(f"batch['y'] has {y.shape[1]} steps but batch['x'] has {steps}; "
-                            "many_to_many needs one target per input step")
+            raise DataError(
+                f"batch['y'] has {y.shape[1]} steps but batch['x'] has {steps}; "
+                "many_to_many needs one target per input step"
+            )
         if m.feeds_back:
             out_steps = y.shape[1]
     elif m.feeds_back:
@@ -127,8 +140,11 @@ def prepare(spec: Spec, batch: dict) -> Prepared:
     m = spec.model
     size, steps, out_steps = shape_of(spec, batch)
     x = np.asarray(batch["x"])
-    y = np.asarray(batch["y"]) if batch.get("y") is not None else _dummy_target(m, size, steps,
-                                                                                out_steps)
+    y = (
+        np.asarray(batch["y"])
+        if batch.get("y") is not None
+        else _dummy_target(m, size, steps, out_steps)
+    )
     x_len = _lengths(batch, "lengths", size, steps)
     y_len = _lengths(batch, "y_lengths", size, out_steps) if out_steps else x_len
     if m.loss == "ctc":
@@ -140,8 +156,20 @@ def prepare(spec: Spec, batch: dict) -> Prepared:
     if batch.get("use_model") is not None:
         coins = np.asarray(batch["use_model"], dtype=bool).reshape(size, -1)
     full = bool(np.all(x_len >= steps) and (not out_steps or np.all(y_len >= out_steps)))
-    return Prepared(size, steps, out_steps, full, batch.get("y") is not None, x, y, x_len,
-                    y_len, coins, batch.get("state") or {}, batch.get("loss_from", 0))
+    return Prepared(
+        size,
+        steps,
+        out_steps,
+        full,
+        batch.get("y") is not None,
+        x,
+        y,
+        x_len,
+        y_len,
+        coins,
+        batch.get("state") or {},
+        batch.get("loss_from", 0),
+    )
 
 
 def feeds(spec: Spec, graph: Graph, batch: dict) -> dict[Key, np.ndarray]:
@@ -205,8 +233,11 @@ def stacked(spec: Spec, p: Prepared, keys: list, role: dict) -> np.ndarray:
 
 def _dummy_target(m, size: int, steps: int, out_steps: int | None) -> np.ndarray:
     """Zeros in the target's shape, so a batch without `y` can still run forward."""
-    shape = (size,) if m.pattern in ("many_to_one", "one_to_one") else (
-        size, out_steps if m.feeds_back else steps)
+    shape = (
+        (size,)
+        if m.pattern in ("many_to_one", "one_to_one")
+        else (size, out_steps if m.feeds_back else steps)
+    )
     if m.target.type == "ids":
         return np.zeros(shape, dtype=np.int64)
     return np.zeros(shape + (m.target.size,))
@@ -234,8 +265,7 @@ def _state(states: dict, name: str, size: int, hidden: int) -> np.ndarray:
     return value
 
 
-def dummy(spec: Spec, size: int, steps: int, out_steps: int | None = None,
-          seed: int = 0) -> dict:
+def dummy(spec: Spec, size: int, steps: int, out_steps: int | None = None, seed: int = 0) -> dict:
     """A random batch of the right shapes for `spec` (used by `check` and by tests)."""
     m, rng = spec.model, np.random.default_rng(seed)
 

@@ -27,9 +27,11 @@ EXAMPLES = {
 
 def _cmd_check(args) -> int:
     report = api.check(args.spec, steps=args.steps, data=args.data)
-    print(f"{report['name']}: {report['pattern']}, {report['num_params']:,} parameters, "
-          f"{report['nodes']:,} nodes and {report['edges']:,} edges unrolled over "
-          f"{args.steps} steps")
+    print(
+        f"{report['name']}: {report['pattern']}, {report['num_params']:,} parameters, "
+        f"{report['nodes']:,} nodes and {report['edges']:,} edges unrolled over "
+        f"{args.steps} steps"
+    )
     if report["note"]:
         print(f"note: {report['note']}")
     print("parameters:")
@@ -43,8 +45,15 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    summary = api.train(args.spec, data=args.data, backend=args.backend, dtype=args.dtype,
-                        steps=args.steps, out=args.out, resume=args.resume)
+    summary = api.train(
+        args.spec,
+        data=args.data,
+        backend=args.backend,
+        dtype=args.dtype,
+        steps=args.steps,
+        out=args.out,
+        resume=args.resume,
+    )
     if summary["stopped"]:
         return 130
     valid = summary.get("valid", {})
@@ -62,23 +71,32 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    out = api.sample(args.run_dir, length=args.length, temperature=args.temperature,
-                     prime=args.prime, greedy=args.greedy, seed=args.seed, backend=args.backend)
-    print(out if isinstance(out, str) else "\n".join(" ".join(f"{v:.4f}" for v in row)
-                                                     for row in out))
+    out = api.sample(
+        args.run_dir,
+        length=args.length,
+        temperature=args.temperature,
+        prime=args.prime,
+        greedy=args.greedy,
+        seed=args.seed,
+        backend=args.backend,
+    )
+    print(
+        out if isinstance(out, str) else "\n".join(" ".join(f"{v:.4f}" for v in row) for row in out)
+    )
     return 0
 
 
 def _cmd_eval(args) -> int:
-    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend,
-                              split=args.split)
+    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend, split=args.split)
     if args.json:
         print(json.dumps(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
         extra += _ctc_scores(result)
-        print(f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
-              f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}")
+        print(
+            f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
+            f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
+        )
     return 0
 
 
@@ -86,9 +104,11 @@ def _ctc_scores(result: dict) -> str:
     """A CTC model's phoneme error rate and sequence (digit) accuracies, if reported."""
     if "per" not in result:
         return ""
-    return (f"; PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
-            f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
-            "sequences")
+    return (
+        f"; PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
+        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
+        "sequences"
+    )
 
 
 def _cmd_export(args) -> int:
@@ -97,13 +117,23 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_gradflow(args) -> int:
-    result = api.gradflow(args.source, out=args.out, batch_size=args.batch,
-                          steps=args.steps, threshold=args.threshold, data=args.data)
-    print(f"loss {result['loss']:.4f}, gradient norm {result['global_norm']:.4g} over "
-          f"{result['steps']} steps")
+    result = api.gradflow(
+        args.source,
+        out=args.out,
+        batch_size=args.batch,
+        steps=args.steps,
+        threshold=args.threshold,
+        data=args.data,
+    )
+    print(
+        f"loss {result['loss']:.4f}, gradient norm {result['global_norm']:.4g} over "
+        f"{result['steps']} steps"
+    )
     for row, alive in result["alive_steps"].items():
-        print(f"  {row:<20} gradient above {args.threshold:g} x its peak on {alive} of "
-              f"{result['steps']} steps")
+        print(
+            f"  {row:<20} gradient above {args.threshold:g} x its peak on {alive} of "
+            f"{result['steps']} steps"
+        )
     print(f"wrote {result['heatmap']} and {', '.join(result['csv'])}")
     return 0
 
@@ -114,10 +144,21 @@ def _cmd_render(args) -> int:
         try:
             lengths = [int(n) for n in args.lengths.split(",")]
         except ValueError:
-            raise SeqgraphError(f"--lengths takes whole numbers separated by commas, "
-                                f"got {args.lengths!r}") from None
-    print(api.render(args.spec, args.output, steps=args.steps, out_steps=args.out_steps,
-                     fold=args.fold, grad=args.grad, lengths=lengths, detail=args.detail))
+            raise SeqgraphError(
+                f"--lengths takes whole numbers separated by commas, got {args.lengths!r}"
+            ) from None
+    print(
+        api.render(
+            args.spec,
+            args.output,
+            steps=args.steps,
+            out_steps=args.out_steps,
+            fold=args.fold,
+            grad=args.grad,
+            lengths=lengths,
+            detail=args.detail,
+        )
+    )
     return 0
 
 
@@ -167,11 +208,18 @@ def _args_render(p) -> None:
     p.add_argument("spec")
     p.add_argument("--steps", type=int, default=4, help="time steps to draw (default 4)")
     p.add_argument("--out-steps", type=int, help="decoder steps (default --steps)")
-    p.add_argument("-o", "--output", default="graph.svg",
-                   help="file: .svg, .png, .pdf (need Graphviz's dot) or .dot (default graph.svg)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="graph.svg",
+        help="file: .svg, .png, .pdf (need Graphviz's dot) or .dot (default graph.svg)",
+    )
     p.add_argument("--fold", action="store_true", help="draw each cell once, with its recurrence")
-    p.add_argument("--grad", action="store_true",
-                   help="colour by gradient norm of one backward pass (random batch)")
+    p.add_argument(
+        "--grad",
+        action="store_true",
+        help="colour by gradient norm of one backward pass (random batch)",
+    )
     p.add_argument("--lengths", help="sequence lengths, e.g. 5,3: padded steps are greyed")
     p.add_argument("--detail", action="store_true", help="every op, not one node per cell step")
 
@@ -180,8 +228,12 @@ def _args_gradflow(p) -> None:
     p.add_argument("source", help="a spec (at initialisation) or a run folder (at its checkpoint)")
     p.add_argument("--batch", type=int, default=8, help="sequences in the batch (default 8)")
     p.add_argument("--steps", type=int, help="time steps for streams (default train.seq_len)")
-    p.add_argument("--threshold", type=float, default=1e-3,
-                   help="mark steps whose gradient is below this fraction of the peak")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=1e-3,
+        help="mark steps whose gradient is below this fraction of the peak",
+    )
     p.add_argument("--data", help="data file, as for `run`")
     p.add_argument("--out", help="folder for the CSVs and heatmap.png")
 
@@ -198,12 +250,17 @@ COMMANDS = {  # name: (help, handler, arguments)
     "run": ("train the model a spec describes", _cmd_run, _args_run),
     "sample": ("generate from a trained run", _cmd_sample, _args_sample),
     "eval": ("loss and accuracy of a run on held-out data", _cmd_eval, _args_eval),
-    "render": ("draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render,
-               _args_render),
-    "gradflow": ("per-step gradient ledger of one batch: CSV and heatmap", _cmd_gradflow,
-                 _args_gradflow),
-    "export": ("write a run's model as ONNX, or its weights in another convention",
-               _cmd_export, _args_export),
+    "render": ("draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render, _args_render),
+    "gradflow": (
+        "per-step gradient ledger of one batch: CSV and heatmap",
+        _cmd_gradflow,
+        _args_gradflow,
+    ),
+    "export": (
+        "write a run's model as ONNX, or its weights in another convention",
+        _cmd_export,
+        _args_export,
+    ),
 }
 
 
@@ -217,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the full stack on error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, handler, arguments) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog="example: " + EXAMPLES[name])
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, epilog="example: " + EXAMPLES[name]
+        )
         p.set_defaults(handler=handler)
         if arguments is not None:
             arguments(p)

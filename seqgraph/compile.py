@@ -53,8 +53,11 @@ class Unroller:
             if any(n < 1 for n in dims):
                 raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}")
             if math.prod(dims) > MAX_PARAM_SIZE:
-                raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}, "
-                                f"{math.prod(dims):,} numbers; sizes this large are a typo")
+                raise SpecError(
+                    path,
+                    f"parameter {scope}.{name} would have shape {dims}, "
+                    f"{math.prod(dims):,} numbers; sizes this large are a typo",
+                )
             self.g.add_param(f"{scope}.{name}", key, ParamInfo(dims, init, fill))
         return key
 
@@ -147,8 +150,10 @@ class Unroller:
             if p.fill and layer.options.get(p.fill["option"]) is not None:
                 value = p.fill.get("value", layer.options[p.fill["option"]])
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise SpecError(f"model.layers.options.{p.fill['option']}",
-                                    f"must be a number or null, got {value!r}")
+                    raise SpecError(
+                        f"model.layers.options.{p.fill['option']}",
+                        f"must be a number or null, got {value!r}",
+                    )
                 fill = {"parts": p.fill["parts"], "index": p.fill["index"], "value": value}
             keys[name] = self.param(scope, name, shape, init, fill, f"{where}.{name}")
         return keys
@@ -157,24 +162,36 @@ class Unroller:
         if layer.init_state == "learned":
             init = {"dist": "zeros"}
             return {v: self.param(scope, f"{v}0", (1, layer.hidden), init) for v in cell.state}
-        return {v: self.data(scope, f"{v}0", None, role="state", size=layer.hidden)
-                for v in cell.state}
+        return {
+            v: self.data(scope, f"{v}0", None, role="state", size=layer.hidden) for v in cell.state
+        }
 
     def cell_step(self, cell, scope, t, x: Key, state: dict, params: dict, mask: Key, sizes):
         """One application of a cell; returns (output key, new state keys)."""
         local = {cell.inputs[0]: x, **state, **params}
         for step in cell.steps:
-            inputs = tuple(self.const(i.value) if isinstance(i, Const) else local[i]
-                           for i in step.inputs)
+            inputs = tuple(
+                self.const(i.value) if isinstance(i, Const) else local[i] for i in step.inputs
+            )
             attrs = {k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()}
             local[step.out] = self.op((scope, step.out, t), step.op, inputs, step.source, **attrs)
-        new = {v: self.op((scope, v, t), "where", (mask, local[cell.bindings[v]], state[v]))
-               for v in cell.state}
+        new = {
+            v: self.op((scope, v, t), "where", (mask, local[cell.bindings[v]], state[v]))
+            for v in cell.state
+        }
         out = cell.output
         return (new[out] if out in new else local[cell.bindings[out]]), new
 
-    def run_direction(self, layer: LayerSpec, scope: str, xs: list, n_in: int, masks: list,
-                      reverse: bool, init: dict | None = None):
+    def run_direction(
+        self,
+        layer: LayerSpec,
+        scope: str,
+        xs: list,
+        n_in: int,
+        masks: list,
+        reverse: bool,
+        init: dict | None = None,
+    ):
         """Unroll one direction of one layer; returns (outputs per t, final state, last output)."""
         cell = self.spec.cells[layer.cell]
         params = self.cell_params(cell, layer, scope, n_in)
@@ -182,10 +199,13 @@ class Unroller:
         sizes = {"input": n_in, "hidden": layer.hidden}
         outs: list = [None] * len(xs)
         last = self.const(0.0)
-        for t in (reversed(range(len(xs))) if reverse else range(len(xs))):
+        for t in reversed(range(len(xs))) if reverse else range(len(xs)):
             outs[t], state = self.cell_step(cell, scope, t, xs[t], state, params, masks[t], sizes)
-            last = outs[t] if cell.output in cell.state else self.op(
-                (scope, "last", t), "where", (masks[t], outs[t], last))
+            last = (
+                outs[t]
+                if cell.output in cell.state
+                else self.op((scope, "last", t), "where", (masks[t], outs[t], last))
+            )
         return outs, state, (state[cell.output] if cell.output in cell.state else last)
 
     def merge(self, layer: LayerSpec, key: Key, a: Key, b: Key) -> Key:
@@ -201,10 +221,14 @@ class Unroller:
             return self.run_direction(layer, scope, xs, n_in, masks, False)
         f_outs, f_state, f_last = self.run_direction(layer, f"{scope}.fwd", xs, n_in, masks, False)
         b_outs, b_state, b_last = self.run_direction(layer, f"{scope}.bwd", xs, n_in, masks, True)
-        outs = [self.merge(layer, (scope, "merge", t), f, b)
-                for t, (f, b) in enumerate(zip(f_outs, b_outs))]
-        finals = {v: self.merge(layer, (scope, f"final_{v}", None), f_state[v], b_state[v])
-                  for v in f_state}
+        outs = [
+            self.merge(layer, (scope, "merge", t), f, b)
+            for t, (f, b) in enumerate(zip(f_outs, b_outs))
+        ]
+        finals = {
+            v: self.merge(layer, (scope, f"final_{v}", None), f_state[v], b_state[v])
+            for v in f_state
+        }
         return outs, finals, self.merge(layer, (scope, "last", None), f_last, b_last)
 
     # ---- patterns ----------------------------------------------------------------------------
@@ -213,8 +237,10 @@ class Unroller:
         """Inputs x_t through the per-step encoders and every layer, layer by layer."""
         m = self.model
         masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
-        xs = [self.encode(m.encoders, "enc", self.data("x", "x", t, role="x"), m.input, t)
-              for t in range(self.steps)]
+        xs = [
+            self.encode(m.encoders, "enc", self.data("x", "x", t, role="x"), m.input, t)
+            for t in range(self.steps)
+        ]
         size, finals, last = encoded_size(m.encoders, m.input), [], None
         for i, layer in enumerate(layers):
             xs, final, last = self.run_layer(i, layer, prefix, xs, size, masks)
@@ -228,15 +254,20 @@ class Unroller:
         cells = [self.spec.cells[layer.cell] for layer in layers]
         n_in = encoded_size(m.feedback_encoders, m.target)
         sizes = [n_in] + [layer.hidden for layer in layers[:-1]]
-        params = [self.cell_params(c, l_, f"{prefix}l{i}", sizes[i])
-                  for i, (c, l_) in enumerate(zip(cells, layers))]
+        params = [
+            self.cell_params(c, l_, f"{prefix}l{i}", sizes[i])
+            for i, (c, l_) in enumerate(zip(cells, layers))
+        ]
         states = list(inits)
         previous = None
         for t in range(self.out_steps):
             feed = self.data("y", "feed", t, role="feed")
             if t > 0 and self.feedback != "teacher":
-                own = previous if m.target.type == "vectors" else self.op(
-                    ("feedback", "argmax", t), "argmax", (previous,))
+                own = (
+                    previous
+                    if m.target.type == "vectors"
+                    else self.op(("feedback", "argmax", t), "argmax", (previous,))
+                )
                 if self.feedback == "free":
                     feed = own
                 else:
@@ -246,8 +277,9 @@ class Unroller:
             mask = self.data("y", "mask", t, role="mask")
             for i, layer in enumerate(layers):
                 step_sizes = {"input": sizes[i], "hidden": layer.hidden}
-                x, states[i] = self.cell_step(cells[i], f"{prefix}l{i}", t, x, states[i],
-                                              params[i], mask, step_sizes)
+                x, states[i] = self.cell_step(
+                    cells[i], f"{prefix}l{i}", t, x, states[i], params[i], mask, step_sizes
+                )
             previous = self.readout(x, layers[-1].out_size, t)
             self.g.outputs.setdefault("predictions", []).append(previous)
             target = self.data("y", "y", t, role="y")
@@ -260,8 +292,12 @@ class Unroller:
         inits = []
         for i, layer in enumerate(layers):
             cell = self.spec.cells[layer.cell]
-            inits.append({v: self.dense(f"bridge.l{i}.{v}", context, size, layer.hidden, None,
-                                        "tanh") for v in cell.state})
+            inits.append(
+                {
+                    v: self.dense(f"bridge.l{i}.{v}", context, size, layer.hidden, None, "tanh")
+                    for v in cell.state
+                }
+            )
         return inits
 
     def build(self) -> Graph:
@@ -269,8 +305,9 @@ class Unroller:
         if m.pattern in ("many_to_many", "many_to_one", "one_to_one"):
             outs, finals, last, size = self.encoder_stack(m.layers, "")
             if m.pattern == "many_to_many" and m.loss == "ctc":
-                g.outputs["predictions"] = [self.readout(out, size, t)
-                                            for t, out in enumerate(outs)]
+                g.outputs["predictions"] = [
+                    self.readout(out, size, t) for t, out in enumerate(outs)
+                ]
                 g.outputs["losses"] = [self.ctc_loss(g.outputs["predictions"])]
             elif m.pattern == "many_to_many":
                 for t, out in enumerate(outs):
@@ -289,8 +326,9 @@ class Unroller:
             _, finals, _, _ = self.encoder_stack(m.layers, "")
             self.feedback_stack(m.decoder_layers, "dec.", finals)
         else:  # one_to_many
-            context = self.encode(m.encoders, "enc", self.data("ctx", "x", None, role="x"),
-                                  m.input, None)
+            context = self.encode(
+                m.encoders, "enc", self.data("ctx", "x", None, role="x"), m.input, None
+            )
             inits = self.bridge(m.layers, context, encoded_size(m.encoders, m.input))
             self.feedback_stack(m.layers, "", inits)
         losses = g.outputs["losses"]
@@ -307,8 +345,9 @@ def _resolve(value, sizes: dict, path: str):
     return value
 
 
-def compile_graph(spec: Spec, steps: int, out_steps: int | None = None,
-                  feedback: str = "teacher") -> Graph:
+def compile_graph(
+    spec: Spec, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+) -> Graph:
     """Unroll `spec` over `steps` input steps (and `out_steps` decoder steps) into a Graph."""
     m = spec.model
     if m.pattern in ("one_to_one",):

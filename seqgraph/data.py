@@ -36,12 +36,15 @@ class Stream:
     def windows(self, batch_size: int, seq_len: int, stride: int) -> int:
         windows = (len(self.train) // batch_size - 1 - seq_len) // stride + 1
         if windows < 1:
-            raise DataError(f"the text has {len(self.train)} training characters, too few for "
-                            f"batch_size {batch_size} x seq_len {seq_len}; use smaller ones")
+            raise DataError(
+                f"the text has {len(self.train)} training characters, too few for "
+                f"batch_size {batch_size} x seq_len {seq_len}; use smaller ones"
+            )
         return windows
 
-    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int,
-                 stride: int | None = None) -> dict:
+    def batch_at(
+        self, step: int, batch_size: int, seq_len: int, seed: int, stride: int | None = None
+    ) -> dict:
         """Window `step` of the B streams, truncated BPTT(k1=stride, k2=seq_len): windows
         start every `stride` characters, gradients reach back `seq_len` steps, and only the
         last `stride` steps add loss (except in the first window). `reset` says the carried
@@ -51,14 +54,19 @@ class Stream:
         streams = self.train[: batch_size * (len(self.train) // batch_size)]
         streams = streams.reshape(batch_size, -1)
         start = w * stride
-        return {"x": streams[:, start : start + seq_len],
-                "y": streams[:, start + 1 : start + seq_len + 1], "reset": w == 0,
-                "loss_from": 0 if w == 0 else seq_len - stride}
+        return {
+            "x": streams[:, start : start + seq_len],
+            "y": streams[:, start + 1 : start + seq_len + 1],
+            "reset": w == 0,
+            "loss_from": 0 if w == 0 else seq_len - stride,
+        }
 
     def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
         if split == "test":
-            raise DataError("a text stream has a train/validation split only (valid_fraction); "
-                            "use --split valid")
+            raise DataError(
+                "a text stream has a train/validation split only (valid_fraction); "
+                "use --split valid"
+            )
         data = self.valid
         width = (len(data) - 1) // batch_size
         if width < 2:
@@ -66,8 +74,11 @@ class Stream:
         xs = data[: batch_size * width].reshape(batch_size, width)
         ys = data[1 : batch_size * width + 1].reshape(batch_size, width)
         for start in range(0, width - seq_len + 1, seq_len):
-            yield {"x": xs[:, start : start + seq_len], "y": ys[:, start : start + seq_len],
-                   "carry": True}
+            yield {
+                "x": xs[:, start : start + seq_len],
+                "y": ys[:, start : start + seq_len],
+                "carry": True,
+            }
 
     def encode(self, text: str) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.vocab)}
@@ -98,8 +109,9 @@ class SequenceSet:
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.x) // batch_size))
 
-    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int,
-                 stride: int | None = None) -> dict:
+    def batch_at(
+        self, step: int, batch_size: int, seq_len: int, seed: int, stride: int | None = None
+    ) -> dict:
         per_epoch = self.batches_per_epoch(batch_size)
         epoch, index = divmod(step, per_epoch)
         order = _bucketed_order(self.x, batch_size, np.random.default_rng([seed, epoch]))
@@ -109,11 +121,12 @@ class SequenceSet:
     def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
         xs, ys = (self.test_x, self.test_y) if split == "test" else (self.valid_x, self.valid_y)
         if split == "test" and not xs:
-            raise DataError("this data set has no test split; use split: mod10 or "
-                            "test_fraction in the data section")
+            raise DataError(
+                "this data set has no test split; use split: mod10 or "
+                "test_fraction in the data section"
+            )
         for start in range(0, len(xs), batch_size):
-            yield pad(xs[start : start + batch_size], ys[start : start + batch_size],
-                      **self.layout)
+            yield pad(xs[start : start + batch_size], ys[start : start + batch_size], **self.layout)
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,8 +142,9 @@ def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.n
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
 
-def pad(xs: list, ys: list, x_time: bool = True, y_time: bool = False,
-        y_own_lengths: bool = False) -> dict:
+def pad(
+    xs: list, ys: list, x_time: bool = True, y_time: bool = False, y_own_lengths: bool = False
+) -> dict:
     """Zero-pad lists of examples into a batch. `x_time`/`y_time`: the examples have a time
     axis; `y_own_lengths`: targets have their own lengths (`y_lengths`, for decoders)."""
     out = {}
@@ -164,8 +178,17 @@ LAYOUTS = {
     "one_to_many": {"x_time": False, "y_time": True, "y_own_lengths": True},
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
-SOURCES = ("python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding", "copy", "sine",
-           "fsdd")
+SOURCES = (
+    "python_stdlib",
+    "text",
+    "tsv",
+    "labelled_lines",
+    "npz",
+    "adding",
+    "copy",
+    "sine",
+    "fsdd",
+)
 
 
 def load(config: dict, pattern: str, seed: int):
@@ -173,8 +196,11 @@ def load(config: dict, pattern: str, seed: int):
     source = config.get("source", "python_stdlib")
     valid_fraction = float(config.get("valid_fraction", 0.1))
     if source == "python_stdlib":
-        return _stream(python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS))),
-                       valid_fraction, PRINTABLE)
+        return _stream(
+            python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS))),
+            valid_fraction,
+            PRINTABLE,
+        )
     if source == "text":
         return _stream(_read_text(_need_path(config)), valid_fraction, None)
     if source in ("adding", "copy", "sine"):
@@ -193,8 +219,10 @@ def load(config: dict, pattern: str, seed: int):
 
 def _need_path(config: dict) -> Path:
     if not config.get("path"):
-        raise DataError(f"data.source {config.get('source')!r} needs a file: pass --data PATH "
-                        "or set data.path in the spec")
+        raise DataError(
+            f"data.source {config.get('source')!r} needs a file: pass --data PATH "
+            "or set data.path in the spec"
+        )
     path = Path(config["path"])
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass --data PATH with an existing file")
@@ -226,8 +254,9 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 (byte {exc.start}); convert the file to "
-                        "UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte {exc.start}); convert the file to UTF-8"
+        ) from None
 
 
 def _stream(text: str, valid_fraction: float, alphabet: str | None) -> Stream:
@@ -245,8 +274,9 @@ def _split(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
     n_valid = int(round(len(xs) * valid_fraction))
     valid, train = order[:n_valid], order[n_valid:]
     pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
-    return SequenceSet(pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid),
-                       layout=layout, **extra)
+    return SequenceSet(
+        pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid), layout=layout, **extra
+    )
 
 
 def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
@@ -256,8 +286,9 @@ def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
     train, valid, test = sentences.split_rows(rows, config, seed)
     labels, vocab, (xs, ys), held = sentences.encode(config, train, [valid, test])
     (vx, vy), (tx, ty) = held
-    return SequenceSet(xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout,
-                       test_x=tx, test_y=ty)
+    return SequenceSet(
+        xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout, test_x=tx, test_y=ty
+    )
 
 
 def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
@@ -273,22 +304,29 @@ def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             row = int(np.argwhere(~np.isfinite(array))[0][0])
             raise DataError(f"{path}: array {name!r} has NaN or Inf (example {row})")
-    lengths = arrays["lengths"] if "lengths" in arrays else np.full(len(x), x.shape[1]
-                                                                   if layout["x_time"] else 1)
+    lengths = (
+        arrays["lengths"]
+        if "lengths" in arrays
+        else np.full(len(x), x.shape[1] if layout["x_time"] else 1)
+    )
     if len(x) != len(y) or len(lengths) != len(x):
         raise DataError(f"{path}: x, y and lengths must have the same number of examples")
     if layout["x_time"] and (lengths.min() < 1 or lengths.max() > x.shape[1]):
         row = int(np.argmax((lengths < 1) | (lengths > x.shape[1])))
-        raise DataError(f"{path}: lengths must lie in 1..{x.shape[1]}; example {row} has "
-                        f"length {lengths[row]}")
+        raise DataError(
+            f"{path}: lengths must lie in 1..{x.shape[1]}; example {row} has length {lengths[row]}"
+        )
     limit = config.get("max_len")
     if limit is not None and layout["x_time"] and lengths.max() > limit:
         row = int(np.argmax(lengths > limit))
-        raise DataError(f"{path}: example {row} has {lengths[row]} steps, more than "
-                        f"data.max_len = {limit}")
+        raise DataError(
+            f"{path}: example {row} has {lengths[row]} steps, more than data.max_len = {limit}"
+        )
     xs = [x[i, : lengths[i]] if layout["x_time"] else x[i] for i in range(len(x))]
-    ys = [y[i, : lengths[i]] if layout["y_time"] and not layout.get("y_own_lengths") else y[i]
-          for i in range(len(y))]
+    ys = [
+        y[i, : lengths[i]] if layout["y_time"] and not layout.get("y_own_lengths") else y[i]
+        for i in range(len(y))
+    ]
     return _split(xs, ys, valid_fraction, seed, layout)
 
 
@@ -296,8 +334,12 @@ def describe(dataset) -> dict:
     """Facts about a dataset that a run saves beside its checkpoints."""
     out = {"kind": dataset.kind, "vocab": getattr(dataset, "vocab", None)}
     if isinstance(dataset, SequenceSet):
-        out.update(labels=dataset.labels, train=len(dataset.x), valid=len(dataset.valid_x),
-                   test=len(dataset.test_x))
+        out.update(
+            labels=dataset.labels,
+            train=len(dataset.x),
+            valid=len(dataset.valid_x),
+            test=len(dataset.test_x),
+        )
     else:
         out.update(train=len(dataset.train), valid=len(dataset.valid))
     return json.loads(json.dumps(out))

@@ -181,8 +181,10 @@ class _Lowerer:
             return self._emit("neg", (operand,), {}, hint)
         if isinstance(node, ast.Call):
             return self._call(node, hint)
-        self.fail(f"{type(node).__name__} is not allowed in an equation; use names, numbers, "
-                  "+ - * / @ and op calls")
+        self.fail(
+            f"{type(node).__name__} is not allowed in an equation; use names, numbers, "
+            "+ - * / @ and op calls"
+        )
 
     def _call(self, node: ast.Call, hint: str):
         if not isinstance(node.func, ast.Name):

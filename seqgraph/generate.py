@@ -20,8 +20,14 @@ def next_id(logits: np.ndarray, temperature: float, greedy: bool, rng) -> int:
     return int(rng.choice(len(probs), p=probs))
 
 
-def sample_ids(model, prime: list[int], length: int, temperature: float = 1.0,
-               greedy: bool = False, seed: int = 0) -> list[int]:
+def sample_ids(
+    model,
+    prime: list[int],
+    length: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+) -> list[int]:
     """Feed `prime`, then `length` sampled ids, each fed back as the next input."""
     if model.spec.model.pattern != "many_to_many" or model.spec.model.input.type != "ids":
         raise DataError("sampling characters needs a many_to_many model over ids")
@@ -44,8 +50,10 @@ def sample_vectors(model, prime: np.ndarray, length: int) -> np.ndarray:
     """A many_to_many regression model run on `prime` (T, F), then fed its own predictions."""
     m = model.spec.model
     if m.pattern != "many_to_many" or m.input.type != "vectors" or m.input.size != m.target.size:
-        raise DataError("sampling vectors needs a many_to_many model whose input and target "
-                        "sizes match (it feeds its prediction back as the next input)")
+        raise DataError(
+            "sampling vectors needs a many_to_many model whose input and target "
+            "sizes match (it feeds its prediction back as the next input)"
+        )
     out = model.forward({"x": prime[None].astype(np.float64)})
     state = {k: to_numpy(v) for k, v in out["state"].items()}
     current = to_numpy(out["predictions"])[0, -1]

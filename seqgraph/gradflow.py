@@ -47,8 +47,7 @@ def ledger(model, batch: dict, feedback: str = "teacher") -> Ledger:
     program, values = model._run(batch, feedback)
     xp = model.backend.xp
     names = {key: name for name, key in program.graph.params.items()}
-    state_vars = {var for layer in _all_layers(model) for var in
-                  model.spec.cells[layer.cell].state}
+    state_vars = {var for layer in _all_layers(model) for var in model.spec.cells[layer.cell].state}
     _, steps, out_steps = batching.shape_of(model.spec, batch)
     book = Ledger(steps=out_steps or steps)
     parts: dict[str, dict] = {}
@@ -85,8 +84,9 @@ def write_csv(book: Ledger, folder: Path) -> tuple[Path, Path]:
         out.writerow(["param", "t", "contribution_norm", "total_norm"])
         for name, per_t in sorted(book.params.items()):
             for t in sorted(per_t, key=lambda v: -1 if v is None else v):
-                out.writerow([name, "" if t is None else t, f"{per_t[t]:.6e}",
-                              f"{book.totals[name]:.6e}"])
+                out.writerow(
+                    [name, "" if t is None else t, f"{per_t[t]:.6e}", f"{book.totals[name]:.6e}"]
+                )
     with states_path.open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["state", "t", "grad_norm"])
@@ -96,8 +96,13 @@ def write_csv(book: Ledger, folder: Path) -> tuple[Path, Path]:
     return params_path, states_path
 
 
-def heatmap(book: Ledger, path: Path, threshold: float = 1e-3, clip_max: float | None = None,
-            title: str = "") -> Path:
+def heatmap(
+    book: Ledger,
+    path: Path,
+    threshold: float = 1e-3,
+    clip_max: float | None = None,
+    title: str = "",
+) -> Path:
     """steps × layers heatmap of log10 ‖∂L/∂h_t‖; dots mark steps below `threshold` × the
     row's peak (vanished), and the title says whether clipping at `clip_max` would fire."""
     import matplotlib
@@ -108,15 +113,17 @@ def heatmap(book: Ledger, path: Path, threshold: float = 1e-3, clip_max: float |
     rows, matrix = book.state_matrix()
     with np.errstate(divide="ignore"):
         logs = np.log10(matrix)
-    fig, ax = plt.subplots(figsize=(min(14, 3 + book.steps * 0.09), 1.2 + 0.45 * len(rows)),
-                           dpi=110)
+    fig, ax = plt.subplots(
+        figsize=(min(14, 3 + book.steps * 0.09), 1.2 + 0.45 * len(rows)), dpi=110
+    )
     image = ax.imshow(logs, aspect="auto", cmap="magma", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 ‖∂L/∂h_t‖", fraction=0.03)
     peaks = np.nanmax(matrix, axis=1, keepdims=True)
     faint = np.argwhere(matrix < threshold * peaks)
     if len(faint):
-        ax.scatter(faint[:, 1], faint[:, 0], s=4, c="cyan", marker=".",
-                   label=f"< {threshold:g} × row peak")
+        ax.scatter(
+            faint[:, 1], faint[:, 0], s=4, c="cyan", marker=".", label=f"< {threshold:g} × row peak"
+        )
         ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("time step t")
@@ -124,8 +131,9 @@ def heatmap(book: Ledger, path: Path, threshold: float = 1e-3, clip_max: float |
     if clip_max is not None:
         fired = book.global_norm > clip_max
         clip_text = f"; clipping at {clip_max:g} {'FIRES' if fired else 'idle'}"
-    ax.set_title(f"{title}  loss {book.loss:.4f}, ‖g‖ {book.global_norm:.3g}{clip_text}",
-                 fontsize=9)
+    ax.set_title(
+        f"{title}  loss {book.loss:.4f}, ‖g‖ {book.global_norm:.3g}{clip_text}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -46,8 +46,15 @@ class Graph:
     loss: Key | None = None
     _order: list[Key] | None = None
 
-    def add(self, key: Key, kind: str, op: str | None = None, inputs: tuple = (),
-            attrs: dict | None = None, **meta) -> Key:
+    def add(
+        self,
+        key: Key,
+        kind: str,
+        op: str | None = None,
+        inputs: tuple = (),
+        attrs: dict | None = None,
+        **meta,
+    ) -> Key:
         """Add a node; its inputs must already exist (so insertion order is topological)."""
         if key in self.nx:
             raise GraphError(f"node {key_str(key)} added twice")

@@ -21,8 +21,11 @@ def _columns(xp, x, kh: int, kw: int):
     """(N, Ho, Wo, kh*kw*C): each output pixel's receptive field, offset-major."""
     n, c, h, w = x.shape
     ho, wo = h - kh + 1, w - kw + 1
-    patches = [xp.permute_dims(x[:, :, i : i + ho, j : j + wo], (0, 2, 3, 1))
-               for i in range(kh) for j in range(kw)]
+    patches = [
+        xp.permute_dims(x[:, :, i : i + ho, j : j + wo], (0, 2, 3, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
     return xp.concat(patches, axis=-1)
 
 

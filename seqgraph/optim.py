@@ -21,8 +21,9 @@ class Optimizer:
     def __init__(self, config: dict, xp):
         self.name = config.get("name", "adam")
         if self.name not in OPTIMIZERS:
-            raise DataError(f"train.optimizer.name {self.name!r} is unknown; use one of "
-                            f"{', '.join(OPTIMIZERS)}")
+            raise DataError(
+                f"train.optimizer.name {self.name!r} is unknown; use one of {', '.join(OPTIMIZERS)}"
+            )
         self.xp = xp
         self.momentum = float(config.get("momentum", 0.0))
         self.nesterov = bool(config.get("nesterov", False))
@@ -75,8 +76,9 @@ def learning_rate(config: dict, step: int, total: int) -> float:
     schedule = config.get("schedule") or {}
     name = schedule.get("name", "constant")
     if name not in SCHEDULES:
-        raise DataError(f"train.schedule.name {name!r} is unknown; use one of "
-                        f"{', '.join(SCHEDULES)}")
+        raise DataError(
+            f"train.schedule.name {name!r} is unknown; use one of {', '.join(SCHEDULES)}"
+        )
     warmup = int(schedule.get("warmup", 0))
     if step < warmup:
         return base * (step + 1) / warmup
@@ -133,6 +135,8 @@ def sampling_probability(config: dict | None, step: int) -> float:
     elif kind == "inverse_sigmoid":
         truth = max(floor, k / (k + math.exp(min(step / k, 700.0))))
     else:
-        raise DataError(f"train.scheduled_sampling.schedule {kind!r} is unknown; use linear, "
-                        "exponential or inverse_sigmoid")
+        raise DataError(
+            f"train.scheduled_sampling.schedule {kind!r} is unknown; use linear, "
+            "exponential or inverse_sigmoid"
+        )
     return 1.0 - truth

@@ -32,11 +32,12 @@ class Progress:
         eta = (time.perf_counter() - self.began) / max(done, 1) * (self.total - step)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}",
-                                 clip=f"{clip_rate:.0%}")
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", clip=f"{clip_rate:.0%}")
         elif step % self.every == 0 or step == self.total:
-            self.log(f"step {step}/{self.total}  loss {loss:.4f}  {rate:,.0f} tok/s  "
-                     f"clip {clip_rate:.0%}  lr {lr:.2e}  eta {_duration(eta)}")
+            self.log(
+                f"step {step}/{self.total}  loss {loss:.4f}  {rate:,.0f} tok/s  "
+                f"clip {clip_rate:.0%}  lr {lr:.2e}  eta {_duration(eta)}"
+            )
 
     def note(self, text: str) -> None:
         if self.bar is not None:

@@ -1,10 +1,10 @@
 """The run folder: resolved spec, data facts, checkpoints (written atomically), metrics.
 
-    RUN_DIR/spec.yaml        the spec as run (vocab sizes and data path filled in)
-    RUN_DIR/data.json        vocabulary, labels and split sizes
-    RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state
-    RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
-    RUN_DIR/loss.png         the loss curves, drawn at the end
+RUN_DIR/spec.yaml        the spec as run (vocab sizes and data path filled in)
+RUN_DIR/data.json        vocabulary, labels and split sizes
+RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state
+RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
+RUN_DIR/loss.png         the loss curves, drawn at the end
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(run_dir: Path, params: dict, opt_state: dict, carry: dict,
-                    meta: dict) -> None:
+def save_checkpoint(run_dir: Path, params: dict, opt_state: dict, carry: dict, meta: dict) -> None:
     """Everything a resumed run needs, as host arrays plus a JSON `meta` string."""
     arrays = {f"param/{k}": v for k, v in params.items()}
     for name, slots in opt_state.items():
@@ -53,8 +52,9 @@ def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
     """(params, optimizer state, carried state, meta) from a run folder."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
-        raise DataError(f"{path}: no checkpoint; train first with `seqgraph run SPEC --out "
-                        f"{run_dir}`")
+        raise DataError(
+            f"{path}: no checkpoint; train first with `seqgraph run SPEC --out {run_dir}`"
+        )
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {k: stored[k] for k in stored.files}
@@ -84,8 +84,9 @@ def write_run_files(run_dir: Path, raw_spec: dict, data_facts: dict) -> None:
 def read_data_facts(run_dir: Path) -> dict:
     path = Path(run_dir) / "data.json"
     if not path.is_file():
-        raise DataError(f"{run_dir}: not a run folder (no data.json); pass the --out folder "
-                        "of a `seqgraph run`")
+        raise DataError(
+            f"{run_dir}: not a run folder (no data.json); pass the --out folder of a `seqgraph run`"
+        )
     return json.loads(path.read_text())
 
 

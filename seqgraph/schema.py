@@ -105,8 +105,13 @@ _io = {
         "type": {"enum": ["ids", "vectors", "images"]},
         "vocab": {"oneOf": [_size, {"const": "auto"}]},
         "size": _size,
-        "shape": {"type": "array", "items": _size, "minItems": 3, "maxItems": 3,
-                  "description": "images: [channels, height, width]"},
+        "shape": {
+            "type": "array",
+            "items": _size,
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "images: [channels, height, width]",
+        },
     },
     "description": "ids: integer tokens/classes (give vocab, or auto to take it from the "
     "data); vectors: floats (give size)",
@@ -125,9 +130,11 @@ MODEL = {
         "decoder_layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "feedback_encoders": {"type": "array", "items": _encoder},
         "readout": {"enum": ["linear", "identity"]},
-        "loss": {"enum": ["softmax_ce", "mse", "ctc"],
-                 "description": "default: softmax_ce for ids targets, mse for vectors; ctc: "
-                 "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0"},
+        "loss": {
+            "enum": ["softmax_ce", "mse", "ctc"],
+            "description": "default: softmax_ce for ids targets, mse for vectors; ctc: "
+            "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0",
+        },
         "bos": {"type": "integer", "minimum": 0},
     },
 }
@@ -139,12 +146,25 @@ DATA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "source": {"enum": ["python_stdlib", "text", "tsv", "labelled_lines", "npz", "adding",
-                            "copy", "sine", "fsdd"]},
+        "source": {
+            "enum": [
+                "python_stdlib",
+                "text",
+                "tsv",
+                "labelled_lines",
+                "npz",
+                "adding",
+                "copy",
+                "sine",
+                "fsdd",
+            ]
+        },
         "path": {"type": "string"},
         "root": {"type": "string", "description": "folder that holds `files`"},
-        "files": {"type": ["array", "object"], "description": "tsv: a list of files; "
-                  "labelled_lines: {label: file}"},
+        "files": {
+            "type": ["array", "object"],
+            "description": "tsv: a list of files; labelled_lines: {label: file}",
+        },
         "split": {"enum": ["random", "mod10"]},
         "max_len": {**_count, "description": "refuse examples longer than this"},
         "test_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
@@ -176,10 +196,15 @@ TRAIN = {
     "properties": {
         "steps": _count,
         "batch_size": _count,
-        "seq_len": {**_count, "description": "k2 of truncated BPTT on streams: how far "
-                    "gradients reach back"},
-        "stride": {**_count, "description": "k1 of truncated BPTT: steps between updates "
-                   "(default seq_len); the state after `stride` steps is carried over"},
+        "seq_len": {
+            **_count,
+            "description": "k2 of truncated BPTT on streams: how far gradients reach back",
+        },
+        "stride": {
+            **_count,
+            "description": "k1 of truncated BPTT: steps between updates "
+            "(default seq_len); the state after `stride` steps is carried over",
+        },
         "lr": {"type": "number", "exclusiveMinimum": 0},
         "optimizer": {
             "type": "object",

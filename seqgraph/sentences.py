@@ -32,14 +32,18 @@ def _files(config: dict) -> list[Path]:
         return [Path(config["path"])]
     files = config.get("files")
     if not files:
-        raise DataError(f"data.source {config.get('source')!r} needs a file: pass --data PATH "
-                        "(a file, or the folder that holds data.files)")
+        raise DataError(
+            f"data.source {config.get('source')!r} needs a file: pass --data PATH "
+            "(a file, or the folder that holds data.files)"
+        )
     names = files.values() if isinstance(files, dict) else files
     paths = [root / name for name in names]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"{path}: no such file; pass --data with the folder that holds "
-                            f"{', '.join(map(str, names))}")
+            raise DataError(
+                f"{path}: no such file; pass --data with the folder that holds "
+                f"{', '.join(map(str, names))}"
+            )
     return paths
 
 
@@ -49,8 +53,10 @@ def read_rows(config: dict, read_text) -> list[tuple[str, str, int, Path]]:
     if config.get("source") == "labelled_lines":
         files = config.get("files") or {}
         if not isinstance(files, dict):
-            raise DataError("data.files of labelled_lines maps each label to its file: "
-                            "{pos: rt-polarity.pos, neg: rt-polarity.neg}")
+            raise DataError(
+                "data.files of labelled_lines maps each label to its file: "
+                "{pos: rt-polarity.pos, neg: rt-polarity.neg}"
+            )
         for (label, _), path in zip(files.items(), _files(config)):
             for index, line in enumerate(read_text(path).splitlines()):
                 if line.strip():
@@ -63,8 +69,9 @@ def read_rows(config: dict, read_text) -> list[tuple[str, str, int, Path]]:
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 2 or not row[0].strip() or not row[-1].strip():
-                raise DataError(f"{path}:{index + 1}: expected `text{delimiter!r}label`, "
-                                f"got {row!r}")
+                raise DataError(
+                    f"{path}:{index + 1}: expected `text{delimiter!r}label`, got {row!r}"
+                )
             rows.append((delimiter.join(row[:-1]), row[-1].strip(), index, path))
     return rows
 
@@ -109,8 +116,10 @@ def encode(config: dict, train: list, held_out: list[list]):
         for text, _, line, path in part:
             tokens = tokenize(text, words)
             if limit is not None and len(tokens) > limit:
-                raise DataError(f"{path}:{line + 1}: {len(tokens)} tokens, more than "
-                                f"data.max_len = {limit}; raise max_len or shorten the line")
+                raise DataError(
+                    f"{path}:{line + 1}: {len(tokens)} tokens, more than "
+                    f"data.max_len = {limit}; raise max_len or shorten the line"
+                )
             xs.append(np.array([index.get(t, 1) for t in tokens] or [1], dtype=np.int64))
         return xs, [np.int64(labels.index(row[1])) for row in part]
 

@@ -17,8 +17,10 @@ from .errors import SpecError
 
 MAX_YAML_NODES = 200_000  # refuses billion-laughs style alias bombs before they expand
 MAX_YAML_DEPTH = 60
-PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-              yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
+PLAIN_TAGS = (
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
+)
 
 
 def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, int]]:
@@ -28,11 +30,13 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = text[: exc.start].count(b"\n") + 1
-            raise SpecError("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8",
-                            line, source) from None
+            raise SpecError(
+                "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", line, source
+            ) from None
     if not text.strip():
-        raise SpecError("", "the file is empty; a spec needs at least a `model:` section",
-                        source=source)
+        raise SpecError(
+            "", "the file is empty; a spec needs at least a `model:` section", source=source
+        )
     loader = None
     try:
         loader = yaml.SafeLoader(text)
@@ -57,25 +61,33 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
 def _convert(loader, node, path, lines, count, depth, source):
     count[0] += 1
     if count[0] > MAX_YAML_NODES:
-        raise SpecError(path, f"more than {MAX_YAML_NODES} YAML nodes (alias bomb?)",
-                        source=source)
+        raise SpecError(path, f"more than {MAX_YAML_NODES} YAML nodes (alias bomb?)", source=source)
     if depth > MAX_YAML_DEPTH:
         raise SpecError(path, f"nested deeper than {MAX_YAML_DEPTH} levels", source=source)
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
-        raise SpecError(path, f"the tag {node.tag} is not allowed; specs hold plain data only",
-                        node.start_mark.line + 1, source)
+        raise SpecError(
+            path,
+            f"the tag {node.tag} is not allowed; specs hold plain data only",
+            node.start_mark.line + 1,
+            source,
+        )
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise SpecError(path, "mapping keys must be plain words",
-                                key_node.start_mark.line + 1, source)
+                raise SpecError(
+                    path, "mapping keys must be plain words", key_node.start_mark.line + 1, source
+                )
             key = str(loader.construct_object(key_node))
             child = f"{path}.{key}" if path else key
             if key in out:  # PyYAML would silently keep the last one
-                raise SpecError(child, f"duplicate key {key!r}; it is already set on line "
-                                f"{lines[child]}", key_node.start_mark.line + 1, source)
+                raise SpecError(
+                    child,
+                    f"duplicate key {key!r}; it is already set on line {lines[child]}",
+                    key_node.start_mark.line + 1,
+                    source,
+                )
             lines[child] = key_node.start_mark.line + 1  # errors about a key point at the key
             out[key] = _convert(loader, value_node, child, lines, count, depth + 1, source)
         return out
@@ -87,8 +99,12 @@ def _convert(loader, node, path, lines, count, depth, source):
     try:
         return loader.construct_object(node)
     except yaml.constructor.ConstructorError:
-        raise SpecError(path, f"the tag {node.tag} is not allowed; specs hold plain data only",
-                        node.start_mark.line + 1, source) from None
+        raise SpecError(
+            path,
+            f"the tag {node.tag} is not allowed; specs hold plain data only",
+            node.start_mark.line + 1,
+            source,
+        ) from None
 
 
 # ---- schema pass -----------------------------------------------------------------------------
@@ -119,8 +135,9 @@ def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError
         options = ", ".join(map(str, error.validator_value))
         return SpecError(path, f"got {error.instance!r}; expected one of: {options}", line, source)
     if error.validator == "type":
-        return SpecError(path, f"got {error.instance!r}; expected {error.validator_value}", line,
-                         source)
+        return SpecError(
+            path, f"got {error.instance!r}; expected {error.validator_value}", line, source
+        )
     return SpecError(path, error.message, line, source)
 
 

@@ -95,12 +95,14 @@ def prepare(spec_path: str, data_path: str | None = None):
     spec = load_spec(spec_path, auto=sizes)
     resolved = copy.deepcopy(spec.raw)
     resolved["data"] = loaded["config"]
-    resolved["model"]["input"] = {"type": spec.model.input.type,
-                                  ("vocab" if spec.model.input.type == "ids" else "size"):
-                                  spec.model.input.size}
-    resolved["model"]["target"] = {"type": spec.model.target.type,
-                                   ("vocab" if spec.model.target.type == "ids" else "size"):
-                                   spec.model.target.size}
+    resolved["model"]["input"] = {
+        "type": spec.model.input.type,
+        ("vocab" if spec.model.input.type == "ids" else "size"): spec.model.input.size,
+    }
+    resolved["model"]["target"] = {
+        "type": spec.model.target.type,
+        ("vocab" if spec.model.target.type == "ids" else "size"): spec.model.target.size,
+    }
     return spec, loaded["dataset"], resolved
 
 
@@ -146,14 +148,21 @@ def run(options: RunOptions, log=print) -> dict:
         start, carry = _restore(run_dir, model, optimizer, rng)
         log(f"resuming {run_dir} at step {start}")
     elif (run_dir / runs.CHECKPOINT).exists():
-        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                            "--out DIR for a new one")
+        raise TrainingError(
+            f"{run_dir} already holds a run; pass --resume to continue it or "
+            "--out DIR for a new one"
+        )
     runs.write_run_files(run_dir, resolved, datasets.describe(dataset))
     metrics = runs.Metrics(run_dir, start if options.resume else None)
     loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log)
     done, stopped = loop.train(start, carry, options)
-    summary = {"run_dir": str(run_dir), "steps_done": done, "stopped": stopped,
-               "total_steps": config["steps"], **loop.last}
+    summary = {
+        "run_dir": str(run_dir),
+        "steps_done": done,
+        "stopped": stopped,
+        "total_steps": config["steps"],
+        **loop.last,
+    }
     if not stopped:
         summary["valid"] = loop.validate(done)
         runs.plot_losses(run_dir, metrics.read())
@@ -165,8 +174,10 @@ def run(options: RunOptions, log=print) -> dict:
 def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
     params, opt_state, carry, meta = runs.load_checkpoint(run_dir)
     model.set_params(params)
-    optimizer.state = {name: {slot: model.backend.asarray(v) for slot, v in slots.items()}
-                       for name, slots in opt_state.items()}
+    optimizer.state = {
+        name: {slot: model.backend.asarray(v) for slot, v in slots.items()}
+        for name, slots in opt_state.items()
+    }
     optimizer.steps = meta["optimizer_steps"]
     rng.bit_generator.state = meta["rng"]
     return meta["step"], carry
@@ -185,8 +196,9 @@ class _Loop:
 
     def batch(self, step: int, carry: dict) -> tuple[dict, str]:
         c = self.config
-        batch = self.dataset.batch_at(step, c["batch_size"], c["seq_len"], self.seed,
-                                      c.get("stride"))
+        batch = self.dataset.batch_at(
+            step, c["batch_size"], c["seq_len"], self.seed, c.get("stride")
+        )
         if isinstance(self.dataset, datasets.Stream):
             batch["state"] = {} if batch.pop("reset") else carry
         feedback = "teacher"
@@ -210,51 +222,75 @@ class _Loop:
                     progress.close()
                     raise TrainingError(
                         f"the loss became {loss} at step {step}; the last good checkpoint in "
-                        f"{self.run_dir} is kept. Lower train.lr or set train.clip")
+                        f"{self.run_dir} is kept. Lower train.lr or set train.clip"
+                    )
                 grads, did_clip, norm = clip(grads, c.get("clip"), self.xp)
                 lr = learning_rate(c, step, total)
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
-                n_tokens = int(real_steps(self.model, batch)[..., batch.get("loss_from", 0):]
-                               .sum())
+                n_tokens = int(
+                    real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum()
+                )
                 per_token = loss * len(batch["y"]) / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)
                 self.last = {"loss": per_token, "grad_norm": norm}
                 progress.update(step, per_token, rate, fired / (step - start), lr)
                 if step % c["log_every"] == 0 or step == total:
-                    self.metrics.write({"kind": "train", "step": step, "loss": per_token,
-                                        "lr": lr, "grad_norm": norm, "clipped": did_clip,
-                                        "tokens_per_s": rate})
+                    self.metrics.write(
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "loss": per_token,
+                            "lr": lr,
+                            "grad_norm": norm,
+                            "clipped": did_clip,
+                            "tokens_per_s": rate,
+                        }
+                    )
                 if step % c["eval_every"] == 0 and step < total:
                     progress.note(self._validation_line(step))
-                halt = stop.requested or (options.stop_after is not None
-                                          and step - start >= options.stop_after)
+                halt = stop.requested or (
+                    options.stop_after is not None and step - start >= options.stop_after
+                )
                 if step % c["checkpoint_every"] == 0 or step == total or halt:
                     self.checkpoint(step, carry)
                 if halt:
                     progress.close()
-                    self.log(f"stopped at step {step}; checkpoint written to {self.run_dir} "
-                             "(continue with --resume)")
+                    self.log(
+                        f"stopped at step {step}; checkpoint written to {self.run_dir} "
+                        "(continue with --resume)"
+                    )
                     return step, True
         progress.close()
         return step, False
 
     def checkpoint(self, step: int, carry: dict) -> None:
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
-        opt_state = {name: {slot: to_numpy(v) for slot, v in slots.items()}
-                     for name, slots in self.optimizer.state.items()}
-        meta = {"step": step, "optimizer_steps": self.optimizer.steps,
-                "rng": self.rng.bit_generator.state}
+        opt_state = {
+            name: {slot: to_numpy(v) for slot, v in slots.items()}
+            for name, slots in self.optimizer.state.items()
+        }
+        meta = {
+            "step": step,
+            "optimizer_steps": self.optimizer.steps,
+            "rng": self.rng.bit_generator.state,
+        }
         runs.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
 
     def validate(self, step: int) -> dict:
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
         result = evaluate(self.model, batches, c["valid_batches"])
-        self.metrics.write({"kind": "valid", "step": step, "valid_loss": result["loss"],
-                            **{k: v for k, v in result.items() if k != "loss"}})
+        self.metrics.write(
+            {
+                "kind": "valid",
+                "step": step,
+                "valid_loss": result["loss"],
+                **{k: v for k, v in result.items() if k != "loss"},
+            }
+        )
         return result
 
     def _validation_line(self, step: int) -> str:
@@ -269,6 +305,11 @@ class _Loop:
 
         c = self.config
         prime = self.dataset.encode(c["prime"])
-        ids = sample_ids(self.model, list(prime), int(c["sample_length"]),
-                         float(c["temperature"]), seed=self.seed)
+        ids = sample_ids(
+            self.model,
+            list(prime),
+            int(c["sample_length"]),
+            float(c["temperature"]),
+            seed=self.seed,
+        )
         return c["prime"] + self.dataset.decode(ids)

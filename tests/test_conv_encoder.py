@@ -8,18 +8,27 @@ import pytest
 
 from seqgraph import Model, SpecError
 
-SPEC = {"model": {
-    "pattern": "many_to_one", "input": {"type": "images", "shape": [2, 4, 4]},
-    "target": {"type": "ids", "vocab": 3},
-    "encoders": [{"type": "conv", "channels": 3, "kernel": 3, "pool": 2},
-                 {"type": "dense", "size": 5, "activation": "tanh"}],
-    "layers": [{"cell": "gru", "hidden": 4}]}}
+SPEC = {
+    "model": {
+        "pattern": "many_to_one",
+        "input": {"type": "images", "shape": [2, 4, 4]},
+        "target": {"type": "ids", "vocab": 3},
+        "encoders": [
+            {"type": "conv", "channels": 3, "kernel": 3, "pool": 2},
+            {"type": "dense", "size": 5, "activation": "tanh"},
+        ],
+        "layers": [{"cell": "gru", "hidden": 4}],
+    }
+}
 
 
 def batch(seed=0):
     rng = np.random.default_rng(seed)
-    return {"x": rng.normal(size=(3, 4, 2, 4, 4)), "y": rng.integers(0, 3, size=3),
-            "lengths": np.array([4, 2, 3])}
+    return {
+        "x": rng.normal(size=(3, 4, 2, 4, 4)),
+        "y": rng.integers(0, 3, size=3),
+        "lengths": np.array([4, 2, 3]),
+    }
 
 
 def test_conv_kernel_is_shared_and_gradients_match_differences():

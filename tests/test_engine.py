@@ -195,8 +195,9 @@ def test_scheduled_sampling_extremes_equal_teacher_and_free(pattern):
         assert got["predictions"].shape == want["predictions"].shape == (3, 3, classes)
         # equal up to rounding: a plan adds the bias with the projection when the input is
         # data (teacher), after the recurrent product when it is fed back (passes.reassociate)
-        np.testing.assert_allclose(host(got["predictions"]), host(want["predictions"]),
-                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            host(got["predictions"]), host(want["predictions"]), rtol=1e-12, atol=1e-14
+        )
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
 
 

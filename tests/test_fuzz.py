@@ -16,41 +16,106 @@ EXAMPLES = int(os.environ.get("SEQGRAPH_FUZZ_EXAMPLES", "60"))
 CASES = {"total": 0, "spec_errors": 0, "valid": 0}
 
 BASES = [
-    {"model": {"pattern": "many_to_many", "input": {"type": "ids", "vocab": 7},
-               "target": {"type": "ids", "vocab": 7},
-               "encoders": [{"type": "embedding", "size": 4}],
-               "layers": [{"cell": "lstm", "hidden": 5, "options": {"forget_bias": 1.0}}]},
-     "train": {"steps": 3, "lr": 0.01}},
-    {"cells": {"mine": {"inputs": ["x"], "state": ["h"], "output": "h",
-                        "params": {"W": {"shape": ["input", "2*hidden"],
-                                         "init": {"dist": "uniform", "scale": "1/sqrt(hidden)"}},
-                                   "U": {"shape": ["hidden", "hidden"]}},
-                        "equations": ["a, b = split(x @ W, 2)",
-                                      "h = sigmoid(a) * h + tanh(b + h @ U)"]}},
-     "model": {"pattern": "many_to_one", "input": {"type": "vectors", "size": 3},
-               "target": {"type": "ids", "vocab": 2},
-               "layers": [{"cell": "mine", "hidden": 4, "bidirectional": True}]}},
-    {"model": {"pattern": "encoder_decoder", "input": {"type": "ids", "vocab": 5},
-               "target": {"type": "ids", "vocab": 6}, "bos": 1,
-               "encoders": [{"type": "onehot"}],
-               "layers": [{"cell": "gru", "hidden": 4}, {"cell": "gru", "hidden": 4}]}},
+    {
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "ids", "vocab": 7},
+            "target": {"type": "ids", "vocab": 7},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [{"cell": "lstm", "hidden": 5, "options": {"forget_bias": 1.0}}],
+        },
+        "train": {"steps": 3, "lr": 0.01},
+    },
+    {
+        "cells": {
+            "mine": {
+                "inputs": ["x"],
+                "state": ["h"],
+                "output": "h",
+                "params": {
+                    "W": {
+                        "shape": ["input", "2*hidden"],
+                        "init": {"dist": "uniform", "scale": "1/sqrt(hidden)"},
+                    },
+                    "U": {"shape": ["hidden", "hidden"]},
+                },
+                "equations": ["a, b = split(x @ W, 2)", "h = sigmoid(a) * h + tanh(b + h @ U)"],
+            }
+        },
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "vectors", "size": 3},
+            "target": {"type": "ids", "vocab": 2},
+            "layers": [{"cell": "mine", "hidden": 4, "bidirectional": True}],
+        },
+    },
+    {
+        "model": {
+            "pattern": "encoder_decoder",
+            "input": {"type": "ids", "vocab": 5},
+            "target": {"type": "ids", "vocab": 6},
+            "bos": 1,
+            "encoders": [{"type": "onehot"}],
+            "layers": [{"cell": "gru", "hidden": 4}, {"cell": "gru", "hidden": 4}],
+        }
+    },
 ]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-                    st.sampled_from(["lstm", "gru", "rnn", "auto", "hidden", "-1", "4*hidden",
-                                     "1/0", "sqrt(-1)", "__import__('os')", "x.T"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6),
-                                                                       inner, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "lstm",
+            "gru",
+            "rnn",
+            "auto",
+            "hidden",
+            "-1",
+            "4*hidden",
+            "1/0",
+            "sqrt(-1)",
+            "__import__('os')",
+            "x.T",
+        ]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 equations = st.one_of(
-    st.sampled_from(["h = __import__('os').system('true')", "h = x.T", "h = h[0]",
-                     "h = lambda: 1", "h = eval('x')", "h = unknown(x)", "h = tanh(x, h, h)",
-                     "h = x @ W", "h = h ** 2", "h = _secret", "h = tanh(x @ W", "x = h",
-                     "h = sum(x, axis=h)", "a, b = split(x, 3)", "h = (x := h)", "h = 'str'",
-                     "h = tanh(h @ U) + tanh(x @ W)", "h = concat(h, h) @ U", ""]),
-    st.text(max_size=30))
+    st.sampled_from(
+        [
+            "h = __import__('os').system('true')",
+            "h = x.T",
+            "h = h[0]",
+            "h = lambda: 1",
+            "h = eval('x')",
+            "h = unknown(x)",
+            "h = tanh(x, h, h)",
+            "h = x @ W",
+            "h = h ** 2",
+            "h = _secret",
+            "h = tanh(x @ W",
+            "x = h",
+            "h = sum(x, axis=h)",
+            "a, b = split(x, 3)",
+            "h = (x := h)",
+            "h = 'str'",
+            "h = tanh(h @ U) + tanh(x @ W)",
+            "h = concat(h, h) @ U",
+            "",
+        ]
+    ),
+    st.text(max_size=30),
+)
 
 
 def paths(tree, prefix=()):
@@ -95,8 +160,10 @@ def text_mutation(text: str, kind: str, position: int, noise: bytes) -> bytes:
         return b"model: !!python/object/apply:os.system ['true']\n" + raw
     if kind == "bomb":
         lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
-        lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}] * 9".replace(" * 9", "")
-                  for i in range(0)]
+        lines += [
+            f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}] * 9".replace(" * 9", "")
+            for i in range(0)
+        ]
         bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
         for i in range(1, 9):
             prev, name = f"l{i - 1}" if i > 1 else "a", f"l{i}"
@@ -120,8 +187,12 @@ def attempt(source) -> None:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(base=st.sampled_from(range(len(BASES))), data=st.data(),
-       action=st.sampled_from(["delete", "replace", "typo", "extra"]), value=values)
+@given(
+    base=st.sampled_from(range(len(BASES))),
+    data=st.data(),
+    action=st.sampled_from(["delete", "replace", "typo", "extra"]),
+    value=values,
+)
 def test_structural_mutations_end_in_spec_errors(base, data, action, value):
     spec = BASES[base]
     path = data.draw(st.sampled_from(list(paths(spec))))
@@ -137,17 +208,24 @@ def test_equation_mutations_end_in_spec_errors(equation, index):
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(base=st.sampled_from(range(len(BASES))),
-       kind=st.sampled_from(["tab", "truncate", "bytes", "tag", "bomb"]),
-       position=st.integers(0, 10**6), noise=st.binary(min_size=1, max_size=4))
+@given(
+    base=st.sampled_from(range(len(BASES))),
+    kind=st.sampled_from(["tab", "truncate", "bytes", "tag", "bomb"]),
+    position=st.integers(0, 10**6),
+    noise=st.binary(min_size=1, max_size=4),
+)
 def test_text_mutations_end_in_spec_errors(base, kind, position, noise):
     text = yaml.safe_dump(BASES[base], sort_keys=False)
     attempt(text_mutation(text, kind, position, noise))
 
 
 def test_known_hostile_inputs_are_refused():
-    for source in (b"", b"\xff\xfe", b"model: !!python/object/apply:os.system ['true']\n",
-                   text_mutation("x: 1\n", "bomb", 0, b"")):
+    for source in (
+        b"",
+        b"\xff\xfe",
+        b"model: !!python/object/apply:os.system ['true']\n",
+        text_mutation("x: 1\n", "bomb", 0, b""),
+    ):
         try:
             load_spec(source)
         except SpecError as exc:

@@ -8,16 +8,24 @@ from seqgraph import Model
 from seqgraph.cli import main
 from seqgraph.gradflow import ledger
 
-SPEC = {"model": {"pattern": "many_to_one", "input": {"type": "vectors", "size": 2},
-                  "target": {"type": "vectors", "size": 1},
-                  "layers": [{"cell": "rnn", "hidden": 6, "bidirectional": True}]}}
+SPEC = {
+    "model": {
+        "pattern": "many_to_one",
+        "input": {"type": "vectors", "size": 2},
+        "target": {"type": "vectors", "size": 1},
+        "layers": [{"cell": "rnn", "hidden": 6, "bidirectional": True}],
+    }
+}
 
 
 def test_contributions_sum_to_the_gradient_and_states_cover_every_step():
     model = Model(SPEC, dtype="float64")
     rng = np.random.default_rng(0)
-    batch = {"x": rng.normal(size=(3, 7, 2)), "y": rng.normal(size=(3, 1)),
-             "lengths": np.array([7, 4, 6])}
+    batch = {
+        "x": rng.normal(size=(3, 7, 2)),
+        "y": rng.normal(size=(3, 1)),
+        "lengths": np.array([7, 4, 6]),
+    }
     book = ledger(model, batch)
     _, grads = model.loss_and_grads(batch)
     for name, grad in grads.items():
@@ -35,9 +43,11 @@ def test_contributions_sum_to_the_gradient_and_states_cover_every_step():
 
 def test_gradflow_command_writes_csv_and_heatmap(tmp_path, capsys):
     spec = tmp_path / "adding.yaml"
-    spec.write_text("model:\n  pattern: many_to_one\n  input: {type: vectors, size: 2}\n"
-                    "  target: {type: vectors, size: 1}\n  layers: [{cell: rnn, hidden: 8}]\n"
-                    "data: {source: adding, steps: 30, examples: 20}\n")
+    spec.write_text(
+        "model:\n  pattern: many_to_one\n  input: {type: vectors, size: 2}\n"
+        "  target: {type: vectors, size: 1}\n  layers: [{cell: rnn, hidden: 8}]\n"
+        "data: {source: adding, steps: 30, examples: 20}\n"
+    )
     assert main(["gradflow", str(spec), "--out", str(tmp_path / "flow"), "--batch", "4"]) == 0
     printed = capsys.readouterr().out
     assert "l0.h" in printed and "of 30 steps" in printed

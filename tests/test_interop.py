@@ -11,11 +11,18 @@ CELLS = ["rnn", "rnn_relu", "lstm", "gru"]
 
 
 def spec(cell: str, bidirectional: bool) -> dict:
-    return {"model": {"pattern": "many_to_one", "input": {"type": "ids", "vocab": 6},
-                      "target": {"type": "ids", "vocab": 3},
-                      "encoders": [{"type": "embedding", "size": 4}],
-                      "layers": [{"cell": cell, "hidden": 5, "bidirectional": bidirectional},
-                                 {"cell": cell, "hidden": 3}]}}
+    return {
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "ids", "vocab": 6},
+            "target": {"type": "ids", "vocab": 3},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [
+                {"cell": cell, "hidden": 5, "bidirectional": bidirectional},
+                {"cell": cell, "hidden": 3},
+            ],
+        }
+    }
 
 
 @pytest.mark.parametrize("convention", ["pytorch", "keras", "onnx"])
@@ -32,11 +39,13 @@ def test_round_trip_is_exact(convention, cell, bidirectional, tmp_path):
     assert exported.keys() == again.keys()
     for name in exported:
         np.testing.assert_array_equal(exported[name], again[name], err_msg=name)
-    batch = {"x": np.array([[1, 2, 3], [4, 5, 0]]), "y": np.array([0, 2]),
-             "lengths": np.array([3, 2])}
+    batch = {
+        "x": np.array([[1, 2, 3], [4, 5, 0]]),
+        "y": np.array([0, 2]),
+        "lengths": np.array([3, 2]),
+    }
     # the same function either way (Keras folds the two biases into one)
-    assert target.forward(batch)["loss"] == pytest.approx(source.forward(batch)["loss"],
-                                                          rel=1e-12)
+    assert target.forward(batch)["loss"] == pytest.approx(source.forward(batch)["loss"], rel=1e-12)
     if convention != "keras" or cell == "gru":
         for name, value in source.params.items():
             np.testing.assert_array_equal(target.params[name], value, err_msg=name)
@@ -61,12 +70,23 @@ def test_mismatched_equations_are_refused():
         Model(spec("gru", False)).export_params("keras", reset_after=False)
     with pytest.raises(DataError, match="linear_before_reset=0"):
         Model(spec("gru", False)).import_params({}, "onnx", linear_before_reset=0)
-    own = {"cells": {"tiny": {"inputs": ["x"], "state": ["h"], "output": "h",
-                              "params": {"W": {"shape": ["input", "hidden"]}},
-                              "equations": ["h = tanh(x @ W)"]}},
-           "model": {"pattern": "many_to_one", "input": {"type": "vectors", "size": 2},
-                     "target": {"type": "ids", "vocab": 2},
-                     "layers": [{"cell": "tiny", "hidden": 3}]}}
+    own = {
+        "cells": {
+            "tiny": {
+                "inputs": ["x"],
+                "state": ["h"],
+                "output": "h",
+                "params": {"W": {"shape": ["input", "hidden"]}},
+                "equations": ["h = tanh(x @ W)"],
+            }
+        },
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "vectors", "size": 2},
+            "target": {"type": "ids", "vocab": 2},
+            "layers": [{"cell": "tiny", "hidden": 3}],
+        },
+    }
     with pytest.raises(DataError, match="cell 'tiny'.*no pytorch counterpart"):
         Model(own).export_params("pytorch")
     with pytest.raises(DataError, match="'weight_hh_l0' are missing"):

@@ -10,18 +10,20 @@ import sys
 import time
 
 import numpy as np
+from test_train import char_spec
 
 from seqgraph import runs
-
-from test_train import char_spec
 
 KILLS = int(os.environ.get("SEQGRAPH_KILLS", "3"))
 
 
 def start(spec, out, resume: bool) -> subprocess.Popen:
     argv = [sys.executable, "-m", "seqgraph.cli", "run", str(spec), "--out", str(out)]
-    return subprocess.Popen(argv + (["--resume"] if resume else []),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        argv + (["--resume"] if resume else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkill_loop_never_loses_the_checkpoint(tmp_path):
@@ -36,7 +38,8 @@ def test_sigkill_loop_never_loses_the_checkpoint(tmp_path):
         proc = start(spec, out, resume=before is not None)
         wait_until = time.time() + 30  # until this process has written a checkpoint itself
         while time.time() < wait_until and (
-                not checkpoint.exists() or checkpoint.stat().st_mtime_ns == before):
+            not checkpoint.exists() or checkpoint.stat().st_mtime_ns == before
+        ):
             time.sleep(0.02)
         time.sleep(float(rng.uniform(0.05, 0.6)))  # a random point in the loop
         proc.send_signal(signal.SIGKILL)

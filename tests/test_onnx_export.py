@@ -11,21 +11,33 @@ from seqgraph.onnx_export import export_onnx
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 ort = pytest.importorskip("onnxruntime", reason="the export test runs onnxruntime")
 
-CASES = [("lstm", "many_to_many", False, "concat"), ("gru", "many_to_one", True, "concat"),
-         ("rnn", "many_to_many", True, "sum"), ("rnn_relu", "many_to_one", False, "concat"),
-         ("lstm", "many_to_one", True, "sum"), ("gru", "many_to_many", True, "concat")]
+CASES = [
+    ("lstm", "many_to_many", False, "concat"),
+    ("gru", "many_to_one", True, "concat"),
+    ("rnn", "many_to_many", True, "sum"),
+    ("rnn_relu", "many_to_one", False, "concat"),
+    ("lstm", "many_to_one", True, "sum"),
+    ("gru", "many_to_many", True, "concat"),
+]
 
 
 @pytest.mark.parametrize("cell,pattern,bidirectional,merge", CASES)
 def test_onnx_matches_forward(tmp_path, cell, pattern, bidirectional, merge):
-    spec = {"model": {"pattern": pattern, "input": {"type": "ids", "vocab": 9},
-                      "target": {"type": "ids", "vocab": 4},
-                      "encoders": [{"type": "embedding", "size": 5},
-                                   {"type": "dense", "size": 6, "activation": "tanh"}],
-                      "layers": [{"cell": cell, "hidden": 7, "bidirectional": bidirectional,
-                                  "merge": merge},
-                                 {"cell": cell, "hidden": 3, "bidirectional": bidirectional,
-                                  "merge": merge}]}}
+    spec = {
+        "model": {
+            "pattern": pattern,
+            "input": {"type": "ids", "vocab": 9},
+            "target": {"type": "ids", "vocab": 4},
+            "encoders": [
+                {"type": "embedding", "size": 5},
+                {"type": "dense", "size": 6, "activation": "tanh"},
+            ],
+            "layers": [
+                {"cell": cell, "hidden": 7, "bidirectional": bidirectional, "merge": merge},
+                {"cell": cell, "hidden": 3, "bidirectional": bidirectional, "merge": merge},
+            ],
+        }
+    }
     model = Model(spec, dtype="float32", seed=4)
     path = export_onnx(model, tmp_path / "model.onnx")
     rng = np.random.default_rng(0)
@@ -40,9 +52,14 @@ def test_onnx_matches_forward(tmp_path, cell, pattern, bidirectional, merge):
 
 
 def test_vector_input_and_refusals(tmp_path):
-    spec = {"model": {"pattern": "many_to_many", "input": {"type": "vectors", "size": 2},
-                      "target": {"type": "vectors", "size": 2},
-                      "layers": [{"cell": "lstm", "hidden": 4}]}}
+    spec = {
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": 2},
+            "target": {"type": "vectors", "size": 2},
+            "layers": [{"cell": "lstm", "hidden": 4}],
+        }
+    }
     model = Model(spec, dtype="float32")
     path = export_onnx(model, tmp_path / "v.onnx")
     x = np.random.default_rng(1).normal(size=(2, 5, 2)).astype(np.float32)
@@ -50,8 +67,13 @@ def test_vector_input_and_refusals(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     theirs = session.run(None, {"x": x, "lengths": np.array([5, 5], np.int32)})[0]
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
-    seq2seq = {"model": {"pattern": "one_to_many", "input": {"type": "vectors", "size": 2},
-                         "target": {"type": "vectors", "size": 1},
-                         "layers": [{"cell": "gru", "hidden": 3}]}}
+    seq2seq = {
+        "model": {
+            "pattern": "one_to_many",
+            "input": {"type": "vectors", "size": 2},
+            "target": {"type": "vectors", "size": 1},
+            "layers": [{"cell": "gru", "hidden": 3}],
+        }
+    }
     with pytest.raises(DataError, match="supports many_to_many and many_to_one"):
         export_onnx(Model(seq2seq), tmp_path / "no.onnx")

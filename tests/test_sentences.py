@@ -13,9 +13,14 @@ def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):
     (tmp_path / "good.txt").write_text("".join(f"fine film {i}\n" for i in range(20)))
     bad = [f"dull plot {i}" for i in range(19)] + ["zebra"]  # line 19: i % 10 == 9, test
     (tmp_path / "bad.txt").write_text("\n".join(bad) + "\n")
-    config = _data_config({"source": "labelled_lines", "files": {"pos": "good.txt",
-                                                                   "neg": "bad.txt"},
-                           "split": "mod10"}, str(tmp_path))
+    config = _data_config(
+        {
+            "source": "labelled_lines",
+            "files": {"pos": "good.txt", "neg": "bad.txt"},
+            "split": "mod10",
+        },
+        str(tmp_path),
+    )
     assert config["root"] == str(tmp_path)
     data = datasets.load(config, "many_to_one", seed=0)
     assert (len(data.x), len(data.valid_x), len(data.test_x)) == (32, 4, 4)
@@ -30,8 +35,12 @@ def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):
 def test_tsv_random_split_is_seeded(tmp_path):
     rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(50))
     (tmp_path / "s.tsv").write_text(rows)
-    config = {"source": "tsv", "path": str(tmp_path / "s.tsv"), "valid_fraction": 0.2,
-              "test_fraction": 0.2}
+    config = {
+        "source": "tsv",
+        "path": str(tmp_path / "s.tsv"),
+        "valid_fraction": 0.2,
+        "test_fraction": 0.2,
+    }
     a = datasets.load(config, "many_to_one", seed=3)
     b = datasets.load(config, "many_to_one", seed=3)
     assert (len(a.x), len(a.valid_x), len(a.test_x)) == (30, 10, 10)
@@ -45,10 +54,15 @@ def test_too_long_and_zero_length_examples_are_refused_with_their_place(tmp_path
 
     (tmp_path / "s.tsv").write_text("short one\t1\nthis line is far too long\t0\n")
     with pytest.raises(DataError, match=r"s.tsv:2: 6 tokens, more than data.max_len = 3"):
-        datasets.load({"source": "tsv", "path": str(tmp_path / "s.tsv"), "max_len": 3},
-                      "many_to_one", seed=0)
-    np.savez(tmp_path / "a.npz", x=np.zeros((3, 4, 2)), y=np.zeros((3, 1)),
-             lengths=np.array([4, 0, 2]))
-    with pytest.raises(DataError, match=r"a.npz: lengths must lie in 1..4; example 1 has "
-                                        r"length 0"):
+        datasets.load(
+            {"source": "tsv", "path": str(tmp_path / "s.tsv"), "max_len": 3}, "many_to_one", seed=0
+        )
+    np.savez(
+        tmp_path / "a.npz", x=np.zeros((3, 4, 2)), y=np.zeros((3, 1)), lengths=np.array([4, 0, 2])
+    )
+    with pytest.raises(
+        DataError,
+        match=r"a.npz: lengths must lie in 1..4; example 1 has "
+        r"length 0",
+    ):
         datasets.load({"source": "npz", "path": str(tmp_path / "a.npz")}, "many_to_one", 0)

@@ -16,9 +16,12 @@ torch = pytest.importorskip("torch", reason="torch is the test-only oracle: pip 
 nn = torch.nn
 RTOL = 1e-9
 
-MODULES = {"rnn": (nn.RNN, {"nonlinearity": "tanh"}), "rnn_relu": (nn.RNN, {"nonlinearity":
-                                                                            "relu"}),
-           "lstm": (nn.LSTM, {}), "gru": (nn.GRU, {})}
+MODULES = {
+    "rnn": (nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (nn.LSTM, {}),
+    "gru": (nn.GRU, {}),
+}
 
 
 def rel_err(a, b) -> float:
@@ -27,15 +30,21 @@ def rel_err(a, b) -> float:
 
 
 def seqgraph_spec(cell, layers, bidirectional, pattern, n_in, hidden, classes) -> dict:
-    stack = [{"cell": cell, "hidden": hidden, "bidirectional": bidirectional}
-             for _ in range(layers)]
-    return {"model": {"pattern": pattern, "input": {"type": "vectors", "size": n_in},
-                      "target": {"type": "ids", "vocab": classes}, "layers": stack}}
+    stack = [
+        {"cell": cell, "hidden": hidden, "bidirectional": bidirectional} for _ in range(layers)
+    ]
+    return {
+        "model": {
+            "pattern": pattern,
+            "input": {"type": "vectors", "size": n_in},
+            "target": {"type": "ids", "vocab": classes},
+            "layers": stack,
+        }
+    }
 
 
 def torch_run(rnn, readout, x, lengths, y, pattern):
-    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
-                                               enforce_sorted=False)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out, hidden = rnn(packed)
     out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -51,8 +60,12 @@ def torch_run(rnn, readout, x, lengths, y, pattern):
     return logits, h_n, loss
 
 
-CASES = [(cell, layers, bi, pattern) for cell in MODULES for layers, bi in
-         ((1, False), (2, False), (2, True)) for pattern in ("many_to_many", "many_to_one")]
+CASES = [
+    (cell, layers, bi, pattern)
+    for cell in MODULES
+    for layers, bi in ((1, False), (2, False), (2, True))
+    for pattern in ("many_to_many", "many_to_one")
+]
 
 
 @pytest.mark.parametrize("cell,layers,bidirectional,pattern", CASES)
@@ -60,8 +73,9 @@ def test_against_torch_modules(cell, layers, bidirectional, pattern):
     torch.manual_seed(0)
     B, T, n_in, hidden, classes = 4, 6, 3, 5, 4
     module, kwargs = MODULES[cell]
-    rnn = module(n_in, hidden, num_layers=layers, bidirectional=bidirectional,
-                 batch_first=True, **kwargs).double()
+    rnn = module(
+        n_in, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True, **kwargs
+    ).double()
     readout = nn.Linear(hidden * (2 if bidirectional else 1), classes).double()
     rng = np.random.default_rng(1)
     x = rng.normal(size=(B, T, n_in))
@@ -69,8 +83,9 @@ def test_against_torch_modules(cell, layers, bidirectional, pattern):
     x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
     y = rng.integers(0, classes, size=(B,) if pattern == "many_to_one" else (B, T))
 
-    model = Model(seqgraph_spec(cell, layers, bidirectional, pattern, n_in, hidden, classes),
-                  dtype="float64")
+    model = Model(
+        seqgraph_spec(cell, layers, bidirectional, pattern, n_in, hidden, classes), dtype="float64"
+    )
     weights = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
     weights["out.W"] = readout.weight.detach().numpy().T
     weights["out.b"] = readout.bias.detach().numpy()
@@ -79,48 +94,66 @@ def test_against_torch_modules(cell, layers, bidirectional, pattern):
     out = model.forward(batch)
     loss, grads = model.loss_and_grads(batch)
 
-    logits, h_n, t_loss = torch_run(rnn, readout, torch.tensor(x), torch.tensor(lengths),
-                                    torch.tensor(y), pattern)
+    logits, h_n, t_loss = torch_run(
+        rnn, readout, torch.tensor(x), torch.tensor(lengths), torch.tensor(y), pattern
+    )
     t_loss.backward()
     assert rel_err(loss, t_loss.item()) < RTOL
     real = np.arange(T)[None, :] < lengths[:, None]
     ours = np.asarray(out["predictions"])
     theirs = logits.detach().numpy()
-    assert rel_err(ours[real] if pattern == "many_to_many" else ours,
-                   theirs[real] if pattern == "many_to_many" else theirs) < RTOL
+    assert (
+        rel_err(
+            ours[real] if pattern == "many_to_many" else ours,
+            theirs[real] if pattern == "many_to_many" else theirs,
+        )
+        < RTOL
+    )
     if not bidirectional:
         top = f"l{layers - 1}.h0"
         assert rel_err(out["state"][top], h_n[-1].detach().numpy()) < RTOL
     as_torch = model.export_params("pytorch", arrays=grads)
-    errors = {name: rel_err(as_torch[name], param.grad.numpy())
-              for name, param in rnn.named_parameters()}
+    errors = {
+        name: rel_err(as_torch[name], param.grad.numpy()) for name, param in rnn.named_parameters()
+    }
     errors["out.W"] = rel_err(as_torch["out.W"], readout.weight.grad.numpy().T)
     errors["out.b"] = rel_err(as_torch["out.b"], readout.bias.grad.numpy())
-    print(f"float64 {cell} x{layers} bi={bidirectional} {pattern}: max gradient relative "
-          f"error {max(errors.values()):.2e}")
+    print(
+        f"float64 {cell} x{layers} bi={bidirectional} {pattern}: max gradient relative "
+        f"error {max(errors.values()):.2e}"
+    )
     assert max(errors.values()) < RTOL, errors
 
 
 def test_seq2seq_against_two_torch_modules():
     torch.manual_seed(0)
     B, T_in, T_out, vocab, emb, hidden, bos = 3, 5, 4, 7, 4, 6, 1
-    spec = {"model": {
-        "pattern": "encoder_decoder", "input": {"type": "ids", "vocab": vocab},
-        "target": {"type": "ids", "vocab": vocab}, "bos": bos,
-        "encoders": [{"type": "embedding", "size": emb}],
-        "feedback_encoders": [{"type": "embedding", "size": emb}],
-        "layers": [{"cell": "gru", "hidden": hidden}]}}
+    spec = {
+        "model": {
+            "pattern": "encoder_decoder",
+            "input": {"type": "ids", "vocab": vocab},
+            "target": {"type": "ids", "vocab": vocab},
+            "bos": bos,
+            "encoders": [{"type": "embedding", "size": emb}],
+            "feedback_encoders": [{"type": "embedding", "size": emb}],
+            "layers": [{"cell": "gru", "hidden": hidden}],
+        }
+    }
     model = Model(spec, dtype="float64")
     enc_emb, dec_emb = nn.Embedding(vocab, emb).double(), nn.Embedding(vocab, emb).double()
     encoder = nn.GRU(emb, hidden, batch_first=True).double()
     decoder = nn.GRU(emb, hidden, batch_first=True).double()
     readout = nn.Linear(hidden, vocab).double()
-    weights = {"enc0.E": enc_emb.weight.detach().numpy(),
-               "fb0.E": dec_emb.weight.detach().numpy(),
-               "out.W": readout.weight.detach().numpy().T, "out.b": readout.bias.detach().numpy()}
+    weights = {
+        "enc0.E": enc_emb.weight.detach().numpy(),
+        "fb0.E": dec_emb.weight.detach().numpy(),
+        "out.W": readout.weight.detach().numpy().T,
+        "out.b": readout.bias.detach().numpy(),
+    }
     weights.update({k: v.detach().numpy() for k, v in encoder.state_dict().items()})
-    weights.update({k.replace("_l0", "_dec_l0"): v.detach().numpy()
-                    for k, v in decoder.state_dict().items()})
+    weights.update(
+        {k.replace("_l0", "_dec_l0"): v.detach().numpy() for k, v in decoder.state_dict().items()}
+    )
     model.import_params(weights, convention="pytorch")
 
     rng = np.random.default_rng(2)
@@ -129,13 +162,15 @@ def test_seq2seq_against_two_torch_modules():
     batch = {"x": x, "y": y, "lengths": lengths, "y_lengths": y_lengths}
     loss, grads = model.loss_and_grads(batch)
 
-    packed = nn.utils.rnn.pack_padded_sequence(enc_emb(torch.tensor(x)), torch.tensor(lengths),
-                                               batch_first=True, enforce_sorted=False)
+    packed = nn.utils.rnn.pack_padded_sequence(
+        enc_emb(torch.tensor(x)), torch.tensor(lengths), batch_first=True, enforce_sorted=False
+    )
     _, h = encoder(packed)
     feed = torch.tensor(np.concatenate([np.full((B, 1), bos), y[:, :-1]], axis=1))
     out, _ = decoder(dec_emb(feed), h)
-    ce = nn.functional.cross_entropy(readout(out).transpose(1, 2), torch.tensor(y),
-                                     reduction="none")
+    ce = nn.functional.cross_entropy(
+        readout(out).transpose(1, 2), torch.tensor(y), reduction="none"
+    )
     mask = torch.arange(T_out)[None, :] < torch.tensor(y_lengths)[:, None]
     t_loss = (ce * mask).sum() / B
     t_loss.backward()
@@ -161,18 +196,22 @@ def test_float32_against_torch(cell):
     lengths = np.array([8, 3, 5, 1])
     x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
     y = rng.integers(0, classes, size=(B, T))
-    model = Model(seqgraph_spec(cell, 2, True, "many_to_many", n_in, hidden, classes),
-                  dtype="float32")
+    model = Model(
+        seqgraph_spec(cell, 2, True, "many_to_many", n_in, hidden, classes), dtype="float32"
+    )
     weights = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
-    weights.update({"out.W": readout.weight.detach().numpy().T,
-                    "out.b": readout.bias.detach().numpy()})
+    weights.update(
+        {"out.W": readout.weight.detach().numpy().T, "out.b": readout.bias.detach().numpy()}
+    )
     model.import_params(weights, convention="pytorch")
     loss, grads = model.loss_and_grads({"x": x, "y": y, "lengths": lengths})
-    _, _, t_loss = torch_run(rnn, readout, torch.tensor(x), torch.tensor(lengths),
-                             torch.tensor(y), "many_to_many")
+    _, _, t_loss = torch_run(
+        rnn, readout, torch.tensor(x), torch.tensor(lengths), torch.tensor(y), "many_to_many"
+    )
     t_loss.backward()
     as_torch = model.export_params("pytorch", arrays=grads)
-    errors = [rel_err(loss, t_loss.item())] + [rel_err(as_torch[n], p.grad.numpy())
-                                               for n, p in rnn.named_parameters()]
+    errors = [rel_err(loss, t_loss.item())] + [
+        rel_err(as_torch[n], p.grad.numpy()) for n, p in rnn.named_parameters()
+    ]
     print(f"float32 {cell}: max relative error {max(errors):.2e}")
     assert max(errors) < 1e-4

@@ -23,9 +23,20 @@ TEXT = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    x = 1\n" * 40
 
 
 def write_spec(tmp_path: Path, model: dict, data: dict, train: dict, name="tiny") -> Path:
-    spec = {"name": name, "seed": 3, "model": model, "data": data,
-            "train": {"log_every": 1, "eval_every": 1000, "checkpoint_every": 1000,
-                      "valid_batches": 2, "sample_length": 20, **train}}
+    spec = {
+        "name": name,
+        "seed": 3,
+        "model": model,
+        "data": data,
+        "train": {
+            "log_every": 1,
+            "eval_every": 1000,
+            "checkpoint_every": 1000,
+            "valid_batches": 2,
+            "sample_length": 20,
+            **train,
+        },
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -34,23 +45,34 @@ def write_spec(tmp_path: Path, model: dict, data: dict, train: dict, name="tiny"
 def char_spec(tmp_path: Path, **train) -> Path:
     text = tmp_path / "code.txt"
     text.write_text(TEXT)
-    model = {"pattern": "many_to_many", "input": {"type": "ids", "vocab": "auto"},
-             "target": {"type": "ids", "vocab": "auto"},
-             "encoders": [{"type": "embedding", "size": 6}],
-             "layers": [{"cell": "lstm", "hidden": 8}]}
-    settings = {"steps": 8, "batch_size": 4, "seq_len": 7, "prime": "def ",
-                "schedule": {"name": "cosine", "warmup": 2}, **train}
+    model = {
+        "pattern": "many_to_many",
+        "input": {"type": "ids", "vocab": "auto"},
+        "target": {"type": "ids", "vocab": "auto"},
+        "encoders": [{"type": "embedding", "size": 6}],
+        "layers": [{"cell": "lstm", "hidden": 8}],
+    }
+    settings = {
+        "steps": 8,
+        "batch_size": 4,
+        "seq_len": 7,
+        "prime": "def ",
+        "schedule": {"name": "cosine", "warmup": 2},
+        **train,
+    }
     return write_spec(tmp_path, model, {"source": "text", "path": str(text)}, settings)
 
 
 def seq2seq_spec(tmp_path: Path) -> Path:
-    model = {"pattern": "encoder_decoder", "input": {"type": "ids", "vocab": 6},
-             "target": {"type": "ids", "vocab": 6},
-             "encoders": [{"type": "embedding", "size": 5}],
-             "layers": [{"cell": "gru", "hidden": 6}]}
+    model = {
+        "pattern": "encoder_decoder",
+        "input": {"type": "ids", "vocab": 6},
+        "target": {"type": "ids", "vocab": 6},
+        "encoders": [{"type": "embedding", "size": 5}],
+        "layers": [{"cell": "gru", "hidden": 6}],
+    }
     data = {"source": "copy", "symbols": 4, "length": 3, "delay": 1, "examples": 40}
-    train = {"steps": 6, "batch_size": 5,
-             "scheduled_sampling": {"schedule": "linear", "k": 4}}
+    train = {"steps": 6, "batch_size": 5, "scheduled_sampling": {"schedule": "linear", "k": 4}}
     return write_spec(tmp_path, model, data, train, name="copy")
 
 
@@ -72,8 +94,9 @@ def test_resume_reaches_bit_identical_parameters(tmp_path, make_spec):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    steps = [r["step"] for r in runs.Metrics(tmp_path / "part", 10**9).read()
-             if r["kind"] == "train"]
+    steps = [
+        r["step"] for r in runs.Metrics(tmp_path / "part", 10**9).read() if r["kind"] == "train"
+    ]
     assert steps == list(range(1, whole["total_steps"] + 1))  # no duplicates after resume
 
 
@@ -102,11 +125,21 @@ def test_run_prints_a_sample_and_subcommands_work(tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    model = {"pattern": "many_to_one", "input": {"type": "vectors", "size": 2},
-             "target": {"type": "vectors", "size": 1}, "layers": [{"cell": "rnn", "hidden": 4}]}
+    model = {
+        "pattern": "many_to_one",
+        "input": {"type": "vectors", "size": 2},
+        "target": {"type": "vectors", "size": 1},
+        "layers": [{"cell": "rnn", "hidden": 4}],
+    }
     data = {"source": "adding", "steps": 5, "examples": 30}
-    train = {"steps": 50, "batch_size": 5, "lr": 1e12, "optimizer": {"name": "sgd"},
-             "checkpoint_every": 1, "clip": None}
+    train = {
+        "steps": 50,
+        "batch_size": 5,
+        "lr": 1e12,
+        "optimizer": {"name": "sgd"},
+        "checkpoint_every": 1,
+        "clip": None,
+    }
     spec = write_spec(tmp_path, model, data, train, name="boom")
     out = tmp_path / "boom"
     assert main(["run", str(spec), "--out", str(out)]) == 2
@@ -121,8 +154,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     spec = char_spec(tmp_path, steps=100000, checkpoint_every=100000)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "seqgraph.cli", "run", str(spec), "--out",
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqgraph.cli", "run", str(spec), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.time() + 60
     metrics = out / "metrics.jsonl"
     while time.time() < deadline:
@@ -135,16 +172,26 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert b"continue with --resume" in stdout
     meta = runs.load_checkpoint(out)[3]
     assert meta["step"] >= 3
-    summary = api.train(str(spec), out=str(out), resume=True, steps=meta["step"] + 2,
-                        progress=False, sample=False, log=lambda line: None)
+    summary = api.train(
+        str(spec),
+        out=str(out),
+        resume=True,
+        steps=meta["step"] + 2,
+        progress=False,
+        sample=False,
+        log=lambda line: None,
+    )
     assert summary["steps_done"] == meta["step"] + 2 and not summary["stopped"]
 
 
 def test_data_errors_name_the_file_and_row(tmp_path):
-    model = {"pattern": "many_to_one", "input": {"type": "ids", "vocab": "auto"},
-             "target": {"type": "ids", "vocab": "auto"},
-             "encoders": [{"type": "embedding", "size": 4}], "layers": [{"cell": "gru",
-                                                                          "hidden": 4}]}
+    model = {
+        "pattern": "many_to_one",
+        "input": {"type": "ids", "vocab": "auto"},
+        "target": {"type": "ids", "vocab": "auto"},
+        "encoders": [{"type": "embedding", "size": 4}],
+        "layers": [{"cell": "gru", "hidden": 4}],
+    }
     bad_row = tmp_path / "bad.tsv"
     bad_row.write_text("good movie\tpos\nno label here\n")
     spec = write_spec(tmp_path, model, {"source": "tsv", "path": str(bad_row)}, {"steps": 1})
@@ -152,8 +199,12 @@ def test_data_errors_name_the_file_and_row(tmp_path):
         api.train(str(spec), progress=False, out=str(tmp_path / "r1"))
     labels = tmp_path / "labels.tsv"
     labels.write_text("good\tpos\nbad\tneg\nmeh\tneutral\n")
-    spec = write_spec(tmp_path, model, {"source": "tsv", "path": str(labels),
-                                        "labels": ["pos", "neg"]}, {"steps": 1})
+    spec = write_spec(
+        tmp_path,
+        model,
+        {"source": "tsv", "path": str(labels), "labels": ["pos", "neg"]},
+        {"steps": 1},
+    )
     with pytest.raises(DataError, match=r"labels.tsv:3: label 'neutral'"):
         api.train(str(spec), progress=False, out=str(tmp_path / "r2"))
     empty = tmp_path / "empty.txt"
@@ -168,8 +219,12 @@ def test_data_errors_name_the_file_and_row(tmp_path):
     x = np.zeros((3, 4, 2))
     x[1, 2, 0] = np.nan
     np.savez(arrays, x=x, y=np.zeros((3, 1)))
-    vec = {"pattern": "many_to_one", "input": {"type": "vectors", "size": 2},
-           "target": {"type": "vectors", "size": 1}, "layers": [{"cell": "rnn", "hidden": 3}]}
+    vec = {
+        "pattern": "many_to_one",
+        "input": {"type": "vectors", "size": 2},
+        "target": {"type": "vectors", "size": 1},
+        "layers": [{"cell": "rnn", "hidden": 3}],
+    }
     spec = write_spec(tmp_path, vec, {"source": "npz", "path": str(arrays)}, {"steps": 1})
     with pytest.raises(DataError, match=r"nan.npz: array 'x' has NaN or Inf \(example 1\)"):
         api.train(str(spec), progress=False, out=str(tmp_path / "r5"))
@@ -202,9 +257,15 @@ def test_truncated_bptt_with_stride_carries_the_state_after_k1_steps(tmp_path):
     second = stream.batch_at(1, 2, 10, 0, stride=4)
     assert first["reset"] and first["loss_from"] == 0 and second["loss_from"] == 6
     np.testing.assert_array_equal(second["x"][:, :6], first["x"][:, 4:])
-    spec = {"model": {"pattern": "many_to_many", "input": {"type": "ids", "vocab": 7},
-                      "target": {"type": "ids", "vocab": 7},
-                      "encoders": [{"type": "onehot"}], "layers": [{"cell": "gru", "hidden": 5}]}}
+    spec = {
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "ids", "vocab": 7},
+            "target": {"type": "ids", "vocab": 7},
+            "encoders": [{"type": "onehot"}],
+            "layers": [{"cell": "gru", "hidden": 5}],
+        }
+    }
     model = api.Model(spec, dtype="float64")
     _, _, carried = model.train_step(first, state_at=4)
     whole = model.forward({"x": first["x"][:, :4]})["state"]

@@ -47,8 +47,7 @@ def main() -> None:
     spec, data, _ = prepare(args.spec, args.data)
     V, C = len(data.vocab), len(data.labels)
     W, b = fit(features(data.x, V), np.array(data.y), C)
-    for name, xs, ys in (("valid", data.valid_x, data.valid_y), ("test", data.test_x,
-                                                                 data.test_y)):
+    for name, xs, ys in (("valid", data.valid_x, data.valid_y), ("test", data.test_x, data.test_y)):
         if xs:
             guess = np.argmax(features(xs, V) @ W + b, axis=1)
             print(f"{name}: accuracy {np.mean(guess == np.array(ys)):.4f} on {len(xs)} examples")
