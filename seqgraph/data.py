@@ -19,6 +19,7 @@ import numpy as np
 
 from . import sentences, synthetic
 from .errors import DataError
+from .schema import DATA_SOURCES
 
 STDLIB_CHARS = 2_000_000  # enough Python source for a few minutes of training
 PRINTABLE = "\t\n" + "".join(chr(c) for c in range(32, 127))
@@ -178,17 +179,7 @@ LAYOUTS = {
     "one_to_many": {"x_time": False, "y_time": True, "y_own_lengths": True},
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
-SOURCES = (
-    "python_stdlib",
-    "text",
-    "tsv",
-    "labelled_lines",
-    "npz",
-    "adding",
-    "copy",
-    "sine",
-    "fsdd",
-)
+SOURCES = DATA_SOURCES
 
 
 def load(config: dict, pattern: str, seed: int):

@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import copy
 
+DATA_SOURCES = (  # data.load dispatches on these
+    "python_stdlib",
+    "text",
+    "tsv",
+    "labelled_lines",
+    "npz",
+    "adding",
+    "copy",
+    "sine",
+    "fsdd",
+)
 PATTERNS = ["one_to_one", "one_to_many", "many_to_one", "many_to_many", "encoder_decoder"]
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]
 INITS = ["uniform", "normal", "zeros", "ones", "xavier", "orthogonal"]
@@ -146,19 +157,7 @@ DATA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "source": {
-            "enum": [
-                "python_stdlib",
-                "text",
-                "tsv",
-                "labelled_lines",
-                "npz",
-                "adding",
-                "copy",
-                "sine",
-                "fsdd",
-            ]
-        },
+        "source": {"enum": list(DATA_SOURCES)},
         "path": {"type": "string"},
         "root": {"type": "string", "description": "folder that holds `files`"},
         "files": {
