@@ -65,18 +65,24 @@ class Plan:
 
     # ---- which classes run batched, and in what order -------------------------------------
 
+    def class_rule(self, c, same) -> tuple:
+        """(op, first member, input ranks, batch rule, input patterns) of class `c`, whose
+        nodes all run `same` = (op, attrs): how one kernel over all steps could compute it."""
+        an, lay = self.an, self.layout
+        op, attrs = same
+        k0 = an.members[c][lay.range[c][0]]
+        in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
+        patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
+        stacked = [p is not None and p[0] == "class" for p in patterns]
+        return op, k0, in_nd, passes.batch_rule(op, attrs, in_nd, stacked), patterns
+
     def _batched_classes(self) -> dict:
         an, lay, out = self.an, self.layout, {}
         for c in lay.classes:
             same = an.same_op(c)
             if c in an.recurrent or c in lay.source or same is None:
                 continue
-            op, attrs = same
-            k0 = an.members[c][lay.range[c][0]]
-            in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
-            patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
-            stacked = [p is not None and p[0] == "class" for p in patterns]
-            rule = passes.batch_rule(op, attrs, in_nd, stacked)
+            op, k0, in_nd, rule, _ = self.class_rule(c, same)
             ins = self._stacked_inputs(c, op, in_nd, k0)
             if rule is not None and ins is not None:
                 out[c] = (rule[0], rule[1], ins)

@@ -9,7 +9,7 @@ start of backward instead.
 
 from __future__ import annotations
 
-from . import kernels, passes
+from . import kernels
 from .errors import GraphError
 from .passes import class_of
 
@@ -87,12 +87,7 @@ def _deferred(plan) -> dict:
         same = an.same_op(c)
         if c in plan.batched or c in lay.source or same is None or c not in lay.grad_stack:
             continue
-        op, attrs = same
-        k0 = an.members[c][lay.range[c][0]]
-        in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
-        patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
-        stacked = [p is not None and p[0] == "class" for p in patterns]
-        rule = passes.batch_rule(op, attrs, in_nd, stacked)
+        op, k0, in_nd, rule, patterns = plan.class_rule(c, same)
         if rule is None or rule[0] != "same":
             continue
         if plan._stacked_inputs(c, op, in_nd, k0) is None:

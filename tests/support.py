@@ -136,3 +136,17 @@ def check_param_grads(
     record(check, worst, where)
     assert not failures, "gradient mismatch:\n" + "\n".join(failures)
     return worst
+
+
+def require_gpu():
+    """Skip (with the reason) unless CuPy is installed and sees a CUDA device."""
+    import pytest
+
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install seqgraph[gpu])")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken: CuPy raises several kinds
+        pytest.skip(f"no usable CUDA device: {exc}")
+    if count < 1:
+        pytest.skip("no CUDA device found")
+    return cupy

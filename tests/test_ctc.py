@@ -6,7 +6,7 @@ from __future__ import annotations
 import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
-from support import check_param_grads, host, record
+from support import check_param_grads, host, record, require_gpu
 
 from seqgraph import Model, load_spec, ops
 from seqgraph.ctc_eval import baseline, edit_distance, greedy_decode, nearest, score
@@ -213,13 +213,7 @@ def test_edit_distance_and_scores():
 @pytest.mark.gpu
 def test_ctc_on_cupy_matches_numpy():
     """The op (array API code on CuPy) and a BiLSTM + CTC model through the plan on the GPU."""
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install seqgraph[gpu])")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken: CuPy raises several kinds
-        pytest.skip(f"no usable CUDA device: {exc}")
-    if count < 1:
-        pytest.skip("no CUDA device found")
+    cupy = require_gpu()
     import array_api_compat.cupy as xcp
 
     case = ragged_case()

@@ -16,6 +16,7 @@ from support import (
     make_batch,
     model_spec,
     record,
+    require_gpu,
 )
 
 from seqgraph import MissingVJPError, Model, load_spec, ops
@@ -387,17 +388,6 @@ def test_strict_backend_matches_numpy(case):
 # ---- (f) CuPy against NumPy ------------------------------------------------------------------
 
 
-def _require_gpu():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install seqgraph[gpu])")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken: CuPy raises several kinds
-        pytest.skip(f"no usable CUDA device: {exc}")
-    if count < 1:
-        pytest.skip("no CUDA device found")
-    return cupy
-
-
 GPU_CASES = [
     (cell, pattern)
     for cell in ("rnn", "rnn_relu", "gru", "lstm")
@@ -408,7 +398,7 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_cupy_matches_numpy(case):
-    cupy = _require_gpu()
+    cupy = require_gpu()
     cell, pattern = case
     spec = load_spec(model_spec(pattern, cell, pattern == "many_to_many"))
     batch = make_batch(spec)
@@ -421,7 +411,7 @@ def test_cupy_matches_numpy(case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_cupy_float32_close_to_numpy(cell):
-    _require_gpu()
+    require_gpu()
     spec = load_spec(model_spec("many_to_many", cell))
     worst = _compare_backends(spec, make_batch(spec), "cupy", 1e-4, 1e-5, dtype="float32")
     record("engine: cupy float32 vs numpy float64 grads (abs)", worst, cell)
