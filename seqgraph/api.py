@@ -401,12 +401,10 @@ def evaluate_run(
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    return {
-        "run_dir": str(run_dir),
-        "step": model.run_facts["step"],
-        "split": split,
-        **evaluate(model, batches),
-    }
+    result = evaluate(model, batches)
+    if dataset.app is not None:
+        result["app"] = dataset.app.metrics(model, split, settings["batch_size"])
+    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split, **result}
 
 
 def export_run(

@@ -62,8 +62,10 @@ def _cmd_run(args) -> int:
         line += f"; validation loss {valid['loss']:.4f} per target step"
         if "accuracy" in valid:
             line += f", accuracy {valid['accuracy']:.3f}"
-        line += _ctc_scores(valid)
+        line += _ctc_scores(valid) + _app_scores(valid)
     print(line)
+    for name, path in summary.get("artifacts", {}).items():
+        print(f"wrote {name}: {path}")
     if "sample" in summary:
         print("--- sample ---")
         print(summary["sample"])
@@ -92,7 +94,7 @@ def _cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
-        extra += _ctc_scores(result)
+        extra += _ctc_scores(result) + _app_scores(result)
         print(
             f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
             f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
@@ -108,6 +110,15 @@ def _ctc_scores(result: dict) -> str:
         f"; PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
         f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
         "sequences"
+    )
+
+
+def _app_scores(result: dict) -> str:
+    """An application's own scores (BLEU, per-frame MSE, baselines), as `; name value` pairs."""
+    scores = result.get("app") or {}
+    return "".join(
+        f"; {name} {value:.4f}" if isinstance(value, float) else f"; {name} {value}"
+        for name, value in scores.items()
     )
 
 

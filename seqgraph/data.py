@@ -10,6 +10,7 @@ would have seen, and the only cursor to save is the step. Two shapes of data:
 
 from __future__ import annotations
 
+import importlib
 import json
 import sysconfig
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Stream:
     valid: np.ndarray
     vocab: list[str]
     kind: str = "stream"
+    app: object | None = None  # an application's own metrics and artifacts (see `App`)
 
     def windows(self, batch_size: int, seq_len: int, stride: int) -> int:
         windows = (len(self.train) // batch_size - 1 - seq_len) // stride + 1
@@ -106,6 +108,7 @@ class SequenceSet:
     layout: dict = field(default_factory=dict)  # keyword arguments of `pad` for this pattern
     test_x: list = field(default_factory=list)
     test_y: list = field(default_factory=list)
+    app: object | None = None  # an application's own metrics and artifacts (see `App`)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.x) // batch_size))
@@ -128,6 +131,19 @@ class SequenceSet:
             )
         for start in range(0, len(xs), batch_size):
             yield pad(xs[start : start + batch_size], ys[start : start + batch_size], **self.layout)
+
+
+class App:
+    """What a generated application adds to the plain loss: `metrics(model, split, batch_size)`
+    returns task scores (BLEU, per-frame MSE, baselines) for a split, and
+    `artifacts(model, run_dir, seed)` writes files a person looks at or listens to (PNG, WAV)
+    and returns {name: path}. `seqgraph run` calls both at the end, `seqgraph eval` the first."""
+
+    def metrics(self, model, split: str, batch_size: int) -> dict:
+        return {}
+
+    def artifacts(self, model, run_dir: Path, seed: int) -> dict:
+        return {}
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,6 +196,12 @@ LAYOUTS = {
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
 SOURCES = DATA_SOURCES
+GENERATORS = {  # generated applications: source -> module with load(config, pattern, seed)
+    "activity_video": "activity",
+    "bouncing_frames": "frames",
+    "shape_captions": "captions",
+    "mulaw_audio": "mulaw",
+}
 
 
 def load(config: dict, pattern: str, seed: int):
@@ -203,6 +225,9 @@ def load(config: dict, pattern: str, seed: int):
         from . import fsdd
 
         return fsdd.load(config)
+    if source in GENERATORS:
+        module = importlib.import_module(f".{GENERATORS[source]}", __package__)
+        return module.load(config, pattern, seed)
     if source == "npz":
         return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
     raise DataError(f"data.source {source!r} is unknown; use one of {', '.join(SOURCES)}")

@@ -18,6 +18,10 @@ DATA_SOURCES = (  # data.load dispatches on these
     "copy",
     "sine",
     "fsdd",
+    "activity_video",
+    "bouncing_frames",
+    "shape_captions",
+    "mulaw_audio",
 )
 PATTERNS = ["one_to_one", "one_to_many", "many_to_one", "many_to_many", "encoder_decoder"]
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]

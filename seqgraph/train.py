@@ -165,6 +165,10 @@ def run(options: RunOptions, log=print) -> dict:
     }
     if not stopped:
         summary["valid"] = loop.validate(done)
+        if dataset.app is not None:  # the application's own scores and files
+            summary["valid"]["app"] = dataset.app.metrics(model, "valid", config["batch_size"])
+            metrics.write({"kind": "app", "step": done, **summary["valid"]["app"]})
+            summary["artifacts"] = dataset.app.artifacts(model, run_dir, model.seed)
         runs.plot_losses(run_dir, metrics.read())
         if options.sample and isinstance(dataset, datasets.Stream):
             summary["sample"] = loop.sample_text()
