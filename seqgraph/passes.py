@@ -133,7 +133,7 @@ class Analysis:
                 meta[k] = (tuple(shape), self.dtype)
                 continue
             signature = tuple(meta[i] for i in node["inputs"])
-            memo_key = (node["op"], repr(sorted(node["attrs"].items())), repr(signature))
+            memo_key = (node["op"], repr(sorted(node["attrs"].items())), signature)
             if memo_key not in memo:
                 zeros = [np.zeros(s, d) for s, d in signature]
                 with np.errstate(all="ignore"):
@@ -252,7 +252,7 @@ def reassociate(an: Analysis) -> bool:
         v = (k[0], f"{u[1]}+{p[1]}", k[2])
         an.node[v] = {**an.node[u], "inputs": (a, p)}
         an.node[k] = {**an.node[k], "inputs": (v, r)}
-        an.order[an.order.index(u)] = v  # v needs only a and p, which precede u
+        an.order[an.pos[u]] = v  # v needs only a and p, which precede u
     return bool(rewrites)
 
 
