@@ -79,6 +79,8 @@ class Analysis:
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self._derive(leaf_meta)
+        if merge_common(self):
+            self._derive(leaf_meta)
         if reassociate(self):
             self._derive(leaf_meta)
 
@@ -236,6 +238,55 @@ class Analysis:
         ):
             return cls
         return None
+
+
+def merge_common(an: Analysis) -> bool:
+    """Common subexpressions: a class whose every step applies the same op and attrs to the
+    same inputs as the same step of an earlier class is read through that class, and its own
+    nodes die. Whole classes, never single steps, so a merge leaves no hole in a time-batched
+    class; requested outputs are never merged away. Rewrites `an.node` (a copy)."""
+    refused: set = set()
+    while True:
+        same_as = _duplicates(an, refused)
+        bad = _partial_merges(an, same_as)
+        if not bad:
+            break
+        refused |= bad
+    for k in an.order:
+        node = an.node[k]
+        if k in an.live and any(i in same_as for i in node["inputs"]):
+            an.node[k] = {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])}
+    return bool(same_as)
+
+
+def _partial_merges(an: Analysis, same_as: dict) -> set:
+    """Per-step classes that would merge only in part: a step without a duplicate, or steps
+    whose duplicates are not the same steps of one other class."""
+    targets, counts = defaultdict(set), defaultdict(int)
+    for k, earlier in same_as.items():
+        counts[class_of(k)] += 1
+        targets[class_of(k)].add(class_of(earlier) if earlier[2] == k[2] else None)
+    return {
+        c
+        for c in counts
+        if len(c) == 2
+        and (counts[c] != len(an.members[c]) or len(targets[c]) != 1 or targets[c] & {None, c})
+    }
+
+
+def _duplicates(an: Analysis, refused: set) -> dict:
+    """node -> the earlier node that computes the same value (classes in `refused` excluded)."""
+    first, same_as = {}, {}
+    for k in an.order:
+        node = an.node[k]
+        if k not in an.live or node["kind"] != "op":
+            continue
+        inputs = tuple(same_as.get(i, i) for i in node["inputs"])
+        signature = (node["op"], repr(sorted(node["attrs"].items())), inputs)
+        earlier = first.setdefault(signature, k)
+        if earlier != k and k not in an.outputs and class_of(k) not in refused:
+            same_as[k] = earlier
+    return same_as
 
 
 def reassociate(an: Analysis) -> bool:

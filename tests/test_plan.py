@@ -364,3 +364,40 @@ def test_bias_adds_run_in_place():
         assert lay.value_stack[cls].arr is lay.value_stack[("l0", "t#1")].arr
     assert lay.value_stack[("l0", "t#12")].arr is not lay.value_stack[("l0", "t#1")].arr
     assert lay.value_stack[("l0", "t#3")].arr is not lay.value_stack[("l0", "t#1")].arr
+
+
+def test_common_subexpressions_merge_into_one_class():
+    """A user cell that writes the same gate twice (and a step that recomputes `h @ U`):
+    `passes.merge_common` keeps one class of each, drops the copies, and the numbers stay
+    the interpreter's."""
+    cell = {
+        "inputs": ["x"],
+        "state": ["h"],
+        "output": "h",
+        "params": {
+            "W": {"shape": ["input", "hidden"], "init": {"dist": "uniform", "scale": 0.4}},
+            "U": {"shape": ["hidden", "hidden"], "init": {"dist": "uniform", "scale": 0.4}},
+        },
+        "equations": [
+            "a = tanh(x @ W + h @ U)",
+            "b = tanh(x @ W + h @ U)",
+            "h = a * b + sigmoid(h @ U)",
+        ],
+    }
+    raw = spec("twice")
+    raw["model"]["layers"][0]["cell"] = "twice"
+    raw["cells"] = {"twice": cell}
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5)
+    batch["lengths"] = np.array([5, 2, 4])
+    plan = check_same(raw, batch).runner(batch).plan
+
+    def classes(op, nodes):  # the per-step classes of layer l0 that apply `op`
+        return {
+            k[:2] for k in nodes if k[0] == "l0" and k[2] == 0 and plan.an.node[k].get("op") == op
+        }
+
+    unrolled = list(plan.an.graph.nx.nodes)
+    live = [k for k in unrolled if k in plan.an.live]
+    assert len(classes("tanh", unrolled)) == 2 and len(classes("tanh", live)) == 1  # a, b: one
+    assert len(classes("matmul", unrolled)) == 5  # x@W, h@U, x@W, h@U, h@U (in the sigmoid)
+    assert len(classes("matmul", live)) == 2  # ... computed once each
