@@ -15,7 +15,7 @@ from collections import defaultdict
 import networkx as nx
 import numpy as np
 
-from . import ops
+from . import ops, rewrites
 from .graph import Graph, Key
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log", "where"}
@@ -74,15 +74,14 @@ class Analysis:
 
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
-        self.order = list(graph.order())  # a copy: `reassociate` may edit it
+        self.order = list(graph.order())  # a copy: `rewrites` edit it
         self.node = {k: graph.node(k) for k in self.order}
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self._derive(leaf_meta)
-        if merge_common(self):
-            self._derive(leaf_meta)
-        if reassociate(self):
-            self._derive(leaf_meta)
+        for rewrite in (rewrites.merge_common, rewrites.fuse_gates, rewrites.reassociate):
+            if rewrite(self):
+                self._derive(leaf_meta)
 
     def _derive(self, leaf_meta: dict) -> None:
         """Liveness, consumers, classes, shapes, recurrences (again after a rewrite)."""
@@ -238,100 +237,3 @@ class Analysis:
         ):
             return cls
         return None
-
-
-def merge_common(an: Analysis) -> bool:
-    """Common subexpressions: a class whose every step applies the same op and attrs to the
-    same inputs as the same step of an earlier class is read through that class, and its own
-    nodes die. Whole classes, never single steps, so a merge leaves no hole in a time-batched
-    class; requested outputs are never merged away. Rewrites `an.node` (a copy)."""
-    refused: set = set()
-    while True:
-        same_as = _duplicates(an, refused)
-        bad = _partial_merges(an, same_as)
-        if not bad:
-            break
-        refused |= bad
-    for k in an.order:
-        node = an.node[k]
-        if k in an.live and any(i in same_as for i in node["inputs"]):
-            an.node[k] = {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])}
-    return bool(same_as)
-
-
-def _partial_merges(an: Analysis, same_as: dict) -> set:
-    """Per-step classes that would merge only in part: a step without a duplicate, or steps
-    whose duplicates are not the same steps of one other class."""
-    targets, counts = defaultdict(set), defaultdict(int)
-    for k, earlier in same_as.items():
-        counts[class_of(k)] += 1
-        targets[class_of(k)].add(class_of(earlier) if earlier[2] == k[2] else None)
-    return {
-        c
-        for c in counts
-        if len(c) == 2
-        and (counts[c] != len(an.members[c]) or len(targets[c]) != 1 or targets[c] & {None, c})
-    }
-
-
-def _duplicates(an: Analysis, refused: set) -> dict:
-    """node -> the earlier node that computes the same value (classes in `refused` excluded)."""
-    first, same_as = {}, {}
-    for k in an.order:
-        node = an.node[k]
-        if k not in an.live or node["kind"] != "op":
-            continue
-        inputs = tuple(same_as.get(i, i) for i in node["inputs"])
-        signature = (node["op"], repr(sorted(node["attrs"].items())), inputs)
-        earlier = first.setdefault(signature, k)
-        if earlier != k and k not in an.outputs and class_of(k) not in refused:
-            same_as[k] = earlier
-    return same_as
-
-
-def reassociate(an: Analysis) -> bool:
-    """(a + r) + p -> (a + p) + r, with r on a recurrence, a off it and p a parameter or
-    constant: the bias of `x W_ih + b_ih + h W_hh + b_hh` then joins the input projection,
-    added once over all steps, and each step does one add less. Rounding differs from the
-    graph's order by an ulp. Rewrites `an.node` and `an.order` (copies, not the graph)."""
-    rewrites = {}
-    for k in an.order:
-        found = _bias_pattern(an, k) if k in an.live and k[2] is not None else None
-        if found is not None:
-            rewrites[k] = found
-    for k, (u, a, r, p) in rewrites.items():
-        v = (k[0], f"{u[1]}+{p[1]}", k[2])
-        an.node[v] = {**an.node[u], "inputs": (a, p)}
-        an.node[k] = {**an.node[k], "inputs": (v, r)}
-        an.order[an.pos[u]] = v  # v needs only a and p, which precede u
-    return bool(rewrites)
-
-
-def _bias_pattern(an: Analysis, k):
-    """(u, a, r, p) if node k is add(u, p) / add(p, u) with u = add(a, r) as described."""
-    node = an.node[k]
-    if node["kind"] != "op" or node["op"] != "add" or node["attrs"]:
-        return None
-    for u, p in (node["inputs"], node["inputs"][::-1]):
-        inner = an.node[u]
-        if (
-            p[2] is not None
-            or an.kind(p) not in ("param", "const")
-            or inner["kind"] != "op"
-            or inner["op"] != "add"
-            or inner["attrs"]
-            or u[2] != k[2]
-            or an.consumers.get(u) != [(k, node["inputs"].index(u))]
-            or u in an.outputs
-            or an.meta[u] != an.meta[k]
-        ):
-            continue
-        for a, r in (inner["inputs"], inner["inputs"][::-1]):
-            if (
-                class_of(r) in an.recurrent
-                and class_of(a) not in an.recurrent
-                and len(class_of(a)) == 2
-                and an.meta[a] == an.meta[u]
-            ):
-                return u, a, r, p
-    return None

@@ -81,7 +81,8 @@ def emit(plan) -> None:
 
 
 def _deferred(plan) -> dict:
-    """Per-step classes whose parameter gradients are summed once, after the loop."""
+    """Per-step classes whose gradients for a shared input (a parameter, or a matrix made of
+    parameters outside time) are summed once, after the loop, as one batched product."""
     an, lay, out = plan.an, plan.layout, {}
     for c in lay.classes:
         same = an.same_op(c)
@@ -95,7 +96,8 @@ def _deferred(plan) -> dict:
         positions = [
             i
             for i, p in enumerate(patterns)
-            if p and p[0] == "shared" and p[1] in an.needs_grad and an.kind(p[1]) == "param"
+            if p and p[0] == "shared" and p[1] in an.needs_grad  # a parameter, or a node
+            # outside time made of them (a fused gate matrix): gradient summed over steps
         ]
         if positions:
             out[c] = positions

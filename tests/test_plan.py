@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqgraph import Model
+from seqgraph import Model, rewrites
 from seqgraph import batch as batching
 
 CUSTOM_LSTM = {  # a user cell with one weight per gate: nothing fused
@@ -401,3 +401,26 @@ def test_common_subexpressions_merge_into_one_class():
     assert len(classes("tanh", unrolled)) == 2 and len(classes("tanh", live)) == 1  # a, b: one
     assert len(classes("matmul", unrolled)) == 5  # x@W, h@U, x@W, h@U, h@U (in the sigmoid)
     assert len(classes("matmul", live)) == 2  # ... computed once each
+
+
+def test_gate_fusion_joins_one_weight_per_gate(monkeypatch):
+    """CUSTOM_LSTM has one W and one U per gate: `rewrites.fuse_gates` turns the four x @ W_j
+    into one product with [W_i W_f W_g W_o], the four h @ U_j likewise, and since every gate
+    adds its two products, one sum of the fused products whose slices are the gates. The
+    numbers stay the interpreter's (also padded, bidirectional, two layers) and each step
+    runs fewer kernels than without the pass."""
+    raw = spec("custom", layers=2, bidirectional=True)
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5)
+    batch["lengths"] = np.array([5, 2, 4])
+    plan = check_same(raw, batch).runner(batch).plan
+    names = [c[1] for c in plan.an.members if c[0] == "l0.fwd"]
+    assert sum(n.startswith("cat(") for n in names) == 2  # [W_*] and [U_*], built once a call
+    products = [n for n in names if n.endswith("|fused") and "+" not in n]
+    assert len(products) == 2
+    sums = [n for n in names if "|fused+" in n]  # the gates' sums: one add per step
+    assert len(sums) == 1 and sorted(sums[0].split("+")) == sorted(products)
+    monkeypatch.setattr(rewrites, "fuse_gates", lambda an: False)
+    unfused = Model(raw, dtype="float64").runner(batch).plan
+    assert not any("|fused" in c[1] for c in unfused.an.members)
+    assert len(plan.forward_kernels) < len(unfused.forward_kernels)
+    assert len(plan.backward_kernels) < len(unfused.backward_kernels)
