@@ -133,6 +133,7 @@ class Prepared(NamedTuple):
     coins: np.ndarray
     states: dict
     loss_from: int
+    state_grads: dict
 
 
 def prepare(spec: Spec, batch: dict) -> Prepared:
@@ -169,6 +170,7 @@ def prepare(spec: Spec, batch: dict) -> Prepared:
         coins,
         batch.get("state") or {},
         batch.get("loss_from", 0),
+        batch.get("state_grad") or {},
     )
 
 
@@ -204,6 +206,8 @@ def feed_one(spec: Spec, p: Prepared, key: Key, role: dict) -> np.ndarray:
         return p.coins[:, t] if m.target.type == "ids" else p.coins[:, t][:, None]
     if kind == "state":
         return _state(p.states, f"{scope}.{name}", size, role["size"])
+    if kind == "state_grad":  # the gradient a later segment hands back (`segments.py`)
+        return _state(p.state_grads, f"{scope}.{name[: -len('_grad')]}", size, role["size"])
     raise DataError(f"no data for node {key} (role {kind!r})")
 
 

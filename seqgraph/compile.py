@@ -25,11 +25,14 @@ MAX_PARAM_SIZE = 2**28  # 1 GiB of float32 in one parameter
 class Unroller:
     """Builds the graph for one spec and one sequence length."""
 
-    def __init__(self, spec: Spec, steps: int, out_steps: int | None, feedback: str):
+    def __init__(
+        self, spec: Spec, steps: int, out_steps: int | None, feedback: str, state_grads=False
+    ):
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
         self.spec, self.model = spec, spec.model
         self.steps, self.out_steps, self.feedback = steps, out_steps, feedback
+        self.state_grads = state_grads
         self.g = Graph()
 
     # ---- node helpers ------------------------------------------------------------------------
@@ -287,6 +290,21 @@ class Unroller:
             self.g.outputs.setdefault("losses", []).append(self.loss(previous, target, weight, t))
         return states
 
+    def state_seeds(self, finals: list) -> list:
+        """For recomputation in segments (`segments.py`): a term sum(s_T * G_s) per final
+        state s, with G_s a data input, so backward starts each final state's gradient at the
+        G_s that the later segment handed back; the plan then also differentiates the
+        initial states (`Graph.state_grads`), which is what goes to the earlier segment."""
+        seeds = []
+        for i, (layer, final) in enumerate(zip(self.model.layers, finals)):
+            for v, key in final.items():
+                scope = f"l{i}"
+                given = self.data(scope, f"{v}0_grad", None, role="state_grad", size=layer.hidden)
+                dot = self.op(("seed", f"{scope}.{v}.dot", None), "mul", (key, given))
+                seeds.append(self.op(("seed", f"{scope}.{v}", None), "sum", (dot,)))
+        self.g.state_grads = True
+        return seeds
+
     def bridge(self, layers, context: Key, size: int) -> list:
         """one_to_many: a learned tanh projection of the context starts every state."""
         inits = []
@@ -316,6 +334,8 @@ class Unroller:
                     target = self.data("y", "y", t, role="y")
                     weight = self.data("y", "weight", t, role="weight")
                     g.outputs.setdefault("losses", []).append(self.loss(pred, target, weight, t))
+                if self.state_grads:
+                    g.outputs["losses"] += self.state_seeds(finals)
             else:
                 pred = self.readout(last, size, None)
                 g.outputs["predictions"] = [pred]
@@ -346,9 +366,15 @@ def _resolve(value, sizes: dict, path: str):
 
 
 def compile_graph(
-    spec: Spec, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+    spec: Spec,
+    steps: int,
+    out_steps: int | None = None,
+    feedback: str = "teacher",
+    state_grads: bool = False,
 ) -> Graph:
-    """Unroll `spec` over `steps` input steps (and `out_steps` decoder steps) into a Graph."""
+    """Unroll `spec` over `steps` input steps (and `out_steps` decoder steps) into a Graph.
+    `state_grads`: seed the final states' gradients and differentiate the initial states
+    (many_to_many only; see `Unroller.state_seeds`)."""
     m = spec.model
     if m.pattern in ("one_to_one",):
         steps = 1
@@ -359,4 +385,4 @@ def compile_graph(
         raise ValueError("encoder_decoder needs out_steps (the decoder length)")
     if steps < 0 or (m.pattern != "one_to_many" and steps < 1):
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return Unroller(spec, steps, out_steps, feedback).build()
+    return Unroller(spec, steps, out_steps, feedback, state_grads).build()

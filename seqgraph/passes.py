@@ -158,6 +158,8 @@ class Analysis:
 
     def _needs_grad(self) -> set:
         needs = set()
+        if self.graph.state_grads:  # recomputation in segments hands these back
+            needs = {k for k, r in self.graph.inputs.items() if r["role"] == "state"}
         for k in self.order:
             floating = self.meta[k][1].kind == "f" if k in self.meta else False
             if (

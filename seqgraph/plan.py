@@ -239,6 +239,17 @@ class Plan:
             kernel()
         return {name: self.layout.grad[k].copy() for name, k in self.graph.params.items()}
 
+    def state_inputs(self) -> list[Key]:
+        """The initial-state inputs this plan differentiates (`Graph.state_grads`)."""
+        if not self.graph.state_grads:
+            return []
+        return [k for k, r in self.graph.inputs.items() if r["role"] == "state"]
+
+    def state_gradients(self) -> dict[str, Any]:
+        """After `gradients`: dL/d(initial state) by state name (`l0.h0`), fresh copies."""
+        grads = self.layout.grad
+        return {f"{k[0]}.{k[1]}": grads[k].copy() for k in self.state_inputs() if k in grads}
+
     def loss_and_grads(self, leaves: dict, params: dict) -> tuple[float, dict]:
         loss = self.run(leaves, params)
         return loss, self.gradients()

@@ -76,6 +76,7 @@ def emit(plan) -> None:
             if not remaining[c]:
                 out.extend(_deferred_vjp(plan, tracker, c, deferred[c]))
     tracker.ready([k for k in plan.graph.params.values() if k in lay.grad])
+    tracker.ready([k for k in plan.state_inputs() if k in lay.grad])
     plan.backward_kernels, plan.zero = out, tracker.zero
     del m
 
