@@ -142,11 +142,27 @@ def torch_step(cell, cfg, backend):
 
 
 def jax_step(cell, cfg, backend):
-    try:
-        import jax  # noqa: F401
-    except ImportError:
+    if backend != "numpy":
         return None
-    return None  # a jit + lax.scan step belongs here once JAX is installed
+    try:
+        import jax_peer
+    except ImportError:  # JAX is not installed
+        return None
+    B, T, n_in, H, C = cfg
+    model = Model(
+        {
+            "model": {
+                "pattern": "many_to_many",
+                "input": {"type": "vectors", "size": n_in},
+                "target": {"type": "ids", "vocab": C},
+                "layers": [{"cell": cell, "hidden": H}],
+            }
+        },
+        dtype="float32",
+    )
+    params = {k: np.asarray(v) for k, v in model.params.items()}
+    x, y = make_data(B, T, n_in, C)
+    return jax_peer.make_step(cell, params, x, y)
 
 
 IMPLS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step, "numpy_hand": hand_step}
