@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from . import fusion, kernels, passes
+from . import fusion, kernels, liveness, passes
 from .graph import Graph, Key
 from .layout import Layout
 from .passes import Analysis, class_of
@@ -49,6 +49,7 @@ class Plan:
         self.layout = Layout(an, self.ctx, graph.loss if grads else None)
         self.batched = self._batched_classes()
         self.units = self._schedule()
+        self.compacted = liveness.compact_values(self.layout, self.units, self.batched)
         self.groups = fusion.groups(self) if fuse else [[unit] for unit in self.units]
         self.forward_kernels: list = []
         for run in self.groups:
@@ -188,9 +189,12 @@ class Plan:
     # ---- backward ------------------------------------------------------------------------
 
     def _emit_backward(self) -> None:
-        from .plan_backward import emit
+        from .plan_backward import _deferred, emit
 
+        lay = self.layout
+        self.grad_compacted = liveness.compact_grads(lay, self.units, self.batched, _deferred(self))
         emit(self)
+        liveness.check_grads(lay, self.grad_compacted, self.zero)
 
     # ---- running -------------------------------------------------------------------------
 

@@ -424,3 +424,24 @@ def test_gate_fusion_joins_one_weight_per_gate(monkeypatch):
     assert not any("|fused" in c[1] for c in unfused.an.members)
     assert len(plan.forward_kernels) < len(unfused.forward_kernels)
     assert len(plan.backward_kernels) < len(unfused.backward_kernels)
+
+
+def test_dead_values_and_gradients_reuse_one_step_buffer():
+    """`liveness`: in an LSTM step, h @ W_hh is read once by the add after it (whose VJP
+    reads nothing), so all steps share one buffer for it; the gate activations' gradients
+    live within their step, so they share one buffer too. What is read after its step (the
+    gates, c and h, and the stacked gradient W_hh's sum reads) keeps a buffer per step."""
+    model = Model(spec("lstm", layers=2), dtype="float64")
+    batch = batching.dummy(model.spec, 3, 6)
+    batch["lengths"] = np.array([6, 2, 5])
+    plan = check_same(spec("lstm", layers=2), batch).runner(batch).plan
+    lay, an = plan.layout, plan.an
+    recurrent_product = [c for c in plan.compacted if an.same_op(c)[0] == "matmul"]
+    assert {c[0] for c in recurrent_product} == {"l0", "l1"}
+    for c in plan.compacted:
+        assert lay.value_stack[c].arr.shape[0] == 1
+    for c in plan.grad_compacted:
+        assert lay.grad_stack[c].arr.shape[0] == 1
+    assert {an.same_op(c)[0] for c in plan.grad_compacted} >= {"sigmoid", "tanh"}
+    for kept in (("l0", "h"), ("l0", "c")):
+        assert kept not in plan.compacted and lay.value_stack[kept].arr.shape[0] >= 6
