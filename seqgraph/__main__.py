@@ -1,0 +1,7 @@
+"""`python -m seqgraph ...` runs the command line, as `seqgraph ...` does."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
