@@ -9,6 +9,7 @@ import networkx as nx
 import numpy as np
 
 from . import batch as batching
+from . import segments
 from .autodiff import Program
 from .backend import Backend, get_backend
 from .compile import compile_graph
@@ -65,6 +66,10 @@ class Model:
         self.seed = self.spec.seed if seed is None else seed
         self.engine = engine if self.backend.name in ("numpy", "cupy") else "interp"
         self._programs: dict[tuple, Program] = {}
+        # recompute activations in segments of this many steps (`segments.py`), or None
+        self.segment_steps = self.spec.train.get("segment_steps")
+        if self.segment_steps:
+            segments.check(self.spec, self.engine)
         probe = self.compiled(1, 1 if self.spec.model.feeds_back else None)
         self.param_info = probe.param_info
         self.params: dict[str, Any] = {}
@@ -134,12 +139,17 @@ class Model:
         return self.program(steps, out_steps, feedback).graph
 
     def program(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+        self,
+        steps: int,
+        out_steps: int | None = None,
+        feedback: str = "teacher",
+        state_grads: bool = False,
     ) -> Program:
         """The flattened program for one sequence length (cached)."""
-        key = (steps, out_steps, feedback)
+        key = (steps, out_steps, feedback, state_grads)
         if key not in self._programs:
-            self._programs[key] = Program(compile_graph(self.spec, steps, out_steps, feedback))
+            graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads)
+            self._programs[key] = Program(graph)
         return self._programs[key]
 
     def graph(
@@ -189,6 +199,8 @@ class Model:
             raise DataError("training needs targets: give batch['y']")
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
+            if self.segment_steps and prepared.steps > self.segment_steps:
+                return segments.train_step(self, batch, self.segment_steps, feedback, state_at)
             runner = self.runner(batch, feedback, state_at=state_at, prepared=prepared)
             return runner.train_step(prepared, self.params)
         program, values = self._run(batch, feedback)
@@ -204,13 +216,15 @@ class Model:
         grads: bool = True,
         state_at: int | None = None,
         prepared=None,
+        state_grads: bool = False,
     ) -> Runner:
-        """The plan runner for this batch's shape (cached): gradients, or forward only."""
+        """The plan runner for this batch's shape (cached): gradients, or forward only;
+        `state_grads`: also the initial states' gradients, from seeded final ones."""
         p = prepared or batching.prepare(self.spec, batch)
-        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at)
+        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at, state_grads)
         runner = self._plans.get(key)
         if runner is None:
-            program = self.program(p.steps, p.out_steps, feedback)
+            program = self.program(p.steps, p.out_steps, feedback, state_grads)
             runner = self._plans[key] = Runner(self, program, batch, p.full, grads, state_at)
         return runner
 
@@ -351,18 +365,33 @@ def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
 
 def sample(
     run_dir: str | os.PathLike,
-    length: int = 300,
+    length: int | None = None,
     temperature: float | None = None,
     prime: str | None = None,
     greedy: bool = False,
     seed: int = 0,
     backend: str | None = None,
+    wav: str | os.PathLike | None = None,
 ):
-    """Generate from a trained run: text for character models, an array for vector models."""
+    """Generate from a trained run: text for character models, an array for vector models,
+    a WAV file for μ-law audio models (its path; `wav`, default RUN_DIR/generated.wav).
+    `length`: steps (default 300), or samples of audio (default train.sample_length)."""
+    from pathlib import Path
+
     from .data import Stream
     from .generate import sample_ids, sample_vectors
 
     model = load_run(run_dir, backend)
+    if model.run_facts.get("kind") == "audio":
+        from .mulaw import sample_wav
+
+        if prime is not None:
+            raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
+        path = Path(wav) if wav else Path(run_dir) / "generated.wav"
+        return sample_wav(model, path, length, temperature, greedy, seed)
+    if wav is not None:
+        raise DataError("--wav writes audio, and this run is not a mulaw_audio run; drop --wav")
+    length = 300 if length is None else length
     vocab = model.run_facts.get("vocab")
     if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
         text = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), vocab)

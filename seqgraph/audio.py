@@ -1,4 +1,5 @@
-"""Speech features in NumPy: WAV reading (standard-library `wave`) and log-mel frames.
+"""Speech features in NumPy: WAV reading and writing (standard-library `wave`) and log-mel
+frames.
 
 A frame is a 25 ms Hamming window every 10 ms of the pre-emphasised signal; its power
 spectrum is pooled by triangular filters equally spaced on the mel scale and logged, and each
@@ -95,3 +96,15 @@ def features(path: str | Path, bands: int = MEL_BANDS, stack: int = 1) -> np.nda
         count = len(out) // stack
         out = out[: count * stack].reshape(count, bands * stack)
     return out.astype(np.float32)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> Path:
+    """Write mono samples in [-1, 1] as a 16-bit PCM WAV file (clipped to full scale)."""
+    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float64) * 32767.0), -32768, 32767)
+    path = Path(path)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(int(rate))
+        f.writeframes(pcm.astype("<i2").tobytes())
+    return path

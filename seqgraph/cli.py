@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from . import api
 from .errors import SeqgraphError
@@ -81,7 +82,11 @@ def _cmd_sample(args) -> int:
         greedy=args.greedy,
         seed=args.seed,
         backend=args.backend,
+        wav=args.wav,
     )
+    if isinstance(out, Path):  # an audio run wrote a WAV
+        print(f"wrote {out}")
+        return 0
     print(
         out if isinstance(out, str) else "\n".join(" ".join(f"{v:.4f}" for v in row) for row in out)
     )
@@ -199,12 +204,17 @@ def _args_run(p) -> None:
 
 def _args_sample(p) -> None:
     p.add_argument("run_dir")
-    p.add_argument("--length", type=int, default=300)
+    p.add_argument(
+        "--length", type=int, help="steps (default 300); audio: samples (train.sample_length)"
+    )
     p.add_argument("--temperature", type=float, help="default: train.temperature or 1")
     p.add_argument("--prime", help="text to start from (default: train.prime)")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest next id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument(
+        "--wav", help="audio runs: the WAV file to write (default RUN_DIR/generated.wav)"
+    )
 
 
 def _args_eval(p) -> None:

@@ -187,6 +187,80 @@ DATA = {
         "phonemes": {"enum": ["arpabet", "espeak"], "description": "fsdd: phoneme column"},
         "mel_bands": {**_count, "description": "fsdd: log-mel bands per frame (default 40)"},
         "stack": {**_count, "description": "fsdd: join this many 10 ms frames into one"},
+        "mu": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 65535,
+            "description": "mulaw_audio: μ-law parameter; mu + 1 classes (default 255)",
+        },
+        "prime_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 10,
+            "description": "mulaw_audio: seconds of real validation audio fed before "
+            "generating (default 0.05); `examples` and `waves` size the sum-of-sines stand-in",
+        },
+        "image_size": {
+            **_count,
+            "description": "shape_captions: images are 3 x image_size x image_size (default 32)",
+        },
+        "max_shapes": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3,
+            "description": "shape_captions: 1 to max_shapes shapes per image (default 3)",
+        },
+        "held_out": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "shape_captions: 'colour shape' pairs kept out of training and "
+            "validation, tested apart (default [blue triangle, yellow circle])",
+        },
+        "test_examples": {
+            **_count,
+            "description": "shape_captions: test images of seen pairs, and as many with "
+            "held-out pairs (default 300)",
+        },
+        "frames": {**_count, "description": "activity_video: frames per clip (default 16)"},
+        "frame_size": {
+            **_count,
+            "description": "activity_video (default 32), bouncing_frames (default 16): "
+            "frames are frame_size x frame_size grey pixels",
+        },
+        "noise": {
+            "type": "number",
+            "minimum": 0,
+            "description": "activity_video: std of the Gaussian pixel noise (default 0.1)",
+        },
+        "distractors": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "activity_video: chance of a second, still shape (default 0.5)",
+        },
+        "actions": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "activity_video: the actions (classes) to generate; default all 9",
+        },
+        "single_frame": {
+            "type": "boolean",
+            "description": "activity_video: keep one random frame per clip (the baseline)",
+        },
+        "context_frames": {**_count, "description": "bouncing_frames: frames given (k, default 6)"},
+        "future_frames": {
+            **_count,
+            "description": "bouncing_frames: frames to predict (m, default 6)",
+        },
+        "objects": {
+            **_count,
+            "description": "bouncing_frames: bouncing shapes per clip (default 2)",
+        },
+        "speed": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "bouncing_frames: top speed in pixels per frame (default 1.2)",
+        },
     },
     "description": "python_stdlib (default) and text are character streams; tsv rows are "
     "text<TAB>label; npz holds x, y and optional lengths; adding, copy and sine are generated; "
@@ -207,6 +281,12 @@ TRAIN = {
             **_count,
             "description": "k1 of truncated BPTT: steps between updates "
             "(default seq_len); the state after `stride` steps is carried over",
+        },
+        "segment_steps": {
+            **_count,
+            "description": "recompute activations in segments of this many steps "
+            "(gradient checkpointing): memory for one segment instead of seq_len steps, "
+            "for about one more forward pass; many_to_many, unidirectional, unpadded",
         },
         "lr": {"type": "number", "exclusiveMinimum": 0},
         "optimizer": {

@@ -94,16 +94,20 @@ def prepare(spec_path: str, data_path: str | None = None):
 
     spec = load_spec(spec_path, auto=sizes)
     resolved = copy.deepcopy(spec.raw)
-    resolved["data"] = loaded["config"]
-    resolved["model"]["input"] = {
-        "type": spec.model.input.type,
-        ("vocab" if spec.model.input.type == "ids" else "size"): spec.model.input.size,
-    }
-    resolved["model"]["target"] = {
-        "type": spec.model.target.type,
-        ("vocab" if spec.model.target.type == "ids" else "size"): spec.model.target.size,
-    }
+    resolved["data"] = dict(loaded["config"])
+    for key in ("path", "root"):  # absolute, so `eval` and `sample` work from any folder
+        if resolved["data"].get(key):
+            resolved["data"][key] = str(Path(resolved["data"][key]).resolve())
+    resolved["model"]["input"] = _resolved_io(spec.model.input)
+    resolved["model"]["target"] = _resolved_io(spec.model.target)
     return spec, loaded["dataset"], resolved
+
+
+def _resolved_io(io) -> dict:
+    """An input or target as the run's spec.yaml records it: images keep their shape."""
+    if io.type == "images":
+        return {"type": "images", "shape": list(io.shape)}
+    return {"type": io.type, ("vocab" if io.type == "ids" else "size"): io.size}
 
 
 def train_config(spec: Spec, steps: int | None) -> dict:
@@ -170,7 +174,7 @@ def run(options: RunOptions, log=print) -> dict:
             metrics.write({"kind": "app", "step": done, **summary["valid"]["app"]})
             summary["artifacts"] = dataset.app.artifacts(model, run_dir, model.seed)
         runs.plot_losses(run_dir, metrics.read())
-        if options.sample and isinstance(dataset, datasets.Stream):
+        if options.sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
             summary["sample"] = loop.sample_text()
     return summary
 
