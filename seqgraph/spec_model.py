@@ -40,6 +40,12 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
                 f"{kind} turns integer ids into vectors, so it must "
                 "come first and the input must be `type: ids`",
             )
+        if kind == "dense" and io.type == "images" and not out:
+            raise SpecError(
+                f"{here}.type",
+                "a dense encoder reads vectors, and the input is images: put a "
+                "`{type: conv, channels: N}` encoder before it",
+            )
         if kind in ("embedding", "dense") and "size" not in raw:
             raise SpecError(here, f"a {kind} encoder needs `size`")
         if kind == "conv":

@@ -67,3 +67,9 @@ def test_conv_needs_images_and_divisible_frames():
     odd = {"model": {**SPEC["model"], "input": {"type": "images", "shape": [2, 5, 4]}}}
     with pytest.raises(SpecError, match="must divide the 5x4 frames"):
         Model(odd)
+
+
+def test_dense_straight_on_images_is_refused_with_the_fix():
+    raw = {"model": {**SPEC["model"], "encoders": [{"type": "dense", "size": 5}]}}
+    with pytest.raises(SpecError, match=r"model.encoders\[0\].type.*put a `\{type: conv"):
+        Model(raw)
