@@ -1,0 +1,166 @@
+"""Public functions over a run folder (what `seqgraph sample`, `eval`, `export` and
+`gradflow` call): its model at the last checkpoint, samples, held-out scores, exports."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .api import Model
+from .errors import DataError
+
+
+def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
+    """The model of a run folder at its last checkpoint; `model.run_facts` holds data.json."""
+    from pathlib import Path
+
+    from . import runs
+
+    run_dir = Path(run_dir)
+    facts = runs.read_data_facts(run_dir)
+    model = Model(run_dir / "spec.yaml", backend=backend)
+    params, _, _, meta = runs.load_checkpoint(run_dir)
+    model.set_params(params)
+    model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir)}
+    return model
+
+
+def sample(
+    run_dir: str | os.PathLike,
+    length: int | None = None,
+    temperature: float | None = None,
+    prime: str | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+    backend: str | None = None,
+    wav: str | os.PathLike | None = None,
+):
+    """Generate from a trained run: text for character models, an array for vector models,
+    a WAV file for μ-law audio models (its path; `wav`, default RUN_DIR/generated.wav).
+    `length`: steps (default 300), or samples of audio (default train.sample_length)."""
+    from pathlib import Path
+
+    from .data import Stream
+    from .generate import sample_ids, sample_vectors
+
+    model = load_run(run_dir, backend)
+    if model.run_facts.get("kind") == "audio":
+        from .mulaw import sample_wav
+
+        if prime is not None:
+            raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
+        path = Path(wav) if wav else Path(run_dir) / "generated.wav"
+        return sample_wav(model, path, length, temperature, greedy, seed)
+    if wav is not None:
+        raise DataError("--wav writes audio, and this run is not a mulaw_audio run; drop --wav")
+    length = 300 if length is None else length
+    vocab = model.run_facts.get("vocab")
+    if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
+        text = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), vocab)
+        prime = prime if prime is not None else model.spec.train.get("prime", "\n")
+        if temperature is None:
+            temperature = float(model.spec.train.get("temperature", 1.0))
+        ids = sample_ids(model, list(text.encode(prime)), length, temperature, greedy, seed)
+        return prime + text.decode(ids)
+    start = np.zeros((1, model.spec.model.input.size))
+    return sample_vectors(model, start, length)
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: str | None = None,
+    backend: str | None = None,
+    split: str = "valid",
+) -> dict:
+    """Loss (per target step), accuracy and token count on the run's validation (or test)
+    split, or on that split of `data` read the same way."""
+    from . import data as datasets
+    from .evaluate import evaluate
+    from .train import _data_config, train_config
+
+    model = load_run(run_dir, backend)
+    spec = model.spec
+    config = _data_config(spec.data, data)
+    dataset = datasets.load(config, spec.model.pattern, spec.seed)
+    if getattr(dataset, "vocab", None) and dataset.vocab != model.run_facts.get("vocab"):
+        raise DataError(
+            f"{config.get('path', 'the data')}: its vocabulary differs from the "
+            "run's; evaluate on text with the same characters"
+        )
+    settings = train_config(spec, None)
+    if split == "test":
+        batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
+    else:
+        batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
+    result = evaluate(model, batches)
+    if dataset.app is not None:
+        result["app"] = dataset.app.metrics(model, split, settings["batch_size"])
+    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split, **result}
+
+
+def export_run(
+    run_dir: str | os.PathLike, to: str = "onnx", out: str | os.PathLike | None = None
+) -> str:
+    """Write a run's model as ONNX (`to="onnx"`) or its weights as an .npz in the PyTorch,
+    Keras or ONNX-initializer convention (`to="pytorch"|"keras"|"onnx_weights"`)."""
+    from pathlib import Path
+
+    model = load_run(run_dir)
+    suffix = ".onnx" if to == "onnx" else f".{to}.npz"
+    path = Path(out) if out else Path(run_dir) / f"model{suffix}"
+    if to == "onnx":
+        from .onnx_export import export_onnx
+
+        return str(export_onnx(model, path))
+    convention = {"onnx_weights": "onnx"}.get(to, to)
+    np.savez(path, **model.export_params(convention))
+    return str(path)
+
+
+def gradflow(
+    source: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    steps: int | None = None,
+    threshold: float = 1e-3,
+    data: str | None = None,
+) -> dict:
+    """The gradient ledger of one batch for a spec (at initialisation) or a run folder (at its
+    checkpoint): CSVs of per-step parameter contributions and of ‖∂L/∂h_t‖, and a heatmap."""
+    from pathlib import Path
+
+    from . import data as datasets
+    from . import gradflow as flow
+    from .train import prepare, train_config
+
+    source = Path(source)
+    if source.is_dir():
+        model = load_run(source)
+        spec, folder = model.spec, Path(out or source / "gradflow")
+        config = {**spec.data, **({"path": data} if data else {})}
+        dataset = datasets.load(config, spec.model.pattern, spec.seed)
+    else:
+        spec, dataset, _ = prepare(str(source), data)
+        model, folder = Model(spec), Path(out or Path("runs") / spec.name / "gradflow")
+    settings = train_config(spec, None)
+    batch = dataset.batch_at(0, batch_size, steps or settings["seq_len"], spec.seed)
+    batch.pop("reset", None), batch.pop("loss_from", None)
+    book = flow.ledger(model, batch)
+    csvs = flow.write_csv(book, folder)
+    clip = (settings.get("clip") or {}).get("max")
+    png = flow.heatmap(book, folder / "heatmap.png", threshold, clip, spec.name)
+    rows, matrix = book.state_matrix()
+    reach = {}
+    for row, norms in zip(rows, matrix):
+        alive = np.flatnonzero(norms >= threshold * np.nanmax(norms))
+        reach[row] = int(alive.max() - alive.min() + 1) if len(alive) else 0
+    return {
+        "folder": str(folder),
+        "csv": [str(p) for p in csvs],
+        "heatmap": str(png),
+        "loss": book.loss,
+        "global_norm": book.global_norm,
+        "steps": book.steps,
+        "alive_steps": reach,
+    }
