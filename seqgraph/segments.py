@@ -66,8 +66,9 @@ def train_step(model, batch: dict, size: int, feedback="teacher", state_at=None)
         out = model.forward(part, feedback)
         loss += out["loss"]
         starts.append(out["state"])
-        if state_at is not None and a < state_at < b:
-            carried = _state_after(model, part, feedback, state_at - a)
+        if state_at is not None and a < state_at <= b:  # truncated BPTT's carry
+            at_end = state_at == b
+            carried = out["state"] if at_end else _state_after(model, part, feedback, state_at - a)
     grads, handed = None, {}
     for (a, b), start in zip(reversed(bounds), reversed(starts[:-1])):
         part = piece(a, b, start, state_grad=handed)
@@ -76,14 +77,11 @@ def train_step(model, batch: dict, size: int, feedback="teacher", state_at=None)
         _, got, _ = runner.train_step(ready, model.params)
         handed = runner.plan.state_gradients()
         grads = got if grads is None else {name: grads[name] + got[name] for name in got}
-    states = carried if carried is not None else starts[-1] if state_at is None else None
-    if states is None:  # state_at falls on a segment boundary
-        states = starts[[b for _, b in bounds].index(state_at) + 1]
-    return loss, grads, states
+    return loss, grads, starts[-1] if state_at is None else carried
 
 
 def _state_after(model, part: dict, feedback: str, local: int) -> dict:
-    """The states after `local` steps of one segment (truncated BPTT's carry)."""
+    """The states after `local` steps of one segment."""
     ready = batching.prepare(model.spec, part)
     runner = model.runner(part, feedback, grads=False, state_at=local, prepared=ready)
     return runner.forward(ready, model.params)["state"]
