@@ -121,8 +121,8 @@ def _sum_fused(an, first: dict, second: dict, sums: list, before: dict) -> None:
         an.node[total] = _op("add", (first[t], second[t]))
         before[total] = [an.members[c][t] for c in sums]
         for c in sums:
-            slice_of = an.node[an.node[an.members[c][t]]["inputs"][0]]  # the first's block
-            attrs = dict(slice_of["attrs"])
+            # either input block: the second group was reordered to sit at the same columns
+            attrs = dict(an.node[an.node[an.members[c][t]]["inputs"][0]]["attrs"])
             an.node[an.members[c][t]] = _op("slice", (total,), **attrs)
 
 
