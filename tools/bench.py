@@ -75,8 +75,9 @@ def make_data(B, T, n_in, C, seed=0):
     return rng.standard_normal((B, T, n_in)).astype(np.float32), rng.integers(0, C, size=(B, T))
 
 
-def seqgraph_step(cell, cfg, backend):
-    B, T, n_in, H, C = cfg
+def bench_model(cell, cfg, backend="numpy") -> Model:
+    """seqgraph's model of the benchmark (its initial weights are every peer's too)."""
+    _, _, n_in, H, C = cfg
     spec = {
         "model": {
             "pattern": "many_to_many",
@@ -85,7 +86,16 @@ def seqgraph_step(cell, cfg, backend):
             "layers": [{"cell": cell, "hidden": H}],
         }
     }
-    model = Model(spec, backend=backend, dtype="float32")
+    return Model(spec, backend=backend, dtype="float32")
+
+
+def host_params(cell, cfg) -> dict:
+    return {k: np.asarray(v) for k, v in bench_model(cell, cfg).params.items()}
+
+
+def seqgraph_step(cell, cfg, backend):
+    B, T, n_in, H, C = cfg
+    model = bench_model(cell, cfg, backend)
     x, y = make_data(B, T, n_in, C)
     batch = {"x": x, "y": y}
     return lambda: model.loss_and_grads(batch)
@@ -95,18 +105,7 @@ def hand_step(cell, cfg, backend):
     if backend != "numpy":
         return None
     B, T, n_in, H, C = cfg
-    model = Model(
-        {
-            "model": {
-                "pattern": "many_to_many",
-                "input": {"type": "vectors", "size": n_in},
-                "target": {"type": "ids", "vocab": C},
-                "layers": [{"cell": cell, "hidden": H}],
-            }
-        },
-        dtype="float32",
-    )
-    params = {k: np.asarray(v) for k, v in model.params.items()}
+    params = host_params(cell, cfg)
     x, y = make_data(B, T, n_in, C)
     return lambda: numpy_hand.loss_and_grads(cell, params, x, y)
 
@@ -149,20 +148,8 @@ def jax_step(cell, cfg, backend):
     except ImportError:  # JAX is not installed
         return None
     B, T, n_in, H, C = cfg
-    model = Model(
-        {
-            "model": {
-                "pattern": "many_to_many",
-                "input": {"type": "vectors", "size": n_in},
-                "target": {"type": "ids", "vocab": C},
-                "layers": [{"cell": cell, "hidden": H}],
-            }
-        },
-        dtype="float32",
-    )
-    params = {k: np.asarray(v) for k, v in model.params.items()}
     x, y = make_data(B, T, n_in, C)
-    return jax_peer.make_step(cell, params, x, y)
+    return jax_peer.make_step(cell, host_params(cell, cfg), x, y)
 
 
 IMPLS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step, "numpy_hand": hand_step}
