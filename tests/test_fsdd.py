@@ -4,7 +4,6 @@ CTC training run through the CLI with `seqgraph eval --split test` reporting PER
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,7 @@ PHONEMES = (
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(np.clip(samples * 32768, -32768, 32767).astype("<i2").tobytes())
+    audio.write_wav(path, samples, rate)
 
 
 def tone(hz: float, seconds: float, seed: int) -> np.ndarray:

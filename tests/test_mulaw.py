@@ -21,11 +21,7 @@ RATE = 8000
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(np.clip(samples * 32768, -32768, 32767).astype("<i2").tobytes())
+    audio.write_wav(path, samples, rate)
 
 
 def sine(hz: float, count: int, amplitude: float = 0.5) -> np.ndarray:
