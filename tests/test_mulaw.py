@@ -139,8 +139,8 @@ def test_band_energy_level_and_wav_writing(tmp_path):
     np.testing.assert_allclose(back, sine(440, 1234), atol=2 / 32768)
 
 
-def tiny_spec(tmp_path: Path, **data) -> Path:
-    spec = {
+def tiny_spec_dict(**data) -> dict:
+    return {
         "name": "tiny_audio",
         "seed": 0,
         "model": {
@@ -150,16 +150,21 @@ def tiny_spec(tmp_path: Path, **data) -> Path:
             "encoders": [{"type": "embedding", "size": 4}],
             "layers": [{"cell": "lstm", "hidden": 8}],
         },
-        "data": {"source": "mulaw_audio", "examples": 12, "prime_seconds": 0.002, **data},
-        "train": {
-            "steps": 4,
-            "batch_size": 8,
-            "seq_len": 16,
-            "log_every": 2,
-            "eval_every": 100,
-            "valid_batches": 2,
-            "sample_length": 300,
-        },
+        "data": {"source": "mulaw_audio", **data},
+        "train": {"sample_length": 50, "seq_len": 16},
+    }
+
+
+def tiny_spec(tmp_path: Path, **data) -> Path:
+    spec = tiny_spec_dict(examples=12, prime_seconds=0.002, **data)
+    spec["train"] = {
+        "steps": 4,
+        "batch_size": 8,
+        "seq_len": 16,
+        "log_every": 2,
+        "eval_every": 100,
+        "valid_batches": 2,
+        "sample_length": 300,
     }
     path = tmp_path / "tiny_audio.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
@@ -197,20 +202,6 @@ def test_bits_per_sample_is_the_loss_in_bits():
     model.set_params({k: np.zeros(v.shape) for k, v in model.param_info.items() if "out" in k})
     scores = data.app.metrics(model, "valid", 8)  # zero readout: uniform over 256 -> 8 bits
     assert scores["bits_per_sample"] == pytest.approx(8.0, abs=1e-5)
-
-
-def tiny_spec_dict() -> dict:
-    return {
-        "model": {
-            "pattern": "many_to_many",
-            "input": {"type": "ids", "vocab": "auto"},
-            "target": {"type": "ids", "vocab": "auto"},
-            "encoders": [{"type": "embedding", "size": 4}],
-            "layers": [{"cell": "lstm", "hidden": 8}],
-        },
-        "data": {"source": "mulaw_audio"},
-        "train": {"sample_length": 50, "seq_len": 16},
-    }
 
 
 def test_bad_options_say_what_to_change(tmp_path):
