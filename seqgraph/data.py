@@ -22,6 +22,7 @@ from . import sentences, synthetic
 from .errors import DataError
 from .schema import DATA_SOURCES
 
+PAD_MULTIPLE = 8  # sentences: batch lengths padded up to a multiple of this (see `pad`)
 STDLIB_CHARS = 2_000_000  # enough Python source for a few minutes of training
 PRINTABLE = "\t\n" + "".join(chr(c) for c in range(32, 127))
 
@@ -160,19 +161,31 @@ def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.n
 
 
 def pad(
-    xs: list, ys: list, x_time: bool = True, y_time: bool = False, y_own_lengths: bool = False
+    xs: list,
+    ys: list,
+    x_time: bool = True,
+    y_time: bool = False,
+    y_own_lengths: bool = False,
+    multiple: int = 1,
 ) -> dict:
     """Zero-pad lists of examples into a batch. `x_time`/`y_time`: the examples have a time
-    axis; `y_own_lengths`: targets have their own lengths (`y_lengths`, for decoders)."""
+    axis; `y_own_lengths`: targets have their own lengths (`y_lengths`, for decoders);
+    `multiple`: pad the time axis up to a multiple of this. Padded steps are masked, so the
+    numbers do not change, but bucketed batches then come in a few lengths, and a model
+    compiles (and keeps in memory) one plan per length."""
+
+    def steps(lengths) -> int:
+        return -(-int(lengths.max()) // multiple) * multiple
+
     out = {}
     if x_time:
         lengths = np.array([len(x) for x in xs], dtype=np.int64)
-        out["x"], out["lengths"] = _pad_stack(xs, lengths.max()), lengths
+        out["x"], out["lengths"] = _pad_stack(xs, steps(lengths)), lengths
     else:
         out["x"] = np.stack([np.asarray(x) for x in xs])
     if y_time:
         y_lengths = np.array([len(y) for y in ys], dtype=np.int64)
-        out["y"] = _pad_stack(ys, y_lengths.max())
+        out["y"] = _pad_stack(ys, steps(y_lengths))
         if y_own_lengths:
             out["y_lengths"] = y_lengths
     else:
@@ -302,6 +315,7 @@ def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
     train, valid, test = sentences.split_rows(rows, config, seed)
     labels, vocab, (xs, ys), held = sentences.encode(config, train, [valid, test])
     (vx, vy), (tx, ty) = held
+    layout = {**layout, "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
     return SequenceSet(
         xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout, test_x=tx, test_y=ty
     )

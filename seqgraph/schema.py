@@ -176,6 +176,11 @@ DATA = {
         "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
         "tokenizer": {"enum": ["word", "char"]},
         "min_count": _count,
+        "pad_multiple": {
+            **_count,
+            "description": "tsv, labelled_lines: pad each batch to a multiple of this many "
+            "steps (default 8; padded steps are masked) so few plan shapes are compiled",
+        },
         "labels": {"type": "array"},
         "steps": _count,
         "examples": _count,

@@ -4,6 +4,7 @@ one-file-per-label sources."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from seqgraph import data as datasets
 from seqgraph.train import _data_config
@@ -66,3 +67,33 @@ def test_too_long_and_zero_length_examples_are_refused_with_their_place(tmp_path
         r"length 0",
     ):
         datasets.load({"source": "npz", "path": str(tmp_path / "a.npz")}, "many_to_one", 0)
+
+
+def test_padding_to_a_multiple_changes_no_number():
+    """Sentences pad each batch up to a multiple of data.pad_multiple (default 8) steps, so
+    bucketed batches share a few plan shapes; the extra steps are masked, so the loss and
+    every gradient equal those of the batch padded only to its longest sentence."""
+    from seqgraph import Model
+
+    raw = {
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "ids", "vocab": 9},
+            "target": {"type": "ids", "vocab": 2},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [{"cell": "lstm", "hidden": 5, "bidirectional": True}],
+        },
+        "dtype": "float64",
+    }
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 9, size=n) for n in (3, 5, 2)]
+    ys = [np.int64(1), np.int64(0), np.int64(1)]
+    tight = datasets.pad(xs, ys, **datasets.LAYOUTS["many_to_one"])
+    loose = datasets.pad(xs, ys, **datasets.LAYOUTS["many_to_one"], multiple=8)
+    assert tight["x"].shape == (3, 5) and loose["x"].shape == (3, 8)
+    model = Model(raw)
+    loss, grads = model.loss_and_grads(tight)
+    loose_loss, loose_grads = model.loss_and_grads(loose)
+    assert loose_loss == pytest.approx(loss, rel=1e-13)
+    for name in grads:
+        np.testing.assert_allclose(loose_grads[name], grads[name], rtol=1e-11, atol=1e-14)
