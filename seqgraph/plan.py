@@ -40,8 +40,9 @@ class Plan:
         full: bool = False,
         grads: bool = True,
         fuse: bool = True,
+        batch_derivatives: bool = True,
     ):
-        self.graph = graph
+        self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
         self.ctx = kernels.Context(xp, module)

@@ -9,8 +9,11 @@ start of backward instead.
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import kernels
 from .errors import GraphError
+from .layout import Stack
 from .passes import class_of
 
 
@@ -61,6 +64,8 @@ def emit(plan) -> None:
     seed = lay.grad[loss]
     out = [lambda: seed.fill(1)]
     tracker.written.add(lay.cell[loss])
+    factors = _local_factors(plan) if plan.batch_derivatives else {}
+    out.extend(kernel for _, kernel in factors.values())
     deferred = _deferred(plan)
     remaining = {c: len(an.members[c]) for c in deferred}
     for unit in reversed(plan.units):
@@ -69,7 +74,9 @@ def emit(plan) -> None:
             continue
         k = unit[1]
         if k in plan.has:
-            out.extend(_node_vjp(plan, tracker, k, deferred.get(class_of(k), ())))
+            factor = factors.get(class_of(k))
+            factor = factor[0].at(k[2]) if factor else None
+            out.extend(_node_vjp(plan, tracker, k, deferred.get(class_of(k), ()), factor))
         c = class_of(k)
         if c in remaining:
             remaining[c] -= 1
@@ -105,7 +112,38 @@ def _deferred(plan) -> dict:
     return out
 
 
-def _node_vjp(plan, tracker, k, skip) -> list:
+LOCAL_FACTOR = {  # op -> writes f(out) into o, the derivative d out / d input
+    "tanh": lambda m, o, v: (m.multiply(v, v, out=o), m.subtract(1, o, out=o)),
+    "sigmoid": lambda m, o, v: (m.subtract(1, v, out=o), m.multiply(o, v, out=o)),
+}
+
+
+def _local_factors(plan) -> dict:
+    """cls -> (Stack of d out/d in, kernel computing it) for every per-step tanh or sigmoid
+    class whose input is differentiated.
+
+    Their VJP g * f(out) is three calls per step (square, subtract, multiply), but f(out)
+    depends only on forward values, which are all known when backward starts: one kernel
+    over all steps computes it, and each step is left with the single multiply by g. A
+    static graph knows this; a step-by-step tape cannot. Costs one buffer per class."""
+    an, lay, m, out = plan.an, plan.layout, plan.ctx.m, {}
+    for c in lay.classes:
+        same = an.same_op(c)
+        if c in plan.batched or same is None or same[1] or same[0] not in LOCAL_FACTOR:
+            continue
+        if not any(an.inputs(k)[0] in an.needs_grad for k in an.members[c].values()):
+            continue
+        lo, hi = lay.range[c]
+        value = lay.value_stack[c].span(lo, hi)
+        if value is None:
+            continue
+        factor = m.empty(value.shape, dtype=value.dtype)
+        rule = LOCAL_FACTOR[same[0]]
+        out[c] = (Stack(factor, -lo), partial(rule, m, factor, value))
+    return out
+
+
+def _node_vjp(plan, tracker, k, skip, factor=None) -> list:
     an, lay, ctx = plan.an, plan.layout, plan.ctx
     node, g = an.node[k], lay.grad[k]
     tracker.ready([k])
@@ -123,6 +161,9 @@ def _node_vjp(plan, tracker, k, skip) -> list:
         if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
             continue
         add = tracker.target([source])
+        if factor is not None:  # g * (d out / d input), the factor computed before the loop
+            out.append(kernels.vjp(ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}))
+            continue
         out.append(
             kernels.vjp(ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"])
         )

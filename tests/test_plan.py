@@ -295,31 +295,58 @@ def test_lstm_step_fuses_gate_chain():
     assert body.count("exp(") == 3 and body.count("tanh(") == 2
 
 
-def test_unfused_plan_matches_fused():
-    model = Model(spec("gru", 2), dtype="float64")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("option", ["fuse", "batch_derivatives"])
+def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
+    """Elementwise fusion and the batched local derivatives (tanh/sigmoid VJP factors for
+    all steps before the backward loop) change the kernels, never the numbers."""
+    model = Model(spec(cell, 2), dtype="float64")
     batch = batching.dummy(model.spec, 2, 4)
-    fused = model.runner(batch).plan
-    plain_model = Model(spec("gru", 2), dtype="float64")
-    runner = plain_model.runner(batch)
+    runner = model.runner(batch)
     loss, grads = model.loss_and_grads(batch)
     from seqgraph.plan import Plan
 
     an = runner.plan.an
-    plain = Plan(
-        runner.graph,
-        {k: v for k, v in an.meta.items() if an.kind(k) == "input"},
-        fused.ctx.xp,
-        "numpy",
-        "float64",
-        full=True,
-        fuse=False,
-    )
-    assert all(len(run) == 1 for run in plain.groups)
-    assert len(plain.forward_kernels) > len(fused.forward_kernels)
+    leaf_meta = {k: v for k, v in an.meta.items() if an.kind(k) == "input"}
+    plain = Plan(runner.graph, leaf_meta, np, "numpy", "float64", full=True, **{option: False})
     feeds = batching.feeds(model.spec, runner.graph, batch)
     assert plain.run(feeds, model.params) == pytest.approx(loss, rel=1e-14)
     for name, g in plain.gradients().items():
         np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-15, err_msg=name)
+    if option == "fuse":
+        assert all(len(run) == 1 for run in plain.groups)
+        assert len(plain.forward_kernels) > len(runner.plan.forward_kernels)
+    else:  # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop)
+        steps, classes = 4, {"gru": 3, "lstm": 5}[cell] * 2  # per layer, 2 layers
+        saved = 2 * steps * classes - 2 * classes
+        assert _backward_calls(plain) - _backward_calls(runner.plan) == saved
+
+
+def _backward_calls(plan) -> int:
+    """NumPy calls one backward pass makes (counted by wrapping the plan's array module)."""
+    calls = 0
+
+    class Counting:
+        def __getattr__(self, name):
+            def counted(*args, **kwargs):
+                nonlocal calls
+                calls += 1
+                return getattr(np, name)(*args, **kwargs)
+
+            return counted
+
+    from seqgraph import plan_backward
+
+    saved = plan.ctx.m
+    plan.ctx.m = Counting()
+    try:
+        plan_backward.emit(plan)
+        calls = 0  # not the allocations
+        plan.gradients()
+    finally:
+        plan.ctx.m = saved
+        plan_backward.emit(plan)
+    return calls
 
 
 def test_reused_runner_reloads_what_changed():

@@ -155,22 +155,34 @@ def jax_step(cell, cfg, backend):
 IMPLS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step, "numpy_hand": hand_step}
 
 
-def bench(cell, name, backend, repeats):
-    """Interleaved timings {impl: [seconds]} for one cell and config."""
+def bench(cell, name, backend, repeats, min_sample=0.02):
+    """Interleaved timings {impl: [seconds per step]} for one cell and config.
+
+    Each round runs every implementation once, in an order rotated from round to round, so
+    none always follows the same neighbour (thread pools spinning down, caches refilled).
+    A sample is the mean of enough consecutive steps to last `min_sample` seconds: a single
+    sub-millisecond step is mostly timer and scheduler noise."""
     cfg = CONFIGS[name]
-    steps = {}
+    steps, inner = {}, {}
     for impl, make in IMPLS.items():
         step = make(cell, cfg, backend)
         if step is not None:
-            step()  # warm up: compiles the plan, allocates buffers
-            steps[impl] = step
-    times = {impl: [] for impl in steps}
-    for _ in range(repeats):
-        for impl, step in steps.items():
             start = time.perf_counter()
+            step()  # warm up: compiles the plan, allocates buffers
             step()
             _sync(backend)
-            times[impl].append(time.perf_counter() - start)
+            once = (time.perf_counter() - start) / 2
+            steps[impl], inner[impl] = step, max(1, int(min_sample / max(once, 1e-6)))
+    times = {impl: [] for impl in steps}
+    order = list(steps)
+    for round_ in range(repeats):
+        for impl in order[round_ % len(order) :] + order[: round_ % len(order)]:
+            step, n = steps[impl], inner[impl]
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            _sync(backend)
+            times[impl].append((time.perf_counter() - start) / n)
     return times
 
 
