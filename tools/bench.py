@@ -167,11 +167,12 @@ def bench(cell, name, backend, repeats, min_sample=0.02):
     for impl, make in IMPLS.items():
         step = make(cell, cfg, backend)
         if step is not None:
-            start = time.perf_counter()
             step()  # warm up: compiles the plan, allocates buffers
+            _sync(backend)
+            start = time.perf_counter()
             step()
             _sync(backend)
-            once = (time.perf_counter() - start) / 2
+            once = time.perf_counter() - start
             steps[impl], inner[impl] = step, max(1, int(min_sample / max(once, 1e-6)))
     times = {impl: [] for impl in steps}
     order = list(steps)
