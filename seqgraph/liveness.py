@@ -51,17 +51,20 @@ def compact_values(lay, units: list, batched: dict) -> list:
 def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
     """Shrink the gradient buffer of every class whose gradient at step t is written by
     same-step readers and read only by its own VJP at step t: not summed after the loop
-    (`deferred`), not shared with another node's gradient, no views into it."""
+    (`deferred`), not shared with another node's gradient. Column views of the class (the
+    gates of a merged sibling op) shrink with it: their readers count as its readers."""
     position = _positions(units)
-    shared = {cell for k, cell in lay.cell.items() if cell != k} | set(lay.children)
+    views = _view_classes(lay)
+    shared = {cell for k, cell in lay.cell.items() if cell != k}
+    shared |= {p for p in lay.children if class_of_key(p) not in views}
     done = []
-    for c in _candidates(lay, batched):
+    for c in _candidates(lay, batched, views):
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
             continue
         if any(lay.cell.get(k) != k for k in members.values()):
             continue
-        if not _dead_soon(lay, c, position, lambda user, i: True):
+        if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
             continue
         stack = lay.grad_stack[c]
         arr = lay.m.zeros((1,) + stack.arr.shape[1:], dtype=stack.arr.dtype)
@@ -69,9 +72,33 @@ def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
         lay.grad_stack[c] = Slot(arr, 0, stack.base)
         for t, k in members.items():
             lay.grad[k] = lay.grad_stack[c].at(t)
+        for v, index in views.get(c, {}).items():
+            lay.grad_stack[v] = Slot(arr[(slice(None),) + index], 0, stack.base)
+            for t, k in lay.an.members[v].items():
+                lay.grad[k] = lay.grad_stack[v].at(t)
         done.append(c)
     return done
 
+
+def class_of_key(key):
+    return passes.class_of(key)
+
+
+def _view_classes(lay) -> dict:
+    """class -> {view class: index} for classes whose only sharers are plain column views,
+    none of them viewed, aliased or differentiated through another class in turn."""
+    out: dict = {}
+    for v, (kind, target, index) in lay.source.items():
+        out.setdefault(target, {})[v] = index if kind == "view" else None
+    sharers = set(lay.in_place) | set(lay.in_place.values())
+    sharers |= {root for root, _ in lay.placed.values()}
+    return {
+        c: views
+        for c, views in out.items()
+        if c not in lay.source
+        and all(index is not None and v not in out and v not in sharers for v, index in views.items())
+        and not any(lay.cell.get(k, k) != k for v in views for k in lay.an.members[v].values())
+    }
 
 def check_grads(lay, compacted: list, zero: set) -> None:
     """A reused gradient buffer must be written afresh at each step, never zero-filled once
@@ -85,27 +112,43 @@ def _positions(units: list) -> dict:
     return {unit[1]: i for i, unit in enumerate(units) if unit[0] == "node"}
 
 
-def _candidates(lay, batched: dict) -> list:
-    """Classes whose buffer nothing else shares: no views, aliases, in-place writes or seeds."""
-    shared = {target for _, target, _ in lay.source.values()} | set(lay.in_place.values())
-    shared |= set(lay.in_place) | {root for root, _ in lay.placed.values()}
+def _candidates(lay, batched: dict, views: dict | None = None) -> list:
+    """Classes whose buffer nothing else shares: no views (but those in `views`), aliases,
+    in-place writes or seeds."""
+    shared = {target for _, target, _ in lay.source.values()} - set(views or ())
+    shared |= set(lay.in_place.values()) | set(lay.in_place)
+    shared |= {root for root, _ in lay.placed.values()}
     return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
 
 
-def _dead_soon(lay, c, position: dict, allowed) -> bool:
+def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bool:
     """Each step of `c` is read only by same-step units that run (one by one) before the
-    next step of `c` is computed, each passing `allowed(user, input position)`."""
+    next step of `c` is computed, each passing `allowed(user, input position)`; a reader
+    through one of `views` counts as reading `c`."""
     an = lay.an
     steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
     for k, following in zip(steps, steps[1:] + [None]):
         if k not in position or k in an.outputs:
             return False
-        for user, i in an.consumers.get(k, []):
+        for user, i in _readers(an, k, views or {}):
             if user not in position or user[2] != k[2] or not allowed(user, i):
                 return False
             if following is not None and position[user] > position[following]:
                 return False
     return True
+
+
+def _readers(an, k, views: dict) -> list:
+    """(user, input position) of node k, looking through the given view classes."""
+    out = []
+    for user, i in an.consumers.get(k, []):
+        if class_of_key(user) in views:
+            if user in an.outputs:
+                return [(None, i)]
+            out.extend(an.consumers.get(user, []))
+        else:
+            out.append((user, i))
+    return out
 
 
 def _reads_never(an, user, i: int) -> bool:

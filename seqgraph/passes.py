@@ -78,7 +78,15 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
 class Analysis:
     """Everything the planner needs to know about one graph and one batch shape."""
 
-    def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
+    def __init__(
+        self,
+        graph: Graph,
+        leaf_meta: dict,
+        outputs: list,
+        dtype,
+        full: bool,
+        merge_siblings: bool = True,
+    ):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
         self.node = {k: graph.node(k) for k in self.order}
@@ -88,6 +96,8 @@ class Analysis:
         for rewrite in (rewrites.merge_common, rewrites.fuse_gates, rewrites.reassociate):
             if rewrite(self):
                 self._derive(leaf_meta)
+        while merge_siblings and rewrites.merge_siblings(self):  # r+z, then sigmoid(r|z)
+            self._derive(leaf_meta)
 
     def _derive(self, leaf_meta: dict) -> None:
         """Liveness, consumers, classes, shapes, recurrences (again after a rewrite)."""

@@ -41,12 +41,15 @@ class Plan:
         grads: bool = True,
         fuse: bool = True,
         batch_derivatives: bool = True,
+        merge_siblings: bool | None = None,
     ):
         self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
         self.ctx = kernels.Context(xp, module)
-        self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full)
+        if merge_siblings is None:  # CuPy fuses a step's elementwise chain into one kernel
+            merge_siblings = module != "cupy"  # already; joined blocks would split it
+        self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full, merge_siblings)
         self.layout = Layout(an, self.ctx, graph.loss if grads else None)
         self.batched = self._batched_classes()
         self.units = self._schedule()

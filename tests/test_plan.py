@@ -242,9 +242,20 @@ def run_c_body(body: str, env: dict) -> dict:
     return env
 
 
+@pytest.fixture
+def cupy_like_plans(monkeypatch):
+    """Plans laid out as on CuPy (no sibling merge), built here with NumPy."""
+    import functools
+
+    from seqgraph import plan_run
+    from seqgraph.plan import Plan
+
+    monkeypatch.setattr(plan_run, "Plan", functools.partial(Plan, merge_siblings=False))
+
+
 @pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "gru", "lstm", "custom"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_fused_groups_generate_the_plan_values(cell, padded):
+def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
     """Each fused group's CUDA body, evaluated on the CPU, gives what the NumPy chain wrote;
     for training every member is written back, for forward only what others read."""
     from seqgraph import fusion
@@ -279,7 +290,7 @@ def test_fused_groups_generate_the_plan_values(cell, padded):
         assert fused, "a cell step has at least one elementwise chain"
 
 
-def test_lstm_step_fuses_gate_chain():
+def test_lstm_step_fuses_gate_chain(cupy_like_plans):
     """Per LSTM step: one product, one add, then the sigmoid/tanh gates, c and h in one
     group (the gate slices are views, so the group starts after them)."""
     from seqgraph import fusion
@@ -296,10 +307,12 @@ def test_lstm_step_fuses_gate_chain():
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("option", ["fuse", "batch_derivatives"])
+@pytest.mark.parametrize("option", ["fuse", "batch_derivatives", "merge_siblings"])
 def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
-    """Elementwise fusion and the batched local derivatives (tanh/sigmoid VJP factors for
-    all steps before the backward loop) change the kernels, never the numbers."""
+    """Elementwise fusion, the batched local derivatives (tanh/sigmoid VJP factors for all
+    steps before the backward loop) and the sibling merge (the r and z gates of a GRU, i
+    and f of an LSTM, as one op over both column blocks) change the kernels, never the
+    numbers."""
     model = Model(spec(cell, 2), dtype="float64")
     batch = batching.dummy(model.spec, 2, 4)
     runner = model.runner(batch)
@@ -316,8 +329,14 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
     if option == "fuse":
         assert all(len(run) == 1 for run in plain.groups)
         assert len(plain.forward_kernels) > len(runner.plan.forward_kernels)
+    elif option == "merge_siblings":  # per step and layer: the GRU's r+z add and sigmoid
+        merged = {"gru": 2, "lstm": 0}[cell] * 4 * 2
+        assert len(plain.units) - len(runner.plan.units) == merged
+        if merged:
+            assert _backward_calls(plain) > _backward_calls(runner.plan)
     else:  # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop)
-        steps, classes = 4, {"gru": 3, "lstm": 5}[cell] * 2  # per layer, 2 layers
+        # per layer, 2 layers; r|z (GRU) are one class (merge_siblings)
+        steps, classes = 4, {"gru": 2, "lstm": 5}[cell] * 2
         saved = 2 * steps * classes - 2 * classes
         assert _backward_calls(plain) - _backward_calls(runner.plan) == saved
 
@@ -444,7 +463,8 @@ def test_gate_fusion_joins_one_weight_per_gate(monkeypatch):
     assert sum(n.startswith("cat(") for n in names) == 2  # [W_*] and [U_*], built once a call
     products = [n for n in names if n.endswith("|fused") and "+" not in n]
     assert len(products) == 2
-    sums = [n for n in names if "|fused+" in n]  # the gates' sums: one add per step
+    # the gates' sums: one add per step (merge_siblings reads a column block of it: "[a:b]")
+    sums = [n for n in names if "|fused+" in n and "[" not in n]
     assert len(sums) == 1 and sorted(sums[0].split("+")) == sorted(products)
     monkeypatch.setattr(rewrites, "fuse_gates", lambda an: False)
     unfused = Model(raw, dtype="float64").runner(batch).plan
@@ -472,3 +492,21 @@ def test_dead_values_and_gradients_reuse_one_step_buffer():
     assert {an.same_op(c)[0] for c in plan.grad_compacted} >= {"sigmoid", "tanh"}
     for kept in (("l0", "h"), ("l0", "c")):
         assert kept not in plan.compacted and lay.value_stack[kept].arr.shape[0] >= 6
+
+
+def test_merged_gru_gates_share_one_step_gradient_buffer():
+    """`merge_siblings` joins the GRU's r and z (one add, one sigmoid over both column
+    blocks); r and z are column views of the joined sigmoid, and its gradient still lives
+    within its step: one buffer, its views re-pointed into it."""
+    raw = spec("gru", layers=2)
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
+    batch["lengths"] = np.array([6, 2, 5])
+    plan = check_same(raw, batch).runner(batch).plan
+    lay, an = plan.layout, plan.an
+    joined = [c for c in an.members if c[0] == "l0" and an.same_op(c) == ("sigmoid", {})]
+    assert [c[1] for c in joined] == ["r#12|z#14"]
+    assert joined[0] in plan.grad_compacted
+    arr = lay.grad_stack[joined[0]].arr
+    for view in ("r#12", "z#14"):
+        stack = lay.grad_stack[("l0", view)]
+        assert stack.arr.shape == (1, 3, 5) and np.shares_memory(stack.arr, arr)
