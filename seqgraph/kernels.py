@@ -266,8 +266,9 @@ def _pass(m, g, negate):
     return lambda o: m.copyto(o, g)
 
 
-def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: dict):
-    """A kernel writing (or adding) the gradient for input `position` into dest."""
+def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: dict, bt=None):
+    """A kernel writing (or adding) the gradient for input `position` into dest; `bt`: a
+    contiguous copy of a matmul's right operand, transposed, if the caller keeps one."""
     m = ctx.m
     rules = ELEMENT_VJP.get(op)
     if rules is not None and not attrs:
@@ -281,7 +282,7 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
         return deliver(ctx, dest, add, compute, tuple(g.shape), g.dtype)
     kernel = None
     if op == "matmul":
-        kernel = _matmul_vjp(ctx, position, dest, add, g, *ins)
+        kernel = _matmul_vjp(ctx, position, dest, add, g, *ins, bt=bt)
     elif op == "softmax_ce" and position == 0 and _contiguous(g):
         kernel = _softmax_ce_vjp(ctx, dest, add, g, *ins)
     if kernel is not None:
@@ -311,8 +312,9 @@ def _direct_vjp(m, op, position, rule, dest, g, out, ins):
     return partial(rule, m, dest, g, out, *ins)
 
 
-def _matmul_vjp(ctx, position, dest, add, g, a, b):
-    """da = g @ b^T (b a matrix); db = a^T @ g summed over leading axes (one GEMM)."""
+def _matmul_vjp(ctx, position, dest, add, g, a, b, bt=None):
+    """da = g @ b^T (b a matrix; `bt` holds b^T if given); db = a^T @ g summed over
+    leading axes (one GEMM)."""
     m = ctx.m
     if b.ndim != 2 or not (_contiguous(dest) and _contiguous(g)):
         return None
@@ -320,7 +322,7 @@ def _matmul_vjp(ctx, position, dest, add, g, a, b):
     if position == 0:
         if tuple(dest.shape) != tuple(g.shape[:-1]) + (b.shape[0],):
             return None
-        d2, bt = rows(dest), b.T
+        d2, bt = rows(dest), (b.T if bt is None else bt)
         if not add:
             return lambda: m.matmul(g2, bt, out=d2)
         o = ctx.tmp(d2.shape, dest.dtype)
