@@ -93,7 +93,8 @@ class Analysis:
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self._derive(leaf_meta)
-        for rewrite in (rewrites.merge_common, rewrites.fuse_gates, rewrites.reassociate):
+        steps = (rewrites.merge_common, rewrites.fuse_gates, rewrites.reassociate)
+        for rewrite in steps + (rewrites.join_biases,):
             if rewrite(self):
                 self._derive(leaf_meta)
         while merge_siblings and rewrites.merge_siblings(self):  # r+z, then sigmoid(r|z)

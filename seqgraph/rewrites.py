@@ -5,7 +5,9 @@ analysis' copy of the graph (`an.node`, `an.order`) that leaves every value the 
 - `fuse_gates`: products of one operand with several weight matrices become one product
   with the matrices side by side, read back as column slices (a user cell with one weight
   per gate runs like the built-in cells, whose gates share one matrix);
-- `reassociate`: (a + r) + p -> (a + p) + r, so a bias joins the time-batched projection.
+- `reassociate`: (a + r) + p -> (a + p) + r, so a bias joins the time-batched projection;
+- `join_biases`: (a + p) + q -> a + (p + q) for p, q outside time: one pass, not two;
+- `merge_siblings`: one op over side-by-side column blocks instead of one per block.
 
 Each returns whether it changed anything; the analysis then derives its facts again.
 """
@@ -389,3 +391,39 @@ def _merge(an, members: list, before: dict) -> None:
         width = an.meta[k][0][-1]
         an.node[k] = _op("slice", (joined,), start=start, stop=start + width, axis=-1)
         start += width
+
+
+def join_biases(an) -> bool:
+    """(a + p) + q -> a + (p + q) per step, with p and q outside time (the two biases of
+    `x W_ih + b_ih + b_hh` once reassociate has moved b_hh out of the recurrence): p + q is
+    computed once per call, so the time-batched projection takes one pass over all steps
+    instead of two, and backward sums its gradient once for both biases."""
+    joined, before = {}, {}
+    for k in an.order:
+        node = an.node[k]
+        if k not in an.live or not isinstance(k[2], int) or node["kind"] != "op":
+            continue
+        if node["op"] != "add" or node["attrs"]:
+            continue
+        u, q = node["inputs"]
+        inner = an.node[u]
+        if q[2] is not None or inner["kind"] != "op" or inner["op"] != "add" or inner["attrs"]:
+            continue
+        a, p = inner["inputs"]
+        if (
+            p[2] is not None
+            or u[2] != k[2]
+            or an.consumers.get(u) != [(k, 0)]
+            or u in an.outputs
+            or not an.meta[a] == an.meta[u] == an.meta[k]
+        ):
+            continue
+        total = joined.get((p, q))
+        if total is None:
+            total = joined[(p, q)] = (k[0], f"{p[1]}+{q[1]}", None)
+            an.node[total] = _op("add", (p, q))
+            before[total] = [k]
+        an.node[k] = {**node, "inputs": (a, total)}
+    if before:
+        an.order = _reorder(an, before)
+    return bool(before)

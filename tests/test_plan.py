@@ -397,16 +397,25 @@ def test_reused_runner_reloads_what_changed():
 
 
 def test_bias_adds_run_in_place():
-    """x W_ih + b_ih + h W_hh + b_hh: b_hh joins the projection (`passes.reassociate`), so
-    both biases are added over all steps at once, and each add overwrites the buffer of the
-    sum before it (whose value nothing reads again); the gates keep their own buffers."""
-    model = Model(spec("lstm"), dtype="float64")
-    plan = model.runner(batching.dummy(model.spec, 2, 5)).plan
-    lay = plan.layout
-    assert {("l0", "t#2"), ("l0", "t#4+b_hh")} <= set(plan.batched)
-    assert ("l0", "t#4") not in plan.an.members  # the per-step sum it replaced is dead
-    chain = [("l0", "t#2"), ("l0", "t#4+b_hh"), ("l0", "gates#5")]
-    for cls in chain:
+    """x W_ih + b_ih + h W_hh + b_hh: b_hh joins the projection (`rewrites.reassociate`),
+    then the two biases are summed once (`rewrites.join_biases`), so one add over all steps
+    puts both on the projection, overwriting its buffer (whose value nothing reads again);
+    the gates keep their own buffers."""
+    batch = batching.dummy(Model(spec("lstm"), dtype="float64").spec, 2, 5)
+    plan = check_same(spec("lstm"), batch).runner(batch).plan  # the interpreter's numbers
+    lay, an = plan.layout, plan.an
+    assert ("l0", "t#4+b_hh") in plan.batched
+    assert an.inputs(an.members[("l0", "t#4+b_hh")][0]) == (
+        ("l0", "t#1", 0),
+        ("l0", "b_ih+b_hh", None),
+    )
+    assert an.node[("l0", "b_ih+b_hh", None)]["inputs"] == (
+        ("l0", "b_ih", None),
+        ("l0", "b_hh", None),
+    )
+    for dead in (("l0", "t#4"), ("l0", "t#2")):  # the sums they replaced
+        assert dead not in an.members
+    for cls in [("l0", "t#4+b_hh"), ("l0", "gates#5")]:
         assert lay.value_stack[cls].arr is lay.value_stack[("l0", "t#1")].arr
     assert lay.value_stack[("l0", "t#12")].arr is not lay.value_stack[("l0", "t#1")].arr
     assert lay.value_stack[("l0", "t#3")].arr is not lay.value_stack[("l0", "t#1")].arr
