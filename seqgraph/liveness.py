@@ -56,7 +56,7 @@ def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
     position = _positions(units)
     views = _view_classes(lay)
     shared = {cell for k, cell in lay.cell.items() if cell != k}
-    shared |= {p for p in lay.children if class_of_key(p) not in views}
+    shared |= {p for p in lay.children if passes.class_of(p) not in views}
     done = []
     for c in _candidates(lay, batched, views):
         members = lay.an.members[c]
@@ -80,10 +80,6 @@ def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
     return done
 
 
-def class_of_key(key):
-    return passes.class_of(key)
-
-
 def _view_classes(lay) -> dict:
     """class -> {view class: index} for classes whose only sharers are plain column views,
     none of them viewed, aliased or differentiated through another class in turn."""
@@ -96,9 +92,12 @@ def _view_classes(lay) -> dict:
         c: views
         for c, views in out.items()
         if c not in lay.source
-        and all(index is not None and v not in out and v not in sharers for v, index in views.items())
+        and all(
+            index is not None and v not in out and v not in sharers for v, index in views.items()
+        )
         and not any(lay.cell.get(k, k) != k for v in views for k in lay.an.members[v].values())
     }
+
 
 def check_grads(lay, compacted: list, zero: set) -> None:
     """A reused gradient buffer must be written afresh at each step, never zero-filled once
@@ -142,7 +141,7 @@ def _readers(an, k, views: dict) -> list:
     """(user, input position) of node k, looking through the given view classes."""
     out = []
     for user, i in an.consumers.get(k, []):
-        if class_of_key(user) in views:
+        if passes.class_of(user) in views:
             if user in an.outputs:
                 return [(None, i)]
             out.extend(an.consumers.get(user, []))

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import kernels
+from . import kernels, local_factors
 from .errors import GraphError
-from .layout import Stack
 from .passes import class_of
 
 
@@ -65,8 +64,13 @@ def emit(plan) -> None:
     out = [lambda: seed.fill(1)]
     tracker.written.add(lay.cell[loss])
     plan.transposes = {}  # filled by _transposed while the VJPs are emitted
-    factors = _local_factors(plan) if plan.batch_derivatives else {}
+    factors = local_factors.factors(plan) if plan.batch_derivatives else {}
+    folds = local_factors.fold(plan, factors) if plan.batch_derivatives else {}
     out.extend(kernel for _, kernel in factors.values())
+    out.extend(kernel for _, _, kernel in folds.values())  # after the factors they scale
+    skips: dict = {}  # product class -> the positions whose gradient a fold makes needless
+    for reader, position, _ in folds.values():
+        skips.setdefault(reader, set()).add(position)
     deferred = _deferred(plan)
     remaining = {c: len(an.members[c]) for c in deferred}
     for unit in reversed(plan.units):
@@ -74,11 +78,13 @@ def emit(plan) -> None:
             out.extend(_class_vjp(plan, tracker, unit[1]))
             continue
         k = unit[1]
-        if k in plan.has:
-            factor = factors.get(class_of(k))
-            factor = factor[0].at(k[2]) if factor else None
-            out.extend(_node_vjp(plan, tracker, k, deferred.get(class_of(k), ()), factor))
         c = class_of(k)
+        if k in plan.has:
+            factor = factors[c][0].at(k[2]) if c in factors else None
+            fold = folds.get(c)
+            upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
+            skip = set(deferred.get(c, ())) | skips.get(c, set())
+            out.extend(_node_vjp(plan, tracker, k, skip, factor, upstream))
         if c in remaining:
             remaining[c] -= 1
             if not remaining[c]:
@@ -128,41 +134,13 @@ def _deferred(plan) -> dict:
     return out
 
 
-LOCAL_FACTOR = {  # op -> writes f(out) into o, the derivative d out / d input
-    "tanh": lambda m, o, v: (m.multiply(v, v, out=o), m.subtract(1, o, out=o)),
-    "sigmoid": lambda m, o, v: (m.subtract(1, v, out=o), m.multiply(o, v, out=o)),
-}
-
-
-def _local_factors(plan) -> dict:
-    """cls -> (Stack of d out/d in, kernel computing it) for every per-step tanh or sigmoid
-    class whose input is differentiated.
-
-    Their VJP g * f(out) is three calls per step (square, subtract, multiply), but f(out)
-    depends only on forward values, which are all known when backward starts: one kernel
-    over all steps computes it, and each step is left with the single multiply by g. A
-    static graph knows this; a step-by-step tape cannot. Costs one buffer per class."""
-    an, lay, m, out = plan.an, plan.layout, plan.ctx.m, {}
-    for c in lay.classes:
-        same = an.same_op(c)
-        if c in plan.batched or same is None or same[1] or same[0] not in LOCAL_FACTOR:
-            continue
-        if not any(an.inputs(k)[0] in an.needs_grad for k in an.members[c].values()):
-            continue
-        lo, hi = lay.range[c]
-        value = lay.value_stack[c].span(lo, hi)
-        if value is None:
-            continue
-        factor = m.empty(value.shape, dtype=value.dtype)
-        rule = LOCAL_FACTOR[same[0]]
-        out[c] = (Stack(factor, -lo), partial(rule, m, factor, value))
-    return out
-
-
-def _node_vjp(plan, tracker, k, skip, factor=None) -> list:
+def _node_vjp(plan, tracker, k, skip, factor=None, upstream=None) -> list:
+    """VJP kernels of node k; with `factor` (local_factors) its input's gradient is g times
+    the factor, g being k's gradient or, where k is folded into the product `upstream`,
+    that product's."""
     an, lay, ctx = plan.an, plan.layout, plan.ctx
-    node, g = an.node[k], lay.grad[k]
-    tracker.ready([k])
+    node, g = an.node[k], lay.grad[upstream if upstream is not None else k]
+    tracker.ready([upstream if upstream is not None else k])
     total = an.addn_of_class(k)
     if total is not None:
         members = [an.members[total][t] for t in sorted(an.members[total])]

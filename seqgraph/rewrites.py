@@ -345,6 +345,7 @@ def _sibling_sets(an) -> dict:
 def _adjacent_runs(an, nodes: list) -> list:
     """Maximal runs (2 or more) of `nodes` whose column blocks follow one another in every
     column input."""
+
     def blocks(k):
         return [_column_block(an, i) for i in an.inputs(k)]
 

@@ -310,9 +310,9 @@ def test_lstm_step_fuses_gate_chain(cupy_like_plans):
 @pytest.mark.parametrize("option", ["fuse", "batch_derivatives", "merge_siblings"])
 def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
     """Elementwise fusion, the batched local derivatives (tanh/sigmoid VJP factors for all
-    steps before the backward loop) and the sibling merge (the r and z gates of a GRU, i
-    and f of an LSTM, as one op over both column blocks) change the kernels, never the
-    numbers."""
+    steps before the backward loop, folded into the products they feed) and the sibling
+    merge (the GRU's r and z gates as one op over both column blocks) change the kernels,
+    never the numbers."""
     model = Model(spec(cell, 2), dtype="float64")
     batch = batching.dummy(model.spec, 2, 4)
     runner = model.runner(batch)
@@ -334,10 +334,13 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
         assert len(plain.units) - len(runner.plan.units) == merged
         if merged:
             assert _backward_calls(plain) > _backward_calls(runner.plan)
-    else:  # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop)
-        # per layer, 2 layers; r|z (GRU) are one class (merge_siblings)
-        steps, classes = 4, {"gru": 2, "lstm": 5}[cell] * 2
-        saved = 2 * steps * classes - 2 * classes
+    else:  # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop);
+        # each fold skips one product VJP per step (+ 1 call before the loop). Per layer:
+        # GRU r|z (one class, merge_siblings) and n, n folded into (1 - z) * n; LSTM i, f,
+        # g, o, tanh(c), all folded (into i * g, f * c_prev and o * tanh(c)).
+        steps, layers = 4, 2
+        classes, folds = {"gru": (2, 1), "lstm": (5, 5)}[cell]
+        saved = (2 * classes + folds) * (steps - 1) * layers
         assert _backward_calls(plain) - _backward_calls(runner.plan) == saved
 
 

@@ -37,6 +37,7 @@ CONFIGS = {  # (B, T, input, hidden, classes)
     "long": (16, 1000, 32, 64, 32),
 }
 CELLS = ("rnn", "gru", "lstm")
+PAUSE = 0.02  # seconds before each sample (see `bench`)
 
 
 def step_flops(cell: str, B: int, T: int, n_in: int, H: int, C: int) -> float:
@@ -158,10 +159,11 @@ IMPLS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step, "numpy
 def bench(cell, name, backend, repeats, min_sample=0.02):
     """Interleaved timings {impl: [seconds per step]} for one cell and config.
 
-    Each round runs every implementation once, in an order rotated from round to round, so
-    none always follows the same neighbour (thread pools spinning down, caches refilled).
-    A sample is the mean of enough consecutive steps to last `min_sample` seconds: a single
-    sub-millisecond step is mostly timer and scheduler noise."""
+    Each round runs every implementation once, in a fresh random order (seeded), so none
+    always follows the same neighbour; a pause before each sample lets the previous one's
+    thread pools (torch's OpenMP, XLA's) stop spinning, which otherwise takes a core from
+    whoever runs next. A sample is the mean of enough consecutive steps to last
+    `min_sample` seconds: a single sub-millisecond step is mostly timer and scheduler noise."""
     cfg = CONFIGS[name]
     steps, inner = {}, {}
     for impl, make in IMPLS.items():
@@ -175,10 +177,11 @@ def bench(cell, name, backend, repeats, min_sample=0.02):
             once = time.perf_counter() - start
             steps[impl], inner[impl] = step, max(1, int(min_sample / max(once, 1e-6)))
     times = {impl: [] for impl in steps}
-    order = list(steps)
-    for round_ in range(repeats):
-        for impl in order[round_ % len(order) :] + order[: round_ % len(order)]:
+    rng = np.random.default_rng(0)
+    for _ in range(repeats):
+        for impl in rng.permutation(list(steps)):
             step, n = steps[impl], inner[impl]
+            time.sleep(PAUSE)
             start = time.perf_counter()
             for _ in range(n):
                 step()
