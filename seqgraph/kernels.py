@@ -80,14 +80,28 @@ def _sigmoid(ctx, out, a):
     return run
 
 
+def product(m, a, b, out):
+    """Kernel out = a @ b. For 2-D float operands of out's dtype, `dot`, which goes to BLAS
+    straight away: 2.2 against 2.9 us for matmul on a 16 x 64 x 64 product here, paid once
+    per step and direction."""
+    if (
+        a.ndim == b.ndim == out.ndim == 2
+        and _contiguous(out)
+        and a.dtype == b.dtype == out.dtype
+        and out.dtype.kind == "f"
+    ):
+        return partial(m.dot, a, b, out=out)
+    return partial(m.matmul, a, b, out=out)
+
+
 def _matmul(ctx, out, a, b):
     m = ctx.m
     if b.ndim == 2 and a.ndim > 2 and _contiguous(out):
         out2 = rows(out)
         if _contiguous(a):
-            return partial(m.matmul, rows(a), b, out=out2)
+            return product(m, rows(a), b, out2)
         return lambda: m.matmul(rows(m.ascontiguousarray(a)), b, out=out2)
-    return partial(m.matmul, a, b, out=out)
+    return product(m, a, b, out)
 
 
 def _where(ctx, out, cond, a, b):
@@ -357,16 +371,26 @@ def _matmul_vjp(ctx, position, dest, add, g, a, b, bt=None):
             return None
         d2, bt = rows(dest), (b.T if bt is None else bt)
         if not add:
-            return lambda: m.matmul(g2, bt, out=d2)
+            return product(m, g2, bt, d2)
         o = ctx.tmp(d2.shape, dest.dtype)
-        return lambda: (m.matmul(g2, bt, out=o), m.add(d2, o, out=d2))
+        into_o = product(m, g2, bt, o)
+        return lambda: (into_o(), m.add(d2, o, out=d2))
     if dest.ndim != 2:
         return None
-    a2 = (lambda: rows(a).T) if _contiguous(a) else (lambda: rows(m.ascontiguousarray(a)).T)
+    if not _contiguous(a):  # a column block: copied to rows first
+        if not add:
+            return lambda: m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=dest)
+        o = ctx.tmp(dest.shape, dest.dtype)
+        return lambda: (
+            m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=o),
+            m.add(dest, o, out=dest),
+        )
+    at = rows(a).T
     if not add:
-        return lambda: m.matmul(a2(), g2, out=dest)
+        return product(m, at, g2, dest)
     o = ctx.tmp(dest.shape, dest.dtype)
-    return lambda: (m.matmul(a2(), g2, out=o), m.add(dest, o, out=dest))
+    into_o = product(m, at, g2, o)
+    return lambda: (into_o(), m.add(dest, o, out=dest))
 
 
 def _softmax_ce_vjp(ctx, dest, add, g, z, targets):
