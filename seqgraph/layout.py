@@ -245,11 +245,43 @@ class Layout:
             target = class_of(user)
         return target
 
+    def _adopted_input(self, cls):
+        """(view class, position) if `cls` is an add one of whose inputs, at every step, is
+        a view (a column block of a time-batched projection, say) read by that add alone:
+        the add's gradient then lives in the view's region, and backward copies nothing
+        into it (the GRU's x_n + r * h_n). None otherwise."""
+        an = self.an
+        same = an.same_op(cls)
+        if same is None or same[0] not in passes.PASS_THROUGH or same[1]:
+            return None
+        if any(r == cls for r, _ in self.placed.values()) or cls in self.in_place.values():
+            return None
+        k0 = an.members[cls][self.range[cls][0]]
+        for position in passes.PASS_THROUGH[same[0]]:
+            pattern = an.input_pattern(cls, position)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            view = pattern[1]
+            if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[cls]:
+                continue
+            if an.meta[an.inputs(k0)[position]] != an.meta[k0]:
+                continue
+            if all(
+                an.consumers.get(an.inputs(k)[position]) == [(k, position)]
+                and an.inputs(k)[position] not in an.outputs
+                for k in an.members[cls].values()
+            ):
+                return view, position
+        return None
+
     def _grad_source(self, cls):
         if cls in self.source:
             return self.source[cls]
         target = self._pass_target(cls)
-        return ("pass", target, None) if target is not None else None
+        if target is not None:
+            return ("pass", target, None)
+        adopted = self._adopted_input(cls)
+        return ("adopt", adopted[0], adopted[1]) if adopted else None
 
     def _resolve_grad_stack(self, cls, sources: dict):
         if cls in self.grad_stack:
@@ -264,7 +296,7 @@ class Layout:
             parent = self._resolve_grad_stack(target, sources)
             stack = (
                 parent
-                if kind != "view"
+                if kind != "view"  # alias, pass and adopt: the very same buffer
                 else Stack(parent.arr[(slice(None),) + index], parent.offset, parent.base)
             )
         self.grad_stack[cls] = stack
@@ -318,6 +350,8 @@ class Layout:
                     self.cell[k] = an.inputs(k)[1]
                 elif kind == "pass":
                     self.cell[k] = an.consumers[k][0][0]
+                elif kind == "adopt":
+                    self.cell[k] = an.inputs(k)[sources[c][2]]
         for k in list(self.grad):
             if k in self.alias_of and k not in self.cell:
                 self.cell[k] = k

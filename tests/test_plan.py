@@ -522,3 +522,18 @@ def test_merged_gru_gates_share_one_step_gradient_buffer():
     for view in ("r#12", "z#14"):
         stack = lay.grad_stack[("l0", view)]
         assert stack.arr.shape == (1, 3, 5) and np.shares_memory(stack.arr, arr)
+
+
+def test_add_adopts_the_gradient_region_of_a_view_it_alone_reads():
+    """n = tanh(x_n + r * h_n): x_n is a column block of the time-batched projection, read
+    by that add alone, so the add's gradient (and r * h_n's, equal to it) is that block of
+    the projection's gradient: backward writes it in place and copies nothing."""
+    raw = spec("gru", layers=2)
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
+    plan = check_same(raw, batch).runner(batch).plan
+    lay, an = plan.layout, plan.an
+    projection = lay.grad_stack[("l0", "split#2")].arr
+    for cls in (("l0", "t#16"), ("l0", "t#15")):
+        assert np.shares_memory(lay.grad_stack[cls].arr, projection)
+    for t, k in an.members[("l0", "t#16")].items():
+        assert lay.cell[k] == an.members[("l0", "x_n#5")][t]
