@@ -15,7 +15,7 @@ from collections import defaultdict
 import networkx as nx
 import numpy as np
 
-from . import ops, rewrites
+from . import ops, rewrites, siblings
 from .graph import Graph, Key
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log", "where"}
@@ -97,7 +97,7 @@ class Analysis:
         for rewrite in steps + (rewrites.join_biases,):
             if rewrite(self):
                 self._derive(leaf_meta)
-        while merge_siblings and rewrites.merge_siblings(self):  # r+z, then sigmoid(r|z)
+        while merge_siblings and siblings.merge_siblings(self):  # r+z, then sigmoid(r|z)
             self._derive(leaf_meta)
 
     def _derive(self, leaf_meta: dict) -> None:

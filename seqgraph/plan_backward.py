@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import kernels, local_factors
+from . import kernels_vjp as vjps
+from . import local_factors
 from .errors import GraphError
 from .passes import class_of
 
@@ -156,11 +157,11 @@ def _node_vjp(plan, tracker, k, skip, factor=None, upstream=None) -> list:
             continue
         add = tracker.target([source])
         if factor is not None:  # g * (d out / d input), the factor computed before the loop
-            out.append(kernels.vjp(ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}))
+            out.append(vjps.vjp(ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}))
             continue
         bt = _transposed(plan, node["op"], i, node["inputs"])
         out.append(
-            kernels.vjp(ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"], bt)
+            vjps.vjp(ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"], bt)
         )
     return out
 
@@ -191,7 +192,7 @@ def _class_vjp(plan, tracker, cls) -> list:
             out.append(_reduce_rest_vjp(ctx, op, dests[i], add, g))
         else:
             bt = _transposed(plan, op, i, an.inputs(members[0]))
-            out.append(kernels.vjp(ctx, op, i, dests[i], add, g, value, ins, attrs, bt))
+            out.append(vjps.vjp(ctx, op, i, dests[i], add, g, value, ins, attrs, bt))
     return out
 
 
@@ -224,5 +225,5 @@ def _deferred_vjp(plan, tracker, cls, positions) -> list:
     for i in positions:
         source = an.inputs(members[0])[i]
         add = tracker.target([source])
-        out.append(kernels.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs))
+        out.append(vjps.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs))
     return out

@@ -7,7 +7,7 @@ analysis' copy of the graph (`an.node`, `an.order`) that leaves every value the 
   per gate runs like the built-in cells, whose gates share one matrix);
 - `reassociate`: (a + r) + p -> (a + p) + r, so a bias joins the time-batched projection;
 - `join_biases`: (a + p) + q -> a + (p + q) for p, q outside time: one pass, not two;
-- `merge_siblings`: one op over side-by-side column blocks instead of one per block.
+(`siblings.merge_siblings`, one op over side-by-side column blocks, runs after these.)
 
 Each returns whether it changed anything; the analysis then derives its facts again.
 """
@@ -90,7 +90,7 @@ def fuse_gates(an) -> bool:
     for first, second, sums in pairs:
         _sum_fused(an, fused[first], fused[second], sums, before)
     if groups:
-        an.order = _reorder(an, before)
+        an.order = reorder(an, before)
     return bool(groups)
 
 
@@ -100,18 +100,18 @@ def _fuse(an, classes: tuple, before: dict) -> dict:
     params = [an.inputs(next(iter(m.values())))[1] for m in members]
     scope, name = classes[0][0], "|".join(c[1] for c in classes)
     cat = (scope, f"cat({','.join(p[1] for p in params)})", None)
-    an.node[cat] = _op("concat", tuple(params), axis=-1)
+    an.node[cat] = op_node("concat", tuple(params), axis=-1)
     before[cat] = [k for m in members for k in m.values()]
     fused = {}
     for t in members[0]:
         fused[t] = (scope, f"{name}|fused", t)
-        an.node[fused[t]] = _op("matmul", (an.inputs(members[0][t])[0], cat))
+        an.node[fused[t]] = op_node("matmul", (an.inputs(members[0][t])[0], cat))
         before[fused[t]] = [m[t] for m in members]
     start = 0
     for m, p in zip(members, params):
         stop = start + an.meta[p][0][1]
         for t, k in m.items():
-            an.node[k] = _op("slice", (fused[t],), start=start, stop=stop, axis=-1)
+            an.node[k] = op_node("slice", (fused[t],), start=start, stop=stop, axis=-1)
         start = stop
     return fused
 
@@ -120,12 +120,12 @@ def _sum_fused(an, first: dict, second: dict, sums: list, before: dict) -> None:
     """P = first + second per step; each block sum becomes P's slice (see fuse_gates)."""
     for t in first:
         total = (first[t][0], f"{first[t][1]}+{second[t][1]}", t)
-        an.node[total] = _op("add", (first[t], second[t]))
+        an.node[total] = op_node("add", (first[t], second[t]))
         before[total] = [an.members[c][t] for c in sums]
         for c in sums:
             # either input block: the second group was reordered to sit at the same columns
             attrs = dict(an.node[an.node[an.members[c][t]]["inputs"][0]]["attrs"])
-            an.node[an.members[c][t]] = _op("slice", (total,), **attrs)
+            an.node[an.members[c][t]] = op_node("slice", (total,), **attrs)
 
 
 def _summed_pairs(an, groups: list) -> list:
@@ -167,7 +167,7 @@ def _block_sum(an, cls, others: tuple):
     return (d, s) if set(an.members[s]) == set(an.members[cls]) else None
 
 
-def _op(op: str, inputs: tuple, **attrs) -> dict:
+def op_node(op: str, inputs: tuple, **attrs) -> dict:
     return {"kind": "op", "op": op, "inputs": inputs, "attrs": attrs}
 
 
@@ -196,7 +196,7 @@ def _gate_groups(an) -> list[tuple]:
     return out
 
 
-def _reorder(an, before: dict) -> list:
+def reorder(an, before: dict) -> list:
     """A dependency order for the rewritten graph that stays close to the old one: Kahn's
     algorithm taking ready nodes by old position; a new node sorts just before the first of
     the old nodes it stands in for."""
@@ -270,130 +270,6 @@ def _bias_pattern(an, k):
     return None
 
 
-SIBLING_OPS = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log"}
-
-
-def merge_siblings(an) -> bool:
-    """Elementwise ops of one step that apply the same op to side-by-side column blocks of
-    the same arrays (the r and z gates of a GRU: sigmoid(x_r + h_r), sigmoid(x_z + h_z);
-    the i and f gates of an LSTM) -> one op over the joined block, each old node a column
-    slice of it (a view). One call instead of several per step, forward and backward: on
-    NumPy, where each call costs microseconds whatever its size, that is what small
-    batches pay for. Whole classes only, as in fuse_gates. Returns whether it merged.
-
-    A one-input op merges only over the output of an earlier merge (the GRU's sigmoid over
-    the joined x_rz + h_rz): merged alone (the LSTM's i and f sigmoids) it saves one call
-    each way but leaves its members strided column views that half a dozen later calls
-    read, which measured slower on the long configuration (T=1,000, B=16, H=64)."""
-    joined = getattr(an, "joined_siblings", set())
-    an.joined_siblings = joined
-    runs: dict = defaultdict(set)  # tuple of classes -> steps where they form one run
-    for (_, _, reads), nodes in _sibling_sets(an).items():
-        if len(reads) == 1 and reads[0][1] not in joined:
-            continue
-        for run in _adjacent_runs(an, nodes):
-            runs[tuple(class_of(k) for k in run)].add(run[0][2])
-    taken, before = set(), {}
-    for classes, steps in runs.items():
-        whole = all(set(an.members[c]) == steps for c in classes)
-        if whole and not taken & set(classes):
-            taken |= set(classes)
-            for t in steps:
-                _merge(an, [an.members[c][t] for c in classes], before)
-    if before:
-        an.order = _reorder(an, before)
-    return bool(before)
-
-
-def _column_block(an, key):
-    """(source, start, stop) if node `key` is a view of the last-axis columns of `source`."""
-    node = an.node.get(key)
-    if node is None or node["kind"] != "op" or node["op"] not in passes.VIEW_OPS:
-        return None
-    source = node["inputs"][0]
-    shape = an.meta[source][0]
-    if not shape or node["attrs"].get("axis", -1) % len(shape) != len(shape) - 1:
-        return None
-    index = passes.view_index(node["op"], node["attrs"], shape)[-1]
-    return source, index.start, index.stop
-
-
-def _sibling_sets(an) -> dict:
-    """(op, step, what each input reads) -> the nodes that could merge along columns."""
-    out = defaultdict(list)
-    for k in an.order:
-        node = an.node[k]
-        if k not in an.live or not isinstance(k[2], int) or k in an.outputs:
-            continue
-        if node["kind"] != "op" or node["op"] not in SIBLING_OPS or node["attrs"]:
-            continue
-        width, reads = an.meta[k][0][-1:] or (None,), []
-        for i in node["inputs"]:
-            block = _column_block(an, i)
-            if block is not None and (block[2] - block[1],) == tuple(width):
-                reads.append(("columns", block[0]))
-            elif an.meta[i][0][-1:] in ((), (1,)):  # broadcasts along the joined columns
-                reads.append(("same", i))
-            else:
-                break
-        else:
-            if any(kind == "columns" for kind, _ in reads):
-                out[(node["op"], k[2], tuple(reads))].append(k)
-    return out
-
-
-def _adjacent_runs(an, nodes: list) -> list:
-    """Maximal runs (2 or more) of `nodes` whose column blocks follow one another in every
-    column input."""
-
-    def blocks(k):
-        return [_column_block(an, i) for i in an.inputs(k)]
-
-    nodes = sorted(nodes, key=lambda k: [b[1] for b in blocks(k) if b])
-    runs, run = [], nodes[:1]
-    for k in nodes[1:]:
-        joined = all(
-            a is None or a[2] == b[1] for a, b in zip(blocks(run[-1]), blocks(k), strict=True)
-        )
-        if joined:
-            run.append(k)
-        else:
-            runs.append(run)
-            run = [k]
-    runs.append(run)
-    return [tuple(r) for r in runs if len(r) > 1]
-
-
-def _merge(an, members: list, before: dict) -> None:
-    """One step of a sibling merge: the joined op and its column-block inputs (see
-    merge_siblings); each member becomes a slice of the joined op."""
-    scope, t, first = members[0][0], members[0][2], an.node[members[0]]
-    inputs = []
-    for i, key in enumerate(first["inputs"]):
-        block = _column_block(an, key)
-        if block is None:
-            inputs.append(key)
-            continue
-        source, start = block[0], block[1]
-        stop = _column_block(an, an.inputs(members[-1])[i])[2]
-        if start == 0 and stop == an.meta[source][0][-1]:  # every column: the source itself
-            inputs.append(source)
-            continue
-        view = (source[0], f"{source[1]}[{start}:{stop}]", source[2])
-        an.node[view] = _op("slice", (source,), start=start, stop=stop, axis=-1)
-        before.setdefault(view, list(members))
-        inputs.append(view)
-    joined = (scope, "|".join(k[1] for k in members), t)
-    an.node[joined] = _op(first["op"], tuple(inputs))
-    before[joined] = list(members)
-    an.joined_siblings.add(joined)
-    start = 0
-    for k in members:
-        width = an.meta[k][0][-1]
-        an.node[k] = _op("slice", (joined,), start=start, stop=start + width, axis=-1)
-        start += width
-
-
 def join_biases(an) -> bool:
     """(a + p) + q -> a + (p + q) per step, with p and q outside time (the two biases of
     `x W_ih + b_ih + b_hh` once reassociate has moved b_hh out of the recurrence): p + q is
@@ -422,9 +298,9 @@ def join_biases(an) -> bool:
         total = joined.get((p, q))
         if total is None:
             total = joined[(p, q)] = (k[0], f"{p[1]}+{q[1]}", None)
-            an.node[total] = _op("add", (p, q))
+            an.node[total] = op_node("add", (p, q))
             before[total] = [k]
         an.node[k] = {**node, "inputs": (a, total)}
     if before:
-        an.order = _reorder(an, before)
+        an.order = reorder(an, before)
     return bool(before)
