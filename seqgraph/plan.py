@@ -150,13 +150,7 @@ class Plan:
             return self._forward(run[0])
         if self.ctx.name == "cupy":
             return [fusion.cupy_kernel(self, run, keep_all)]
-        chain = tuple(k for unit in run for k in self._forward(unit))
-
-        def run_chain():
-            for kernel in chain:
-                kernel()
-
-        return [run_chain]
+        return [k for unit in run for k in self._forward(unit)]  # NumPy: the ufunc chain
 
     def _forward(self, unit) -> list:
         an, lay, ctx = self.an, self.layout, self.ctx

@@ -328,7 +328,7 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
         np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-15, err_msg=name)
     if option == "fuse":
         assert all(len(run) == 1 for run in plain.groups)
-        assert len(plain.forward_kernels) > len(runner.plan.forward_kernels)
+        assert len(plain.groups) > len(runner.plan.groups)  # NumPy runs both as flat calls
     elif option == "merge_siblings":  # per step and layer: the GRU's r+z add and sigmoid
         merged = {"gru": 2, "lstm": 0}[cell] * 4 * 2
         assert len(plain.units) - len(runner.plan.units) == merged
