@@ -18,7 +18,9 @@ from . import ops
 
 
 class Context:
-    """The array modules of one backend and a pool of scratch buffers, one per shape."""
+    """The array modules of one backend, a pool of scratch buffers (one per shape), and
+    `saved`: buffers a forward kernel fills for its VJP (softmax_ce, when the plan
+    differentiates: `keep_for_vjp`)."""
 
     def __init__(self, xp, module_name: str):
         self.xp = xp
@@ -34,6 +36,7 @@ class Context:
         self.m, self.expit, self.name = m, expit, module_name
         self.scratch: dict = {}
         self.saved: dict = {}  # input address -> buffers a forward kernel keeps for its VJP
+        self.keep_for_vjp = True
 
     def address(self, x) -> tuple:
         """Where an array's data starts, with its shape: views made twice compare equal."""
@@ -156,14 +159,16 @@ def ce_rows(ctx, z, targets):
 def _softmax_ce(ctx, out, z, targets):
     """out = logsumexp(z) - z[target] per row, as the op table computes it, without the
     one-hot product: top + log(sum(exp(z - top))) with top the row maximum. exp(z - top)
-    and its row sums stay in buffers of their own, so the VJP divides instead of computing
-    the softmax again (3 calls over the logits instead of 7)."""
+    and its row sums stay in buffers of their own when the plan differentiates, so the VJP
+    divides instead of computing the softmax again (3 calls over the logits, not 7)."""
     parts = ce_rows(ctx, z, targets)
     if parts is None or not contiguous(out):
         return None
-    m, (z2, index, top, _) = ctx.m, parts
-    e, total = m.empty(z2.shape, dtype=z.dtype), m.empty(top.shape, dtype=z.dtype)
-    ctx.saved[ctx.address(z)] = (e, total)
+    m, (z2, index, top, total) = ctx.m, parts
+    e = ctx.tmp(z2.shape, z.dtype, tag=4)
+    if ctx.keep_for_vjp:
+        e, total = m.empty(z2.shape, dtype=z.dtype), m.empty(top.shape, dtype=z.dtype)
+        ctx.saved[ctx.address(z)] = (e, total)
     o = out.reshape(-1, 1)
 
     def run():

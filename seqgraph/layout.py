@@ -6,7 +6,8 @@ Views cost nothing: a `chunk` of a class is a slice of its buffer, a `where` who
 known to be all true is its first branch, and the node that seeds a recurrence (h0) is stored
 in an extra slot in front of the state's buffer so [h0, h_0 .. h_T-2] is one contiguous block.
 Gradients mirror values; an `add` input whose only use is that add shares its output's
-gradient buffer, since the two gradients are equal.
+gradient buffer, since the two gradients are equal, and an add whose input is a view read
+by it alone keeps its gradient in that view's region ("adopt").
 """
 
 from __future__ import annotations
@@ -269,6 +270,7 @@ class Layout:
             if all(
                 an.consumers.get(an.inputs(k)[position]) == [(k, position)]
                 and an.inputs(k)[position] not in an.outputs
+                and an.inputs(k)[position] in an.needs_grad
                 for k in an.members[cls].values()
             ):
                 return view, position
@@ -350,7 +352,7 @@ class Layout:
                     self.cell[k] = an.inputs(k)[1]
                 elif kind == "pass":
                     self.cell[k] = an.consumers[k][0][0]
-                elif kind == "adopt":
+                elif kind == "adopt":  # the third field is the adopted input's position
                     self.cell[k] = an.inputs(k)[sources[c][2]]
         for k in list(self.grad):
             if k in self.alias_of and k not in self.cell:

@@ -62,6 +62,9 @@ def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
             continue
+        viewed = (k for v in views.get(c, {}) for k in lay.an.members[v].values())
+        if any(k in shared for k in viewed):  # a view whose region another gradient adopted
+            continue
         if any(lay.cell.get(k) != k for k in members.values()):
             continue
         if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
@@ -129,7 +132,10 @@ def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bo
     for k, following in zip(steps, steps[1:] + [None]):
         if k not in position or k in an.outputs:
             return False
-        for user, i in _readers(an, k, views or {}):
+        readers = _readers(an, k, views or {})
+        if readers is None:
+            return False
+        for user, i in readers:
             if user not in position or user[2] != k[2] or not allowed(user, i):
                 return False
             if following is not None and position[user] > position[following]:
@@ -137,13 +143,14 @@ def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bo
     return True
 
 
-def _readers(an, k, views: dict) -> list:
-    """(user, input position) of node k, looking through the given view classes."""
+def _readers(an, k, views: dict) -> list | None:
+    """(user, input position) of node k, looking through the given view classes; None if
+    one of those views is a requested output."""
     out = []
     for user, i in an.consumers.get(k, []):
         if passes.class_of(user) in views:
             if user in an.outputs:
-                return [(None, i)]
+                return None
             out.extend(an.consumers.get(user, []))
         else:
             out.append((user, i))

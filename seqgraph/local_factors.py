@@ -6,8 +6,8 @@ are all known when backward starts, so one kernel over all steps computes it (`f
 each step is left with the single multiply by g. A static graph knows this; a tape that
 records one step at a time cannot.
 
-Chains fold further (`fold`): where such an x's only reader is a product z = x * w of the
-same shape, dL/d(input of x) = dL/dz * (w f(y)), and w f(y) is known before backward too. So
+Chains fold further (`fold`): where such a y's only reader is a product z = y * w of the
+same shape, dL/dx = dL/dz * (w f(y)), and w f(y) is known before backward too. So
 the factor buffer is multiplied by w once, over all steps, and each step skips dL/dx. In an
 LSTM step this folds h = o * tanh(c), i * g and f * c_prev: 14 calls per step become 9.
 """
@@ -82,6 +82,9 @@ def _only_reader(an, lay, c):
         if node["op"] != "mul" or node["attrs"] or user[2] != t or an.meta[user] != an.meta[k]:
             return None
         if node["inputs"][0] == node["inputs"][1]:  # x * x: both positions read x
+            return None
+        other = node["inputs"][1 - position]
+        if other[2] is not None and an.meta[other] != an.meta[k]:  # would not line up by step
             return None
         found.add((class_of(user), position))
     return found.pop() if len(found) == 1 else None

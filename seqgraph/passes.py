@@ -92,9 +92,14 @@ class Analysis:
         self.node = {k: graph.node(k) for k in self.order}
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
+        self.joined_siblings: set = set()  # nodes `siblings.merge_siblings` made
         self._derive(leaf_meta)
-        steps = (rewrites.merge_common, rewrites.fuse_gates, rewrites.reassociate)
-        for rewrite in steps + (rewrites.join_biases,):
+        for rewrite in (
+            rewrites.merge_common,
+            rewrites.fuse_gates,
+            rewrites.reassociate,
+            rewrites.join_biases,
+        ):
             if rewrite(self):
                 self._derive(leaf_meta)
         while merge_siblings and siblings.merge_siblings(self):  # r+z, then sigmoid(r|z)

@@ -47,6 +47,7 @@ class Plan:
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
         self.ctx = kernels.Context(xp, module)
+        self.ctx.keep_for_vjp = grads
         if merge_siblings is None:  # CuPy fuses a step's elementwise chain into one kernel
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full, merge_siblings)
@@ -145,7 +146,7 @@ class Plan:
     # ---- forward -------------------------------------------------------------------------
 
     def _forward_group(self, run, keep_all: bool) -> list:
-        """One kernel for a fused group (`fusion.py`); a lone unit as `_forward` makes it."""
+        """A fused group's kernels (`fusion.py`): one on CuPy, its ufunc calls on NumPy."""
         if len(run) == 1:
             return self._forward(run[0])
         if self.ctx.name == "cupy":

@@ -56,7 +56,7 @@ class Tracker:
 
 
 def emit(plan) -> None:
-    """Fill plan.backward_kernels and plan.zero."""
+    """Fill plan.backward_kernels and plan.zero (and plan.has, plan.transposes)."""
     an, lay, m = plan.an, plan.layout, plan.ctx.m
     loss = plan.graph.loss
     plan.has = an.has_grad(loss)
@@ -76,7 +76,7 @@ def emit(plan) -> None:
     remaining = {c: len(an.members[c]) for c in deferred}
     for unit in reversed(plan.units):
         if unit[0] == "class":
-            out.extend(_class_vjp(plan, tracker, unit[1]))
+            out.extend(_class_vjp(plan, tracker, unit[1], skips.get(unit[1], set())))
             continue
         k = unit[1]
         c = class_of(k)
@@ -166,7 +166,7 @@ def _node_vjp(plan, tracker, k, skip, factor=None, upstream=None) -> list:
     return out
 
 
-def _class_vjp(plan, tracker, cls) -> list:
+def _class_vjp(plan, tracker, cls, skip=()) -> list:
     an, lay, ctx = plan.an, plan.layout, plan.ctx
     kind, attrs, ins = plan.batched[cls]
     op = an.same_op(cls)[0]
@@ -183,7 +183,7 @@ def _class_vjp(plan, tracker, cls) -> list:
         sources = [an.inputs(k)[i] for k in members]
         targets = [s for s in dict.fromkeys(sources) if s in an.needs_grad]
         pairs = zip(sources, members, strict=True)
-        if not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
+        if i in skip or not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
             continue
         if dests[i] is None:
             raise GraphError(f"plan: no stacked gradient for input {i} of {cls}")

@@ -537,3 +537,37 @@ def test_add_adopts_the_gradient_region_of_a_view_it_alone_reads():
         assert np.shares_memory(lay.grad_stack[cls].arr, projection)
     for t, k in an.members[("l0", "t#16")].items():
         assert lay.cell[k] == an.members[("l0", "x_n#5")][t]
+
+
+ADOPTING_CELL = {  # p and q merge into one mul (column views); p + h adopts p's region
+    "inputs": ["x"],
+    "state": ["h"],
+    "output": "h",
+    "params": {
+        "U": {"shape": ["hidden", "2*hidden"], "init": {"dist": "uniform", "scale": 0.5}},
+        "W": {"shape": ["input", "2*hidden"], "init": {"dist": "uniform", "scale": 0.5}},
+    },
+    "equations": [
+        "a, b = split(h @ U, 2)",
+        "c, d = split(x @ W, 2)",
+        "p = a * c",
+        "q = b * d",
+        "n = tanh(p + h)",
+        "h = n * sigmoid(q)",
+    ],
+}
+
+
+def test_views_of_a_compacted_class_keep_an_adopted_gradient():
+    """A merged sibling class whose column view another add adopted keeps a buffer per step
+    (compacting it would leave the add writing into the discarded one); the numbers stay
+    the interpreter's."""
+    raw = {**spec("rnn", layers=2), "cells": {"adopting": ADOPTING_CELL}}
+    raw["model"]["layers"] = [{"cell": "adopting", "hidden": 5}] * 2
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
+    plan = check_same(raw, batch).runner(batch).plan
+    lay = plan.layout
+    merged = [c for c in lay.classes if c[0] == "l0" and c[1] == "p#7|q#8"]
+    assert merged and merged[0] not in plan.grad_compacted
+    adopter = [c for c in lay.classes if c[0] == "l0" and lay._grad_source(c)]
+    assert any(lay._grad_source(c)[0] == "adopt" for c in adopter)

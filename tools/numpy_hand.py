@@ -19,11 +19,14 @@ except ImportError:  # pragma: no cover
     expit = None
 
 
+EXPIT_MAX_SIZE = 512  # the same rule as the plan's (seqgraph/kernels.py)
+
+
 def sigmoid(a, out=None):
     """1 / (1 + exp(-a)). SciPy's expit is a scalar loop, several times slower than the
     vectorised tanh form on gate-sized blocks (89 vs 14 us on 64 x 256 float32 here); it
     wins only on small arrays, so this takes whichever is faster for the size."""
-    if expit is not None and a.size <= 512:
+    if expit is not None and a.size <= EXPIT_MAX_SIZE:
         return expit(a, out=out)
     out = np.multiply(a, 0.5, out=out)
     np.tanh(out, out=out)
