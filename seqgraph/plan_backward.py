@@ -65,13 +65,7 @@ def emit(plan) -> None:
     out = [lambda: seed.fill(1)]
     tracker.written.add(lay.cell[loss])
     plan.transposes = {}  # filled by _transposed while the VJPs are emitted
-    factors = local_factors.factors(plan) if plan.batch_derivatives else {}
-    folds = local_factors.fold(plan, factors) if plan.batch_derivatives else {}
-    out.extend(kernel for _, kernel in factors.values())
-    out.extend(kernel for _, _, kernel in folds.values())  # after the factors they scale
-    skips: dict = {}  # product class -> the positions whose gradient a fold makes needless
-    for reader, position, _ in folds.values():
-        skips.setdefault(reader, set()).add(position)
+    factors, folds, skips = _local_factors(plan, out)
     deferred = _deferred(plan)
     remaining = {c: len(an.members[c]) for c in deferred}
     for unit in reversed(plan.units):
@@ -94,6 +88,21 @@ def emit(plan) -> None:
     tracker.ready([k for k in plan.graph.params.values() if k in lay.grad])
     tracker.ready([k for k in plan.state_inputs() if k in lay.grad])
     plan.backward_kernels, plan.zero = out, tracker.zero
+
+
+def _local_factors(plan, out: list) -> tuple:
+    """(factors, folds, skips) of `local_factors`, their kernels appended to `out`; skips:
+    product class -> the input positions whose gradient a fold makes needless."""
+    if not plan.batch_derivatives:
+        return {}, {}, {}
+    factors = local_factors.factors(plan)
+    folds = local_factors.fold(plan, factors)
+    out.extend(kernel for _, kernel in factors.values())
+    out.extend(kernel for _, _, kernel in folds.values())  # after the factors they scale
+    skips: dict = {}
+    for reader, position, _ in folds.values():
+        skips.setdefault(reader, set()).add(position)
+    return factors, folds, skips
 
 
 def _transposed(plan, op: str, position: int, inputs: tuple):
