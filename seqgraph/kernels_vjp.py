@@ -175,28 +175,21 @@ def _matmul_vjp(ctx, position, dest, add, g, a, b, bt=None):
     if position == 0:
         if tuple(dest.shape) != tuple(g.shape[:-1]) + (b.shape[0],):
             return None
-        d2, bt = rows(dest), (b.T if bt is None else bt)
-        if not add:
-            return product(m, g2, bt, d2)
-        o = ctx.tmp(d2.shape, dest.dtype)
-        into_o = product(m, g2, bt, o)
-        return lambda: (into_o(), m.add(d2, o, out=d2))
-    if dest.ndim != 2:
-        return None
-    if not contiguous(a):  # a column block: copied to rows first
-        if not add:
-            return lambda: m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=dest)
-        o = ctx.tmp(dest.shape, dest.dtype)
-        return lambda: (
-            m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=o),
-            m.add(dest, o, out=dest),
-        )
-    at = rows(a).T
+        d2 = rows(dest)
+        target = ctx.tmp(d2.shape, dest.dtype) if add else d2
+        into = product(m, g2, b.T if bt is None else bt, target)
+    else:
+        if dest.ndim != 2:
+            return None
+        d2 = dest
+        target = ctx.tmp(dest.shape, dest.dtype) if add else dest
+        if contiguous(a):
+            into = product(m, rows(a).T, g2, target)
+        else:  # a column block: copied to rows at each call
+            into = lambda: m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=target)
     if not add:
-        return product(m, at, g2, dest)
-    o = ctx.tmp(dest.shape, dest.dtype)
-    into_o = product(m, at, g2, o)
-    return lambda: (into_o(), m.add(dest, o, out=dest))
+        return into
+    return lambda: (into(), m.add(d2, target, out=d2))
 
 
 def _softmax_ce_vjp(ctx, dest, add, g, z, targets):

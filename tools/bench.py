@@ -2,9 +2,10 @@
 
 A step is: forward over the sequence, per-step softmax cross-entropy on a linear readout
 (summed over steps, averaged over the batch), backward through time, every parameter's
-gradient. Implementations run interleaved (one step each per round), so machine noise hits
-them alike; the report gives the median and min over rounds, the ratio seqgraph/peer, and
-GFLOP/s against this machine's measured float32 GEMM peak.
+gradient. Implementations run interleaved (one sample each per round, in a random order;
+see `bench`), so machine noise hits them alike; the report gives the median and min over
+rounds, the ratio seqgraph/peer, and GFLOP/s against this machine's measured float32 GEMM
+peak. `tools/bench_table.py` turns the --json records into the README's table.
 
     python tools/bench.py [--config NAME]... [--cell rnn|gru|lstm]... [--backend numpy|cupy]
                           [--repeats N] [--json FILE] [--memory]
