@@ -1,8 +1,9 @@
 """seqgraph: declarative recurrent networks, unrolled into explicit graphs and differentiated
 in reverse mode on NumPy or CuPy."""
 
-from .api import Model, load_spec
-from .errors import (
+from seqgraph.api import Model, load_spec
+from seqgraph.engine.ops import OPS
+from seqgraph.errors import (
     BackendError,
     DataError,
     GraphError,
@@ -10,7 +11,6 @@ from .errors import (
     SeqgraphError,
     SpecError,
 )
-from .ops import OPS
 
 __version__ = "0.1.0"
 

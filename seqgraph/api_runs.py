@@ -7,20 +7,20 @@ import os
 
 import numpy as np
 
-from .api import Model
-from .errors import DataError
+from seqgraph.errors import DataError
+from seqgraph.runtime.model import Model
 
 
 def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
     """The model of a run folder at its last checkpoint; `model.run_facts` holds data.json."""
     from pathlib import Path
 
-    from . import runs
+    from seqgraph.train import run_folder
 
     run_dir = Path(run_dir)
-    facts = runs.read_data_facts(run_dir)
+    facts = run_folder.read_data_facts(run_dir)
     model = Model(run_dir / "spec.yaml", backend=backend)
-    params, _, _, meta = runs.load_checkpoint(run_dir)
+    params, _, _, meta = run_folder.load_checkpoint(run_dir)
     model.set_params(params)
     model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir)}
     return model
@@ -41,12 +41,12 @@ def sample(
     `length`: steps (default 300), or samples of audio (default train.sample_length)."""
     from pathlib import Path
 
-    from .data import Stream
-    from .generate import sample_ids, sample_vectors
+    from seqgraph.runtime.generate import sample_ids, sample_vectors
+    from seqgraph.train.data import Stream
 
     model = load_run(run_dir, backend)
     if model.run_facts.get("kind") == "audio":
-        from .mulaw import sample_wav
+        from seqgraph.apps.mulaw import sample_wav
 
         if prime is not None:
             raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
@@ -75,9 +75,9 @@ def evaluate_run(
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
     split, or on that split of `data` read the same way."""
-    from . import data as datasets
-    from .evaluate import evaluate
-    from .train import _data_config, train_config
+    from seqgraph.train import data as datasets
+    from seqgraph.train.evaluate import evaluate
+    from seqgraph.train.loop import _data_config, train_config
 
     model = load_run(run_dir, backend)
     spec = model.spec
@@ -110,7 +110,7 @@ def export_run(
     suffix = ".onnx" if to == "onnx" else f".{to}.npz"
     path = Path(out) if out else Path(run_dir) / f"model{suffix}"
     if to == "onnx":
-        from .onnx_export import export_onnx
+        from seqgraph.inspect.onnx_export import export_onnx
 
         return str(export_onnx(model, path))
     convention = {"onnx_weights": "onnx"}.get(to, to)
@@ -130,9 +130,9 @@ def gradflow(
     checkpoint): CSVs of per-step parameter contributions and of ‖∂L/∂h_t‖, and a heatmap."""
     from pathlib import Path
 
-    from . import data as datasets
-    from . import gradflow as flow
-    from .train import prepare, train_config
+    from seqgraph.inspect import gradflow as flow
+    from seqgraph.train import data as datasets
+    from seqgraph.train.loop import prepare, train_config
 
     source = Path(source)
     if source.is_dir():

@@ -9,10 +9,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import api
-from .errors import SeqgraphError
-from .graph import key_str
-from .schema import spec_schema
+from seqgraph import api
+from seqgraph.engine.graph import key_str
+from seqgraph.errors import SeqgraphError
+from seqgraph.spec.schema import spec_schema
 
 EXAMPLES = {
     "check": "seqgraph check specs/char_lstm.yaml --steps 4",

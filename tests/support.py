@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph import Model
-from seqgraph import batch as batching
-from seqgraph.xp_extra import to_numpy
+from seqgraph.engine.xp_extra import to_numpy
+from seqgraph.runtime import batch as batching
 
 PATTERNS = ("many_to_many", "many_to_one", "one_to_one", "one_to_many", "encoder_decoder")
 BUILTIN_CELLS = ("rnn", "rnn_relu", "gru", "lstm")

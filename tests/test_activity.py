@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import activity
+from seqgraph.apps import activity
 from seqgraph.cli import main
 from seqgraph.errors import DataError
 

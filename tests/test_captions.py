@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import api, captions, load_spec, shapes
-from seqgraph.bleu import bleu_parts, corpus_bleu, exact_match
-from seqgraph.caption_app import _draw, cut
+from seqgraph import api, load_spec
+from seqgraph.apps import captions, shapes
+from seqgraph.apps.bleu import bleu_parts, corpus_bleu, exact_match
+from seqgraph.apps.caption_app import _draw, cut
 from seqgraph.errors import DataError, SpecError
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from support import check_param_grads, host, record, require_gpu
 
-from seqgraph import Model, load_spec, ops
-from seqgraph.ctc_eval import baseline, edit_distance, greedy_decode, nearest, score
+from seqgraph import Model, load_spec
+from seqgraph.apps.ctc_eval import baseline, edit_distance, greedy_decode, nearest, score
+from seqgraph.engine import ops
 from seqgraph.errors import DataError, SpecError
 
 CTC = ops.OPS["ctc"]

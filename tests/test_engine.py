@@ -19,9 +19,10 @@ from support import (
     require_gpu,
 )
 
-from seqgraph import MissingVJPError, Model, load_spec, ops
-from seqgraph.autodiff import Program
-from seqgraph.graph import Graph, ParamInfo
+from seqgraph import MissingVJPError, Model, load_spec
+from seqgraph.engine import ops
+from seqgraph.engine.autodiff import Program
+from seqgraph.engine.graph import Graph, ParamInfo
 
 # ---- (a) T steps at once == T single steps with the state carried over ----------------------
 

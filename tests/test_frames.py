@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import frames
+from seqgraph.apps import frames
 from seqgraph.cli import main
 from seqgraph.errors import DataError
 

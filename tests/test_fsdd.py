@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import audio, fsdd
-from seqgraph import data as datasets
+from seqgraph.apps import audio, fsdd
 from seqgraph.cli import main
 from seqgraph.errors import DataError
+from seqgraph.train import data as datasets
 
 RATE = 8000
 PHONEMES = (

@@ -6,7 +6,7 @@ import numpy as np
 
 from seqgraph import Model
 from seqgraph.cli import main
-from seqgraph.gradflow import ledger
+from seqgraph.inspect.gradflow import ledger
 
 SPEC = {
     "model": {

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from test_train import char_spec
 
-from seqgraph import runs
+from seqgraph.train import run_folder
 
 KILLS = int(os.environ.get("SEQGRAPH_KILLS", "3"))
 
@@ -33,7 +33,7 @@ def test_sigkill_loop_never_loses_the_checkpoint(tmp_path):
     steps_seen, kills = [], 0
     deadline = time.time() + 120
     while kills < KILLS and time.time() < deadline:
-        checkpoint = out / runs.CHECKPOINT
+        checkpoint = out / run_folder.CHECKPOINT
         before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         proc = start(spec, out, resume=before is not None)
         wait_until = time.time() + 30  # until this process has written a checkpoint itself
@@ -45,7 +45,7 @@ def test_sigkill_loop_never_loses_the_checkpoint(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         kills += 1
-        params, _, _, meta = runs.load_checkpoint(out)  # must load after every kill
+        params, _, _, meta = run_folder.load_checkpoint(out)  # must load after every kill
         assert all(np.all(np.isfinite(v)) for v in params.values())
         steps_seen.append(meta["step"])
     assert kills == KILLS

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import api, audio, audio_checks, load_spec, mulaw
-from seqgraph import data as datasets
+from seqgraph import api, load_spec
+from seqgraph.apps import audio, audio_checks, mulaw
 from seqgraph.cli import main
 from seqgraph.errors import DataError, SpecError
+from seqgraph.train import data as datasets
 
 RATE = 8000
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seqgraph import DataError, Model
-from seqgraph.onnx_export import export_onnx
+from seqgraph.inspect.onnx_export import export_onnx
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 ort = pytest.importorskip("onnxruntime", reason="the export test runs onnxruntime")

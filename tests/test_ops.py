@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from support import record
 
-from seqgraph import ops
+from seqgraph.engine import ops
 
 EPS = 1e-6
 

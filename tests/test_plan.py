@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqgraph import Model, rewrites
-from seqgraph import batch as batching
+from seqgraph import Model
+from seqgraph.plan import rewrites
+from seqgraph.runtime import batch as batching
 
 CUSTOM_LSTM = {  # a user cell with one weight per gate: nothing fused
     "inputs": ["x"],
@@ -247,8 +248,8 @@ def cupy_like_plans(monkeypatch):
     """Plans laid out as on CuPy (no sibling merge), built here with NumPy."""
     import functools
 
-    from seqgraph import plan_run
-    from seqgraph.plan import Plan
+    from seqgraph.plan.lower import Plan
+    from seqgraph.runtime import runner as plan_run
 
     monkeypatch.setattr(plan_run, "Plan", functools.partial(Plan, merge_siblings=False))
 
@@ -258,7 +259,7 @@ def cupy_like_plans(monkeypatch):
 def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
     """Each fused group's CUDA body, evaluated on the CPU, gives what the NumPy chain wrote;
     for training every member is written back, for forward only what others read."""
-    from seqgraph import fusion
+    from seqgraph.plan import fusion
 
     raw = spec(cell)
     model = Model(raw, backend="numpy", dtype="float64")
@@ -293,7 +294,7 @@ def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
 def test_lstm_step_fuses_gate_chain(cupy_like_plans):
     """Per LSTM step: one product, one add, then the sigmoid/tanh gates, c and h in one
     group (the gate slices are views, so the group starts after them)."""
-    from seqgraph import fusion
+    from seqgraph.plan import fusion
 
     model = Model(spec("lstm"), dtype="float64")
     plan = model.runner(batching.dummy(model.spec, 2, 5), grads=False).plan
@@ -317,7 +318,7 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
     batch = batching.dummy(model.spec, 2, 4)
     runner = model.runner(batch)
     loss, grads = model.loss_and_grads(batch)
-    from seqgraph.plan import Plan
+    from seqgraph.plan.lower import Plan
 
     an = runner.plan.an
     leaf_meta = {k: v for k, v in an.meta.items() if an.kind(k) == "input"}
@@ -357,7 +358,7 @@ def _backward_calls(plan) -> int:
 
             return counted
 
-    from seqgraph import plan_backward
+    from seqgraph.plan import backward as plan_backward
 
     saved = plan.ctx.m
     plan.ctx.m = Counting()

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from seqgraph import Model, SeqgraphError, render
-from seqgraph.autodiff import Program
-from seqgraph.compile import compile_graph
+from seqgraph import Model, SeqgraphError
+from seqgraph.engine.autodiff import Program
+from seqgraph.inspect import render
+from seqgraph.spec.unroll import compile_graph
 
 ID = r'"((?:[^"\\]|\\.)*)"|([\w.]+)'
 EDGE = re.compile(rf"^\t+(?:{ID}) -> (?:{ID})(?: \[(.*)\])?$")

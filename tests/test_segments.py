@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from seqgraph import Model, SpecError
-from seqgraph import batch as batching
+from seqgraph.runtime import batch as batching
 
 
 def spec(cell, layers=2, segment=None, **model):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqgraph import data as datasets
-from seqgraph.train import _data_config
+from seqgraph.train import data as datasets
+from seqgraph.train.loop import _data_config
 
 
 def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from seqgraph import api, runs
+from seqgraph import api
 from seqgraph.cli import main
 from seqgraph.errors import DataError
-from seqgraph.optim import learning_rate, sampling_probability
+from seqgraph.train import run_folder
+from seqgraph.train.optim import learning_rate, sampling_probability
 
 TEXT = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    x = 1\n" * 40
 
@@ -77,7 +78,7 @@ def seq2seq_spec(tmp_path: Path) -> Path:
 
 
 def params_of(run_dir: Path) -> dict:
-    return runs.load_checkpoint(run_dir)[0]
+    return run_folder.load_checkpoint(run_dir)[0]
 
 
 @pytest.mark.parametrize("make_spec", [char_spec, seq2seq_spec])
@@ -88,14 +89,16 @@ def test_resume_reaches_bit_identical_parameters(tmp_path, make_spec):
     assert whole["steps_done"] == whole["total_steps"] and not whole["stopped"]
     part = api.train(str(spec), out=str(tmp_path / "part"), stop_after=3, **quiet)
     assert part["stopped"] and part["steps_done"] == 3
-    assert runs.load_checkpoint(tmp_path / "part")[3]["step"] == 3
+    assert run_folder.load_checkpoint(tmp_path / "part")[3]["step"] == 3
     api.train(str(spec), out=str(tmp_path / "part"), resume=True, **quiet)
     a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "part")
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     steps = [
-        r["step"] for r in runs.Metrics(tmp_path / "part", 10**9).read() if r["kind"] == "train"
+        r["step"]
+        for r in run_folder.Metrics(tmp_path / "part", 10**9).read()
+        if r["kind"] == "train"
     ]
     assert steps == list(range(1, whole["total_steps"] + 1))  # no duplicates after resume
 
@@ -146,7 +149,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert main(["run", str(spec), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "loss became" in err and "last good checkpoint" in err
-    params, _, _, meta = runs.load_checkpoint(out)
+    params, _, _, meta = run_folder.load_checkpoint(out)
     assert 1 <= meta["step"] < 50
     assert all(np.all(np.isfinite(v)) for v in params.values())
 
@@ -171,7 +174,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()
     assert b"continue with --resume" in stdout
-    meta = runs.load_checkpoint(out)[3]
+    meta = run_folder.load_checkpoint(out)[3]
     assert meta["step"] >= 3
     summary = api.train(
         str(spec),
@@ -251,7 +254,7 @@ def test_schedules_and_sampling_probability():
 def test_truncated_bptt_with_stride_carries_the_state_after_k1_steps(tmp_path):
     """k1 < k2: each window's first k2-k1 steps only warm the state up, so the carried state
     at the window boundary equals a plain forward run over the whole stream."""
-    from seqgraph import data as datasets
+    from seqgraph.train import data as datasets
 
     stream = datasets.Stream(np.arange(200) % 7, np.arange(50) % 7, [str(i) for i in range(7)])
     first = stream.batch_at(0, 2, 10, 0, stride=4)

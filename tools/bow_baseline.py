@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqgraph.train import prepare  # noqa: E402
+from seqgraph.train.loop import prepare  # noqa: E402
 
 
 def features(xs: list, vocab_size: int) -> np.ndarray:

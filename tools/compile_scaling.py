@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import array_api_compat.numpy as xp  # noqa: E402
 
-from seqgraph import batch as batching  # noqa: E402
-from seqgraph.compile import compile_graph  # noqa: E402
-from seqgraph.plan import Plan  # noqa: E402
-from seqgraph.spec import load_spec  # noqa: E402
+from seqgraph.plan.lower import Plan  # noqa: E402
+from seqgraph.runtime import batch as batching  # noqa: E402
+from seqgraph.spec.load import load_spec  # noqa: E402
+from seqgraph.spec.unroll import compile_graph  # noqa: E402
 
 SPEC = {
     "model": {

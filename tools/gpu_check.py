@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seqgraph import Model  # noqa: E402
-from seqgraph import batch as batching  # noqa: E402
+from seqgraph.runtime import batch as batching  # noqa: E402
 
 
 def main() -> int:

@@ -1,0 +1,126 @@
+"""Labelled sentences for sequence classification: `text<TAB>label` files (`source: tsv`) or
+one file of sentences per label (`source: labelled_lines`, e.g. rt-polarity.pos/.neg).
+
+Splits: `split: mod10` takes each file's line i into train when i % 10 is 0..7, validation
+when 8 and test when 9 (the split suggested beside the shared data sets); `split: random`
+holds out `valid_fraction` (and `test_fraction`) at random. The vocabulary is built from the
+training split only (`<pad>` = 0, `<unk>` = 1), so held-out words stay unknown.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from seqgraph.errors import DataError
+
+TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
+
+
+def tokenize(text: str, words: bool) -> list[str]:
+    """Lower-cased words and punctuation (words=True), or characters."""
+    text = text.lower()
+    return TOKEN.findall(text) if words else list(text)
+
+
+def _files(config: dict) -> list[Path]:
+    root = Path(config.get("root", "."))
+    if config.get("path"):
+        return [Path(config["path"])]
+    files = config.get("files")
+    if not files:
+        raise DataError(
+            f"data.source {config.get('source')!r} needs a file: pass --data PATH "
+            "(a file, or the folder that holds data.files)"
+        )
+    names = files.values() if isinstance(files, dict) else files
+    paths = [root / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(
+                f"{path}: no such file; pass --data with the folder that holds "
+                f"{', '.join(map(str, names))}"
+            )
+    return paths
+
+
+def read_rows(config: dict, read_text) -> list[tuple[str, str, int, Path]]:
+    """(text, label, line index within its file, file) for every non-blank example."""
+    rows = []
+    if config.get("source") == "labelled_lines":
+        files = config.get("files") or {}
+        if not isinstance(files, dict):
+            raise DataError(
+                "data.files of labelled_lines maps each label to its file: "
+                "{pos: rt-polarity.pos, neg: rt-polarity.neg}"
+            )
+        for (label, _), path in zip(files.items(), _files(config)):
+            for index, line in enumerate(read_text(path).splitlines()):
+                if line.strip():
+                    rows.append((line.strip(), str(label), index, path))
+        return rows
+    delimiter = config.get("delimiter", "\t")
+    for path in _files(config):
+        lines = read_text(path).splitlines()
+        for index, row in enumerate(csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[-1].strip():
+                raise DataError(
+                    f"{path}:{index + 1}: expected `text{delimiter!r}label`, got {row!r}"
+                )
+            rows.append((delimiter.join(row[:-1]), row[-1].strip(), index, path))
+    return rows
+
+
+def split_rows(rows: list, config: dict, seed: int) -> tuple[list, list, list]:
+    """(train, valid, test) lists of rows."""
+    if config.get("split", "random") == "mod10":
+        parts: tuple[list, list, list] = ([], [], [])
+        for row in rows:
+            parts[0 if row[2] % 10 < 8 else 1 if row[2] % 10 == 8 else 2].append(row)
+        return parts
+    order = np.random.default_rng([seed, 11]).permutation(len(rows))
+    n_valid = int(round(len(rows) * float(config.get("valid_fraction", 0.1))))
+    n_test = int(round(len(rows) * float(config.get("test_fraction", 0.0))))
+    pick = [rows[i] for i in order]
+    return pick[n_valid + n_test :], pick[:n_valid], pick[n_valid : n_valid + n_test]
+
+
+def encode(config: dict, train: list, held_out: list[list]):
+    """Labels, vocabulary (from train only) and id arrays for every split."""
+    every = train + [row for part in held_out for row in part]
+    labels = sorted({row[1] for row in every})
+    if config.get("labels") is not None:
+        allowed = [str(a) for a in config["labels"]]
+        for _, label, index, path in every:
+            if label not in allowed:
+                raise DataError(f"{path}:{index + 1}: label {label!r} is not one of {allowed}")
+        labels = allowed
+    words = config.get("tokenizer", "word") == "word"
+    counts: dict[str, int] = {}
+    for text, *_ in train:
+        for tok in tokenize(text, words):
+            counts[tok] = counts.get(tok, 0) + 1
+    min_count = int(config.get("min_count", 1))
+    vocab = ["<pad>", "<unk>"] + sorted(t for t, n in counts.items() if n >= min_count)
+    index = {t: i for i, t in enumerate(vocab)}
+
+    limit = config.get("max_len")
+
+    def ids(part):
+        xs = []
+        for text, _, line, path in part:
+            tokens = tokenize(text, words)
+            if limit is not None and len(tokens) > limit:
+                raise DataError(
+                    f"{path}:{line + 1}: {len(tokens)} tokens, more than "
+                    f"data.max_len = {limit}; raise max_len or shorten the line"
+                )
+            xs.append(np.array([index.get(t, 1) for t in tokens] or [1], dtype=np.int64))
+        return xs, [np.int64(labels.index(row[1])) for row in part]
+
+    return labels, vocab, ids(train), [ids(part) for part in held_out]

@@ -1,0 +1,176 @@
+"""Export a trained model of standard cells as a runnable ONNX graph (needs the `onnx` package).
+
+Each recurrent layer becomes one ONNX RNN/GRU/LSTM node (weights converted by `interop`),
+embeddings become Gather, dense encoders and the readout MatMul + Add. Inputs: `x` ((B, T)
+int64 ids or (B, T, F) floats) and `lengths` ((B,) int32); output `predictions`, (B, T, C)
+for many_to_many or (B, C) for many_to_one, equal to `Model.forward`'s on real steps. The
+file is float32, which is what onnxruntime's CPU recurrent kernels accept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from seqgraph.errors import DataError
+from seqgraph.runtime.interop import _layers, export_params
+
+OPSET = 17
+ONNX_OP = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+ACTIVATION = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
+
+
+def _check_exportable(model) -> None:
+    m = model.spec.model
+    if m.pattern not in ("many_to_many", "many_to_one"):
+        raise DataError(
+            f"ONNX export supports many_to_many and many_to_one models, not {m.pattern}"
+        )
+    for i, layer in enumerate(m.layers):
+        if layer.init_state == "learned":
+            raise DataError(
+                f"model.layers[{i}] has a learned initial state, which ONNX export "
+                "does not support; use init_state: zeros"
+            )
+
+
+class _Builder:
+    def __init__(self, helper, numpy_helper, dtype):
+        self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(self.dtype)
+        self.inits.append(self.numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"{op.lower()}_{self.count}"
+        self.nodes.append(self.helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def multi(self, op: str, inputs: list[str], n_out: int, **attrs) -> list[str]:
+        self.count += 1
+        outs = [f"{op.lower()}_{self.count}_{i}" for i in range(n_out)]
+        self.nodes.append(self.helper.make_node(op, inputs, outs, **attrs))
+        return outs
+
+
+def _encoders(b: _Builder, model, params: dict, x: str) -> str:
+    m = model.spec.model
+    for i, enc in enumerate(m.encoders):
+        if enc.type == "embedding":
+            x = b.node("Gather", [b.const(f"enc{i}.E", params[f"enc{i}.E"]), x])
+        elif enc.type == "onehot":
+            x = b.node("Gather", [b.const(f"enc{i}.eye", np.eye(m.input.size)), x])
+        else:
+            x = _dense(b, params, f"enc{i}", x, enc.activation)
+    return x
+
+
+def _dense(b: _Builder, params: dict, scope: str, x: str, activation: str = "identity") -> str:
+    x = b.node(
+        "Add",
+        [
+            b.node("MatMul", [x, b.const(f"{scope}.W", params[f"{scope}.W"])]),
+            b.const(f"{scope}.b", params[f"{scope}.b"]),
+        ],
+    )
+    return b.node(ACTIVATION[activation], [x]) if activation != "identity" else x
+
+
+def _layer(b: _Builder, model, onnx_w: dict, index: int, layer, x: str, lengths: str):
+    """One ONNX recurrent node; returns (Y as (T, B, out), Y_h as (B, out))."""
+    scopes = [s for s, _, i, _ in _layers(model) if i == index and not s.startswith("dec.")]
+    stack = {k: np.concatenate([onnx_w[f"{s}.{k}"] for s in scopes]) for k in "WRB"}
+    names = [b.const(f"l{index}.{k}", stack[k]) for k in "WRB"]
+    attrs = {
+        "hidden_size": layer.hidden,
+        "direction": "bidirectional" if layer.bidirectional else "forward",
+    }
+    if layer.cell in ("rnn", "rnn_relu"):
+        act = "Relu" if layer.cell == "rnn_relu" else "Tanh"
+        attrs["activations"] = [act] * (2 if layer.bidirectional else 1)
+    if layer.cell == "gru":
+        attrs["linear_before_reset"] = 1
+    outs = b.multi(
+        ONNX_OP[layer.cell], [x] + names + [lengths], 3 if layer.cell == "lstm" else 2, **attrs
+    )
+    y, y_h = outs[0], outs[1]  # (T, D, B, H) and (D, B, H)
+    if not layer.bidirectional:
+        return b.node("Squeeze", [y, b.const(f"axis1_{index}", np.array([1]))]), b.node(
+            "Squeeze", [y_h, b.const(f"axis0_{index}", np.array([0]))]
+        )
+    if layer.merge == "sum":
+        return (
+            b.node("ReduceSum", [y, b.const(f"d1_{index}", np.array([1]))], keepdims=0),
+            b.node("ReduceSum", [y_h, b.const(f"d0_{index}", np.array([0]))], keepdims=0),
+        )
+    width = 2 * layer.hidden
+    y = b.node(
+        "Reshape",
+        [
+            b.node("Transpose", [y], perm=[0, 2, 1, 3]),
+            b.const(f"shape_y{index}", np.array([0, 0, width])),
+        ],
+    )
+    y_h = b.node(
+        "Reshape",
+        [
+            b.node("Transpose", [y_h], perm=[1, 0, 2]),
+            b.const(f"shape_h{index}", np.array([0, width])),
+        ],
+    )
+    return y, y_h
+
+
+def export_onnx(model, path: str | Path) -> Path:
+    """Write `model` as an ONNX file at `path`; returns the path."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise DataError("ONNX export needs the onnx package: pip install onnx") from None
+    _check_exportable(model)
+    m = model.spec.model
+    # float32 always: onnxruntime's CPU RNN/GRU/LSTM kernels are registered for float only
+    dtype, elem = np.float32, TensorProto.FLOAT
+    params = {k: model.backend.to_numpy(v) for k, v in model.params.items()}
+    onnx_w = export_params(model, "onnx")
+    b = _Builder(helper, numpy_helper, dtype)
+    if m.input.type == "ids":
+        x_info = helper.make_tensor_value_info("x", TensorProto.INT64, ["B", "T"])
+        x = b.node("Transpose", ["x"], perm=[1, 0])
+    else:
+        x_info = helper.make_tensor_value_info("x", elem, ["B", "T", m.input.size])
+        x = b.node("Transpose", ["x"], perm=[1, 0, 2])
+    x = _encoders(b, model, params, x)
+    lengths_info = helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"])
+    last = None
+    for i, layer in enumerate(m.layers):
+        x, last = _layer(b, model, onnx_w, i, layer, x, "lengths")
+    if m.pattern == "many_to_many":
+        top = b.node("Transpose", [x], perm=[1, 0, 2])
+        out_shape = ["B", "T", m.target.size]
+    else:
+        top, out_shape = last, ["B", m.target.size]
+    out = _dense(b, params, "out", top) if m.readout == "linear" else top
+    b.nodes.append(helper.make_node("Identity", [out], ["predictions"]))
+    graph = helper.make_graph(
+        b.nodes,
+        model.spec.name,
+        [x_info, lengths_info],
+        [helper.make_tensor_value_info("predictions", elem, out_shape)],
+        b.inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="seqgraph"
+    )
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    onnx.save(proto, str(path))
+    return path

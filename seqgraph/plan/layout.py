@@ -1,0 +1,362 @@
+"""Where every value and gradient of a plan lives: preallocated buffers and views into them.
+
+Each per-step class gets one buffer stacked over time (step t at `arr[t + offset]`), so a
+time-batched consumer reads all steps as one array and a step-by-step loop writes its slot.
+Views cost nothing: a `chunk` of a class is a slice of its buffer, a `where` whose mask is
+known to be all true is its first branch, and the node that seeds a recurrence (h0) is stored
+in an extra slot in front of the state's buffer so [h0, h_0 .. h_T-2] is one contiguous block.
+Gradients mirror values; an `add` input whose only use is that add shares its output's
+gradient buffer, since the two gradients are equal, and an add whose input is a view read
+by it alone keeps its gradient in that view's region ("adopt").
+"""
+
+from __future__ import annotations
+
+from seqgraph.plan import analysis
+from seqgraph.plan.analysis import Analysis, class_of
+
+
+class Stack:
+    """The buffer of one class: member t lives at arr[t + offset]."""
+
+    __slots__ = ("arr", "offset", "base")
+
+    def __init__(self, arr, offset: int, base: int | None = None):
+        self.arr, self.offset, self.base = arr, offset, base  # base: index of the gradient buffer
+
+    def at(self, t: int):
+        return self.arr[t + self.offset, ...]  # `...` keeps a 0-d step a view, not a scalar
+
+    def span(self, lo: int, hi: int):
+        """Members lo..hi as one array, or None if that runs past the buffer."""
+        start, stop = lo + self.offset, hi + self.offset + 1
+        return self.arr[start:stop] if 0 <= start and stop <= self.arr.shape[0] else None
+
+
+class Layout:
+    """Value and gradient locations of every live node (see the module docstring)."""
+
+    def __init__(self, an: Analysis, ctx, loss=None):
+        self.an, self.ctx, self.m = an, ctx, ctx.m
+        self.classes = sorted(
+            (c for c in an.members if len(c) == 2 and an.stackable(c)),
+            key=lambda c: an.pos[next(iter(an.members[c].values()))],
+        )
+        self.range = {c: (min(an.members[c]), max(an.members[c])) for c in self.classes}
+        self.source = self._class_sources()
+        self.value_stack: dict = {}
+        self.value: dict = {}
+        self.alias_of: dict = {}  # node -> the node it reads through (views and aliases)
+        self.placed: dict = {}  # seed node -> (root class, slot)
+        self._values()
+        self.grad_stack: dict = {}
+        self.grad: dict = {}
+        self.cell: dict = {}
+        self.children: dict = {}
+        self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
+        self.grad_buffers: list = []
+        if loss is not None:
+            self._grads()
+
+    # ---- values ------------------------------------------------------------------------------
+
+    def _class_sources(self) -> dict:
+        """Classes that are views or aliases of another class: cls -> (kind, D, index)."""
+        an, out = self.an, {}
+        stackable = set(self.classes)
+        for c in self.classes:
+            same = an.same_op(c)
+            if same is None:
+                continue
+            op, attrs = same
+            k0 = next(iter(an.members[c].values()))
+            position = 1 if op == "where" else 0
+            pattern = an.input_pattern(c, position)
+            if pattern is None or pattern[0] != "class" or pattern[1] not in stackable:
+                continue
+            if (
+                op == "where"
+                and pattern[2] == 0
+                and all(an.inputs(k)[0] in an.const_true for k in an.members[c].values())
+            ):
+                out[c] = ("alias", pattern[1], None)
+            elif op in analysis.VIEW_OPS and pattern[2] == 0:
+                shape = an.meta[an.inputs(k0)[0]][0]
+                out[c] = ("view", pattern[1], analysis.view_index(op, attrs, shape))
+        return out
+
+    def root(self, cls):
+        while cls in self.source and self.source[cls][0] == "alias":
+            cls = self.source[cls][1]
+        return cls
+
+    def _extensions(self) -> dict:
+        """Seed nodes placed in an extra slot before (d=-1) or after (d=+1) a root buffer."""
+        an, ext = self.an, {}
+        for c, members in an.members.items():
+            k0 = next(iter(members.values()))
+            if len(c) != 2 or an.kind(k0) != "op":
+                continue
+            for position in range(len(an.inputs(k0))):
+                pattern = an.input_pattern(c, position)
+                if not pattern or pattern[0] != "class" or pattern[3] is None:
+                    continue
+                _, target, d, seed = pattern
+                root = self.root(target) if target in self.range else None
+                side = "pre" if d < 0 else "post"
+                if (
+                    root is None
+                    or root in self.source
+                    or seed in self.placed
+                    or (root, side) in ext
+                    or an.kind(seed) == "const"
+                    or an.meta[seed] != an.meta[next(iter(an.members[root].values()))]
+                ):
+                    continue
+                ext[(root, side)] = seed
+                self.placed[seed] = (root, side)
+        return ext
+
+    def _in_place(self, ext: dict) -> dict:
+        """cls -> the input class whose buffer it overwrites (an in-place chain: the bias adds
+        after a projection share one buffer). Only where the input's value is dead once read:
+        its one reader is this op at the same step, and no VJP reads it (analysis.IN_PLACE)."""
+        an, out = self.an, {}
+        slotted = {c for c, _ in ext}
+        for c in self.classes:
+            same = an.same_op(c)
+            if same is None or same[0] not in analysis.IN_PLACE or same[1] or c in self.source:
+                continue
+            for position in range(len(an.inputs(an.members[c][self.range[c][0]]))):
+                pattern = an.input_pattern(c, position)
+                if pattern and pattern[0] == "class" and pattern[2] == 0 and pattern[3] is None:
+                    if self._dead_after(pattern[1], c, position) and not {c, pattern[1]} & slotted:
+                        out[c] = pattern[1]
+                        break
+        return out
+
+    def _dead_after(self, source, cls, position) -> bool:
+        an = self.an
+        same = an.same_op(source) if source in self.range else None
+        if same is None or same[0] not in analysis.OUTPUT_UNREAD or source in self.source:
+            return False
+        if self.range[source] != self.range[cls] or any(
+            r == source for r, _ in self.placed.values()
+        ):
+            return False
+        return all(
+            an.consumers.get(k, []) == [(an.members[cls][t], position)]
+            and k not in an.outputs
+            and an.meta[k] == an.meta[an.members[cls][t]]
+            for t, k in an.members[source].items()
+        )
+
+    def _values(self) -> None:
+        an, m = self.an, self.m
+        ext = self._extensions()
+        self.in_place = self._in_place(ext)
+        for c in self.classes:
+            lo, hi = self.range[c]
+            kind, target, index = self.source.get(c, (None, None, None))
+            if kind == "alias":
+                self.value_stack[c] = self.value_stack[target]
+            elif c in self.in_place:
+                self.value_stack[c] = self.value_stack[self.in_place[c]]
+            elif kind == "view":
+                parent = self.value_stack[target]
+                self.value_stack[c] = Stack(parent.arr[(slice(None),) + index], parent.offset)
+            else:
+                shape, dtype = an.meta[an.members[c][lo]]
+                pre, post = int((c, "pre") in ext), int((c, "post") in ext)
+                arr = m.empty((hi - lo + 1 + pre + post,) + shape, dtype=dtype)
+                self.value_stack[c] = Stack(arr, pre - lo)
+            for t, k in an.members[c].items():
+                self.value[k] = self.value_stack[c].at(t)
+                if kind is not None:
+                    self.alias_of[k] = an.inputs(k)[1 if kind == "alias" else 0]
+        for seed, (root, side) in self.placed.items():
+            arr = self.value_stack[root].arr
+            self.value[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
+        self._single_values()
+
+    def _single_values(self) -> None:
+        """Nodes outside every class buffer: a view of their input, or their own array."""
+        an, m = self.an, self.m
+        for k in an.order:
+            if k not in an.live or k in self.value:
+                continue
+            node = an.node[k]
+            index = (
+                analysis.view_index(node["op"], node["attrs"], an.meta[node["inputs"][0]][0])
+                if node["kind"] == "op" and node["inputs"]
+                else None
+            )
+            if index is not None:
+                self.value[k] = self.value[node["inputs"][0]][index]
+                self.alias_of[k] = node["inputs"][0]
+            else:
+                shape, dtype = an.meta[k]
+                self.value[k] = m.empty(shape, dtype=dtype)
+
+    def stacked(self, cls, position: int, grad: bool = False, pad: int = 0):
+        """Input `position` of every step of `cls` as one array (a shared node: its own
+        array); None if the inputs do not form one block. `pad` inserts unit axes after the
+        time axis so that a lower-rank stacked input broadcasts like its members do."""
+        an = self.an
+        pattern = an.input_pattern(cls, position)
+        if pattern is None:
+            return None
+        if pattern[0] == "shared":
+            return (self.grad if grad else self.value).get(pattern[1])
+        _, target, d, seed = pattern
+        stack = (self.grad_stack if grad else self.value_stack).get(target)
+        if stack is None:
+            return None
+        if seed is not None and self.placed.get(seed, (None,))[0] != self.root(target):
+            return None
+        lo, hi = self.range.get(cls) or (min(an.members[cls]), max(an.members[cls]))
+        view = stack.span(lo + d, hi + d)
+        if view is not None and pad:
+            view = view[(slice(None),) + (None,) * pad]
+        return view
+
+    # ---- gradients ---------------------------------------------------------------------------
+
+    def _pass_target(self, cls):
+        """The class whose gradient buffer `cls` can share (PASS_THROUGH), or None."""
+        an = self.an
+        if cls in self.source or any(r == cls for r, _ in self.placed.values()):
+            return None
+        target = None
+        for t, k in an.members[cls].items():
+            uses = an.consumers.get(k, [])
+            if len(uses) != 1:
+                return None
+            user, position = uses[0]
+            op = an.node[user]["op"]
+            if (
+                user[2] != t
+                or position not in analysis.PASS_THROUGH.get(op, ())
+                or an.meta[user] != an.meta[k]
+                or class_of(user) not in self.range
+            ):
+                return None
+            if target not in (None, class_of(user)):
+                return None
+            target = class_of(user)
+        return target
+
+    def _adopted_input(self, cls):
+        """(view class, position) if `cls` is an add one of whose inputs, at every step, is
+        a view (a column block of a time-batched projection, say) read by that add alone:
+        the add's gradient then lives in the view's region, and backward copies nothing
+        into it (the GRU's x_n + r * h_n). None otherwise."""
+        an = self.an
+        same = an.same_op(cls)
+        if same is None or same[0] not in analysis.PASS_THROUGH or same[1]:
+            return None
+        if any(r == cls for r, _ in self.placed.values()) or cls in self.in_place.values():
+            return None
+        k0 = an.members[cls][self.range[cls][0]]
+        for position in analysis.PASS_THROUGH[same[0]]:
+            pattern = an.input_pattern(cls, position)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            view = pattern[1]
+            if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[cls]:
+                continue
+            if an.meta[an.inputs(k0)[position]] != an.meta[k0]:
+                continue
+            if all(
+                an.consumers.get(an.inputs(k)[position]) == [(k, position)]
+                and an.inputs(k)[position] not in an.outputs
+                and an.inputs(k)[position] in an.needs_grad
+                for k in an.members[cls].values()
+            ):
+                return view, position
+        return None
+
+    def _grad_source(self, cls):
+        if cls in self.source:
+            return self.source[cls]
+        target = self._pass_target(cls)
+        if target is not None:
+            return ("pass", target, None)
+        adopted = self._adopted_input(cls)
+        return ("adopt", adopted[0], adopted[1]) if adopted else None
+
+    def _resolve_grad_stack(self, cls, sources: dict):
+        if cls in self.grad_stack:
+            return self.grad_stack[cls]
+        kind, target, index = sources.get(cls) or (None, None, None)
+        if kind is None:
+            value = self.value_stack[cls].arr
+            arr = self.m.zeros(value.shape, dtype=value.dtype)
+            self.grad_buffers.append(arr)
+            stack = Stack(arr, self.value_stack[cls].offset, len(self.grad_buffers) - 1)
+        else:
+            parent = self._resolve_grad_stack(target, sources)
+            stack = (
+                parent
+                if kind != "view"  # alias, pass and adopt: the very same buffer
+                else Stack(parent.arr[(slice(None),) + index], parent.offset, parent.base)
+            )
+        self.grad_stack[cls] = stack
+        return stack
+
+    def _grads(self) -> None:
+        an = self.an
+        needs = an.needs_grad
+        grad_classes = [c for c in self.classes if any(k in needs for k in an.members[c].values())]
+        sources = {c: self._grad_source(c) for c in grad_classes}
+        for c in grad_classes:
+            self._resolve_grad_stack(c, sources)
+        for c in grad_classes:
+            for t, k in an.members[c].items():
+                self.grad[k] = self.grad_stack[c].at(t)
+                self.base[k] = self.grad_stack[c].base
+        for seed, (root, side) in self.placed.items():
+            if root in self.grad_stack:
+                arr = self.grad_stack[root].arr
+                self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
+                self.base[seed] = self.grad_stack[root].base
+        for k in an.order:
+            if k not in needs or k in self.grad:
+                continue
+            if k in self.alias_of and self.alias_of[k] in self.grad:
+                index = analysis.view_index(
+                    an.node[k]["op"], an.node[k]["attrs"], an.meta[self.alias_of[k]][0]
+                )
+                self.grad[k] = self.grad[self.alias_of[k]][index]
+                self.base[k] = self.base[self.alias_of[k]]
+            else:
+                shape, dtype = an.meta[k]
+                self.base[k] = len(self.grad_buffers)
+                self.grad_buffers.append(self.m.zeros(shape, dtype=dtype))
+                self.grad[k] = self.grad_buffers[-1]
+        self._cells(grad_classes, sources)
+
+    def _cells(self, grad_classes, sources) -> None:
+        """cell: the node whose gradient a node's gradient *is*; children: view regions."""
+        an = self.an
+
+        def find(k):
+            while self.cell.get(k, k) != k:
+                k = self.cell[k]
+            return k
+
+        for c in grad_classes:
+            kind = (sources.get(c) or (None,))[0]
+            for k in an.members[c].values():
+                if kind == "alias":
+                    self.cell[k] = an.inputs(k)[1]
+                elif kind == "pass":
+                    self.cell[k] = an.consumers[k][0][0]
+                elif kind == "adopt":  # the third field is the adopted input's position
+                    self.cell[k] = an.inputs(k)[sources[c][2]]
+        for k in list(self.grad):
+            if k in self.alias_of and k not in self.cell:
+                self.cell[k] = k
+                self.children.setdefault(self.alias_of[k], []).append(k)
+        self.cell = {k: find(k) for k in self.grad}
+        self.children = {self.cell[p]: kids for p, kids in self.children.items()}

@@ -1,0 +1,167 @@
+"""Buffer reuse by liveness: a per-step class whose value (or gradient) is dead by the time
+its next step is computed gets ONE step's buffer, which every step reuses.
+
+The layout first gives every class a buffer stacked over time, which time-batched kernels and
+the after-the-loop weight gradients need. Many classes inside a recurrent step need no such
+thing: `h W_hh` is read once, by the add after it, and by no backward rule (the add's VJP
+reads nothing); a gate's gradient is written by the ops that read the gate at step t and read
+by the gate's own VJP at step t. Once the units are scheduled, `compact_values` and
+`compact_grads` find these classes and shrink their buffers to one step.
+"""
+
+from __future__ import annotations
+
+from seqgraph.errors import GraphError
+from seqgraph.plan import analysis
+from seqgraph.plan.layout import Stack
+
+
+class Slot(Stack):
+    """A class buffer of ONE step that every member reuses."""
+
+    __slots__ = ()
+
+    def at(self, t: int):
+        return self.arr[0, ...]
+
+    def span(self, lo: int, hi: int):
+        return None  # there is no stacked view: the steps do not coexist
+
+
+def compact_values(lay, units: list, batched: dict) -> list:
+    """Shrink the value buffer of every class whose value is dead before its next step:
+    read only by ops of the same step that run one by one, by no backward rule, and not
+    its own (see the module docstring). Returns the classes shrunk."""
+    position = _positions(units)
+    done = []
+    for c in _candidates(lay, batched):
+        same = lay.an.same_op(c)
+        if same is None or same[0] not in analysis.OWN_VALUE_UNREAD:
+            continue
+        if not _dead_soon(lay, c, position, lambda user, i: _reads_never(lay.an, user, i)):
+            continue
+        arr = lay.value_stack[c].arr
+        lay.value_stack[c] = Slot(lay.m.empty((1,) + arr.shape[1:], dtype=arr.dtype), 0)
+        for t, k in lay.an.members[c].items():
+            lay.value[k] = lay.value_stack[c].at(t)
+        done.append(c)
+    return done
+
+
+def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
+    """Shrink the gradient buffer of every class whose gradient at step t is written by
+    same-step readers and read only by its own VJP at step t: not summed after the loop
+    (`deferred`), not shared with another node's gradient. Column views of the class (the
+    gates of a merged sibling op) shrink with it: their readers count as its readers."""
+    position = _positions(units)
+    views = _view_classes(lay)
+    shared = {cell for k, cell in lay.cell.items() if cell != k}
+    shared |= {p for p in lay.children if analysis.class_of(p) not in views}
+    done = []
+    for c in _candidates(lay, batched, views):
+        members = lay.an.members[c]
+        if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
+            continue
+        viewed = (k for v in views.get(c, {}) for k in lay.an.members[v].values())
+        if any(k in shared for k in viewed):  # a view whose region another gradient adopted
+            continue
+        if any(lay.cell.get(k) != k for k in members.values()):
+            continue
+        if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
+            continue
+        stack = lay.grad_stack[c]
+        arr = lay.m.zeros((1,) + stack.arr.shape[1:], dtype=stack.arr.dtype)
+        lay.grad_buffers[stack.base] = arr
+        lay.grad_stack[c] = Slot(arr, 0, stack.base)
+        for t, k in members.items():
+            lay.grad[k] = lay.grad_stack[c].at(t)
+        for v, index in views.get(c, {}).items():
+            lay.grad_stack[v] = Slot(arr[(slice(None),) + index], 0, stack.base)
+            for t, k in lay.an.members[v].items():
+                lay.grad[k] = lay.grad_stack[v].at(t)
+        done.append(c)
+    return done
+
+
+def _view_classes(lay) -> dict:
+    """class -> {view class: index} for classes whose only sharers are plain column views,
+    none of them viewed, aliased or differentiated through another class in turn."""
+    out: dict = {}
+    for v, (kind, target, index) in lay.source.items():
+        out.setdefault(target, {})[v] = index if kind == "view" else None
+    sharers = set(lay.in_place) | set(lay.in_place.values())
+    sharers |= {root for root, _ in lay.placed.values()}
+    return {
+        c: views
+        for c, views in out.items()
+        if c not in lay.source
+        and all(
+            index is not None and v not in out and v not in sharers for v, index in views.items()
+        )
+        and not any(lay.cell.get(k, k) != k for v in views for k in lay.an.members[v].values())
+    }
+
+
+def check_grads(lay, compacted: list, zero: set) -> None:
+    """A reused gradient buffer must be written afresh at each step, never zero-filled once
+    and added to (the backward emitter decides which; this holds it to the rule above)."""
+    bad = [c for c in compacted if lay.grad_stack[c].base in zero]
+    if bad:
+        raise GraphError(f"plan: gradient buffers of {bad} are reused but zero-filled")
+
+
+def _positions(units: list) -> dict:
+    return {unit[1]: i for i, unit in enumerate(units) if unit[0] == "node"}
+
+
+def _candidates(lay, batched: dict, views: dict | None = None) -> list:
+    """Classes whose buffer nothing else shares: no views (but those in `views`), aliases,
+    in-place writes or seeds."""
+    shared = {target for _, target, _ in lay.source.values()} - set(views or ())
+    shared |= set(lay.in_place.values()) | set(lay.in_place)
+    shared |= {root for root, _ in lay.placed.values()}
+    return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
+
+
+def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bool:
+    """Each step of `c` is read only by same-step units that run (one by one) before the
+    next step of `c` is computed, each passing `allowed(user, input position)`; a reader
+    through one of `views` counts as reading `c`."""
+    an = lay.an
+    steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
+    for k, following in zip(steps, steps[1:] + [None]):
+        if k not in position or k in an.outputs:
+            return False
+        readers = _readers(an, k, views or {})
+        if readers is None:
+            return False
+        for user, i in readers:
+            if user not in position or user[2] != k[2] or not allowed(user, i):
+                return False
+            if following is not None and position[user] > position[following]:
+                return False
+    return True
+
+
+def _readers(an, k, views: dict) -> list | None:
+    """(user, input position) of node k, looking through the given view classes; None if
+    one of those views is a requested output."""
+    out = []
+    for user, i in an.consumers.get(k, []):
+        if analysis.class_of(user) in views:
+            if user in an.outputs:
+                return None
+            out.extend(an.consumers.get(user, []))
+        else:
+            out.append((user, i))
+    return out
+
+
+def _reads_never(an, user, i: int) -> bool:
+    """True if the backward rule of `user` never reads its input `i`."""
+    node = an.node[user]
+    if node["attrs"]:
+        return False
+    if node["op"] in analysis.OTHER_OPERAND:
+        return node["inputs"][1 - i] not in an.needs_grad
+    return i in analysis.INPUT_UNREAD.get(node["op"], ())

@@ -1,0 +1,388 @@
+"""Unroll a spec over time into an explicit graph; evaluates nothing.
+
+Every time step of a layer points at the same parameter nodes, so backward sums their
+gradients over steps with no extra code. Padded steps are handled in the graph itself:
+each state update is `where(mask_t, new, previous)`, so a padded step carries the state
+through unchanged, many-to-one reads the state after the last real step, and a reverse
+direction starts from its initial state at each sequence's real end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from seqgraph.engine.graph import Graph, Key, ParamInfo
+from seqgraph.errors import SpecError
+from seqgraph.spec.equations import Const, SizeExpr, eval_size
+from seqgraph.spec.load import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
+
+FEEDBACK_MODES = ("teacher", "scheduled", "free")
+MAX_PARAM_SIZE = 2**28  # 1 GiB of float32 in one parameter
+
+
+class Unroller:
+    """Builds the graph for one spec and one sequence length."""
+
+    def __init__(
+        self, spec: Spec, steps: int, out_steps: int | None, feedback: str, state_grads=False
+    ):
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
+        self.spec, self.model = spec, spec.model
+        self.steps, self.out_steps, self.feedback = steps, out_steps, feedback
+        self.state_grads = state_grads
+        self.g = Graph()
+
+    # ---- node helpers ------------------------------------------------------------------------
+
+    def op(self, key: Key, op: str, inputs: tuple, source: str = "", **attrs) -> Key:
+        return self.g.add(key, "op", op, inputs, attrs, source=source)
+
+    def const(self, value) -> Key:
+        """A constant node shared by every step; arrays are cast to the model dtype when run."""
+        array = np.asarray(value, dtype=np.float64)
+        label = repr(float(array)) if array.ndim == 0 else f"eye{array.shape[0]}"
+        key = ("const", label, None)
+        if key not in self.g.nx:
+            self.g.add(key, "const", attrs={"value": array})
+        return key
+
+    def param(self, scope: str, name: str, shape, init: dict, fill=None, path="") -> Key:
+        key = (scope, name, None)
+        if key not in self.g.nx:
+            dims = tuple(int(n) for n in shape)
+            if any(n < 1 for n in dims):
+                raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}")
+            if math.prod(dims) > MAX_PARAM_SIZE:
+                raise SpecError(
+                    path,
+                    f"parameter {scope}.{name} would have shape {dims}, "
+                    f"{math.prod(dims):,} numbers; sizes this large are a typo",
+                )
+            self.g.add_param(f"{scope}.{name}", key, ParamInfo(dims, init, fill))
+        return key
+
+    def data(self, scope: str, name: str, t, **role) -> Key:
+        key = (scope, name, t)
+        if key not in self.g.nx:
+            self.g.add_input(key, **role)
+        return key
+
+    # ---- per-step encoders and the readout ---------------------------------------------------
+
+    def encode(self, encoders, prefix: str, key: Key, io: IOSpec, t) -> Key:
+        size, shape = io.size, io.shape
+        for i, enc in enumerate(encoders):
+            scope = f"{prefix}{i}"
+            if enc.type == "conv":
+                key, shape = self.conv(scope, key, shape, enc, t)
+                size = shape[0] * shape[1] * shape[2]
+                if i + 1 == len(encoders) or encoders[i + 1].type != "conv":
+                    key = self.op((scope, "flat", t), "reshape", (key,), shape=(-1, size))
+            elif enc.type == "onehot":
+                key = self.op((scope, "onehot", t), "embedding", (key, self.const(np.eye(size))))
+            elif enc.type == "embedding":
+                table = self.param(scope, "E", (size, enc.size), {"dist": "normal", "scale": 1.0})
+                key, size = self.op((scope, "emb", t), "embedding", (key, table)), enc.size
+            else:
+                key = self.dense(scope, key, size, enc.size, t, enc.activation)
+                size = enc.size
+        return key
+
+    def conv(self, scope: str, key: Key, shape: tuple, enc, t) -> tuple[Key, tuple]:
+        """A per-frame conv -> activation -> max-pool, sharing its kernel across steps."""
+        channels, height, width = shape
+        fan_in = channels * enc.kernel * enc.kernel
+        init = {"dist": "uniform", "scale": 1 / math.sqrt(fan_in)}
+        W = self.param(scope, "K", (enc.size, channels, enc.kernel, enc.kernel), init)
+        b = self.param(scope, "b", (enc.size, 1, 1), init)
+        key = self.op((scope, "conv", t), "conv2d", (key, W), padding=enc.kernel // 2)
+        key = self.op((scope, "z", t), "add", (key, b))
+        if enc.activation != "identity":
+            key = self.op((scope, enc.activation, t), enc.activation, (key,))
+        if enc.pool > 1:
+            key = self.op((scope, "pool", t), "maxpool2d", (key,), size=enc.pool)
+        return key, (enc.size, height // enc.pool, width // enc.pool)
+
+    def dense(self, scope: str, key: Key, n_in: int, n_out: int, t, activation="identity"):
+        init = {"dist": "uniform", "scale": 1 / math.sqrt(n_in)}
+        W = self.param(scope, "W", (n_in, n_out), init)
+        b = self.param(scope, "b", (n_out,), init)
+        key = self.op((scope, "z", t), "add", (self.op((scope, "xW", t), "matmul", (key, W)), b))
+        if activation != "identity":
+            key = self.op((scope, activation, t), activation, (key,))
+        return key
+
+    def readout(self, key: Key, size: int, t) -> Key:
+        if self.model.readout == "identity":
+            return key
+        return self.dense("out", key, size, self.model.target.size, t)
+
+    def loss(self, prediction: Key, target: Key, weight: Key, t) -> Key:
+        fn = self.model.loss
+        per_row = self.op(("loss", fn, t), fn, (prediction, target))
+        weighted = self.op(("loss", "weighted", t), "mul", (per_row, weight))
+        return self.op(("loss", "L", t), "sum", (weighted,))
+
+    def ctc_loss(self, predictions: list) -> Key:
+        """ONE ctc node over the per-step logits stacked to (B, T, C), averaged over the batch:
+        targets are whole label sequences (B, S) with their own lengths, not one per step."""
+        logits = self.op(("loss", "logits", None), "stack", tuple(predictions), axis=1)
+        labels = self.data("y", "labels", None, role="labels")
+        steps = self.data("x", "lengths", None, role="lengths")
+        label_steps = self.data("y", "lengths", None, role="label_lengths")
+        nll = self.op(("loss", "ctc", None), "ctc", (logits, labels, steps, label_steps))
+        return self.op(("loss", "L", None), "mean", (nll,))
+
+    # ---- cells -------------------------------------------------------------------------------
+
+    def cell_params(self, cell: CellSpec, layer: LayerSpec, scope: str, n_in: int) -> dict:
+        sizes = {"input": n_in, "hidden": layer.hidden}
+        where = f"cells.{cell.name}.params"
+        keys = {}
+        for name, p in cell.params.items():
+            shape = [eval_size(n, sizes, f"{where}.{name}.shape") for n in p.shape]
+            if any(n != int(n) for n in shape):
+                raise SpecError(f"{where}.{name}.shape", f"shape {shape} is not whole numbers")
+            init = dict(p.init)
+            if "scale" in init:
+                init["scale"] = float(eval_size(init["scale"], sizes, f"{where}.{name}.init"))
+            fill = None
+            if p.fill and layer.options.get(p.fill["option"]) is not None:
+                value = p.fill.get("value", layer.options[p.fill["option"]])
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SpecError(
+                        f"model.layers.options.{p.fill['option']}",
+                        f"must be a number or null, got {value!r}",
+                    )
+                fill = {"parts": p.fill["parts"], "index": p.fill["index"], "value": value}
+            keys[name] = self.param(scope, name, shape, init, fill, f"{where}.{name}")
+        return keys
+
+    def initial_state(self, cell: CellSpec, layer: LayerSpec, scope: str) -> dict:
+        if layer.init_state == "learned":
+            init = {"dist": "zeros"}
+            return {v: self.param(scope, f"{v}0", (1, layer.hidden), init) for v in cell.state}
+        return {
+            v: self.data(scope, f"{v}0", None, role="state", size=layer.hidden) for v in cell.state
+        }
+
+    def cell_step(self, cell, scope, t, x: Key, state: dict, params: dict, mask: Key, sizes):
+        """One application of a cell; returns (output key, new state keys)."""
+        local = {cell.inputs[0]: x, **state, **params}
+        for step in cell.steps:
+            inputs = tuple(
+                self.const(i.value) if isinstance(i, Const) else local[i] for i in step.inputs
+            )
+            attrs = {k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()}
+            local[step.out] = self.op((scope, step.out, t), step.op, inputs, step.source, **attrs)
+        new = {
+            v: self.op((scope, v, t), "where", (mask, local[cell.bindings[v]], state[v]))
+            for v in cell.state
+        }
+        out = cell.output
+        return (new[out] if out in new else local[cell.bindings[out]]), new
+
+    def run_direction(
+        self,
+        layer: LayerSpec,
+        scope: str,
+        xs: list,
+        n_in: int,
+        masks: list,
+        reverse: bool,
+        init: dict | None = None,
+    ):
+        """Unroll one direction of one layer; returns (outputs per t, final state, last output)."""
+        cell = self.spec.cells[layer.cell]
+        params = self.cell_params(cell, layer, scope, n_in)
+        state = init if init is not None else self.initial_state(cell, layer, scope)
+        sizes = {"input": n_in, "hidden": layer.hidden}
+        outs: list = [None] * len(xs)
+        last = self.const(0.0)
+        for t in reversed(range(len(xs))) if reverse else range(len(xs)):
+            outs[t], state = self.cell_step(cell, scope, t, xs[t], state, params, masks[t], sizes)
+            last = (
+                outs[t]
+                if cell.output in cell.state
+                else self.op((scope, "last", t), "where", (masks[t], outs[t], last))
+            )
+        return outs, state, (state[cell.output] if cell.output in cell.state else last)
+
+    def merge(self, layer: LayerSpec, key: Key, a: Key, b: Key) -> Key:
+        """Join the two directions of a bidirectional layer (concat or sum, per the spec)."""
+        if layer.merge == "sum":
+            return self.op(key, "add", (a, b))
+        return self.op(key, "concat", (a, b), axis=-1)
+
+    def run_layer(self, index: int, layer: LayerSpec, prefix: str, xs: list, n_in: int, masks):
+        """A whole (possibly bidirectional) layer; returns (outputs, final states, last output)."""
+        scope = f"{prefix}l{index}"
+        if not layer.bidirectional:
+            return self.run_direction(layer, scope, xs, n_in, masks, False)
+        f_outs, f_state, f_last = self.run_direction(layer, f"{scope}.fwd", xs, n_in, masks, False)
+        b_outs, b_state, b_last = self.run_direction(layer, f"{scope}.bwd", xs, n_in, masks, True)
+        outs = [
+            self.merge(layer, (scope, "merge", t), f, b)
+            for t, (f, b) in enumerate(zip(f_outs, b_outs))
+        ]
+        finals = {
+            v: self.merge(layer, (scope, f"final_{v}", None), f_state[v], b_state[v])
+            for v in f_state
+        }
+        return outs, finals, self.merge(layer, (scope, "last", None), f_last, b_last)
+
+    # ---- patterns ----------------------------------------------------------------------------
+
+    def encoder_stack(self, layers, prefix: str):
+        """Inputs x_t through the per-step encoders and every layer, layer by layer."""
+        m = self.model
+        masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
+        xs = [
+            self.encode(m.encoders, "enc", self.data("x", "x", t, role="x"), m.input, t)
+            for t in range(self.steps)
+        ]
+        size, finals, last = encoded_size(m.encoders, m.input), [], None
+        for i, layer in enumerate(layers):
+            xs, final, last = self.run_layer(i, layer, prefix, xs, size, masks)
+            finals.append(final)
+            size = layer.out_size
+        return xs, finals, last, size
+
+    def feedback_stack(self, layers, prefix: str, inits: list):
+        """A unidirectional stack that feeds each step's prediction (or target) to the next."""
+        m = self.model
+        cells = [self.spec.cells[layer.cell] for layer in layers]
+        n_in = encoded_size(m.feedback_encoders, m.target)
+        sizes = [n_in] + [layer.hidden for layer in layers[:-1]]
+        params = [
+            self.cell_params(c, l_, f"{prefix}l{i}", sizes[i])
+            for i, (c, l_) in enumerate(zip(cells, layers))
+        ]
+        states = list(inits)
+        previous = None
+        for t in range(self.out_steps):
+            feed = self.data("y", "feed", t, role="feed")
+            if t > 0 and self.feedback != "teacher":
+                own = (
+                    previous
+                    if m.target.type == "vectors"
+                    else self.op(("feedback", "argmax", t), "argmax", (previous,))
+                )
+                if self.feedback == "free":
+                    feed = own
+                else:
+                    coin = self.data("y", "use_model", t, role="coin")
+                    feed = self.op(("feedback", "choose", t), "where", (coin, own, feed))
+            x = self.encode(m.feedback_encoders, "fb", feed, m.target, t)
+            mask = self.data("y", "mask", t, role="mask")
+            for i, layer in enumerate(layers):
+                step_sizes = {"input": sizes[i], "hidden": layer.hidden}
+                x, states[i] = self.cell_step(
+                    cells[i], f"{prefix}l{i}", t, x, states[i], params[i], mask, step_sizes
+                )
+            previous = self.readout(x, layers[-1].out_size, t)
+            self.g.outputs.setdefault("predictions", []).append(previous)
+            target = self.data("y", "y", t, role="y")
+            weight = self.data("y", "weight", t, role="weight")
+            self.g.outputs.setdefault("losses", []).append(self.loss(previous, target, weight, t))
+        return states
+
+    def state_seeds(self, finals: list) -> list:
+        """For recomputation in segments (`segments.py`): a term sum(s_T * G_s) per final
+        state s, with G_s a data input, so backward starts each final state's gradient at the
+        G_s that the later segment handed back; the plan then also differentiates the
+        initial states (`Graph.state_grads`), which is what goes to the earlier segment."""
+        seeds = []
+        for i, (layer, final) in enumerate(zip(self.model.layers, finals)):
+            for v, key in final.items():
+                scope = f"l{i}"
+                given = self.data(scope, f"{v}0_grad", None, role="state_grad", size=layer.hidden)
+                dot = self.op(("seed", f"{scope}.{v}.dot", None), "mul", (key, given))
+                seeds.append(self.op(("seed", f"{scope}.{v}", None), "sum", (dot,)))
+        self.g.state_grads = True
+        return seeds
+
+    def bridge(self, layers, context: Key, size: int) -> list:
+        """one_to_many: a learned tanh projection of the context starts every state."""
+        inits = []
+        for i, layer in enumerate(layers):
+            cell = self.spec.cells[layer.cell]
+            inits.append(
+                {
+                    v: self.dense(f"bridge.l{i}.{v}", context, size, layer.hidden, None, "tanh")
+                    for v in cell.state
+                }
+            )
+        return inits
+
+    def build(self) -> Graph:
+        m, g = self.model, self.g
+        if m.pattern in ("many_to_many", "many_to_one", "one_to_one"):
+            outs, finals, last, size = self.encoder_stack(m.layers, "")
+            if m.pattern == "many_to_many" and m.loss == "ctc":
+                g.outputs["predictions"] = [
+                    self.readout(out, size, t) for t, out in enumerate(outs)
+                ]
+                g.outputs["losses"] = [self.ctc_loss(g.outputs["predictions"])]
+            elif m.pattern == "many_to_many":
+                for t, out in enumerate(outs):
+                    pred = self.readout(out, size, t)
+                    g.outputs.setdefault("predictions", []).append(pred)
+                    target = self.data("y", "y", t, role="y")
+                    weight = self.data("y", "weight", t, role="weight")
+                    g.outputs.setdefault("losses", []).append(self.loss(pred, target, weight, t))
+                if self.state_grads:
+                    g.outputs["losses"] += self.state_seeds(finals)
+            else:
+                pred = self.readout(last, size, None)
+                g.outputs["predictions"] = [pred]
+                target = self.data("y", "y", None, role="y")
+                weight = self.data("y", "weight", None, role="weight")
+                g.outputs["losses"] = [self.loss(pred, target, weight, None)]
+        elif m.pattern == "encoder_decoder":
+            _, finals, _, _ = self.encoder_stack(m.layers, "")
+            self.feedback_stack(m.decoder_layers, "dec.", finals)
+        else:  # one_to_many
+            context = self.encode(
+                m.encoders, "enc", self.data("ctx", "x", None, role="x"), m.input, None
+            )
+            inits = self.bridge(m.layers, context, encoded_size(m.encoders, m.input))
+            self.feedback_stack(m.layers, "", inits)
+        losses = g.outputs["losses"]
+        g.loss = self.op(("loss", "total", None), "addn", tuple(losses))
+        return g
+
+
+def _resolve(value, sizes: dict, path: str):
+    if isinstance(value, SizeExpr):
+        out = eval_size(value.text, sizes, path)
+        return int(out) if float(out).is_integer() else out
+    if isinstance(value, tuple):
+        return tuple(_resolve(v, sizes, path) for v in value)
+    return value
+
+
+def compile_graph(
+    spec: Spec,
+    steps: int,
+    out_steps: int | None = None,
+    feedback: str = "teacher",
+    state_grads: bool = False,
+) -> Graph:
+    """Unroll `spec` over `steps` input steps (and `out_steps` decoder steps) into a Graph.
+    `state_grads`: seed the final states' gradients and differentiate the initial states
+    (many_to_many only; see `Unroller.state_seeds`)."""
+    m = spec.model
+    if m.pattern in ("one_to_one",):
+        steps = 1
+    if m.pattern == "one_to_many":
+        out_steps = out_steps if out_steps is not None else steps
+        steps = 0
+    if m.pattern == "encoder_decoder" and out_steps is None:
+        raise ValueError("encoder_decoder needs out_steps (the decoder length)")
+    if steps < 0 or (m.pattern != "one_to_many" and steps < 1):
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return Unroller(spec, steps, out_steps, feedback, state_grads).build()

@@ -1,0 +1,323 @@
+"""Training: the loop behind `seqgraph run`, with true resume.
+
+A resumed run continues bit for bit: the batch at a step is a pure function of (seed, step),
+and the checkpoint holds the parameters, optimizer state, step, RNG state and the hidden
+state carried between windows of a text stream. Ctrl-C (SIGINT) finishes the current step,
+writes a checkpoint and returns; a NaN/Inf loss stops with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqgraph.engine.xp_extra import to_numpy
+from seqgraph.errors import SeqgraphError
+from seqgraph.runtime.model import Model
+from seqgraph.spec.load import Spec, load_spec
+from seqgraph.train import data as datasets
+from seqgraph.train import run_folder
+from seqgraph.train.evaluate import evaluate, real_steps
+from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
+from seqgraph.train.progress import Progress
+
+DEFAULTS = {
+    "steps": 1000,
+    "batch_size": 32,
+    "seq_len": 64,
+    "lr": 0.002,
+    "optimizer": {"name": "adam"},
+    "clip": {"kind": "global_norm", "max": 5.0},
+    "log_every": 50,
+    "eval_every": 250,
+    "valid_batches": 20,
+    "checkpoint_every": 200,
+    "sample_length": 400,
+    "prime": "\n",
+    "temperature": 0.8,
+}
+
+
+class TrainingError(SeqgraphError):
+    """Training cannot go on (a NaN loss, a run folder in the way)."""
+
+
+@dataclass
+class RunOptions:
+    """What `seqgraph run` was asked; None means: as the spec says."""
+
+    spec: str
+    data: str | None = None
+    backend: str | None = None
+    dtype: str | None = None
+    steps: int | None = None
+    out: str | None = None
+    resume: bool = False
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    stop_after: int | None = None  # stop (as Ctrl-C would) after this many steps of this call
+    sample: bool = True
+
+
+def _data_config(spec_data: dict, path: str | None) -> dict:
+    config = dict(spec_data)
+    if path and config.get("source") in ("tsv", "labelled_lines") and Path(path).is_dir():
+        config["root"] = path
+    elif path:
+        config["path"] = path
+        if config.get("source", "python_stdlib") == "python_stdlib":
+            suffix = Path(path).suffix.lower()
+            config["source"] = {".npz": "npz", ".tsv": "tsv", ".csv": "tsv"}.get(suffix, "text")
+            if suffix == ".csv":
+                config.setdefault("delimiter", ",")
+    return config
+
+
+def prepare(spec_path: str, data_path: str | None = None):
+    """(spec with vocab sizes resolved, dataset, resolved spec dict) for a run."""
+    loaded = {}
+
+    def sizes(raw: dict) -> dict:
+        config = _data_config(raw.get("data") or {}, data_path)
+        dataset = datasets.load(config, raw["model"]["pattern"], int(raw.get("seed", 0)))
+        loaded.update(dataset=dataset, config=config)
+        vocab = getattr(dataset, "vocab", None)
+        labels = getattr(dataset, "labels", None)
+        out = {"input": len(vocab) if vocab else None}
+        out["target"] = len(labels) if labels else out["input"]
+        return out
+
+    spec = load_spec(spec_path, auto=sizes)
+    resolved = copy.deepcopy(spec.raw)
+    resolved["data"] = dict(loaded["config"])
+    for key in ("path", "root"):  # absolute, so `eval` and `sample` work from any folder
+        if resolved["data"].get(key):
+            resolved["data"][key] = str(Path(resolved["data"][key]).resolve())
+    resolved["model"]["input"] = _resolved_io(spec.model.input)
+    resolved["model"]["target"] = _resolved_io(spec.model.target)
+    return spec, loaded["dataset"], resolved
+
+
+def _resolved_io(io) -> dict:
+    """An input or target as the run's spec.yaml records it: images keep their shape."""
+    if io.type == "images":
+        return {"type": "images", "shape": list(io.shape)}
+    return {"type": io.type, ("vocab" if io.type == "ids" else "size"): io.size}
+
+
+def train_config(spec: Spec, steps: int | None) -> dict:
+    config = {**DEFAULTS, **spec.train}
+    if steps is not None:
+        config["steps"] = steps
+    return config
+
+
+class _StopFlag:
+    """SIGINT sets a flag the loop checks between steps, so a step is never cut in half."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave SIGINT alone
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def run(options: RunOptions, log=print) -> dict:
+    """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder)."""
+    spec, dataset, resolved = prepare(options.spec, options.data)
+    config = train_config(spec, options.steps)
+    run_dir = Path(options.out or Path("runs") / spec.name)
+    model = Model(spec, backend=options.backend, dtype=options.dtype)
+    optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
+    rng = np.random.default_rng([model.seed, 1])
+    start, carry = 0, {}
+    if options.resume:
+        start, carry = _restore(run_dir, model, optimizer, rng)
+        log(f"resuming {run_dir} at step {start}")
+    elif (run_dir / run_folder.CHECKPOINT).exists():
+        raise TrainingError(
+            f"{run_dir} already holds a run; pass --resume to continue it or "
+            "--out DIR for a new one"
+        )
+    run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
+    metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+    loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log)
+    done, stopped = loop.train(start, carry, options)
+    summary = {
+        "run_dir": str(run_dir),
+        "steps_done": done,
+        "stopped": stopped,
+        "total_steps": config["steps"],
+        **loop.last,
+    }
+    if not stopped:
+        summary["valid"] = loop.validate(done)
+        if dataset.app is not None:  # the application's own scores and files
+            summary["valid"]["app"] = dataset.app.metrics(model, "valid", config["batch_size"])
+            metrics.write({"kind": "app", "step": done, **summary["valid"]["app"]})
+            summary["artifacts"] = dataset.app.artifacts(model, run_dir, model.seed)
+        run_folder.plot_losses(run_dir, metrics.read())
+        if options.sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
+            summary["sample"] = loop.sample_text()
+    return summary
+
+
+def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
+    params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
+    model.set_params(params)
+    optimizer.state = {
+        name: {slot: model.backend.asarray(v) for slot, v in slots.items()}
+        for name, slots in opt_state.items()
+    }
+    optimizer.steps = meta["optimizer_steps"]
+    rng.bit_generator.state = meta["rng"]
+    return meta["step"], carry
+
+
+class _Loop:
+    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log):
+        self.model, self.optimizer, self.dataset = model, optimizer, dataset
+        self.config, self.rng, self.run_dir = config, rng, run_dir
+        self.metrics, self.log = metrics, log
+        self.xp = model.backend.xp
+        self.last: dict = {}
+        self.seed = model.seed
+        stream = isinstance(dataset, datasets.Stream)
+        self.carry_at = config.get("stride") if stream else None
+
+    def batch(self, step: int, carry: dict) -> tuple[dict, str]:
+        c = self.config
+        batch = self.dataset.batch_at(
+            step, c["batch_size"], c["seq_len"], self.seed, c.get("stride")
+        )
+        if isinstance(self.dataset, datasets.Stream):
+            batch["state"] = {} if batch.pop("reset") else carry
+        feedback = "teacher"
+        if self.model.spec.model.feeds_back and c.get("scheduled_sampling"):
+            p = sampling_probability(c["scheduled_sampling"], step)
+            y = np.asarray(batch["y"])
+            # one coin per sequence and per time step, not one per batch
+            batch["use_model"] = self.rng.random(y.shape[:2]) < p
+            feedback = "scheduled"
+        return batch, feedback
+
+    def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
+        c, total = self.config, int(self.config["steps"])
+        progress = Progress(total, start, options.progress, self.log)
+        step, fired, tokens, began = start, 0, 0, time.perf_counter()
+        with _StopFlag() as stop:
+            while step < total:
+                batch, feedback = self.batch(step, carry)
+                loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+                if not math.isfinite(loss):
+                    progress.close()
+                    raise TrainingError(
+                        f"the loss became {loss} at step {step}; the last good checkpoint in "
+                        f"{self.run_dir} is kept. Lower train.lr or set train.clip"
+                    )
+                grads, did_clip, norm = clip(grads, c.get("clip"), self.xp)
+                lr = learning_rate(c, step, total)
+                self.model.params = self.optimizer.update(self.model.params, grads, lr)
+                carry = {k: to_numpy(v) for k, v in state.items()}
+                step += 1
+                n_tokens = int(
+                    real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum()
+                )
+                per_token = loss * len(batch["y"]) / max(n_tokens, 1)
+                fired, tokens = fired + did_clip, tokens + n_tokens
+                rate = tokens / max(time.perf_counter() - began, 1e-9)
+                self.last = {"loss": per_token, "grad_norm": norm}
+                progress.update(step, per_token, rate, fired / (step - start), lr)
+                if step % c["log_every"] == 0 or step == total:
+                    self.metrics.write(
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "loss": per_token,
+                            "lr": lr,
+                            "grad_norm": norm,
+                            "clipped": did_clip,
+                            "tokens_per_s": rate,
+                        }
+                    )
+                if step % c["eval_every"] == 0 and step < total:
+                    progress.note(self._validation_line(step))
+                halt = stop.requested or (
+                    options.stop_after is not None and step - start >= options.stop_after
+                )
+                if step % c["checkpoint_every"] == 0 or step == total or halt:
+                    self.checkpoint(step, carry)
+                if halt:
+                    progress.close()
+                    self.log(
+                        f"stopped at step {step}; checkpoint written to {self.run_dir} "
+                        "(continue with --resume)"
+                    )
+                    return step, True
+        progress.close()
+        return step, False
+
+    def checkpoint(self, step: int, carry: dict) -> None:
+        params = {k: to_numpy(v) for k, v in self.model.params.items()}
+        opt_state = {
+            name: {slot: to_numpy(v) for slot, v in slots.items()}
+            for name, slots in self.optimizer.state.items()
+        }
+        meta = {
+            "step": step,
+            "optimizer_steps": self.optimizer.steps,
+            "rng": self.rng.bit_generator.state,
+        }
+        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
+
+    def validate(self, step: int) -> dict:
+        c = self.config
+        batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
+        result = evaluate(self.model, batches, c["valid_batches"])
+        self.metrics.write(
+            {
+                "kind": "valid",
+                "step": step,
+                "valid_loss": result["loss"],
+                **{k: v for k, v in result.items() if k != "loss"},
+            }
+        )
+        return result
+
+    def _validation_line(self, step: int) -> str:
+        result = self.validate(step)
+        extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+        if "per" in result:
+            extra += f", PER {result['per']:.3f}, digit accuracy {result['digit_accuracy']:.3f}"
+        return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
+
+    def sample_text(self) -> str:
+        from seqgraph.runtime.generate import sample_ids
+
+        c = self.config
+        prime = self.dataset.encode(c["prime"])
+        ids = sample_ids(
+            self.model,
+            list(prime),
+            int(c["sample_length"]),
+            float(c["temperature"]),
+            seed=self.seed,
+        )
+        return c["prime"] + self.dataset.decode(ids)
