@@ -1,0 +1,110 @@
+"""The dependency rule of seqgraph's packages, read from the source with `ast`.
+
+Stages, bottom to top (a module may import its own stage and the stages below it):
+
+    errors  <  engine  <  spec  <  plan  <  runtime  <  train | inspect  <  apps  <  api  <  cli
+
+`train` and `inspect` stand side by side and never import each other. Every import counts,
+also one inside a function: a deferred import still ties the two modules together.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "seqgraph"
+
+RANK = {
+    "errors": 0,
+    "engine": 1,
+    "spec": 2,
+    "plan": 3,
+    "runtime": 4,
+    "train": 5,
+    "inspect": 5,
+    "apps": 6,
+    "api_runs": 7,
+    "api": 8,
+    "cli": 9,
+    "__main__": 10,
+    "__init__": 10,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The seqgraph modules `path` imports (`from seqgraph.x import y` names module
+    seqgraph.x.y when that is a module, else seqgraph.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}: relative import; write `from seqgraph... import`")
+            base = node.module or ""
+            names = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return found
+
+
+def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
+    files = {module_name(path): path for path in package.rglob("*.py")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    for name, path in files.items():
+        for target in imported_modules(path, set(files)):
+            if target != name and not name.startswith(target + "."):  # a package's own __init__
+                graph.add_edge(name, target)
+    return graph
+
+
+def stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def violations(graph: nx.DiGraph) -> list[str]:
+    found = []
+    for source, target in graph.edges:
+        a, b = stage(source), stage(target)
+        if a == b:
+            continue
+        if RANK[b] > RANK[a] or (RANK[b] == RANK[a]):
+            found.append(f"{source} imports {target}: {a} may not import {b}")
+    for cycle in nx.simple_cycles(graph):
+        found.append("import cycle: " + " -> ".join(cycle + cycle[:1]))
+    return found
+
+
+def test_every_stage_is_ranked():
+    assert {stage(m) for m in import_graph().nodes} <= set(RANK)
+
+
+def test_imports_only_go_down_and_close_no_cycle():
+    assert violations(import_graph()) == []
+
+
+def test_engine_imports_nothing_of_seqgraph_but_errors():
+    graph = import_graph()
+    outside = {
+        (m, t)
+        for m, t in graph.edges
+        if stage(m) == "engine" and stage(t) not in ("engine", "errors")
+    }
+    assert outside == set()
