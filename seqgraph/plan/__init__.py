@@ -1,1 +1,11 @@
-"""TODO"""
+"""The plan: an unrolled graph lowered to a flat list of kernels over preallocated buffers.
+
+Owns the analysis of step classes and recurrences (`analysis`), the graph rewrites that keep
+every value the same (`rewrites`, `siblings`), where each value and gradient lives (`layout`,
+`liveness`), the kernels (`kernels`, `kernels_vjp`, `local_factors`, `fusion`) and the
+lowering that drives them (`lower`, `backward`). Every op fact it uses comes from the engine's
+op records.
+
+Imports the engine, the spec's types and `seqgraph.errors`; never `Model`, training,
+inspection or an application.
+"""

@@ -1,1 +1,9 @@
-"""TODO"""
+"""The runtime: a spec with parameters on a backend, fed with batches.
+
+Owns `Model` (`model`), turning a user's batch into the graph's data nodes (`batch`), running
+batches through a compiled plan (`runner`), gradient checkpointing over segments (`segments`),
+sampling from a trained model (`generate`) and weight conventions of other frameworks
+(`interop`: PyTorch, Keras and ONNX layouts of the same numbers).
+
+Imports the engine, the spec and the plan; never training, inspection or an application.
+"""
