@@ -14,7 +14,6 @@ import ast
 from pathlib import Path
 
 import networkx as nx
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "seqgraph"
 
@@ -35,8 +34,8 @@ RANK = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     if parts[-1] == "__init__" and len(parts) > 1:
         parts.pop()
     return ".".join(parts)
@@ -64,7 +63,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
 
 
 def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
-    files = {module_name(path): path for path in package.rglob("*.py")}
+    files = {module_name(path, package): path for path in package.rglob("*.py")}
     graph = nx.DiGraph()
     graph.add_nodes_from(files)
     for name, path in files.items():
@@ -85,7 +84,7 @@ def violations(graph: nx.DiGraph) -> list[str]:
         a, b = stage(source), stage(target)
         if a == b:
             continue
-        if RANK[b] > RANK[a] or (RANK[b] == RANK[a]):
+        if RANK[b] >= RANK[a]:
             found.append(f"{source} imports {target}: {a} may not import {b}")
     for cycle in nx.simple_cycles(graph):
         found.append("import cycle: " + " -> ".join(cycle + cycle[:1]))
@@ -108,3 +107,57 @@ def test_engine_imports_nothing_of_seqgraph_but_errors():
         if stage(m) == "engine" and stage(t) not in ("engine", "errors")
     }
     assert outside == set()
+
+
+def names_an_app(path: Path) -> bool:
+    """Whether a module's strings name an application module (`importlib` by name)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return any(
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "seqgraph.apps" in node.value
+        for node in ast.walk(tree)
+    )
+
+
+def test_nothing_below_apps_names_an_app():
+    below = [
+        module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        if RANK[stage(module_name(path))] < RANK["apps"] and names_an_app(path)
+    ]
+    assert below == []
+
+
+def write_package(root: Path, modules: dict[str, str]) -> Path:
+    for name, source in modules.items():
+        path = root / "seqgraph" / (name.replace(".", "/") + ".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    return root / "seqgraph"
+
+
+def test_the_rule_catches_an_upward_import_and_a_cycle(tmp_path):
+    package = write_package(
+        tmp_path,
+        {
+            "__init__": "",
+            "errors": "",
+            "engine.__init__": "",
+            "engine.graph": "from seqgraph.errors import x\n",
+            "engine.ops": "def f():\n    from seqgraph.train.loop import run\n",
+            "train.__init__": "",
+            "train.loop": "from seqgraph.train import data\n",
+            "train.data": "import seqgraph.train.loop\n",
+            "inspect.__init__": "",
+            "inspect.render": "from seqgraph.train import loop\n",
+        },
+    )
+    found = violations(import_graph(package))
+    assert "seqgraph.engine.ops imports seqgraph.train.loop: engine may not import train" in found
+    assert (
+        "seqgraph.inspect.render imports seqgraph.train.loop: inspect may not import train" in found
+    )
+    assert any(v.startswith("import cycle:") and "seqgraph.train.data" in v for v in found)
+    assert not any("engine.graph" in v for v in found)  # errors is below everything
+    assert len(found) == 3
