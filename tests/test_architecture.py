@@ -129,6 +129,25 @@ def test_nothing_below_apps_names_an_app():
     assert below == []
 
 
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """`from seqgraph.x import _name`: a module reaching into another's private names (the
+    sign of one idea split over two files)."""
+    found = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seqgraph"):
+                found += [
+                    f"{module_name(path, package)} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    return sorted(found)
+
+
+def test_no_module_imports_another_ones_private_names():
+    assert private_imports() == []
+
+
 def write_package(root: Path, modules: dict[str, str]) -> Path:
     for name, source in modules.items():
         path = root / "seqgraph" / (name.replace(".", "/") + ".py")
