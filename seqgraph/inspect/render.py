@@ -239,7 +239,7 @@ def render_model(
     if spec.model.feeds_back and out_steps is None:
         out_steps = steps
     if not with_grads:
-        graph = model.compiled(steps, out_steps)
+        graph = model.unrolled(steps, out_steps)
         return render_graph(graph, lengths=lengths, fold=fold, spec=spec, detail=detail)
     axis = "y_lengths" if spec.model.pattern == "one_to_many" else "lengths"
     if batch is None:
@@ -252,14 +252,9 @@ def render_model(
 
 
 def _model_grads(model, batch: dict) -> tuple[Graph, dict[Key, Any]]:
-    """One forward pass on `batch` as Model._run does it, then every node's gradient."""
-    _, steps, out_steps = batching.shape_of(model.spec, batch)
-    program = model.program(steps, out_steps)
-    graph, backend = program.graph, model.backend
-    leaves = {k: backend.asarray(v) for k, v in batching.feeds(model.spec, graph, batch).items()}
-    leaves.update({key: model.params[name] for name, key in graph.params.items()})
-    leaves.update({key: backend.asarray(v) for key, v in program.consts.items()})
-    return graph, _node_grads(program, backend.xp, program.forward(backend.xp, leaves))
+    """One interpreter pass on `batch`, then every node's gradient."""
+    program, values = model.interpret(batch)
+    return program.graph, _node_grads(program, model.backend.xp, values)
 
 
 def _node_grads(program: Program, xp, values: dict) -> dict[Key, Any]:
