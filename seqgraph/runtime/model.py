@@ -62,6 +62,16 @@ class Model:
         self.set_params(initialize(self.param_info, self.seed))
         self._dry_run()
 
+    def __repr__(self) -> str:
+        m, segments_text = self.spec.model, ""
+        if self.segment_steps:
+            segments_text = f", segments of {self.segment_steps} steps"
+        return (
+            f"Model({self.spec.name!r}: {m.pattern}, {m.stack}; "
+            f"{self.num_params():,} params; {self.backend.name} {self.backend.dtype_name}, "
+            f"engine {self.engine}{segments_text})"
+        )
+
     def _dry_run(self) -> None:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
         SpecError naming the equation, rather than in the middle of training."""
@@ -115,6 +125,7 @@ class Model:
         import_params(self, source, convention, **options)
 
     def num_params(self) -> int:
+        """How many numbers the parameters hold, all together."""
         return int(sum(np.prod(info.shape) for info in self.param_info.values()))
 
     # ---- compiled forms ----------------------------------------------------------------------
