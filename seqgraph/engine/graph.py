@@ -44,7 +44,7 @@ class Graph:
     inputs: dict[Key, dict] = field(default_factory=dict)  # data node key -> {role, ...}
     outputs: dict[str, Any] = field(default_factory=dict)  # role -> key or list of keys
     loss: Key | None = None
-    state_grads: bool = False  # initial states are differentiated too (compile.state_seeds)
+    state_grads: bool = False  # initial states are differentiated too (spec.unroll: state_seeds)
     _order: list[Key] | None = None
 
     def add(

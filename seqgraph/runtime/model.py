@@ -113,7 +113,7 @@ class Model:
         self, convention: str = "pytorch", arrays: dict | None = None, **options
     ) -> dict[str, np.ndarray]:
         """Host copies of the parameters (or of `arrays` keyed like them, e.g. gradients)
-        named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.interop`)."""
+        named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.runtime.interop`)."""
         from seqgraph.runtime.interop import export_params
 
         return export_params(self, convention, arrays, **options)
