@@ -61,7 +61,7 @@ def test_check_every_example_spec(path, capsys):
     model = Model(spec, dtype="float64")
     assert model.num_params() == _number(params)
     assert {name: info.shape for name, info in model.param_info.items()} == shapes
-    graph = model.compiled(3, 3 if spec.model.feeds_back else None)
+    graph = model.unrolled(3, 3 if spec.model.feeds_back else None)
     assert graph.nx.number_of_nodes() == _number(nodes)
     assert graph.nx.number_of_edges() == _number(edges)
 

@@ -83,7 +83,7 @@ def test_node_used_twice_by_one_op():
     two halves both reach `a` (dL/da = 2 a g)."""
     spec = model_spec("many_to_many", "square", layers=1, cells=SQUARE_CELL)
     model = Model(spec, dtype="float64")
-    graph = model.compiled(4)
+    graph = model.unrolled(4)
     squares = [
         (key, data["inputs"])
         for key, data in graph.nx.nodes(data=True)
@@ -115,7 +115,7 @@ def test_parameter_shared_by_every_step():
     central differences."""
     steps = 5
     model = Model(model_spec("many_to_many", "rnn", layers=1), dtype="float64")
-    graph = model.compiled(steps)
+    graph = model.unrolled(steps)
     g = graph.nx
     assert graph.params["l0.W_hh"] == ("l0", "W_hh", None)
     assert [k for k in g if k[1] == "W_hh"] == [("l0", "W_hh", None)]
@@ -323,7 +323,7 @@ def test_ten_thousand_steps_forward_and_backward():
         )
     expected = float(np.mean((h @ p["out.W"] + p["out.b"] - batch["y"]) ** 2))
     assert loss == pytest.approx(expected, rel=1e-12)
-    assert model.compiled(steps).nx.number_of_nodes() > 9 * steps
+    assert model.unrolled(steps).nx.number_of_nodes() > 9 * steps
     assert all(np.all(np.isfinite(host(g))) for g in grads.values())
 
     eps, direction = 1e-6, rng.normal(size=(2, 2))

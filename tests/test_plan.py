@@ -116,7 +116,7 @@ def test_carried_state_matches_interpreter():
 def test_time_batching_makes_one_product_per_projection():
     """Input projection and readout run once over all steps; the recurrence does not."""
     model = Model(spec("lstm", 2), dtype="float64")
-    plan, _ = model.plan(batching.dummy(model.spec, 2, 6))
+    plan = model.plan(batching.dummy(model.spec, 2, 6))
     assert {("l0", "t#1"), ("l1", "t#1"), ("out", "xW")} <= set(plan.batched)
     assert not any(c in plan.batched for c in plan.an.recurrent)
     products = [u for u in plan.units if plan.an.node.get(u[1], {}).get("op") == "matmul"]
@@ -126,9 +126,9 @@ def test_time_batching_makes_one_product_per_projection():
 def test_plan_is_cached_per_batch_shape():
     model = Model(spec("rnn"), dtype="float64")
     short, long = (batching.dummy(model.spec, 2, n) for n in (3, 6))
-    first = model.plan(short)[0]
-    assert model.plan(long)[0] is not first
-    assert model.plan(batching.dummy(model.spec, 2, 3, seed=5))[0] is first
+    first = model.plan(short)
+    assert model.plan(long) is not first
+    assert model.plan(batching.dummy(model.spec, 2, 3, seed=5)) is first
 
 
 def test_single_sequence_batch_matches_interpreter():
@@ -172,8 +172,8 @@ def check_forward(raw, batch, feedback="teacher", calls=2):
         assert list(got["state"]) == list(want["state"])
         for name in want["state"]:
             assert_close(got["state"][name], want["state"][name], name)
-    runner = plan.runner(batch, feedback, grads=False)
-    assert not runner.plan.backward_kernels and not runner.plan.layout.grad_buffers
+    forward_only = plan.plan(batch, feedback, grads=False)
+    assert not forward_only.backward_kernels and not forward_only.layout.grad_buffers
 
 
 @pytest.mark.parametrize("state_at", [None, 1, 3])
@@ -267,7 +267,7 @@ def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
     if padded:
         batch["lengths"] = np.array([4, 2, 3])
     for grads in (True, False):
-        runner = model.runner(batch, grads=grads)
+        runner = model._runner(batch, grads=grads)
         runner.load(batching.prepare(model.spec, batch))
         runner.plan.execute(model.params)  # loads the parameters
         value, fused = runner.plan.layout.value, 0
@@ -297,7 +297,7 @@ def test_lstm_step_fuses_gate_chain(cupy_like_plans):
     from seqgraph.plan import fusion
 
     model = Model(spec("lstm"), dtype="float64")
-    plan = model.runner(batching.dummy(model.spec, 2, 5), grads=False).plan
+    plan = model.plan(batching.dummy(model.spec, 2, 5), grads=False)
     fused = [run for run in plan.groups if len(run) > 1]
     assert [len(run) for run in fused] == [9] * 5
     per_step = [u for u in plan.units if u[0] == "node" and u[1][2] == 2]
@@ -316,7 +316,7 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
     never the numbers."""
     model = Model(spec(cell, 2), dtype="float64")
     batch = batching.dummy(model.spec, 2, 4)
-    runner = model.runner(batch)
+    runner = model._runner(batch)
     loss, grads = model.loss_and_grads(batch)
     from seqgraph.plan.lower import Plan
 
@@ -406,7 +406,7 @@ def test_bias_adds_run_in_place():
     puts both on the projection, overwriting its buffer (whose value nothing reads again);
     the gates keep their own buffers."""
     batch = batching.dummy(Model(spec("lstm"), dtype="float64").spec, 2, 5)
-    plan = check_same(spec("lstm"), batch).runner(batch).plan  # the interpreter's numbers
+    plan = check_same(spec("lstm"), batch).plan(batch)  # the interpreter's numbers
     lay, an = plan.layout, plan.an
     assert ("l0", "t#4+b_hh") in plan.batched
     assert an.inputs(an.members[("l0", "t#4+b_hh")][0]) == (
@@ -448,7 +448,7 @@ def test_common_subexpressions_merge_into_one_class():
     raw["cells"] = {"twice": cell}
     batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5)
     batch["lengths"] = np.array([5, 2, 4])
-    plan = check_same(raw, batch).runner(batch).plan
+    plan = check_same(raw, batch).plan(batch)
 
     def classes(op, nodes):  # the per-step classes of layer l0 that apply `op`
         return {
@@ -471,7 +471,7 @@ def test_gate_fusion_joins_one_weight_per_gate(monkeypatch):
     raw = spec("custom", layers=2, bidirectional=True)
     batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5)
     batch["lengths"] = np.array([5, 2, 4])
-    plan = check_same(raw, batch).runner(batch).plan
+    plan = check_same(raw, batch).plan(batch)
     names = [c[1] for c in plan.an.members if c[0] == "l0.fwd"]
     assert sum(n.startswith("cat(") for n in names) == 2  # [W_*] and [U_*], built once a call
     products = [n for n in names if n.endswith("|fused") and "+" not in n]
@@ -480,7 +480,7 @@ def test_gate_fusion_joins_one_weight_per_gate(monkeypatch):
     sums = [n for n in names if "|fused+" in n and "[" not in n]
     assert len(sums) == 1 and sorted(sums[0].split("+")) == sorted(products)
     monkeypatch.setattr(rewrites, "fuse_gates", lambda an: False)
-    unfused = Model(raw, dtype="float64").runner(batch).plan
+    unfused = Model(raw, dtype="float64").plan(batch)
     assert not any("|fused" in c[1] for c in unfused.an.members)
     assert len(plan.forward_kernels) < len(unfused.forward_kernels)
     assert len(plan.backward_kernels) < len(unfused.backward_kernels)
@@ -494,7 +494,7 @@ def test_dead_values_and_gradients_reuse_one_step_buffer():
     model = Model(spec("lstm", layers=2), dtype="float64")
     batch = batching.dummy(model.spec, 3, 6)
     batch["lengths"] = np.array([6, 2, 5])
-    plan = check_same(spec("lstm", layers=2), batch).runner(batch).plan
+    plan = check_same(spec("lstm", layers=2), batch).plan(batch)
     lay, an = plan.layout, plan.an
     recurrent_product = [c for c in plan.compacted if an.same_op(c)[0] == "matmul"]
     assert {c[0] for c in recurrent_product} == {"l0", "l1"}
@@ -514,7 +514,7 @@ def test_merged_gru_gates_share_one_step_gradient_buffer():
     raw = spec("gru", layers=2)
     batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
     batch["lengths"] = np.array([6, 2, 5])
-    plan = check_same(raw, batch).runner(batch).plan
+    plan = check_same(raw, batch).plan(batch)
     lay, an = plan.layout, plan.an
     joined = [c for c in an.members if c[0] == "l0" and an.same_op(c) == ("sigmoid", {})]
     assert [c[1] for c in joined] == ["r#12|z#14"]
@@ -531,7 +531,7 @@ def test_add_adopts_the_gradient_region_of_a_view_it_alone_reads():
     the projection's gradient: backward writes it in place and copies nothing."""
     raw = spec("gru", layers=2)
     batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
-    plan = check_same(raw, batch).runner(batch).plan
+    plan = check_same(raw, batch).plan(batch)
     lay, an = plan.layout, plan.an
     projection = lay.grad_stack[("l0", "split#2")].arr
     for cls in (("l0", "t#16"), ("l0", "t#15")):
@@ -566,7 +566,7 @@ def test_views_of_a_compacted_class_keep_an_adopted_gradient():
     raw = {**spec("rnn", layers=2), "cells": {"adopting": ADOPTING_CELL}}
     raw["model"]["layers"] = [{"cell": "adopting", "hidden": 5}] * 2
     batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 6)
-    plan = check_same(raw, batch).runner(batch).plan
+    plan = check_same(raw, batch).plan(batch)
     lay = plan.layout
     merged = [c for c in lay.classes if c[0] == "l0" and c[1] == "p#7|q#8"]
     assert merged and merged[0] not in plan.grad_compacted

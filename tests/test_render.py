@@ -189,7 +189,7 @@ def test_gradient_colours_show_vanishing_along_time():
 
 def test_colours_follow_the_gradient_norms_given():
     m = model(cell="rnn")
-    graph = m.compiled(3)
+    graph = m.unrolled(3)
     grads = {k: np.ones((2, 3)) for k in graph.nx if k[0] == "l0" and k[1] == "h"}
     before, _, _ = parse(render.render_graph(graph, grads=grads))
     grads[("l0", "h", 1)] = grads[("l0", "h", 1)] * 1e4
@@ -200,7 +200,7 @@ def test_colours_follow_the_gradient_norms_given():
 
 def test_parameter_gradients_from_backward_colour_the_tables():
     m = model(cell="rnn")
-    graph = m.compiled(3)
+    graph = m.unrolled(3)
     batch = {"x": np.zeros((2, 3), dtype=int), "y": np.ones((2, 3), dtype=int)}
     grads = {graph.params[name]: g for name, g in m.loss_and_grads(batch)[1].items()}
     nodes, _, _ = parse(render.render_graph(graph, grads=grads, spec=m.spec))

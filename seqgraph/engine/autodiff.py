@@ -52,7 +52,7 @@ class Program:
             if graph.node(k)["kind"] == "const"
         }
 
-    def forward(self, xp, leaves: dict[Key, Any], keep: Callable[[Key], bool] | None = None):
+    def forward(self, xp, leaves: dict[Key, Any]) -> dict[Key, Any]:
         """Evaluate every op; `leaves` holds params, inputs and consts. Returns all values."""
         values = dict(leaves)
         for ins in self.instructions:

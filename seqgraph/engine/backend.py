@@ -26,14 +26,15 @@ class Backend:
     def dtype(self):
         return getattr(self.xp, self.dtype_name)
 
-    def asarray(self, value, dtype=None):
-        """Host data (NumPy, lists, scalars) -> an array of this backend."""
+    def asarray(self, value):
+        """Host data (NumPy, lists, scalars) -> an array of this backend: floats in its
+        dtype, integers as int64, anything else (booleans) as it is."""
         array = np.asarray(value)
-        if dtype is None:
-            dtype = self.dtype if array.dtype.kind == "f" else None
+        if array.dtype.kind == "f":
+            return self.xp.asarray(array, dtype=self.dtype)
         if array.dtype.kind in "iu":
-            dtype = self.xp.int64
-        return self.xp.asarray(array, dtype=dtype) if dtype is not None else self.xp.asarray(array)
+            return self.xp.asarray(array, dtype=self.xp.int64)
+        return self.xp.asarray(array)
 
     def to_numpy(self, value) -> np.ndarray:
         return to_numpy(value)

@@ -44,7 +44,7 @@ class Graph:
     inputs: dict[Key, dict] = field(default_factory=dict)  # data node key -> {role, ...}
     outputs: dict[str, Any] = field(default_factory=dict)  # role -> key or list of keys
     loss: Key | None = None
-    state_grads: bool = False  # initial states are differentiated too (compile.state_seeds)
+    state_grads: bool = False  # initial states are differentiated too (spec.unroll: state_seeds)
     _order: list[Key] | None = None
 
     def add(
@@ -86,6 +86,48 @@ class Graph:
             self._order = list(nx.topological_sort(self.nx))
         return self._order
 
+    def __repr__(self) -> str:
+        kinds = dict.fromkeys(KINDS, 0)
+        steps = set()
+        for key, kind in self.nx.nodes(data="kind"):
+            kinds[kind] += 1
+            if key[2] is not None:
+                steps.add(key[2])
+        counts = ", ".join(f"{n} {kind}s" for kind, n in kinds.items() if n)
+        span = f"steps t={min(steps)}..{max(steps)}" if steps else "no steps"
+        names = list(self.params)
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+        loss = key_str(self.loss) if self.loss is not None else "none"
+        return (
+            f"Graph({self.nx.number_of_nodes()} nodes ({counts}), "
+            f"{self.nx.number_of_edges()} edges, {span}; params {shown or 'none'}; loss {loss})"
+        )
+
+    def describe(self, key: Key, values: dict | None = None) -> str:
+        """One node, readably: `l0/r#12@0 = sigmoid(l0/t#11@0)` with its attrs, then where it
+        comes from (`source`), its role or parameter, its shape when known (a parameter's
+        always; any node's when `values` holds it, e.g. from `Model.interpret`) and its users.
+        """
+        if key not in self.nx:
+            raise GraphError(f"no node {key_str(key)} in this graph")
+        data = self.node(key)
+        attrs = {k: v for k, v in data["attrs"].items() if k != "value"}
+        if data["kind"] == "op":
+            args = [key_str(k) for k in data["inputs"]] + [f"{k}={v}" for k, v in attrs.items()]
+            lines = [f"{key_str(key)} = {data['op']}({', '.join(args)})"]
+        else:
+            lines = [f"{key_str(key)}: {data['kind']}"]
+        meta = {k: v for k, v in data.items() if k not in ("kind", "op", "inputs", "attrs")}
+        lines += [f"  {name}: {value}" for name, value in meta.items()]
+        shape = _shape(self, key, values or {})
+        if shape:
+            lines.append(f"  shape: {shape}")
+        users = list(dict.fromkeys(self.nx.successors(key)))
+        if users:
+            more = f" (+{len(users) - 8} more)" if len(users) > 8 else ""
+            lines.append(f"  used by: {', '.join(key_str(k) for k in users[:8])}{more}")
+        return "\n".join(lines)
+
     def check(self) -> None:
         """Raise GraphError if an invariant the engine relies on does not hold."""
         for key, data in self.nx.nodes(data=True):
@@ -104,3 +146,14 @@ class Graph:
                 raise GraphError(f"node {key_str(key)}: edges do not mirror its inputs")
         if not nx.is_directed_acyclic_graph(self.nx):
             raise GraphError("the unrolled graph has a cycle")
+
+
+def _shape(graph: Graph, key: Key, values: dict) -> str:
+    """A node's shape and dtype as far as known: from `values`, a parameter's info or a const."""
+    data = graph.node(key)
+    value = values.get(key, data["attrs"].get("value") if data["kind"] == "const" else None)
+    if value is not None and hasattr(value, "shape"):
+        return f"{tuple(value.shape)} {value.dtype}"
+    if data["kind"] == "param":
+        return str(graph.param_info[data["param"]].shape)
+    return ""

@@ -23,9 +23,8 @@ def device_of(x):
     return getattr(x, "device", None)
 
 
-def one_hot(xp, ids, classes: int, dtype=None):
-    """A float one-hot encoding of integer `ids` along a new last axis."""
-    dtype = dtype if dtype is not None else xp.float64
+def one_hot(xp, ids, classes: int, dtype):
+    """A one-hot encoding of integer `ids` along a new last axis, in float `dtype`."""
     arange = xp.arange(classes, device=device_of(ids))
     return xp.astype(ids[..., None] == arange, dtype)
 

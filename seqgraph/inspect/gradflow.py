@@ -44,7 +44,7 @@ class Ledger:
 
 def ledger(model, batch: dict, feedback: str = "teacher") -> Ledger:
     """Run one forward/backward pass on `batch` and record the ledger."""
-    program, values = model._run(batch, feedback)
+    program, values = model.interpret(batch, feedback)
     xp = model.backend.xp
     names = {key: name for name, key in program.graph.params.items()}
     state_vars = {var for layer in _all_layers(model) for var in model.spec.cells[layer.cell].state}

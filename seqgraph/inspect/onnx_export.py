@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.errors import DataError
-from seqgraph.runtime.interop import _layers, export_params
+from seqgraph.runtime.interop import export_params, recurrent_layers
 
 OPSET = 17
 ONNX_OP = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -85,7 +85,9 @@ def _dense(b: _Builder, params: dict, scope: str, x: str, activation: str = "ide
 
 def _layer(b: _Builder, model, onnx_w: dict, index: int, layer, x: str, lengths: str):
     """One ONNX recurrent node; returns (Y as (T, B, out), Y_h as (B, out))."""
-    scopes = [s for s, _, i, _ in _layers(model) if i == index and not s.startswith("dec.")]
+    scopes = [
+        s for s, _, i, _ in recurrent_layers(model) if i == index and not s.startswith("dec.")
+    ]
     stack = {k: np.concatenate([onnx_w[f"{s}.{k}"] for s in scopes]) for k in "WRB"}
     names = [b.const(f"l{index}.{k}", stack[k]) for k in "WRB"]
     attrs = {

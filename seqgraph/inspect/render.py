@@ -21,7 +21,7 @@ import numpy as np
 from seqgraph.engine.autodiff import Program
 from seqgraph.engine.graph import Graph, Key, key_str
 from seqgraph.errors import SeqgraphError
-from seqgraph.inspect.render_layout import _grid
+from seqgraph.inspect.render_layout import grid_positions
 from seqgraph.inspect.render_scene import (
     EDGE_ATTR,
     GRAPH_ATTR,
@@ -34,11 +34,11 @@ from seqgraph.inspect.render_scene import (
     SPLINE_EDGES,
     STATE,
     ZERO,
-    _ink,
-    _lane,
-    _pairs,
-    _Scene,
-    _table,
+    Scene,
+    attr_pairs,
+    html_table,
+    ink_on,
+    lane_colours,
 )
 from seqgraph.runtime import batch as batching
 
@@ -65,10 +65,10 @@ class _Scale:
     def legend(self) -> str:
         ticks = [10 ** (self.lo + i * (self.hi - self.lo) / 4) for i in range(5)]
         cells = [("0", ZERO)] + [(f"{x:.0e}", self.colour(x)) for x in ticks]
-        return _table("gradient norm ‖∂L/∂value‖, log scale:", cells, border=0)
+        return html_table("gradient norm ‖∂L/∂value‖, log scale:", cells, border=0)
 
 
-def _node_attrs(scene: _Scene, block: str) -> tuple[dict[str, str], float | None]:
+def _node_attrs(scene: Scene, block: str) -> tuple[dict[str, str], float | None]:
     first = scene.members[block][0]
     tooltip = ", ".join(key_str(k) for k in scene.members[block][:8])
     attrs = {"label": scene.label(block), **scene.style(block), "tooltip": tooltip}
@@ -88,10 +88,10 @@ def _node_attrs(scene: _Scene, block: str) -> tuple[dict[str, str], float | None
     return attrs, norm
 
 
-def _edge_attrs(scene: _Scene, tail: str, head: str, names: list[str]) -> dict[str, str]:
+def _edge_attrs(scene: Scene, tail: str, head: str, names: list[str]) -> dict[str, str]:
     attrs: dict[str, str] = {}
     if tail.startswith("param"):
-        attrs = _pairs(f"color={PARAM_EDGE} style=dashed arrowsize=0.4")
+        attrs = attr_pairs(f"color={PARAM_EDGE} style=dashed arrowsize=0.4")
     elif names:
         attrs = {"penwidth": "2.2", "color": STATE, "label": ", ".join(names)}
         if scene.cluster(scene.members[tail][0]) == scene.cluster(scene.members[head][0]):
@@ -102,14 +102,14 @@ def _edge_attrs(scene: _Scene, tail: str, head: str, names: list[str]) -> dict[s
     return attrs
 
 
-def _paint(scene: _Scene, nodes: dict, edges: dict) -> _Scale:
+def _paint(scene: Scene, nodes: dict, edges: dict) -> _Scale:
     """Colour nodes, parameter cells and edges by their gradient norms; returns the scale."""
     params = {k: scene.norm([k]) for k in scene.g.params.values()} if scene.grads else {}
     norms = [n for _, n in nodes.values()] + [n for _, n in edges.values()]
     scale = _Scale(norms + list(params.values()))
     for attrs, norm in nodes.values():
         if norm is not None:
-            attrs.update(fillcolor=scale.colour(norm), fontcolor=_ink(scale.colour(norm)))
+            attrs.update(fillcolor=scale.colour(norm), fontcolor=ink_on(scale.colour(norm)))
             attrs["style"] = attrs.get("style", "") + ",filled"
     for (_, _, state), (attrs, norm) in edges.items():
         if norm is not None and attrs.get("style") != "dotted":
@@ -122,7 +122,7 @@ def _paint(scene: _Scene, nodes: dict, edges: dict) -> _Scale:
     return scale
 
 
-def _emit(dot: graphviz.Digraph, scene: _Scene, nodes: dict, edges: dict, where: dict) -> None:
+def _emit(dot: graphviz.Digraph, scene: Scene, nodes: dict, edges: dict, where: dict) -> None:
     """Title, nodes (pinned where `where` says; in their step cluster in the detail view), edges."""
     pattern = f" ({scene.spec.model.pattern})" if scene.spec is not None else ""
     view = "folded" if scene.fold else f"unrolled T={scene.steps}"
@@ -135,12 +135,12 @@ def _emit(dot: graphviz.Digraph, scene: _Scene, nodes: dict, edges: dict, where:
         clusters[name].append(block) if name else dot.node(block, **attrs)
     for name, blocks in clusters.items():
         padded, label = scene.padding(blocks[0]), name + (" (every t)" if scene.fold else "")
-        style = {"style": "rounded", "color": _lane(name)[1]}
+        style = {"style": "rounded", "color": lane_colours(name)[1]}
         if padded:
             label += f" (padded in {sum(n <= scene.t(blocks[0]) for n in scene.lengths)}"
             label += f"/{len(scene.lengths)})"
             full = f"style=rounded,filled fillcolor=#f7f7f7 color={GREY}"
-            style.update(_pairs(full if padded == "full" else "style=rounded,dashed"))
+            style.update(attr_pairs(full if padded == "full" else "style=rounded,dashed"))
         with dot.subgraph(name=f"cluster_{name}") as sub:
             # left-justified: neato writes it inside the box, where a cell's top node is centred
             sub.attr(label=label, labeljust="l", fontsize="8", fontcolor="#666666", **style)
@@ -172,14 +172,14 @@ def render_graph(
     detail: every op node, in a cluster per cell step, instead of one node per cell step.
     The unrolled views are pinned on a grid for `neato`, the folded one laid out by `dot`.
     """
-    scene = _Scene(graph, spec, detail, fold, lengths, grads)
+    scene = Scene(graph, spec, detail, fold, lengths, grads)
     nodes = {block: _node_attrs(scene, block) for block in scene.members}
     edges = {}
     for (tail, head, state), (names, values) in scene.edges().items():
         norm = None if tail.startswith("param") else scene.norm(values)  # per-step dW unknown
         edges[(tail, head, state)] = (_edge_attrs(scene, tail, head, names), norm)
     scale = _paint(scene, nodes, edges)
-    where = {} if fold else _grid(scene, edges)
+    where = {} if fold else grid_positions(scene, edges)
     # layout=neato: the pinned grid survives `dot -Tsvg g.dot` too
     splines = "true" if len(edges) <= SPLINE_EDGES else "line"
     grid = {"layout": "neato", "splines": splines} if where else {}
@@ -239,7 +239,7 @@ def render_model(
     if spec.model.feeds_back and out_steps is None:
         out_steps = steps
     if not with_grads:
-        graph = model.compiled(steps, out_steps)
+        graph = model.unrolled(steps, out_steps)
         return render_graph(graph, lengths=lengths, fold=fold, spec=spec, detail=detail)
     axis = "y_lengths" if spec.model.pattern == "one_to_many" else "lengths"
     if batch is None:
@@ -252,14 +252,9 @@ def render_model(
 
 
 def _model_grads(model, batch: dict) -> tuple[Graph, dict[Key, Any]]:
-    """One forward pass on `batch` as Model._run does it, then every node's gradient."""
-    _, steps, out_steps = batching.shape_of(model.spec, batch)
-    program = model.program(steps, out_steps)
-    graph, backend = program.graph, model.backend
-    leaves = {k: backend.asarray(v) for k, v in batching.feeds(model.spec, graph, batch).items()}
-    leaves.update({key: model.params[name] for name, key in graph.params.items()})
-    leaves.update({key: backend.asarray(v) for key, v in program.consts.items()})
-    return graph, _node_grads(program, backend.xp, program.forward(backend.xp, leaves))
+    """One interpreter pass on `batch`, then every node's gradient."""
+    program, values = model.interpret(batch)
+    return program.graph, _node_grads(program, model.backend.xp, values)
 
 
 def _node_grads(program: Program, xp, values: dict) -> dict[Key, Any]:

@@ -12,11 +12,11 @@ from seqgraph.inspect.render_scene import (
     COLUMN,
     DETAIL_ROW,
     ROW,
-    _Scene,
+    Scene,
 )
 
 
-def _levels(scene: _Scene, edges: dict, row_of: dict[str, str]) -> dict[str, int]:
+def _levels(scene: Scene, edges: dict, row_of: dict[str, str]) -> dict[str, int]:
     """Depth of every row (longest path from the inputs, a backward lane above its forward
     one); a row that only feeds others sits just below the first of them."""
     dag = nx.DiGraph()
@@ -48,7 +48,7 @@ def _levels(scene: _Scene, edges: dict, row_of: dict[str, str]) -> dict[str, int
     return {block: level[row] for block, row in row_of.items() if dag.degree(row)}
 
 
-def _columns(scene: _Scene, edges: dict) -> tuple[dict[str, float], dict[str, int]]:
+def _columns(scene: Scene, edges: dict) -> tuple[dict[str, float], dict[str, int]]:
     """Column and level of each block: a step's column is t (a decoder continues after its
     encoder); a block without a step sits by its neighbours, an initial state beside its step."""
     row_of, col = {}, {}
@@ -81,9 +81,11 @@ def _columns(scene: _Scene, edges: dict) -> tuple[dict[str, float], dict[str, in
     return {b: col.get(b, 0.0) for b in row_of}, {b: level.get(b, 0) for b in row_of}
 
 
-def _grid(scene: _Scene, edges: dict) -> dict[str, tuple[float, float]]:
-    """Positions (inches) for the unrolled views; blocks sharing a place stand side by side,
-    initial states (h over c) one above the other."""
+def grid_positions(scene: Scene, edges: dict) -> dict[str, tuple[float, float]]:
+    """Position (x, y in inches) of every block of `scene` in the unrolled views, for
+    `neato` to pin: a column per time step, a row per layer and lane. `edges` are the
+    scene's `(tail, head, carries state)` edges. Blocks sharing a place stand side by side,
+    initial states (h over c) one above the other; parameters go just below their users."""
     col, level = _columns(scene, edges)
     slots: dict[tuple, list[str]] = defaultdict(list)
     for block in col:
@@ -113,7 +115,7 @@ def _grid(scene: _Scene, edges: dict) -> dict[str, tuple[float, float]]:
     return where
 
 
-def _clear(scene: _Scene, where: dict) -> None:
+def _clear(scene: Scene, where: dict) -> None:
     """Move each block without a step sideways until it clears the others in its row."""
     rows: dict[float, list[str]] = defaultdict(list)
     for block, (_, y) in where.items():
@@ -131,7 +133,7 @@ def _clear(scene: _Scene, where: dict) -> None:
             placed.append(block)
 
 
-def _place_param(scene: _Scene, block: str, heads: list[str], where: dict, row: float) -> None:
+def _place_param(scene: Scene, block: str, heads: list[str], where: dict, row: float) -> None:
     """A parameter goes in the gap just below its users' row, left of the grid (right for a
     decoder's), clear of what is there, so its edges fan out along the gap."""
     steps = [x for b, (x, _) in where.items() if isinstance(scene.t(b), int)] or [0.0]

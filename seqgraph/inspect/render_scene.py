@@ -1,6 +1,7 @@
 """What the renderer draws: an unrolled graph grouped into blocks (one per cell step, or per
-op in the detail view), their labels, styles and the edges between them. Shared by the
-layout (`render_layout.py`) and the drawing (`render.py`)."""
+op in the detail view), their labels, styles and the edges between them. Its public names
+(`Scene`, the style constants and helpers) are what the layout (`render_layout.py`) and the
+drawing (`render.py`) share."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from seqgraph.engine.graph import Graph, Key, key_str
 from seqgraph.engine.xp_extra import to_numpy
 
 
-def _pairs(text: str) -> dict[str, str]:
+def attr_pairs(text: str) -> dict[str, str]:
     """ "a=1 b=2" -> {"a": "1", "b": "2"}: Graphviz attributes and op symbols, compactly."""
     return dict(item.split("=", 1) for item in text.split())
 
 
-SYMBOLS = _pairs(
+SYMBOLS = attr_pairs(
     "add=+ addn=Σ sub=− mul=⊙ div=÷ neg=−x matmul=@ sigmoid=σ chunk=split slice=[:] sum=Σ "
     "where=mask embedding=embed softmax_ce=CE mse=MSE"
 )
@@ -38,13 +39,15 @@ LANES = {
 SUBSCRIPT = str.maketrans("0123456789t-", "₀₁₂₃₄₅₆₇₈₉ₜ₋")
 COLUMN, ROW, DETAIL_ROW = 1.5, 0.8, 0.55  # grid spacing, inches
 SPLINE_EDGES = 250  # above this, straight edges: routing them around nodes gets slow
-GRAPH_ATTR = _pairs("rankdir=BT fontname=Helvetica fontsize=11 labelloc=t outputorder=edgesfirst")
-NODE_ATTR = _pairs(
+GRAPH_ATTR = attr_pairs(
+    "rankdir=BT fontname=Helvetica fontsize=11 labelloc=t outputorder=edgesfirst"
+)
+NODE_ATTR = attr_pairs(
     "fontname=Helvetica fontsize=9 shape=box style=rounded,filled fillcolor=white height=0.3 "
     "width=0.3 margin=0.06,0.03"
 )
-PLAIN = _pairs("shape=plaintext style=solid margin=0")  # for HTML-like tables
-EDGE_ATTR = _pairs("arrowsize=0.5 penwidth=0.8 color=#555555 fontname=Helvetica fontsize=8")
+PLAIN = attr_pairs("shape=plaintext style=solid margin=0")  # for HTML-like tables
+EDGE_ATTR = attr_pairs("arrowsize=0.5 penwidth=0.8 color=#555555 fontname=Helvetica fontsize=8")
 
 
 def _sub(t) -> str:
@@ -56,18 +59,20 @@ def _group(scope: str) -> str:
     return re.sub(r"^(enc|fb)\d+$|^(bridge\.l\d+)\..*$", lambda m: m[1] or m[2], scope)
 
 
-def _lane(scope: str) -> tuple[str, str]:
+def lane_colours(scope: str) -> tuple[str, str]:
+    """(fill, border) colours of a scope's lane: forward, backward (`.bwd`) or decoder."""
     return LANES["bwd" if scope.endswith(".bwd") else "dec" if scope.startswith("dec.") else "fwd"]
 
 
-def _ink(background: str) -> str:
+def ink_on(background: str) -> str:
+    """The text colour readable on `background` (white on the dark end of the palette)."""
     return "white" if background in PALETTE[5:] else "black"
 
 
-def _table(title: str, cells: list[tuple[str, str]], border: int) -> str:
+def html_table(title: str, cells: list[tuple[str, str]], border: int) -> str:
     """An HTML-like label: a title cell, then (text, background) cells, in one row."""
     row = "".join(
-        f'<TD BGCOLOR="{bg}"><FONT COLOR="{_ink(bg)}">{text}</FONT></TD>' for text, bg in cells
+        f'<TD BGCOLOR="{bg}"><FONT COLOR="{ink_on(bg)}">{text}</FONT></TD>' for text, bg in cells
     )
     return (
         f'<<TABLE BORDER="{border}" CELLBORDER="{1 - border}" CELLSPACING="0" CELLPADDING="2" '
@@ -75,14 +80,17 @@ def _table(title: str, cells: list[tuple[str, str]], border: int) -> str:
     )
 
 
-class _Scene:
-    """What to draw, worked out from the graph: blocks (drawn nodes), their members, edges."""
+class Scene:
+    """What to draw, worked out from the graph: blocks (drawn nodes), their members, edges.
+
+    The one interface between the three render modules: `render_layout.grid_positions`
+    places a scene's blocks, `render.render_graph` styles and emits them."""
 
     def __init__(self, graph: Graph, spec, detail: bool, fold: bool, lengths, grads):
         self.g, self.spec, self.detail, self.fold = graph, spec, detail, fold
         self.lengths = [int(n) for n in lengths] if lengths else None
         self.grads = grads or {}
-        order = list(nx.topological_sort(graph.nx))
+        order = graph.order()
         # what cannot reach the loss (a layer's unused final state) is not drawn
         self.live = set(order) if graph.loss is None else nx.ancestors(graph.nx, graph.loss)
         self.live.add(graph.loss)
@@ -204,22 +212,22 @@ class _Scene:
         data, scope = self.g.node(first), first[0]
         if data["kind"] == "input":
             if data.get("role") == "state":  # small, so that h over c fits between two rows
-                return _pairs("style=dashed height=0.22 fontsize=8 margin=0.04,0.01")
+                return attr_pairs("style=dashed height=0.22 fontsize=8 margin=0.04,0.01")
             return {"style": "solid"}
         if data["kind"] == "param":
             return {"style": "filled", "fillcolor": GOLD, "fontsize": "8"}
         if self.cluster(first) and (not self.detail or data["op"] == "where"):
-            fill, border = _lane(scope)
+            fill, border = lane_colours(scope)
             size = "9" if self.detail else "10"
-            return _pairs(
+            return attr_pairs(
                 f"style=rounded,filled,bold fillcolor={fill} color={border} fontsize={size}"
             )
         if (scope == "loss" and not self.detail) or first[1] in ("L", "total"):
             total = first[2] is None and len(self.g.outputs.get("losses", ())) > 1
             if total:
-                return _pairs("fillcolor=#e06666 fontsize=10 shape=doubleoctagon")
-            return _pairs("fillcolor=#f4cccc fontsize=10")
-        return _pairs("shape=ellipse fillcolor=#f3f3f3 fontsize=8 margin=0.02")
+                return attr_pairs("fillcolor=#e06666 fontsize=10 shape=doubleoctagon")
+            return attr_pairs("fillcolor=#f4cccc fontsize=10")
+        return attr_pairs("shape=ellipse fillcolor=#f3f3f3 fontsize=8 margin=0.02")
 
     def shape_of(self, key: Key) -> str:
         return "×".join(map(str, self.g.param_info[self.g.node(key)["param"]].shape))
@@ -229,7 +237,7 @@ class _Scene:
         cells = [
             (f"{k[1]}<BR/>{self.shape_of(k)}", colours.get(k, GOLD)) for k in self.members[block]
         ]
-        return _table(f"<B>{block.split(' ', 1)[1]}</B>", cells, border=1)
+        return html_table(f"<B>{block.split(' ', 1)[1]}</B>", cells, border=1)
 
     def width(self, block: str) -> float:
         """Roughly how wide (inches) a block is drawn, to keep parameters clear of the grid."""

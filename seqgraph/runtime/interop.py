@@ -12,7 +12,6 @@ seqgraph names in every convention.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 # block order of each convention, as indices into seqgraph's (PyTorch's) blocks
 KERAS_ORDER = {"rnn": [0], "rnn_relu": [0], "lstm": [0, 1, 2, 3], "gru": [1, 0, 2]}  # z r h
 ONNX_ORDER = {"rnn": [0], "rnn_relu": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}  # iofc, zrh
-LAYER_SCOPE = re.compile(r"^(dec\.)?l(\d+)(\.fwd|\.bwd)?$")
 
 
 def _blocks(array: np.ndarray, order: list[int]) -> np.ndarray:
@@ -37,8 +35,10 @@ def _inverse(order: list[int]) -> list[int]:
     return [order.index(i) for i in range(len(order))]
 
 
-def _layers(model) -> list[tuple[str, str, int, str]]:
-    """(scope, cell name, layer index, direction suffix) of every recurrent layer."""
+def recurrent_layers(model) -> list[tuple[str, str, int, str]]:
+    """(scope, cell name, layer index, PyTorch name suffix) of every recurrent layer and
+    direction, encoder then decoder: e.g. ("l0.bwd", "lstm", 0, "_reverse"). The weight
+    mappings here and the ONNX export (`inspect.onnx_export`) walk the layers this way."""
     m = model.spec.model
     out = []
     for prefix, layers in (("", m.layers), ("dec.", m.decoder_layers)):
@@ -50,7 +50,7 @@ def _layers(model) -> list[tuple[str, str, int, str]]:
 
 
 def _check_cells(model, convention: str, options: dict) -> None:
-    for scope, cell, _, _ in _layers(model):
+    for scope, cell, _, _ in recurrent_layers(model):
         if cell not in GATES:
             raise DataError(
                 f"layer {scope} uses cell {cell!r}, which has no {convention} "
@@ -69,10 +69,6 @@ def _check_cells(model, convention: str, options: dict) -> None:
             )
 
 
-def _rest(model, params: dict, names: set) -> dict:
-    return {k: v for k, v in params.items() if k not in names}
-
-
 def export_params(
     model, convention: str = "pytorch", arrays: dict | None = None, **options
 ) -> dict[str, np.ndarray]:
@@ -84,7 +80,7 @@ def export_params(
     source = model.params if arrays is None else arrays
     params = {k: model.backend.to_numpy(v) for k, v in source.items()}
     used, out = set(), {}
-    for scope, cell, index, suffix in _layers(model):
+    for scope, cell, index, suffix in recurrent_layers(model):
         W_ih, W_hh = params[f"{scope}.W_ih"], params[f"{scope}.W_hh"]
         b_ih, b_hh = params[f"{scope}.b_ih"], params[f"{scope}.b_hh"]
         used |= {f"{scope}.{n}" for n in ("W_ih", "W_hh", "b_ih", "b_hh")}
@@ -101,7 +97,7 @@ def export_params(
             )
         elif convention == "keras":
             order = KERAS_ORDER[cell]
-            key = f"{scope}"
+            key = scope
             out[f"{key}.kernel"] = _blocks(W_ih, order)
             out[f"{key}.recurrent_kernel"] = _blocks(W_hh, order)
             if cell == "gru":
@@ -110,11 +106,11 @@ def export_params(
                 out[f"{key}.bias"] = _blocks(b_ih + b_hh, order)
         else:
             order = ONNX_ORDER[cell]
-            key = f"{scope}"
+            key = scope
             out[f"{key}.W"] = _blocks(W_ih, order).T[None]
             out[f"{key}.R"] = _blocks(W_hh, order).T[None]
             out[f"{key}.B"] = np.concatenate([_blocks(b_ih, order), _blocks(b_hh, order)])[None]
-    out.update(_rest(model, params, used))
+    out.update({k: v for k, v in params.items() if k not in used})
     return out
 
 
@@ -128,7 +124,7 @@ def import_params(model, source, convention: str = "pytorch", **options) -> None
     _check_cells(model, convention, options)
     arrays = _read_source(source)
     new = {}
-    for scope, cell, index, suffix in _layers(model):
+    for scope, cell, index, suffix in recurrent_layers(model):
         tag = "dec_" if scope.startswith("dec.") else ""
         if convention == "pytorch":
             key = f"{tag}l{index}{suffix}"

@@ -31,9 +31,10 @@ class Model:
 
     `params` maps names such as `l0.W_ih` or `out.W` to backend arrays. Every method that
     takes a batch compiles (once per sequence length and feedback mode) the unrolled graph.
-    `engine="plan"` runs gradients through a compiled execution plan (`plan.py`, cached per
-    batch shape); `engine="interp"` walks the graph node by node (`autodiff.Program`), the
-    reference the plan is tested against.
+    `engine="plan"` runs gradients through a compiled execution plan (`seqgraph.plan`, cached
+    per batch shape); `engine="interp"` walks the graph node by node (`autodiff.Program`),
+    the reference the plan is tested against. `graph`, `unrolled` and `plan` return the
+    compiled forms to look at; `interpret` runs the interpreter and returns every value.
     """
 
     def __init__(
@@ -47,7 +48,7 @@ class Model:
         if engine not in ("plan", "interp"):
             raise ValueError(f"engine must be 'plan' or 'interp', got {engine!r}")
         self.spec = _as_spec(spec)
-        self._plans: dict[tuple, Runner] = {}
+        self._runners: dict[tuple, Runner] = {}
         self.backend: Backend = get_backend(backend or self.spec.backend, dtype or self.spec.dtype)
         self.seed = self.spec.seed if seed is None else seed
         self.engine = engine if self.backend.name in ("numpy", "cupy") else "interp"
@@ -56,18 +57,27 @@ class Model:
         self.segment_steps = self.spec.train.get("segment_steps")
         if self.segment_steps:
             segments.check(self.spec, self.engine)
-        probe = self.compiled(1, 1 if self.spec.model.feeds_back else None)
-        self.param_info = probe.param_info
+        self.param_info = self.unrolled(1).param_info
         self.params: dict[str, Any] = {}
         self.set_params(initialize(self.param_info, self.seed))
         self._dry_run()
+
+    def __repr__(self) -> str:
+        m, segments_text = self.spec.model, ""
+        if self.segment_steps:
+            segments_text = f", segments of {self.segment_steps} steps"
+        return (
+            f"Model({self.spec.name!r}: {m.pattern}, {m.stack}; "
+            f"{self.num_params():,} params; {self.backend.name} {self.backend.dtype_name}, "
+            f"engine {self.engine}{segments_text})"
+        )
 
     def _dry_run(self) -> None:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
         SpecError naming the equation, rather than in the middle of training."""
         out_steps = 1 if self.spec.model.feeds_back else None
         try:
-            self._run(batching.dummy(self.spec, 1, 2, out_steps), "teacher")
+            self.interpret(batching.dummy(self.spec, 1, 2, out_steps), "teacher")
         except GraphError as exc:
             source = getattr(exc, "source", "")
             if not source:
@@ -103,7 +113,7 @@ class Model:
         self, convention: str = "pytorch", arrays: dict | None = None, **options
     ) -> dict[str, np.ndarray]:
         """Host copies of the parameters (or of `arrays` keyed like them, e.g. gradients)
-        named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.interop`)."""
+        named and laid out as PyTorch, Keras or ONNX expect (see `seqgraph.runtime.interop`)."""
         from seqgraph.runtime.interop import export_params
 
         return export_params(self, convention, arrays, **options)
@@ -115,42 +125,78 @@ class Model:
         import_params(self, source, convention, **options)
 
     def num_params(self) -> int:
+        """How many numbers the parameters hold, all together."""
         return int(sum(np.prod(info.shape) for info in self.param_info.values()))
 
-    # ---- graphs ------------------------------------------------------------------------------
+    # ---- compiled forms ----------------------------------------------------------------------
+    # What a user looks at: `graph` (networkx), `unrolled` (the engine's Graph) and `plan`
+    # (the compiled plan). The interpreter's Program and the plan's Runner stay internal.
 
-    def compiled(
+    def graph(
+        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+    ) -> nx.MultiDiGraph:
+        """The unrolled networkx.MultiDiGraph for `steps` input steps (and `out_steps` decoder
+        steps, default `steps`): a copy, yours to change. Nodes are `(scope, name, t)`, with
+        the op, its attrs and the ordered input keys as node data; `unrolled` has the rest."""
+        return self.unrolled(steps, out_steps, feedback).nx.copy()
+
+    def unrolled(
         self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
     ) -> Graph:
-        return self.program(steps, out_steps, feedback).graph
+        """The unrolled Graph both engines run (cached; read it, do not change it): nodes,
+        their order, parameters and the roles they play (loss, outputs, inputs). Its repr
+        counts them; `describe(key)` shows one node."""
+        if self.spec.model.feeds_back and out_steps is None:
+            out_steps = steps
+        return self._program(steps, out_steps, feedback).graph
 
-    def program(
+    def plan(self, batch: dict, feedback: str = "teacher", grads: bool = True) -> Plan:
+        """The execution plan for this batch's shape (cached; built by `engine="plan"` runs):
+        its kernels, buffers, shapes and dtypes in order. `grads=False`: the forward-only plan
+        that `forward` runs."""
+        return self._runner(batch, feedback, grads).plan
+
+    def _program(
         self,
         steps: int,
         out_steps: int | None = None,
         feedback: str = "teacher",
         state_grads: bool = False,
     ) -> Program:
-        """The flattened program for one sequence length (cached)."""
+        """The interpreter's flattened program for one sequence length (cached)."""
         key = (steps, out_steps, feedback, state_grads)
         if key not in self._programs:
             graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads)
             self._programs[key] = Program(graph)
         return self._programs[key]
 
-    def graph(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
-    ) -> nx.MultiDiGraph:
-        """The unrolled networkx.MultiDiGraph for `steps` input steps (and decoder steps)."""
-        if self.spec.model.feeds_back and out_steps is None:
-            out_steps = steps
-        return compile_graph(self.spec, steps, out_steps, feedback).nx
+    def _runner(
+        self,
+        batch: dict,
+        feedback: str = "teacher",
+        grads: bool = True,
+        state_at: int | None = None,
+        prepared=None,
+        state_grads: bool = False,
+    ) -> Runner:
+        """The plan runner for this batch's shape (cached): gradients, or forward only;
+        `state_grads`: also the initial states' gradients, from seeded final ones."""
+        p = prepared or batching.prepare(self.spec, batch)
+        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at, state_grads)
+        runner = self._runners.get(key)
+        if runner is None:
+            program = self._program(p.steps, p.out_steps, feedback, state_grads)
+            runner = self._runners[key] = Runner(self, program, batch, p.full, grads, state_at)
+        return runner
 
     # ---- running -----------------------------------------------------------------------------
 
-    def _run(self, batch: dict, feedback: str):
+    def interpret(self, batch: dict, feedback: str = "teacher") -> tuple[Program, dict]:
+        """The interpreter's forward pass over `batch`: its Program and the value of every
+        node, for tools that look inside (`inspect.gradflow`, `inspect.render` with
+        gradients; `program.backward(xp, values, program.graph.loss, observe=...)`)."""
         _, steps, out_steps = batching.shape_of(self.spec, batch)
-        program = self.program(steps, out_steps, feedback)
+        program = self._program(steps, out_steps, feedback)
         graph = program.graph
         bk = self.backend
         leaves = {key: bk.asarray(v) for key, v in batching.feeds(self.spec, graph, batch).items()}
@@ -158,15 +204,19 @@ class Model:
         leaves.update({key: bk.asarray(v) for key, v in program.consts.items()})
         return program, program.forward(bk.xp, leaves)
 
+    def _run(self, batch: dict, feedback: str):
+        """Old name of `interpret`, kept while api.py still calls it."""
+        return self.interpret(batch, feedback)
+
     def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
         `loss` (float, or None without `y`) and `state` (final states by name)."""
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
-            return self.runner(batch, feedback, False, prepared=prepared).forward(
+            return self._runner(batch, feedback, False, prepared=prepared).forward(
                 prepared, self.params
             )
-        program, values = self._run(batch, feedback)
+        program, values = self.interpret(batch, feedback)
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
         single = self.spec.model.pattern in ("many_to_one", "one_to_one")
@@ -186,38 +236,16 @@ class Model:
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
             if self.segment_steps and prepared.steps > self.segment_steps:
-                return segments.train_step(self, batch, self.segment_steps, feedback, state_at)
-            runner = self.runner(batch, feedback, state_at=state_at, prepared=prepared)
+                return segments.train_step(
+                    self, self._runner, batch, self.segment_steps, feedback, state_at
+                )
+            runner = self._runner(batch, feedback, state_at=state_at, prepared=prepared)
             return runner.train_step(prepared, self.params)
-        program, values = self._run(batch, feedback)
+        program, values = self.interpret(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         named = {name: grads[key] for name, key in program.graph.params.items()}
         states = {name: values[k] for name, k in state_keys(program, state_at).items()}
         return float(values[program.graph.loss]), named, states
-
-    def runner(
-        self,
-        batch: dict,
-        feedback: str = "teacher",
-        grads: bool = True,
-        state_at: int | None = None,
-        prepared=None,
-        state_grads: bool = False,
-    ) -> Runner:
-        """The plan runner for this batch's shape (cached): gradients, or forward only;
-        `state_grads`: also the initial states' gradients, from seeded final ones."""
-        p = prepared or batching.prepare(self.spec, batch)
-        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at, state_grads)
-        runner = self._plans.get(key)
-        if runner is None:
-            program = self.program(p.steps, p.out_steps, feedback, state_grads)
-            runner = self._plans[key] = Runner(self, program, batch, p.full, grads, state_at)
-        return runner
-
-    def plan(self, batch: dict, feedback: str = "teacher") -> tuple[Plan, dict]:
-        """The execution plan for this batch's shape (cached) and the batch's leaf arrays."""
-        runner = self.runner(batch, feedback)
-        return runner.plan, batching.feeds(self.spec, runner.graph, batch)
 
     def loss_and_grads(self, batch: dict, feedback: str = "teacher") -> tuple[float, dict]:
         """(loss, grads) with grads keyed like `params`: dL/dW summed over every time step."""
@@ -225,7 +253,7 @@ class Model:
             raise DataError("loss_and_grads needs targets: give batch['y']")
         if self.engine == "plan":
             return self.train_step(batch, feedback)[:2]
-        program, values = self._run(batch, feedback)
+        program, values = self.interpret(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
             name: grads[key] for name, key in program.graph.params.items()

@@ -39,8 +39,10 @@ def check(spec, engine: str) -> None:
             raise SpecError(where, f"cell {cell.name!r} outputs a value that is not its state")
 
 
-def train_step(model, batch: dict, size: int, feedback="teacher", state_at=None):
-    """(loss, grads, states) as `Model.train_step` gives them, in segments of `size` steps."""
+def train_step(model, runner_for, batch: dict, size: int, feedback="teacher", state_at=None):
+    """(loss, grads, states) as `Model.train_step` gives them, in segments of `size` steps.
+    `runner_for(batch, feedback, **options)` is the model's cached plan runner (Model hands
+    its own in, so the runner stays out of Model's public face)."""
     prepared = batching.prepare(model.spec, batch)
     if not prepared.full:
         raise SpecError(
@@ -68,20 +70,24 @@ def train_step(model, batch: dict, size: int, feedback="teacher", state_at=None)
         starts.append(out["state"])
         if state_at is not None and a < state_at <= b:  # truncated BPTT's carry
             at_end = state_at == b
-            carried = out["state"] if at_end else _state_after(model, part, feedback, state_at - a)
+            carried = (
+                out["state"]
+                if at_end
+                else _state_after(model, runner_for, part, feedback, state_at - a)
+            )
     grads, handed = None, {}
     for (a, b), start in zip(reversed(bounds), reversed(starts[:-1])):
         part = piece(a, b, start, state_grad=handed)
         ready = batching.prepare(model.spec, part)
-        runner = model.runner(part, feedback, prepared=ready, state_grads=True)
+        runner = runner_for(part, feedback, prepared=ready, state_grads=True)
         _, got, _ = runner.train_step(ready, model.params)
         handed = runner.plan.state_gradients()
         grads = got if grads is None else {name: grads[name] + got[name] for name in got}
     return loss, grads, starts[-1] if state_at is None else carried
 
 
-def _state_after(model, part: dict, feedback: str, local: int) -> dict:
+def _state_after(model, runner_for, part: dict, feedback: str, local: int) -> dict:
     """The states after `local` steps of one segment."""
     ready = batching.prepare(model.spec, part)
-    runner = model.runner(part, feedback, grads=False, state_at=local, prepared=ready)
+    runner = runner_for(part, feedback, grads=False, state_at=local, prepared=ready)
     return runner.forward(ready, model.params)["state"]

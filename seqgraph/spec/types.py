@@ -1,4 +1,7 @@
-"""The checked spec as frozen dataclasses: what `load_spec` returns and the compiler reads."""
+"""The checked spec as frozen dataclasses: what `load_spec` returns and the compiler reads.
+
+Their reprs are one line each, what a notebook needs (name, pattern, layer stack, sizes),
+not a dump of every field; the fields themselves are all public."""
 
 from __future__ import annotations
 
@@ -25,6 +28,13 @@ class CellSpec:
     bindings: dict  # final local name of every equation name
     doc: str = ""
 
+    def __repr__(self) -> str:
+        io = f"inputs {', '.join(self.inputs)}; state {', '.join(self.state)} -> {self.output}"
+        params = ", ".join(f"{n} ({', '.join(map(str, p.shape))})" for n, p in self.params.items())
+        count = f"{len(self.equations)} equation" + ("s" if len(self.equations) != 1 else "")
+        doc = f"; {self.doc}" if self.doc else ""
+        return f"CellSpec({self.name!r}: {io}; params {params}; {count}{doc})"
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -33,6 +43,17 @@ class EncoderSpec:
     activation: str = "identity"
     kernel: int = 3  # conv only
     pool: int = 2  # conv only: max-pool window after the convolution
+
+    def __repr__(self) -> str:
+        return f"EncoderSpec({self.text})"
+
+    @property
+    def text(self) -> str:
+        """Short form: "embedding 32", "dense 16 tanh", "conv 8 k3 pool2 relu"."""
+        parts = [self.type] + ([str(self.size)] if self.size is not None else [])
+        if self.type == "conv":
+            parts += [f"k{self.kernel}", f"pool{self.pool}"]
+        return " ".join(parts + ([self.activation] if self.activation != "identity" else []))
 
 
 @dataclass(frozen=True)
@@ -48,12 +69,34 @@ class LayerSpec:
     def out_size(self) -> int:
         return self.hidden * 2 if self.bidirectional and self.merge == "concat" else self.hidden
 
+    def __repr__(self) -> str:
+        return f"LayerSpec({self.text})"
+
+    @property
+    def text(self) -> str:
+        """Short form: "lstm 64", "gru 32 bidirectional concat", options that are set."""
+        parts = [self.cell, str(self.hidden)]
+        if self.bidirectional:
+            parts += ["bidirectional", self.merge]
+        if self.init_state != "zeros":
+            parts.append(f"init_state {self.init_state}")
+        parts += [f"{k}={v}" for k, v in self.options.items() if v is not None]
+        return " ".join(parts)
+
 
 @dataclass(frozen=True)
 class IOSpec:
     type: str  # "ids", "vectors" or "images"
     size: int  # vocabulary size for ids, feature size for vectors, C*H*W for images
     shape: tuple = ()  # (C, H, W) for images
+
+    def __repr__(self) -> str:
+        return f"IOSpec({self.text})"
+
+    @property
+    def text(self) -> str:
+        """Short form: "ids 65", "vectors 1", "images 3x32x32"."""
+        return f"{self.type} {_dims(self.shape) if self.shape else self.size}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +122,20 @@ class ModelSpec:
     def feeds_back(self) -> bool:
         return self.pattern in ("one_to_many", "encoder_decoder")
 
+    @property
+    def stack(self) -> str:
+        """Input to target in one line: "ids 65 -> embedding 32 -> lstm 128 -> ids 65"; a
+        decoder's layers follow "=> dec", feedback encoders are left out."""
+        parts = [self.input.text] + [e.text for e in self.encoders]
+        parts += [layer.text for layer in self.layers]
+        if self.decoder_layers:
+            parts.append("=> dec " + " -> ".join(layer.text for layer in self.decoder_layers))
+        readout = "" if self.readout == "linear" else f" ({self.readout} readout)"
+        return " -> ".join(parts + [self.target.text]).replace("-> =>", "=>") + readout
+
+    def __repr__(self) -> str:
+        return f"ModelSpec({self.pattern}: {self.stack}; loss {self.loss})"
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -93,3 +150,17 @@ class Spec:
     raw: dict = field(hash=False, repr=False)
     source: str = ""
     lines: dict = field(default_factory=dict, hash=False, repr=False)  # YAML path -> line
+
+    def __repr__(self) -> str:
+        # load_spec names a dict or YAML text "spec"; only a file is worth showing
+        where = f", from {self.source}" if self.source not in ("", "spec") else ""
+        return (
+            f"Spec({self.name!r}: {self.model.pattern}, {self.model.stack}; "
+            f"loss {self.model.loss}; "
+            f"{self.backend} {self.dtype}, seed {self.seed}{where})"
+        )
+
+
+def _dims(shape: tuple) -> str:
+    """(3, 32, 32) -> "3x32x32"; size expressions print as written."""
+    return "x".join(map(str, shape))
