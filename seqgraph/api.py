@@ -8,7 +8,7 @@ from typing import Any
 from seqgraph.api_runs import evaluate_run, export_run, gradflow, load_run, sample
 from seqgraph.errors import DataError, SpecError
 from seqgraph.runtime import batch as batching
-from seqgraph.runtime.model import Model, _as_spec
+from seqgraph.runtime.model import Model
 from seqgraph.spec.load import Spec, load_spec
 
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
@@ -41,7 +41,7 @@ def _sized_spec(spec, data: str | None) -> tuple[Spec, str]:
     """The spec with `vocab: auto` sized from its data, or from a placeholder (and a note
     saying so) when the data cannot be read here."""
     if not (_uses_auto(spec) or data is not None):
-        return _as_spec(spec), ""
+        return (spec if isinstance(spec, Spec) else load_spec(spec)), ""
     from seqgraph.train.loop import prepare
 
     try:
@@ -94,7 +94,7 @@ def check(
     model = Model(spec, backend="numpy", dtype="float64")
     out_steps = out_steps or (steps if model.spec.model.feeds_back else None)
     sample = batching.dummy(model.spec, 2, steps, out_steps)
-    program, values = model._run(sample, "teacher")
+    program, values = model.interpret(sample, "teacher")
     graph = program.graph
     first = [k for k in program.order if k[2] in (0, None) and graph.node(k)["kind"] != "const"]
     return {

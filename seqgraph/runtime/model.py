@@ -204,10 +204,6 @@ class Model:
         leaves.update({key: bk.asarray(v) for key, v in program.consts.items()})
         return program, program.forward(bk.xp, leaves)
 
-    def _run(self, batch: dict, feedback: str):
-        """Old name of `interpret`, kept while api.py still calls it."""
-        return self.interpret(batch, feedback)
-
     def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
         `loss` (float, or None without `y`) and `state` (final states by name)."""
