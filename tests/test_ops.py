@@ -1,6 +1,8 @@
 """The op table, tested from one table of rows: every op's forward against a NumPy reference,
 its VJP against float64 central finite differences (per element: the shapes are tiny), and the
-same row on array_api_strict to prove the op uses only the array API standard."""
+same row on array_api_strict to prove the op uses only the array API standard. The same rows
+check that each record's plan facts agree with its behaviour: views, local derivatives, the
+fast out= kernels, the values its VJP never reads, and how it batches over time."""
 
 from __future__ import annotations
 
@@ -427,3 +429,154 @@ def test_unbroadcast_sums_to_shape():
     np.testing.assert_array_equal(ops.unbroadcast(xnp, g, (3, 1)), np.full((3, 1), 8.0))
     np.testing.assert_array_equal(ops.unbroadcast(xnp, g, (1, 3, 4)), np.full((1, 3, 4), 2.0))
     assert ops.unbroadcast(xnp, g, (2, 3, 4)) is g
+
+
+# ---- the plan's facts in each record agree with the op's behaviour ----------------------------
+
+
+def _ctx():
+    from seqgraph.plan.kernels import Context
+
+    return Context(xnp, "numpy")
+
+
+def _float_positions(row: Row) -> list[int]:
+    return [i for i, domain in enumerate(row.inputs) if isinstance(domain, Real)]
+
+
+def test_every_op_has_a_vjp_and_consistent_facts():
+    """Facts that follow from one another (a C expression only for an elementwise op, ...)."""
+    for name, op in ops.OPS.items():
+        arity = op.arity if op.arity != ops.VARIADIC else None
+        assert op.vjp is not None, f"{name} has no VJP"
+        assert op.c_expr is None or op.elementwise, f"{name}: a C expression is elementwise"
+        assert not op.sibling_merge or op.elementwise, name
+        assert not (op.elementwise and op.rowwise), name
+        assert op.batch is not None or not (op.elementwise or op.rowwise), name
+        assert (op.local is None) == (op.local_out is None), f"{name}: local needs local_out"
+        assert not op.in_place or set(op.unread_inputs) == set(range(op.arity)), name
+        assert not (op.in_place or op.output_overwritable) or not op.reads_output, name
+        assert not op.other_operand or op.arity == 2, name
+        if op.out_vjp is not None:
+            assert arity is not None and len(op.out_vjp) == arity, name
+        for position in op.pass_through + op.unread_inputs:
+            assert arity is None or 0 <= position < arity, name
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if ops.OPS[r.op].view], ids=lambda row: row.id)
+def test_view_index_gives_the_forward(row: Row):
+    (a,) = _inputs(row)
+    out = ops.OPS[row.op].forward(xnp, a, **row.attrs)
+    view = a[ops.OPS[row.op].view(a.shape, **row.attrs)]
+    np.testing.assert_array_equal(out, view)
+    assert np.shares_memory(view, a)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if ops.OPS[r.op].local], ids=lambda row: row.id)
+def test_local_derivative_is_the_vjp(row: Row):
+    """VJP = g * local(y), and the out= form computes local(y) bit for bit."""
+    op = ops.OPS[row.op]
+    (a,) = _inputs(row)
+    y = op.forward(xnp, a)
+    g = _cotangent(y)
+    np.testing.assert_array_equal(op.vjp(xnp, g, y, a)[0], g * op.local(xnp, y))
+    o = np.empty_like(y)
+    op.local_out(np, o, y)
+    np.testing.assert_array_equal(o, op.local(xnp, y))
+    numeric = (op.forward(xnp, a + EPS) - op.forward(xnp, a - EPS)) / (2 * EPS)
+    np.testing.assert_allclose(op.local(xnp, y), numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if ops.OPS[r.op].out_forward and not r.attrs], ids=lambda row: row.id
+)
+def test_out_forward_kernel_matches_reference(row: Row):
+    from seqgraph.plan import kernels
+
+    op, inputs = ops.OPS[row.op], _inputs(row)
+    expected = np.asarray(op.forward(xnp, *inputs))
+    out = np.full(expected.shape, np.nan, dtype=expected.dtype)
+    kernels.forward(_ctx(), row.op, out, inputs, {})()
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [r for r in ROWS if (ops.OPS[r.op].out_vjp or ops.OPS[r.op].vjp_kernel) and not r.attrs],
+    ids=lambda row: row.id,
+)
+@pytest.mark.parametrize("add", [False, True], ids=["write", "add"])
+def test_out_vjp_kernels_match_reference(row: Row, add: bool):
+    """The plan's VJP kernel of every differentiable input, written into a fresh buffer or
+    added to one, against the reference VJP (softmax_ce: with and without its saved exp)."""
+    from seqgraph.plan import kernels, kernels_vjp
+
+    op, inputs = ops.OPS[row.op], _inputs(row)
+    out = np.asarray(op.forward(xnp, *inputs))
+    g = _cotangent(out)
+    expected = op.vjp(xnp, g, out, *inputs)
+    for keep in (False, True):
+        ctx = _ctx()
+        if keep and op.out_forward is not None:
+            kernels.forward(ctx, row.op, np.empty_like(out), inputs, {})()
+        for position in _float_positions(row):
+            start = np.ones(inputs[position].shape) if add else np.full(inputs[position].shape, 7.0)
+            dest = start.copy()
+            kernels_vjp.vjp(ctx, row.op, position, dest, add, g, out, inputs, {})()
+            want = start + expected[position] if add else expected[position]
+            np.testing.assert_allclose(dest, want, rtol=1e-13, atol=1e-14, err_msg=f"{position}")
+
+
+def _nan_like(x):
+    return np.full(np.shape(x), np.nan)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_vjp_reads_no_value_its_record_calls_unread(row: Row):
+    """NaN in every value the record says the VJP never reads leaves its gradients finite."""
+    op, inputs = ops.OPS[row.op], _inputs(row)
+    out = op.forward(xnp, *inputs, **row.attrs)
+    g = _cotangent(out)
+    hidden = list(inputs)
+    for position in op.unread_inputs:
+        hidden[position] = _nan_like(inputs[position])
+    shown = out if op.reads_output else _nan_like(out)
+    grads = op.vjp(xnp, g, shown, *hidden, **row.attrs)
+    assert all(x is None or np.all(np.isfinite(x)) for x in grads), row.id
+    if op.other_operand:  # input i is read only for input 1 - i
+        for position in (0, 1):
+            hidden = list(inputs)
+            hidden[position] = _nan_like(inputs[position])
+            grad = op.vjp(xnp, g, shown, *hidden, **row.attrs)[position]
+            assert np.all(np.isfinite(grad)), f"{row.id}: input {position}"
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if ops.OPS[r.op].batch], ids=lambda row: row.id)
+def test_batch_rule_runs_steps_at_once(row: Row):
+    """What the record's batch rule promises, on three steps stacked along a new axis 0.
+    Elementwise and axis ops stack every input (a lower-rank one padded after the time axis,
+    as the plan does for elementwise ops); the others their first only (ids, logits, a
+    matmul's left operand: tables, targets and weights are shared over time)."""
+    op, steps = ops.OPS[row.op], [_inputs(row, seed) for seed in range(3)]
+    every = op.elementwise or "axis" in op.attrs
+    stacked = [every or i == 0 for i in range(len(row.inputs))]
+    in_ndims = [np.ndim(x) for x in steps[0]]
+    rule = op.batch(dict(row.attrs), in_ndims, stacked)
+    if rule is None:
+        return
+    kind, attrs = rule
+    shared = [[x if stacked[i] else steps[0][i] for i, x in enumerate(s)] for s in steps]
+    each = np.stack([np.asarray(op.forward(xnp, *s, **row.attrs)) for s in shared])
+    ins = []
+    for i in range(len(row.inputs)):
+        x = np.stack([s[i] for s in shared]) if stacked[i] else steps[0][i]
+        pad = each.ndim - 1 - in_ndims[i] if op.elementwise else 0
+        ins.append(x.reshape((3,) + (1,) * pad + x.shape[1:]) if stacked[i] else x)
+    if kind == "same":
+        got = np.asarray(op.forward(xnp, *ins, **attrs))
+        np.testing.assert_allclose(got, each, rtol=1e-13, atol=1e-14)
+    else:
+        assert kind == "reduce_rest"
+        flat = ins[0].reshape(3, -1)
+        per_step = flat.sum(axis=1) / (flat.shape[1] if row.op == "mean" else 1)
+        np.testing.assert_allclose(per_step, each, rtol=1e-13)

@@ -4,8 +4,8 @@ A *class* is every node `(scope, name, t)` of one `(scope, name)` over the time 
 equation applied at each step. Folding the unrolled graph onto its classes turns recurrences
 into cycles; a class that lies on no cycle does not depend on its own earlier steps, so all of
 its steps can run as one kernel over arrays stacked along a leading time axis (time batching).
-Every pattern rule the planner uses lives here, keyed by op name, so the planner itself only
-asks questions ("is this a view?", "may this class run batched?").
+The planner asks questions ("is this a view?", "may this class run batched?"); the answers
+come from each op's record in the op table (`seqgraph.engine.ops.Op`), never from op lists.
 """
 
 from __future__ import annotations
@@ -19,22 +19,6 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import Graph, Key
 from seqgraph.plan import rewrites, siblings
 
-ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log", "where"}
-ROWWISE = {"softmax_ce", "log_softmax", "mse", "embedding", "onehot", "argmax"}  # last axis only
-AXIS_OPS = {"chunk", "slice", "concat"}  # take an `axis` attribute
-VIEW_OPS = {"chunk", "slice"}  # output is a view of the input: no kernel, grads alias too
-PASS_THROUGH = {"add": (0, 1), "sub": (0,)}  # d input = d output when shapes match
-# an op whose VJP reads neither its inputs nor its output may overwrite an input's buffer
-# when it is that input's only reader; the input's op must not read its own output either
-IN_PLACE = {"add", "sub"}
-OUTPUT_UNREAD = {"add", "sub", "neg", "matmul"}
-# for buffer reuse (`Layout.compact`): ops whose VJP never reads their own output, and the
-# input positions each VJP never reads (mul and matmul read the other operand; see below)
-OWN_VALUE_UNREAD = OUTPUT_UNREAD | {"mul", "where"}
-INPUT_UNREAD = {"add": (0, 1), "sub": (0, 1), "neg": (0,), "tanh": (0,), "sigmoid": (0,)}
-INPUT_UNREAD["where"] = (1, 2)
-OTHER_OPERAND = {"mul", "matmul"}  # input i is read only to differentiate input 1 - i
-
 
 def class_of(key: Key) -> tuple:
     """(scope, name) for a per-step node; the key itself for a node outside time."""
@@ -46,34 +30,16 @@ def batch_rule(op: str, attrs: dict, in_ndims: list, stacked: list) -> tuple | N
 
     Returns (kind, attrs): kind "same" runs the op unchanged (attrs with axes made negative),
     "reduce_rest" sums or averages each step's value to one number (a whole-array reduction).
+    The op's record says which (`Op.batch`).
     """
-    if op in ELEMENTWISE or op in ROWWISE:
-        return "same", attrs
-    if op == "matmul":
-        left, right = in_ndims
-        if min(left, right) < 2 or (stacked[1] and not stacked[0] and right != 2):
-            return None
-        return "same", attrs
-    if op in AXIS_OPS:
-        axis = attrs.get("axis", -1)
-        return "same", {**attrs, "axis": axis - max(in_ndims) if axis >= 0 else axis}
-    if op in ("sum", "mean") and attrs.get("axis") is None and not attrs.get("keepdims"):
-        return "reduce_rest", attrs
-    return None
+    rule = ops.OPS[op].batch
+    return None if rule is None else rule(attrs, in_ndims, stacked)
 
 
 def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
     """The index that makes a view op's output from its input (member shape), or None."""
-    if op not in VIEW_OPS:
-        return None
-    axis = attrs.get("axis", -1) % len(shape)
-    if op == "chunk":
-        size = shape[axis] // attrs.get("parts", 1)
-        start, stop = attrs.get("index", 0) * size, (attrs.get("index", 0) + 1) * size
-    else:
-        start = attrs.get("start", 0)
-        stop = shape[axis] if attrs.get("stop") is None else attrs["stop"]
-    return (slice(None),) * axis + (slice(start, stop),)
+    view = ops.OPS[op].view
+    return None if view is None else view(shape, **attrs)
 
 
 class Analysis:

@@ -2,7 +2,8 @@
 
 After scheduling, one step of a gated cell is a matmul followed by a chain of elementwise ops
 (bias add, gate nonlinearities, state update). A *group* is a maximal run of consecutive
-per-node units whose ops are elementwise and whose outputs share one shape and dtype; running
+per-node units whose ops have a C expression (`Op.c_expr`: elementwise ops) and whose outputs
+share one shape and dtype; running
 it where the run stood keeps every dependency. On CuPy a group is one `cupy.ElementwiseKernel`
 (one launch instead of ~11 per LSTM step); the generated code keeps every intermediate in a
 register and writes only the values someone reads later (all of them when backward will run).
@@ -14,23 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqgraph.engine import ops
 from seqgraph.plan.analysis import class_of
 
-FUSABLE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log", "where"}
 C_TYPES = {"float32": "float", "float64": "double"}  # of the values computed in the body
-C_EXPR = {  # {t}: the C type of the result
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-    "div": "{0} / {1}",
-    "neg": "-{0}",
-    "tanh": "tanh({0})",
-    "sigmoid": "({t})1 / (({t})1 + exp(-{0}))",
-    "relu": "{0} > ({t})0 ? {0} : ({t})0",
-    "exp": "exp({0})",
-    "log": "log({0})",
-    "where": "{0} ? {1} : {2}",
-}
 
 
 def _signature(plan, unit):
@@ -38,7 +26,8 @@ def _signature(plan, unit):
     if unit[0] != "node":
         return None
     node = plan.an.node[unit[1]]
-    if node["op"] not in FUSABLE or node["attrs"] or plan.an.addn_of_class(unit[1]) is not None:
+    fusable = ops.OPS[node["op"]].c_expr is not None  # elementwise, with a C expression
+    if not fusable or node["attrs"] or plan.an.addn_of_class(unit[1]) is not None:
         return None
     shape, dtype = plan.an.meta[unit[1]]
     return (shape, dtype) if dtype.kind == "f" else None
@@ -91,7 +80,7 @@ def source(plan, run, keep_all: bool) -> tuple:
                 inputs[i] = f"x{len(inputs)}"
             args.append(local.get(i) or inputs[i])
         ctype = C_TYPES[an.meta[k][1].name]
-        expr = C_EXPR[an.node[k]["op"]].format(*args, t=ctype)
+        expr = ops.OPS[an.node[k]["op"]].c_expr.format(*args, t=ctype)
         lines.append(f"{ctype} {local[k]} = {expr};")
     outputs = _outputs(plan, members, keep_all)
     lines += [f"y{j} = {local[k]};" for j, k in enumerate(outputs)]

@@ -12,6 +12,7 @@ by it alone keeps its gradient in that view's region ("adopt").
 
 from __future__ import annotations
 
+from seqgraph.engine import ops
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
 
@@ -80,7 +81,7 @@ class Layout:
                 and all(an.inputs(k)[0] in an.const_true for k in an.members[c].values())
             ):
                 out[c] = ("alias", pattern[1], None)
-            elif op in analysis.VIEW_OPS and pattern[2] == 0:
+            elif ops.OPS[op].view is not None and pattern[2] == 0:
                 shape = an.meta[an.inputs(k0)[0]][0]
                 out[c] = ("view", pattern[1], analysis.view_index(op, attrs, shape))
         return out
@@ -120,12 +121,12 @@ class Layout:
     def _in_place(self, ext: dict) -> dict:
         """cls -> the input class whose buffer it overwrites (an in-place chain: the bias adds
         after a projection share one buffer). Only where the input's value is dead once read:
-        its one reader is this op at the same step, and no VJP reads it (analysis.IN_PLACE)."""
+        its one reader is this op at the same step, and no VJP reads it (`Op.in_place`)."""
         an, out = self.an, {}
         slotted = {c for c, _ in ext}
         for c in self.classes:
             same = an.same_op(c)
-            if same is None or same[0] not in analysis.IN_PLACE or same[1] or c in self.source:
+            if same is None or not ops.OPS[same[0]].in_place or same[1] or c in self.source:
                 continue
             for position in range(len(an.inputs(an.members[c][self.range[c][0]]))):
                 pattern = an.input_pattern(c, position)
@@ -138,7 +139,7 @@ class Layout:
     def _dead_after(self, source, cls, position) -> bool:
         an = self.an
         same = an.same_op(source) if source in self.range else None
-        if same is None or same[0] not in analysis.OUTPUT_UNREAD or source in self.source:
+        if same is None or not ops.OPS[same[0]].output_overwritable or source in self.source:
             return False
         if self.range[source] != self.range[cls] or any(
             r == source for r, _ in self.placed.values()
@@ -223,7 +224,7 @@ class Layout:
     # ---- gradients ---------------------------------------------------------------------------
 
     def _pass_target(self, cls):
-        """The class whose gradient buffer `cls` can share (PASS_THROUGH), or None."""
+        """The class whose gradient buffer `cls` can share (`Op.pass_through`), or None."""
         an = self.an
         if cls in self.source or any(r == cls for r, _ in self.placed.values()):
             return None
@@ -236,7 +237,7 @@ class Layout:
             op = an.node[user]["op"]
             if (
                 user[2] != t
-                or position not in analysis.PASS_THROUGH.get(op, ())
+                or position not in ops.OPS[op].pass_through
                 or an.meta[user] != an.meta[k]
                 or class_of(user) not in self.range
             ):
@@ -253,12 +254,12 @@ class Layout:
         into it (the GRU's x_n + r * h_n). None otherwise."""
         an = self.an
         same = an.same_op(cls)
-        if same is None or same[0] not in analysis.PASS_THROUGH or same[1]:
+        if same is None or not ops.OPS[same[0]].pass_through or same[1]:
             return None
         if any(r == cls for r, _ in self.placed.values()) or cls in self.in_place.values():
             return None
         k0 = an.members[cls][self.range[cls][0]]
-        for position in analysis.PASS_THROUGH[same[0]]:
+        for position in ops.OPS[same[0]].pass_through:
             pattern = an.input_pattern(cls, position)
             if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
                 continue

@@ -11,6 +11,7 @@ by the gate's own VJP at step t. Once the units are scheduled, `compact_values` 
 
 from __future__ import annotations
 
+from seqgraph.engine import ops
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
 from seqgraph.plan.layout import Stack
@@ -36,7 +37,7 @@ def compact_values(lay, units: list, batched: dict) -> list:
     done = []
     for c in _candidates(lay, batched):
         same = lay.an.same_op(c)
-        if same is None or same[0] not in analysis.OWN_VALUE_UNREAD:
+        if same is None or ops.OPS[same[0]].reads_output:
             continue
         if not _dead_soon(lay, c, position, lambda user, i: _reads_never(lay.an, user, i)):
             continue
@@ -162,6 +163,7 @@ def _reads_never(an, user, i: int) -> bool:
     node = an.node[user]
     if node["attrs"]:
         return False
-    if node["op"] in analysis.OTHER_OPERAND:
+    entry = ops.OPS[node["op"]]
+    if entry.other_operand:
         return node["inputs"][1 - i] not in an.needs_grad
-    return i in analysis.INPUT_UNREAD.get(node["op"], ())
+    return i in entry.unread_inputs

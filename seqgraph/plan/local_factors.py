@@ -16,23 +16,20 @@ from __future__ import annotations
 
 from functools import partial
 
+from seqgraph.engine import ops
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.layout import Stack
 from seqgraph.plan.liveness import Slot
 
-LOCAL_FACTOR = {  # op -> writes f(y) into o, the derivative dy/dx
-    "tanh": lambda m, o, v: (m.multiply(v, v, out=o), m.subtract(1, o, out=o)),
-    "sigmoid": lambda m, o, v: (m.subtract(1, v, out=o), m.multiply(o, v, out=o)),
-}
-
 
 def factors(plan) -> dict:
-    """cls -> (Stack of dy/dx, kernel computing it) for every per-step tanh or sigmoid
-    class whose input is differentiated. Costs one buffer per class."""
+    """cls -> (Stack of dy/dx, kernel computing it) for every per-step class of an op with
+    a local derivative (`Op.local_out`: tanh, sigmoid) whose input is differentiated. Costs
+    one buffer per class."""
     an, lay, m, out = plan.an, plan.layout, plan.ctx.m, {}
     for c in lay.classes:
         same = an.same_op(c)
-        if c in plan.batched or same is None or same[1] or same[0] not in LOCAL_FACTOR:
+        if c in plan.batched or same is None or same[1] or ops.OPS[same[0]].local_out is None:
             continue
         if not any(an.inputs(k)[0] in an.needs_grad for k in an.members[c].values()):
             continue
@@ -41,8 +38,8 @@ def factors(plan) -> dict:
         if value is None:
             continue
         factor = m.empty(value.shape, dtype=value.dtype)
-        rule = LOCAL_FACTOR[same[0]]
-        out[c] = (Stack(factor, -lo), partial(rule, m, factor, value))
+        local_out = ops.OPS[same[0]].local_out
+        out[c] = (Stack(factor, -lo), partial(local_out, m, factor, value))
     return out
 
 

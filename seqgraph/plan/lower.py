@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from seqgraph.engine import ops
 from seqgraph.engine.graph import Graph, Key
 from seqgraph.plan import analysis, fusion, kernels, liveness
 from seqgraph.plan.analysis import Analysis, class_of
@@ -96,7 +97,7 @@ class Plan:
 
     def _stacked_inputs(self, cls, op: str, in_nd: list, k0, grad: bool = False):
         out_nd = len(self.an.meta[k0][0])
-        pad = op in analysis.ELEMENTWISE
+        pad = ops.OPS[op].elementwise
         views = []
         for i, nd in enumerate(in_nd):
             view = self.layout.stacked(cls, i, grad, pad=(out_nd - nd) if pad else 0)

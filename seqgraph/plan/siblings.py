@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from seqgraph.engine import ops
 from seqgraph.plan import analysis
 from seqgraph.plan.rewrites import class_of, op_node, reorder
-
-SIBLING_OPS = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "log"}
 
 
 def merge_siblings(an) -> bool:
@@ -47,7 +46,7 @@ def merge_siblings(an) -> bool:
 def _column_block(an, key):
     """(source, start, stop) if node `key` is a view of the last-axis columns of `source`."""
     node = an.node.get(key)
-    if node is None or node["kind"] != "op" or node["op"] not in analysis.VIEW_OPS:
+    if node is None or node["kind"] != "op" or ops.OPS[node["op"]].view is None:
         return None
     source = node["inputs"][0]
     shape = an.meta[source][0]
@@ -64,7 +63,7 @@ def _sibling_sets(an) -> dict:
         node = an.node[k]
         if k not in an.live or not isinstance(k[2], int) or k in an.outputs:
             continue
-        if node["kind"] != "op" or node["op"] not in SIBLING_OPS or node["attrs"]:
+        if node["kind"] != "op" or not ops.OPS[node["op"]].sibling_merge or node["attrs"]:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
         for i in node["inputs"]:

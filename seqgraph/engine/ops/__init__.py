@@ -1,11 +1,13 @@
-"""The op table: one record per primitive (`Op`), gathered from the modules of this package.
+"""The op table: one record per primitive (`Op`, in `table`), gathered from the modules of this
+package.
 
 Importing the package registers every op; each module registers its own group (`core`:
 arithmetic, products, reductions and views; `loss`: lookups and losses; `image`: convolution
-and pooling; `sequence`: stacking and CTC).
+and pooling; `sequence`: stacking and CTC). `arrays` and `buffers` hold the helpers they share
+(array API compositions; `out=` kernel helpers the plan uses too).
 """
 
-from seqgraph.engine.ops import image, loss, sequence  # noqa: F401  (register their ops)
-from seqgraph.engine.ops.core import OPS, VARIADIC, Op, get, op, unbroadcast
+from seqgraph.engine.ops import core, image, loss, sequence  # noqa: F401  (register their ops)
+from seqgraph.engine.ops.table import NEGATE, OPS, VARIADIC, Op, UfuncVJP, get, op, unbroadcast
 
-__all__ = ["OPS", "VARIADIC", "Op", "get", "op", "unbroadcast"]
+__all__ = ["NEGATE", "OPS", "VARIADIC", "Op", "UfuncVJP", "get", "op", "unbroadcast"]

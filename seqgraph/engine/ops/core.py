@@ -1,70 +1,50 @@
-"""The op table: every primitive the engine knows, with its forward and its VJP.
+"""Arithmetic, products, nonlinearities, reductions and views of the op table.
 
 Each entry is written against an array namespace `xp` that follows the Python array API
 standard; the few things the standard lacks live in `xp_extra`. A forward is
 `forward(xp, *inputs, **attrs)`; a VJP is `vjp(xp, g, out, *inputs, **attrs)` and returns one
-item per input (`None` where the input is not differentiable, e.g. integer ids).
+item per input (`None` where the input is not differentiable, e.g. integer ids). The facts
+after the arity and attrs are the plan's (see `table.Op`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
-from seqgraph.engine import xp_extra
-
-VARIADIC = -1
-
-
-@dataclass(frozen=True)
-class Op:
-    name: str
-    forward: Callable[..., Any]
-    vjp: Callable[..., tuple]
-    arity: int  # number of array inputs, or VARIADIC
-    doc: str
-    attrs: tuple[str, ...] = ()  # the attribute names the op accepts
-
-
-OPS: dict[str, Op] = {}
-
-
-def unbroadcast(xp, g, shape: tuple[int, ...]):
-    """Sum a broadcast gradient back to `shape` (the one helper every VJP uses)."""
-    if tuple(g.shape) == tuple(shape):
-        return g
-    extra = g.ndim - len(shape)
-    if extra > 0:
-        g = xp.sum(g, axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    if axes:
-        g = xp.sum(g, axis=axes, keepdims=True)
-    return xp.reshape(g, tuple(shape))
-
-
-def op(name: str, arity: int, attrs: tuple[str, ...] = ()):
-    """Register `forward` (the decorated function) with the VJP given by `.vjp`."""
-
-    def register(forward):
-        def set_vjp(vjp):
-            OPS[name] = Op(name, forward, vjp, arity, (forward.__doc__ or "").strip(), attrs)
-            return vjp
-
-        forward.vjp = set_vjp
-        return forward
-
-    return register
-
-
-def _norm_axis(axis: int, ndim: int) -> int:
-    return axis % ndim
-
+from seqgraph.engine.ops.arrays import pad_range, range_index, take_range
+from seqgraph.engine.ops.buffers import contiguous, product, rows
+from seqgraph.engine.ops.table import (
+    NEGATE,
+    VARIADIC,
+    UfuncVJP,
+    batch_axis,
+    batch_whole,
+    norm_axis,
+    op,
+    ufunc_forward,
+    unbroadcast,
+)
 
 # ---- elementwise arithmetic ------------------------------------------------------------------
 
+# The facts every elementwise op shares: one C expression each, so a chain of them fuses into
+# one GPU kernel, and side-by-side column blocks of one may join into one op.
+ELEMENTWISE_FACTS = {"elementwise": True, "sibling_merge": True}
 
-@op("add", 2)
+
+@op(
+    "add",
+    2,
+    **ELEMENTWISE_FACTS,
+    c_expr="{0} + {1}",
+    pass_through=(0, 1),
+    in_place=True,
+    reads_output=False,
+    output_overwritable=True,
+    unread_inputs=(0, 1),
+    out_forward=ufunc_forward("add"),
+    out_vjp=(None, None),
+)
 def _add(xp, a, b):
     """out = a + b (broadcasting).  da = g, db = g (each summed to its shape)."""
     return a + b
@@ -89,7 +69,19 @@ def _addn_vjp(xp, g, out, *xs):
     return tuple(unbroadcast(xp, g, x.shape) for x in xs)
 
 
-@op("sub", 2)
+@op(
+    "sub",
+    2,
+    **ELEMENTWISE_FACTS,
+    c_expr="{0} - {1}",
+    pass_through=(0,),
+    in_place=True,
+    reads_output=False,
+    output_overwritable=True,
+    unread_inputs=(0, 1),
+    out_forward=ufunc_forward("subtract"),
+    out_vjp=(None, NEGATE),
+)
 def _sub(xp, a, b):
     """out = a - b.  da = g, db = -g."""
     return a - b
@@ -100,7 +92,16 @@ def _sub_vjp(xp, g, out, a, b):
     return unbroadcast(xp, g, a.shape), unbroadcast(xp, -g, b.shape)
 
 
-@op("mul", 2)
+@op(
+    "mul",
+    2,
+    **ELEMENTWISE_FACTS,
+    c_expr="{0} * {1}",
+    reads_output=False,
+    other_operand=True,
+    out_forward=ufunc_forward("multiply"),
+    out_vjp=(UfuncVJP("multiply", 1), UfuncVJP("multiply", 0)),
+)
 def _mul(xp, a, b):
     """out = a * b.  da = g * b, db = g * a."""
     return a * b
@@ -111,7 +112,21 @@ def _mul_vjp(xp, g, out, a, b):
     return unbroadcast(xp, g * b, a.shape), unbroadcast(xp, g * a, b.shape)
 
 
-@op("div", 2)
+def _div_b_out(m, o, g, out, a, b):
+    """db = -g * out / b, into o (out = a / b)."""
+    m.multiply(g, out, out=o)
+    m.divide(o, b, out=o)
+    m.negative(o, out=o)
+
+
+@op(
+    "div",
+    2,
+    **ELEMENTWISE_FACTS,
+    c_expr="{0} / {1}",
+    out_forward=ufunc_forward("divide"),
+    out_vjp=(UfuncVJP("divide", 1), _div_b_out),
+)
 def _div(xp, a, b):
     """out = a / b.  da = g / b, db = -g * a / b**2."""
     return a / b
@@ -122,7 +137,17 @@ def _div_vjp(xp, g, out, a, b):
     return unbroadcast(xp, g / b, a.shape), unbroadcast(xp, -g * out / b, b.shape)
 
 
-@op("neg", 1)
+@op(
+    "neg",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="-{0}",
+    reads_output=False,
+    output_overwritable=True,
+    unread_inputs=(0,),
+    out_forward=ufunc_forward("negative"),
+    out_vjp=(NEGATE,),
+)
 def _neg(xp, a):
     """out = -a.  da = -g."""
     return -a
@@ -133,7 +158,63 @@ def _neg_vjp(xp, g, out, a):
     return (-g,)
 
 
-@op("matmul", 2)
+def _batch_matmul(attrs: dict, in_ndims: list, stacked: list):
+    """Unchanged when both operands are matrices (or stacks of them), unless a stacked
+    right operand would meet an unstacked left one of another rank."""
+    left, right = in_ndims
+    if min(left, right) < 2 or (stacked[1] and not stacked[0] and right != 2):
+        return None
+    return "same", attrs
+
+
+def _matmul_out(ctx, out, a, b):
+    """Forward kernel: a (..., K) @ b (K, N) as one 2-D product over a's rows where it can."""
+    m = ctx.m
+    if b.ndim == 2 and a.ndim > 2 and contiguous(out):
+        out2 = rows(out)
+        if contiguous(a):
+            return product(m, rows(a), b, out2)
+        return lambda: m.matmul(rows(m.ascontiguousarray(a)), b, out=out2)
+    return product(m, a, b, out)
+
+
+def _matmul_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
+    """da = g @ b^T (b a matrix; `bt` holds b^T if given); db = a^T @ g summed over
+    leading axes (one GEMM)."""
+    m, (a, b) = ctx.m, ins
+    if b.ndim != 2 or not (contiguous(dest) and contiguous(g)):
+        return None
+    g2 = rows(g)
+    if position == 0:
+        if tuple(dest.shape) != tuple(g.shape[:-1]) + (b.shape[0],):
+            return None
+        d2 = rows(dest)
+        target = ctx.tmp(d2.shape, dest.dtype) if add else d2
+        into = product(m, g2, b.T if bt is None else bt, target)
+    else:
+        if dest.ndim != 2:
+            return None
+        d2 = dest
+        target = ctx.tmp(dest.shape, dest.dtype) if add else dest
+        if contiguous(a):
+            into = product(m, rows(a).T, g2, target)
+        else:  # a column block: copied to rows at each call
+            into = lambda: m.matmul(rows(m.ascontiguousarray(a)).T, g2, out=target)
+    if not add:
+        return into
+    return lambda: (into(), m.add(d2, target, out=d2))
+
+
+@op(
+    "matmul",
+    2,
+    batch=_batch_matmul,
+    reads_output=False,
+    output_overwritable=True,
+    other_operand=True,
+    out_forward=_matmul_out,
+    vjp_kernel=_matmul_vjp_kernel,
+)
 def _matmul(xp, a, b):
     """out = a @ b.  da = g @ b^T, db = a^T @ g (leading batch axes summed away)."""
     return xp.matmul(a, b)
@@ -154,20 +235,76 @@ def _matmul_vjp(xp, g, out, a, b):
 
 
 # ---- nonlinearities --------------------------------------------------------------------------
+# tanh and sigmoid have a local derivative f(y) of their output alone: the reference VJP is
+# g * local(xp, y), the plan's out= VJP is local_out then one multiply, and the plan computes
+# local_out for all steps at once before backward (`plan.local_factors`). The two forms are
+# the same arithmetic in the same order, so the interpreter and the plan agree bit for bit.
 
 
-@op("tanh", 1)
+def _tanh_local(xp, y):
+    return 1 - y * y
+
+
+def _tanh_local_out(m, o, y):
+    m.multiply(y, y, out=o)
+    m.subtract(1, o, out=o)
+
+
+@op(
+    "tanh",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="tanh({0})",
+    unread_inputs=(0,),
+    local=_tanh_local,
+    local_out=_tanh_local_out,
+    out_forward=ufunc_forward("tanh"),
+)
 def _tanh(xp, a):
     """out = tanh(a).  da = g * (1 - out**2)."""
     return xp.tanh(a)
 
 
-@_tanh.vjp
-def _tanh_vjp(xp, g, out, a):
-    return (g * (1 - out * out),)
+def _sigmoid_local(xp, y):
+    return (1 - y) * y
 
 
-@op("sigmoid", 1)
+def _sigmoid_local_out(m, o, y):
+    m.subtract(1, y, out=o)
+    m.multiply(o, y, out=o)
+
+
+# SciPy's expit is one call but a scalar loop: on a 64 x 256 float32 gate block it took
+# 89 us here against 14 us for the four vectorised calls of the tanh form; below about
+# 512 entries its single call wins (1.6 vs 2.5 us at 400).
+EXPIT_MAX_SIZE = 512
+
+
+def _sigmoid_out(ctx, out, a):
+    """Forward kernel: `ctx.expit` (SciPy's or CuPy's) where it is faster, else the tanh form."""
+    if ctx.expit is not None and (ctx.name == "cupy" or out.size <= EXPIT_MAX_SIZE):
+        return partial(ctx.expit, a, out=out)
+    m = ctx.m
+
+    def run():  # 1/(1+exp(-a)) = (1 + tanh(a/2)) / 2, without overflow
+        m.multiply(a, 0.5, out=out)
+        m.tanh(out, out=out)
+        m.multiply(out, 0.5, out=out)
+        m.add(out, 0.5, out=out)
+
+    return run
+
+
+@op(
+    "sigmoid",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="({t})1 / (({t})1 + exp(-{0}))",
+    unread_inputs=(0,),
+    local=_sigmoid_local,
+    local_out=_sigmoid_local_out,
+    out_forward=_sigmoid_out,
+)
 def _sigmoid(xp, a):
     """out = 1 / (1 + exp(-a)), computed without overflow.  da = g * out * (1 - out).
 
@@ -177,12 +314,18 @@ def _sigmoid(xp, a):
     return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
 
 
-@_sigmoid.vjp
-def _sigmoid_vjp(xp, g, out, a):
-    return (g * out * (1 - out),)
+def _relu_vjp_out(m, o, g, out, a):
+    m.multiply(g, a > 0, out=o)
 
 
-@op("relu", 1)
+@op(
+    "relu",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="{0} > ({t})0 ? {0} : ({t})0",
+    out_forward=lambda ctx, out, a: partial(ctx.m.maximum, a, 0, out=out),
+    out_vjp=(_relu_vjp_out,),
+)
 def _relu(xp, a):
     """out = max(a, 0).  da = g * [a > 0]."""
     return xp.where(a > 0, a, xp.zeros_like(a))
@@ -193,7 +336,16 @@ def _relu_vjp(xp, g, out, a):
     return (xp.where(a > 0, g, xp.zeros_like(g)),)
 
 
-@op("exp", 1)
+# exp's derivative is its output too, but as a local factor it would be y itself: nothing to
+# compute ahead, so it has no `local`, just the one multiply.
+@op(
+    "exp",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="exp({0})",
+    out_forward=ufunc_forward("exp"),
+    out_vjp=(UfuncVJP("multiply", "out"),),
+)
 def _exp(xp, a):
     """out = exp(a).  da = g * out."""
     return xp.exp(a)
@@ -204,7 +356,14 @@ def _exp_vjp(xp, g, out, a):
     return (g * out,)
 
 
-@op("log", 1)
+@op(
+    "log",
+    1,
+    **ELEMENTWISE_FACTS,
+    c_expr="log({0})",
+    out_forward=ufunc_forward("log"),
+    out_vjp=(UfuncVJP("divide", 0),),
+)
 def _log(xp, a):
     """out = log(a), a > 0.  da = g / a."""
     return xp.log(a)
@@ -218,7 +377,7 @@ def _log_vjp(xp, g, out, a):
 # ---- structure -------------------------------------------------------------------------------
 
 
-@op("concat", VARIADIC, ("axis",))
+@op("concat", VARIADIC, ("axis",), batch=batch_axis)
 def _concat(xp, *xs, axis=-1):
     """out = [x1, x2, ...] joined along `axis`.  dxi = the slice of g that xi filled."""
     return xp.concat(xs, axis=axis)
@@ -226,69 +385,54 @@ def _concat(xp, *xs, axis=-1):
 
 @_concat.vjp
 def _concat_vjp(xp, g, out, *xs, axis=-1):
-    axis = _norm_axis(axis, g.ndim)
+    axis = norm_axis(axis, g.ndim)
     grads, start = [], 0
     for x in xs:
         stop = start + x.shape[axis]
-        grads.append(_take_range(g, start, stop, axis))
+        grads.append(take_range(g, start, stop, axis))
         start = stop
     return tuple(grads)
 
 
-def _take_range(x, start: int, stop: int, axis: int):
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(start, stop)
-    return x[tuple(index)]
+def _slice_index(shape: tuple, start=0, stop=None, axis=-1) -> tuple:
+    """The view `slice` takes of an input of `shape` (its forward and the plan's layout)."""
+    stop = shape[norm_axis(axis, len(shape))] if stop is None else stop
+    return range_index(shape, start, stop, axis)
 
 
-def _pad_range(xp, g, start: int, total: int, axis: int):
-    """Place g at [start, start + len) of a zero array of length `total` along `axis`."""
-    axis = _norm_axis(axis, g.ndim)
-    parts = []
-    size = g.shape[axis]
-    for n in (start, total - start - size):
-        if n:
-            shape = list(g.shape)
-            shape[axis] = n
-            parts.append(xp.zeros(tuple(shape), dtype=g.dtype, device=xp_extra.device_of(g)))
-    if not parts:
-        return g
-    before = parts[:1] if start else []
-    after = parts[-1:] if total - start - size else []
-    return xp.concat(before + [g] + after, axis=axis)
-
-
-@op("slice", 1, ("start", "stop", "axis"))
+@op("slice", 1, ("start", "stop", "axis"), batch=batch_axis, view=_slice_index)
 def _slice(xp, a, start=0, stop=None, axis=-1):
     """out = a[start:stop] along `axis`.  da = g placed at [start, stop), zeros elsewhere."""
-    axis = _norm_axis(axis, a.ndim)
-    stop = a.shape[axis] if stop is None else stop
-    return _take_range(a, start, stop, axis)
+    return a[_slice_index(a.shape, start, stop, axis)]
 
 
 @_slice.vjp
 def _slice_vjp(xp, g, out, a, start=0, stop=None, axis=-1):
-    return (_pad_range(xp, g, start, a.shape[_norm_axis(axis, a.ndim)], axis),)
+    return (pad_range(xp, g, start, a.shape[norm_axis(axis, a.ndim)], axis),)
 
 
-@op("chunk", 1, ("index", "parts", "axis"))
+def _chunk_index(shape: tuple, index=0, parts=1, axis=-1) -> tuple:
+    """The view `chunk` takes of an input of `shape` (its forward and the plan's layout)."""
+    size = shape[norm_axis(axis, len(shape))] // parts
+    return range_index(shape, index * size, (index + 1) * size, axis)
+
+
+@op("chunk", 1, ("index", "parts", "axis"), batch=batch_axis, view=_chunk_index)
 def _chunk(xp, a, index=0, parts=1, axis=-1):
     """out = the index-th of `parts` equal pieces of a along `axis` (what `split` lowers to).
 
     da = g placed at that piece, zeros elsewhere.
     """
-    axis = _norm_axis(axis, a.ndim)
-    size = a.shape[axis] // parts
-    return _take_range(a, index * size, (index + 1) * size, axis)
+    return a[_chunk_index(a.shape, index, parts, axis)]
 
 
 @_chunk.vjp
 def _chunk_vjp(xp, g, out, a, index=0, parts=1, axis=-1):
-    size = a.shape[_norm_axis(axis, a.ndim)] // parts
-    return (_pad_range(xp, g, index * size, a.shape[_norm_axis(axis, a.ndim)], axis),)
+    size = a.shape[norm_axis(axis, a.ndim)] // parts
+    return (pad_range(xp, g, index * size, a.shape[norm_axis(axis, a.ndim)], axis),)
 
 
-@op("sum", 1, ("axis", "keepdims"))
+@op("sum", 1, ("axis", "keepdims"), batch=batch_whole)
 def _sum(xp, a, axis=None, keepdims=False):
     """out = sum of a over `axis` (all axes if None).  da = g broadcast back over `axis`."""
     return xp.sum(a, axis=axis, keepdims=keepdims)
@@ -299,7 +443,7 @@ def _expand_reduced(xp, g, a, axis, keepdims):
         return xp.reshape(g, (1,) * a.ndim)
     if keepdims:
         return g
-    axes = {_norm_axis(x, a.ndim) for x in ((axis,) if isinstance(axis, int) else axis)}
+    axes = {norm_axis(x, a.ndim) for x in ((axis,) if isinstance(axis, int) else axis)}
     return xp.reshape(g, tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
 
 
@@ -308,7 +452,7 @@ def _sum_vjp(xp, g, out, a, axis=None, keepdims=False):
     return (xp.broadcast_to(_expand_reduced(xp, g, a, axis, keepdims), a.shape),)
 
 
-@op("mean", 1, ("axis", "keepdims"))
+@op("mean", 1, ("axis", "keepdims"), batch=batch_whole)
 def _mean(xp, a, axis=None, keepdims=False):
     """out = mean of a over `axis`.  da = g / n broadcast back, n = elements averaged."""
     return xp.mean(a, axis=axis, keepdims=keepdims)
@@ -346,7 +490,37 @@ def _transpose_vjp(xp, g, out, a, axes=None):
     return (xp.permute_dims(g, inverse),)
 
 
-@op("where", 3)
+def _where_out(ctx, out, cond, a, b):
+    """Forward kernel: b, then a copied over it where cond holds."""
+    m = ctx.m
+
+    def run():
+        m.copyto(out, b)
+        m.copyto(out, a, where=cond)
+
+    return run
+
+
+def _where_a_out(m, o, g, out, c, a, b):
+    m.multiply(g, c, out=o)
+
+
+def _where_b_out(m, o, g, out, c, a, b):
+    m.multiply(g, ~c, out=o)
+
+
+# Not `sibling_merge`: the layout turns a masked state update whose mask is always true into
+# an alias of its input, which a member of a merged where (a column slice) would not be.
+@op(
+    "where",
+    3,
+    elementwise=True,
+    c_expr="{0} ? {1} : {2}",
+    reads_output=False,
+    unread_inputs=(1, 2),
+    out_forward=_where_out,
+    out_vjp=(None, _where_a_out, _where_b_out),
+)
 def _where(xp, cond, a, b):
     """out = a where cond else b (cond boolean, broadcast).  da = g*[cond], db = g*[!cond]."""
     return xp.where(cond, a, b)
@@ -360,8 +534,3 @@ def _where_vjp(xp, g, out, cond, a, b):
         unbroadcast(xp, xp.where(cond, g, zero), a.shape),
         unbroadcast(xp, xp.where(cond, zero, g), b.shape),
     )
-
-
-def get(name: str) -> Op:
-    """The op called `name`; KeyError if the table has none."""
-    return OPS[name]

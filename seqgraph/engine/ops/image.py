@@ -6,15 +6,16 @@ loop over pixels, and only with array API calls. Layout is (N, C, H, W) as in Py
 
 from __future__ import annotations
 
-from seqgraph.engine.ops.core import _pad_range, op
+from seqgraph.engine.ops.arrays import pad_range
+from seqgraph.engine.ops.table import op
 
 
 def _pad2d(xp, x, padding: int):
     """Zero-pad the two last axes by `padding` on each side."""
     if not padding:
         return x
-    x = _pad_range(xp, x, padding, x.shape[-2] + 2 * padding, -2)
-    return _pad_range(xp, x, padding, x.shape[-1] + 2 * padding, -1)
+    x = pad_range(xp, x, padding, x.shape[-2] + 2 * padding, -2)
+    return pad_range(xp, x, padding, x.shape[-1] + 2 * padding, -1)
 
 
 def _columns(xp, x, kh: int, kw: int):
@@ -62,7 +63,7 @@ def _conv2d_vjp(xp, g, out, x, W, padding=0):
     for offset in range(kh * kw):
         i, j = divmod(offset, kw)
         part = xp.permute_dims(gcols[..., offset * c : (offset + 1) * c], (0, 3, 1, 2))
-        part = _pad_range(xp, _pad_range(xp, part, i, hp, -2), j, wp, -1)
+        part = pad_range(xp, pad_range(xp, part, i, hp, -2), j, wp, -1)
         gx = part if gx is None else gx + part
     if padding:
         gx = gx[:, :, padding : hp - padding, padding : wp - padding]

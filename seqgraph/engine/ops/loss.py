@@ -4,10 +4,12 @@ log-softmax, softmax cross-entropy and mean squared error."""
 from __future__ import annotations
 
 from seqgraph.engine import xp_extra
-from seqgraph.engine.ops.core import op, unbroadcast
+from seqgraph.engine.ops.arrays import logsumexp
+from seqgraph.engine.ops.buffers import contiguous, deliver, rows
+from seqgraph.engine.ops.table import op, unbroadcast
 
 
-@op("embedding", 2)
+@op("embedding", 2, rowwise=True)
 def _embedding(xp, ids, W):
     """out[...] = W[ids[...]] (row gather).  dW = scatter-add of g's rows at ids (repeats add)."""
     rows = xp.take(W, xp.reshape(ids, (-1,)), axis=0)
@@ -20,7 +22,7 @@ def _embedding_vjp(xp, g, out, ids, W):
     return None, xp_extra.scatter_add_rows(xp, xp.reshape(ids, (-1,)), flat_g, W.shape[0])
 
 
-@op("argmax", 1)
+@op("argmax", 1, rowwise=True)
 def _argmax(xp, a):
     """out = index of the largest entry along the last axis.  Not differentiable: the gradient
     stops here (used to feed a model's own prediction back as the next input)."""
@@ -32,18 +34,13 @@ def _argmax_vjp(xp, g, out, a):
     return (None,)
 
 
-def _logsumexp(xp, a):
-    top = xp.max(a, axis=-1, keepdims=True)
-    return top + xp.log(xp.sum(xp.exp(a - top), axis=-1, keepdims=True))
-
-
-@op("log_softmax", 1)
+@op("log_softmax", 1, rowwise=True)
 def _log_softmax(xp, a):
     """out = a - logsumexp(a) over the last axis.  da = g - softmax(a) * sum(g).
 
     A primitive because the composite exp/sum/log overflows for large logits.
     """
-    return a - _logsumexp(xp, a)
+    return a - logsumexp(xp, a)
 
 
 @_log_softmax.vjp
@@ -51,7 +48,86 @@ def _log_softmax_vjp(xp, g, out, a):
     return (g - xp.exp(out) * xp.sum(g, axis=-1, keepdims=True),)
 
 
-@op("softmax_ce", 2)
+def ce_rows(ctx, z, targets):
+    """z as rows, (row index, target) pairs, and two (rows, 1) scratch columns; None if z or
+    targets is not contiguous (then the reference runs)."""
+    if not (contiguous(z) and contiguous(targets)) or z.ndim < 1:
+        return None
+    z2 = rows(z)
+    n = z2.shape[0]
+    index = (ctx.m.arange(n), targets.reshape(n))
+    return z2, index, ctx.tmp((n, 1), z.dtype, tag=2), ctx.tmp((n, 1), z.dtype, tag=3)
+
+
+def _softmax_ce_out(ctx, out, z, targets):
+    """Forward kernel: out = logsumexp(z) - z[target] per row, as the reference computes it,
+    without the one-hot product: top + log(sum(exp(z - top))) with top the row maximum.
+    exp(z - top) and its row sums stay in buffers of their own when the plan differentiates
+    (`ctx.keep_for_vjp`; kept in `ctx.saved` under z's address), so the VJP kernel divides
+    instead of computing the softmax again (3 calls over the logits, not 7)."""
+    parts = ce_rows(ctx, z, targets)
+    if parts is None or not contiguous(out):
+        return None
+    m, (z2, index, top, total) = ctx.m, parts
+    e = ctx.tmp(z2.shape, z.dtype, tag=4)
+    if ctx.keep_for_vjp:
+        e, total = m.empty(z2.shape, dtype=z.dtype), m.empty(top.shape, dtype=z.dtype)
+        ctx.saved[ctx.address(z)] = (e, total)
+    o = out.reshape(-1, 1)
+
+    def run():
+        m.max(z2, axis=1, keepdims=True, out=top)
+        m.subtract(z2, top, out=e)
+        m.exp(e, out=e)
+        m.sum(e, axis=1, keepdims=True, out=total)
+        m.log(total, out=o)
+        m.add(o, top, out=o)
+        m.subtract(o[:, 0], z2[index], out=o[:, 0])
+
+    return run
+
+
+def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
+    """dz = g * (softmax(z) - onehot(target)), softmax as exp(z - top) / sum (the forward
+    kernel's, where it kept them)."""
+    z, targets = ins
+    parts = ce_rows(ctx, z, targets) if position == 0 and contiguous(g) else None
+    if parts is None or not contiguous(dest):
+        return None
+    m, (z2, index, top, total) = ctx.m, parts
+    g_col = g.reshape(-1, 1)
+    saved = ctx.saved.get(ctx.address(z))
+    if saved is not None:  # the forward kernel's exp(z - top) and row sums
+        e, sums = saved
+
+        def from_forward(o):
+            o2 = o.reshape(z2.shape)
+            m.divide(e, sums, out=o2)
+            o2[index] -= 1
+            m.multiply(o2, g_col, out=o2)
+
+        return deliver(ctx, dest, add, from_forward, tuple(z.shape), z.dtype)
+
+    def compute(o):
+        o2 = o.reshape(z2.shape)  # o is dest or a scratch array: contiguous, so a view
+        m.max(z2, axis=1, keepdims=True, out=top)
+        m.subtract(z2, top, out=o2)
+        m.exp(o2, out=o2)
+        m.sum(o2, axis=1, keepdims=True, out=total)
+        m.divide(o2, total, out=o2)
+        o2[index] -= 1
+        m.multiply(o2, g_col, out=o2)
+
+    return deliver(ctx, dest, add, compute, tuple(z.shape), z.dtype)
+
+
+@op(
+    "softmax_ce",
+    2,
+    rowwise=True,
+    out_forward=_softmax_ce_out,
+    vjp_kernel=_softmax_ce_vjp_kernel,
+)
 def _softmax_ce(xp, logits, targets):
     """out[n] = logsumexp(logits[n]) - logits[n, targets[n]] (cross-entropy per row).
 
@@ -59,17 +135,17 @@ def _softmax_ce(xp, logits, targets):
     A primitive for the same stability reason as log_softmax, and because its VJP is simple.
     """
     picked = xp.sum(logits * xp_extra.one_hot(xp, targets, logits.shape[-1], logits.dtype), axis=-1)
-    return xp.reshape(_logsumexp(xp, logits), picked.shape) - picked
+    return xp.reshape(logsumexp(xp, logits), picked.shape) - picked
 
 
 @_softmax_ce.vjp
 def _softmax_ce_vjp(xp, g, out, logits, targets):
-    probs = xp.exp(logits - _logsumexp(xp, logits))
+    probs = xp.exp(logits - logsumexp(xp, logits))
     hot = xp_extra.one_hot(xp, targets, logits.shape[-1], logits.dtype)
     return g[..., None] * (probs - hot), None
 
 
-@op("mse", 2)
+@op("mse", 2, rowwise=True)
 def _mse(xp, pred, target):
     """out[n] = mean over the last axis of (pred - target)**2, one value per row.
 

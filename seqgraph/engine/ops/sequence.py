@@ -12,8 +12,8 @@ frames than labels plus repeated neighbours) gets a loss of +inf and a zero grad
 from __future__ import annotations
 
 from seqgraph.engine import xp_extra
-from seqgraph.engine.ops.core import VARIADIC, op
-from seqgraph.engine.ops.loss import _logsumexp
+from seqgraph.engine.ops.arrays import logsumexp
+from seqgraph.engine.ops.table import VARIADIC, op
 
 NEG = -1e30  # log(0) stand-in: finite in float32 and float64, exp() of it is exactly 0
 
@@ -69,7 +69,7 @@ def _tables(xp, logits, labels, label_lengths):
     """log-softmax (B,T,C), one-hot of l' (B,L,C), emission log-probs (B,T,L), the skip mask
     (B,L: s may be entered from s-2, a label unlike the one before it) and the end mask
     (B,L: the two states a full alignment may finish in)."""
-    logp = logits - _logsumexp(xp, logits)
+    logp = logits - logsumexp(xp, logits)
     ext = _extended(xp, labels)
     hot = xp_extra.one_hot(xp, ext, logits.shape[-1], logits.dtype)
     emit = xp.matmul(logp, xp.matrix_transpose(hot))
@@ -114,7 +114,7 @@ def _betas(xp, emit, skip, end, input_lengths):
 def _log_likelihood(xp, alphas, end):
     """log p(labels | input) per sequence from the last alpha (frozen at each input's end)."""
     final = xp.where(end, alphas[:, -1, :], _full(xp, (), NEG, alphas))
-    return _logsumexp(xp, final)[:, 0]
+    return logsumexp(xp, final)[:, 0]
 
 
 # ---- the op ----------------------------------------------------------------------------------
