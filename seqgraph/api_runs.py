@@ -74,14 +74,17 @@ def evaluate_run(
     split: str = "valid",
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
-    split, or on that split of `data` read the same way."""
+    split, or on that split of `data` read the same way, with the data source's own scores
+    (and its application's, under `app`)."""
+    from seqgraph.spec import registry
     from seqgraph.train import data as datasets
-    from seqgraph.train.evaluate import evaluate
-    from seqgraph.train.loop import _data_config, train_config
+    from seqgraph.train.evaluate import evaluate, scorer_for
+    from seqgraph.train.loop import train_config
 
     model = load_run(run_dir, backend)
     spec = model.spec
-    config = _data_config(spec.data, data)
+    config = datasets.data_config(spec.data, data)
+    source = datasets.source_of(config)
     dataset = datasets.load(config, spec.model.pattern, spec.seed)
     if getattr(dataset, "vocab", None) and dataset.vocab != model.run_facts.get("vocab"):
         raise DataError(
@@ -93,10 +96,20 @@ def evaluate_run(
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    result = evaluate(model, batches)
-    if dataset.app is not None:
-        result["app"] = dataset.app.metrics(model, split, settings["batch_size"])
-    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split, **result}
+    result = evaluate(model, batches, scorer=scorer_for(source))
+    app = registry.source(source)
+    if app.metrics is not None:
+        result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
+    step = model.run_facts["step"]
+    return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
+
+
+def score_line(source: str, result: dict) -> str:
+    """The text `run` and `eval` print after the loss: data source `source`'s own scores
+    in `result` (a validation or `evaluate_run` result), e.g. an application's error rates."""
+    from seqgraph.train.evaluate import score_line as line
+
+    return line(source, result)
 
 
 def export_run(

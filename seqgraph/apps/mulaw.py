@@ -23,8 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.apps import audio, audio_checks, fsdd
+from seqgraph.apps.base import App, app_hooks
 from seqgraph.errors import DataError
-from seqgraph.train.data import App, Stream
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT
+from seqgraph.train.data import Stream
 
 MU = 255
 RATE = 8000
@@ -250,3 +253,31 @@ def sample_wav(model, path, length=None, temperature=None, greedy=False, seed=0)
     stream = load_data(dict(spec.data), spec.model.pattern, spec.seed)
     samples = stream.app.generate(model, seed, length, temperature, greedy)
     return audio.write_wav(path, samples, stream.rate)
+
+
+OPTIONS = {
+    "path": {"type": "string", "description": "the FSDD folder (else sum-of-sines audio)"},
+    "mu": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65535,
+        "description": "μ-law parameter; mu + 1 classes (default 255)",
+    },
+    "prime_seconds": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 10,
+        "description": "seconds of real validation audio fed before generating (default 0.05)",
+    },
+    "examples": {**COUNT, "description": "clips of the sum-of-sines stand-in"},
+    "waves": {**COUNT, "description": "sines per clip of the sum-of-sines stand-in"},
+}
+SOURCES = [
+    DataSource(
+        "mulaw_audio",
+        load,
+        OPTIONS,
+        "a waveform as μ-law ids, one per step (FSDD recordings or sums of sines)",
+        **app_hooks(),
+    )
+]
