@@ -37,23 +37,25 @@ def sample(
     wav: str | os.PathLike | None = None,
 ):
     """Generate from a trained run: text for character models, an array for vector models,
-    a WAV file for μ-law audio models (its path; `wav`, default RUN_DIR/generated.wav).
+    or, when the run's data source generates a file (μ-law audio: a WAV), that file's path
+    (`wav`; the source picks a default such as RUN_DIR/generated.wav).
     `length`: steps (default 300), or samples of audio (default train.sample_length)."""
     from pathlib import Path
 
     from seqgraph.runtime.generate import sample_ids, sample_vectors
-    from seqgraph.train.data import Stream
+    from seqgraph.spec import registry
+    from seqgraph.train.data import Stream, source_of
 
     model = load_run(run_dir, backend)
-    if model.run_facts.get("kind") == "audio":
-        from seqgraph.apps.mulaw import sample_wav
-
-        if prime is not None:
-            raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
-        path = Path(wav) if wav else Path(run_dir) / "generated.wav"
-        return sample_wav(model, path, length, temperature, greedy, seed)
+    source = source_of(model.spec.data)
+    record = registry.source(source)
+    if record.sample is not None:
+        options = {"length": length, "temperature": temperature, "greedy": greedy, "seed": seed}
+        return record.sample(model, Path(run_dir), wav, prime=prime, **options)
     if wav is not None:
-        raise DataError("--wav writes audio, and this run is not a mulaw_audio run; drop --wav")
+        raise DataError(
+            f"--wav writes audio, and data.source {source!r} of this run generates none; drop --wav"
+        )
     length = 300 if length is None else length
     vocab = model.run_facts.get("vocab")
     if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":

@@ -132,6 +132,8 @@ def test_a_registered_application_runs_end_to_end_through_the_cli(tiny_app, tmp_
     assert main(["eval", str(out)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.endswith(f"; tiny sequences 5; tiny_examples 5; tiny_target_sum {target_sum:.4f}")
+    assert main(["sample", str(out), "--wav", str(tmp_path / "x.wav")]) == 2  # no `sample` hook
+    assert f"data.source '{SOURCE}' of this run generates none" in capsys.readouterr().err
 
 
 def test_an_option_of_another_source_is_refused_with_the_path(tiny_app, tmp_path, capsys):
@@ -168,6 +170,10 @@ def test_a_source_name_belongs_to_one_application(tiny_app):
         registry.register_app("other", [registry.DataSource(SOURCE, tiny_load)])
     with pytest.raises(SeqgraphError, match="registered by application 'synthetic'"):
         registry.register_app("other", [registry.DataSource("adding", tiny_load)])
+    bad = registry.DataSource("tiny_bad", tiny_load, {"examples": {"type": "count"}})
+    with pytest.raises(SeqgraphError, match="'tiny_bad': its options are not JSON Schema"):
+        registry.register_app("other", [bad])
+    assert "tiny_bad" not in registry.sources()
 
 
 PLUGIN = """

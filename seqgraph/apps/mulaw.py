@@ -244,6 +244,15 @@ def _fingerprint(model) -> float:
     return float(sum(float(to_numpy(v).sum()) for v in model.params.values()))
 
 
+def sample_run(model, run_dir: Path, out=None, prime=None, **options) -> Path:
+    """`seqgraph sample` of a μ-law run: a WAV (`out`, default RUN_DIR/generated.wav)
+    generated after data.prime_seconds of real audio (`options`: those of `sample_wav`)."""
+    if prime is not None:
+        raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
+    path = Path(out) if out else Path(run_dir) / "generated.wav"
+    return sample_wav(model, path, **options)
+
+
 def sample_wav(model, path, length=None, temperature=None, greedy=False, seed=0) -> Path:
     """Generate from a μ-law run's model after its prime and write a 16-bit WAV (what
     `seqgraph sample RUN --wav FILE` does); `length` in samples (default train.sample_length)."""
@@ -278,6 +287,7 @@ SOURCES = [
         load,
         OPTIONS,
         "a waveform as μ-law ids, one per step (FSDD recordings or sums of sines)",
+        sample=sample_run,
         **app_hooks(),
     )
 ]

@@ -9,7 +9,9 @@ A data source is one value of a spec's `data.source`. Its record (`DataSource`) 
 - what an application adds to the plain loss: `scorer()` (a per-batch accumulator whose scores
   join the validation result), `metrics(model, dataset, split, batch_size)` (its own scores,
   reported under `app`), `artifacts(model, dataset, run_dir, seed)` (files it writes, {name:
-  path}) and `score_line(result)` (the text `run` and `eval` print after the loss).
+  path}), `score_line(result)` (the text `run` and `eval` print after the loss) and
+  `sample(model, run_dir, out, prime=, length=, temperature=, greedy=, seed=)` (what
+  `seqgraph sample` makes instead of text: a file, e.g. a WAV; returns its path).
 
 An application registers its sources with one call, `register_app(name, sources)`. The
 built-in ones do so when `seqgraph.apps` is imported (the layers above apps import it); a
@@ -32,6 +34,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import jsonschema
 
 from seqgraph.errors import DataError, SeqgraphError
 
@@ -60,6 +64,7 @@ class DataSource:
     metrics: Callable[..., dict] | None = None
     artifacts: Callable[..., dict] | None = None
     score_line: Callable[[dict], str] | None = None
+    sample: Callable[..., Any] | None = None
     app: str = ""  # the application that registered it (filled in by `register_app`)
 
 
@@ -71,6 +76,7 @@ def register_app(name: str, sources: Iterable[DataSource]) -> None:
     """Register application `name` and its data sources (again: replace its own)."""
     sources = list(sources)
     for source in sources:
+        _check_options(name, source)
         owner = _SOURCES.get(source.name)
         if owner is not None and owner.app != name:
             raise SeqgraphError(
@@ -81,6 +87,17 @@ def register_app(name: str, sources: Iterable[DataSource]) -> None:
         del _SOURCES[old]
     for source in sources:
         _SOURCES[source.name] = replace(source, app=name)
+
+
+def _check_options(app: str, source: DataSource) -> None:
+    """A plugin author learns at registration, not at the first spec, that its schema is off."""
+    where = f"application {app!r}, data source {source.name!r}"
+    if "source" in source.options:
+        raise SeqgraphError(f"{where}: `source` is not an option; leave it out of `options`")
+    try:
+        jsonschema.Draft202012Validator.check_schema({"properties": source.options})
+    except jsonschema.SchemaError as exc:
+        raise SeqgraphError(f"{where}: its options are not JSON Schema ({exc.message})") from None
 
 
 def unregister_app(name: str) -> None:

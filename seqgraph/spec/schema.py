@@ -1,7 +1,9 @@
 """The JSON Schema of a spec: the one source of truth for its shape.
 
 The loader validates every spec against it, `seqgraph schema` prints it, and an editor's YAML
-language server can use it to check and complete specs while they are typed.
+language server can use it to check and complete specs while they are typed. The `data`
+section is not written here: each data source registered in `registry` (the core formats and
+every application) brings the schema of its own options, and `data_schema` joins them.
 """
 
 from __future__ import annotations
