@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from seqgraph.api_runs import evaluate_run, export_run, gradflow, load_run, sample
+import seqgraph.apps  # noqa: F401  (registers the built-in applications' data sources)
+from seqgraph.api_runs import (
+    evaluate_run,
+    export_run,
+    gradflow,
+    load_run,
+    sample,
+    score_line,
+)
 from seqgraph.errors import DataError, SpecError
 from seqgraph.runtime import batch as batching
 from seqgraph.runtime.model import Model
@@ -23,6 +31,7 @@ __all__ = [
     "load_spec",
     "render",
     "sample",
+    "score_line",
     "train",
 ]
 

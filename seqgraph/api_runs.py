@@ -37,23 +37,25 @@ def sample(
     wav: str | os.PathLike | None = None,
 ):
     """Generate from a trained run: text for character models, an array for vector models,
-    a WAV file for μ-law audio models (its path; `wav`, default RUN_DIR/generated.wav).
+    or, when the run's data source generates a file (μ-law audio: a WAV), that file's path
+    (`wav`; the source picks a default such as RUN_DIR/generated.wav).
     `length`: steps (default 300), or samples of audio (default train.sample_length)."""
     from pathlib import Path
 
     from seqgraph.runtime.generate import sample_ids, sample_vectors
-    from seqgraph.train.data import Stream
+    from seqgraph.spec import registry
+    from seqgraph.train.data import Stream, source_of
 
     model = load_run(run_dir, backend)
-    if model.run_facts.get("kind") == "audio":
-        from seqgraph.apps.mulaw import sample_wav
-
-        if prime is not None:
-            raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
-        path = Path(wav) if wav else Path(run_dir) / "generated.wav"
-        return sample_wav(model, path, length, temperature, greedy, seed)
+    source = source_of(model.spec.data)
+    record = registry.source(source)
+    if record.sample is not None:
+        options = {"length": length, "temperature": temperature, "greedy": greedy, "seed": seed}
+        return record.sample(model, Path(run_dir), wav, prime=prime, **options)
     if wav is not None:
-        raise DataError("--wav writes audio, and this run is not a mulaw_audio run; drop --wav")
+        raise DataError(
+            f"--wav writes audio, and data.source {source!r} of this run generates none; drop --wav"
+        )
     length = 300 if length is None else length
     vocab = model.run_facts.get("vocab")
     if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
@@ -74,14 +76,17 @@ def evaluate_run(
     split: str = "valid",
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
-    split, or on that split of `data` read the same way."""
+    split, or on that split of `data` read the same way, with the data source's own scores
+    (and its application's, under `app`)."""
+    from seqgraph.spec import registry
     from seqgraph.train import data as datasets
-    from seqgraph.train.evaluate import evaluate
-    from seqgraph.train.loop import _data_config, train_config
+    from seqgraph.train.evaluate import evaluate, scorer_for
+    from seqgraph.train.loop import train_config
 
     model = load_run(run_dir, backend)
     spec = model.spec
-    config = _data_config(spec.data, data)
+    config = datasets.data_config(spec.data, data)
+    source = datasets.source_of(config)
     dataset = datasets.load(config, spec.model.pattern, spec.seed)
     if getattr(dataset, "vocab", None) and dataset.vocab != model.run_facts.get("vocab"):
         raise DataError(
@@ -93,10 +98,20 @@ def evaluate_run(
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    result = evaluate(model, batches)
-    if dataset.app is not None:
-        result["app"] = dataset.app.metrics(model, split, settings["batch_size"])
-    return {"run_dir": str(run_dir), "step": model.run_facts["step"], "split": split, **result}
+    result = evaluate(model, batches, scorer=scorer_for(source))
+    app = registry.source(source)
+    if app.metrics is not None:
+        result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
+    step = model.run_facts["step"]
+    return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
+
+
+def score_line(source: str, result: dict) -> str:
+    """The text `run` and `eval` print after the loss: data source `source`'s own scores
+    in `result` (a validation or `evaluate_run` result), e.g. an application's error rates."""
+    from seqgraph.train.evaluate import score_line as line
+
+    return line(source, result)
 
 
 def export_run(

@@ -63,7 +63,7 @@ def _cmd_run(args) -> int:
         line += f"; validation loss {valid['loss']:.4f} per target step"
         if "accuracy" in valid:
             line += f", accuracy {valid['accuracy']:.3f}"
-        line += _ctc_scores(valid) + _app_scores(valid)
+        line += _scores(summary["source"], valid)
     print(line)
     for name, path in summary.get("artifacts", {}).items():
         print(f"wrote {name}: {path}")
@@ -99,7 +99,7 @@ def _cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
-        extra += _ctc_scores(result) + _app_scores(result)
+        extra += _scores(result["source"], result)
         print(
             f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
             f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
@@ -107,24 +107,10 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _ctc_scores(result: dict) -> str:
-    """A CTC model's phoneme error rate and sequence (digit) accuracies, if reported."""
-    if "per" not in result:
-        return ""
-    return (
-        f"; PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
-        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
-        "sequences"
-    )
-
-
-def _app_scores(result: dict) -> str:
-    """An application's own scores (BLEU, per-frame MSE, baselines), as `; name value` pairs."""
-    scores = result.get("app") or {}
-    return "".join(
-        f"; {name} {value:.4f}" if isinstance(value, float) else f"; {name} {value}"
-        for name, value in scores.items()
-    )
+def _scores(source: str, result: dict) -> str:
+    """The data source's own scores (an application's error rates, BLEU, baselines)."""
+    line = api.score_line(source, result)
+    return f"; {line}" if line else ""
 
 
 def _cmd_export(args) -> int:

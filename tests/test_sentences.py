@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from seqgraph.train import data as datasets
-from seqgraph.train.loop import _data_config
+from seqgraph.train.data import data_config
 
 
 def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):
     (tmp_path / "good.txt").write_text("".join(f"fine film {i}\n" for i in range(20)))
     bad = [f"dull plot {i}" for i in range(19)] + ["zebra"]  # line 19: i % 10 == 9, test
     (tmp_path / "bad.txt").write_text("\n".join(bad) + "\n")
-    config = _data_config(
+    config = data_config(
         {
             "source": "labelled_lines",
             "files": {"pos": "good.txt", "neg": "bad.txt"},

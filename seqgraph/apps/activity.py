@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.apps import shapes
+from seqgraph.apps.base import App, app_hooks
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train import data as datasets
 
 ACTIONS = (
@@ -189,7 +192,7 @@ def load(config: dict, pattern: str, seed: int) -> datasets.SequenceSet:
     return out
 
 
-class ActivityApp(datasets.App):
+class ActivityApp(App):
     """The majority-class rate to set accuracy against, per-class recall and the most
     frequent confusion, so a reader sees which actions the model still mixes up."""
 
@@ -226,3 +229,41 @@ def scores(truth: np.ndarray, guess: np.ndarray, labels: list, train_y: np.ndarr
         i, j = np.unravel_index(np.argmax(errors), errors.shape)
         out["confused"] = f"{labels[i]}->{labels[j]} {errors[i, j]}"
     return out
+
+
+OPTIONS = {
+    "examples": {**COUNT, "description": "clips in all splits (default 2400)"},
+    "valid_fraction": {**FRACTION, "description": "share of clips for validation (default 0.1)"},
+    "test_fraction": {**FRACTION, "description": "share of clips for test (default 0.1)"},
+    "frames": {**COUNT, "description": "frames per clip (default 16)"},
+    "frame_size": {**COUNT, "description": "frames are frame_size x frame_size (default 32)"},
+    "noise": {
+        "type": "number",
+        "minimum": 0,
+        "description": "std of the Gaussian pixel noise (default 0.1)",
+    },
+    "distractors": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "chance of a second, still shape (default 0.5)",
+    },
+    "actions": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "the actions (classes) to generate; default all 9",
+    },
+    "single_frame": {
+        "type": "boolean",
+        "description": "keep one random frame per clip (the baseline)",
+    },
+}
+SOURCES = [
+    DataSource(
+        "activity_video",
+        load,
+        OPTIONS,
+        "generated clips of a shape acting, for activity classification",
+        **app_hooks(),
+    )
+]

@@ -1,4 +1,4 @@
-"""The captioning application's decoding, scores and example files (a `data.App`).
+"""The captioning application's decoding, scores and example files (an `apps.base.App`).
 
 Greedy decoding runs the decoder free (`feedback="free"`: each step is fed the argmax of the
 previous one). Sampled decoding draws each word at `train.temperature` (default 1.0); since a
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from seqgraph.apps.base import App
 from seqgraph.apps.bleu import corpus_bleu, exact_match
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError
-from seqgraph.train.data import App
 
 EXAMPLES = 8  # images per subset in the example files
 SLACK = 2  # decode this many steps past the longest reference, so a missing <eos> costs BLEU

@@ -19,8 +19,11 @@ from typing import NamedTuple
 import numpy as np
 
 from seqgraph.apps import shapes
+from seqgraph.apps.base import app_hooks
 from seqgraph.apps.caption_app import CaptionApp
 from seqgraph.errors import DataError
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import LAYOUTS, SequenceSet
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2: padding (weight 0), start, end
@@ -182,3 +185,38 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     )
     app.dataset = dataset
     return dataset
+
+
+OPTIONS = {
+    "examples": {**COUNT, "description": "training and validation images (default 6000)"},
+    "valid_fraction": {**FRACTION, "description": "share of examples for validation (0.1)"},
+    "image_size": {
+        **COUNT,
+        "description": "images are 3 x image_size x image_size (default 32)",
+    },
+    "max_shapes": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 3,
+        "description": "1 to max_shapes shapes per image (default 3)",
+    },
+    "held_out": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "'colour shape' pairs kept out of training and validation, tested "
+        "apart (default [blue triangle, yellow circle])",
+    },
+    "test_examples": {
+        **COUNT,
+        "description": "test images of seen pairs, and as many with held-out pairs (default 300)",
+    },
+}
+SOURCES = [
+    DataSource(
+        "shape_captions",
+        load,
+        OPTIONS,
+        "generated images of coloured shapes and their captions (BLEU)",
+        **app_hooks(),
+    )
+]

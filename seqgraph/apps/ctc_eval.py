@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqgraph.engine.xp_extra import to_numpy
+
 BLANK = 0
 
 
@@ -79,3 +81,18 @@ def baseline(train_targets: list, test_targets: list) -> tuple[tuple, dict]:
     train = [tuple(int(k) for k in t) for t in train_targets]
     guess = min(sorted(set(train)), key=lambda c: sum(edit_distance(t, c) for t in train))
     return guess, score(test_targets, [guess] * len(test_targets))
+
+
+class Scorer:
+    """Greedy-decoded scores over the batches of one evaluation (a `registry.Scorer`)."""
+
+    def __init__(self):
+        self.refs: list = []
+        self.hyps: list = []
+
+    def add(self, batch: dict, out: dict) -> None:
+        self.refs += references(batch)
+        self.hyps += greedy_decode(to_numpy(out["predictions"]), batch.get("lengths"))
+
+    def result(self) -> dict:
+        return score(self.refs, self.hyps)

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.apps import shapes
+from seqgraph.apps.base import App, app_hooks
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train import data as datasets
 
 DEFAULTS = {
@@ -161,7 +164,7 @@ def write_strip(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-class FramesApp(datasets.App):
+class FramesApp(App):
     """Per-frame MSE of free-running decoding vs copy-last, and a PNG strip of test clips."""
 
     def __init__(self, dataset: datasets.SequenceSet, strip_examples: int = 4):
@@ -185,3 +188,31 @@ class FramesApp(datasets.App):
         split = "test" if self.dataset.test_x else "valid"
         image = strip(*self._arrays(model, split, self.strip_examples, batches=1))
         return {"frames_png": str(write_strip(Path(run_dir) / "frames.png", image))}
+
+
+OPTIONS = {
+    "examples": {**COUNT, "description": "clips in all splits (default 3000)"},
+    "valid_fraction": {**FRACTION, "description": "share of clips for validation (default 0.1)"},
+    "test_fraction": {**FRACTION, "description": "share of clips for test (default 0.1)"},
+    "frame_size": {
+        **COUNT,
+        "description": "frames are frame_size x frame_size grey pixels (default 16)",
+    },
+    "context_frames": {**COUNT, "description": "frames given (k, default 6)"},
+    "future_frames": {**COUNT, "description": "frames to predict (m, default 6)"},
+    "objects": {**COUNT, "description": "bouncing shapes per clip (default 2)"},
+    "speed": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": "top speed in pixels per frame (default 1.2)",
+    },
+}
+SOURCES = [
+    DataSource(
+        "bouncing_frames",
+        load,
+        OPTIONS,
+        "generated bouncing shapes, for future-frame prediction",
+        **app_hooks(),
+    )
+]

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps import audio
+from seqgraph.apps import audio, ctc_eval
 from seqgraph.errors import DataError
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT
+from seqgraph.train.data import SequenceSet
 
 BLANK = "<blank>"
 COLUMNS = {"arpabet": "cmudict_arpabet", "espeak": "espeak_en_us_mnemonic"}
@@ -70,10 +73,9 @@ def recordings(root: Path) -> list[tuple[int, str, int, Path]]:
     return found
 
 
-def load(config: dict):
-    """A SequenceSet of (log-mel frames, phoneme ids); labels[0] is the CTC blank."""
-    from seqgraph.train.data import SequenceSet
-
+def load(config: dict, pattern: str = "many_to_many", seed: int = 0) -> SequenceSet:
+    """A SequenceSet of (log-mel frames, phoneme ids); labels[0] is the CTC blank. The split
+    is fixed by recording index, so `seed` is unused."""
     root = folder(config)
     lexicon = read_lexicon(root / "phonemes.tsv", config.get("phonemes", "arpabet"))
     labels = [BLANK] + sorted({p for word in lexicon.values() for p in word})
@@ -90,3 +92,33 @@ def load(config: dict):
     if not x:
         raise DataError(f"{root}: no training recordings (index 10 and up)")
     return SequenceSet(x, y, vx, vy, labels=labels, layout=dict(LAYOUT), test_x=tx, test_y=ty)
+
+
+def score_line(result: dict) -> str:
+    """The phoneme error rate and sequence (digit) accuracies of a CTC evaluation."""
+    if "per" not in result:
+        return ""
+    return (
+        f"PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
+        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
+        "sequences"
+    )
+
+
+OPTIONS = {
+    "path": {"type": "string", "description": "the fsdd_digits folder (--data sets it)"},
+    "phonemes": {"enum": list(COLUMNS), "description": "phoneme column (default arpabet)"},
+    "mel_bands": {**COUNT, "description": "log-mel bands per frame (default 40)"},
+    "stack": {**COUNT, "description": "join this many 10 ms frames into one (default 1)"},
+}
+SOURCES = [
+    DataSource(
+        "fsdd",
+        load,
+        OPTIONS,
+        "the spoken-digit folder: log-mel frames -> phonemes, for model.loss: ctc "
+        "(scored by phoneme error rate and digit accuracy)",
+        scorer=ctc_eval.Scorer,
+        score_line=score_line,
+    )
+]

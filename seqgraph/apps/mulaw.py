@@ -23,8 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.apps import audio, audio_checks, fsdd
+from seqgraph.apps.base import App, app_hooks
 from seqgraph.errors import DataError
-from seqgraph.train.data import App, Stream
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT
+from seqgraph.train.data import Stream
 
 MU = 255
 RATE = 8000
@@ -241,6 +244,15 @@ def _fingerprint(model) -> float:
     return float(sum(float(to_numpy(v).sum()) for v in model.params.values()))
 
 
+def sample_run(model, run_dir: Path, out=None, prime=None, **options) -> Path:
+    """`seqgraph sample` of a μ-law run: a WAV (`out`, default RUN_DIR/generated.wav)
+    generated after data.prime_seconds of real audio (`options`: those of `sample_wav`)."""
+    if prime is not None:
+        raise DataError("--prime is text; an audio run starts from data.prime_seconds of audio")
+    path = Path(out) if out else Path(run_dir) / "generated.wav"
+    return sample_wav(model, path, **options)
+
+
 def sample_wav(model, path, length=None, temperature=None, greedy=False, seed=0) -> Path:
     """Generate from a μ-law run's model after its prime and write a 16-bit WAV (what
     `seqgraph sample RUN --wav FILE` does); `length` in samples (default train.sample_length)."""
@@ -250,3 +262,32 @@ def sample_wav(model, path, length=None, temperature=None, greedy=False, seed=0)
     stream = load_data(dict(spec.data), spec.model.pattern, spec.seed)
     samples = stream.app.generate(model, seed, length, temperature, greedy)
     return audio.write_wav(path, samples, stream.rate)
+
+
+OPTIONS = {
+    "path": {"type": "string", "description": "the FSDD folder (else sum-of-sines audio)"},
+    "mu": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65535,
+        "description": "μ-law parameter; mu + 1 classes (default 255)",
+    },
+    "prime_seconds": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 10,
+        "description": "seconds of real validation audio fed before generating (default 0.05)",
+    },
+    "examples": {**COUNT, "description": "clips of the sum-of-sines stand-in"},
+    "waves": {**COUNT, "description": "sines per clip of the sum-of-sines stand-in"},
+}
+SOURCES = [
+    DataSource(
+        "mulaw_audio",
+        load,
+        OPTIONS,
+        "a waveform as μ-law ids, one per step (FSDD recordings or sums of sines)",
+        sample=sample_run,
+        **app_hooks(),
+    )
+]

@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.errors import DataError
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT, FRACTION
+from seqgraph.train.data import LAYOUTS, SequenceSet, read_text
 
+PAD_MULTIPLE = 8  # batch lengths padded up to a multiple of this (see `train.data.pad`)
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
 
@@ -124,3 +128,57 @@ def encode(config: dict, train: list, held_out: list[list]):
         return xs, [np.int64(labels.index(row[1])) for row in part]
 
     return labels, vocab, ids(train), [ids(part) for part in held_out]
+
+
+def load(config: dict, pattern: str, seed: int) -> SequenceSet:
+    """The `tsv` or `labelled_lines` data set: ids of tokens, one label per sentence."""
+    rows = read_rows(config, read_text)
+    if not rows:
+        raise DataError("the data files hold no examples")
+    train, valid, test = split_rows(rows, config, seed)
+    labels, vocab, (xs, ys), held = encode(config, train, [valid, test])
+    (vx, vy), (tx, ty) = held
+    layout = {**LAYOUTS[pattern], "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
+    return SequenceSet(
+        xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout, test_x=tx, test_y=ty
+    )
+
+
+def _options(files: str) -> dict:
+    return {
+        "path": {"type": "string", "description": "one file (--data FILE sets it)"},
+        "root": {"type": "string", "description": "folder that holds `files` (--data FOLDER)"},
+        "files": {"type": ["array", "object"], "description": files},
+        "split": {"enum": ["random", "mod10"]},
+        "max_len": {**COUNT, "description": "refuse examples longer than this"},
+        "test_fraction": FRACTION,
+        "valid_fraction": FRACTION,
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        "tokenizer": {"enum": ["word", "char"]},
+        "min_count": COUNT,
+        "pad_multiple": {
+            **COUNT,
+            "description": "pad each batch to a multiple of this many steps (default 8; "
+            "padded steps are masked) so few plan shapes are compiled",
+        },
+        "labels": {"type": "array"},
+    }
+
+
+SOURCES = [
+    DataSource(
+        "tsv",
+        load,
+        _options("a list of files"),
+        "rows of text<TAB>label, for sentence classification",
+        suffixes={".tsv": {}, ".csv": {"delimiter": ","}},
+        folder_option="root",
+    ),
+    DataSource(
+        "labelled_lines",
+        load,
+        _options("{label: file}"),
+        "one file of sentences per label",
+        folder_option="root",
+    ),
+]

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqgraph.spec.registry import DataSource
+from seqgraph.spec.schema import COUNT, FRACTION, NUMBER
+from seqgraph.train.data import LAYOUTS, hold_out
+
 
 def adding(config: dict, rng: np.random.Generator):
     steps, count = int(config.get("steps", 50)), int(config.get("examples", 2000))
@@ -52,3 +56,47 @@ def sine(config: dict, rng: np.random.Generator):
         xs.append(signal[:-1, None])
         ys.append(signal[1:, None])
     return xs, ys
+
+
+def _loader(task):
+    def load(config: dict, pattern: str, seed: int):
+        xs, ys = task(config, np.random.default_rng([seed, 7]))
+        return hold_out(xs, ys, float(config.get("valid_fraction", 0.1)), seed, LAYOUTS[pattern])
+
+    return load
+
+
+_COMMON = {
+    "examples": {**COUNT, "description": "examples in all (held out: valid_fraction)"},
+    "valid_fraction": {**FRACTION, "description": "share held out for validation (0.1)"},
+}
+SOURCES = [
+    DataSource(
+        "adding",
+        _loader(adding),
+        {**_COMMON, "steps": {**COUNT, "description": "steps per sequence (default 50)"}},
+        "the adding problem (sum of two marked values)",
+    ),
+    DataSource(
+        "copy",
+        _loader(copy),
+        {
+            **_COMMON,
+            "symbols": {**COUNT, "description": "distinct symbols (default 8)"},
+            "length": {**COUNT, "description": "symbols to copy (default 5)"},
+            "delay": {"type": "integer", "minimum": 0, "description": "blanks (default 10)"},
+        },
+        "copy a few symbols after a run of blanks",
+    ),
+    DataSource(
+        "sine",
+        _loader(sine),
+        {
+            **_COMMON,
+            "steps": {**COUNT, "description": "steps per sequence (default 50)"},
+            "waves": {**COUNT, "description": "sines per sum (default 3)"},
+            "dt": {**NUMBER, "description": "time between steps (default 0.1)"},
+        },
+        "sums of sines: predict the next value",
+    ),
+]

@@ -149,7 +149,7 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         raise SpecError(
             "", f"a spec is a mapping with a `model:` section, got a {type(data).__name__}", 1, name
         )
-    validate(data, schema.SPEC, lines, name)
+    validate(data, schema.validation_schema(), lines, name)
     try:
         cells = dict(builtin_cells())
         for cname, craw in (data.get("cells") or {}).items():

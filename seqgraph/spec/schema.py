@@ -1,28 +1,17 @@
 """The JSON Schema of a spec: the one source of truth for its shape.
 
 The loader validates every spec against it, `seqgraph schema` prints it, and an editor's YAML
-language server can use it to check and complete specs while they are typed.
+language server can use it to check and complete specs while they are typed. The `data`
+section is not written here: each data source registered in `registry` (the core formats and
+every application) brings the schema of its own options, and `data_schema` joins them.
 """
 
 from __future__ import annotations
 
 import copy
 
-DATA_SOURCES = (  # data.load dispatches on these
-    "python_stdlib",
-    "text",
-    "tsv",
-    "labelled_lines",
-    "npz",
-    "adding",
-    "copy",
-    "sine",
-    "fsdd",
-    "activity_video",
-    "bouncing_frames",
-    "shape_captions",
-    "mulaw_audio",
-)
+from seqgraph.spec import registry
+
 PATTERNS = ["one_to_one", "one_to_many", "many_to_one", "many_to_many", "encoder_decoder"]
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]
 INITS = ["uniform", "normal", "zeros", "ones", "xavier", "orthogonal"]
@@ -157,120 +146,37 @@ MODEL = {
 _number = {"type": "number"}
 _count = {"type": "integer", "minimum": 1}
 
-DATA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "source": {"enum": list(DATA_SOURCES)},
-        "path": {"type": "string"},
-        "root": {"type": "string", "description": "folder that holds `files`"},
-        "files": {
-            "type": ["array", "object"],
-            "description": "tsv: a list of files; labelled_lines: {label: file}",
-        },
-        "split": {"enum": ["random", "mod10"]},
-        "max_len": {**_count, "description": "refuse examples longer than this"},
-        "test_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
-        "valid_fraction": {"type": "number", "minimum": 0, "maximum": 0.9},
-        "max_chars": _count,
-        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
-        "tokenizer": {"enum": ["word", "char"]},
-        "min_count": _count,
-        "pad_multiple": {
-            **_count,
-            "description": "tsv, labelled_lines: pad each batch to a multiple of this many "
-            "steps (default 8; padded steps are masked) so few plan shapes are compiled",
-        },
-        "labels": {"type": "array"},
-        "steps": _count,
-        "examples": _count,
-        "symbols": _count,
-        "length": _count,
-        "delay": {"type": "integer", "minimum": 0},
-        "waves": _count,
-        "dt": _number,
-        "phonemes": {"enum": ["arpabet", "espeak"], "description": "fsdd: phoneme column"},
-        "mel_bands": {**_count, "description": "fsdd: log-mel bands per frame (default 40)"},
-        "stack": {**_count, "description": "fsdd: join this many 10 ms frames into one"},
-        "mu": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": 65535,
-            "description": "mulaw_audio: μ-law parameter; mu + 1 classes (default 255)",
-        },
-        "prime_seconds": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 10,
-            "description": "mulaw_audio: seconds of real validation audio fed before "
-            "generating (default 0.05); `examples` and `waves` size the sum-of-sines stand-in",
-        },
-        "image_size": {
-            **_count,
-            "description": "shape_captions: images are 3 x image_size x image_size (default 32)",
-        },
-        "max_shapes": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": 3,
-            "description": "shape_captions: 1 to max_shapes shapes per image (default 3)",
-        },
-        "held_out": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "shape_captions: 'colour shape' pairs kept out of training and "
-            "validation, tested apart (default [blue triangle, yellow circle])",
-        },
-        "test_examples": {
-            **_count,
-            "description": "shape_captions: test images of seen pairs, and as many with "
-            "held-out pairs (default 300)",
-        },
-        "frames": {**_count, "description": "activity_video: frames per clip (default 16)"},
-        "frame_size": {
-            **_count,
-            "description": "activity_video (default 32), bouncing_frames (default 16): "
-            "frames are frame_size x frame_size grey pixels",
-        },
-        "noise": {
-            "type": "number",
-            "minimum": 0,
-            "description": "activity_video: std of the Gaussian pixel noise (default 0.1)",
-        },
-        "distractors": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "description": "activity_video: chance of a second, still shape (default 0.5)",
-        },
-        "actions": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "activity_video: the actions (classes) to generate; default all 9",
-        },
-        "single_frame": {
-            "type": "boolean",
-            "description": "activity_video: keep one random frame per clip (the baseline)",
-        },
-        "context_frames": {**_count, "description": "bouncing_frames: frames given (k, default 6)"},
-        "future_frames": {
-            **_count,
-            "description": "bouncing_frames: frames to predict (m, default 6)",
-        },
-        "objects": {
-            **_count,
-            "description": "bouncing_frames: bouncing shapes per clip (default 2)",
-        },
-        "speed": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "description": "bouncing_frames: top speed in pixels per frame (default 1.2)",
-        },
-    },
-    "description": "python_stdlib (default) and text are character streams; tsv rows are "
-    "text<TAB>label; npz holds x, y and optional lengths; adding, copy and sine are generated; "
-    "fsdd is the spoken-digit folder (log-mel frames -> phonemes, for model.loss: ctc)",
-}
+DEFAULT_SOURCE = "python_stdlib"  # the data a spec without `data.source` trains on
+COUNT = _count  # schema fragments for the options of data sources (see `registry`)
+NUMBER = _number
+FRACTION = {"type": "number", "minimum": 0, "maximum": 0.9}
+
+
+def data_schema() -> dict:
+    """The `data` section's schema, built from the registered sources: `source` is one of
+    them, and each source allows its own options only (one `if`/`then` per source; a spec
+    without `source` is read as `DEFAULT_SOURCE`)."""
+    known = registry.sources()
+    branches = []
+    for name, record in known.items():
+        when = {"properties": {"source": {"const": name}}, "required": ["source"]}
+        if name == DEFAULT_SOURCE:
+            when = {"anyOf": [when, {"not": {"required": ["source"]}}]}
+        then = {
+            "title": f"data.source {name!r}",
+            "properties": {"source": {"const": name}, **record.options},
+            "additionalProperties": False,
+        }
+        branches.append({"if": when, "then": then})
+    lines = [f"{name}: {record.description}" for name, record in known.items()]
+    return {
+        "type": "object",
+        "properties": {"source": {"enum": list(known)}},
+        "allOf": branches,
+        "description": f"`source` (default {DEFAULT_SOURCE}) picks the data; each source "
+        "takes its own options. " + "; ".join(lines),
+    }
+
 
 TRAIN = {
     "type": "object",
@@ -361,12 +267,19 @@ SPEC = {
         "seed": {"type": "integer", "minimum": 0},
         "cells": {"type": "object", "additionalProperties": CELL},
         "model": MODEL,
-        "data": DATA,
+        "data": {"type": "object"},  # filled in by `spec_schema` from the registry
         "train": TRAIN,
     },
 }
 
 
 def spec_schema() -> dict:
-    """A copy of the spec's JSON Schema (safe to modify)."""
-    return copy.deepcopy(SPEC)
+    """A copy of the spec's JSON Schema (safe to modify), with the `data` section of the data
+    sources registered now."""
+    return copy.deepcopy(validation_schema())
+
+
+def validation_schema() -> dict:
+    """The spec's JSON Schema as the loader validates with it (shares parts with `SPEC`: do
+    not modify it)."""
+    return {**SPEC, "properties": {**SPEC["properties"], "data": data_schema()}}

@@ -128,6 +128,17 @@ def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError
             child = f"{path}.{key}" if path else key
             near = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(allowed)}"
+            owner = error.schema.get("title")  # a data source: name it and all its keys
+            if owner:
+                hint = f"it takes {', '.join(allowed)}" + (
+                    f"; did you mean {near[0]!r}?" if near else ""
+                )
+                return SpecError(
+                    child,
+                    f"unknown key {key!r} for {owner}; {hint}",
+                    lines.get(child, line),
+                    source,
+                )
             return SpecError(child, f"unknown key {key!r}; {hint}", lines.get(child, line), source)
     if error.validator == "required":
         return SpecError(path, f"missing required key: {error.message.split(' ')[0]}", line, source)

@@ -4,13 +4,19 @@ A batch is a pure function of (seed, step), so a resumed run sees exactly the ba
 would have seen, and the only cursor to save is the step. Two shapes of data:
 - streams (characters of a text): B parallel streams read in windows of `seq_len`, with the
   hidden state carried from one window to the next (truncated BPTT);
-- sequence sets (labelled sentences, arrays, synthetic tasks): shuffled per epoch, bucketed
-  by length and zero-padded with `lengths`.
+- sequence sets (arrays, and what applications generate or read): shuffled per epoch,
+  bucketed by length and zero-padded with `lengths`.
+
+Core sources are the generic formats that hold no task: `python_stdlib` (the default: text
+every Python installation has), `text` (any UTF-8 file as a character stream) and `npz`
+(arrays x, y, lengths). They are registered here, beside the loaders they share with every
+application (`Stream`, `SequenceSet`, `pad`). Everything that knows a task (labelled
+sentences, synthetic tasks, spoken digits, audio, video, captions) is an application in
+`seqgraph.apps` and registers its own sources (`spec.registry`); this module names none.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sysconfig
 from dataclasses import dataclass, field
@@ -18,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps import sentences, synthetic
 from seqgraph.errors import DataError
-from seqgraph.spec.schema import DATA_SOURCES
+from seqgraph.spec import registry
+from seqgraph.spec.schema import COUNT, DEFAULT_SOURCE, FRACTION
 
-PAD_MULTIPLE = 8  # sentences: batch lengths padded up to a multiple of this (see `pad`)
 STDLIB_CHARS = 2_000_000  # enough Python source for a few minutes of training
 PRINTABLE = "\t\n" + "".join(chr(c) for c in range(32, 127))
 
@@ -35,7 +40,7 @@ class Stream:
     valid: np.ndarray
     vocab: list[str]
     kind: str = "stream"
-    app: object | None = None  # an application's own metrics and artifacts (see `App`)
+    app: object | None = None  # state an application keeps for its metrics (core: unread)
 
     def windows(self, batch_size: int, seq_len: int, stride: int) -> int:
         windows = (len(self.train) // batch_size - 1 - seq_len) // stride + 1
@@ -109,7 +114,7 @@ class SequenceSet:
     layout: dict = field(default_factory=dict)  # keyword arguments of `pad` for this pattern
     test_x: list = field(default_factory=list)
     test_y: list = field(default_factory=list)
-    app: object | None = None  # an application's own metrics and artifacts (see `App`)
+    app: object | None = None  # state an application keeps for its metrics (core: unread)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return max(1, -(-len(self.x) // batch_size))
@@ -132,19 +137,6 @@ class SequenceSet:
             )
         for start in range(0, len(xs), batch_size):
             yield pad(xs[start : start + batch_size], ys[start : start + batch_size], **self.layout)
-
-
-class App:
-    """What a generated application adds to the plain loss: `metrics(model, split, batch_size)`
-    returns task scores (BLEU, per-frame MSE, baselines) for a split, and
-    `artifacts(model, run_dir, seed)` writes files a person looks at or listens to (PNG, WAV)
-    and returns {name: path}. `seqgraph run` calls both at the end, `seqgraph eval` the first."""
-
-    def metrics(self, model, split: str, batch_size: int) -> dict:
-        return {}
-
-    def artifacts(self, model, run_dir: Path, seed: int) -> dict:
-        return {}
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -208,42 +200,41 @@ LAYOUTS = {
     "one_to_many": {"x_time": False, "y_time": True, "y_own_lengths": True},
     "encoder_decoder": {"x_time": True, "y_time": True, "y_own_lengths": True},
 }
-SOURCES = DATA_SOURCES
-GENERATORS = {  # generated applications: source -> module with load(config, pattern, seed)
-    "activity_video": "activity",
-    "bouncing_frames": "frames",
-    "shape_captions": "captions",
-    "mulaw_audio": "mulaw",
-}
 
 
 def load(config: dict, pattern: str, seed: int):
-    """The dataset a spec's `data:` section describes (`source` picks the loader)."""
-    source = config.get("source", "python_stdlib")
-    valid_fraction = float(config.get("valid_fraction", 0.1))
-    if source == "python_stdlib":
-        return _stream(
-            python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS))),
-            valid_fraction,
-            PRINTABLE,
-        )
-    if source == "text":
-        return _stream(_read_text(_need_path(config)), valid_fraction, None)
-    if source in ("adding", "copy", "sine"):
-        xs, ys = getattr(synthetic, source)(config, np.random.default_rng([seed, 7]))
-        return _split(xs, ys, valid_fraction, seed, LAYOUTS[pattern])
-    if source in ("tsv", "labelled_lines"):
-        return _sentences(config, seed, LAYOUTS[pattern])
-    if source == "fsdd":  # spoken digits -> log-mel frames and phoneme ids, for CTC
-        from seqgraph.apps import fsdd
+    """The dataset a spec's `data:` section describes (`source` picks the registered loader)."""
+    return registry.source(source_of(config)).load(config, pattern, seed)
 
-        return fsdd.load(config)
-    if source in GENERATORS:
-        module = importlib.import_module(f"seqgraph.apps.{GENERATORS[source]}")
-        return module.load(config, pattern, seed)
-    if source == "npz":
-        return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
-    raise DataError(f"data.source {source!r} is unknown; use one of {', '.join(SOURCES)}")
+
+def source_of(config: dict) -> str:
+    """The name of the data source of a `data:` section."""
+    return config.get("source", DEFAULT_SOURCE)
+
+
+def data_config(spec_data: dict, path: str | None) -> dict:
+    """The `data:` section a run reads: the spec's, with `--data PATH` applied. A folder sets
+    the source's `folder_option` (data.root of labelled sentences); a file sets data.path and,
+    under the default source, picks the source that claims its suffix (`suffixes`, e.g. .npz) or
+    `text`, with that suffix's options (a .csv's delimiter) as defaults."""
+    config = dict(spec_data)
+    if not path:
+        return config
+    record = registry.source(source_of(config))
+    if Path(path).is_dir() and record.folder_option != "path":
+        config[record.folder_option] = path
+        return config
+    config["path"] = path
+    if source_of(config) == DEFAULT_SOURCE:
+        suffix = Path(path).suffix.lower()
+        config["source"] = "text"
+        for name, other in registry.sources().items():
+            if suffix in other.suffixes:
+                config["source"] = name
+                for key, value in other.suffixes[suffix].items():
+                    config.setdefault(key, value)
+                break
+    return config
 
 
 def _need_path(config: dict) -> Path:
@@ -275,7 +266,8 @@ def python_stdlib_text(max_chars: int) -> str:
     return "".join(parts)[:max_chars]
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text; DataError names the line of a byte that is not UTF-8."""
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
@@ -296,7 +288,8 @@ def _stream(text: str, valid_fraction: float, alphabet: str | None) -> Stream:
     return Stream(ids[:cut], ids[cut:], vocab)
 
 
-def _split(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
+def hold_out(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
+    """A SequenceSet that holds out `valid_fraction` of the examples at random (seeded)."""
     if not xs:
         raise DataError("the data set has no examples")
     order = np.random.default_rng([seed, 11]).permutation(len(xs))
@@ -305,19 +298,6 @@ def _split(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
     pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
     return SequenceSet(
         pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid), layout=layout, **extra
-    )
-
-
-def _sentences(config: dict, seed: int, layout: dict) -> SequenceSet:
-    rows = sentences.read_rows(config, _read_text)
-    if not rows:
-        raise DataError("the data files hold no examples")
-    train, valid, test = sentences.split_rows(rows, config, seed)
-    labels, vocab, (xs, ys), held = sentences.encode(config, train, [valid, test])
-    (vx, vy), (tx, ty) = held
-    layout = {**layout, "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
-    return SequenceSet(
-        xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout, test_x=tx, test_y=ty
     )
 
 
@@ -357,7 +337,7 @@ def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
         y[i, : lengths[i]] if layout["y_time"] and not layout.get("y_own_lengths") else y[i]
         for i in range(len(y))
     ]
-    return _split(xs, ys, valid_fraction, seed, layout)
+    return hold_out(xs, ys, valid_fraction, seed, layout)
 
 
 def describe(dataset) -> dict:
@@ -373,3 +353,48 @@ def describe(dataset) -> dict:
     else:
         out.update(train=len(dataset.train), valid=len(dataset.valid))
     return json.loads(json.dumps(out))
+
+
+def _load_stdlib(config: dict, pattern: str, seed: int) -> Stream:
+    text = python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS)))
+    return _stream(text, float(config.get("valid_fraction", 0.1)), PRINTABLE)
+
+
+def _load_text(config: dict, pattern: str, seed: int) -> Stream:
+    text = read_text(_need_path(config))
+    return _stream(text, float(config.get("valid_fraction", 0.1)), None)
+
+
+def _load_npz(config: dict, pattern: str, seed: int) -> SequenceSet:
+    valid_fraction = float(config.get("valid_fraction", 0.1))
+    return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
+
+
+_PATH = {"type": "string", "description": "the file (--data PATH sets it)"}
+_VALID = {**FRACTION, "description": "share held out for validation (default 0.1)"}
+CORE_SOURCES = [
+    registry.DataSource(
+        DEFAULT_SOURCE,
+        _load_stdlib,
+        {"max_chars": COUNT, "valid_fraction": _VALID},
+        "the source of the Python standard library as a character stream",
+    ),
+    registry.DataSource(
+        "text",
+        _load_text,
+        {"path": _PATH, "valid_fraction": _VALID},
+        "a UTF-8 file as a character stream (the last valid_fraction held out)",
+    ),
+    registry.DataSource(
+        "npz",
+        _load_npz,
+        {
+            "path": _PATH,
+            "valid_fraction": _VALID,
+            "max_len": {**COUNT, "description": "refuse examples longer than this"},
+        },
+        "arrays x, y and optional lengths",
+        suffixes={".npz": {}},
+    ),
+]
+registry.register_app("core", CORE_SOURCES)

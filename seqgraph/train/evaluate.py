@@ -1,11 +1,12 @@
-"""Held-out metrics: loss per target token (nats for classes, MSE for vectors) and accuracy."""
+"""Held-out metrics: loss per target token (nats for classes, MSE for vectors) and accuracy;
+a data source's `scorer` (`spec.registry`) adds its own per-batch scores."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from seqgraph.apps import ctc_eval
 from seqgraph.engine.xp_extra import to_numpy
+from seqgraph.spec import registry
 
 
 def real_steps(model, batch: dict) -> np.ndarray:
@@ -24,15 +25,17 @@ def real_steps(model, batch: dict) -> np.ndarray:
     return np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
 
 
-def evaluate(model, batches, max_batches: int | None = None) -> dict:
+def evaluate(model, batches, max_batches: int | None = None, scorer=None) -> dict:
     """Mean loss per real target step over `batches`, and accuracy for class targets.
 
     Stream batches marked `carry` continue from the previous batch's final state. A CTC
-    model's loss is per label; it reports per, digit_accuracy, nearest_accuracy (`ctc_eval`).
+    model's loss is per label, and its frames are not aligned with its labels, so it has no
+    accuracy. `scorer` (a `registry.Scorer`) sees every batch and its forward pass; its
+    `result()` joins the returned dict.
     """
     total, count, correct, carry, used = 0.0, 0, 0, {}, 0
-    ctc = model.spec.model.loss == "ctc"
-    refs, hyps = [], []
+    m = model.spec.model
+    accuracy = m.loss != "ctc" and m.target.type == "ids"
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
@@ -43,17 +46,32 @@ def evaluate(model, batches, max_batches: int | None = None) -> dict:
         real = real_steps(model, batch)
         total += out["loss"] * len(batch["y"])  # the batch loss averages over sequences
         count += int(real.sum())
-        if ctc:
-            refs += ctc_eval.references(batch)
-            hyps += ctc_eval.greedy_decode(to_numpy(out["predictions"]), batch.get("lengths"))
-        elif model.spec.model.target.type == "ids":
+        if scorer is not None:
+            scorer.add(batch, out)
+        if accuracy:
             guess = np.argmax(to_numpy(out["predictions"]), axis=-1)
             correct += int(((guess == np.asarray(batch["y"])) & real).sum())
         carry = {k: to_numpy(v) for k, v in out["state"].items()}
         used += 1
     result = {"loss": total / max(count, 1), "tokens": count, "batches": used}
-    if ctc:
-        result.update(ctc_eval.score(refs, hyps))
-    elif model.spec.model.target.type == "ids":
+    if accuracy:
         result["accuracy"] = correct / max(count, 1)
+    if scorer is not None:
+        result.update(scorer.result())
     return result
+
+
+def scorer_for(source: str):
+    """A fresh per-batch scorer of data source `source`, or None if it has none."""
+    make = registry.source(source).scorer
+    return make() if make is not None else None
+
+
+def score_line(source: str, result: dict) -> str:
+    """What `run` and `eval` print after the loss for data source `source`: the source's own
+    `score_line(result)`, then its application's scores (`result["app"]`) as `name value`."""
+    record = registry.source(source)
+    parts = [record.score_line(result)] if record.score_line is not None else []
+    for name, value in (result.get("app") or {}).items():
+        parts.append(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
+    return "; ".join(part for part in parts if part)

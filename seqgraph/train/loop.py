@@ -20,10 +20,11 @@ import numpy as np
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import SeqgraphError
 from seqgraph.runtime.model import Model
+from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.train import data as datasets
 from seqgraph.train import run_folder
-from seqgraph.train.evaluate import evaluate, real_steps
+from seqgraph.train.evaluate import evaluate, real_steps, score_line, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
 
@@ -64,26 +65,12 @@ class RunOptions:
     sample: bool = True
 
 
-def _data_config(spec_data: dict, path: str | None) -> dict:
-    config = dict(spec_data)
-    if path and config.get("source") in ("tsv", "labelled_lines") and Path(path).is_dir():
-        config["root"] = path
-    elif path:
-        config["path"] = path
-        if config.get("source", "python_stdlib") == "python_stdlib":
-            suffix = Path(path).suffix.lower()
-            config["source"] = {".npz": "npz", ".tsv": "tsv", ".csv": "tsv"}.get(suffix, "text")
-            if suffix == ".csv":
-                config.setdefault("delimiter", ",")
-    return config
-
-
 def prepare(spec_path: str, data_path: str | None = None):
     """(spec with vocab sizes resolved, dataset, resolved spec dict) for a run."""
     loaded = {}
 
     def sizes(raw: dict) -> dict:
-        config = _data_config(raw.get("data") or {}, data_path)
+        config = datasets.data_config(raw.get("data") or {}, data_path)
         dataset = datasets.load(config, raw["model"]["pattern"], int(raw.get("seed", 0)))
         loaded.update(dataset=dataset, config=config)
         vocab = getattr(dataset, "vocab", None)
@@ -158,10 +145,12 @@ def run(options: RunOptions, log=print) -> dict:
         )
     run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
     metrics = run_folder.Metrics(run_dir, start if options.resume else None)
-    loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log)
+    source = datasets.source_of(resolved["data"])
+    loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
     done, stopped = loop.train(start, carry, options)
     summary = {
         "run_dir": str(run_dir),
+        "source": source,
         "steps_done": done,
         "stopped": stopped,
         "total_steps": config["steps"],
@@ -169,10 +158,12 @@ def run(options: RunOptions, log=print) -> dict:
     }
     if not stopped:
         summary["valid"] = loop.validate(done)
-        if dataset.app is not None:  # the application's own scores and files
-            summary["valid"]["app"] = dataset.app.metrics(model, "valid", config["batch_size"])
+        app = registry.source(source)  # the application's own scores and files
+        if app.metrics is not None:
+            summary["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
             metrics.write({"kind": "app", "step": done, **summary["valid"]["app"]})
-            summary["artifacts"] = dataset.app.artifacts(model, run_dir, model.seed)
+        if app.artifacts is not None:
+            summary["artifacts"] = app.artifacts(model, dataset, run_dir, model.seed)
         run_folder.plot_losses(run_dir, metrics.read())
         if options.sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
             summary["sample"] = loop.sample_text()
@@ -192,8 +183,9 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
 
 
 class _Loop:
-    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log):
+    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
+        self.source = source
         self.config, self.rng, self.run_dir = config, rng, run_dir
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
@@ -290,7 +282,7 @@ class _Loop:
     def validate(self, step: int) -> dict:
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
-        result = evaluate(self.model, batches, c["valid_batches"])
+        result = evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source))
         self.metrics.write(
             {
                 "kind": "valid",
@@ -304,8 +296,8 @@ class _Loop:
     def _validation_line(self, step: int) -> str:
         result = self.validate(step)
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
-        if "per" in result:
-            extra += f", PER {result['per']:.3f}, digit accuracy {result['digit_accuracy']:.3f}"
+        scores = score_line(self.source, result)
+        extra += f"; {scores}" if scores else ""
         return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
 
     def sample_text(self) -> str:
