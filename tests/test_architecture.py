@@ -11,6 +11,7 @@ also one inside a function: a deferred import still ties the two modules togethe
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -110,12 +111,13 @@ def test_engine_imports_nothing_of_seqgraph_but_errors():
 
 
 def names_an_app(path: Path) -> bool:
-    """Whether a module's strings name an application module (`importlib` by name)."""
+    """Whether a module's strings name an application module (`seqgraph.apps.<name>`, as an
+    import by name would); the entry-point group `seqgraph.apps` itself is no application."""
     tree = ast.parse(path.read_text(), str(path))
     return any(
         isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and "seqgraph.apps" in node.value
+        and re.search(r"seqgraph\.apps\.\w", node.value)
         for node in ast.walk(tree)
     )
 
