@@ -21,7 +21,7 @@ import heapq
 from typing import Any
 
 from seqgraph.engine.graph import Graph, Key
-from seqgraph.plan import analysis, fusion, kernels, liveness
+from seqgraph.plan import analysis, fusion, kernels, liveness, rewrites
 from seqgraph.plan.analysis import Analysis, class_of
 from seqgraph.plan.layout import Layout
 
@@ -50,7 +50,8 @@ class Plan:
         self.ctx.keep_for_vjp = grads
         if merge_siblings is None:  # CuPy fuses a step's elementwise chain into one kernel
             merge_siblings = module != "cupy"  # already; joined blocks would split it
-        self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full, merge_siblings)
+        an = Analysis(graph, leaf_meta, outputs, dtype, full)
+        self.an = an = rewrites.rewrite(an, merge_siblings)
         self.layout = Layout(an, self.ctx, graph.loss if grads else None)
         self.batched = self._batched_classes()
         self.units = self._schedule()
