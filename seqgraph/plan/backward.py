@@ -92,14 +92,14 @@ class _Emitter:
     def __init__(self, sched: Schedule, ctx: Context):
         self.sched, self.an, self.lay, self.ctx = sched, sched.an, sched.layout, ctx
         self.tracker = Tracker(sched.layout)
-        self.out = Kernels()
+        self.out = Kernels(partial(describe, sched))
         self.transposes: dict = {}  # filled by _transposed while the VJPs are emitted
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
         an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
         has = an.has_grad(loss)
         seed = lay.grad[loss]
-        out.add(lambda: seed.fill(1), ("fill 1", ((grad(loss), seed),), (), None))
+        out.add(lambda: seed.fill(1), ("=", "fill 1", ((grad(loss), seed),), (), None))
         tracker.written.add(lay.cell[loss])
         factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
         remaining = {c: len(an.members[c]) for c in deferred}
@@ -121,7 +121,7 @@ class _Emitter:
                     self._deferred_vjp(c, deferred[c])
         copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
         entries = [
-            ("transpose", ((_transposed_name(k), bt),), ((k, value),), None)
+            ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
             for k, (bt, value) in self.transposes.items()
         ]
         out.insert(1, copies, entries)
@@ -139,14 +139,14 @@ class _Emitter:
             name, factor = (c[0], f"{c[1]}'", (lo, hi)), stack.span(lo, hi)
             value = lay.value_stack[c].span(lo, hi)
             reads = (((c[0], c[1], (lo, hi)), value),)
-            out.add(kernel, ("local factor", ((name, factor),), reads, (lo, hi)))
+            out.add(kernel, ("=", "local factor", ((name, factor),), reads, (lo, hi)))
         for c, (reader, position, kernel) in folds.items():  # after the factors they scale
             lo, hi = lay.range[c]
             name, factor = (c[0], f"{c[1]}'", (lo, hi)), factors[c][0].span(lo, hi)
             other = lay.stacked(reader, 1 - position)
             name_other = (reader[0], f"{reader[1]}.in{1 - position}", (lo, hi))
             reads = ((name, factor), (name_other, other))
-            out.add(kernel, ("mul", ((name, factor),), reads, (lo, hi)))
+            out.add(kernel, ("=", "mul", ((name, factor),), reads, (lo, hi)))
         skips: dict = {}
         for reader, position, _ in folds.values():
             skips.setdefault(reader, set()).add(position)
@@ -186,8 +186,7 @@ class _Emitter:
                 ctx.m,
             )
             kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
-            name = grad((total[0], total[1], lay.range[total]))
-            self._add(kernel, "addn", add, name, dest, (grad(k), g), when=k[2])
+            self.out.add(kernel, ("addn", k, total, add, source_of_g))
             return
         ins, value = [lay.value[i] for i in node["inputs"]], lay.value[k]
         for i, source in enumerate(node["inputs"]):
@@ -198,23 +197,13 @@ class _Emitter:
                 kernel = kernels_vjp.vjp(
                     ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}
                 )
-                reads = ((grad(source_of_g), g), ((k[0], f"{k[1]}'", k[2]), factor))
-                self._add(kernel, "mul", add, grad(source), lay.grad[source], *reads, when=k[2])
+                self.out.add(kernel, ("factor", k, i, add, source_of_g, factor))
                 continue
             bt = self._transposed(node["op"], i, node["inputs"])
             kernel = kernels_vjp.vjp(
                 ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"], bt
             )
-            reads = [(grad(k), g)] + [(j, lay.value[j]) for j in node["inputs"]]
-            if bt is not None:  # reads W^T, not W
-                reads[-1] = (_transposed_name(node["inputs"][1]), bt)
-            op = f"vjp[{i}] {node['op']}"
-            self._add(kernel, op, add, grad(source), lay.grad[source], *reads, when=k[2])
-
-    def _add(self, kernel, op: str, add: bool, name, dest, *reads, when=None) -> None:
-        """Emit `kernel` with its listing entry: `op` writes (or, with `add`, adds) into
-        `dest`, the gradient called `name`."""
-        self.out.add(kernel, (f"{op} +=" if add else op, ((name, dest),), reads, when))
+            self.out.add(kernel, ("vjp", k, i, add, source_of_g, bt))
 
     def _class_vjp(self, cls, has: set, skip=()) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx
@@ -243,12 +232,7 @@ class _Emitter:
             else:
                 bt = self._transposed(op, i, an.inputs(members[0]))
                 kernel = kernels_vjp.vjp(ctx, op, i, dests[i], add, g, value, ins, attrs, bt)
-            reads = [(grad((*cls, span)), g)]
-            reads += [(listing.input_name(an, cls, j), view) for j, view in enumerate(ins)]
-            if bt is not None:  # reads W^T, not W
-                reads[-1] = (_transposed_name(an.inputs(members[0])[1]), bt)
-            name = grad(listing.input_name(an, cls, i))
-            self._add(kernel, f"vjp[{i}] {op}", add, name, dests[i], *reads, when=span)
+            self.out.add(kernel, ("class", cls, i, add, dests[i], bt))
 
     def _deferred_vjp(self, cls, positions) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx
@@ -263,11 +247,58 @@ class _Emitter:
             source = an.inputs(members[0])[i]
             add = self.tracker.target([source])
             kernel = kernels_vjp.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs)
-            reads = [(grad((*cls, span)), g)]
-            reads += [(listing.input_name(an, cls, j), view) for j, view in enumerate(ins)]
-            self._add(
-                kernel, f"vjp[{i}] {op}", add, grad(source), lay.grad[source], *reads, when=span
-            )
+            self.out.add(kernel, ("deferred", cls, i, add, None, None))
+
+
+def describe(sched: Schedule, record: tuple) -> tuple:
+    """The listing entry (`listing.py`) of a backward kernel from what `_Emitter` recorded:
+    ("=", *entry) as is, or what a VJP kernel was built from, so that emitting one costs a
+    tuple of references, and names and buffers are looked up only to print."""
+    if record[0] == "=":
+        return record[1:]
+    if record[0] in ("class", "deferred"):
+        return _stacked_entry(sched, record)
+    an, lay = sched.an, sched.layout
+    if record[0] == "addn":
+        _, k, total, add, upstream = record
+        dest = lay.grad_stack[total].span(*lay.range[total])
+        name = grad((total[0], total[1], lay.range[total]))
+        return _vjp_entry("addn", add, name, dest, [(grad(upstream), lay.grad[upstream])], k[2])
+    kind, k, i, add, upstream, extra = record
+    node, source = an.node[k], an.inputs(k)[i]
+    g = (grad(upstream), lay.grad[upstream])
+    if kind == "factor":  # extra: the local factor
+        reads = [g, ((k[0], f"{k[1]}'", k[2]), extra)]
+        return _vjp_entry("mul", add, grad(source), lay.grad[source], reads, k[2])
+    reads = [g] + [(j, lay.value[j]) for j in node["inputs"]]
+    if extra is not None:  # reads W^T, not W
+        reads[-1] = (_transposed_name(node["inputs"][1]), extra)
+    op = f"vjp[{i}] {node['op']}"
+    return _vjp_entry(op, add, grad(source), lay.grad[source], reads, k[2])
+
+
+def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
+    """The entry of a VJP over all steps of a class: time-batched, or after the loop."""
+    an, lay = sched.an, sched.layout
+    kind, cls, i, add, dest, bt = record
+    op, span = an.same_op(cls)[0], lay.range[cls]
+    k0 = an.members[cls][span[0]]
+    if kind == "class":
+        ins = sched.batched[cls][2]
+    else:
+        ins = stacked_inputs(an, lay, cls, op, [len(an.meta[j][0]) for j in an.inputs(k0)], k0)
+        dest = lay.grad[an.inputs(k0)[i]]
+    reads = [(grad((*cls, span)), lay.grad_stack[cls].span(*span))]
+    reads += [(listing.input_name(an, cls, j), view) for j, view in enumerate(ins)]
+    if bt is not None:  # reads W^T, not W
+        reads[-1] = (_transposed_name(an.inputs(k0)[1]), bt)
+    name = grad(listing.input_name(an, cls, i))
+    return _vjp_entry(f"vjp[{i}] {op}", add, name, dest, reads, span)
+
+
+def _vjp_entry(op: str, add: bool, name, dest, reads: list, when) -> tuple:
+    """`op` writes (or, with `add`, adds) into `dest`, the gradient called `name`."""
+    return (f"{op} +=" if add else op, ((name, dest),), tuple(reads), when)
 
 
 def _transposed_name(key) -> tuple:

@@ -1,11 +1,13 @@
 """The forward half of a plan: one kernel list over the scheduled units, fused group by group.
 
 `emit` takes the `Schedule` (units, batched classes, the layout's buffers), the backend
-context and the fusion groups, and hands on a `Kernels`: the closures in run order, and for
-each a listing entry (`listing.py`) saying what it reads and writes.
+context and the fusion groups, and hands on a `Kernels`: the closures in run order, each
+recorded with its unit, from which `describe` makes its listing entry (`listing.py`).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from seqgraph.plan import fusion, kernels, listing
 from seqgraph.plan.listing import Kernels
@@ -14,28 +16,35 @@ from seqgraph.plan.schedule import Schedule
 
 def emit(sched: Schedule, ctx: kernels.Context, groups: list, keep_all: bool) -> Kernels:
     """Every group's kernels in order; `keep_all`: backward will read every value."""
-    out = Kernels()
+    out = Kernels(partial(describe, sched))
     for run in groups:
         group(sched, ctx, run, keep_all, out)
     return out
 
 
 def group(sched: Schedule, ctx, run: list, keep_all: bool, out: Kernels) -> None:
-    """A fused group's kernels (`fusion.py`): one on CuPy, its ufunc calls on NumPy."""
+    """A fused group's kernels (`fusion.py`): one on CuPy, its ufunc calls on NumPy. Each
+    is recorded with its unit (or ("fused", run)) for `describe`."""
     if len(run) > 1 and ctx.name == "cupy":
-        entries = [_entry(sched, unit) for unit in run]
-        writes = tuple(ref for entry in entries for ref in entry[1])
-        inside, reads = {name for name, _ in writes}, {}
-        for entry in entries:
-            for name, array in entry[2]:
-                if name not in inside:
-                    reads.setdefault(name, array)
-        ops = ",".join(entry[0] for entry in entries)
-        kernel = fusion.cupy_kernel(sched, run, keep_all)
-        out.add(kernel, (f"fused({ops})", writes, tuple(reads.items()), entries[0][3]))
+        out.add(fusion.cupy_kernel(sched, run, keep_all), ("fused", run))
         return
     for unit in run:  # NumPy: the ufunc chain
-        out.add(unit_kernel(sched, ctx, unit), _entry(sched, unit))
+        out.add(unit_kernel(sched, ctx, unit), unit)
+
+
+def describe(sched: Schedule, record: tuple) -> tuple:
+    """The listing entry (`listing.py`) of the kernel of a unit or of a fused group."""
+    if record[0] != "fused":
+        return _entry(sched, record)
+    entries = [_entry(sched, unit) for unit in record[1]]
+    writes = tuple(ref for entry in entries for ref in entry[1])
+    inside, reads = {name for name, _ in writes}, {}
+    for entry in entries:
+        for name, array in entry[2]:
+            if name not in inside:
+                reads.setdefault(name, array)
+    ops = ",".join(entry[0] for entry in entries)
+    return f"fused({ops})", writes, tuple(reads.items()), entries[0][3]
 
 
 def unit_kernel(sched: Schedule, ctx, unit):

@@ -1,12 +1,13 @@
 """What a compiled plan prints: its buffers, then its kernels in run order, like a jaxpr.
 
-Each kernel is listed when it is emitted, as an *entry* `(op, writes, reads, when)`: `writes`
+Each kernel is listed as an *entry* `(op, writes, reads, when)`: `writes`
 and `reads` are `(name, array)` pairs (the very buffers or views the closure binds, so their
 shapes and dtypes are the ones it runs on), and `when` says how often it runs: at step `t`
 (an int), once over steps lo..hi stacked on a leading time axis (`(lo, hi)`), or once per
 call (None). A name is a node key `(scope, name, t)`, a class over steps
-`(scope, name, (lo, hi))`, or ("d", name) for that name's gradient. Formatting waits until
-someone prints, so building a plan only pays for one tuple per kernel.
+`(scope, name, (lo, hi))`, or ("d", name) for that name's gradient. Emitting a kernel only
+records how it was made (a unit, or a small tuple of references); entries are derived from
+the records when someone prints (`Kernels.describe`), so building a plan stays as fast.
 """
 
 from __future__ import annotations
@@ -17,21 +18,30 @@ SHORT_DTYPES = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "
 
 
 class Kernels:
-    """Kernel closures in run order, each with its listing entry (see the module docstring)."""
+    """Kernel closures in run order, each with a record of how it was made; `describe`
+    turns a record into its listing entry (see the module docstring) when someone prints,
+    so emitting a kernel costs one small tuple of references (None: records are entries)."""
 
-    __slots__ = ("kernels", "entries")
+    __slots__ = ("kernels", "records", "describe")
 
-    def __init__(self):
+    def __init__(self, describe=None):
         self.kernels: list = []
-        self.entries: list = []
+        self.records: list = []
+        self.describe = describe
 
-    def add(self, kernel, entry: tuple) -> None:
+    def add(self, kernel, record: tuple) -> None:
         self.kernels.append(kernel)
-        self.entries.append(entry)
+        self.records.append(record)
 
-    def insert(self, index: int, kernels: list, entries: list) -> None:
+    def insert(self, index: int, kernels: list, records: list) -> None:
         self.kernels[index:index] = kernels
-        self.entries[index:index] = entries
+        self.records[index:index] = records
+
+    def entries(self) -> list[tuple]:
+        """(op, writes, reads, when) of every kernel, in run order."""
+        if self.describe is None:
+            return list(self.records)
+        return [self.describe(record) for record in self.records]
 
 
 def grad(name) -> tuple:
@@ -120,8 +130,8 @@ def text(plan) -> str:
     lines = [repr(plan), "buffers:"]
     lines += ["  " + line for line in buffer_lines(lay)]
     lines.append("forward:")
-    lines += ["  " + entry_text(e) for e in plan.forward.entries]
+    lines += ["  " + entry_text(e) for e in plan.forward.entries()]
     if plan.backward is not None:
         lines.append("backward:")
-        lines += ["  " + entry_text(e) for e in plan.backward.kernels.entries]
+        lines += ["  " + entry_text(e) for e in plan.backward.kernels.entries()]
     return "\n".join(lines)
