@@ -245,7 +245,7 @@ def run_c_body(body: str, env: dict) -> dict:
 
 @pytest.fixture
 def cupy_like_plans(monkeypatch):
-    """Plans laid out as on CuPy (no sibling merge), built here with NumPy."""
+    """Plans built as on CuPy (no sibling merge), here with NumPy."""
     import functools
 
     from seqgraph.plan.lower import Plan

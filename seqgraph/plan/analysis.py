@@ -28,7 +28,7 @@ PASS_THROUGH = {"add": (0, 1), "sub": (0,)}  # d input = d output when shapes ma
 # when it is that input's only reader; the input's op must not read its own output either
 IN_PLACE = {"add", "sub"}
 OUTPUT_UNREAD = {"add", "sub", "neg", "matmul"}
-# for buffer reuse (`Layout.compact`): ops whose VJP never reads their own output, and the
+# for buffer reuse (`liveness.py`): ops whose VJP never reads their own output, and the
 # input positions each VJP never reads (mul and matmul read the other operand; see below)
 OWN_VALUE_UNREAD = OUTPUT_UNREAD | {"mul", "where"}
 INPUT_UNREAD = {"add": (0, 1), "sub": (0, 1), "neg": (0,), "tanh": (0,), "sigmoid": (0,)}

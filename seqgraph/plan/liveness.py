@@ -78,7 +78,7 @@ def _view_classes(lay) -> dict:
     }
 
 
-def check_grads(lay, compacted: list, zero: set) -> None:
+def check_grads(lay, compacted: dict, zero: set) -> None:
     """A reused gradient buffer must be written afresh at each step, never zero-filled once
     and added to (the backward emitter decides which; this holds it to the rule above)."""
     bad = [c for c in compacted if lay.grad_stack[c].base in zero]

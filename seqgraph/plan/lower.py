@@ -55,8 +55,7 @@ class Plan:
         self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
-        self.ctx = kernels.Context(xp, module)
-        self.ctx.keep_for_vjp = grads
+        self.ctx = kernels.Context(xp, module, keep_for_vjp=grads)
         if merge_siblings is None:  # CuPy fuses a step's elementwise chain into one kernel
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
