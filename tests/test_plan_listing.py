@@ -91,3 +91,28 @@ def test_forward_only_plan_prints_no_backward_and_repr_is_one_line():
         f"backward kernels, {len(plan.layout.classes)} classes, 0 gradient buffers>"
     )
     assert text.splitlines()[0] == summary
+
+
+def test_a_fused_group_lists_as_one_kernel_reading_only_from_outside():
+    """On CuPy a fusion group is one kernel; its entry names every member's op and output,
+    and reads only what comes from outside the group (checked here on a NumPy plan)."""
+    from seqgraph.plan import forward
+
+    raw = {
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": INPUT},
+            "target": {"type": "ids", "vocab": VOCAB},
+            "layers": [{"cell": "lstm", "hidden": HIDDEN}],
+        },
+        "dtype": "float64",
+    }
+    model = Model(raw, dtype="float64")
+    plan = model.runner(batching.dummy(model.spec, BATCH, STEPS)).plan
+    run = next(run for run in plan.groups if len(run) > 2)
+    op, writes, reads, when = forward.describe(plan.schedule, ("fused", run))
+    ops = [plan.an.node[unit[1]]["op"] for unit in run]
+    assert op == f"fused({','.join(ops)})" and when == run[0][1][2]
+    assert [name for name, _ in writes] == [unit[1] for unit in run]
+    assert not {name for name, _ in reads} & {unit[1] for unit in run}
+    assert all(array.shape == (BATCH, HIDDEN) for _, array in writes)
