@@ -245,7 +245,7 @@ def run_c_body(body: str, env: dict) -> dict:
 
 @pytest.fixture
 def cupy_like_plans(monkeypatch):
-    """Plans laid out as on CuPy (no sibling merge), built here with NumPy."""
+    """Plans built as on CuPy (no sibling merge), here with NumPy."""
     import functools
 
     from seqgraph.plan.lower import Plan
@@ -358,17 +358,15 @@ def _backward_calls(plan) -> int:
 
             return counted
 
-    from seqgraph.plan import backward as plan_backward
-
     saved = plan.ctx.m
     plan.ctx.m = Counting()
     try:
-        plan_backward.emit(plan)
+        plan.emit_backward()
         calls = 0  # not the allocations
         plan.gradients()
     finally:
         plan.ctx.m = saved
-        plan_backward.emit(plan)
+        plan.emit_backward()
     return calls
 
 

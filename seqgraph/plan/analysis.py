@@ -10,6 +10,7 @@ come from each op's record in the op table (`seqgraph.engine.ops.Op`), never fro
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import networkx as nx
@@ -17,7 +18,6 @@ import numpy as np
 
 from seqgraph.engine import ops
 from seqgraph.engine.graph import Graph, Key
-from seqgraph.plan import rewrites, siblings
 
 
 def class_of(key: Key) -> tuple:
@@ -45,34 +45,23 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
 class Analysis:
     """Everything the planner needs to know about one graph and one batch shape."""
 
-    def __init__(
-        self,
-        graph: Graph,
-        leaf_meta: dict,
-        outputs: list,
-        dtype,
-        full: bool,
-        merge_siblings: bool = True,
-    ):
+    def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
         self.node = {k: graph.node(k) for k in self.order}
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
-        self.joined_siblings: set = set()  # nodes `siblings.merge_siblings` made
-        self._derive(leaf_meta)
-        for rewrite in (
-            rewrites.merge_common,
-            rewrites.fuse_gates,
-            rewrites.reassociate,
-            rewrites.join_biases,
-        ):
-            if rewrite(self):
-                self._derive(leaf_meta)
-        while merge_siblings and siblings.merge_siblings(self):  # r+z, then sigmoid(r|z)
-            self._derive(leaf_meta)
+        self.meta = dict(leaf_meta)
+        self.refresh()
 
-    def _derive(self, leaf_meta: dict) -> None:
+    def fork(self) -> Analysis:
+        """A copy with its own graph copy (`node`, `order`) to rewrite; the facts derived so
+        far are shared until `refresh` derives new ones."""
+        other = copy.copy(self)
+        other.node, other.order = dict(self.node), list(self.order)
+        return other
+
+    def refresh(self) -> None:
         """Liveness, consumers, classes, shapes, recurrences (again after a rewrite)."""
         self.pos = {k: i for i, k in enumerate(self.order)}
         self.live = self._live(list(self.outputs))
@@ -85,7 +74,7 @@ class Analysis:
         for k in self.order:
             if k in self.live:
                 self.members[class_of(k)][k[2]] = k
-        self.meta = self._infer(leaf_meta)
+        self.meta = self._infer()
         self.recurrent = self._recurrent()
         self.needs_grad = self._needs_grad()
 
@@ -105,11 +94,11 @@ class Analysis:
                     stack.append(source)
         return live
 
-    def _infer(self, leaf_meta: dict) -> dict:
+    def _infer(self) -> dict:
         """(shape, dtype) of every live node; each distinct op signature is evaluated once."""
         import array_api_compat.numpy as xp
 
-        meta, memo = {k: v for k, v in getattr(self, "meta", leaf_meta).items()}, {}
+        meta, memo = dict(self.meta), {}
         for k in self.order:
             if k not in self.live or k in meta:
                 continue
@@ -211,7 +200,6 @@ class Analysis:
             boundary = sources[edge]
             if boundary[2] is None:
                 return ("class", target, d, boundary)
-        return None
         return None
 
     def addn_of_class(self, key: Key):

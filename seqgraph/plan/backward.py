@@ -5,15 +5,23 @@ contribution and *added to* by later ones. Which is which is decided here, once,
 the kernels in the order they will run (`Tracker`); a buffer that some reader could see before
 anything is written (an unused state, a slice nobody differentiates) is zero-filled at the
 start of backward instead.
+
+`emit` is the pipeline stage: it takes the `Schedule` (the layout's gradient buffers by now
+as liveness left them), the classes whose shared-input gradients are summed after the loop
+(`schedule.deferred`) and the keys to differentiate, and hands on a `Backward`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from seqgraph.errors import GraphError
-from seqgraph.plan import kernels_vjp, local_factors
+from seqgraph.plan import kernels_vjp, listing, local_factors
 from seqgraph.plan.analysis import class_of
+from seqgraph.plan.kernels import Context
+from seqgraph.plan.listing import Kernels, grad
+from seqgraph.plan.schedule import Schedule, stacked_inputs
 
 
 class Tracker:
@@ -54,158 +62,248 @@ class Tracker:
                 self.zero.add(self.lay.base[k])
 
 
-def emit(plan) -> None:
-    """Fill plan.backward_kernels and plan.zero (and plan.has, plan.transposes)."""
-    an, lay, m = plan.an, plan.layout, plan.ctx.m
-    loss = plan.graph.loss
-    plan.has = an.has_grad(loss)
-    tracker = Tracker(lay)
-    seed = lay.grad[loss]
-    out = [lambda: seed.fill(1)]
-    tracker.written.add(lay.cell[loss])
-    plan.transposes = {}  # filled by _transposed while the VJPs are emitted
-    factors, folds, skips = _local_factors(plan, out)
-    deferred = _deferred(plan)
-    remaining = {c: len(an.members[c]) for c in deferred}
-    for unit in reversed(plan.units):
-        if unit[0] == "class":
-            out.extend(_class_vjp(plan, tracker, unit[1], skips.get(unit[1], set())))
-            continue
-        k = unit[1]
-        c = class_of(k)
-        if k in plan.has:
-            factor = factors[c][0].at(k[2]) if c in factors else None
-            fold = folds.get(c)
-            upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
-            skip = set(deferred.get(c, ())) | skips.get(c, set())
-            out.extend(_node_vjp(plan, tracker, k, skip, factor, upstream))
-        if c in remaining:
-            remaining[c] -= 1
-            if not remaining[c]:
-                out.extend(_deferred_vjp(plan, tracker, c, deferred[c]))
-    out[1:1] = [partial(m.copyto, bt, value.T) for bt, value in plan.transposes.values()]
-    tracker.ready([k for k in plan.graph.params.values() if k in lay.grad])
-    tracker.ready([k for k in plan.state_inputs() if k in lay.grad])
-    plan.backward_kernels, plan.zero = out, tracker.zero
+@dataclass
+class Backward:
+    """The backward kernels of a plan, in run order (`kernels.kernels`, each with its listing
+    entry), and `zero`: the gradient buffers (indices into `Layout.grad_buffers`) to
+    zero-fill before they run."""
+
+    kernels: Kernels
+    zero: set
 
 
-def _local_factors(plan, out: list) -> tuple:
-    """(factors, folds, skips) of `local_factors`, their kernels appended to `out`; skips:
-    product class -> the input positions whose gradient a fold makes needless."""
-    if not plan.batch_derivatives:
-        return {}, {}, {}
-    factors = local_factors.factors(plan)
-    folds = local_factors.fold(plan, factors)
-    out.extend(kernel for _, kernel in factors.values())
-    out.extend(kernel for _, _, kernel in folds.values())  # after the factors they scale
-    skips: dict = {}
-    for reader, position, _ in folds.values():
-        skips.setdefault(reader, set()).add(position)
-    return factors, folds, skips
+def emit(
+    sched: Schedule,
+    ctx: Context,
+    deferred: dict,
+    loss,
+    wanted: list,
+    batch_derivatives: bool = True,
+) -> Backward:
+    """VJP kernels from `loss` back to every node; `wanted`: the keys (parameters, initial
+    states) whose gradients a caller reads; `batch_derivatives`: local factors first."""
+    return _Emitter(sched, ctx).run(deferred, loss, wanted, batch_derivatives)
 
 
-def _transposed(plan, op: str, position: int, inputs: tuple):
-    """For dx of x @ W with W outside time (a parameter, a fused gate matrix): a buffer that
-    holds W^T contiguous, refreshed once when backward starts (`emit`). OpenBLAS multiplies
-    by a transposed view more slowly: 55 vs 35 us per (32, 512) x (512, 128) step here, and
-    the recurrent product runs once per step."""
-    right = inputs[1] if op == "matmul" and position == 0 and len(inputs) == 2 else None
-    if right is None or right[2] is not None or len(plan.an.meta[right][0]) != 2:
-        return None
-    if right not in plan.transposes:
-        value = plan.layout.value[right]
-        buffer = plan.ctx.m.empty(value.shape[::-1], dtype=value.dtype)
-        plan.transposes[right] = (buffer, value)
-    return plan.transposes[right][0]
+class _Emitter:
+    """The state of one backward emission: the gradient tracker, the kernels so far and the
+    transposed weight buffers they asked for."""
 
+    def __init__(self, sched: Schedule, ctx: Context):
+        self.sched, self.an, self.lay, self.ctx = sched, sched.an, sched.layout, ctx
+        self.tracker = Tracker(sched.layout)
+        self.out = Kernels(partial(describe, sched))
+        self.transposes: dict = {}  # filled by _transposed while the VJPs are emitted
 
-def _deferred(plan) -> dict:
-    """Per-step classes whose gradients for a shared input (a parameter, or a matrix made of
-    parameters outside time) are summed once, after the loop, as one batched product."""
-    an, lay, out = plan.an, plan.layout, {}
-    for c in lay.classes:
-        same = an.same_op(c)
-        if c in plan.batched or c in lay.source or same is None or c not in lay.grad_stack:
-            continue
-        op, k0, in_nd, rule, patterns = plan.class_rule(c, same)
-        if rule is None or rule[0] != "same":
-            continue
-        if plan._stacked_inputs(c, op, in_nd, k0) is None:
-            continue
-        positions = [
-            i
-            for i, p in enumerate(patterns)
-            if p and p[0] == "shared" and p[1] in an.needs_grad  # a parameter, or a node
-            # outside time made of them (a fused gate matrix): gradient summed over steps
+    def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
+        an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
+        has = an.has_grad(loss)
+        seed = lay.grad[loss]
+        out.add(lambda: seed.fill(1), ("=", "fill 1", ((grad(loss), seed),), (), None))
+        tracker.written.add(lay.cell[loss])
+        factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
+        remaining = {c: len(an.members[c]) for c in deferred}
+        for unit in reversed(self.sched.units):
+            if unit[0] == "class":
+                self._class_vjp(unit[1], has, skips.get(unit[1], set()))
+                continue
+            k = unit[1]
+            c = class_of(k)
+            if k in has:
+                factor = factors[c][0].at(k[2]) if c in factors else None
+                fold = folds.get(c)
+                upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
+                skip = set(deferred.get(c, ())) | skips.get(c, set())
+                self._node_vjp(k, skip, factor, upstream)
+            if c in remaining:
+                remaining[c] -= 1
+                if not remaining[c]:
+                    self._deferred_vjp(c, deferred[c])
+        copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
+        entries = [
+            ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
+            for k, (bt, value) in self.transposes.items()
         ]
-        if positions:
-            out[c] = positions
-    return out
+        out.insert(1, copies, entries)
+        tracker.ready([k for k in wanted if k in lay.grad])
+        return Backward(out, tracker.zero)
 
+    def _local_factors(self) -> tuple:
+        """(factors, folds, skips) of `local_factors`, their kernels emitted; skips:
+        product class -> the input positions whose gradient a fold makes needless."""
+        sched, lay, m, out = self.sched, self.lay, self.ctx.m, self.out
+        factors = local_factors.factors(sched, m)
+        folds = local_factors.fold(sched, m, factors)
+        for c, (stack, kernel) in factors.items():
+            lo, hi = lay.range[c]
+            name, factor = (c[0], f"{c[1]}'", (lo, hi)), stack.span(lo, hi)
+            value = lay.value_stack[c].span(lo, hi)
+            reads = (((c[0], c[1], (lo, hi)), value),)
+            out.add(kernel, ("=", "local factor", ((name, factor),), reads, (lo, hi)))
+        for c, (reader, position, kernel) in folds.items():  # after the factors they scale
+            lo, hi = lay.range[c]
+            name, factor = (c[0], f"{c[1]}'", (lo, hi)), factors[c][0].span(lo, hi)
+            other = lay.stacked(reader, 1 - position)
+            name_other = (reader[0], f"{reader[1]}.in{1 - position}", (lo, hi))
+            reads = ((name, factor), (name_other, other))
+            out.add(kernel, ("=", "mul", ((name, factor),), reads, (lo, hi)))
+        skips: dict = {}
+        for reader, position, _ in folds.values():
+            skips.setdefault(reader, set()).add(position)
+        return factors, folds, skips
 
-def _node_vjp(plan, tracker, k, skip, factor=None, upstream=None) -> list:
-    """VJP kernels of node k; with `factor` (local_factors) its input's gradient is g times
-    the factor, g being k's gradient or, where k is folded into the product `upstream`,
-    that product's."""
-    an, lay, ctx = plan.an, plan.layout, plan.ctx
-    node, g = an.node[k], lay.grad[upstream if upstream is not None else k]
-    tracker.ready([upstream if upstream is not None else k])
-    total = an.addn_of_class(k)
-    if total is not None:
-        members = [an.members[total][t] for t in sorted(an.members[total])]
-        targets = [s for s in members if s in an.needs_grad]
-        if not targets:
-            return []
-        dest, add, m = lay.grad_stack[total].span(*lay.range[total]), tracker.target(targets), ctx.m
-        return [(lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))]
-    ins, value = [lay.value[i] for i in node["inputs"]], lay.value[k]
-    out = []
-    for i, source in enumerate(node["inputs"]):
-        if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
-            continue
-        add = tracker.target([source])
-        if factor is not None:  # g * (d out / d input), the factor computed before the loop
-            out.append(
-                kernels_vjp.vjp(ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {})
+    def _transposed(self, op: str, position: int, inputs: tuple):
+        """For dx of x @ W with W outside time (a parameter, a fused gate matrix): a buffer
+        that holds W^T contiguous, refreshed once when backward starts (`run`). OpenBLAS
+        multiplies by a transposed view more slowly: 55 vs 35 us per (32, 512) x (512, 128)
+        step here, and the recurrent product runs once per step."""
+        right = inputs[1] if op == "matmul" and position == 0 and len(inputs) == 2 else None
+        if right is None or right[2] is not None or len(self.an.meta[right][0]) != 2:
+            return None
+        if right not in self.transposes:
+            value = self.lay.value[right]
+            buffer = self.ctx.m.empty(value.shape[::-1], dtype=value.dtype)
+            self.transposes[right] = (buffer, value)
+        return self.transposes[right][0]
+
+    def _node_vjp(self, k, skip, factor=None, upstream=None) -> None:
+        """VJP kernels of node k; with `factor` (local_factors) its input's gradient is g
+        times the factor, g being k's gradient or, where k is folded into the product
+        `upstream`, that product's."""
+        an, lay, ctx, tracker = self.an, self.lay, self.ctx, self.tracker
+        source_of_g = upstream if upstream is not None else k
+        node, g = an.node[k], lay.grad[source_of_g]
+        tracker.ready([source_of_g])
+        total = an.addn_of_class(k)
+        if total is not None:
+            members = [an.members[total][t] for t in sorted(an.members[total])]
+            targets = [s for s in members if s in an.needs_grad]
+            if not targets:
+                return
+            dest, add, m = (
+                lay.grad_stack[total].span(*lay.range[total]),
+                tracker.target(targets),
+                ctx.m,
             )
-            continue
-        bt = _transposed(plan, node["op"], i, node["inputs"])
-        out.append(
-            kernels_vjp.vjp(
+            kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
+            self.out.add(kernel, ("addn", k, total, add, source_of_g))
+            return
+        ins, value = [lay.value[i] for i in node["inputs"]], lay.value[k]
+        for i, source in enumerate(node["inputs"]):
+            if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
+                continue
+            add = tracker.target([source])
+            if factor is not None:  # g * (d out / d input), the factor computed before the loop
+                kernel = kernels_vjp.vjp(
+                    ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}
+                )
+                self.out.add(kernel, ("factor", k, i, add, source_of_g, factor))
+                continue
+            bt = self._transposed(node["op"], i, node["inputs"])
+            kernel = kernels_vjp.vjp(
                 ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"], bt
             )
-        )
-    return out
+            self.out.add(kernel, ("vjp", k, i, add, source_of_g, bt))
+
+    def _class_vjp(self, cls, has: set, skip=()) -> None:
+        an, lay, ctx = self.an, self.lay, self.ctx
+        kind, attrs, ins = self.sched.batched[cls]
+        op = an.same_op(cls)[0]
+        members = [an.members[cls][t] for t in sorted(an.members[cls])]
+        if not any(k in has for k in members):
+            return
+        self.tracker.ready(members)
+        span = lay.range[cls]
+        g, value = lay.grad_stack[cls].span(*span), lay.value_stack[cls].span(*span)
+        in_nd = [len(an.meta[i][0]) for i in an.inputs(members[0])]
+        dests = stacked_inputs(an, lay, cls, op, in_nd, members[0], grad=True)
+        for i in range(len(in_nd)):
+            sources = [an.inputs(k)[i] for k in members]
+            targets = [s for s in dict.fromkeys(sources) if s in an.needs_grad]
+            pairs = zip(sources, members, strict=True)
+            if i in skip or not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
+                continue
+            if dests[i] is None:
+                raise GraphError(f"plan: no stacked gradient for input {i} of {cls}")
+            add = self.tracker.target(targets)
+            bt = None
+            if kind == "reduce_rest":
+                kernel = _reduce_rest_vjp(ctx, op, dests[i], add, g)
+            else:
+                bt = self._transposed(op, i, an.inputs(members[0]))
+                kernel = kernels_vjp.vjp(ctx, op, i, dests[i], add, g, value, ins, attrs, bt)
+            self.out.add(kernel, ("class", cls, i, add, dests[i], bt))
+
+    def _deferred_vjp(self, cls, positions) -> None:
+        an, lay, ctx = self.an, self.lay, self.ctx
+        op, attrs = an.same_op(cls)
+        members = [an.members[cls][t] for t in sorted(an.members[cls])]
+        self.tracker.ready(members)
+        span = lay.range[cls]
+        g, value = lay.grad_stack[cls].span(*span), lay.value_stack[cls].span(*span)
+        in_nd = [len(an.meta[i][0]) for i in an.inputs(members[0])]
+        ins = stacked_inputs(an, lay, cls, op, in_nd, members[0])
+        for i in positions:
+            source = an.inputs(members[0])[i]
+            add = self.tracker.target([source])
+            kernel = kernels_vjp.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs)
+            self.out.add(kernel, ("deferred", cls, i, add, None, None))
 
 
-def _class_vjp(plan, tracker, cls, skip=()) -> list:
-    an, lay, ctx = plan.an, plan.layout, plan.ctx
-    kind, attrs, ins = plan.batched[cls]
-    op = an.same_op(cls)[0]
-    members = [an.members[cls][t] for t in sorted(an.members[cls])]
-    if not any(k in plan.has for k in members):
-        return []
-    tracker.ready(members)
-    span = lay.range[cls]
-    g, value = lay.grad_stack[cls].span(*span), lay.value_stack[cls].span(*span)
-    in_nd = [len(an.meta[i][0]) for i in an.inputs(members[0])]
-    dests = plan._stacked_inputs(cls, op, in_nd, members[0], grad=True)
-    out = []
-    for i in range(len(in_nd)):
-        sources = [an.inputs(k)[i] for k in members]
-        targets = [s for s in dict.fromkeys(sources) if s in an.needs_grad]
-        pairs = zip(sources, members, strict=True)
-        if i in skip or not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
-            continue
-        if dests[i] is None:
-            raise GraphError(f"plan: no stacked gradient for input {i} of {cls}")
-        add = tracker.target(targets)
-        if kind == "reduce_rest":
-            out.append(_reduce_rest_vjp(ctx, op, dests[i], add, g))
-        else:
-            bt = _transposed(plan, op, i, an.inputs(members[0]))
-            out.append(kernels_vjp.vjp(ctx, op, i, dests[i], add, g, value, ins, attrs, bt))
-    return out
+def describe(sched: Schedule, record: tuple) -> tuple:
+    """The listing entry (`listing.py`) of a backward kernel from what `_Emitter` recorded:
+    ("=", *entry) as is, or what a VJP kernel was built from, so that emitting one costs a
+    tuple of references, and names and buffers are looked up only to print."""
+    if record[0] == "=":
+        return record[1:]
+    if record[0] in ("class", "deferred"):
+        return _stacked_entry(sched, record)
+    an, lay = sched.an, sched.layout
+    if record[0] == "addn":
+        _, k, total, add, upstream = record
+        dest = lay.grad_stack[total].span(*lay.range[total])
+        name = grad((total[0], total[1], lay.range[total]))
+        return _vjp_entry("addn", add, name, dest, [(grad(upstream), lay.grad[upstream])], k[2])
+    kind, k, i, add, upstream, extra = record
+    node, source = an.node[k], an.inputs(k)[i]
+    g = (grad(upstream), lay.grad[upstream])
+    if kind == "factor":  # extra: the local factor
+        reads = [g, ((k[0], f"{k[1]}'", k[2]), extra)]
+        return _vjp_entry("mul", add, grad(source), lay.grad[source], reads, k[2])
+    reads = [g] + [(j, lay.value[j]) for j in node["inputs"]]
+    if extra is not None:  # reads W^T, not W
+        reads[-1] = (_transposed_name(node["inputs"][1]), extra)
+    op = f"vjp[{i}] {node['op']}"
+    return _vjp_entry(op, add, grad(source), lay.grad[source], reads, k[2])
+
+
+def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
+    """The entry of a VJP over all steps of a class: time-batched, or after the loop."""
+    an, lay = sched.an, sched.layout
+    kind, cls, i, add, dest, bt = record
+    op, span = an.same_op(cls)[0], lay.range[cls]
+    k0 = an.members[cls][span[0]]
+    if kind == "class":
+        ins = sched.batched[cls][2]
+    else:
+        ins = stacked_inputs(an, lay, cls, op, [len(an.meta[j][0]) for j in an.inputs(k0)], k0)
+        dest = lay.grad[an.inputs(k0)[i]]
+    reads = [(grad((*cls, span)), lay.grad_stack[cls].span(*span))]
+    reads += [(listing.input_name(an, cls, j), view) for j, view in enumerate(ins)]
+    if bt is not None:  # reads W^T, not W
+        reads[-1] = (_transposed_name(an.inputs(k0)[1]), bt)
+    name = grad(listing.input_name(an, cls, i))
+    return _vjp_entry(f"vjp[{i}] {op}", add, name, dest, reads, span)
+
+
+def _vjp_entry(op: str, add: bool, name, dest, reads: list, when) -> tuple:
+    """`op` writes (or, with `add`, adds) into `dest`, the gradient called `name`."""
+    return (f"{op} +=" if add else op, ((name, dest),), tuple(reads), when)
+
+
+def _transposed_name(key) -> tuple:
+    """The listing name of the W^T buffer of `key` (`_Emitter._transposed`)."""
+    return (key[0], f"{key[1]}^T", key[2])
 
 
 def _reduce_rest_vjp(ctx, op, dest, add, g):
@@ -222,20 +320,3 @@ def _reduce_rest_vjp(ctx, op, dest, add, g):
             m.copyto(dest, tmp)
 
     return run
-
-
-def _deferred_vjp(plan, tracker, cls, positions) -> list:
-    an, lay, ctx = plan.an, plan.layout, plan.ctx
-    op, attrs = an.same_op(cls)
-    members = [an.members[cls][t] for t in sorted(an.members[cls])]
-    tracker.ready(members)
-    span = lay.range[cls]
-    g, value = lay.grad_stack[cls].span(*span), lay.value_stack[cls].span(*span)
-    in_nd = [len(an.meta[i][0]) for i in an.inputs(members[0])]
-    ins = plan._stacked_inputs(cls, op, in_nd, members[0])
-    out = []
-    for i in positions:
-        source = an.inputs(members[0])[i]
-        add = tracker.target([source])
-        out.append(kernels_vjp.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs))
-    return out

@@ -21,7 +21,7 @@ class Context:
     `saved`: buffers a forward kernel fills for its VJP (softmax_ce, when the plan
     differentiates: `keep_for_vjp`). The `ctx` the op records' fast kernels receive."""
 
-    def __init__(self, xp, module_name: str):
+    def __init__(self, xp, module_name: str, keep_for_vjp: bool = True):
         self.xp = xp
         if module_name == "cupy":
             import cupy as m
@@ -35,7 +35,7 @@ class Context:
         self.m, self.expit, self.name = m, expit, module_name
         self.scratch: dict = {}
         self.saved: dict = {}  # input address -> buffers a forward kernel keeps for its VJP
-        self.keep_for_vjp = True
+        self.keep_for_vjp = keep_for_vjp
 
     def address(self, x) -> tuple:
         """Where an array's data starts, with its shape: views made twice compare equal."""

@@ -34,11 +34,23 @@ class Stack:
         return self.arr[start:stop] if 0 <= start and stop <= self.arr.shape[0] else None
 
 
+class Slot(Stack):
+    """A class buffer of ONE step that every member reuses (`Layout.reuse_values`)."""
+
+    __slots__ = ()
+
+    def at(self, t: int):
+        return self.arr[0, ...]
+
+    def span(self, lo: int, hi: int):
+        return None  # there is no stacked view: the steps do not coexist
+
+
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
     def __init__(self, an: Analysis, ctx, loss=None):
-        self.an, self.ctx, self.m = an, ctx, ctx.m
+        self.an, self.m = an, ctx.m
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
             key=lambda c: an.pos[next(iter(an.members[c].values()))],
@@ -220,6 +232,30 @@ class Layout:
         if view is not None and pad:
             view = view[(slice(None),) + (None,) * pad]
         return view
+
+    def reuse_values(self, classes: list) -> None:
+        """Give each of these classes ONE step's value buffer that every step reuses (the
+        classes `liveness.dead_values` found dead before their next step)."""
+        for c in classes:
+            arr = self.value_stack[c].arr
+            self.value_stack[c] = Slot(self.m.empty((1,) + arr.shape[1:], dtype=arr.dtype), 0)
+            for t, k in self.an.members[c].items():
+                self.value[k] = self.value_stack[c].at(t)
+
+    def reuse_grads(self, classes: dict) -> None:
+        """Give each of these classes ONE step's gradient buffer, and re-point its column
+        views into it: class -> {view class: index} (`liveness.dead_grads`)."""
+        for c, views in classes.items():
+            stack = self.grad_stack[c]
+            arr = self.m.zeros((1,) + stack.arr.shape[1:], dtype=stack.arr.dtype)
+            self.grad_buffers[stack.base] = arr
+            self.grad_stack[c] = Slot(arr, 0, stack.base)
+            for t, k in self.an.members[c].items():
+                self.grad[k] = self.grad_stack[c].at(t)
+            for v, index in views.items():
+                self.grad_stack[v] = Slot(arr[(slice(None),) + index], 0, stack.base)
+                for t, k in self.an.members[v].items():
+                    self.grad[k] = self.grad_stack[v].at(t)
 
     # ---- gradients ---------------------------------------------------------------------------
 

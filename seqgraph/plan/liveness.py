@@ -5,8 +5,9 @@ The layout first gives every class a buffer stacked over time, which time-batche
 the after-the-loop weight gradients need. Many classes inside a recurrent step need no such
 thing: `h W_hh` is read once, by the add after it, and by no backward rule (the add's VJP
 reads nothing); a gate's gradient is written by the ops that read the gate at step t and read
-by the gate's own VJP at step t. Once the units are scheduled, `compact_values` and
-`compact_grads` find these classes and shrink their buffers to one step.
+by the gate's own VJP at step t. Once the units are scheduled, `dead_values` and
+`dead_grads` find these classes; the layout, which owns the buffers, then shrinks each to
+one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 """
 
 from __future__ import annotations
@@ -14,52 +15,37 @@ from __future__ import annotations
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
-from seqgraph.plan.layout import Stack
+from seqgraph.plan.schedule import Schedule
 
 
-class Slot(Stack):
-    """A class buffer of ONE step that every member reuses."""
-
-    __slots__ = ()
-
-    def at(self, t: int):
-        return self.arr[0, ...]
-
-    def span(self, lo: int, hi: int):
-        return None  # there is no stacked view: the steps do not coexist
-
-
-def compact_values(lay, units: list, batched: dict) -> list:
-    """Shrink the value buffer of every class whose value is dead before its next step:
-    read only by ops of the same step that run one by one, by no backward rule, and not
-    its own (see the module docstring). Returns the classes shrunk."""
-    position = _positions(units)
-    done = []
-    for c in _candidates(lay, batched):
+def dead_values(sched: Schedule) -> list:
+    """The classes whose value is dead before their next step: read only by ops of the same
+    step that run one by one, by no backward rule, and not their own (see the module
+    docstring). `Layout.reuse_values` then gives each one step's buffer."""
+    lay, position = sched.layout, _positions(sched.units)
+    found = []
+    for c in _candidates(lay, sched.batched):
         same = lay.an.same_op(c)
         if same is None or ops.OPS[same[0]].reads_output:
             continue
         if not _dead_soon(lay, c, position, lambda user, i: _reads_never(lay.an, user, i)):
             continue
-        arr = lay.value_stack[c].arr
-        lay.value_stack[c] = Slot(lay.m.empty((1,) + arr.shape[1:], dtype=arr.dtype), 0)
-        for t, k in lay.an.members[c].items():
-            lay.value[k] = lay.value_stack[c].at(t)
-        done.append(c)
-    return done
+        found.append(c)
+    return found
 
 
-def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
-    """Shrink the gradient buffer of every class whose gradient at step t is written by
-    same-step readers and read only by its own VJP at step t: not summed after the loop
-    (`deferred`), not shared with another node's gradient. Column views of the class (the
-    gates of a merged sibling op) shrink with it: their readers count as its readers."""
-    position = _positions(units)
+def dead_grads(sched: Schedule, deferred: dict) -> dict:
+    """The classes whose gradient at step t is written by same-step readers and read only by
+    its own VJP at step t: not summed after the loop (`deferred`), not shared with another
+    node's gradient. Column views of the class (the gates of a merged sibling op) shrink
+    with it: their readers count as its readers. Class -> {view class: index}, for
+    `Layout.reuse_grads`."""
+    lay, position = sched.layout, _positions(sched.units)
     views = _view_classes(lay)
     shared = {cell for k, cell in lay.cell.items() if cell != k}
     shared |= {p for p in lay.children if analysis.class_of(p) not in views}
-    done = []
-    for c in _candidates(lay, batched, views):
+    found = {}
+    for c in _candidates(lay, sched.batched, views):
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
             continue
@@ -70,18 +56,8 @@ def compact_grads(lay, units: list, batched: dict, deferred: dict) -> list:
             continue
         if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
             continue
-        stack = lay.grad_stack[c]
-        arr = lay.m.zeros((1,) + stack.arr.shape[1:], dtype=stack.arr.dtype)
-        lay.grad_buffers[stack.base] = arr
-        lay.grad_stack[c] = Slot(arr, 0, stack.base)
-        for t, k in members.items():
-            lay.grad[k] = lay.grad_stack[c].at(t)
-        for v, index in views.get(c, {}).items():
-            lay.grad_stack[v] = Slot(arr[(slice(None),) + index], 0, stack.base)
-            for t, k in lay.an.members[v].items():
-                lay.grad[k] = lay.grad_stack[v].at(t)
-        done.append(c)
-    return done
+        found[c] = views.get(c, {})
+    return found
 
 
 def _view_classes(lay) -> dict:
@@ -103,7 +79,7 @@ def _view_classes(lay) -> dict:
     }
 
 
-def check_grads(lay, compacted: list, zero: set) -> None:
+def check_grads(lay, compacted: dict, zero: set) -> None:
     """A reused gradient buffer must be written afresh at each step, never zero-filled once
     and added to (the backward emitter decides which; this holds it to the rule above)."""
     bad = [c for c in compacted if lay.grad_stack[c].base in zero]

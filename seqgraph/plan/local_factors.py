@@ -18,15 +18,15 @@ from functools import partial
 
 from seqgraph.engine import ops
 from seqgraph.plan.analysis import class_of
-from seqgraph.plan.layout import Stack
-from seqgraph.plan.liveness import Slot
+from seqgraph.plan.layout import Slot, Stack
+from seqgraph.plan.schedule import Schedule
 
 
-def factors(plan) -> dict:
-    """cls -> (Stack of dy/dx, kernel computing it) for every per-step class of an op with
-    a local derivative (`Op.local_out`: tanh, sigmoid) whose input is differentiated. Costs
-    one buffer per class."""
-    an, lay, m, out = plan.an, plan.layout, plan.ctx.m, {}
+def factors(plan: Schedule, m) -> dict:
+    """cls -> (Stack of dy/dx, kernel computing it) for every per-step tanh or sigmoid
+    class whose input is differentiated, `plan` being the scheduled plan and `m` its
+    array module. Costs one buffer per class."""
+    an, lay, out = plan.an, plan.layout, {}
     for c in lay.classes:
         same = an.same_op(c)
         if c in plan.batched or same is None or same[1] or ops.OPS[same[0]].local_out is None:
@@ -43,13 +43,13 @@ def factors(plan) -> dict:
     return out
 
 
-def fold(plan, found: dict) -> dict:
+def fold(plan: Schedule, m, found: dict) -> dict:
     """Fold each factor class whose members are read only by a same-shape product, at the
     same step, into that product (see the module docstring): cls -> (product class, the
     position the class takes in it, kernel multiplying its factor buffer by the other
     operand). The product's gradient must have a buffer per step (nothing overwrites a
     step's gradient once its VJP has read it)."""
-    an, lay, m, out = plan.an, plan.layout, plan.ctx.m, {}
+    an, lay, out = plan.an, plan.layout, {}
     for c, (stack, _) in found.items():
         product = _only_reader(an, lay, c)
         if product is None:

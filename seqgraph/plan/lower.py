@@ -2,33 +2,41 @@
 
 The interpreter (`autodiff.Program`) walks nodes with a dict of values; a plan is built once
 per (spec, steps, batch shape) and then runs `for k in kernels: k()` with no graph, dict or
-shape work in the loop. Building it:
+shape work in the loop. `Plan` builds it as a straight pipeline, each stage taking what the
+ones before it handed on:
 
-1. `analysis.Analysis`: live nodes, shapes, classes (one equation over all steps), and which
-   classes sit on a recurrence.
-2. `layout.Layout`: one buffer per class stacked over time, views for slices and aliases.
-3. Units: a class off every recurrence whose op has a batch rule runs as ONE kernel over all
-   steps (input projections, readouts, losses); the rest run per node, in an order that
-   respects every dependency (Kahn's algorithm, ties broken by the graph's own order).
-4. Backward walks the units in reverse. A parameter's gradient from a per-step class
-   (W_hh, b_hh) is not summed step by step: after the loop it is one batched product over
-   the stacked step values and gradients (one GEMM for a matmul).
+1. `analysis.Analysis(graph, ...) -> Analysis`: live nodes, shapes, classes (one equation
+   over all steps), and which classes sit on a recurrence.
+2. `rewrites.rewrite(analysis) -> Analysis`: the rewritten graph's analysis (common
+   subexpressions, fused gate products, bias moves, sibling merges).
+3. `layout.Layout(analysis, ctx, loss) -> Layout`: one buffer per class stacked over time,
+   views for slices and aliases, and the gradient buffers.
+4. `schedule.schedule(analysis, layout, outputs) -> Schedule`: the classes that run as ONE
+   kernel over all steps, and every unit in dependency order.
+5. `liveness.dead_values(schedule)`, `liveness.dead_grads(schedule, deferred)`: the classes
+   whose buffer one step can hold; the layout shrinks them (`Layout.reuse_values`,
+   `Layout.reuse_grads`). `schedule.deferred` names the per-step classes whose parameter
+   gradients are summed after the loop, as one batched product over the stacked steps.
+6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
+   the kernels, forward in unit order (fused where `fusion.groups` says), backward in
+   reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
 """
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
-from seqgraph.engine import ops
 from seqgraph.engine.graph import Graph, Key
-from seqgraph.plan import analysis, fusion, kernels, liveness
+from seqgraph.plan import backward, forward, fusion, kernels, listing, liveness, rewrites
+from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import Analysis, class_of
 from seqgraph.plan.layout import Layout
 
 
 class Plan:
-    """Kernels for one graph and batch shape. `run` then `gradients`, or `loss_and_grads`."""
+    """Kernels for one graph and batch shape. `run` then `gradients`, or `loss_and_grads`.
+
+    `print(plan)` lists its buffers and kernels (`listing.py`); `repr(plan)` sums it up."""
 
     def __init__(
         self,
@@ -47,132 +55,74 @@ class Plan:
         self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
-        self.ctx = kernels.Context(xp, module)
-        self.ctx.keep_for_vjp = grads
+        self.ctx = kernels.Context(xp, module, keep_for_vjp=grads)
         if merge_siblings is None:  # CuPy fuses a step's elementwise chain into one kernel
             merge_siblings = module != "cupy"  # already; joined blocks would split it
-        self.an = an = Analysis(graph, leaf_meta, outputs, dtype, full, merge_siblings)
+        an = Analysis(graph, leaf_meta, outputs, dtype, full)
+        self.an = an = rewrites.rewrite(an, merge_siblings)
         self.layout = Layout(an, self.ctx, graph.loss if grads else None)
-        self.batched = self._batched_classes()
-        self.units = self._schedule()
-        self.compacted = liveness.compact_values(self.layout, self.units, self.batched)
-        self.groups = fusion.groups(self) if fuse else [[unit] for unit in self.units]
-        self.forward_kernels: list = []
-        for run in self.groups:
-            self.forward_kernels.extend(self._forward_group(run, grads))
+        self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs)
+        self.compacted = liveness.dead_values(sched)
+        self.layout.reuse_values(self.compacted)
+        self.deferred = scheduling.deferred(sched) if grads else {}
+        self.grad_compacted = liveness.dead_grads(sched, self.deferred) if grads else {}
+        self.layout.reuse_grads(self.grad_compacted)
+        self.groups = fusion.groups(sched) if fuse else [[unit] for unit in sched.units]
+        self.forward = forward.emit(sched, self.ctx, self.groups, grads)
         self._fill_consts()
-        self.backward_kernels: list = []
-        self.zero: set = set()
+        self.backward: backward.Backward | None = None
         if grads:
-            self._emit_backward()
+            self.emit_backward()
         self._param_slots = [
             (name, self.layout.value[k]) for name, k in graph.params.items() if k in an.live
         ]
         self._loss = self.layout.value[graph.loss]
 
-    # ---- which classes run batched, and in what order -------------------------------------
+    def emit_backward(self) -> None:
+        """(Re)build the backward kernels over this plan's context (its array module)."""
+        self.backward = backward.emit(
+            self.schedule,
+            self.ctx,
+            self.deferred,
+            self.graph.loss,
+            list(self.graph.params.values()) + self.state_inputs(),
+            self.batch_derivatives,
+        )
+        liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
 
-    def class_rule(self, c, same) -> tuple:
-        """(op, first member, input ranks, batch rule, input patterns) of class `c`, whose
-        nodes all run `same` = (op, attrs): how one kernel over all steps could compute it."""
-        an, lay = self.an, self.layout
-        op, attrs = same
-        k0 = an.members[c][lay.range[c][0]]
-        in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
-        patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
-        stacked = [p is not None and p[0] == "class" for p in patterns]
-        return op, k0, in_nd, analysis.batch_rule(op, attrs, in_nd, stacked), patterns
+    @property
+    def batched(self) -> dict:
+        return self.schedule.batched
 
-    def _batched_classes(self) -> dict:
-        an, lay, out = self.an, self.layout, {}
-        for c in lay.classes:
-            same = an.same_op(c)
-            if c in an.recurrent or c in lay.source or same is None:
-                continue
-            op, k0, in_nd, rule, _ = self.class_rule(c, same)
-            ins = self._stacked_inputs(c, op, in_nd, k0)
-            if rule is not None and ins is not None:
-                out[c] = (rule[0], rule[1], ins)
-        return out
+    @property
+    def units(self) -> list:
+        return self.schedule.units
 
-    def _stacked_inputs(self, cls, op: str, in_nd: list, k0, grad: bool = False):
-        out_nd = len(self.an.meta[k0][0])
-        pad = ops.OPS[op].elementwise
-        views = []
-        for i, nd in enumerate(in_nd):
-            view = self.layout.stacked(cls, i, grad, pad=(out_nd - nd) if pad else 0)
-            if view is None and not grad:
-                return None
-            views.append(view)
-        return views
+    @property
+    def forward_kernels(self) -> list:
+        return self.forward.kernels
 
-    def _schedule(self) -> list:
-        """Units in dependency order: ("class", cls) or ("node", key)."""
-        an, lay = self.an, self.layout
-        unit_of, index, units, first = {}, {}, [], []
-        for k in an.order:
-            if k not in an.live or an.kind(k) != "op" or k in lay.alias_of:
-                continue
-            c = class_of(k)
-            unit = ("class", c) if c in self.batched else ("node", k)
-            if unit not in index:
-                index[unit] = len(units)
-                units.append(unit)
-                first.append(an.pos[k])
-            unit_of[k] = index[unit]
-        deps = [set() for _ in units]
-        for k, u in unit_of.items():
-            for source in an.inputs(k):
-                while source in lay.alias_of:
-                    source = lay.alias_of[source]
-                if source in unit_of and unit_of[source] != u:
-                    deps[u].add(unit_of[source])
-        users = [[] for _ in units]
-        for u, ds in enumerate(deps):
-            for d in ds:
-                users[d].append(u)
-        waiting = [len(ds) for ds in deps]
-        ready = [(first[u], u) for u in range(len(units)) if not waiting[u]]
-        heapq.heapify(ready)
-        order = []
-        while ready:
-            _, u = heapq.heappop(ready)
-            order.append(units[u])
-            for v in users[u]:
-                waiting[v] -= 1
-                if not waiting[v]:
-                    heapq.heappush(ready, (first[v], v))
-        return order
+    @property
+    def backward_kernels(self) -> list:
+        return self.backward.kernels.kernels if self.backward is not None else []
 
-    # ---- forward -------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return listing.text(self)
+
+    def __repr__(self) -> str:
+        steps = {k[2] for k in self.an.live if isinstance(k[2], int)}
+        return (
+            f"<Plan {self.ctx.name} {self.an.dtype.name}: {len(steps)} steps, "
+            f"{len(self.forward_kernels)} forward + {len(self.backward_kernels)} backward "
+            f"kernels, {len(self.layout.classes)} classes, "
+            f"{len(self.layout.grad_buffers)} gradient buffers>"
+        )
 
     def _forward_group(self, run, keep_all: bool) -> list:
-        """A fused group's kernels (`fusion.py`): one on CuPy, its ufunc calls on NumPy."""
-        if len(run) == 1:
-            return self._forward(run[0])
-        if self.ctx.name == "cupy":
-            return [fusion.cupy_kernel(self, run, keep_all)]
-        return [k for unit in run for k in self._forward(unit)]  # NumPy: the ufunc chain
-
-    def _forward(self, unit) -> list:
-        an, lay, ctx = self.an, self.layout, self.ctx
-        if unit[0] == "class":
-            cls = unit[1]
-            kind, attrs, ins = self.batched[cls]
-            out = lay.value_stack[cls].span(*lay.range[cls])
-            op = an.same_op(cls)[0]
-            if kind == "reduce_rest":
-                return [kernels.reduce_rest(ctx, op, out, ins[0])]
-            return [kernels.forward(ctx, op, out, ins, attrs)]
-        k = unit[1]
-        node = an.node[k]
-        total = an.addn_of_class(k)
-        if total is not None:
-            stacked = lay.value_stack[total].span(*lay.range[total])
-            out, m = lay.value[k], ctx.m
-            return [lambda: m.sum(stacked, axis=0, out=out)]
-        ins = [lay.value[i] for i in node["inputs"]]
-        return [kernels.forward(ctx, node["op"], lay.value[k], ins, node["attrs"])]
+        """The kernels of one fusion group (`forward.group`)."""
+        out = listing.Kernels()
+        forward.group(self.schedule, self.ctx, run, keep_all, out)
+        return out.kernels
 
     def _fill_consts(self) -> None:
         for k in self.an.live:
@@ -185,16 +135,6 @@ class Plan:
             dest[...] = self.ctx.m.asarray(host)
         else:
             self.ctx.m.copyto(dest, host, casting="unsafe")
-
-    # ---- backward ------------------------------------------------------------------------
-
-    def _emit_backward(self) -> None:
-        from seqgraph.plan.backward import _deferred, emit
-
-        lay = self.layout
-        self.grad_compacted = liveness.compact_grads(lay, self.units, self.batched, _deferred(self))
-        emit(self)
-        liveness.check_grads(lay, self.grad_compacted, self.zero)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -237,7 +177,7 @@ class Plan:
     def gradients(self) -> dict[str, Any]:
         """Run backward (after `run`); a fresh copy of every parameter's gradient."""
         bufs = self.layout.grad_buffers
-        for i in self.zero:
+        for i in self.backward.zero if self.backward is not None else ():
             bufs[i].fill(0)
         for kernel in self.backward_kernels:
             kernel()

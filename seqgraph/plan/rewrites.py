@@ -10,18 +10,31 @@ analysis' copy of the graph (`an.node`, `an.order`) that leaves every value the 
 (`siblings.merge_siblings`, one op over side-by-side column blocks, runs after these.)
 
 Each returns whether it changed anything; the analysis then derives its facts again.
+`rewrite` is the pipeline stage: it takes the analysis of the unrolled graph and hands on
+the analysis of the rewritten one (its own copy; the one it was given is left as it was).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 
-from seqgraph.plan import analysis
+from seqgraph.plan import siblings
+from seqgraph.plan.analysis import Analysis, class_of
+from seqgraph.plan.edits import op_node, reorder
 
 
-def class_of(key):
-    return analysis.class_of(key)
+def rewrite(an: Analysis, merge_siblings: bool = True) -> Analysis:
+    """Every rewrite in turn on a copy of `an` (`Analysis.fork`), its facts derived again
+    after each that changed something; then sibling merges until none is left (r+z, then
+    sigmoid(r|z))."""
+    an = an.fork()
+    for step in (merge_common, fuse_gates, reassociate, join_biases):
+        if step(an):
+            an.refresh()
+    joined: set = set()  # nodes the sibling merge made
+    while merge_siblings and siblings.merge_siblings(an, joined):
+        an.refresh()
+    return an
 
 
 def merge_common(an) -> bool:
@@ -167,10 +180,6 @@ def _block_sum(an, cls, others: tuple):
     return (d, s) if set(an.members[s]) == set(an.members[cls]) else None
 
 
-def op_node(op: str, inputs: tuple, **attrs) -> dict:
-    return {"kind": "op", "op": op, "inputs": inputs, "attrs": attrs}
-
-
 def _gate_groups(an) -> list[tuple]:
     """Tuples of matmul classes that share their left operand at every step (see fuse_gates)."""
     by_left: dict = defaultdict(list)
@@ -194,32 +203,6 @@ def _gate_groups(an) -> list[tuple]:
             out.append(classes)
             used |= set(classes)
     return out
-
-
-def reorder(an, before: dict) -> list:
-    """A dependency order for the rewritten graph that stays close to the old one: Kahn's
-    algorithm taking ready nodes by old position; a new node sorts just before the first of
-    the old nodes it stands in for."""
-    rank = {k: (i, 0, "") for i, k in enumerate(an.order)}
-    for key, olds in before.items():
-        rank[key] = (min(an.pos[k] for k in olds), -1, repr(key))
-    keys = list(an.order) + list(before)
-    waiting = {k: len(set(an.node[k]["inputs"])) for k in keys}
-    readers = defaultdict(list)
-    for k in keys:
-        for source in set(an.node[k]["inputs"]):
-            readers[source].append(k)
-    ready = [(rank[k], k) for k in keys if waiting[k] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, k = heapq.heappop(ready)
-        order.append(k)
-        for reader in readers[k]:
-            waiting[reader] -= 1
-            if waiting[reader] == 0:
-                heapq.heappush(ready, (rank[reader], reader))
-    return order
 
 
 def reassociate(an) -> bool:

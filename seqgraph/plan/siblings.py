@@ -8,10 +8,11 @@ from collections import defaultdict
 
 from seqgraph.engine import ops
 from seqgraph.plan import analysis
-from seqgraph.plan.rewrites import class_of, op_node, reorder
+from seqgraph.plan.analysis import class_of
+from seqgraph.plan.edits import op_node, reorder
 
 
-def merge_siblings(an) -> bool:
+def merge_siblings(an, joined: set) -> bool:
     """Elementwise ops of one step that apply the same op to side-by-side column blocks of
     the same arrays (the r and z gates of a GRU: sigmoid(x_r + h_r), sigmoid(x_z + h_z))
     -> one op over the joined block, each old node a column slice of it (a view). One call
@@ -23,8 +24,9 @@ def merge_siblings(an) -> bool:
     the joined x_rz + h_rz): merged alone (the LSTM's i and f sigmoids) it saves one call
     each way but leaves its members strided column views that half a dozen later calls
     read, which measured slower on the long configuration (T=1,000, B=16, H=64: 1.04-1.06x;
-    all four LSTM gates as one op, 4 calls instead of 13: 1.20x)."""
-    joined = an.joined_siblings
+    all four LSTM gates as one op, 4 calls instead of 13: 1.20x).
+
+    `joined` holds the nodes earlier merges made; this one adds its own."""
     runs: dict = defaultdict(set)  # tuple of classes -> steps where they form one run
     for (_, _, reads), nodes in _sibling_sets(an).items():
         if len(reads) == 1 and reads[0][1] not in joined:
@@ -37,7 +39,7 @@ def merge_siblings(an) -> bool:
         if whole and not taken & set(classes):
             taken |= set(classes)
             for t in steps:
-                _merge(an, [an.members[c][t] for c in classes], before)
+                _merge(an, [an.members[c][t] for c in classes], before, joined)
     if before:
         an.order = reorder(an, before)
     return bool(before)
@@ -102,7 +104,7 @@ def _adjacent_runs(an, nodes: list) -> list:
     return [tuple(r) for r in runs if len(r) > 1]
 
 
-def _merge(an, members: list, before: dict) -> None:
+def _merge(an, members: list, before: dict, made: set) -> None:
     """One step of a sibling merge: the joined op and its column-block inputs (see
     merge_siblings); each member becomes a slice of the joined op."""
     scope, t, first = members[0][0], members[0][2], an.node[members[0]]
@@ -124,7 +126,7 @@ def _merge(an, members: list, before: dict) -> None:
     joined = (scope, "|".join(k[1] for k in members), t)
     an.node[joined] = op_node(first["op"], tuple(inputs))
     before[joined] = list(members)
-    an.joined_siblings.add(joined)
+    made.add(joined)
     start = 0
     for k in members:
         width = an.meta[k][0][-1]

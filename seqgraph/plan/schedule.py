@@ -1,0 +1,142 @@
+"""Which classes run as one kernel over all steps, and in what order everything runs.
+
+A class off every recurrence whose op has a batch rule runs as ONE kernel over all steps
+(input projections, readouts, losses); the rest run per node, in an order that respects
+every dependency (Kahn's algorithm, ties broken by the graph's own order). `schedule` takes
+the analysis and the buffer layout and hands on a `Schedule`: the batched classes with the
+stacked views they read, and the units in run order. `deferred` is the backward's share:
+the per-step classes whose gradient for a shared input is summed once, after the loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from seqgraph.engine import ops
+from seqgraph.plan import analysis
+from seqgraph.plan.analysis import Analysis, class_of
+from seqgraph.plan.layout import Layout
+
+
+@dataclass
+class Schedule:
+    """The analysis and layout a plan runs over, and what this stage decided about them.
+
+    batched: class -> (batch rule kind, attrs, stacked input views) for each class that runs
+    as one kernel over all steps; units: ("class", cls) or ("node", key) in run order;
+    outputs: the nodes whose values a caller reads (the loss among them)."""
+
+    an: Analysis
+    layout: Layout
+    outputs: set
+    batched: dict
+    units: list
+
+
+def schedule(an: Analysis, lay: Layout, outputs: set) -> Schedule:
+    """Pick the time-batched classes, then order every unit (see the module docstring)."""
+    batched = _batched_classes(an, lay)
+    return Schedule(an, lay, outputs, batched, _units(an, lay, batched))
+
+
+def class_rule(an: Analysis, lay: Layout, c, same) -> tuple:
+    """(op, first member, input ranks, batch rule, input patterns) of class `c`, whose
+    nodes all run `same` = (op, attrs): how one kernel over all steps could compute it."""
+    op, attrs = same
+    k0 = an.members[c][lay.range[c][0]]
+    in_nd = [len(an.meta[i][0]) for i in an.inputs(k0)]
+    patterns = [an.input_pattern(c, i) for i in range(len(in_nd))]
+    stacked = [p is not None and p[0] == "class" for p in patterns]
+    return op, k0, in_nd, analysis.batch_rule(op, attrs, in_nd, stacked), patterns
+
+
+def stacked_inputs(an: Analysis, lay: Layout, cls, op: str, in_nd: list, k0, grad=False):
+    """Every input of `cls` over all its steps, one array each (`Layout.stacked`), values or
+    gradients; None if a value input does not form one block (a gradient input: None in
+    its place)."""
+    out_nd = len(an.meta[k0][0])
+    pad = ops.OPS[op].elementwise
+    views = []
+    for i, nd in enumerate(in_nd):
+        view = lay.stacked(cls, i, grad, pad=(out_nd - nd) if pad else 0)
+        if view is None and not grad:
+            return None
+        views.append(view)
+    return views
+
+
+def deferred(sched: Schedule) -> dict:
+    """Per-step classes whose gradients for a shared input (a parameter, or a matrix made of
+    parameters outside time) are summed once, after the loop, as one batched product:
+    class -> those input positions. Reads the layout as liveness left its values."""
+    an, lay, out = sched.an, sched.layout, {}
+    for c in lay.classes:
+        same = an.same_op(c)
+        if c in sched.batched or c in lay.source or same is None or c not in lay.grad_stack:
+            continue
+        op, k0, in_nd, rule, patterns = class_rule(an, lay, c, same)
+        if rule is None or rule[0] != "same":
+            continue
+        if stacked_inputs(an, lay, c, op, in_nd, k0) is None:
+            continue
+        positions = [
+            i
+            for i, p in enumerate(patterns)
+            if p and p[0] == "shared" and p[1] in an.needs_grad  # a parameter, or a node
+            # outside time made of them (a fused gate matrix): gradient summed over steps
+        ]
+        if positions:
+            out[c] = positions
+    return out
+
+
+def _batched_classes(an: Analysis, lay: Layout) -> dict:
+    out = {}
+    for c in lay.classes:
+        same = an.same_op(c)
+        if c in an.recurrent or c in lay.source or same is None:
+            continue
+        op, k0, in_nd, rule, _ = class_rule(an, lay, c, same)
+        ins = stacked_inputs(an, lay, c, op, in_nd, k0)
+        if rule is not None and ins is not None:
+            out[c] = (rule[0], rule[1], ins)
+    return out
+
+
+def _units(an: Analysis, lay: Layout, batched: dict) -> list:
+    """Units in dependency order: ("class", cls) or ("node", key)."""
+    unit_of, index, units, first = {}, {}, [], []
+    for k in an.order:
+        if k not in an.live or an.kind(k) != "op" or k in lay.alias_of:
+            continue
+        c = class_of(k)
+        unit = ("class", c) if c in batched else ("node", k)
+        if unit not in index:
+            index[unit] = len(units)
+            units.append(unit)
+            first.append(an.pos[k])
+        unit_of[k] = index[unit]
+    deps = [set() for _ in units]
+    for k, u in unit_of.items():
+        for source in an.inputs(k):
+            while source in lay.alias_of:
+                source = lay.alias_of[source]
+            if source in unit_of and unit_of[source] != u:
+                deps[u].add(unit_of[source])
+    users = [[] for _ in units]
+    for u, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(u)
+    waiting = [len(ds) for ds in deps]
+    ready = [(first[u], u) for u in range(len(units)) if not waiting[u]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, u = heapq.heappop(ready)
+        order.append(units[u])
+        for v in users[u]:
+            waiting[v] -= 1
+            if not waiting[v]:
+                heapq.heappush(ready, (first[v], v))
+    return order
