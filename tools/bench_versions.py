@@ -7,12 +7,16 @@ or an allocator with the other. A worker builds the benchmark model of `tools/be
 API only (`Model(spec).loss_and_grads(batch)`, unchanged across versions), warms up, and
 fixes how many back-to-back steps make one sample of at least `--min-sample` seconds.
 Rounds are interleaved: each round asks every worker for one sample, in a fresh random
-order; a worker waits idle (blocked on a pipe, not spinning) while the other runs. After
+order; a worker waits idle, blocked on a pipe, while the other runs. Before each sample the
+driver pauses (`--pause`, 0.2 s): OpenBLAS's threads spin for a while after their last call
+before they sleep, and in the worker that just finished they would take the cores from the
+next one's first steps (without the pause, medium LSTM samples ran 20 % slower than the same
+worker timed alone). After
 the rounds, each worker is timed alone (the other one stopped), which checks that the
 harness did not distort what it measured.
 
     python tools/bench_versions.py BEFORE_TREE AFTER_TREE [--config NAME]... [--cell C]...
-        [--rounds N] [--min-sample S] [--json FILE]
+        [--rounds N] [--min-sample S] [--pause S] [--json FILE]
 
 Make a tree for a revision with `git worktree add /tmp/before <commit>`.
 """
@@ -115,12 +119,13 @@ def machine() -> dict:
     return {"cpu": cpu, "python": platform.python_version(), "numpy": np.__version__, "blas": blas}
 
 
-def compare(trees, cell, config, rounds, min_sample, rng) -> dict:
+def compare(trees, cell, config, rounds, min_sample, rng, pause) -> dict:
     workers = {name: Worker(tree, cell, config, min_sample) for name, tree in trees.items()}
     losses = {name: w.ready["loss"] for name, w in workers.items()}
     times = {name: [] for name in workers}
     for _ in range(rounds):
         for name in rng.permutation(list(workers)):
+            time.sleep(pause)
             times[name].append(workers[name].sample())
     for w in workers.values():
         w.close()
@@ -148,6 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cell", action="append", choices=list(CELLS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-sample", type=float, default=0.25)
+    parser.add_argument("--pause", type=float, default=0.2)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import numpy as np
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
     records = []
     for config in args.config or ["tiny", "small", "medium", "long"]:
         for cell in args.cell or list(CELLS):
-            r = compare(trees, cell, config, args.rounds, args.min_sample, rng)
+            r = compare(trees, cell, config, args.rounds, args.min_sample, rng, args.pause)
             m, a = r["median_s"], r["alone_s"]
             same = r["loss"]["before"] == r["loss"]["after"]
             print(
