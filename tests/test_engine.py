@@ -167,6 +167,28 @@ def test_missing_vjp_names_op_and_position(monkeypatch):
         program.backward(xnp, values, graph.loss)
 
 
+def test_an_op_registered_without_a_vjp_raises_missing_vjp_not_type_error():
+    """Regression: registering an op and never giving it `.vjp` left `vjp=None` in its record,
+    and backward through it died with a TypeError instead of naming the op."""
+
+    @ops.op("novjp", 1)
+    def _identity(xp, a):
+        """out = a (no gradient given)."""
+        return a
+
+    try:
+        graph = Graph()
+        W = graph.add_param("W", ("p", "W", None), ParamInfo((2,), {"dist": "zeros"}))
+        out = graph.add(("f", "out", 0), "op", "novjp", (W,))
+        graph.loss = graph.add(("f", "L", 0), "op", "sum", (out,))
+        program = Program(graph)
+        values = program.forward(xnp, {W: np.ones(2)})
+        with pytest.raises(MissingVJPError, match=r"op 'novjp' has no VJP for input 0"):
+            program.backward(xnp, values, graph.loss)
+    finally:
+        del ops.OPS["novjp"]
+
+
 @pytest.mark.parametrize("feedback", ["free", "scheduled"])
 @pytest.mark.parametrize("pattern", ["one_to_many", "encoder_decoder"])
 def test_feeding_back_predictions_trains(pattern, feedback):

@@ -30,7 +30,7 @@ class Op:
 
     name: str
     forward: Callable[..., Any]  # (xp, *inputs, **attrs) -> out
-    vjp: Callable[..., tuple] | None  # (xp, g, out, *inputs, **attrs) -> one item per input
+    vjp: Callable[..., tuple]  # (xp, g, out, *inputs, **attrs) -> one item per input
     arity: int  # number of array inputs, or VARIADIC
     doc: str  # both formulas: the forward and the VJP
     attrs: tuple[str, ...] = ()  # the attribute names the op accepts
@@ -86,7 +86,7 @@ def op(name: str, arity: int, attrs: tuple[str, ...] = (), **facts):
         if (facts.get("elementwise") or facts.get("rowwise")) and "batch" not in facts:
             facts["batch"] = batch_same
         local = facts.get("local")
-        vjp = (lambda xp, g, out, a: (g * local(xp, out),)) if local is not None else None
+        vjp = (lambda xp, g, out, a: (g * local(xp, out),)) if local is not None else no_vjp
         if local is not None and facts.get("local_out") is not None and "out_vjp" not in facts:
             facts["out_vjp"] = (local_vjp_kernel(facts["local_out"]),)
         doc = (forward.__doc__ or "").strip()
@@ -100,6 +100,12 @@ def op(name: str, arity: int, attrs: tuple[str, ...] = (), **facts):
         return forward
 
     return register
+
+
+def no_vjp(xp, g, out, *inputs, **attrs) -> tuple:
+    """The VJP of an op that has none yet: no gradient for any input, so a loss that depends
+    on one raises `MissingVJPError` naming the op and input (never a TypeError)."""
+    return (None,) * len(inputs)
 
 
 def get(name: str) -> Op:
