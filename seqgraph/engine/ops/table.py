@@ -102,11 +102,6 @@ def op(name: str, arity: int, attrs: tuple[str, ...] = (), **facts):
     return register
 
 
-def get(name: str) -> Op:
-    """The op called `name`; KeyError if the table has none."""
-    return OPS[name]
-
-
 def unbroadcast(xp, g, shape: tuple[int, ...]):
     """Sum a broadcast gradient back to `shape` (the one helper every VJP uses)."""
     if tuple(g.shape) == tuple(shape):
