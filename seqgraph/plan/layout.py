@@ -83,6 +83,7 @@ class Layout:
                 continue
             op, attrs = same
             k0 = next(iter(an.members[c].values()))
+            # An identity of one op, not an op fact: where(mask known all true, a, _) is a.
             position = 1 if op == "where" else 0
             pattern = an.input_pattern(c, position)
             if pattern is None or pattern[0] != "class" or pattern[1] not in stackable:
