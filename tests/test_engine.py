@@ -218,7 +218,7 @@ def test_scheduled_sampling_extremes_equal_teacher_and_free(pattern):
         classes = 4 if pattern == "one_to_many" else 2  # ids vocab / vector size
         assert got["predictions"].shape == want["predictions"].shape == (3, 3, classes)
         # equal up to rounding: a plan adds the bias with the projection when the input is
-        # data (teacher), after the recurrent product when it is fed back (passes.reassociate)
+        # data (teacher), after the recurrent product when it is fed back (rewrites.reassociate)
         np.testing.assert_allclose(
             host(got["predictions"]), host(want["predictions"]), rtol=1e-12, atol=1e-14
         )

@@ -457,6 +457,9 @@ def test_every_op_has_a_vjp_and_consistent_facts():
         assert not op.in_place or set(op.unread_inputs) == set(range(op.arity)), name
         assert not (op.in_place or op.output_overwritable) or not op.reads_output, name
         assert not op.other_operand or op.arity == 2, name
+        assert not op.variadic_sum or op.arity == ops.VARIADIC, name
+        assert not op.averages or op.batch is not None, f"{name}: averages when batched"
+        assert not op.vjp_transposed_right or (op.arity == 2 and op.vjp_kernel), name
         if op.out_vjp is not None:
             assert arity is not None and len(op.out_vjp) == arity, name
         for position in op.pass_through + op.unread_inputs:
@@ -527,6 +530,40 @@ def test_out_vjp_kernels_match_reference(row: Row, add: bool):
             np.testing.assert_allclose(dest, want, rtol=1e-13, atol=1e-14, err_msg=f"{position}")
 
 
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if ops.OPS[r.op].variadic_sum], ids=lambda row: row.id
+)
+def test_variadic_sum_adds_its_inputs_and_passes_g_to_each(row: Row):
+    """`Op.variadic_sum`: out is the sum, each input's gradient is g (summed to its shape)."""
+    op, inputs = ops.OPS[row.op], _inputs(row)
+    out = np.asarray(op.forward(xnp, *inputs))
+    np.testing.assert_allclose(out, sum(np.broadcast_arrays(*inputs)), rtol=1e-15)
+    g = _cotangent(out)
+    for x, grad in zip(inputs, op.vjp(xnp, g, out, *inputs), strict=True):
+        np.testing.assert_array_equal(grad, ops.unbroadcast(xnp, g, x.shape))
+
+
+@pytest.mark.parametrize(
+    "row",
+    [r for r in ROWS if ops.OPS[r.op].vjp_transposed_right and not r.attrs],
+    ids=lambda row: row.id,
+)
+def test_vjp_kernel_takes_the_transposed_right_operand(row: Row):
+    """`Op.vjp_transposed_right`: input 0's VJP kernel, given `bt` (input 1 transposed,
+    contiguous), gives the reference VJP wherever it builds a kernel."""
+    from seqgraph.plan import kernels_vjp
+
+    op, inputs = ops.OPS[row.op], _inputs(row)
+    if np.ndim(inputs[1]) != 2:
+        return
+    out = np.asarray(op.forward(xnp, *inputs))
+    g = _cotangent(out)
+    dest = np.full(inputs[0].shape, 7.0)
+    bt = np.ascontiguousarray(inputs[1].T)
+    kernels_vjp.vjp(_ctx(), row.op, 0, dest, False, g, out, inputs, {}, bt)()
+    np.testing.assert_allclose(dest, op.vjp(xnp, g, out, *inputs)[0], rtol=1e-13, atol=1e-14)
+
+
 def _nan_like(x):
     return np.full(np.shape(x), np.nan)
 
@@ -578,5 +615,5 @@ def test_batch_rule_runs_steps_at_once(row: Row):
     else:
         assert kind == "reduce_rest"
         flat = ins[0].reshape(3, -1)
-        per_step = flat.sum(axis=1) / (flat.shape[1] if row.op == "mean" else 1)
+        per_step = flat.sum(axis=1) / (flat.shape[1] if op.averages else 1)
         np.testing.assert_allclose(per_step, each, rtol=1e-13)

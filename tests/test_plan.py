@@ -1,4 +1,5 @@
-"""The execution plan (`plan.py`) gives the interpreter's numbers (`autodiff.Program`).
+"""The execution plan (`seqgraph/plan/lower.py`) gives the interpreter's numbers
+(`autodiff.Program`).
 
 Every case runs one spec through `Model(engine="plan")` and `Model(engine="interp")` in
 float64 and compares the loss and every parameter gradient to ~1e-12.
@@ -249,9 +250,9 @@ def cupy_like_plans(monkeypatch):
     import functools
 
     from seqgraph.plan.lower import Plan
-    from seqgraph.runtime import runner as plan_run
+    from seqgraph.runtime import runner
 
-    monkeypatch.setattr(plan_run, "Plan", functools.partial(Plan, merge_siblings=False))
+    monkeypatch.setattr(runner, "Plan", functools.partial(Plan, merge_siblings=False))
 
 
 @pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "gru", "lstm", "custom"])
@@ -259,7 +260,7 @@ def cupy_like_plans(monkeypatch):
 def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
     """Each fused group's CUDA body, evaluated on the CPU, gives what the NumPy chain wrote;
     for training every member is written back, for forward only what others read."""
-    from seqgraph.plan import fusion
+    from seqgraph.plan import forward, fusion, listing
 
     raw = spec(cell)
     model = Model(raw, backend="numpy", dtype="float64")
@@ -267,21 +268,22 @@ def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
     if padded:
         batch["lengths"] = np.array([4, 2, 3])
     for grads in (True, False):
-        runner = model._runner(batch, grads=grads)
-        runner.load(batching.prepare(model.spec, batch))
-        runner.plan.execute(model.params)  # loads the parameters
-        value, fused = runner.plan.layout.value, 0
-        for run in runner.plan.groups:  # forward again, group by group
+        plan = model.plan(batch, grads=grads)
+        plan.run(batching.feeds(model.spec, plan.graph, batch), model.params)
+        value, fused = plan.layout.value, 0
+        for run in plan.groups:  # forward again, group by group
             if len(run) > 1:
                 fused += 1
-                _, _, body, inputs, outputs = fusion.source(runner.plan, run, grads)
+                _, _, body, inputs, outputs = fusion.source(plan, run, grads)
                 # inputs as the kernel sees them: an in-place chain overwrites some
                 env = {f"x{i}": value[k].copy() for i, k in enumerate(inputs)}
-            for kernel in runner.plan._forward_group(run, grads):
+            group = listing.Kernels()
+            forward.group(plan.schedule, plan.ctx, run, grads, group)
+            for kernel in group.kernels:
                 kernel()
             if len(run) > 1:
                 run_c_body(body, env)
-                keys, lay, an = [u[1] for u in run], runner.plan.layout, runner.plan.an
+                keys, lay, an = [u[1] for u in run], plan.layout, plan.an
                 dead = {
                     an.members[lay.in_place[k[:2]]][k[2]] for k in keys if k[:2] in lay.in_place
                 }
@@ -316,25 +318,25 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
     never the numbers."""
     model = Model(spec(cell, 2), dtype="float64")
     batch = batching.dummy(model.spec, 2, 4)
-    runner = model._runner(batch)
+    plan = model.plan(batch)
     loss, grads = model.loss_and_grads(batch)
     from seqgraph.plan.lower import Plan
 
-    an = runner.plan.an
+    an = plan.an
     leaf_meta = {k: v for k, v in an.meta.items() if an.kind(k) == "input"}
-    plain = Plan(runner.graph, leaf_meta, np, "numpy", "float64", full=True, **{option: False})
-    feeds = batching.feeds(model.spec, runner.graph, batch)
+    plain = Plan(plan.graph, leaf_meta, np, "numpy", "float64", full=True, **{option: False})
+    feeds = batching.feeds(model.spec, plan.graph, batch)
     assert plain.run(feeds, model.params) == pytest.approx(loss, rel=1e-14)
     for name, g in plain.gradients().items():
         np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-15, err_msg=name)
     if option == "fuse":
         assert all(len(run) == 1 for run in plain.groups)
-        assert len(plain.groups) > len(runner.plan.groups)  # NumPy runs both as flat calls
+        assert len(plain.groups) > len(plan.groups)  # NumPy runs both as flat calls
     elif option == "merge_siblings":  # per step and layer: the GRU's r+z add and sigmoid
         merged = {"gru": 2, "lstm": 0}[cell] * 4 * 2
-        assert len(plain.units) - len(runner.plan.units) == merged
+        assert len(plain.units) - len(plan.units) == merged
         if merged:
-            assert _backward_calls(plain) > _backward_calls(runner.plan)
+            assert _backward_calls(plain) > _backward_calls(plan)
     else:  # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop);
         # each fold skips one product VJP per step (+ 1 call before the loop). Per layer:
         # GRU r|z (one class, merge_siblings) and n, n folded into (1 - z) * n; LSTM i, f,
@@ -342,7 +344,7 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option):
         steps, layers = 4, 2
         classes, folds = {"gru": (2, 1), "lstm": (5, 5)}[cell]
         saved = (2 * classes + folds) * (steps - 1) * layers
-        assert _backward_calls(plain) - _backward_calls(runner.plan) == saved
+        assert _backward_calls(plain) - _backward_calls(plan) == saved
 
 
 def _backward_calls(plan) -> int:
@@ -425,7 +427,7 @@ def test_bias_adds_run_in_place():
 
 def test_common_subexpressions_merge_into_one_class():
     """A user cell that writes the same gate twice (and a step that recomputes `h @ U`):
-    `passes.merge_common` keeps one class of each, drops the copies, and the numbers stay
+    `rewrites.merge_common` keeps one class of each, drops the copies, and the numbers stay
     the interpreter's."""
     cell = {
         "inputs": ["x"],
@@ -568,5 +570,5 @@ def test_views_of_a_compacted_class_keep_an_adopted_gradient():
     lay = plan.layout
     merged = [c for c in lay.classes if c[0] == "l0" and c[1] == "p#7|q#8"]
     assert merged and merged[0] not in plan.grad_compacted
-    adopter = [c for c in lay.classes if c[0] == "l0" and lay._grad_source(c)]
-    assert any(lay._grad_source(c)[0] == "adopt" for c in adopter)
+    adopter = [c for c in lay.classes if c[0] == "l0" and lay.grad_source(c)]
+    assert any(lay.grad_source(c)[0] == "adopt" for c in adopter)

@@ -8,8 +8,11 @@ attrs and the ORDERED tuple of input keys; that tuple is the truth and the edges
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 
@@ -18,6 +21,92 @@ from seqgraph.errors import GraphError
 
 Key = tuple  # (scope, name, t)
 KINDS = ("param", "input", "const", "op")
+T = TypeVar("T", bound=Hashable)
+
+
+def topological_order(
+    items: Iterable[T],
+    inputs: Callable[[T], Iterable[T]],
+    priority: Callable[[T], Any] | None = None,
+) -> list[T]:
+    """`items` ordered so that each comes after all of its `inputs` (Kahn's algorithm, no
+    recursion, so a 100,000-step chain is fine). The one topological sort of seqgraph.
+
+    Stable and deterministic: of the items ready at the same time, the one with the smallest
+    `priority(item)` goes first; equal priorities, or no `priority`, go in the order the items
+    became ready, and the items without inputs in the order given. Without `priority` the
+    order is breadth-first (all items with no inputs, then those they alone enable, ...),
+    the order of `networkx.topological_sort` for a graph whose nodes and edges were added in
+    the same order; `Graph.order` relies on that, so its order (hence every sum of
+    gradients and every plan built from it) stays what networkx gave. An input listed twice
+    counts once. Raises GraphError on a cycle (naming one) or an input not among `items`.
+    """
+    items = list(items)
+    index = {item: i for i, item in enumerate(items)}
+    if len(index) != len(items):
+        raise GraphError("topological_order: an item is listed twice")
+    waiting = [0] * len(items)  # inputs not yet placed
+    readers: list[list[int]] = [[] for _ in items]
+    for i, item in enumerate(items):
+        try:
+            sources = {index[source] for source in inputs(item)}
+        except KeyError as missing:
+            raise GraphError(
+                f"{item!r} depends on {missing.args[0]!r}, which is not among the items to order"
+            ) from None
+        waiting[i] = len(sources)
+        for j in sources:
+            readers[j].append(i)
+    starts = [i for i, n in enumerate(waiting) if not n]
+    if priority is None:
+        order = _breadth_first(starts, waiting, readers)
+    else:
+        order = _by_priority(starts, waiting, readers, [priority(item) for item in items])
+    if len(order) < len(items):
+        raise GraphError(f"a cycle: {_cycle(items, inputs, waiting)}")
+    return [items[i] for i in order]
+
+
+def _breadth_first(ready: list[int], waiting: list[int], readers: list[list[int]]) -> list[int]:
+    queue, order = deque(ready), []
+    while queue:
+        i = queue.popleft()
+        order.append(i)
+        for reader in readers[i]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                queue.append(reader)
+    return order
+
+
+def _by_priority(
+    ready: list[int], waiting: list[int], readers: list[list[int]], rank: list
+) -> list[int]:
+    heap = [(rank[i], n, i) for n, i in enumerate(ready)]  # n: the order they became ready
+    heapq.heapify(heap)
+    count, order = len(heap), []
+    while heap:
+        i = heapq.heappop(heap)[2]
+        order.append(i)
+        for reader in readers[i]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                heapq.heappush(heap, (rank[reader], count, reader))
+                count += 1
+    return order
+
+
+def _cycle(items: list, inputs: Callable, waiting: list[int]) -> str:
+    """One cycle among the items left waiting (each waits on another waiting one), walked
+    from the first of them."""
+    stuck = {item for item, n in zip(items, waiting, strict=True) if n}
+    path, seen = [], {}
+    item = next(item for item in items if item in stuck)
+    while item not in seen:
+        seen[item] = len(path)
+        path.append(item)
+        item = next(source for source in inputs(item) if source in stuck)
+    return " -> ".join(repr(x) for x in [*path[seen[item] :], item])
 
 
 def key_str(key: Key) -> str:
@@ -81,9 +170,14 @@ class Graph:
         return self.nx.nodes[key]
 
     def order(self) -> list[Key]:
-        """Nodes in a topological order (stable for a given build; no recursion)."""
+        """Nodes in a topological order: `topological_order` without a priority, breadth-first
+        from the nodes in the order they were added, i.e. networkx's `topological_sort`
+        order, which the interpreter's gradient sums and every plan were built on. Insertion
+        order alone would also be topological (`add` needs inputs first), but would change
+        the order gradients are summed in, hence the last bits of the numbers."""
         if self._order is None:
-            self._order = list(nx.topological_sort(self.nx))
+            inputs = dict(self.nx.nodes(data="inputs"))
+            self._order = topological_order(inputs, inputs.__getitem__)
         return self._order
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import networkx as nx
 
+from seqgraph.engine.graph import topological_order
 from seqgraph.inspect.render_scene import (
     COLUMN,
     DETAIL_ROW,
@@ -39,7 +40,7 @@ def _levels(scene: Scene, edges: dict, row_of: dict[str, str]) -> dict[str, int]
         for b in lanes[layer, "bwd"]
     )
     level: dict[str, int] = {}
-    order = list(nx.topological_sort(dag))
+    order = topological_order(dag, dag.predecessors)
     for row in order:
         level[row] = max((level[p] + 1 for p in dag.predecessors(row)), default=0)
     for row in reversed(order):

@@ -203,9 +203,10 @@ class Analysis:
         return None
 
     def addn_of_class(self, key: Key):
-        """The class whose every step `key` (an addn) sums, in order; None if not that shape."""
+        """The class whose every step `key` (an addn: `Op.variadic_sum`) sums, in order; None
+        if not that shape."""
         node = self.node[key]
-        if node["kind"] != "op" or node["op"] != "addn" or not node["inputs"]:
+        if node["kind"] != "op" or not ops.OPS[node["op"]].variadic_sum or not node["inputs"]:
             return None
         cls = class_of(node["inputs"][0])
         members = self.members.get(cls, {})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from seqgraph.engine import ops
 from seqgraph.errors import GraphError
 from seqgraph.plan import kernels_vjp, listing, local_factors
 from seqgraph.plan.analysis import class_of
@@ -157,7 +158,8 @@ class _Emitter:
         that holds W^T contiguous, refreshed once when backward starts (`run`). OpenBLAS
         multiplies by a transposed view more slowly: 55 vs 35 us per (32, 512) x (512, 128)
         step here, and the recurrent product runs once per step."""
-        right = inputs[1] if op == "matmul" and position == 0 and len(inputs) == 2 else None
+        transposed = ops.OPS[op].vjp_transposed_right and position == 0 and len(inputs) == 2
+        right = inputs[1] if transposed else None
         if right is None or right[2] is not None or len(self.an.meta[right][0]) != 2:
             return None
         if right not in self.transposes:
@@ -308,7 +310,7 @@ def _transposed_name(key) -> tuple:
 
 def _reduce_rest_vjp(ctx, op, dest, add, g):
     m, n = ctx.m, dest.shape[0]
-    scale = 1.0 / (dest.size // max(n, 1)) if op == "mean" else 1.0
+    scale = 1.0 / (dest.size // max(n, 1)) if ops.OPS[op].averages else 1.0
     g_b = g.reshape((n,) + (1,) * (dest.ndim - 1))
     tmp = ctx.tmp(dest.shape, dest.dtype)
 

@@ -3,8 +3,7 @@ and a dependency order for the graph once nodes have been added (`reorder`)."""
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
+from seqgraph.engine.graph import topological_order
 
 
 def op_node(op: str, inputs: tuple, **attrs) -> dict:
@@ -12,26 +11,11 @@ def op_node(op: str, inputs: tuple, **attrs) -> dict:
 
 
 def reorder(an, before: dict) -> list:
-    """A dependency order for the rewritten graph that stays close to the old one: Kahn's
-    algorithm taking ready nodes by old position; a new node sorts just before the first of
-    the old nodes it stands in for."""
+    """A dependency order for the rewritten graph that stays close to the old one: ready nodes
+    go by old position (`topological_order`'s priority); a new node sorts just before the
+    first of the old nodes it stands in for."""
     rank = {k: (i, 0, "") for i, k in enumerate(an.order)}
     for key, olds in before.items():
         rank[key] = (min(an.pos[k] for k in olds), -1, repr(key))
     keys = list(an.order) + list(before)
-    waiting = {k: len(set(an.node[k]["inputs"])) for k in keys}
-    readers = defaultdict(list)
-    for k in keys:
-        for source in set(an.node[k]["inputs"]):
-            readers[source].append(k)
-    ready = [(rank[k], k) for k in keys if waiting[k] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, k = heapq.heappop(ready)
-        order.append(k)
-        for reader in readers[k]:
-            waiting[reader] -= 1
-            if waiting[reader] == 0:
-                heapq.heappush(ready, (rank[reader], reader))
-    return order
+    return topological_order(keys, lambda k: an.node[k]["inputs"], rank.__getitem__)

@@ -65,9 +65,10 @@ def forward(ctx, op: str, out, ins: list, attrs: dict):
 
 
 def reduce_rest(ctx, op: str, out, a):
-    """Per step of a stacked `a`: the sum (or mean) of all its entries, into out (n,)."""
+    """Per step of a stacked `a`: the sum (or mean: `Op.averages`) of all its entries, into
+    out (n,)."""
     m, n = ctx.m, a.shape[0]
-    scale = 1.0 / (a.size // max(n, 1)) if op == "mean" else None
+    scale = 1.0 / (a.size // max(n, 1)) if ops.OPS[op].averages else None
 
     def run():
         flat = a.reshape(n, -1)

@@ -83,6 +83,7 @@ class Layout:
                 continue
             op, attrs = same
             k0 = next(iter(an.members[c].values()))
+            # An identity of one op, not an op fact: where(mask known all true, a, _) is a.
             position = 1 if op == "where" else 0
             pattern = an.input_pattern(c, position)
             if pattern is None or pattern[0] != "class" or pattern[1] not in stackable:
@@ -313,7 +314,11 @@ class Layout:
                 return view, position
         return None
 
-    def _grad_source(self, cls):
+    def grad_source(self, cls) -> tuple | None:
+        """Where class `cls`'s gradient lives: None, a buffer of its own; ("alias", c, None),
+        class c's buffer; ("view", c, index), the view [index] of c's; ("pass", c, None), the
+        buffer of the class c it passes g to; ("adopt", c, position), that of the view class
+        c its input `position` is (`_adopted_input`)."""
         if cls in self.source:
             return self.source[cls]
         target = self._pass_target(cls)
@@ -345,7 +350,7 @@ class Layout:
         an = self.an
         needs = an.needs_grad
         grad_classes = [c for c in self.classes if any(k in needs for k in an.members[c].values())]
-        sources = {c: self._grad_source(c) for c in grad_classes}
+        sources = {c: self.grad_source(c) for c in grad_classes}
         for c in grad_classes:
             self._resolve_grad_stack(c, sources)
         for c in grad_classes:

@@ -34,7 +34,7 @@ from seqgraph.plan.layout import Layout
 
 
 class Plan:
-    """Kernels for one graph and batch shape. `run` then `gradients`, or `loss_and_grads`.
+    """Kernels for one graph and batch shape: `run` (or `execute`), then `gradients`.
 
     `print(plan)` lists its buffers and kernels (`listing.py`); `repr(plan)` sums it up."""
 
@@ -118,12 +118,6 @@ class Plan:
             f"{len(self.layout.grad_buffers)} gradient buffers>"
         )
 
-    def _forward_group(self, run, keep_all: bool) -> list:
-        """The kernels of one fusion group (`forward.group`)."""
-        out = listing.Kernels()
-        forward.group(self.schedule, self.ctx, run, keep_all, out)
-        return out.kernels
-
     def _fill_consts(self) -> None:
         for k in self.an.live:
             if self.an.kind(k) == "const":
@@ -193,11 +187,3 @@ class Plan:
         """After `gradients`: dL/d(initial state) by state name (`l0.h0`), fresh copies."""
         grads = self.layout.grad
         return {f"{k[0]}.{k[1]}": grads[k].copy() for k in self.state_inputs() if k in grads}
-
-    def loss_and_grads(self, leaves: dict, params: dict) -> tuple[float, dict]:
-        loss = self.run(leaves, params)
-        return loss, self.gradients()
-
-    def value(self, key: Key):
-        """The value of a node after `run` (a view into the plan's buffers)."""
-        return self.layout.value[key]

@@ -2,7 +2,7 @@
 
 A class off every recurrence whose op has a batch rule runs as ONE kernel over all steps
 (input projections, readouts, losses); the rest run per node, in an order that respects
-every dependency (Kahn's algorithm, ties broken by the graph's own order). `schedule` takes
+every dependency (`topological_order`, ties broken by the graph's own order). `schedule` takes
 the analysis and the buffer layout and hands on a `Schedule`: the batched classes with the
 stacked views they read, and the units in run order. `deferred` is the backward's share:
 the per-step classes whose gradient for a shared input is summed once, after the loop.
@@ -10,10 +10,10 @@ the per-step classes whose gradient for a shared input is summed once, after the
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 from seqgraph.engine import ops
+from seqgraph.engine.graph import topological_order
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
 from seqgraph.plan.layout import Layout
@@ -124,19 +124,5 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
                 source = lay.alias_of[source]
             if source in unit_of and unit_of[source] != u:
                 deps[u].add(unit_of[source])
-    users = [[] for _ in units]
-    for u, ds in enumerate(deps):
-        for d in ds:
-            users[d].append(u)
-    waiting = [len(ds) for ds in deps]
-    ready = [(first[u], u) for u in range(len(units)) if not waiting[u]]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, u = heapq.heappop(ready)
-        order.append(units[u])
-        for v in users[u]:
-            waiting[v] -= 1
-            if not waiting[v]:
-                heapq.heappush(ready, (first[v], v))
-    return order
+    by_first = topological_order(range(len(units)), deps.__getitem__, first.__getitem__)
+    return [units[u] for u in by_first]

@@ -1,4 +1,4 @@
-"""A model's batches through an execution plan: the plan-side twin of `Model._run`.
+"""A model's batches through an execution plan: the plan-side twin of `Model.interpret`.
 
 A `Runner` is built once per batch shape (and purpose: gradients or forward only) and holds
 what a call needs besides the plan's kernels: how to cut a batch into the plan's data buffers

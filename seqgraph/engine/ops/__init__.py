@@ -8,6 +8,6 @@ and pooling; `sequence`: stacking and CTC). `arrays` and `buffers` hold the help
 """
 
 from seqgraph.engine.ops import core, image, loss, sequence  # noqa: F401  (register their ops)
-from seqgraph.engine.ops.table import NEGATE, OPS, VARIADIC, Op, UfuncVJP, get, op, unbroadcast
+from seqgraph.engine.ops.table import NEGATE, OPS, VARIADIC, Op, UfuncVJP, op, unbroadcast
 
-__all__ = ["NEGATE", "OPS", "VARIADIC", "Op", "UfuncVJP", "get", "op", "unbroadcast"]
+__all__ = ["NEGATE", "OPS", "VARIADIC", "Op", "UfuncVJP", "op", "unbroadcast"]

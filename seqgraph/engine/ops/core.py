@@ -55,7 +55,7 @@ def _add_vjp(xp, g, out, a, b):
     return unbroadcast(xp, g, a.shape), unbroadcast(xp, g, b.shape)
 
 
-@op("addn", VARIADIC)
+@op("addn", VARIADIC, variadic_sum=True)
 def _addn(xp, *xs):
     """out = x1 + x2 + ... + xn (broadcasting).  dxi = g (summed to xi's shape)."""
     out = xs[0]
@@ -214,6 +214,7 @@ def _matmul_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
     other_operand=True,
     out_forward=_matmul_out,
     vjp_kernel=_matmul_vjp_kernel,
+    vjp_transposed_right=True,
 )
 def _matmul(xp, a, b):
     """out = a @ b.  da = g @ b^T, db = a^T @ g (leading batch axes summed away)."""
@@ -452,7 +453,7 @@ def _sum_vjp(xp, g, out, a, axis=None, keepdims=False):
     return (xp.broadcast_to(_expand_reduced(xp, g, a, axis, keepdims), a.shape),)
 
 
-@op("mean", 1, ("axis", "keepdims"), batch=batch_whole)
+@op("mean", 1, ("axis", "keepdims"), batch=batch_whole, averages=True)
 def _mean(xp, a, axis=None, keepdims=False):
     """out = mean of a over `axis`.  da = g / n broadcast back, n = elements averaged."""
     return xp.mean(a, axis=axis, keepdims=keepdims)

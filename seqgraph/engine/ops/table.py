@@ -42,9 +42,15 @@ class Op:
     # Elementwise and row-wise ops get `batch_same` unless they say otherwise.
     batch: Callable[..., tuple | None] | None = None
     view: Callable[..., tuple] | None = None  # (shape, **attrs) -> the index out = a[index]
+    # A whole reduction that divides its sum by the number of entries (mean): batched as
+    # "reduce_rest", each step's sum is scaled by 1/n, forward and backward.
+    averages: bool = False
 
     # ---- what the VJP reads (buffer sharing and reuse) ----
     pass_through: tuple[int, ...] = ()  # input positions whose gradient is g (same shape)
+    # Variadic, out = the sum of its inputs, each input's gradient g: summing every step of a
+    # class, its VJP is one copy of g into the class's whole gradient buffer (addn).
+    variadic_sum: bool = False
     in_place: bool = False  # may write over the buffer of an input it alone reads: no VJP
     # reads that input (its own reads none: `unread_inputs` is every position)
     reads_output: bool = True  # False: the VJP never reads `out` (buffer reuse)
@@ -73,6 +79,9 @@ class Op:
     # (ctx, position, dest, add, g, out, inputs, bt) -> a kernel writing (add=False) or adding
     # the gradient of input `position` into dest, or None; for ops `out_vjp` cannot express.
     vjp_kernel: Callable[..., Any] | None = None
+    # Its vjp_kernel for input 0 multiplies g by input 1 transposed, and takes `bt`, a
+    # contiguous copy of that transpose, when the plan keeps one (matmul by a weight matrix).
+    vjp_transposed_right: bool = False
 
 
 OPS: dict[str, Op] = {}
@@ -106,11 +115,6 @@ def no_vjp(xp, g, out, *inputs, **attrs) -> tuple:
     """The VJP of an op that has none yet: no gradient for any input, so a loss that depends
     on one raises `MissingVJPError` naming the op and input (never a TypeError)."""
     return (None,) * len(inputs)
-
-
-def get(name: str) -> Op:
-    """The op called `name`; KeyError if the table has none."""
-    return OPS[name]
 
 
 def unbroadcast(xp, g, shape: tuple[int, ...]):
