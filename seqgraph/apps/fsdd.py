@@ -4,6 +4,10 @@ The folder holds `recordings/{digit}_{speaker}_{index}.wav` and `phonemes.tsv` (
 word's phoneme string). Inputs are normalised log-mel frames (`audio.py`); targets are the
 digit's phonemes as ids, with id 0 reserved for the CTC blank. The split is FSDD's official
 one by recording index: 0-4 test, 5-9 validation, 10-49 (and above) train.
+
+It adds no scorer: the core scores every CTC model by greedy decoding (`train.ctc`: phoneme
+error rate, digit accuracy, nearest-digit accuracy against the split's distinct phoneme
+strings, i.e. the ten digits).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps import audio, ctc_eval
+from seqgraph.apps import audio
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT
@@ -94,17 +98,6 @@ def load(config: dict, pattern: str = "many_to_many", seed: int = 0) -> Sequence
     return SequenceSet(x, y, vx, vy, labels=labels, layout=dict(LAYOUT), test_x=tx, test_y=ty)
 
 
-def score_line(result: dict) -> str:
-    """The phoneme error rate and sequence (digit) accuracies of a CTC evaluation."""
-    if "per" not in result:
-        return ""
-    return (
-        f"PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
-        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
-        "sequences"
-    )
-
-
 OPTIONS = {
     "path": {"type": "string", "description": "the fsdd_digits folder (--data sets it)"},
     "phonemes": {"enum": list(COLUMNS), "description": "phoneme column (default arpabet)"},
@@ -118,7 +111,5 @@ SOURCES = [
         OPTIONS,
         "the spoken-digit folder: log-mel frames -> phonemes, for model.loss: ctc "
         "(scored by phoneme error rate and digit accuracy)",
-        scorer=ctc_eval.Scorer,
-        score_line=score_line,
     )
 ]
