@@ -106,14 +106,6 @@ def evaluate_run(
     return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
 
 
-def score_line(source: str, result: dict) -> str:
-    """The text `run` and `eval` print after the loss: data source `source`'s own scores
-    in `result` (a validation or `evaluate_run` result), e.g. an application's error rates."""
-    from seqgraph.train.evaluate import score_line as line
-
-    return line(source, result)
-
-
 def export_run(
     run_dir: str | os.PathLike, to: str = "onnx", out: str | os.PathLike | None = None
 ) -> str:
