@@ -26,7 +26,7 @@ from seqgraph.train.data import SequenceSet
 
 BLANK = "<blank>"
 COLUMNS = {"arpabet": "cmudict_arpabet", "espeak": "espeak_en_us_mnemonic"}
-LAYOUT = {"x_time": True, "y_time": True, "y_own_lengths": True}
+PADDING = {"x_time": True, "y_time": True, "y_own_lengths": True}
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 HINT = "pass --data PATH/TO/fsdd_digits (the folder with recordings/ and phonemes.tsv)"
 
@@ -95,7 +95,7 @@ def load(config: dict, pattern: str = "many_to_many", seed: int = 0) -> Sequence
     (x, y), (vx, vy), (tx, ty) = parts["train"], parts["valid"], parts["test"]
     if not x:
         raise DataError(f"{root}: no training recordings (index 10 and up)")
-    return SequenceSet(x, y, vx, vy, labels=labels, layout=dict(LAYOUT), test_x=tx, test_y=ty)
+    return SequenceSet(x, y, vx, vy, labels=labels, padding=dict(PADDING), test_x=tx, test_y=ty)
 
 
 OPTIONS = {
