@@ -12,12 +12,12 @@ from seqgraph.api_runs import (
     gradflow,
     load_run,
     sample,
-    score_line,
 )
 from seqgraph.errors import DataError, SpecError
 from seqgraph.runtime import batch as batching
 from seqgraph.runtime.model import Model
 from seqgraph.spec.load import Spec, load_spec
+from seqgraph.train.evaluate import score_line
 
 AUTO_PLACEHOLDER = 100  # stands in for `vocab: auto` when `check` has no data to size it
 

@@ -42,9 +42,8 @@ def sample(
     `length`: steps (default 300), or samples of audio (default train.sample_length)."""
     from pathlib import Path
 
-    from seqgraph.runtime.generate import sample_ids, sample_vectors
     from seqgraph.spec import registry
-    from seqgraph.train.data import Stream, source_of
+    from seqgraph.train.data import source_of
 
     model = load_run(run_dir, backend)
     source = source_of(model.spec.data)
@@ -56,7 +55,15 @@ def sample(
         raise DataError(
             f"--wav writes audio, and data.source {source!r} of this run generates none; drop --wav"
         )
-    length = 300 if length is None else length
+    return _sample_steps(model, 300 if length is None else length, temperature, prime, greedy, seed)
+
+
+def _sample_steps(model: Model, length: int, temperature, prime, greedy: bool, seed: int):
+    """What the core generates without an application: text from a character model (primed
+    with `prime`, default train.prime), else `length` vectors fed back from zeros."""
+    from seqgraph.runtime.generate import sample_ids, sample_vectors
+    from seqgraph.train.data import Stream
+
     vocab = model.run_facts.get("vocab")
     if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
         text = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), vocab)
@@ -104,14 +111,6 @@ def evaluate_run(
         result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
     step = model.run_facts["step"]
     return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
-
-
-def score_line(source: str, result: dict) -> str:
-    """The text `run` and `eval` print after the loss: data source `source`'s own scores
-    in `result` (a validation or `evaluate_run` result), e.g. an application's error rates."""
-    from seqgraph.train.evaluate import score_line as line
-
-    return line(source, result)
 
 
 def export_run(

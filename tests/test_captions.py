@@ -39,13 +39,13 @@ def pairs_of(caption: list[str]) -> list[tuple[str, str]]:
 def test_caption_agrees_with_the_drawn_scene():
     opts = captions.options({"image_size": 32})
     drawn = captions.scenes(np.random.default_rng(0), 60, opts, must_hold=False)
-    for scene, layout in drawn:
-        text = captions.caption(scene, layout)
+    for scene, arrangement in drawn:
+        text = captions.caption(scene, arrangement)
         image = captions.render(scene, 32)
-        relation = captions.RELATIONS[layout]
+        relation = captions.RELATIONS[arrangement]
         assert " ".join(text).count(relation) == len(scene) - 1
-        # the caption names the scene's objects, in reading order along the layout's axis
-        along = "x" if layout == "row" else "y"
+        # the caption names the scene's objects, in reading order along the arrangement's axis
+        along = "x" if arrangement == "row" else "y"
         across = "y" if along == "x" else "x"
         ordered = sorted(scene, key=lambda s: getattr(s, along))
         assert pairs_of(text) == [(s.colour, s.kind) for s in ordered]
@@ -55,8 +55,8 @@ def test_caption_agrees_with_the_drawn_scene():
         for s in scene:  # each shape is painted in its colour at its centre
             pixel = image[:, int(s.y), int(s.x)]
             np.testing.assert_allclose(pixel, shapes.COLOURS[s.colour], atol=1e-6)
-    layouts = {layout for scene, layout in drawn if len(scene) > 1}
-    assert layouts == {"row", "column"}
+    arrangements = {arrangement for scene, arrangement in drawn if len(scene) > 1}
+    assert arrangements == {"row", "column"}
 
 
 def test_data_is_deterministic_per_seed_and_padded_for_one_to_many():

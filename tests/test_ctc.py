@@ -3,15 +3,27 @@ bidirectional LSTM + CTC model's gradients, batch checks, decoding and scoring."
 
 from __future__ import annotations
 
+import json
+
 import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
+import yaml
 from support import check_param_grads, host, record, require_gpu
 
-from seqgraph import Model, load_spec
-from seqgraph.apps.ctc_eval import baseline, edit_distance, greedy_decode, nearest, score
+from seqgraph import Model, api, load_spec
+from seqgraph.cli import main
 from seqgraph.engine import ops
 from seqgraph.errors import DataError, SpecError
+from seqgraph.train import data as datasets
+from seqgraph.train.ctc import (
+    baseline,
+    edit_distance,
+    greedy_decode,
+    nearest,
+    references,
+    score,
+)
 
 CTC = ops.OPS["ctc"]
 EPS = 1e-6
@@ -209,6 +221,54 @@ def test_edit_distance_and_scores():
     guess, floor = baseline([[1, 2], [1, 2], [1, 3], [4]], [[1, 2], [4]])
     assert guess == (1, 2)
     assert floor["per"] == pytest.approx(2 / 3) and floor["digit_accuracy"] == 0.5
+
+
+def npz_ctc_run(tmp_path) -> tuple:
+    """A CTC spec on the generic npz source: labels as long as the frames, no repeats."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(1, 4, size=(20, 6))
+    labels[:, 1::2] = 4  # no two equal neighbours, so every label sequence fits its frames
+    path = tmp_path / "ctc.npz"
+    np.savez(path, x=rng.normal(size=(20, 6, 3)).astype(np.float32), y=labels)
+    spec = {
+        "name": "npz_ctc",
+        "seed": 3,
+        "model": {**ctc_spec()["model"], "input": {"type": "vectors", "size": 3}},
+        "data": {"source": "npz", "valid_fraction": 0.3},
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "valid_batches": 5},
+    }
+    spec["model"]["target"] = {"type": "ids", "vocab": 5}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    return str(spec_path), str(path)
+
+
+def test_any_ctc_model_is_scored_by_greedy_decoding_whatever_its_data_source(tmp_path, capsys):
+    """Regression: PER is the CTC loss's score, not the spoken-digit application's."""
+    spec, data = npz_ctc_run(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", spec, "--data", data, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    progress = next(line for line in printed if line.startswith("step 2: validation"))
+    assert ", PER " in progress and progress.count(",") == 2  # short: PER, digit accuracy
+    assert "; PER " in next(line for line in printed if line.startswith("done: 4 steps"))
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    model = api.load_run(out)
+    dataset = datasets.load(model.spec.data, "many_to_many", model.spec.seed)
+    refs, hyps = [], []
+    for batch in dataset.valid_batches(4, 0):
+        refs += references(batch)
+        logits = np.asarray(model.forward(batch)["predictions"])
+        hyps += greedy_decode(logits, batch.get("lengths"))
+    expected = score(refs, hyps)
+    assert result["sequences"] == len(refs) == 6
+    assert result["per"] == expected["per"]
+    assert result["digit_accuracy"] == expected["digit_accuracy"]
+    assert result["nearest_accuracy"] == expected["nearest_accuracy"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "per" in m] == [2, 4]
 
 
 @pytest.mark.gpu

@@ -25,7 +25,7 @@ def test_same_seed_same_clips_other_seed_other_clips():
     assert not np.array_equal(np.stack(a.x), np.stack(c.x))
     assert (len(a.x), len(a.valid_x), len(a.test_x)) == (24, 3, 3)
     assert a.x[0].shape == (3, 1, 8, 8) and a.y[0].shape == (2, 64)
-    assert a.layout["y_own_lengths"] and a.x[0].dtype == a.y[0].dtype == np.float32
+    assert a.padding["y_own_lengths"] and a.x[0].dtype == a.y[0].dtype == np.float32
 
 
 def test_reflect_folds_a_free_path_back_into_the_box():

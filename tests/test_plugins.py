@@ -28,7 +28,7 @@ def tiny_load(config: dict, pattern: str, seed: int) -> datasets.SequenceSet:
     count, offset = int(config.get("examples", 8)), float(config.get("offset", 0.0))
     xs = [np.full((3, 1), i / 10) for i in range(count)]
     ys = [np.array([i / 10 + offset]) for i in range(count)]
-    return datasets.hold_out(xs, ys, 0.25, seed, datasets.LAYOUTS[pattern])
+    return datasets.hold_out(xs, ys, 0.25, seed, datasets.PADDING[pattern])
 
 
 def tiny_metrics(model, dataset, split: str, batch_size: int) -> dict:

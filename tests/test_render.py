@@ -1,4 +1,4 @@
-"""Structure of the pictures seqgraph.render draws, read back from their DOT source."""
+"""Structure of the pictures seqgraph.inspect.render draws, read back from their DOT source."""
 
 from __future__ import annotations
 

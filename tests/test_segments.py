@@ -1,4 +1,4 @@
-"""Recomputing activations in segments (`segments.py`) gives the full gradient: the same
+"""Recomputing activations in segments (`runtime/segments.py`) gives the full gradient: the same
 loss, parameter gradients and carried states as one pass over the whole sequence."""
 
 from __future__ import annotations

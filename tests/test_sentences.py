@@ -88,8 +88,8 @@ def test_padding_to_a_multiple_changes_no_number():
     rng = np.random.default_rng(0)
     xs = [rng.integers(0, 9, size=n) for n in (3, 5, 2)]
     ys = [np.int64(1), np.int64(0), np.int64(1)]
-    tight = datasets.pad(xs, ys, **datasets.LAYOUTS["many_to_one"])
-    loose = datasets.pad(xs, ys, **datasets.LAYOUTS["many_to_one"], multiple=8)
+    tight = datasets.pad(xs, ys, **datasets.PADDING["many_to_one"])
+    loose = datasets.pad(xs, ys, **datasets.PADDING["many_to_one"], multiple=8)
     assert tight["x"].shape == (3, 5) and loose["x"].shape == (3, 8)
     model = Model(raw)
     loss, grads = model.loss_and_grads(tight)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqgraph.apps.ctc_eval import baseline  # noqa: E402
+from seqgraph.train.ctc import baseline  # noqa: E402
 from seqgraph.train.loop import prepare  # noqa: E402
 
 

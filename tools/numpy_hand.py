@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
     expit = None
 
 
-EXPIT_MAX_SIZE = 512  # the same rule as the plan's (seqgraph/kernels.py)
+EXPIT_MAX_SIZE = 512  # the same rule as the sigmoid kernel's (seqgraph/engine/ops/core.py)
 
 
 def sigmoid(a, out=None):

@@ -8,7 +8,7 @@ in the group `seqgraph.apps` (pyproject.toml); registering twice changes nothing
 
 - `sentences`: `tsv`, `labelled_lines` (sentence classification: tokens, vocabulary, splits)
 - `synthetic`: `adding`, `copy`, `sine` (generated toy tasks)
-- `fsdd`: spoken digits as phonemes for CTC, scored by `ctc_eval` (PER, digit accuracy)
+- `fsdd`: spoken digits as phonemes for CTC (scored, like every CTC model, by `train.ctc`)
 - `mulaw`: `mulaw_audio` (a waveform as μ-law ids; bits per sample, a generated WAV)
 - `activity`: `activity_video` (generated clips, per-class recall)
 - `frames`: `bouncing_frames` (future-frame prediction, per-frame MSE, a PNG strip)

@@ -184,7 +184,7 @@ def load(config: dict, pattern: str, seed: int) -> datasets.SequenceSet:
         vx,
         vy,
         labels=opts["actions"],
-        layout=datasets.LAYOUTS[pattern],
+        padding=datasets.PADDING[pattern],
         test_x=tx,
         test_y=ty,
     )

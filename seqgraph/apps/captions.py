@@ -24,7 +24,7 @@ from seqgraph.apps.caption_app import CaptionApp
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT, FRACTION
-from seqgraph.train.data import LAYOUTS, SequenceSet
+from seqgraph.train.data import PADDING, SequenceSet
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2: padding (weight 0), start, end
 BOS, EOS = 1, 2
@@ -96,8 +96,8 @@ def all_pairs() -> list[tuple[str, str]]:
 
 
 def place(rng: np.random.Generator, pairs: list, size: int) -> tuple[list[Shape], str]:
-    """Shapes for `pairs` in slots along a row or column, and that layout's name."""
-    layout = "row" if rng.random() < 0.5 else "column"
+    """Shapes for `pairs` in slots along a row or column, and that arrangement's name."""
+    arrangement = "row" if rng.random() < 0.5 else "column"
     count = len(pairs)
     slot = size / max(count, 2)
     radius = rng.uniform(0.36, 0.44) * slot  # as big as the slot allows: 4-5 px in 32
@@ -108,9 +108,9 @@ def place(rng: np.random.Generator, pairs: list, size: int) -> tuple[list[Shape]
     # one band across the axis, with a jitter kept well under the gap between slots
     base = rng.uniform(radius + 2, size - radius - 2)
     across = base + rng.uniform(-1.5, 1.5, count)
-    ys, xs = (across, along) if layout == "row" else (along, across)
+    ys, xs = (across, along) if arrangement == "row" else (along, across)
     out = [Shape(c, k, float(y), float(x), float(radius)) for (c, k), y, x in zip(pairs, ys, xs)]
-    return out, layout
+    return out, arrangement
 
 
 def render(scene: list[Shape], size: int) -> np.ndarray:
@@ -121,13 +121,13 @@ def render(scene: list[Shape], size: int) -> np.ndarray:
     return canvas
 
 
-def caption(scene: list[Shape], layout: str) -> list[str]:
-    """The scene's one caption: objects in reading order joined by the layout's relation."""
-    key = (lambda s: s.x) if layout == "row" else (lambda s: s.y)
+def caption(scene: list[Shape], arrangement: str) -> list[str]:
+    """The scene's one caption: objects in reading order joined by the arrangement's relation."""
+    key = (lambda s: s.x) if arrangement == "row" else (lambda s: s.y)
     words: list[str] = []
     for i, s in enumerate(sorted(scene, key=key)):
         if i:
-            words += RELATIONS[layout].split()
+            words += RELATIONS[arrangement].split()
         words += ["a", s.colour, s.kind]
     return words
 
@@ -178,7 +178,7 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
         xs[:n_valid],
         ys[:n_valid],
         vocab=vocab,
-        layout=LAYOUTS["one_to_many"],
+        padding=PADDING["one_to_many"],
         test_x=seen_x + unseen_x,
         test_y=seen_y + unseen_y,
         app=app,

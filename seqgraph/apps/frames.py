@@ -108,7 +108,7 @@ def load(config: dict, pattern: str, seed: int) -> datasets.SequenceSet:
     vx, vy = _make(opts, seed, range(cut, cut + n_valid))
     tx, ty = _make(opts, seed, range(cut + n_valid, total))
     out = datasets.SequenceSet(
-        xs, ys, vx, vy, layout=datasets.LAYOUTS[pattern], test_x=tx, test_y=ty
+        xs, ys, vx, vy, padding=datasets.PADDING[pattern], test_x=tx, test_y=ty
     )
     out.app = FramesApp(out)
     return out

@@ -4,6 +4,10 @@ The folder holds `recordings/{digit}_{speaker}_{index}.wav` and `phonemes.tsv` (
 word's phoneme string). Inputs are normalised log-mel frames (`audio.py`); targets are the
 digit's phonemes as ids, with id 0 reserved for the CTC blank. The split is FSDD's official
 one by recording index: 0-4 test, 5-9 validation, 10-49 (and above) train.
+
+It adds no scorer: the core scores every CTC model by greedy decoding (`train.ctc`: phoneme
+error rate, digit accuracy, nearest-digit accuracy against the split's distinct phoneme
+strings, i.e. the ten digits).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps import audio, ctc_eval
+from seqgraph.apps import audio
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT
@@ -22,7 +26,7 @@ from seqgraph.train.data import SequenceSet
 
 BLANK = "<blank>"
 COLUMNS = {"arpabet": "cmudict_arpabet", "espeak": "espeak_en_us_mnemonic"}
-LAYOUT = {"x_time": True, "y_time": True, "y_own_lengths": True}
+PADDING = {"x_time": True, "y_time": True, "y_own_lengths": True}
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 HINT = "pass --data PATH/TO/fsdd_digits (the folder with recordings/ and phonemes.tsv)"
 
@@ -91,18 +95,7 @@ def load(config: dict, pattern: str = "many_to_many", seed: int = 0) -> Sequence
     (x, y), (vx, vy), (tx, ty) = parts["train"], parts["valid"], parts["test"]
     if not x:
         raise DataError(f"{root}: no training recordings (index 10 and up)")
-    return SequenceSet(x, y, vx, vy, labels=labels, layout=dict(LAYOUT), test_x=tx, test_y=ty)
-
-
-def score_line(result: dict) -> str:
-    """The phoneme error rate and sequence (digit) accuracies of a CTC evaluation."""
-    if "per" not in result:
-        return ""
-    return (
-        f"PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
-        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
-        "sequences"
-    )
+    return SequenceSet(x, y, vx, vy, labels=labels, padding=dict(PADDING), test_x=tx, test_y=ty)
 
 
 OPTIONS = {
@@ -118,7 +111,5 @@ SOURCES = [
         OPTIONS,
         "the spoken-digit folder: log-mel frames -> phonemes, for model.loss: ctc "
         "(scored by phoneme error rate and digit accuracy)",
-        scorer=ctc_eval.Scorer,
-        score_line=score_line,
     )
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT, FRACTION
-from seqgraph.train.data import LAYOUTS, SequenceSet, read_text
+from seqgraph.train.data import PADDING, SequenceSet, read_text
 
 PAD_MULTIPLE = 8  # batch lengths padded up to a multiple of this (see `train.data.pad`)
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
@@ -138,9 +138,9 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     train, valid, test = split_rows(rows, config, seed)
     labels, vocab, (xs, ys), held = encode(config, train, [valid, test])
     (vx, vy), (tx, ty) = held
-    layout = {**LAYOUTS[pattern], "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
+    padding = {**PADDING[pattern], "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
     return SequenceSet(
-        xs, ys, vx, vy, vocab=vocab, labels=labels, layout=layout, test_x=tx, test_y=ty
+        xs, ys, vx, vy, vocab=vocab, labels=labels, padding=padding, test_x=tx, test_y=ty
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT, FRACTION, NUMBER
-from seqgraph.train.data import LAYOUTS, hold_out
+from seqgraph.train.data import PADDING, hold_out
 
 
 def adding(config: dict, rng: np.random.Generator):
@@ -61,7 +61,7 @@ def sine(config: dict, rng: np.random.Generator):
 def _loader(task):
     def load(config: dict, pattern: str, seed: int):
         xs, ys = task(config, np.random.default_rng([seed, 7]))
-        return hold_out(xs, ys, float(config.get("valid_fraction", 0.1)), seed, LAYOUTS[pattern])
+        return hold_out(xs, ys, float(config.get("valid_fraction", 0.1)), seed, PADDING[pattern])
 
     return load
 

@@ -21,7 +21,7 @@ import numpy as np
 from seqgraph.engine.autodiff import Program
 from seqgraph.engine.graph import Graph, Key, key_str
 from seqgraph.errors import SeqgraphError
-from seqgraph.inspect.render_layout import grid_positions
+from seqgraph.inspect.render_grid import grid_positions
 from seqgraph.inspect.render_scene import (
     EDGE_ATTR,
     GRAPH_ATTR,

@@ -1,7 +1,7 @@
 """What the renderer draws: an unrolled graph grouped into blocks (one per cell step, or per
 op in the detail view), their labels, styles and the edges between them. Its public names
-(`Scene`, the style constants and helpers) are what the layout (`render_layout.py`) and the
-drawing (`render.py`) share."""
+(`Scene`, the style constants and helpers) are what the grid placement (`render_grid.py`) and
+the drawing (`render.py`) share."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def html_table(title: str, cells: list[tuple[str, str]], border: int) -> str:
 class Scene:
     """What to draw, worked out from the graph: blocks (drawn nodes), their members, edges.
 
-    The one interface between the three render modules: `render_layout.grid_positions`
+    The one interface between the three render modules: `render_grid.grid_positions`
     places a scene's blocks, `render.render_graph` styles and emits them."""
 
     def __init__(self, graph: Graph, spec, detail: bool, fold: bool, lengths, grads):

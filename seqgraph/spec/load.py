@@ -1,5 +1,5 @@
-"""YAML -> frozen dataclasses: a schema pass (`schema.py`, `spec_yaml.py`), then semantic
-checks of the cells (here) and of the model section (`spec_model.py`).
+"""YAML -> frozen dataclasses: a schema pass (`schema`, `yaml_lines`), then semantic checks
+of the cells (here) and of the model section (`spec.model`).
 
 Every error is a `SpecError` naming the YAML path (`model.layers[1].hidden`), the line, what
 was expected and, for unknown keys, the nearest valid key.
@@ -105,7 +105,7 @@ def _check_cell_bindings(name, raw, path, steps, bindings, params, state) -> Non
 
 @functools.cache
 def builtin_cells() -> dict[str, CellSpec]:
-    """The standard cells shipped as YAML inside the package (seqgraph/cells/*.yaml)."""
+    """The standard cells shipped as YAML inside the package (seqgraph/spec/cells/*.yaml)."""
     cells = {}
     for entry in resources.files("seqgraph.spec").joinpath("cells").iterdir():
         if entry.name.endswith(".yaml"):

@@ -111,7 +111,7 @@ class SequenceSet:
     vocab: list[str] | None = None
     labels: list[str] | None = None
     kind: str = "sequences"
-    layout: dict = field(default_factory=dict)  # keyword arguments of `pad` for this pattern
+    padding: dict = field(default_factory=dict)  # keyword arguments of `pad` for this pattern
     test_x: list = field(default_factory=list)
     test_y: list = field(default_factory=list)
     app: object | None = None  # state an application keeps for its metrics (core: unread)
@@ -126,7 +126,7 @@ class SequenceSet:
         epoch, index = divmod(step, per_epoch)
         order = _bucketed_order(self.x, batch_size, np.random.default_rng([seed, epoch]))
         chosen = order[index * batch_size : (index + 1) * batch_size]
-        return pad([self.x[i] for i in chosen], [self.y[i] for i in chosen], **self.layout)
+        return pad([self.x[i] for i in chosen], [self.y[i] for i in chosen], **self.padding)
 
     def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
         xs, ys = (self.test_x, self.test_y) if split == "test" else (self.valid_x, self.valid_y)
@@ -136,7 +136,9 @@ class SequenceSet:
                 "test_fraction in the data section"
             )
         for start in range(0, len(xs), batch_size):
-            yield pad(xs[start : start + batch_size], ys[start : start + batch_size], **self.layout)
+            yield pad(
+                xs[start : start + batch_size], ys[start : start + batch_size], **self.padding
+            )
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -193,7 +195,7 @@ def _pad_stack(items: list, length: int) -> np.ndarray:
     return out
 
 
-LAYOUTS = {
+PADDING = {  # by pattern: which of x and y have a time axis to pad (`pad`)
     "many_to_many": {"x_time": True, "y_time": True},
     "many_to_one": {"x_time": True, "y_time": False},
     "one_to_one": {"x_time": False, "y_time": False},
@@ -288,7 +290,7 @@ def _stream(text: str, valid_fraction: float, alphabet: str | None) -> Stream:
     return Stream(ids[:cut], ids[cut:], vocab)
 
 
-def hold_out(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
+def hold_out(xs, ys, valid_fraction, seed, padding, **extra) -> SequenceSet:
     """A SequenceSet that holds out `valid_fraction` of the examples at random (seeded)."""
     if not xs:
         raise DataError("the data set has no examples")
@@ -297,11 +299,11 @@ def hold_out(xs, ys, valid_fraction, seed, layout, **extra) -> SequenceSet:
     valid, train = order[:n_valid], order[n_valid:]
     pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
     return SequenceSet(
-        pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid), layout=layout, **extra
+        pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid), padding=padding, **extra
     )
 
 
-def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
+def _npz(path: Path, config: dict, valid_fraction, seed, padding) -> SequenceSet:
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -317,27 +319,27 @@ def _npz(path: Path, config: dict, valid_fraction, seed, layout) -> SequenceSet:
     lengths = (
         arrays["lengths"]
         if "lengths" in arrays
-        else np.full(len(x), x.shape[1] if layout["x_time"] else 1)
+        else np.full(len(x), x.shape[1] if padding["x_time"] else 1)
     )
     if len(x) != len(y) or len(lengths) != len(x):
         raise DataError(f"{path}: x, y and lengths must have the same number of examples")
-    if layout["x_time"] and (lengths.min() < 1 or lengths.max() > x.shape[1]):
+    if padding["x_time"] and (lengths.min() < 1 or lengths.max() > x.shape[1]):
         row = int(np.argmax((lengths < 1) | (lengths > x.shape[1])))
         raise DataError(
             f"{path}: lengths must lie in 1..{x.shape[1]}; example {row} has length {lengths[row]}"
         )
     limit = config.get("max_len")
-    if limit is not None and layout["x_time"] and lengths.max() > limit:
+    if limit is not None and padding["x_time"] and lengths.max() > limit:
         row = int(np.argmax(lengths > limit))
         raise DataError(
             f"{path}: example {row} has {lengths[row]} steps, more than data.max_len = {limit}"
         )
-    xs = [x[i, : lengths[i]] if layout["x_time"] else x[i] for i in range(len(x))]
+    xs = [x[i, : lengths[i]] if padding["x_time"] else x[i] for i in range(len(x))]
     ys = [
-        y[i, : lengths[i]] if layout["y_time"] and not layout.get("y_own_lengths") else y[i]
+        y[i, : lengths[i]] if padding["y_time"] and not padding.get("y_own_lengths") else y[i]
         for i in range(len(y))
     ]
-    return hold_out(xs, ys, valid_fraction, seed, layout)
+    return hold_out(xs, ys, valid_fraction, seed, padding)
 
 
 def describe(dataset) -> dict:
@@ -367,7 +369,7 @@ def _load_text(config: dict, pattern: str, seed: int) -> Stream:
 
 def _load_npz(config: dict, pattern: str, seed: int) -> SequenceSet:
     valid_fraction = float(config.get("valid_fraction", 0.1))
-    return _npz(_need_path(config), config, valid_fraction, seed, LAYOUTS[pattern])
+    return _npz(_need_path(config), config, valid_fraction, seed, PADDING[pattern])
 
 
 _PATH = {"type": "string", "description": "the file (--data PATH sets it)"}

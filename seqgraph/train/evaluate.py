@@ -1,5 +1,6 @@
 """Held-out metrics: loss per target token (nats for classes, MSE for vectors) and accuracy;
-a data source's `scorer` (`spec.registry`) adds its own per-batch scores."""
+a CTC model's greedy-decoded error rates (`ctc`), whatever its data; and a data source's
+`scorer` (`spec.registry`) adds its own per-batch scores."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.spec import registry
+from seqgraph.train import ctc
 
 
 def real_steps(model, batch: dict) -> np.ndarray:
@@ -30,12 +32,15 @@ def evaluate(model, batches, max_batches: int | None = None, scorer=None) -> dic
 
     Stream batches marked `carry` continue from the previous batch's final state. A CTC
     model's loss is per label, and its frames are not aligned with its labels, so it has no
-    accuracy. `scorer` (a `registry.Scorer`) sees every batch and its forward pass; its
-    `result()` joins the returned dict.
+    accuracy; it reports per, digit_accuracy, nearest_accuracy and sequences (`ctc`).
+    `scorer` (a `registry.Scorer`) sees every batch and its forward pass; its `result()`
+    joins the returned dict.
     """
     total, count, correct, carry, used = 0.0, 0, 0, {}, 0
     m = model.spec.model
     accuracy = m.loss != "ctc" and m.target.type == "ids"
+    scorers = [ctc.Scorer()] if m.loss == "ctc" else []
+    scorers += [scorer] if scorer is not None else []
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
@@ -46,8 +51,8 @@ def evaluate(model, batches, max_batches: int | None = None, scorer=None) -> dic
         real = real_steps(model, batch)
         total += out["loss"] * len(batch["y"])  # the batch loss averages over sequences
         count += int(real.sum())
-        if scorer is not None:
-            scorer.add(batch, out)
+        for each in scorers:
+            each.add(batch, out)
         if accuracy:
             guess = np.argmax(to_numpy(out["predictions"]), axis=-1)
             correct += int(((guess == np.asarray(batch["y"])) & real).sum())
@@ -56,8 +61,8 @@ def evaluate(model, batches, max_batches: int | None = None, scorer=None) -> dic
     result = {"loss": total / max(count, 1), "tokens": count, "batches": used}
     if accuracy:
         result["accuracy"] = correct / max(count, 1)
-    if scorer is not None:
-        result.update(scorer.result())
+    for each in scorers:
+        result.update(each.result())
     return result
 
 
@@ -68,10 +73,12 @@ def scorer_for(source: str):
 
 
 def score_line(source: str, result: dict) -> str:
-    """What `run` and `eval` print after the loss for data source `source`: the source's own
-    `score_line(result)`, then its application's scores (`result["app"]`) as `name value`."""
+    """What `run` and `eval` print after the loss: a CTC model's error rates, data source
+    `source`'s own `score_line(result)`, then its application's scores (`result["app"]`) as
+    `name value`; `result` is a validation or `evaluate_run` result."""
     record = registry.source(source)
-    parts = [record.score_line(result)] if record.score_line is not None else []
+    parts = [ctc.score_line(result)]
+    parts += [record.score_line(result)] if record.score_line is not None else []
     for name, value in (result.get("app") or {}).items():
         parts.append(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
     return "; ".join(part for part in parts if part)

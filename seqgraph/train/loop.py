@@ -22,9 +22,9 @@ from seqgraph.errors import SeqgraphError
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
+from seqgraph.train import ctc, run_folder
 from seqgraph.train import data as datasets
-from seqgraph.train import run_folder
-from seqgraph.train.evaluate import evaluate, real_steps, score_line, scorer_for
+from seqgraph.train.evaluate import evaluate, real_steps, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
 
@@ -134,15 +134,7 @@ def run(options: RunOptions, log=print) -> dict:
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
     rng = np.random.default_rng([model.seed, 1])
-    start, carry = 0, {}
-    if options.resume:
-        start, carry = _restore(run_dir, model, optimizer, rng)
-        log(f"resuming {run_dir} at step {start}")
-    elif (run_dir / run_folder.CHECKPOINT).exists():
-        raise TrainingError(
-            f"{run_dir} already holds a run; pass --resume to continue it or "
-            "--out DIR for a new one"
-        )
+    start, carry = _start(options, run_dir, model, optimizer, rng, log)
     run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
     metrics = run_folder.Metrics(run_dir, start if options.resume else None)
     source = datasets.source_of(resolved["data"])
@@ -157,17 +149,40 @@ def run(options: RunOptions, log=print) -> dict:
         **loop.last,
     }
     if not stopped:
-        summary["valid"] = loop.validate(done)
-        app = registry.source(source)  # the application's own scores and files
-        if app.metrics is not None:
-            summary["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
-            metrics.write({"kind": "app", "step": done, **summary["valid"]["app"]})
-        if app.artifacts is not None:
-            summary["artifacts"] = app.artifacts(model, dataset, run_dir, model.seed)
-        run_folder.plot_losses(run_dir, metrics.read())
-        if options.sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
-            summary["sample"] = loop.sample_text()
+        summary.update(_finish(loop, done, options.sample))
     return summary
+
+
+def _start(options: RunOptions, run_dir: Path, model, optimizer, rng, log) -> tuple[int, dict]:
+    """(first step, carried state): from the checkpoint on --resume, else from scratch in a
+    folder that holds no run yet."""
+    if options.resume:
+        start, carry = _restore(run_dir, model, optimizer, rng)
+        log(f"resuming {run_dir} at step {start}")
+        return start, carry
+    if (run_dir / run_folder.CHECKPOINT).exists():
+        raise TrainingError(
+            f"{run_dir} already holds a run; pass --resume to continue it or "
+            "--out DIR for a new one"
+        )
+    return 0, {}
+
+
+def _finish(loop: _Loop, done: int, sample: bool) -> dict:
+    """What a completed run adds to its summary: the final validation (with the
+    application's own scores), the application's files, the loss plot and a text sample."""
+    model, dataset, config = loop.model, loop.dataset, loop.config
+    out = {"valid": loop.validate(done)}
+    app = registry.source(loop.source)  # the application's own scores and files
+    if app.metrics is not None:
+        out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
+        loop.metrics.write({"kind": "app", "step": done, **out["valid"]["app"]})
+    if app.artifacts is not None:
+        out["artifacts"] = app.artifacts(model, dataset, loop.run_dir, model.seed)
+    run_folder.plot_losses(loop.run_dir, loop.metrics.read())
+    if sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
+        out["sample"] = loop.sample_text()
+    return out
 
 
 def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
@@ -296,8 +311,7 @@ class _Loop:
     def _validation_line(self, step: int) -> str:
         result = self.validate(step)
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
-        scores = score_line(self.source, result)
-        extra += f"; {scores}" if scores else ""
+        extra += ctc.progress_scores(result)  # the full score line waits for the end of the run
         return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
 
     def sample_text(self) -> str:

@@ -1,11 +1,14 @@
-"""Decoding and scoring of CTC models: greedy decoding, edit distance and error rates.
+"""Scores of every CTC model (`model.loss: ctc`): greedy decoding, edit distance, error rates.
 
-Greedy (best-path) decoding takes the likeliest class at every real frame, merges repeats and
-drops blanks (id 0). The phoneme error rate is the summed edit distance over the summed
-reference length. A decoded sequence is right when it equals its reference (for FSDD: the
-digit's phoneme string, i.e. it spells the right digit); `nearest_accuracy` is more lenient:
-the decoded sequence is mapped to the closest reference in the lexicon (by default the distinct
-references of the evaluated split, e.g. the ten digits) before it is compared.
+`evaluate` applies `Scorer` whatever the data source, since decoding and the label error rate
+belong to the loss, not to an application. Greedy (best-path) decoding takes the likeliest
+class at every real frame, merges repeats and drops blanks (id 0). The label (phoneme) error
+rate `per` is the summed edit distance over the summed reference length. A decoded sequence is
+right when it equals its reference; `nearest_accuracy` is more lenient: the decoded sequence
+is mapped to the closest reference in the lexicon (by default the distinct references of the
+evaluated split) before it is compared. The exact-match score keeps the name it was written
+under for spoken digits, `digit_accuracy` (a decoded digit's phonemes spell the right digit),
+so that metrics.jsonl and `eval --json` read the same for every CTC run.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def baseline(train_targets: list, test_targets: list) -> tuple[tuple, dict]:
 
 
 class Scorer:
-    """Greedy-decoded scores over the batches of one evaluation (a `registry.Scorer`)."""
+    """Greedy-decoded scores over the batches of one evaluation (a `registry.Scorer`); the
+    core applies it to every CTC model."""
 
     def __init__(self):
         self.refs: list = []
@@ -96,3 +100,21 @@ class Scorer:
 
     def result(self) -> dict:
         return score(self.refs, self.hyps)
+
+
+def score_line(result: dict) -> str:
+    """The CTC scores `run` and `eval` print after the loss ("" if `result` has none)."""
+    if "per" not in result:
+        return ""
+    return (
+        f"PER {result['per']:.4f}, digit accuracy {result['digit_accuracy']:.4f} "
+        f"(nearest digit {result['nearest_accuracy']:.4f}) over {result['sequences']} "
+        "sequences"
+    )
+
+
+def progress_scores(result: dict) -> str:
+    """The short form for the validation line during training ("" if `result` has none)."""
+    if "per" not in result:
+        return ""
+    return f", PER {result['per']:.3f}, digit accuracy {result['digit_accuracy']:.3f}"
