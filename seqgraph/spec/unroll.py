@@ -291,7 +291,7 @@ class Unroller:
         return states
 
     def state_seeds(self, finals: list) -> list:
-        """For recomputation in segments (`segments.py`): a term sum(s_T * G_s) per final
+        """For recomputation in segments (`runtime/segments.py`): a term sum(s_T * G_s) per final
         state s, with G_s a data input, so backward starts each final state's gradient at the
         G_s that the later segment handed back; the plan then also differentiates the
         initial states (`Graph.state_grads`), which is what goes to the earlier segment."""
