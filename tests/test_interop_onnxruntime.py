@@ -1,9 +1,11 @@
-"""Weights imported in the ONNX convention compute what onnxruntime's own RNN/GRU/LSTM operator
-computes with them: one ONNX node with the given attributes and random weights, run on ragged
-sequences, against a seqgraph model of the matching spec given the same weights and attributes
-(as a converter would pass them). Also the reverse: the ONNX export of the new cells and of a
-reverse layer runs in onnxruntime, and a NumPy Keras GRU with reset_after=False reads the
-Keras export of gru_reset_before."""
+"""Weights imported in the ONNX convention compute what ONNX computes with them:
+- one ONNX node (LSTM/GRU/RNN with the given attributes, random weights) run by onnxruntime
+  on ragged sequences, against a seqgraph model of the matching spec given the same weights
+  and attributes (as a converter passes them);
+- ONNX's own operator test cases (its reference outputs, initial states, sequence lengths,
+  layout 1);
+- the other way: the ONNX export of the new cells and of a reverse layer runs in onnxruntime,
+  and a NumPy Keras GRU (both reset_after) reads the Keras export."""
 
 from __future__ import annotations
 
@@ -266,3 +268,96 @@ def test_pytorch_refuses_what_it_cannot_express():
             model.import_params({}, "pytorch")
     with pytest.raises(DataError, match="Keras' LSTM has no peepholes"):
         Model(one_layer_spec({"cell": "lstm_peephole"})).export_params("keras")
+
+
+def _onnx_node_cases() -> dict:
+    """ONNX's own test cases of the recurrent operators (onnx.backend.test.case.node), by
+    name: the node, its inputs and the outputs ONNX's reference implementation expects."""
+    import importlib
+    import warnings
+
+    from onnx.backend.test.case import node as cases_module
+
+    # importing an operator's module registers its cases; collect_testcases() would build
+    # every operator's (seconds), so it is only the fallback
+    for op in ("gru", "lstm", "rnn"):
+        importlib.import_module(f"onnx.backend.test.case.node.{op}")
+    cases = getattr(cases_module, "_NodeTestCases", None)
+    if not cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # other operators' cases warn while built
+            cases = cases_module.collect_testcases()
+    out = {}
+    for case in cases:
+        node = case.model.graph.node[0]
+        if node.op_type in GATES and case.data_sets:
+            out.setdefault(case.name, (node, *case.data_sets[0]))
+    return out
+
+
+ONNX_CASES = _onnx_node_cases()
+
+
+def _layer_for(node, inputs: dict, attrs: dict) -> dict:
+    """The seqgraph layer that computes the ONNX node."""
+    op = node.op_type
+    text = {k: v.decode() for k, v in attrs.items() if isinstance(v, bytes)}
+    text["activations"] = [a.decode() for a in attrs.get("activations", [b"Tanh"])]
+    if op == "GRU":
+        cell = "gru" if attrs.get("linear_before_reset", 0) else "gru_reset_before"
+    elif op == "LSTM":
+        cell = "lstm_peephole" if "P" in inputs else "lstm"
+    else:
+        cell = "rnn_relu" if text["activations"][0].lower() == "relu" else "rnn"
+    direction = text.get("direction", "forward")
+    layer = {"cell": cell, "hidden": attrs["hidden_size"]}
+    if direction == "bidirectional":
+        layer["bidirectional"] = True
+    elif direction == "reverse":
+        layer["direction"] = "reverse"
+    return layer
+
+
+@pytest.mark.parametrize("name", sorted(ONNX_CASES))
+def test_import_matches_onnx_reference_test_cases(name):
+    node, given, expected = ONNX_CASES[name]
+    inputs = {n: np.asarray(v) for n, v in zip(node.input, given) if n}
+    # as a converter reads them (strings come as bytes), passed to import unchanged
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x = inputs["X"] if attrs.get("layout", 0) else np.transpose(inputs["X"], (1, 0, 2))
+    batch, steps, size = x.shape
+    layer = _layer_for(node, inputs, attrs)
+    spec = one_layer_spec(layer, input_size=size)
+    spec["model"]["target"]["size"] = attrs["hidden_size"] * (2 if "bidirectional" in layer else 1)
+    spec["model"]["layers"][0]["hidden"] = attrs["hidden_size"]
+    model = Model(spec, dtype="float64")
+    weights = {f"l0.{k}": v for k, v in inputs.items() if k in ("W", "R", "B", "P")}
+    model.import_params(weights, "onnx", **attrs)
+    lengths = inputs.get("sequence_lens", np.full(batch, steps)).astype(np.int64)
+    state = {}
+    for onnx_name, var in (("initial_h", "h0"), ("initial_c", "c0")):
+        if onnx_name in inputs:  # initial states are data: batch["state"]
+            for d, scope in enumerate(["l0.fwd", "l0.bwd"] if "bidirectional" in layer else ["l0"]):
+                state[f"{scope}.{var}"] = inputs[onnx_name][d]
+    out = model.forward({"x": x, "lengths": lengths, "state": state})
+    directions = 2 if "bidirectional" in layer else 1
+    hidden = attrs["hidden_size"]
+    y = np.asarray(out["predictions"]).reshape(batch, steps, directions, hidden)
+    ours = {"Y": np.transpose(y, (1, 2, 0, 3))}
+    for onnx_name, var in (("Y_h", "h0"), ("Y_c", "c0")):
+        scopes = ["l0.fwd", "l0.bwd"] if directions == 2 else ["l0"]
+        if all(f"{s}.{var}" in out["state"] for s in scopes):
+            ours[onnx_name] = np.stack([np.asarray(out["state"][f"{s}.{var}"]) for s in scopes])
+    real = np.arange(steps)[:, None] < lengths[None, :]
+    for onnx_name, want in zip([n for n in node.output if n], expected):
+        got = ours[onnx_name]
+        if onnx_name == "Y":
+            if attrs.get("layout", 0):
+                want = np.transpose(want, (2, 1, 0, 3))  # (B, T, D, H) -> (T, D, B, H)
+            got, want = (
+                np.transpose(got, (0, 2, 1, 3))[real],
+                np.transpose(want, (0, 2, 1, 3))[real],
+            )
+        elif attrs.get("layout", 0):
+            want = np.transpose(want, (1, 0, 2))  # (B, D, H) -> (D, B, H)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{name} {onnx_name}")

@@ -160,7 +160,7 @@ def _check_options(model, convention: str, options: dict, arrays: dict | None) -
         if name not in known:
             listed = ", ".join(known) if known else "none (a state_dict says everything)"
             raise DataError(
-                f"{convention} option {name!r} is not mapped, so importing would ignore it; "
+                f"{convention} option {name!r} is not mapped, so it would be ignored; "
                 f"the {convention} convention takes: {listed}"
             )
     ops = {ONNX_OP[layer.cell] for _, layer, *_ in _walk(model) if layer.cell in ONNX_OP}
@@ -172,25 +172,29 @@ def _check_options(model, convention: str, options: dict, arrays: dict | None) -
             )
     read: set[str] = set()
     for scope, layer, _, _, base in _walk(model):
-        op = ONNX_OP[layer.cell]
-        for name, applies in known.items():
-            stored = [
-                k for k in dict.fromkeys((f"{scope}.{name}", f"{base}.{name}")) if k in arrays
-            ]
-            given = name in options or stored
-            if op not in applies or not (given or (importing and name in STORED[convention])):
-                continue
-            read |= set(stored)
-            value, where = _attribute(name, options, arrays, stored)
-            value = DEFAULTS.get(name) if where is None else value
-            check = _onnx_problem if convention == "onnx" else _keras_problem
-            problem = check(name, value, layer, where is not None)
-            if problem:
-                source = f" ({where})" if where else " (the convention's default)"
-                raise DataError(
-                    f"{convention} {name}={value!r}{source} does not fit layer {scope} "
-                    f"({layer.text}): {problem}"
-                )
+        read |= _check_layer(convention, scope, base, layer, options, arrays, importing)
+    return read
+
+
+def _check_layer(convention, scope, base, layer, options, arrays, importing) -> set[str]:
+    """`_check_options` for one layer direction; returns the attribute entries it read."""
+    read, op = set(), ONNX_OP[layer.cell]
+    for name, applies in OPTIONS[convention].items():
+        stored = [k for k in dict.fromkeys((f"{scope}.{name}", f"{base}.{name}")) if k in arrays]
+        given = name in options or stored
+        if op not in applies or not (given or (importing and name in STORED[convention])):
+            continue
+        read |= set(stored)
+        value, where = _attribute(name, options, arrays, stored)
+        value = DEFAULTS.get(name) if where is None else value
+        check = _onnx_problem if convention == "onnx" else _keras_problem
+        problem = check(name, value, layer, where is not None)
+        if problem:
+            source = f" ({where})" if where else " (the convention's default)"
+            raise DataError(
+                f"{convention} {name}={value!r}{source} does not fit layer {scope} "
+                f"({layer.text}): {problem}"
+            )
     return read
 
 
@@ -198,7 +202,7 @@ def _attribute(name: str, options: dict, arrays: dict, stored: list) -> tuple:
     """(value, where it came from) of one attribute; (None, None) when nothing gives it."""
     values = [(_plain(arrays[k]), f"source entry {k!r}") for k in stored]
     if name in options:
-        values.append((options[name], "option"))
+        values.append((_plain(options[name]), "option"))
     if len({repr(v) for v, _ in values}) > 1:
         raise DataError(
             f"{name} is given twice with different values: "
@@ -208,9 +212,15 @@ def _attribute(name: str, options: dict, arrays: dict, stored: list) -> tuple:
 
 
 def _plain(value):
-    """A stored attribute entry (a 0-d array) as a Python value."""
-    value = np.asarray(value)
-    return value.item() if value.ndim == 0 else value.tolist()
+    """An attribute as a Python value: a stored entry is a 0-d array, and ONNX's
+    `helper.get_attribute_value` gives strings as bytes."""
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, (list, tuple)):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
 
 
 def _onnx_problem(name: str, value, layer, given: bool) -> str | None:
