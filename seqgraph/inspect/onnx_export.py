@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.errors import DataError
-from seqgraph.runtime.interop import export_params, recurrent_layers
+from seqgraph.runtime.interop import ONNX_OP, export_params, recurrent_layers
 
 OPSET = 17
-ONNX_OP = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 ACTIVATION = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
 
 
@@ -88,20 +87,23 @@ def _layer(b: _Builder, model, onnx_w: dict, index: int, layer, x: str, lengths:
     scopes = [
         s for s, _, i, _ in recurrent_layers(model) if i == index and not s.startswith("dec.")
     ]
-    stack = {k: np.concatenate([onnx_w[f"{s}.{k}"] for s in scopes]) for k in "WRB"}
-    names = [b.const(f"l{index}.{k}", stack[k]) for k in "WRB"]
+    kinds = "WRBP" if layer.cell == "lstm_peephole" else "WRB"
+    stack = {k: np.concatenate([onnx_w[f"{s}.{k}"] for s in scopes]) for k in kinds}
+    names = [b.const(f"l{index}.{k}", stack[k]) for k in kinds]
     attrs = {
         "hidden_size": layer.hidden,
-        "direction": "bidirectional" if layer.bidirectional else "forward",
+        "direction": "bidirectional" if layer.bidirectional else layer.direction,
     }
     if layer.cell in ("rnn", "rnn_relu"):
         act = "Relu" if layer.cell == "rnn_relu" else "Tanh"
         attrs["activations"] = [act] * (2 if layer.bidirectional else 1)
-    if layer.cell == "gru":
-        attrs["linear_before_reset"] = 1
-    outs = b.multi(
-        ONNX_OP[layer.cell], [x] + names + [lengths], 3 if layer.cell == "lstm" else 2, **attrs
-    )
+    if ONNX_OP[layer.cell] == "GRU":
+        attrs["linear_before_reset"] = int(layer.cell == "gru")
+    inputs = [x] + names[:3] + [lengths]
+    if layer.cell == "lstm_peephole":  # P comes after initial_h and initial_c, left out
+        inputs += ["", "", names[3]]
+    op = ONNX_OP[layer.cell]
+    outs = b.multi(op, inputs, 3 if op == "LSTM" else 2, **attrs)
     y, y_h = outs[0], outs[1]  # (T, D, B, H) and (D, B, H)
     if not layer.bidirectional:
         return b.node("Squeeze", [y, b.const(f"axis1_{index}", np.array([1]))]), b.node(

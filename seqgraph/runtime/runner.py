@@ -30,7 +30,9 @@ def state_keys(program, after: int | None = None) -> dict[str, Key]:
         if role["role"] != "state":
             continue
         found = steps.get((scope, name[:-1]), [])
-        last = (min if scope.endswith(".bwd") else max)(found, default=None)  # bwd ends at 0
+        # the last step computed: t=T-1 forward, t=0 for a reverse direction (`order` is
+        # topological, and each step's state reads the previous step's)
+        last = found[-1] if found else None
         if after is not None and found:
             last = after - 1
         if last is not None:

@@ -33,6 +33,8 @@ def check(spec, engine: str) -> None:
         )
     if any(layer.bidirectional for layer in m.layers):
         raise SpecError(where, "a bidirectional layer reads the whole sequence; remove it")
+    if any(layer.direction == "reverse" for layer in m.layers):
+        raise SpecError(where, "a reverse layer reads the whole sequence first; remove it")
     for layer in m.layers:
         cell = spec.cells[layer.cell]
         if cell.output not in cell.state:

@@ -132,8 +132,15 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 raw.get("merge", "concat"),
                 raw.get("init_state", "zeros"),
                 {**cell.options, **(raw.get("options") or {})},
+                raw.get("direction", "forward"),
             )
         )
+        if out[-1].bidirectional and out[-1].direction != "forward":
+            raise SpecError(
+                f"{here}.direction",
+                "a bidirectional layer runs both directions; drop direction: reverse "
+                "or bidirectional: true",
+            )
     return tuple(out)
 
 
@@ -157,19 +164,27 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         )
     decoder = ()
     if pattern == "encoder_decoder":
-        default = [{**layer, "bidirectional": False} for layer in raw["layers"]]
+        default = [
+            {**layer, "bidirectional": False, "direction": "forward"} for layer in raw["layers"]
+        ]
         decoder = _layers(raw.get("decoder_layers", default), cells, "model.decoder_layers")
         _check_bridge(layers, decoder, cells)
     elif "decoder_layers" in raw:
         raise SpecError("model.decoder_layers", "decoder_layers belong to encoder_decoder only")
     causal = decoder if pattern == "encoder_decoder" else layers if feeds_back else ()
     for i, layer in enumerate(causal):
+        where = "decoder_layers" if pattern == "encoder_decoder" else "layers"
         if layer.bidirectional:
-            where = "decoder_layers" if pattern == "encoder_decoder" else "layers"
             raise SpecError(
                 f"model.{where}[{i}].bidirectional",
                 "a layer that feeds its output "
                 "back cannot see the future; set bidirectional: false",
+            )
+        if layer.direction == "reverse":
+            raise SpecError(
+                f"model.{where}[{i}].direction",
+                "a layer that feeds its output back runs forward in time; "
+                "remove direction: reverse",
             )
     readout = raw.get("readout", "linear")
     top = (decoder or layers)[-1].out_size

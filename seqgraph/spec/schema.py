@@ -95,6 +95,11 @@ _layer = {
         "cell": {"type": "string"},
         "hidden": _size,
         "bidirectional": {"type": "boolean"},
+        "direction": {
+            "enum": ["forward", "reverse"],
+            "description": "reverse: a one-direction layer that reads the sequence from its "
+            "end (ONNX direction=reverse, Keras go_backwards=True)",
+        },
         "merge": {"enum": ["concat", "sum"]},
         "init_state": {"enum": ["zeros", "learned"]},
         "options": {"type": "object", "additionalProperties": _option},

@@ -64,6 +64,7 @@ class LayerSpec:
     merge: str = "concat"
     init_state: str = "zeros"
     options: dict = field(default_factory=dict, hash=False)
+    direction: str = "forward"  # "reverse": one direction, last step first
 
     @property
     def out_size(self) -> int:
@@ -78,6 +79,8 @@ class LayerSpec:
         parts = [self.cell, str(self.hidden)]
         if self.bidirectional:
             parts += ["bidirectional", self.merge]
+        if self.direction != "forward":
+            parts.append(self.direction)
         if self.init_state != "zeros":
             parts.append(f"init_state {self.init_state}")
         parts += [f"{k}={v}" for k, v in self.options.items() if v is not None]

@@ -221,7 +221,8 @@ class Unroller:
         """A whole (possibly bidirectional) layer; returns (outputs, final states, last output)."""
         scope = f"{prefix}l{index}"
         if not layer.bidirectional:
-            return self.run_direction(layer, scope, xs, n_in, masks, False)
+            reverse = layer.direction == "reverse"
+            return self.run_direction(layer, scope, xs, n_in, masks, reverse)
         f_outs, f_state, f_last = self.run_direction(layer, f"{scope}.fwd", xs, n_in, masks, False)
         b_outs, b_state, b_last = self.run_direction(layer, f"{scope}.bwd", xs, n_in, masks, True)
         outs = [
