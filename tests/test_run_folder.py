@@ -101,6 +101,19 @@ def test_unwritable_out_is_one_line_and_the_run_is_kept(
     assert snapshot(out) == before
 
 
+def test_out_in_a_folder_without_write_permission(tmp_path, capsys, monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # root may write anywhere: simulate it
+    out = tmp_path / "locked-away" / "run"
+    assert main(["run", str(char_spec(tmp_path)), "--out", str(out)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: {out}: cannot write (Permission denied); no permission to write there; pass "
+        "--out DIR with a folder you can write"
+    )
+
+
 def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp_file(
     trained, tmp_path, capsys, monkeypatch
 ):
@@ -291,6 +304,16 @@ def test_resume_with_other_characters_is_refused(trained, tmp_path, capsys):
         "started on (data in its spec.yaml), or start a new run with --out DIR"
     )
     assert snapshot(out) == before
+
+
+def test_resume_of_a_folder_without_a_run_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "typo"
+    assert main(["run", str(char_spec(tmp_path)), "--out", str(out), "--resume"]) == 2
+    assert one_error_line(capsys) == (
+        f"error: {out / 'checkpoint.npz'}: no checkpoint; train first with `seqgraph run SPEC "
+        f"--out {out}`"
+    )
+    assert not out.exists()
 
 
 def test_resume_with_a_changed_spec_says_so(trained, tmp_path, capsys):

@@ -144,6 +144,8 @@ def run(options: RunOptions, log=print) -> dict:
     rng = np.random.default_rng([model.seed, 1])
     if options.sample and dataset.kind == "stream":  # a text run ends with a sample
         config["prime"] = _prime(spec, options.spec, dataset.vocab)
+    if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
+        run_folder.require_checkpoint(run_dir)
     with run_folder.locked(run_dir):
         start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
         run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))

@@ -120,6 +120,7 @@ def locked(run_dir: Path):
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             who = f" (PID {holder})" if holder.isdigit() else ""
@@ -127,9 +128,12 @@ def locked(run_dir: Path):
                 f"{run_dir}: another `seqgraph run` is writing this folder{who}; wait for it "
                 f"to finish, or {_NEW_OUT} for a new run"
             ) from None
-        with contextlib.suppress(OSError):  # the PID is a courtesy; the lock is what counts
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:  # this file system has no locks (some NFS): run unlocked
+            held = False
+        if held:
+            with contextlib.suppress(OSError):  # the PID is a courtesy; the lock is what counts
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -153,13 +157,19 @@ def _unreadable(path: Path, reason: str) -> RunFolderError:
     )
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
-    """(params, optimizer state, carried state, meta) from a run folder."""
+def require_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint's path; DataError if the folder has none."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise DataError(
             f"{path}: no checkpoint; train first with `seqgraph run SPEC --out {run_dir}`"
         )
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
+    """(params, optimizer state, carried state, meta) from a run folder."""
+    path = require_checkpoint(run_dir)
     try:
         stored = np.load(path, allow_pickle=False)
         if not hasattr(stored, "files"):  # a plain array: an .npy, not an .npz
