@@ -19,9 +19,21 @@ def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
 
     run_dir = Path(run_dir)
     facts = run_folder.read_data_facts(run_dir)
+    if not (run_dir / "spec.yaml").is_file():
+        raise DataError(
+            f"{run_dir / 'spec.yaml'}: missing from the run folder; restore it from a copy, "
+            f"or train again with `seqgraph run SPEC --out {run_dir}`"
+        )
     model = Model(run_dir / "spec.yaml", backend=backend)
     params, _, _, meta = run_folder.load_checkpoint(run_dir)
-    model.set_params(params)
+    run_folder.check_finite(run_dir, params)
+    try:
+        model.set_params(params)
+    except DataError as exc:
+        raise DataError(
+            f"{run_dir}: its checkpoint does not fit its spec.yaml ({exc}); the folder mixes "
+            "two runs: restore both files from one run, or train again with --out DIR"
+        ) from None
     model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir)}
     return model
 
@@ -60,19 +72,38 @@ def sample(
 
 def _sample_steps(model: Model, length: int, temperature, prime, greedy: bool, seed: int):
     """What the core generates without an application: text from a character model (primed
-    with `prime`, default train.prime), else `length` vectors fed back from zeros."""
-    from seqgraph.runtime.generate import sample_ids, sample_vectors
-    from seqgraph.train.data import Stream
+    with `prime`, default train.prime, else a newline or the vocabulary's first character),
+    else `length` vectors fed back from zeros (which take no prime)."""
+    from seqgraph.runtime.generate import default_prime, encode_prime, sample_ids, sample_vectors
 
+    m, run_dir = model.spec.model, model.run_facts["run_dir"]
     vocab = model.run_facts.get("vocab")
-    if model.spec.model.input.type == "ids" and model.run_facts.get("kind") == "stream":
-        text = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), vocab)
-        prime = prime if prime is not None else model.spec.train.get("prime", "\n")
+    if m.input.type == "ids" and model.run_facts.get("kind") == "stream":
+        if prime is not None:
+            ids = encode_prime(prime, vocab)
+        elif "prime" in model.spec.train:
+            prime = str(model.spec.train["prime"])
+            ids = encode_prime(prime, vocab, "train.prime of the run")
+        else:
+            prime = default_prime(vocab)
+            ids = encode_prime(prime, vocab)
         if temperature is None:
             temperature = float(model.spec.train.get("temperature", 1.0))
-        ids = sample_ids(model, list(text.encode(prime)), length, temperature, greedy, seed)
-        return prime + text.decode(ids)
-    start = np.zeros((1, model.spec.model.input.size))
+        ids = sample_ids(model, ids, length, temperature, greedy, seed)
+        return prime + "".join(vocab[i] for i in ids)
+    generative = m.pattern == "many_to_many" and m.input.type == m.target.type == "vectors"
+    if not generative or m.input.size != m.target.size:
+        raise DataError(
+            f"{run_dir}: `sample` generates from a model fed its own output (characters, or "
+            f"vectors of its input size); this run's model is {m.pattern} from {m.input.type} "
+            f"to {m.target.type}: score it with `seqgraph eval {run_dir}`"
+        )
+    if prime is not None:
+        raise DataError(
+            "--prime is text for character models; this run's model generates vectors "
+            "(starting from zeros): drop --prime"
+        )
+    start = np.zeros((1, m.input.size))
     return sample_vectors(model, start, length)
 
 
@@ -106,6 +137,11 @@ def evaluate_run(
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
     result = evaluate(model, batches, scorer=scorer_for(source))
+    if result["batches"] == 0:
+        raise DataError(
+            f"{run_dir}: the {split} split of {config.get('path', 'the data')} has no "
+            "examples (too few for one batch); evaluate on other data with --data PATH"
+        )
     app = registry.source(source)
     if app.metrics is not None:
         result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
@@ -146,7 +182,7 @@ def gradflow(
 
     from seqgraph.inspect import gradflow as flow
     from seqgraph.train import data as datasets
-    from seqgraph.train.loop import prepare, train_config
+    from seqgraph.train.loop import default_run_dir, prepare, train_config
 
     source = Path(source)
     if source.is_dir():
@@ -156,7 +192,8 @@ def gradflow(
         dataset = datasets.load(config, spec.model.pattern, spec.seed)
     else:
         spec, dataset, _ = prepare(str(source), data)
-        model, folder = Model(spec), Path(out or Path("runs") / spec.name / "gradflow")
+        folder = Path(out) if out else default_run_dir(spec, source) / "gradflow"
+        model = Model(spec)
     settings = train_config(spec, None)
     batch = dataset.batch_at(0, batch_size, steps or settings["seq_len"], spec.seed)
     batch.pop("reset", None), batch.pop("loss_from", None)

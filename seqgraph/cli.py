@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -96,7 +97,7 @@ def _cmd_sample(args) -> int:
 def _cmd_eval(args) -> int:
     result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend, split=args.split)
     if args.json:
-        print(json.dumps(result))
+        print(_json_line(result))
     else:
         extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
         extra += _scores(result["source"], result)
@@ -105,6 +106,27 @@ def _cmd_eval(args) -> int:
             f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
         )
     return 0
+
+
+def _json_line(result: dict) -> str:
+    """Strict JSON (RFC 8259 has no NaN or Infinity): a non-finite number becomes null, and a
+    warning on stderr names the fields."""
+    bad = []
+
+    def finite(value, path: str):
+        if isinstance(value, dict):
+            return {k: finite(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{path} ({value})")
+            return None
+        return value
+
+    line = json.dumps(finite(result, ""), allow_nan=False)
+    if bad:
+        print(f"warning: not finite, written as null: {', '.join(bad)}", file=sys.stderr)
+    return line
 
 
 def _scores(source: str, result: dict) -> str:

@@ -43,3 +43,7 @@ class DataError(SeqgraphError):
 
 class BackendError(SeqgraphError):
     """The requested array backend or dtype cannot be used here."""
+
+
+class RunFolderError(DataError):
+    """A run folder cannot be written, locked or read back; names the file and the fix."""

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from test_train import char_spec
 
+from seqgraph import api
 from seqgraph.train import run_folder
 
 KILLS = int(os.environ.get("SEQGRAPH_KILLS", "3"))
@@ -50,3 +51,14 @@ def test_sigkill_loop_never_loses_the_checkpoint(tmp_path):
         steps_seen.append(meta["step"])
     assert kills == KILLS
     assert steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0]
+    # bit for bit what an uninterrupted run holds at the same step
+    quiet = {"progress": False, "sample": False, "log": lambda line: None}
+    api.train(str(spec), out=str(out), resume=True, stop_after=2, **quiet)
+    step = run_folder.load_checkpoint(out)[3]["step"]
+    whole = tmp_path / "whole"
+    api.train(str(spec), out=str(whole), stop_after=step, **quiet)
+    assert run_folder.load_checkpoint(whole)[3]["step"] == step
+    killed, uninterrupted = run_folder.load_checkpoint(out)[0], run_folder.load_checkpoint(whole)[0]
+    assert killed.keys() == uninterrupted.keys()
+    for name in killed:
+        np.testing.assert_array_equal(killed[name], uninterrupted[name], err_msg=name)

@@ -9,6 +9,29 @@ from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError
 
 
+def default_prime(vocab: list[str]) -> str:
+    """The text sampling starts from when none is given: a newline if the vocabulary has one
+    (the start of a line), else its first character, so a text without newlines samples too."""
+    if not vocab:
+        raise DataError("this run has no vocabulary to sample characters from")
+    return "\n" if "\n" in vocab else vocab[0]
+
+
+def encode_prime(prime: str, vocab: list[str], what: str = "--prime") -> list[int]:
+    """The ids of `prime`; one line naming the characters the run's vocabulary lacks (`what`
+    names where the prime came from)."""
+    index = {c: i for i, c in enumerate(vocab)}
+    missing = sorted({c for c in prime if c not in index})
+    if missing:
+        raise DataError(
+            f"{what} {prime!r}: characters {missing[:5]} are not in this run's vocabulary "
+            f"of {len(vocab)} characters; use characters of its training text"
+        )
+    if not prime:
+        raise DataError(f"{what} is empty; give at least one character")
+    return [index[c] for c in prime]
+
+
 def next_id(logits: np.ndarray, temperature: float, greedy: bool, rng) -> int:
     if greedy:
         return int(np.argmax(logits))

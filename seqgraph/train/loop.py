@@ -9,6 +9,7 @@ writes a checkpoint and returns; a NaN/Inf loss stops with the last good checkpo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
 import time
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from seqgraph.engine.xp_extra import to_numpy
-from seqgraph.errors import SeqgraphError
+from seqgraph.errors import DataError, SeqgraphError, SpecError
+from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
@@ -127,19 +130,35 @@ class _StopFlag:
 
 
 def run(options: RunOptions, log=print) -> dict:
-    """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder)."""
+    """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder).
+    The run folder is locked for the whole run: a second `run` on it refuses at once."""
     spec, dataset, resolved = prepare(options.spec, options.data)
     config = train_config(spec, options.steps)
-    run_dir = Path(options.out or Path("runs") / spec.name)
+    if int(config["steps"]) < 1:  # a run of no steps would leave a folder with no checkpoint
+        raise TrainingError(
+            f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
+        )
+    run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
     rng = np.random.default_rng([model.seed, 1])
-    start, carry = _start(options, run_dir, model, optimizer, rng, log)
-    run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
-    metrics = run_folder.Metrics(run_dir, start if options.resume else None)
-    source = datasets.source_of(resolved["data"])
-    loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
-    done, stopped = loop.train(start, carry, options)
+    if options.sample and dataset.kind == "stream":  # a text run ends with a sample
+        config["prime"] = _prime(spec, options.spec, dataset.vocab)
+    if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
+        run_folder.require_checkpoint(run_dir)
+    with run_folder.locked(run_dir):
+        start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
+        run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
+        metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+        source = datasets.source_of(resolved["data"])
+        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
+        if not loop.has_validation:
+            log(_no_validation_warning(dataset, resolved["data"], config))
+        done, stopped = loop.train(start, carry, options)
+        return _summary(loop, options, config, run_dir, source, done, stopped)
+
+
+def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
     summary = {
         "run_dir": str(run_dir),
         "source": source,
@@ -153,10 +172,60 @@ def run(options: RunOptions, log=print) -> dict:
     return summary
 
 
-def _start(options: RunOptions, run_dir: Path, model, optimizer, rng, log) -> tuple[int, dict]:
-    """(first step, carried state): from the checkpoint on --resume, else from scratch in a
-    folder that holds no run yet."""
+def default_run_dir(spec: Spec, spec_path) -> Path:
+    """runs/NAME, for a spec `name` that is a plain folder name; SpecError otherwise (an
+    absolute path or `..` would write outside runs/, an empty name into runs/ itself)."""
+    name = spec.name
+    plain = (
+        isinstance(name, str)
+        and name.strip() not in ("", ".", "..")
+        and not any(sep in name for sep in ("/", "\\", "\0"))
+    )
+    if not plain:
+        raise SpecError(
+            "name",
+            f"{name!r} cannot name the run folder runs/NAME; use a plain folder name "
+            "(not empty, no '/' or '\\', not '.' or '..'), or pass --out DIR",
+            source=str(spec_path) if isinstance(spec_path, (str, Path)) else "",
+        )
+    return Path("runs") / name
+
+
+def _prime(spec: Spec, spec_path, vocab: list[str]) -> str:
+    """The text a run's sample starts from: train.prime, whose characters must all be in the
+    data's vocabulary, else a default the vocabulary holds (`default_prime`)."""
+    if "prime" not in spec.train:
+        return default_prime(vocab)
+    prime = str(spec.train["prime"])
+    missing = sorted({c for c in prime if c not in vocab})
+    if missing or not prime:
+        what = f"has characters {missing[:5]} the data lacks" if missing else "is empty"
+        raise SpecError(
+            "train.prime",
+            f"{prime!r} {what}; use characters of the training text or drop train.prime",
+            source=str(spec_path) if isinstance(spec_path, (str, Path)) else "",
+        )
+    return prime
+
+
+def _no_validation_warning(dataset, data: dict, config: dict) -> str:
+    fraction = data.get("valid_fraction", "the default")
+    held = datasets.describe(dataset).get("valid", 0)
+    unit = "characters" if isinstance(dataset, datasets.Stream) else "examples"
+    return (
+        f"warning: no validation data: valid_fraction {fraction} gives {held} {unit}, too few "
+        f"for one batch (batch_size {config['batch_size']}, seq_len {config['seq_len']}); "
+        "no validation loss will be reported (raise data.valid_fraction)"
+    )
+
+
+def _start(
+    options: RunOptions, run_dir: Path, model, optimizer, rng, log, resolved: dict, dataset
+) -> tuple[int, dict]:
+    """(first step, carried state): from the checkpoint on --resume, once the spec and the
+    data are checked to be the run's; else from scratch in a folder that holds no run yet."""
     if options.resume:
+        _check_same_run(run_dir, resolved, dataset)
         start, carry = _restore(run_dir, model, optimizer, rng)
         log(f"resuming {run_dir} at step {start}")
         return start, carry
@@ -174,7 +243,7 @@ def _finish(loop: _Loop, done: int, sample: bool) -> dict:
     model, dataset, config = loop.model, loop.dataset, loop.config
     out = {"valid": loop.validate(done)}
     app = registry.source(loop.source)  # the application's own scores and files
-    if app.metrics is not None:
+    if app.metrics is not None and out["valid"]:
         out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
         loop.metrics.write({"kind": "app", "step": done, **out["valid"]["app"]})
     if app.artifacts is not None:
@@ -185,9 +254,73 @@ def _finish(loop: _Loop, done: int, sample: bool) -> dict:
     return out
 
 
+def _check_same_run(run_dir: Path, resolved: dict, dataset) -> None:
+    """Refuse to resume a run with another model or other data: the checkpoint's parameters
+    and the run's vocabulary would be read against the wrong ones, silently."""
+    fix = "use a new --out or the original spec"
+    recorded = run_folder.read_run_spec(run_dir)
+    if recorded is not None:
+        for section in ("model", "cells"):
+            was, now = _plain(recorded.get(section)), _plain(resolved.get(section))
+            if was != now:
+                where = _first_difference(section, was, now)
+                raise TrainingError(
+                    f"{run_dir}: the spec changed since this run was started ({where}); {fix}"
+                )
+    facts = run_folder.read_data_facts(run_dir)
+    now = datasets.describe(dataset)
+    for key in ("kind", "vocab", "labels"):
+        if facts.get(key) != now.get(key):
+            what = _vocab_difference(key, facts, now)
+            raise TrainingError(
+                f"{run_dir}: the data differs from this run's ({what}); "
+                "resume with the data the run was started on (data in its spec.yaml), or "
+                "start a new run with --out DIR"
+            )
+
+
+def _plain(value):
+    """A spec section as its YAML round trip gives it back (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(value)) if value is not None else None
+
+
+def _first_difference(path: str, was, now) -> str:
+    """`path.to.key: old -> new` for the first place two plain YAML values differ."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        for key in list(was) + [k for k in now if k not in was]:
+            if was.get(key) != now.get(key):
+                return _first_difference(f"{path}.{key}", was.get(key), now.get(key))
+    if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+        for i, (a, b) in enumerate(zip(was, now)):
+            if a != b:
+                return _first_difference(f"{path}[{i}]", a, b)
+    shown = [json.dumps(v)[:40] for v in (was, now)]
+    return f"{path}: {shown[0]} -> {shown[1]}"
+
+
+def _vocab_difference(key: str, facts: dict, now: dict) -> str:
+    was, new = facts.get(key), now.get(key)
+    if key == "kind" or not isinstance(was, list) or not isinstance(new, list):
+        return f"{key} {json.dumps(was)[:40]} -> {json.dumps(new)[:40]}"
+    name = "characters" if key == "vocab" else "labels"
+    parts = []
+    if set(new) - set(was):
+        parts.append(f"the data has {name} {sorted(set(new) - set(was))[:5]} the run lacks")
+    if set(was) - set(new):
+        parts.append(f"the run has {name} {sorted(set(was) - set(new))[:5]} the data lacks")
+    return "; ".join(parts) or f"the same {name} in another order"
+
+
 def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
     params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
-    model.set_params(params)
+    run_folder.check_finite(run_dir, params)
+    try:
+        model.set_params(params)
+    except DataError as exc:  # a run folder written before the spec check above
+        raise TrainingError(
+            f"{run_dir}: the spec changed since this run was started ({exc}); "
+            "use a new --out or the original spec"
+        ) from None
     optimizer.state = {
         name: {slot: model.backend.asarray(v) for slot, v in slots.items()}
         for name, slots in opt_state.items()
@@ -208,6 +341,8 @@ class _Loop:
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
         self.carry_at = config.get("stride") if stream else None
+        first = dataset.valid_batches(config["batch_size"], config["seq_len"])
+        self.has_validation = next(iter(first), None) is not None
 
     def batch(self, step: int, carry: dict) -> tuple[dict, str]:
         c = self.config
@@ -226,8 +361,14 @@ class _Loop:
         return batch, feedback
 
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
+        progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
+        try:
+            return self._steps(start, carry, options, progress)
+        finally:  # an error (a full disk) must not leave a progress bar on the terminal
+            progress.close()
+
+    def _steps(self, start: int, carry: dict, options: RunOptions, progress) -> tuple[int, bool]:
         c, total = self.config, int(self.config["steps"])
-        progress = Progress(total, start, options.progress, self.log)
         step, fired, tokens, began = start, 0, 0, time.perf_counter()
         with _StopFlag() as stop:
             while step < total:
@@ -265,7 +406,9 @@ class _Loop:
                         }
                     )
                 if step % c["eval_every"] == 0 and step < total:
-                    progress.note(self._validation_line(step))
+                    line = self._validation_line(step)
+                    if line is not None:
+                        progress.note(line)
                 halt = stop.requested or (
                     options.stop_after is not None and step - start >= options.stop_after
                 )
@@ -295,6 +438,10 @@ class _Loop:
         run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
 
     def validate(self, step: int) -> dict:
+        """Validation loss and scores, recorded in metrics.jsonl; {} without validation data
+        (the run warned at its start)."""
+        if not self.has_validation:
+            return {}
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
         result = evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source))
@@ -308,8 +455,10 @@ class _Loop:
         )
         return result
 
-    def _validation_line(self, step: int) -> str:
+    def _validation_line(self, step: int) -> str | None:
         result = self.validate(step)
+        if not result:
+            return None
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
         extra += ctc.progress_scores(result)  # the full score line waits for the end of the run
         return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"

@@ -5,37 +5,138 @@ RUN_DIR/data.json        vocabulary, labels and split sizes
 RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state
 RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
 RUN_DIR/loss.png         the loss curves, drawn at the end
+RUN_DIR/.lock            held (flock) by the `seqgraph run` writing the folder; holds its PID
+
+Every file is replaced atomically (temporary file, fsync, rename) with the user's umask, so a
+kill or a full disk leaves the previous version; a failed write raises `RunFolderError`, one
+line naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from seqgraph.errors import DataError
+from seqgraph.errors import DataError, RunFolderError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 CHECKPOINT = "checkpoint.npz"
+LOCK = ".lock"
+
+_NEW_OUT = "pass --out DIR"
+_FIXES = {  # errno: what to do about a write that failed with it
+    errno.EACCES: f"no permission to write there; {_NEW_OUT} with a folder you can write",
+    errno.EPERM: f"no permission to write there; {_NEW_OUT} with a folder you can write",
+    errno.EROFS: f"the file system is read-only; {_NEW_OUT} on a writable disk",
+    errno.ENOSPC: "the disk is full; free some space and continue with --resume, "
+    f"or {_NEW_OUT} on another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space and continue with --resume, "
+    f"or {_NEW_OUT} on another disk",
+    errno.ENOTDIR: f"part of the path is a file, not a folder; {_NEW_OUT} with a folder path",
+    errno.EEXIST: f"a file is in the way of a folder; {_NEW_OUT} with a folder path",
+    errno.ENAMETOOLONG: f"the name is too long; {_NEW_OUT} with a shorter path",
+}
+
+
+def write_error(path: Path, exc: OSError, replacing: bool = True) -> RunFolderError:
+    """One line for a write to `path` that failed: the reason (errno) and the fix, and, for a
+    file being replaced atomically, that its previous version is unchanged."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    fix = _FIXES.get(exc.errno, f"{_NEW_OUT} with a folder you can write")
+    kept = f"; the previous {path.name} is unchanged" if replacing and path.is_file() else ""
+    return RunFolderError(f"{path}: cannot write ({reason}){kept}; {fix}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over `path`, so a crash
-    at any point leaves either the old file or the new one, never a torn one."""
+    at any point leaves either the old file or the new one, never a torn one. The file gets
+    the mode a plain `open` would give it (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+
+
+def make_folder(run_dir: Path) -> None:
+    """Create the run folder (and its parents); RunFolderError if that cannot be done."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(
+            f"{run_dir}: is a file, not a folder; {_NEW_OUT} with a folder path (new or a run's)"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(run_dir, exc) from None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Create the run folder and hold an exclusive lock on it (flock on RUN_DIR/.lock) while
+    the block runs, so two `seqgraph run` never write one folder; the lock file holds the
+    holder's PID, for the message the second one prints. The lock ends with the process."""
+    run_dir = Path(run_dir)
+    make_folder(run_dir)
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (PID {holder})" if holder.isdigit() else ""
+            raise RunFolderError(
+                f"{run_dir}: another `seqgraph run` is writing this folder{who}; wait for it "
+                f"to finish, or {_NEW_OUT} for a new run"
+            ) from None
+        except OSError:  # this file system has no locks (some NFS): run unlocked
+            held = False
+        if held:
+            with contextlib.suppress(OSError):  # the PID is a courtesy; the lock is what counts
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_checkpoint(run_dir: Path, params: dict, opt_state: dict, carry: dict, meta: dict) -> None:
@@ -48,18 +149,44 @@ def save_checkpoint(run_dir: Path, params: dict, opt_state: dict, carry: dict, m
     atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: np.savez(handle, **arrays))
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
-    """(params, optimizer state, carried state, meta) from a run folder."""
+def _unreadable(path: Path, reason: str) -> RunFolderError:
+    # Never suggest allow_pickle: a checkpoint holds plain arrays, and pickle runs code.
+    return RunFolderError(
+        f"{path}: not a readable checkpoint ({reason}); it was cut short or is not a seqgraph "
+        f"checkpoint: restore it from a copy, or train again with --out DIR"
+    )
+
+
+def require_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint's path; DataError if the folder has none."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise DataError(
             f"{path}: no checkpoint; train first with `seqgraph run SPEC --out {run_dir}`"
         )
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
+    """(params, optimizer state, carried state, meta) from a run folder."""
+    path = require_checkpoint(run_dir)
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+        if not hasattr(stored, "files"):  # a plain array: an .npy, not an .npz
+            raise _unreadable(path, "a single array, not an .npz archive")
+        with stored:
             arrays = {k: stored[k] for k in stored.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise _unreadable(path, f"a damaged zip archive: {exc}") from None
+    except (OSError, ValueError):  # numpy's text here suggests unpickling: never repeat it
+        raise _unreadable(path, "not an .npz archive") from None
+    try:
+        meta = json.loads(str(arrays["meta"]))
+        meta["step"], meta["optimizer_steps"], meta["rng"]  # noqa: B018
+    except KeyError as exc:
+        raise _unreadable(path, f"no {exc} entry in its metadata") from None
+    except (ValueError, TypeError):
+        raise _unreadable(path, "its metadata is not JSON") from None
     params, opt_state, carry = {}, {}, {}
     for key, value in arrays.items():
         kind, _, rest = key.partition("/")
@@ -70,15 +197,30 @@ def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
             opt_state.setdefault(name, {})[slot] = value
         elif kind == "carry":
             carry[rest] = value
-    return params, opt_state, carry, json.loads(str(arrays["meta"]))
+    return params, opt_state, carry, meta
+
+
+def check_finite(run_dir: Path, params: dict) -> None:
+    """Refuse parameters holding NaN or Inf: every output of such a model is NaN."""
+    bad = sorted(k for k, v in params.items() if v.dtype.kind in "fc" and not np.isfinite(v).all())
+    if bad:
+        raise RunFolderError(
+            f"{Path(run_dir) / CHECKPOINT}: parameter(s) {', '.join(map(repr, bad[:3]))} hold "
+            "NaN or Inf (the run diverged); restore an earlier copy, or train again with a "
+            "lower train.lr or with train.clip"
+        )
 
 
 def write_run_files(run_dir: Path, raw_spec: dict, data_facts: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     text = yaml.safe_dump(raw_spec, sort_keys=False).encode()
     atomic_write(run_dir / "spec.yaml", lambda handle: handle.write(text))
     facts = json.dumps(data_facts, indent=1).encode()
     atomic_write(run_dir / "data.json", lambda handle: handle.write(facts))
+
+
+def _restore_hint(run_dir: Path) -> str:
+    return f"restore it from a copy, or train again with `seqgraph run SPEC --out {run_dir}`"
 
 
 def read_data_facts(run_dir: Path) -> dict:
@@ -87,11 +229,34 @@ def read_data_facts(run_dir: Path) -> dict:
         raise DataError(
             f"{run_dir}: not a run folder (no data.json); pass the --out folder of a `seqgraph run`"
         )
-    return json.loads(path.read_text())
+    try:
+        facts = json.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); {_restore_hint(run_dir)}"
+        ) from None
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path}: not UTF-8 text; {_restore_hint(run_dir)}") from None
+    if not isinstance(facts, dict) or "kind" not in facts:
+        raise RunFolderError(
+            f"{path}: not the data facts of a run (no 'kind'); {_restore_hint(run_dir)}"
+        )
+    return facts
+
+
+def read_run_spec(run_dir: Path) -> dict | None:
+    """The spec a run folder recorded (spec.yaml), or None if it is missing or unreadable."""
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "spec.yaml").read_bytes())
+    except (OSError, yaml.YAMLError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 class Metrics:
-    """metrics.jsonl, truncated on resume to the steps the checkpoint covers."""
+    """metrics.jsonl, truncated on resume to the steps the checkpoint covers. The truncated
+    (or, for a new run, empty) file replaces the old one atomically, so a kill at the start
+    of a run loses no history; records are then appended."""
 
     def __init__(self, run_dir: Path, resume_step: int | None):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -104,14 +269,22 @@ class Metrics:
                     continue  # a line torn by a kill
                 if record.get("step", 0) <= resume_step:
                     kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        text = "".join(line + "\n" for line in kept).encode()
+        atomic_write(self.path, lambda handle: handle.write(text))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a torn last line is dropped on resume
+            raise write_error(self.path, exc, replacing=False) from None
 
     def read(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        out = []
+        for line in self.path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
+                out.append(json.loads(line))
+        return out
 
 
 def plot_losses(run_dir: Path, records: list[dict]) -> Path | None:
@@ -136,6 +309,8 @@ def plot_losses(run_dir: Path, records: list[dict]) -> Path | None:
     ax.legend()
     fig.tight_layout()
     path = Path(run_dir) / "loss.png"
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
+    finally:
+        plt.close(fig)
     return path
