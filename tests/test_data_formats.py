@@ -156,9 +156,48 @@ def test_npz_y_lengths_keep_padding_out_of_the_targets(tmp_path):
     np.savez(path, x=x, y=y, lengths=lengths, y_lengths=np.array([3, 0, 5]))
     with pytest.raises(DataError, match=r"y_lengths must lie in 1..5; example 1 has length 0"):
         datasets.load(config, "encoder_decoder", seed=0)
-    np.savez(path, x=x, y=y[:, :4], lengths=lengths, y_lengths=np.array([3, 1, 4]))
-    with pytest.raises(DataError, match=r"y_lengths differ from lengths \(example 1\)"):
-        datasets.load(config, "many_to_many", seed=0)
+
+
+def test_npz_ctc_labels_keep_their_own_lengths_in_many_to_many(tmp_path):
+    """Label sequences shorter than the input (CTC) carry `y_lengths`; labels equal to the
+    input's lengths are cut by `lengths` as before."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 8, 3))
+    y = np.zeros((12, 3), dtype=np.int64)
+    y_lengths = rng.integers(1, 4, size=12)
+    for i, n in enumerate(y_lengths):
+        y[i, :n] = rng.integers(1, 4, size=n)
+    path = tmp_path / "ctc.npz"
+    np.savez(path, x=x, y=y, y_lengths=y_lengths, labels=np.array(["_", "a", "b", "c"]))
+    config = {"source": "npz", "path": str(path), "valid_fraction": 0.25}
+    data = datasets.load(config, "many_to_many", seed=0)
+    batch = data.batch_at(0, 4, 0, seed=0)
+    assert batch["x"].shape[1] == 8 and batch["y"].shape[1] == batch["y_lengths"].max()
+    spec = {
+        "name": "ctc",
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": 3},
+            "target": {"type": "ids", "vocab": "auto"},
+            "loss": "ctc",
+            "layers": [{"cell": "gru", "hidden": 4}],
+        },
+        "data": config,
+        "train": {"steps": 2, "batch_size": 4, "eval_every": 1000},
+    }
+    (tmp_path / "ctc.yaml").write_text(yaml.safe_dump(spec))
+    api.train(str(tmp_path / "ctc.yaml"), progress=False, out=str(tmp_path / "run"), log=print)
+    result = api.evaluate_run(tmp_path / "run")
+    assert result["tokens"] == sum(len(v) for v in data.valid_y)  # labels, not padding
+    same = tmp_path / "same.npz"
+    lengths = np.array([3, 2])
+    np.savez(
+        same, x=np.ones((2, 3), int), y=np.ones((2, 3), int), lengths=lengths, y_lengths=lengths
+    )
+    plain = datasets.load(
+        {"source": "npz", "path": str(same), "valid_fraction": 0}, "many_to_many", 0
+    )
+    assert "y_lengths" not in plain.batch_at(0, 2, 0, 0) and [len(v) for v in plain.y] == [3, 2]
 
 
 def test_synthetic_sources_take_a_test_fraction_too():

@@ -467,7 +467,7 @@ def _npz(path: Path, config: dict, pattern: str, seed: int) -> SequenceSet:
         raise DataError(
             f"{path}: example {row} has {lengths[row]} steps, more than data.max_len = {limit}"
         )
-    y_lengths = _npz_y_lengths(path, arrays, pattern, lengths)
+    y_lengths, padding = _npz_y_lengths(path, arrays, pattern, lengths)
     xs = [x[i, : lengths[i]] if padding["x_time"] else x[i] for i in range(len(x))]
     ys = [y[i, : y_lengths[i]] if y_lengths is not None else y[i] for i in range(len(y))]
     names = {
@@ -492,27 +492,21 @@ def _check_lengths(path: Path, name: str, lengths: np.ndarray, steps: int) -> No
         )
 
 
-def _npz_y_lengths(path: Path, arrays, pattern: str, lengths: np.ndarray) -> np.ndarray | None:
-    """Steps of each target to keep (None: all of y): `y_lengths` where targets have their
-    own length (one_to_many, encoder_decoder), the input's `lengths` in many_to_many."""
+def _npz_y_lengths(path: Path, arrays, pattern: str, lengths: np.ndarray):
+    """(steps of each target to keep, or None for all of y; the padding rule). `y_lengths`
+    where targets have their own length: one_to_many, encoder_decoder, and many_to_many when
+    they differ from the input's `lengths` (CTC label sequences); else the input's lengths."""
     padding = PADDING[pattern]
     if not padding["y_time"]:
-        return None
+        return None, padding
     y, given = arrays["y"], arrays["y_lengths"] if "y_lengths" in arrays else None
-    if not padding.get("y_own_lengths"):
-        if given is not None and not np.array_equal(given, lengths):
-            row = int(np.argmax(given != lengths)) if given.shape == lengths.shape else 0
-            raise DataError(
-                f"{path}: y_lengths differ from lengths (example {row}); in {pattern} the "
-                "targets have one step per input step, so drop y_lengths or fix it"
-            )
-        return lengths
-    if given is None:
-        return None  # every step of y is a target
-    if len(given) != len(y):
-        raise DataError(f"{path}: y_lengths must have one length per example of y")
+    own = padding.get("y_own_lengths")
+    if given is None or (not own and np.array_equal(given, lengths)):
+        return (None if own else lengths), padding
+    if given.shape != (len(y),) or given.dtype.kind not in "iu":
+        raise DataError(f"{path}: y_lengths must be integers, one per example of y")
     _check_lengths(path, "y_lengths", given, y.shape[1])
-    return given
+    return given, {**padding, "y_own_lengths": True}
 
 
 def _npz_names(path: Path, arrays, key: str, of: str) -> list[str] | None:
