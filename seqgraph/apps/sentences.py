@@ -1,6 +1,10 @@
 """Labelled sentences for sequence classification: `text<TAB>label` files (`source: tsv`) or
 one file of sentences per label (`source: labelled_lines`, e.g. rt-polarity.pos/.neg).
 
+Tagging (`pattern: many_to_many`, tsv only): a line `tok tok tok<TAB>TAG TAG TAG` gives one tag
+per token, so the text is split at whitespace (lower-cased by the word tokenizer; the char
+tokenizer takes one tag per character) and the tags are the labels.
+
 Splits: `split: mod10` takes each file's line i into train when i % 10 is 0..7, validation
 when 8 and test when 9 (the split suggested beside the shared data sets); `split: random`
 holds out `valid_fraction` (and `test_fraction`) at random. The vocabulary is built from the
@@ -94,49 +98,87 @@ def split_rows(rows: list, config: dict, seed: int) -> tuple[list, list, list]:
     return pick[n_valid + n_test :], pick[:n_valid], pick[n_valid : n_valid + n_test]
 
 
-def encode(config: dict, train: list, held_out: list[list]):
-    """Labels, vocabulary (from train only) and id arrays for every split."""
+def _tags(label: str, tagged: bool) -> list[str]:
+    return label.split() if tagged else [label]
+
+
+def _tokens(text: str, words: bool, tagged: bool) -> list[str]:
+    """A line's tokens; tagged lines are split at whitespace, where their tags line up."""
+    return text.lower().split() if tagged and words else tokenize(text, words)
+
+
+def encode(config: dict, train: list, held_out: list[list], tagged: bool = False):
+    """Labels, vocabulary (from train only) and id arrays for every split; `tagged`: one
+    label (tag) per token, for many_to_many."""
     every = train + [row for part in held_out for row in part]
-    labels = sorted({row[1] for row in every})
+    labels = sorted({tag for row in every for tag in _tags(row[1], tagged)})
     if config.get("labels") is not None:
         allowed = [str(a) for a in config["labels"]]
         for _, label, index, path in every:
-            if label not in allowed:
-                raise DataError(f"{path}:{index + 1}: label {label!r} is not one of {allowed}")
+            for tag in _tags(label, tagged):
+                if tag not in allowed:
+                    kind = "tag" if tagged else "label"
+                    raise DataError(f"{path}:{index + 1}: {kind} {tag!r} is not one of {allowed}")
         labels = allowed
     words = config.get("tokenizer", "word") == "word"
     counts: dict[str, int] = {}
     for text, *_ in train:
-        for tok in tokenize(text, words):
+        for tok in _tokens(text, words, tagged):
             counts[tok] = counts.get(tok, 0) + 1
     min_count = int(config.get("min_count", 1))
     vocab = ["<pad>", "<unk>"] + sorted(t for t, n in counts.items() if n >= min_count)
     index = {t: i for i, t in enumerate(vocab)}
 
     limit = config.get("max_len")
+    label_id = {label: i for i, label in enumerate(labels)}
 
     def ids(part):
-        xs = []
-        for text, _, line, path in part:
-            tokens = tokenize(text, words)
+        xs, ys = [], []
+        for text, label, line, path in part:
+            tokens = _tokens(text, words, tagged)
+            if tagged and len(_tags(label, tagged)) != len(tokens):
+                raise DataError(
+                    f"{path}:{line + 1}: {len(tokens)} tokens but {len(_tags(label, tagged))} "
+                    "tags; many_to_many reads one tag per token: `tok tok tok<TAB>TAG TAG TAG`"
+                )
             if limit is not None and len(tokens) > limit:
                 raise DataError(
                     f"{path}:{line + 1}: {len(tokens)} tokens, more than "
                     f"data.max_len = {limit}; raise max_len or shorten the line"
                 )
             xs.append(np.array([index.get(t, 1) for t in tokens] or [1], dtype=np.int64))
-        return xs, [np.int64(labels.index(row[1])) for row in part]
+            tags = [label_id[tag] for tag in _tags(label, tagged)]
+            ys.append(np.array(tags, dtype=np.int64) if tagged else np.int64(tags[0]))
+        return xs, ys
 
     return labels, vocab, ids(train), [ids(part) for part in held_out]
 
 
+def _check_pattern(config: dict, pattern: str) -> None:
+    source = config.get("source", "tsv")
+    if pattern == "many_to_one" or (pattern == "many_to_many" and source == "tsv"):
+        return
+    if pattern == "many_to_many":
+        raise DataError(
+            "data.source 'labelled_lines' gives one label per line (many_to_one); for a tag "
+            "per token use source: tsv with lines `tok tok tok<TAB>TAG TAG TAG`"
+        )
+    raise DataError(
+        f"data.source {source!r} reads many_to_one (a label per line) or, for tsv, "
+        f"many_to_many (a tag per token); set model.pattern to one of them, not {pattern}"
+    )
+
+
 def load(config: dict, pattern: str, seed: int) -> SequenceSet:
-    """The `tsv` or `labelled_lines` data set: ids of tokens, one label per sentence."""
+    """The `tsv` or `labelled_lines` data set: ids of tokens, one label per sentence (or, in
+    many_to_many, one tag per token)."""
+    _check_pattern(config, pattern)
     rows = read_rows(config, read_text)
     if not rows:
         raise DataError("the data files hold no examples")
     train, valid, test = split_rows(rows, config, seed)
-    labels, vocab, (xs, ys), held = encode(config, train, [valid, test])
+    tagged = pattern == "many_to_many"
+    labels, vocab, (xs, ys), held = encode(config, train, [valid, test], tagged)
     (vx, vy), (tx, ty) = held
     padding = {**PADDING[pattern], "multiple": int(config.get("pad_multiple", PAD_MULTIPLE))}
     return SequenceSet(
@@ -170,7 +212,8 @@ SOURCES = [
         "tsv",
         load,
         _options("a list of files"),
-        "rows of text<TAB>label, for sentence classification",
+        "rows of text<TAB>label, for sentence classification (many_to_one), or of "
+        "tok tok<TAB>TAG TAG, a tag per token (many_to_many)",
         suffixes={".tsv": {}, ".csv": {"delimiter": ","}},
         folder_option="root",
     ),

@@ -61,7 +61,9 @@ def sine(config: dict, rng: np.random.Generator):
 def _loader(task):
     def load(config: dict, pattern: str, seed: int):
         xs, ys = task(config, np.random.default_rng([seed, 7]))
-        return hold_out(xs, ys, float(config.get("valid_fraction", 0.1)), seed, PADDING[pattern])
+        valid = float(config.get("valid_fraction", 0.1))
+        test = float(config.get("test_fraction", 0.0))
+        return hold_out(xs, ys, valid, seed, PADDING[pattern], test_fraction=test)
 
     return load
 
@@ -69,6 +71,7 @@ def _loader(task):
 _COMMON = {
     "examples": {**COUNT, "description": "examples in all (held out: valid_fraction)"},
     "valid_fraction": {**FRACTION, "description": "share held out for validation (0.1)"},
+    "test_fraction": {**FRACTION, "description": "share held out for test (default 0)"},
 }
 SOURCES = [
     DataSource(

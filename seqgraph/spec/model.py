@@ -8,7 +8,7 @@ from seqgraph.errors import SpecError
 from seqgraph.spec.types import EncoderSpec, IOSpec, LayerSpec, ModelSpec
 
 
-def _io(raw: dict, path: str, auto: int | None) -> IOSpec:
+def _io(raw: dict, path: str, auto: int | None, loaded: bool = False) -> IOSpec:
     if raw["type"] == "images":
         if "shape" not in raw:
             raise SpecError(path, "images need `shape: [channels, height, width]`")
@@ -19,6 +19,13 @@ def _io(raw: dict, path: str, auto: int | None) -> IOSpec:
         example = f"{{type: {raw['type']}, {key}: 10}}"
         raise SpecError(path, f"{raw['type']} needs `{key}`: e.g. {example}")
     if raw[key] == "auto":
+        if auto is None and loaded:  # the data was read and has no vocabulary to count
+            raise SpecError(
+                f"{path}.vocab",
+                "vocab: auto takes the size of the data's vocabulary, and this data names "
+                "none; give a number (e.g. vocab: 10) or, for an .npz, store the string "
+                "arrays `vocab` (names of the ids of x) and `labels` (of y) in the file",
+            )
         if auto is None:
             raise SpecError(
                 f"{path}.vocab",
@@ -146,8 +153,8 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
 
 def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     pattern = raw["pattern"]
-    inp = _io(raw["input"], "model.input", auto.get("input"))
-    target = _io(raw["target"], "model.target", auto.get("target"))
+    inp = _io(raw["input"], "model.input", auto.get("input"), "input" in auto)
+    target = _io(raw["target"], "model.target", auto.get("target"), "target" in auto)
     layers = _layers(raw["layers"], cells, "model.layers")
     feeds_back = pattern in ("one_to_many", "encoder_decoder")
     encoders = _encoders(raw.get("encoders", []), inp, "model.encoders")

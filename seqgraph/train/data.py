@@ -9,16 +9,19 @@ would have seen, and the only cursor to save is the step. Two shapes of data:
 
 Core sources are the generic formats that hold no task: `python_stdlib` (the default: text
 every Python installation has), `text` (any UTF-8 file as a character stream) and `npz`
-(arrays x, y, lengths). They are registered here, beside the loaders they share with every
-application (`Stream`, `SequenceSet`, `pad`). Everything that knows a task (labelled
-sentences, synthetic tasks, spoken digits, audio, video, captions) is an application in
-`seqgraph.apps` and registers its own sources (`spec.registry`); this module names none.
+(arrays x, y and optional lengths, y_lengths, vocab, labels). They are registered here,
+beside the loaders they share with every application (`Stream`, `SequenceSet`, `pad`).
+Everything that knows a task (labelled sentences, synthetic tasks, spoken digits, audio,
+video, captions) is an application in `seqgraph.apps` and registers its own sources
+(`spec.registry`); this module names none.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import sysconfig
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +33,16 @@ from seqgraph.spec.schema import COUNT, DEFAULT_SOURCE, FRACTION
 
 STDLIB_CHARS = 2_000_000  # enough Python source for a few minutes of training
 PRINTABLE = "\t\n" + "".join(chr(c) for c in range(32, 127))
+CHUNK = 1 << 22  # characters (or bytes) read at a time when a text becomes ids
+CODE_POINTS = 0x110000  # every Unicode character: the size of a code point -> id table
 
 
 @dataclass
 class Stream:
-    """One long sequence of ids, cut into B parallel streams and windows of `seq_len`."""
+    """One long sequence of ids, cut into B parallel streams and windows of `seq_len`.
+
+    A text's ids are kept in the smallest dtype that holds its vocabulary (`ids_dtype`); the
+    windows are views of them, and only a batch is converted to the int64 ids a model reads."""
 
     train: np.ndarray
     valid: np.ndarray
@@ -60,23 +68,34 @@ class Stream:
         state starts anew; the state to carry is the one after `stride` steps."""
         stride = stride or seq_len
         w = step % self.windows(batch_size, seq_len, stride)
-        streams = self.train[: batch_size * (len(self.train) // batch_size)]
-        streams = streams.reshape(batch_size, -1)
-        start = w * stride
+        x, y = self.window(w, batch_size, seq_len, stride)
         return {
-            "x": streams[:, start : start + seq_len],
-            "y": streams[:, start + 1 : start + seq_len + 1],
+            "x": _model_ids(x),
+            "y": _model_ids(y),
             "reset": w == 0,
             "loss_from": 0 if w == 0 else seq_len - stride,
         }
 
-    def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
+    def window(
+        self, w: int, batch_size: int, seq_len: int, stride: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of training window `w`: views of `train`, no copy."""
+        streams = self.train[: batch_size * (len(self.train) // batch_size)]
+        streams = streams.reshape(batch_size, -1)
+        start = w * stride
+        return streams[:, start : start + seq_len], streams[:, start + 1 : start + seq_len + 1]
+
+    def held_out(self, split: str) -> np.ndarray:
+        """The ids of a held-out split."""
         if split == "test":
             raise DataError(
                 "a text stream has a train/validation split only (valid_fraction); "
                 "use --split valid"
             )
-        data = self.valid
+        return self.valid
+
+    def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
+        data = self.held_out(split)
         width = (len(data) - 1) // batch_size
         if width < 2:
             return
@@ -84,10 +103,22 @@ class Stream:
         ys = data[1 : batch_size * width + 1].reshape(batch_size, width)
         for start in range(0, width - seq_len + 1, seq_len):
             yield {
-                "x": xs[:, start : start + seq_len],
-                "y": ys[:, start : start + seq_len],
+                "x": _model_ids(xs[:, start : start + seq_len]),
+                "y": _model_ids(ys[:, start : start + seq_len]),
                 "carry": True,
             }
+
+    def valid_batch_count(self, batch_size: int, seq_len: int, split: str = "valid") -> int:
+        """How many batches `valid_batches` yields: 0 when the split is too short for one
+        window of batch_size x seq_len (a validation loss would then average nothing)."""
+        width = (len(self.held_out(split)) - 1) // batch_size
+        return 0 if width < 2 else len(range(0, width - seq_len + 1, seq_len))
+
+    def split_sizes(self) -> dict:
+        """Characters (ids) in each split: {"train": n, "valid": n[, "test": n]}."""
+        sizes = {"train": len(self.train), "valid": len(self.valid)}
+        test = getattr(self, "test", None)
+        return sizes if test is None else {**sizes, "test": len(test)}
 
     def encode(self, text: str) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.vocab)}
@@ -129,16 +160,31 @@ class SequenceSet:
         return pad([self.x[i] for i in chosen], [self.y[i] for i in chosen], **self.padding)
 
     def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
-        xs, ys = (self.test_x, self.test_y) if split == "test" else (self.valid_x, self.valid_y)
-        if split == "test" and not xs:
-            raise DataError(
-                "this data set has no test split; use split: mod10 or "
-                "test_fraction in the data section"
-            )
+        xs, ys = self.held_out(split)
         for start in range(0, len(xs), batch_size):
             yield pad(
                 xs[start : start + batch_size], ys[start : start + batch_size], **self.padding
             )
+
+    def held_out(self, split: str) -> tuple[list, list]:
+        """(inputs, targets) of a held-out split."""
+        if split != "test":
+            return self.valid_x, self.valid_y
+        if not self.test_x:
+            raise DataError(
+                "this data set has no test split; hold one out with data.test_fraction "
+                "(e.g. 0.1; tsv and labelled_lines also take split: mod10) and train again, "
+                "so that no test example is trained on"
+            )
+        return self.test_x, self.test_y
+
+    def valid_batch_count(self, batch_size: int, seq_len: int, split: str = "valid") -> int:
+        """How many batches `valid_batches` yields (0: the split is empty)."""
+        return -(-len(self.held_out(split)[0]) // batch_size)
+
+    def split_sizes(self) -> dict:
+        """Examples in each split: {"train": n, "valid": n, "test": n}."""
+        return {"train": len(self.x), "valid": len(self.valid_x), "test": len(self.test_x)}
 
 
 def _bucketed_order(xs: list, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -268,42 +314,132 @@ def python_stdlib_text(max_chars: int) -> str:
     return "".join(parts)[:max_chars]
 
 
+def _read_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if not raw or raw.isspace():  # isspace: no stripped copy of a large file
+        raise DataError(f"{path}: the file is empty")
+    return raw
+
+
+def _not_utf8(path: Path, raw: bytes, byte: int) -> DataError:
+    line = raw[:byte].count(b"\n") + 1
+    return DataError(f"{path}:{line}: not UTF-8 (byte {byte}); convert the file to UTF-8")
+
+
 def read_text(path: Path) -> str:
     """A UTF-8 file's text; DataError names the line of a byte that is not UTF-8."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty")
+    raw = _read_bytes(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 (byte {exc.start}); convert the file to UTF-8"
-        ) from None
+        raise _not_utf8(path, raw, exc.start) from None
 
 
-def _stream(text: str, valid_fraction: float, alphabet: str | None) -> Stream:
-    vocab = sorted(set(alphabet if alphabet is not None else text))
-    index = {c: i for i, c in enumerate(vocab)}
-    ids = np.array([index[c] for c in text], dtype=np.int64)
+def _utf8_pieces(path: Path, raw: bytes) -> Iterator[str]:
+    """The text of UTF-8 bytes, a chunk at a time (the whole text is never one str)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(raw)
+    for start in range(0, len(raw), CHUNK):
+        pending = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk
+        try:
+            yield decoder.decode(view[start : start + CHUNK], final=start + CHUNK >= len(raw))
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, raw, start - pending + exc.start) from None
+
+
+def _str_pieces(text: str) -> Iterator[str]:
+    return (text[start : start + CHUNK] for start in range(0, len(text), CHUNK))
+
+
+def _code_points(piece: str) -> np.ndarray:
+    return np.frombuffer(piece.encode("utf-32-le"), dtype="<u4")
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype for ids 0..vocab_size-1: uint8, uint16, or int32 beyond 65,536."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+
+
+def corpus_ids(
+    pieces: Callable[[], Iterator[str]], alphabet: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """(ids, vocabulary) of a text given as `pieces()`, an iterator of its chunks (called
+    twice: once for the vocabulary, once for the ids). The vocabulary is the sorted set of
+    characters (of `alphabet`, when given); the ids are one array in `ids_dtype`, filled a
+    chunk at a time, so the peak memory is the ids plus one chunk, not an int per character."""
+    seen = np.zeros(CODE_POINTS, dtype=bool)
+    length = 0
+    for piece in pieces():
+        seen[_code_points(piece)] = True
+        length += len(piece)
+    if alphabet is not None:
+        allowed = np.zeros(CODE_POINTS, dtype=bool)
+        allowed[_code_points(alphabet)] = True
+        if np.any(seen & ~allowed):
+            missing = [chr(c) for c in np.flatnonzero(seen & ~allowed)[:5]]
+            raise DataError(f"characters {missing} are not in the alphabet {alphabet!r}")
+        seen = allowed
+    points = np.flatnonzero(seen)
+    table = np.zeros(CODE_POINTS, dtype=ids_dtype(len(points)))
+    table[points] = np.arange(len(points))
+    ids = np.empty(length, dtype=table.dtype)
+    at = 0
+    for piece in pieces():
+        ids[at : at + len(piece)] = table[_code_points(piece)]
+        at += len(piece)
+    return ids, [chr(c) for c in points]
+
+
+def _model_ids(ids: np.ndarray) -> np.ndarray:
+    """A batch of ids as the int64 a model reads (a copy of the batch only, if any)."""
+    return ids.astype(np.int64, copy=False)
+
+
+def _stream(ids: np.ndarray, vocab: list[str], valid_fraction: float) -> Stream:
     cut = int(len(ids) * (1 - valid_fraction))
     return Stream(ids[:cut], ids[cut:], vocab)
 
 
-def hold_out(xs, ys, valid_fraction, seed, padding, **extra) -> SequenceSet:
-    """A SequenceSet that holds out `valid_fraction` of the examples at random (seeded)."""
+def hold_out(
+    xs, ys, valid_fraction, seed, padding, test_fraction: float = 0.0, **extra
+) -> SequenceSet:
+    """A SequenceSet that holds out `valid_fraction` (and `test_fraction`) of the examples at
+    random (seeded). The training examples do not depend on `test_fraction` when it is 0."""
     if not xs:
         raise DataError("the data set has no examples")
     order = np.random.default_rng([seed, 11]).permutation(len(xs))
     n_valid = int(round(len(xs) * valid_fraction))
-    valid, train = order[:n_valid], order[n_valid:]
+    n_test = int(round(len(xs) * test_fraction))
+    if n_valid + n_test >= len(xs):
+        raise DataError(
+            f"the data set has {len(xs)} examples; valid_fraction {valid_fraction} and "
+            f"test_fraction {test_fraction} leave none for training"
+        )
+    valid, test, train = (
+        order[:n_valid],
+        order[n_valid : n_valid + n_test],
+        order[n_valid + n_test :],
+    )
     pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
     return SequenceSet(
-        pick(xs, train), pick(ys, train), pick(xs, valid), pick(ys, valid), padding=padding, **extra
+        pick(xs, train),
+        pick(ys, train),
+        pick(xs, valid),
+        pick(ys, valid),
+        padding=padding,
+        test_x=pick(xs, test),
+        test_y=pick(ys, test),
+        **extra,
     )
 
 
-def _npz(path: Path, config: dict, valid_fraction, seed, padding) -> SequenceSet:
+def _npz(path: Path, config: dict, pattern: str, seed: int) -> SequenceSet:
+    """The examples of an .npz: `x` and `y` (padded along time), optional `lengths` (input
+    steps), `y_lengths` (target steps, for patterns whose targets have their own length),
+    `vocab` and `labels` (the names of the ids of x and y, so `vocab: auto` can size them)."""
+    padding = PADDING[pattern]
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -323,23 +459,71 @@ def _npz(path: Path, config: dict, valid_fraction, seed, padding) -> SequenceSet
     )
     if len(x) != len(y) or len(lengths) != len(x):
         raise DataError(f"{path}: x, y and lengths must have the same number of examples")
-    if padding["x_time"] and (lengths.min() < 1 or lengths.max() > x.shape[1]):
-        row = int(np.argmax((lengths < 1) | (lengths > x.shape[1])))
-        raise DataError(
-            f"{path}: lengths must lie in 1..{x.shape[1]}; example {row} has length {lengths[row]}"
-        )
+    if padding["x_time"]:
+        _check_lengths(path, "lengths", lengths, x.shape[1])
     limit = config.get("max_len")
     if limit is not None and padding["x_time"] and lengths.max() > limit:
         row = int(np.argmax(lengths > limit))
         raise DataError(
             f"{path}: example {row} has {lengths[row]} steps, more than data.max_len = {limit}"
         )
+    y_lengths, padding = _npz_y_lengths(path, arrays, pattern, lengths)
     xs = [x[i, : lengths[i]] if padding["x_time"] else x[i] for i in range(len(x))]
-    ys = [
-        y[i, : lengths[i]] if padding["y_time"] and not padding.get("y_own_lengths") else y[i]
-        for i in range(len(y))
-    ]
-    return hold_out(xs, ys, valid_fraction, seed, padding)
+    ys = [y[i, : y_lengths[i]] if y_lengths is not None else y[i] for i in range(len(y))]
+    names = {
+        key: _npz_names(path, arrays, key, of) for key, of in (("vocab", "x"), ("labels", "y"))
+    }
+    return hold_out(
+        xs,
+        ys,
+        float(config.get("valid_fraction", 0.1)),
+        seed,
+        padding,
+        test_fraction=float(config.get("test_fraction", 0.0)),
+        **names,
+    )
+
+
+def _check_lengths(path: Path, name: str, lengths: np.ndarray, steps: int) -> None:
+    if lengths.min() < 1 or lengths.max() > steps:
+        row = int(np.argmax((lengths < 1) | (lengths > steps)))
+        raise DataError(
+            f"{path}: {name} must lie in 1..{steps}; example {row} has length {lengths[row]}"
+        )
+
+
+def _npz_y_lengths(path: Path, arrays, pattern: str, lengths: np.ndarray):
+    """(steps of each target to keep, or None for all of y; the padding rule). `y_lengths`
+    where targets have their own length: one_to_many, encoder_decoder, and many_to_many when
+    they differ from the input's `lengths` (CTC label sequences); else the input's lengths."""
+    padding = PADDING[pattern]
+    if not padding["y_time"]:
+        return None, padding
+    y, given = arrays["y"], arrays["y_lengths"] if "y_lengths" in arrays else None
+    own = padding.get("y_own_lengths")
+    if given is None or (not own and np.array_equal(given, lengths)):
+        return (None if own else lengths), padding
+    if given.shape != (len(y),) or given.dtype.kind not in "iu":
+        raise DataError(f"{path}: y_lengths must be integers, one per example of y")
+    _check_lengths(path, "y_lengths", given, y.shape[1])
+    return given, {**padding, "y_own_lengths": True}
+
+
+def _npz_names(path: Path, arrays, key: str, of: str) -> list[str] | None:
+    """The names in string array `key` (vocab or labels) of the ids in array `of`, checked."""
+    if key not in arrays:
+        return None
+    names, ids = arrays[key], arrays[of]
+    if names.ndim != 1 or names.dtype.kind != "U" or not len(names):
+        raise DataError(f"{path}: {key!r} must be a non-empty 1-D array of strings")
+    if ids.dtype.kind not in "iu":
+        raise DataError(f"{path}: {key!r} names integer ids, but {of!r} holds {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= len(names)):
+        raise DataError(
+            f"{path}: {of!r} holds ids {ids.min()}..{ids.max()}, but {key!r} names "
+            f"{len(names)} (0..{len(names) - 1})"
+        )
+    return [str(name) for name in names]
 
 
 def describe(dataset) -> dict:
@@ -359,17 +543,19 @@ def describe(dataset) -> dict:
 
 def _load_stdlib(config: dict, pattern: str, seed: int) -> Stream:
     text = python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS)))
-    return _stream(text, float(config.get("valid_fraction", 0.1)), PRINTABLE)
+    ids, vocab = corpus_ids(lambda: _str_pieces(text), PRINTABLE)
+    return _stream(ids, vocab, float(config.get("valid_fraction", 0.1)))
 
 
 def _load_text(config: dict, pattern: str, seed: int) -> Stream:
-    text = read_text(_need_path(config))
-    return _stream(text, float(config.get("valid_fraction", 0.1)), None)
+    path = _need_path(config)
+    raw = _read_bytes(path)
+    ids, vocab = corpus_ids(lambda: _utf8_pieces(path, raw))
+    return _stream(ids, vocab, float(config.get("valid_fraction", 0.1)))
 
 
 def _load_npz(config: dict, pattern: str, seed: int) -> SequenceSet:
-    valid_fraction = float(config.get("valid_fraction", 0.1))
-    return _npz(_need_path(config), config, valid_fraction, seed, PADDING[pattern])
+    return _npz(_need_path(config), config, pattern, seed)
 
 
 _PATH = {"type": "string", "description": "the file (--data PATH sets it)"}
@@ -393,9 +579,10 @@ CORE_SOURCES = [
         {
             "path": _PATH,
             "valid_fraction": _VALID,
+            "test_fraction": {**FRACTION, "description": "share held out for test (default 0)"},
             "max_len": {**COUNT, "description": "refuse examples longer than this"},
         },
-        "arrays x, y and optional lengths",
+        "arrays x, y and optional lengths, y_lengths, vocab, labels",
         suffixes={".npz": {}},
     ),
 ]
