@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+PARAM_INIT = schema.CELL["properties"]["params"]["additionalProperties"]["properties"]["init"][
+    "default"
+]
+
 # ---- cells -----------------------------------------------------------------------------------
 
 
@@ -46,7 +50,7 @@ def parse_cell(name: str, raw: dict, path: str, lines=None, source: str = "") ->
         params = {}
         for pname, praw in raw["params"].items():
             params[pname] = ParamSpec(
-                tuple(praw["shape"]), praw.get("init", {"dist": "zeros"}), praw.get("fill")
+                tuple(praw["shape"]), praw.get("init", dict(PARAM_INIT)), praw.get("fill")
             )
         inputs, state = tuple(raw["inputs"]), tuple(raw["state"])
         known = set(inputs) | set(state) | set(params)
@@ -147,7 +151,10 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         data, lines = read_yaml(text if text is not None else source, name)
     if not isinstance(data, dict):
         raise SpecError(
-            "", f"a spec is a mapping with a `model:` section, got a {type(data).__name__}", 1, name
+            "",
+            f"a spec is a mapping with a `model:` section, got {_a(type(data).__name__)}",
+            1,
+            name,
         )
     validate(data, schema.validation_schema(), lines, name)
     try:
@@ -162,12 +169,16 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         data.get("name", Path(name).stem),
         model,
         cells,
-        data.get("backend", "numpy"),
-        data.get("dtype", "float32"),
-        data.get("seed", 0),
+        data.get("backend", schema.default("backend")),
+        data.get("dtype", schema.default("dtype")),
+        data.get("seed", schema.default("seed")),
         dict(data.get("data") or {}),
         dict(data.get("train") or {}),
         data,
         name,
         lines,
     )
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
