@@ -188,6 +188,8 @@ def test_parameters_too_large_are_refused_before_allocating(tmp_path, capsys, mo
     path = tmp_path / "big.yaml"
     path.write_text(BASE.replace("hidden: 3", "hidden: 8000"))
     monkeypatch.setattr(memory, "available_bytes", lambda: 3 * 10**9)
+    monkeypatch.setattr(memory, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(memory, "_ulimit_room", lambda: None)
     drawn = []
     monkeypatch.setattr("seqgraph.runtime.model.initialize", lambda *a: drawn.append(a))
     assert cli.main(["check", str(path)]) == 2
@@ -202,7 +204,7 @@ def test_parameters_too_large_are_refused_before_allocating(tmp_path, capsys, mo
 def test_activations_too_large_are_refused(tmp_path, capsys, monkeypatch):
     path = tmp_path / "long.yaml"
     path.write_text(BASE + "train: {batch_size: 50000, seq_len: 2000}\n")
-    monkeypatch.setattr(memory, "available_bytes", lambda: 4 * 10**9)
+    monkeypatch.setattr(memory, "available", lambda: (4 * 10**9, "MemAvailable"))
     assert cli.main(["check", str(path)]) == 2
     err = one_line(capsys)
     assert "MB for parameters" in err
@@ -213,10 +215,31 @@ def test_activations_too_large_are_refused(tmp_path, capsys, monkeypatch):
 
 
 def test_a_model_that_fits_is_not_refused(spec, monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda: 10**9)
+    monkeypatch.setattr(memory, "available", lambda: (10**9, "MemAvailable"))
     api.check(str(spec))
-    monkeypatch.setattr(memory, "available_bytes", lambda: None)
+    monkeypatch.setattr(memory, "available", lambda: None)  # not Linux: no check
     api.check(str(spec))
+
+
+def test_a_container_limit_or_ulimit_counts_when_it_is_lower(tmp_path, monkeypatch):
+    """A 6 GB container on a 64 GB machine: MemAvailable says 64, the cgroup says 6."""
+    (tmp_path / "memory.max").write_text("6000000000\n")
+    (tmp_path / "memory.current").write_text("1500000000\n")
+    (tmp_path / "memory.stat").write_text("anon 1000000000\ninactive_file 500000000\n")
+    monkeypatch.setattr(memory, "CGROUP", str(tmp_path))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 10**9)
+    monkeypatch.setattr(memory, "_ulimit_room", lambda: None)
+    assert memory.available() == (5 * 10**9, "cgroup memory limit")
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: MemAvailable decides
+    assert memory.available() == (64 * 10**9, "MemAvailable")
+    monkeypatch.setattr(memory, "_ulimit_room", lambda: 2 * 10**9)
+    assert memory.available() == (2 * 10**9, "ulimit -v")
+
+
+def test_ulimit_room_reads_rlimit_as(monkeypatch):
+    monkeypatch.setattr(memory.resource, "getrlimit", lambda kind: (6 * 2**30, -1))
+    room = memory._ulimit_room()
+    assert room is not None and 0 <= room < 6 * 2**30
 
 
 # ---- 3. command-line numbers are checked like the spec's --------------------------------------

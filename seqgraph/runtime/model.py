@@ -62,13 +62,10 @@ class Model:
             self.param_info = self.unrolled(1).param_info
         except SpecError as exc:  # a size expression of a cell: name the spec file and line
             raise with_line(exc, self.spec.lines, self.spec.source) from None
-        if self.backend.name != "cupy":  # refuse a model too large before allocating it
-            memory.check_fits(self.spec, self.param_info)
         self.params: dict[str, Any] = {}
+        memory.check_fits(self)  # a model too large is refused before it is allocated
         self.set_params(initialize(self.param_info, self.seed))
-        values = self._dry_run()
-        if self.backend.name != "cupy":
-            memory.check_fits(self.spec, self.param_info, values)
+        memory.check_fits(self, self._dry_run())
 
     def __repr__(self) -> str:
         m, segments_text = self.spec.model, ""
