@@ -166,3 +166,26 @@ def test_size_expressions_that_are_not_finite_are_refused(text):
 def test_finite_size_expressions_still_evaluate():
     assert equations.eval_size("4*hidden", {"hidden": 3}) == 12
     assert equations.eval_size("1/sqrt(hidden)", {"hidden": 4}) == 0.5
+
+
+@pytest.mark.parametrize("kind", ["folder", "dev_zero", "too_large", "missing"])
+def test_spec_paths_that_are_not_spec_files(kind, tmp_path, capsys):
+    path = {
+        "folder": tmp_path,
+        "dev_zero": Path("/dev/zero"),  # endless: read no more than a spec can hold
+        "too_large": tmp_path / "large.yaml",
+        "missing": tmp_path / "absent.yaml",
+    }[kind]
+    if kind == "dev_zero" and not path.exists():
+        pytest.skip("no /dev/zero here")
+    if kind == "too_large":
+        path.write_text(BASE + "description: '" + "x" * yaml_lines.MAX_YAML_BYTES + "'\n")
+    assert cli.main(["check", str(path)]) == 2
+    err = refused_in_one_line(capsys, path)
+    says = {
+        "folder": "is a folder; give a YAML spec file (a run folder keeps its spec in spec.yaml)",
+        "dev_zero": yaml_lines.TOO_LARGE,
+        "too_large": yaml_lines.TOO_LARGE,
+        "missing": "file not found; check the path",
+    }[kind]
+    assert says in err

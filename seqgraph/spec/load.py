@@ -16,7 +16,7 @@ from seqgraph.errors import SpecError
 from seqgraph.spec import equations, schema
 from seqgraph.spec.model import build_model, encoded_size
 from seqgraph.spec.types import CellSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec, ParamSpec, Spec
-from seqgraph.spec.yaml_lines import read_yaml, validate, with_line
+from seqgraph.spec.yaml_lines import MAX_YAML_BYTES, TOO_LARGE, read_yaml, validate, with_line
 
 __all__ = [
     "CellSpec",
@@ -142,12 +142,7 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source):
             path = Path(source)
             name = str(path)
-            try:
-                text = path.read_bytes()
-            except FileNotFoundError:
-                raise SpecError("", "file not found; check the path", source=name) from None
-            except OSError as exc:
-                raise SpecError("", f"cannot read: {exc.strerror}", source=name) from None
+            text = _read_spec_file(path, name)
         data, lines = read_yaml(text if text is not None else source, name)
     if not isinstance(data, dict):
         raise SpecError(
@@ -178,6 +173,26 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         name,
         lines,
     )
+
+
+def _read_spec_file(path: Path, name: str) -> bytes:
+    """The bytes of a spec file, at most MAX_YAML_BYTES of them (not /dev/zero's all)."""
+    if path.is_dir():
+        raise SpecError(
+            "",
+            "is a folder; give a YAML spec file (a run folder keeps its spec in spec.yaml)",
+            source=name,
+        )
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError("", "file not found; check the path", source=name) from None
+    except OSError as exc:
+        raise SpecError("", f"cannot read: {exc.strerror}", source=name) from None
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError("", TOO_LARGE, source=name)
+    return text
 
 
 def _a(noun: str) -> str:

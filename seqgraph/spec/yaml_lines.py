@@ -18,6 +18,8 @@ import yaml
 
 from seqgraph.errors import SpecError
 
+MAX_YAML_BYTES = 10_000_000  # a spec is a few kB; /dev/zero is not one
+TOO_LARGE = f"larger than {MAX_YAML_BYTES // 10**6} MB; a spec is a small text file"
 MAX_YAML_NODES = 200_000  # refuses billion-laughs style alias bombs before they expand
 MAX_YAML_DEPTH = 60  # levels of mappings and lists; a real spec uses fewer than 10
 PLAIN_TAGS = (
@@ -66,6 +68,8 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
             raise SpecError(
                 "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", line, source
             ) from None
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError("", TOO_LARGE, source=source)
     if not text.strip():
         raise SpecError(
             "", "the file is empty; a spec needs at least a `model:` section", source=source
