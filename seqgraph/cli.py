@@ -265,7 +265,7 @@ def _args_eval(p) -> None:
 
 
 def _args_render(p) -> None:
-    p.add_argument("spec")
+    p.add_argument("spec", help="a YAML spec, or a run folder (its spec, at its checkpoint)")
     p.add_argument("--steps", type=STEPS, default=4, help="time steps to draw (default 4)")
     p.add_argument("--out-steps", type=STEPS, help="decoder steps (default --steps)")
     p.add_argument(

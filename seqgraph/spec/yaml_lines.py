@@ -28,6 +28,11 @@ PLAIN_TAGS = (
 )
 
 
+def _short(path: str, keep: int = 40) -> str:
+    """A YAML path 60 levels deep, cut to its start: `description[0][0][0]...`."""
+    return path if len(path) <= keep else path[:keep] + "..."
+
+
 class _Loader(yaml.SafeLoader):
     """The safe loader, refusing a document nested deeper than MAX_YAML_DEPTH while composing
     it (PyYAML's composer recurses once per level)."""
@@ -48,7 +53,7 @@ class _Loader(yaml.SafeLoader):
         try:
             if len(self.path) > MAX_YAML_DEPTH:  # the document's root is level 1
                 raise SpecError(
-                    "".join(self.path),
+                    _short("".join(self.path)),
                     f"nested deeper than {MAX_YAML_DEPTH} levels; a spec needs far fewer",
                     self.peek_event().start_mark.line + 1,
                     self.source,
@@ -100,7 +105,13 @@ def _convert(loader, node, path, lines, count, depth, source):
     if count[0] > MAX_YAML_NODES:
         raise SpecError(path, f"more than {MAX_YAML_NODES} YAML nodes (alias bomb?)", source=source)
     if depth > MAX_YAML_DEPTH:
-        raise SpecError(path, f"nested deeper than {MAX_YAML_DEPTH} levels", None, source)
+        raise SpecError(
+            _short(path),
+            f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded (an alias "
+            "inside its own anchor?)",
+            node.start_mark.line + 1,
+            source,
+        )
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
         raise SpecError(
