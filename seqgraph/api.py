@@ -62,6 +62,40 @@ def _sized_spec(spec, data: str | None) -> tuple[Spec, str]:
         return load_spec(spec, auto={"input": AUTO_PLACEHOLDER, "target": AUTO_PLACEHOLDER}), note
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)  # progress lines must reach a log file or pipe as they happen
+
+
+def _render_model(source, log) -> Model:
+    """The model `render` draws: a run folder's (its spec.yaml, with the sizes its data gave,
+    at its checkpoint if it has one) or a spec's (`vocab: auto` sized as `check` does)."""
+    from pathlib import Path
+
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        folder = Path(source)
+        if not (folder / "spec.yaml").is_file():
+            raise SpecError(
+                "",
+                "a folder without spec.yaml; give a YAML spec or a run folder "
+                "(the --out of `seqgraph run`)",
+                source=str(folder),
+            )
+        if (folder / "checkpoint.npz").is_file():
+            return _float64(load_run(folder))
+        return Model(folder / "spec.yaml", dtype="float64")
+    spec, note = _sized_spec(source, None)
+    if note:
+        log(f"note: {note}")
+    return Model(spec, dtype="float64")
+
+
+def _float64(model: Model) -> Model:
+    """A float64 copy of a trained model (render's gradient norms are taken in float64)."""
+    copy = Model(model.spec, dtype="float64")
+    copy.set_params(model.params)
+    return copy
+
+
 def render(
     spec: Spec | str | os.PathLike | dict,
     output: str | os.PathLike,
@@ -71,13 +105,15 @@ def render(
     grad: bool = False,
     lengths: list[int] | None = None,
     detail: bool = False,
+    log=_print_now,
 ) -> str:
-    """Draw the unrolled graph of `spec` to `output` (.svg, .png, .pdf or .dot); `grad`
-    colours it by the gradient norms of one backward pass on a random batch."""
+    """Draw the unrolled graph of `spec` (a spec, or a run folder: its spec and checkpoint)
+    to `output` (.svg, .png, .pdf or .dot); `grad` colours it by the gradient norms of one
+    backward pass on a random batch. `log` gets a note when `vocab: auto` had to be given a
+    placeholder size."""
     from seqgraph.inspect.render import render_model, render_to_file
 
-    spec, _ = _sized_spec(spec, None)
-    model = Model(spec, dtype="float64")
+    model = _render_model(spec, log)
     digraph = render_model(
         model,
         steps,
@@ -124,10 +160,6 @@ def check(
 
 
 # ---- runs: train, load, sample, evaluate -----------------------------------------------------
-
-
-def _print_now(line: str) -> None:
-    print(line, flush=True)  # progress lines must reach a log file or pipe as they happen
 
 
 def train(spec: str, log=_print_now, **options) -> dict:

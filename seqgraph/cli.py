@@ -4,15 +4,18 @@ the stack)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
 
 from seqgraph import api
 from seqgraph.engine.graph import key_str
-from seqgraph.errors import SeqgraphError
+from seqgraph.errors import SeqgraphError, one_line
 from seqgraph.spec.schema import spec_schema
 
 EXAMPLES = {
@@ -163,14 +166,6 @@ def _cmd_gradflow(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    lengths = None
-    if args.lengths:
-        try:
-            lengths = [int(n) for n in args.lengths.split(",")]
-        except ValueError:
-            raise SeqgraphError(
-                f"--lengths takes whole numbers separated by commas, got {args.lengths!r}"
-            ) from None
     print(
         api.render(
             args.spec,
@@ -179,7 +174,7 @@ def _cmd_render(args) -> int:
             out_steps=args.out_steps,
             fold=args.fold,
             grad=args.grad,
-            lengths=lengths,
+            lengths=args.lengths,
             detail=args.detail,
         )
     )
@@ -192,11 +187,64 @@ def _cmd_schema(args) -> int:
 
 
 BACKENDS = ["numpy", "cupy"]
+MAX_UNROLL = 100_000  # time steps a command-line flag may unroll (the spec's sizes stop at 1e6)
+
+
+def whole(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high], refused in one line otherwise."""
+    allowed = f"from {low:,} to {high:,}" if high is not None else f"of at least {low:,}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real(low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or (low, high] if `low_open`)."""
+    allowed = "above" if low_open else "from" if high is not None else "at least"
+    allowed += f" {low:g}" + (f" to {high:g}" if high is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def lengths_list(text: str) -> list[int]:
+    """--lengths: whole numbers of at least 1 separated by commas."""
+    try:
+        values = [int(n) for n in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or max(values) > MAX_UNROLL:
+        raise argparse.ArgumentTypeError(
+            f"takes whole numbers from 1 to {MAX_UNROLL:,} separated by commas, got {text!r}"
+        )
+    return values
+
+
+STEPS = whole(1, MAX_UNROLL)
 
 
 def _args_check(p) -> None:
     p.add_argument("spec", help="path to a YAML spec")
-    p.add_argument("--steps", type=int, default=5, help="time steps to unroll (default 5)")
+    p.add_argument("--steps", type=STEPS, default=5, help="time steps to unroll (default 5)")
     p.add_argument("--data", help="data file that sizes a `vocab: auto` spec")
 
 
@@ -205,7 +253,7 @@ def _args_run(p) -> None:
     p.add_argument("--data", help="data file or folder; overrides data.path (data.root)")
     p.add_argument("--backend", choices=BACKENDS, help="array backend")
     p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    p.add_argument("--steps", type=whole(1), help="training steps (overrides train.steps)")
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
@@ -213,12 +261,16 @@ def _args_run(p) -> None:
 def _args_sample(p) -> None:
     p.add_argument("run_dir")
     p.add_argument(
-        "--length", type=int, help="steps (default 300); audio: samples (train.sample_length)"
+        "--length",
+        type=whole(1, 100_000_000),
+        help="steps (default 300); audio: samples (train.sample_length)",
     )
-    p.add_argument("--temperature", type=float, help="default: train.temperature or 1")
+    p.add_argument(
+        "--temperature", type=real(0, low_open=True), help="default: train.temperature or 1"
+    )
     p.add_argument("--prime", help="text to start from (default: train.prime)")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest next id")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument(
         "--wav", help="audio runs: the WAV file to write (default RUN_DIR/generated.wav)"
@@ -234,9 +286,9 @@ def _args_eval(p) -> None:
 
 
 def _args_render(p) -> None:
-    p.add_argument("spec")
-    p.add_argument("--steps", type=int, default=4, help="time steps to draw (default 4)")
-    p.add_argument("--out-steps", type=int, help="decoder steps (default --steps)")
+    p.add_argument("spec", help="a YAML spec, or a run folder (its spec, at its checkpoint)")
+    p.add_argument("--steps", type=STEPS, default=4, help="time steps to draw (default 4)")
+    p.add_argument("--out-steps", type=STEPS, help="decoder steps (default --steps)")
     p.add_argument(
         "-o",
         "--output",
@@ -249,17 +301,21 @@ def _args_render(p) -> None:
         action="store_true",
         help="colour by gradient norm of one backward pass (random batch)",
     )
-    p.add_argument("--lengths", help="sequence lengths, e.g. 5,3: padded steps are greyed")
+    p.add_argument(
+        "--lengths", type=lengths_list, help="sequence lengths, e.g. 5,3: padded steps are greyed"
+    )
     p.add_argument("--detail", action="store_true", help="every op, not one node per cell step")
 
 
 def _args_gradflow(p) -> None:
     p.add_argument("source", help="a spec (at initialisation) or a run folder (at its checkpoint)")
-    p.add_argument("--batch", type=int, default=8, help="sequences in the batch (default 8)")
-    p.add_argument("--steps", type=int, help="time steps for streams (default train.seq_len)")
+    p.add_argument(
+        "--batch", type=whole(1, MAX_UNROLL), default=8, help="sequences in the batch (default 8)"
+    )
+    p.add_argument("--steps", type=STEPS, help="time steps for streams (default train.seq_len)")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=real(0, 1),
         default=1e-3,
         help="mark steps whose gradient is below this fraction of the peak",
     )
@@ -293,15 +349,23 @@ COMMANDS = {  # name: (help, handler, arguments)
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line (which flag, what it allows), exit 2."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (-[^:]*?): ", r"\1 ", message)  # "--steps must be ..."
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seqgraph",
         description="Declarative recurrent networks: a YAML spec unrolled into an explicit graph.",
         epilog="example: " + EXAMPLES["check"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--traceback", action="store_true", help="show the full stack on error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (help_text, handler, arguments) in COMMANDS.items():
         p = sub.add_parser(
             name, help=help_text, description=help_text, epilog="example: " + EXAMPLES[name]
@@ -312,11 +376,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ERRNO_HINTS = {  # what to do about an OS error, by errno
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a file stands where a folder is expected; remove it or choose another path",
+    errno.EISDIR: "that is a folder; give a file path",
+    errno.EEXIST: "a file stands where a folder is expected; remove it or choose another path",
+    errno.EACCES: "check its permissions, or write somewhere else (e.g. another --out)",
+    errno.EPERM: "check its permissions, or write somewhere else (e.g. another --out)",
+    errno.EROFS: "the file system is read-only; write somewhere else (e.g. another --out)",
+    errno.ENOSPC: "the disk is full; free some space or write somewhere else (e.g. another --out)",
+    errno.EDQUOT: "the disk quota is used up; free some space or write somewhere else",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EMFILE: "too many open files; raise `ulimit -n`",
+}
+MEMORY_HINT = "use a smaller hidden/batch_size/seq_len, float32, or train.segment_steps"
+RECURSION_HINT = (
+    "the input is nested too deeply (YAML levels, a long equation); split it into smaller parts"
+)
+
+
+def system_message(exc: BaseException) -> str:
+    """One line for an error the operating system or the interpreter raised: the path, the
+    errno's meaning and what to do about it."""
+    if isinstance(exc, MemoryError):
+        detail = f" ({exc})" if str(exc) else ""
+        return f"out of memory{detail}; {MEMORY_HINT}"
+    if isinstance(exc, RecursionError):
+        return f"{RECURSION_HINT} ({exc})"
+    number = exc.errno if isinstance(exc.errno, int) else None
+    meaning = os.strerror(number) if number is not None else (exc.strerror or str(exc))
+    paths = [str(p) for p in (exc.filename, getattr(exc, "filename2", None)) if p is not None]
+    where = f"{' -> '.join(paths)}: " if paths else ""
+    hint = ERRNO_HINTS.get(number)
+    return one_line(f"{where}{meaning}" + (f"; {hint}" if hint else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `seqgraph` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a wrong command line (one line on stderr), or --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.handler(args)
     except SeqgraphError as exc:
@@ -327,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `seqgraph check ... | head` closed our stdout: not an error
         sys.stderr.close()
         return 0
+    except (OSError, MemoryError, RecursionError) as exc:  # what the machine said: one line
+        if args.traceback:
+            traceback.print_exc()
+        print(f"error: {system_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -361,9 +361,20 @@ def test_no_validation_data_warns_once_and_reports_no_loss(tmp_path, capsys):
 def test_run_with_zero_steps_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", str(char_spec(tmp_path)), "--out", str(out), "--steps", "0"]) == 2
-    assert one_error_line(capsys) == (
-        "error: steps must be at least 1, got 0; pass --steps N with N >= 1"
+    assert one_error_line(capsys) == (  # the command line's own range check
+        "error: seqgraph run: --steps must be a whole number of at least 1, got '0' "
+        "(see `seqgraph run --help`)"
     )
+    assert not out.exists()
+
+
+def test_the_python_api_refuses_zero_steps_too(tmp_path):
+    from seqgraph import api
+    from seqgraph.errors import SeqgraphError
+
+    out = tmp_path / "run"
+    with pytest.raises(SeqgraphError, match="steps must be at least 1, got 0"):
+        api.train(str(char_spec(tmp_path)), out=str(out), steps=0, log=lambda line: None)
     assert not out.exists()
 
 

@@ -16,10 +16,11 @@ from seqgraph.engine.initializers import initialize
 from seqgraph.errors import DataError, GraphError, SpecError
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
-from seqgraph.runtime import segments
+from seqgraph.runtime import memory, segments
 from seqgraph.runtime.runner import Runner, state_keys
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.spec.unroll import compile_graph
+from seqgraph.spec.yaml_lines import with_line
 
 
 def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
@@ -57,10 +58,14 @@ class Model:
         self.segment_steps = self.spec.train.get("segment_steps")
         if self.segment_steps:
             segments.check(self.spec, self.engine)
-        self.param_info = self.unrolled(1).param_info
+        try:
+            self.param_info = self.unrolled(1).param_info
+        except SpecError as exc:  # a size expression of a cell: name the spec file and line
+            raise with_line(exc, self.spec.lines, self.spec.source) from None
         self.params: dict[str, Any] = {}
+        memory.check_fits(self)  # a model too large is refused before it is allocated
         self.set_params(initialize(self.param_info, self.seed))
-        self._dry_run()
+        memory.check_fits(self, self._dry_run())
 
     def __repr__(self) -> str:
         m, segments_text = self.spec.model, ""
@@ -72,12 +77,13 @@ class Model:
             f"engine {self.engine}{segments_text})"
         )
 
-    def _dry_run(self) -> None:
+    def _dry_run(self) -> dict:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
-        SpecError naming the equation, rather than in the middle of training."""
+        SpecError naming the equation, rather than in the middle of training. Returns the
+        value of every node (they size the activations of a time step)."""
         out_steps = 1 if self.spec.model.feeds_back else None
         try:
-            self.interpret(batching.dummy(self.spec, 1, 2, out_steps), "teacher")
+            return self.interpret(batching.dummy(self.spec, 1, 2, out_steps), "teacher")[1]
         except GraphError as exc:
             source = getattr(exc, "source", "")
             if not source:

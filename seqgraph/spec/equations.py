@@ -10,12 +10,19 @@ positionally or by keyword. Attribute values are numbers or size expressions (`h
 `4*hidden`). Nothing else parses: no attribute access, no subscripts, no lambdas, no dunders.
 Assigning to a state name sets the next state; reading it before that reads the previous one.
 The parser lowers each equation to steps `{out, op, in, attrs}` with fresh temporaries.
+
+Python's parser and the walks here recurse once per operator or bracket, so an equation or
+size expression is first counted token by token (no recursion): more than `MAX_OPERATORS`
+operators or `MAX_NESTING` levels of brackets is refused with a SpecError, never a
+RecursionError.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import math
+import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +31,37 @@ from seqgraph.errors import SpecError
 
 BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 SIZE_FUNCS = {"sqrt": math.sqrt}
+MAX_OPERATORS = 256  # + - * / @ in one equation; an LSTM cell needs about ten
+MAX_NESTING = 32  # levels of brackets (calls and parentheses) in one equation
+
+
+def check_size(text: str, path: str, what: str = "equation") -> None:
+    """Refuse an expression too big for Python's recursive parser before it is parsed."""
+    operators = depth = 0
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type != tokenize.OP:
+                continue
+            if token.string in "([{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise SpecError(
+                        path,
+                        f"{what} nests brackets deeper than {MAX_NESTING} levels; "
+                        "name the inner parts in equations of their own",
+                    )
+            elif token.string in ")]}":
+                depth -= 1
+            elif token.string in ("+", "-", "*", "/", "@"):
+                operators += 1
+    except (tokenize.TokenError, SyntaxError):
+        pass  # ast.parse says what is wrong with it
+    if operators > MAX_OPERATORS:
+        raise SpecError(
+            path,
+            f"{what} has {operators:,} operators; at most {MAX_OPERATORS} are allowed: split "
+            "it into equations of their own (`s1 = a + b`, `s = s1 + c`)",
+        )
 
 
 @dataclass(frozen=True)
@@ -54,12 +92,23 @@ class SizeExpr:
 def eval_size(text: str | int | float, sizes: dict[str, float], path: str = "") -> float:
     """Evaluate a size expression such as `4*hidden` or `1/sqrt(hidden)` against `sizes`."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return text
-    try:
-        tree = ast.parse(str(text), mode="eval")
-    except SyntaxError:
-        raise SpecError(path, f"cannot parse size expression {text!r}") from None
-    return _eval_size_node(tree.body, sizes, path, str(text))
+        value = text
+    else:
+        check_size(str(text), path, "size expression")
+        try:
+            tree = ast.parse(str(text), mode="eval")
+        except SyntaxError:
+            raise SpecError(path, f"cannot parse size expression {text!r}") from None
+        try:
+            value = _eval_size_node(tree.body, sizes, path, str(text))
+        except OverflowError:
+            value = math.inf
+    if not math.isfinite(value):
+        raise SpecError(
+            path,
+            f"size expression {text!r} is {value} (overflow); it must be a finite positive integer",
+        )
+    return value
 
 
 def _eval_size_node(node, sizes, path, text):
@@ -110,6 +159,7 @@ class _Lowerer:
 
     def statement(self, text: str, path: str) -> None:
         self.path = path
+        check_size(text, path)
         try:
             tree = ast.parse(text, mode="exec")
         except SyntaxError as exc:

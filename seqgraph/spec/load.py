@@ -16,7 +16,7 @@ from seqgraph.errors import SpecError
 from seqgraph.spec import equations, schema
 from seqgraph.spec.model import build_model, encoded_size
 from seqgraph.spec.types import CellSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec, ParamSpec, Spec
-from seqgraph.spec.yaml_lines import read_yaml, validate, with_line
+from seqgraph.spec.yaml_lines import MAX_YAML_BYTES, TOO_LARGE, read_yaml, validate, with_line
 
 __all__ = [
     "CellSpec",
@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+PARAM_INIT = schema.CELL["properties"]["params"]["additionalProperties"]["properties"]["init"][
+    "default"
+]
+
 # ---- cells -----------------------------------------------------------------------------------
 
 
@@ -46,7 +50,7 @@ def parse_cell(name: str, raw: dict, path: str, lines=None, source: str = "") ->
         params = {}
         for pname, praw in raw["params"].items():
             params[pname] = ParamSpec(
-                tuple(praw["shape"]), praw.get("init", {"dist": "zeros"}), praw.get("fill")
+                tuple(praw["shape"]), praw.get("init", dict(PARAM_INIT)), praw.get("fill")
             )
         inputs, state = tuple(raw["inputs"]), tuple(raw["state"])
         known = set(inputs) | set(state) | set(params)
@@ -138,16 +142,14 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source):
             path = Path(source)
             name = str(path)
-            try:
-                text = path.read_bytes()
-            except FileNotFoundError:
-                raise SpecError("", "file not found; check the path", source=name) from None
-            except OSError as exc:
-                raise SpecError("", f"cannot read: {exc.strerror}", source=name) from None
+            text = _read_spec_file(path, name)
         data, lines = read_yaml(text if text is not None else source, name)
     if not isinstance(data, dict):
         raise SpecError(
-            "", f"a spec is a mapping with a `model:` section, got a {type(data).__name__}", 1, name
+            "",
+            f"a spec is a mapping with a `model:` section, got {_a(type(data).__name__)}",
+            1,
+            name,
         )
     validate(data, schema.validation_schema(), lines, name)
     try:
@@ -162,12 +164,36 @@ def load_spec(source: str | os.PathLike | dict | bytes, auto=None) -> Spec:
         data.get("name", Path(name).stem),
         model,
         cells,
-        data.get("backend", "numpy"),
-        data.get("dtype", "float32"),
-        data.get("seed", 0),
+        data.get("backend", schema.default("backend")),
+        data.get("dtype", schema.default("dtype")),
+        data.get("seed", schema.default("seed")),
         dict(data.get("data") or {}),
         dict(data.get("train") or {}),
         data,
         name,
         lines,
     )
+
+
+def _read_spec_file(path: Path, name: str) -> bytes:
+    """The bytes of a spec file, at most MAX_YAML_BYTES of them (not /dev/zero's all)."""
+    if path.is_dir():
+        raise SpecError(
+            "",
+            "is a folder; give a YAML spec file (a run folder keeps its spec in spec.yaml)",
+            source=name,
+        )
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError("", "file not found; check the path", source=name) from None
+    except OSError as exc:
+        raise SpecError("", f"cannot read: {exc.strerror}", source=name) from None
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError("", TOO_LARGE, source=name)
+    return text
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"

@@ -1,7 +1,9 @@
 """The JSON Schema of a spec: the one source of truth for its shape.
 
 The loader validates every spec against it, `seqgraph schema` prints it, and an editor's YAML
-language server can use it to check and complete specs while they are typed. The `data`
+language server can use it to check and complete specs while they are typed. A key the code
+fills in when a spec leaves it out carries that value as its `default`; `default(...)` reads
+it, for the code that applies it (tests check the rest of the code agrees). The `data`
 section is not written here: each data source registered in `registry` (the core formats and
 every application) brings the schema of its own options, and `data_schema` joins them.
 """
@@ -41,7 +43,7 @@ _param = {
     "required": ["shape"],
     "properties": {
         "shape": {"type": "array", "items": _size_expr, "minItems": 1, "maxItems": 4},
-        "init": _init,
+        "init": {**_init, "default": {"dist": "zeros"}},
         "fill": {
             "type": "object",
             "additionalProperties": False,
@@ -80,10 +82,13 @@ _encoder = {
     "properties": {
         "type": {"enum": ["embedding", "onehot", "dense", "conv"]},
         "size": _size,
-        "activation": {"enum": ACTIVATIONS},
+        "activation": {
+            "enum": ACTIVATIONS,
+            "description": "default: relu for conv, identity for the others",
+        },
         "channels": _size,
-        "kernel": {"type": "integer", "minimum": 1, "maximum": 15},
-        "pool": {"type": "integer", "minimum": 1, "maximum": 8},
+        "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
+        "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
     },
 }
 
@@ -94,14 +99,15 @@ _layer = {
     "properties": {
         "cell": {"type": "string"},
         "hidden": _size,
-        "bidirectional": {"type": "boolean"},
+        "bidirectional": {"type": "boolean", "default": False},
         "direction": {
             "enum": ["forward", "reverse"],
+            "default": "forward",
             "description": "reverse: a one-direction layer that reads the sequence from its "
             "end (ONNX direction=reverse, Keras go_backwards=True)",
         },
-        "merge": {"enum": ["concat", "sum"]},
-        "init_state": {"enum": ["zeros", "learned"]},
+        "merge": {"enum": ["concat", "sum"], "default": "concat"},
+        "init_state": {"enum": ["zeros", "learned"], "default": "zeros"},
         "options": {"type": "object", "additionalProperties": _option},
     },
 }
@@ -134,17 +140,17 @@ MODEL = {
         "pattern": {"enum": PATTERNS},
         "input": _io,
         "target": _io,
-        "encoders": {"type": "array", "items": _encoder},
+        "encoders": {"type": "array", "items": _encoder, "default": []},
         "layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "decoder_layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "feedback_encoders": {"type": "array", "items": _encoder},
-        "readout": {"enum": ["linear", "identity"]},
+        "readout": {"enum": ["linear", "identity"], "default": "linear"},
         "loss": {
             "enum": ["softmax_ce", "mse", "ctc"],
             "description": "default: softmax_ce for ids targets, mse for vectors; ctc: "
             "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0",
         },
-        "bos": {"type": "integer", "minimum": 0},
+        "bos": {"type": "integer", "minimum": 0, "default": 0},
     },
 }
 
@@ -176,7 +182,7 @@ def data_schema() -> dict:
     lines = [f"{name}: {record.description}" for name, record in known.items()]
     return {
         "type": "object",
-        "properties": {"source": {"enum": list(known)}},
+        "properties": {"source": {"enum": list(known), "default": DEFAULT_SOURCE}},
         "allOf": branches,
         "description": f"`source` (default {DEFAULT_SOURCE}) picks the data; each source "
         "takes its own options. " + "; ".join(lines),
@@ -187,10 +193,11 @@ TRAIN = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "steps": _count,
-        "batch_size": _count,
+        "steps": {**_count, "default": 1000},
+        "batch_size": {**_count, "default": 32},
         "seq_len": {
             **_count,
+            "default": 64,
             "description": "k2 of truncated BPTT on streams: how far gradients reach back",
         },
         "stride": {
@@ -204,57 +211,74 @@ TRAIN = {
             "(gradient checkpointing): memory for one segment instead of seq_len steps, "
             "for about one more forward pass; many_to_many, unidirectional, unpadded",
         },
-        "lr": {"type": "number", "exclusiveMinimum": 0},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.002},
         "optimizer": {
             "type": "object",
             "additionalProperties": False,
+            "default": {"name": "adam"},
             "properties": {
-                "name": {"enum": ["sgd", "adagrad", "rmsprop", "adam"]},
-                "momentum": _number,
-                "nesterov": {"type": "boolean"},
-                "betas": {"type": "array", "items": _number, "minItems": 2, "maxItems": 2},
-                "alpha": _number,
-                "eps": _number,
-                "weight_decay": _number,
+                "name": {"enum": ["sgd", "adagrad", "rmsprop", "adam"], "default": "adam"},
+                "momentum": {**_number, "default": 0.0},
+                "nesterov": {"type": "boolean", "default": False},
+                "betas": {
+                    "type": "array",
+                    "items": _number,
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "default": [0.9, 0.999],
+                },
+                "alpha": {**_number, "default": 0.99, "description": "RMSprop's decay"},
+                "eps": {**_number, "default": 1e-8},
+                "weight_decay": {**_number, "default": 0.0},
             },
         },
         "schedule": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "name": {"enum": ["constant", "step", "exponential", "cosine"]},
-                "warmup": {"type": "integer", "minimum": 0},
-                "gamma": _number,
-                "every": _count,
-                "min_factor": _number,
+                "name": {
+                    "enum": ["constant", "step", "exponential", "cosine"],
+                    "default": "constant",
+                },
+                "warmup": {"type": "integer", "minimum": 0, "default": 0},
+                "gamma": {**_number, "description": "default: 0.5 for step, 0.999 for exponential"},
+                "every": {**_count, "default": 1000},
+                "min_factor": {**_number, "default": 0.0},
             },
         },
         "clip": {
             "type": ["object", "null"],
             "description": "null turns clipping off",
             "additionalProperties": False,
+            "default": {"kind": "global_norm", "max": 5.0},
             "properties": {
-                "kind": {"enum": ["global_norm", "per_param_norm", "value"]},
-                "max": {"type": "number", "exclusiveMinimum": 0},
+                "kind": {
+                    "enum": ["global_norm", "per_param_norm", "value"],
+                    "default": "global_norm",
+                },
+                "max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
             },
         },
         "scheduled_sampling": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "schedule": {"enum": ["linear", "exponential", "inverse_sigmoid"]},
-                "k": {"type": "number", "exclusiveMinimum": 0},
-                "base": _number,
-                "min_truth": _number,
+                "schedule": {
+                    "enum": ["linear", "exponential", "inverse_sigmoid"],
+                    "default": "inverse_sigmoid",
+                },
+                "k": {"type": "number", "exclusiveMinimum": 0, "default": 1000.0},
+                "base": {**_number, "default": 0.999},
+                "min_truth": {**_number, "default": 0.0},
             },
         },
-        "log_every": _count,
-        "eval_every": _count,
-        "valid_batches": _count,
-        "checkpoint_every": _count,
-        "sample_length": _count,
-        "prime": {"type": "string", "minLength": 1},
-        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "log_every": {**_count, "default": 50},
+        "eval_every": {**_count, "default": 250},
+        "valid_batches": {**_count, "default": 20},
+        "checkpoint_every": {**_count, "default": 200},
+        "sample_length": {**_count, "default": 400},
+        "prime": {"type": "string", "minLength": 1, "default": "\n"},
+        "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 0.8},
     },
 }
 
@@ -267,15 +291,23 @@ SPEC = {
     "properties": {
         "name": {"type": "string"},
         "description": {"type": "string"},
-        "backend": {"enum": ["numpy", "cupy", "strict"]},
-        "dtype": {"enum": ["float32", "float64"]},
-        "seed": {"type": "integer", "minimum": 0},
+        "backend": {"enum": ["numpy", "cupy", "strict"], "default": "numpy"},
+        "dtype": {"enum": ["float32", "float64"], "default": "float32"},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
         "cells": {"type": "object", "additionalProperties": CELL},
         "model": MODEL,
         "data": {"type": "object"},  # filled in by `spec_schema` from the registry
         "train": TRAIN,
     },
 }
+
+
+def default(*keys: str):
+    """The default the schema gives a key, e.g. `default("train", "batch_size")` (a copy)."""
+    node = validation_schema() if keys[:1] == ("data",) else SPEC
+    for key in keys:
+        node = node["properties"][key]
+    return copy.deepcopy(node["default"])
 
 
 def spec_schema() -> dict:

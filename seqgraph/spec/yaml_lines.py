@@ -1,7 +1,10 @@
 """YAML with line numbers, and the schema pass: the first half of loading a spec.
 
-YAML is read with the safe loader only; Python tags, alias bombs and over-deep nesting are
-refused. Every error is a `SpecError` carrying the YAML path and line.
+YAML is read with the safe loader only; Python tags, alias bombs (more than `MAX_YAML_NODES`
+nodes once aliases are expanded) and nesting deeper than `MAX_YAML_DEPTH` levels are refused.
+PyYAML's composer recurses once per level, so the depth is checked as each node is composed,
+before a 10,000-level document can exhaust Python's stack. Every error is a `SpecError`
+carrying the YAML path and line.
 """
 
 from __future__ import annotations
@@ -15,12 +18,49 @@ import yaml
 
 from seqgraph.errors import SpecError
 
+MAX_YAML_BYTES = 10_000_000  # a spec is a few kB; /dev/zero is not one
+TOO_LARGE = f"larger than {MAX_YAML_BYTES // 10**6} MB; a spec is a small text file"
 MAX_YAML_NODES = 200_000  # refuses billion-laughs style alias bombs before they expand
-MAX_YAML_DEPTH = 60
+MAX_YAML_DEPTH = 60  # levels of mappings and lists; a real spec uses fewer than 10
 PLAIN_TAGS = (
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
 )
+
+
+def _short(path: str, keep: int = 40) -> str:
+    """A YAML path 60 levels deep, cut to its start: `description[0][0][0]...`."""
+    return path if len(path) <= keep else path[:keep] + "..."
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing a document nested deeper than MAX_YAML_DEPTH while composing
+    it (PyYAML's composer recurses once per level)."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.source = source
+        self.path: list[str] = []  # the YAML path of the node being composed
+
+    def compose_node(self, parent, index):
+        if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
+            part = f".{index.value}" if any(self.path) else str(index.value)
+        elif isinstance(parent, yaml.SequenceNode) and isinstance(index, int):
+            part = f"[{index}]"
+        else:
+            part = ""  # a mapping key, or the document itself
+        self.path.append(part)
+        try:
+            if len(self.path) > MAX_YAML_DEPTH:  # the document's root is level 1
+                raise SpecError(
+                    _short("".join(self.path)),
+                    f"nested deeper than {MAX_YAML_DEPTH} levels; a spec needs far fewer",
+                    self.peek_event().start_mark.line + 1,
+                    self.source,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.path.pop()
 
 
 def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, int]]:
@@ -33,13 +73,15 @@ def read_yaml(text: str | bytes, source: str = "spec") -> tuple[Any, dict[str, i
             raise SpecError(
                 "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", line, source
             ) from None
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError("", TOO_LARGE, source=source)
     if not text.strip():
         raise SpecError(
             "", "the file is empty; a spec needs at least a `model:` section", source=source
         )
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, source)
         node = loader.get_single_node()
         if node is None:
             raise SpecError("", "the file holds no YAML document", source=source)
@@ -63,7 +105,13 @@ def _convert(loader, node, path, lines, count, depth, source):
     if count[0] > MAX_YAML_NODES:
         raise SpecError(path, f"more than {MAX_YAML_NODES} YAML nodes (alias bomb?)", source=source)
     if depth > MAX_YAML_DEPTH:
-        raise SpecError(path, f"nested deeper than {MAX_YAML_DEPTH} levels", source=source)
+        raise SpecError(
+            _short(path),
+            f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded (an alias "
+            "inside its own anchor?)",
+            node.start_mark.line + 1,
+            source,
+        )
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
         raise SpecError(
