@@ -3,6 +3,7 @@ SpecError that names the YAML path, the line and what was expected."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -405,3 +406,24 @@ def test_yaml_text_and_dict_give_the_same_errors():
         load_spec(yaml.safe_load(text))
     assert from_dict.value.path == "model.layers[0].hiden"
     assert from_dict.value.message == from_text.value.message
+
+
+@pytest.mark.parametrize(
+    "path, patch",
+    [
+        ("model.layers[0].hidden", {"layers": [{"cell": "rnn", "hidden": 1.0}]}),
+        ("model.input.size", {"input": {"type": "vectors", "size": 2.0}}),
+    ],
+)
+def test_a_whole_number_written_with_a_fraction_is_refused(path, patch):
+    """Regression (found by the fuzz test): JSON Schema counts 1.0 as an integer, so
+    `hidden: 1.0` passed the schema and ended in a TypeError inside the engine."""
+    model = {
+        "pattern": "many_to_many",
+        "input": {"type": "vectors", "size": 2},
+        "target": {"type": "vectors", "size": 2},
+        "layers": [{"cell": "rnn", "hidden": 3}],
+        **patch,
+    }
+    with pytest.raises(SpecError, match=rf"{re.escape(path)}: got [12]\.0; expected integer"):
+        load_spec({"model": model})

@@ -165,6 +165,17 @@ def _path_of(parts) -> str:
     return out
 
 
+# JSON Schema counts 1.0 as an integer; a size, a count or a step written 1.0 would then pass
+# the schema and fail later with a TypeError deep in the engine (found by the fuzz test), so
+# "integer" here means a whole number written without a fraction.
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
 def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError:
     path = _path_of(error.absolute_path)
     line = lines.get(path)
@@ -201,7 +212,7 @@ def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError
 
 
 def validate(data, schema_dict, lines, source) -> None:
-    validator = jsonschema.Draft202012Validator(schema_dict)
+    validator = StrictValidator(schema_dict)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         raise _schema_error(error, lines, source)
