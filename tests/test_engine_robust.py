@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from support import check_param_grads, host, make_batch, model_spec
 
-from seqgraph import Model
+from seqgraph import Model, SpecError, load_spec
 
 ENGINES = ("interp", "plan")
 UNIFORM = {"dist": "uniform", "scale": 0.5}
@@ -103,3 +103,80 @@ def test_unreached_parameter_in_float32_keeps_its_dtype():
     model = Model(model_spec("many_to_many", "c", layers=1, cells=cells), dtype="float32")
     _, grads = model.loss_and_grads(make_batch(model.spec, size=2, steps=3))
     assert grads[unreached].dtype == np.float32 and not np.any(grads[unreached])
+
+
+# ---- a learned initial state broadcasts to the batch before a concat ------------------------
+
+CONCAT_CELL = one_cell(["h = tanh(concat(h, x) @ W + b)"], {"W": ["hidden+input", "hidden"]})
+CONCAT_CELL["c"]["params"]["b"] = {"shape": ["hidden"], "init": UNIFORM}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "pattern, bidirectional",
+    [("many_to_many", False), ("many_to_one", True), ("encoder_decoder", False)],
+)
+def test_learned_state_read_by_concat_with_batch_above_one(engine, pattern, bidirectional):
+    """Was: ValueError 'all the input array dimensions except for the concatenation axis must
+    match exactly ... size 1 and ... size 3' (plan) or a GraphError (interpreter) for any
+    batch of more than one sequence; the dry run used one sequence and let it through."""
+    spec = model_spec(pattern, "c", bidirectional, layers=2, cells=CONCAT_CELL)
+    for layer in spec["model"]["layers"]:
+        layer["init_state"] = "learned"
+    model = Model(spec, dtype="float64", engine=engine)
+    rng = np.random.default_rng(1)
+    model.set_params({name: rng.normal(size=info.shape) for name, info in model.param_info.items()})
+    batch = make_batch(model.spec, size=3, steps=4, out_steps=3)
+    out = model.forward(batch)
+    assert all(value.shape[0] == 3 for value in out["state"].values())
+    check_param_grads(model, batch, "engine: learned state + concat (rel)", label=engine)
+
+
+def test_learned_state_engines_agree():
+    spec = model_spec("many_to_many", "c", layers=2, cells=CONCAT_CELL)
+    for layer in spec["model"]["layers"]:
+        layer["init_state"] = "learned"
+    for ragged in (True, False):
+        _, results = both_engines(spec, batch_size=4, ragged=ragged)
+        assert_engines_agree(results)
+
+
+def test_dry_run_catches_a_value_that_does_not_broadcast_to_the_batch():
+    """A (1, input) batch mean concatenated with the state fits a batch of one only; the
+    dry run (now two sequences) refuses it as a SpecError naming the equation."""
+    cell = one_cell(
+        ["h = tanh(concat(mean(x, axis=0, keepdims=True), h) @ W)"],
+        {"W": ["input+hidden", "hidden"]},
+    )
+    with pytest.raises(SpecError) as info:
+        Model(model_spec("many_to_many", "c", layers=1, cells=cell), dtype="float64")
+    assert info.value.path == "cells.c.equations[0]"
+    assert "shapes do not fit" in info.value.message
+
+
+# ---- shapes written as lists keep their rank ------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_shape_written_as_a_list_keeps_its_rank_at_size_one(engine, tmp_path):
+    """`shape: [input]` with an input of size 1 is a (1,) vector, never a scalar: in the
+    parameter table, the initial values, the gradients and a saved checkpoint."""
+    cell = one_cell(["h = tanh((x * s) @ W + h @ U)"], {"W": ["input", "hidden"]})
+    cell["c"]["params"]["U"] = {"shape": ["hidden", "hidden"], "init": UNIFORM}
+    cell["c"]["params"]["s"] = {"shape": ["input"], "init": UNIFORM}
+    spec = model_spec("many_to_one", "c", layers=1, cells=cell, encoders=[])
+    spec["model"]["input"] = {"type": "vectors", "size": 1}
+    model = Model(load_spec(spec), dtype="float64", engine=engine)
+    assert model.param_info["l0.s"].shape == (1,)
+    assert model.params["l0.s"].shape == (1,)
+    assert model.unrolled(3).param_info["l0.s"].shape == (1,)
+    batch = make_batch(model.spec, size=3, steps=4)
+    _, grads = model.loss_and_grads(batch)
+    assert grads["l0.s"].shape == (1,)
+    check_param_grads(model, batch, "engine: rank kept (rel)", label=engine)
+    np.savez(tmp_path / "p.npz", **{k: host(v) for k, v in model.params.items()})
+    with np.load(tmp_path / "p.npz") as saved:
+        assert saved["l0.s"].shape == (1,)
+        model.set_params({"l0.s": saved["l0.s"]})
+    with pytest.raises(Exception, match=r"must have shape \(1,\)"):
+        model.set_params({"l0.s": np.float64(0.5)})

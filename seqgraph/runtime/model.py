@@ -74,10 +74,11 @@ class Model:
 
     def _dry_run(self) -> None:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
-        SpecError naming the equation, rather than in the middle of training."""
+        SpecError naming the equation, rather than in the middle of training. Two sequences,
+        not one: a batch of one hides a (1, n) value that does not broadcast to the batch."""
         out_steps = 1 if self.spec.model.feeds_back else None
         try:
-            self.interpret(batching.dummy(self.spec, 1, 2, out_steps), "teacher")
+            self.interpret(batching.dummy(self.spec, 2, 2, out_steps), "teacher")
         except GraphError as exc:
             source = getattr(exc, "source", "")
             if not source:
