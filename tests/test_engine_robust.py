@@ -27,12 +27,14 @@ def one_cell(equations: list[str], params: dict) -> dict:
     }
 
 
-def both_engines(spec: dict, batch_size: int = 3, ragged: bool = True) -> tuple[dict, dict]:
+def both_engines(
+    spec: dict, batch_size: int = 3, ragged: bool = True, steps: int = 4
+) -> tuple[dict, dict]:
     """(model, (loss, grads)) by engine name, on one batch."""
     models, results = {}, {}
     for engine in ENGINES:
         models[engine] = Model(spec, dtype="float64", engine=engine)
-        batch = make_batch(models[engine].spec, size=batch_size, steps=4, ragged=ragged)
+        batch = make_batch(models[engine].spec, size=batch_size, steps=steps, ragged=ragged)
         results[engine] = models[engine].loss_and_grads(batch)
     return models, results
 
@@ -180,3 +182,25 @@ def test_shape_written_as_a_list_keeps_its_rank_at_size_one(engine, tmp_path):
         model.set_params({"l0.s": saved["l0.s"]})
     with pytest.raises(Exception, match=r"must have shape \(1,\)"):
         model.set_params({"l0.s": np.float64(0.5)})
+
+
+# ---- found by tests/test_fuzz_cells.py ------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("steps", [1, 2])
+def test_concat_of_a_learned_state_with_itself_in_one_step(engine, steps):
+    """Was (plan, one step): IndexError 'tuple index out of range' in concat's VJP. With one
+    step the concat is not on a recurrence, so the plan ran it as one kernel over time, but
+    both inputs are the initial state shared by every step: the stacked gradient (T, B, 2H)
+    had one more axis than the inputs. concat now batches only when every input is stacked."""
+    cell = one_cell(["h = tanh(concat(h, h) @ W + x @ V)"], {"W": ["2*hidden", "hidden"]})
+    cell["c"]["params"]["V"] = {"shape": ["input", "hidden"], "init": UNIFORM}
+    spec = model_spec("many_to_one", "c", layers=1, cells=cell)
+    spec["model"]["layers"][0]["init_state"] = "learned"
+    model = Model(spec, dtype="float64", engine=engine)
+    model.set_params({"l0.h0": np.array([[0.3, -0.2, 0.5]])})
+    batch = make_batch(model.spec, size=2, steps=steps, ragged=False)
+    check_param_grads(model, batch, "engine: fuzz regressions (rel)", label=engine)
+    _, results = both_engines(spec, batch_size=2, ragged=False, steps=steps)
+    assert_engines_agree(results)
