@@ -65,7 +65,9 @@ class Layout:
         self.grad_stack: dict = {}
         self.grad: dict = {}
         self.cell: dict = {}
-        self.children: dict = {}
+        self.children: dict = {}  # gradient cell -> the cells of its views' gradients
+        self.parent: dict = {}  # view cell -> the cell it is a view of
+        self.covered: set = set()  # cells whose views' gradients cover all of theirs
         self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
         self.grad_buffers: list = []
         if loss is not None:
@@ -397,3 +399,17 @@ class Layout:
                 self.children.setdefault(self.alias_of[k], []).append(k)
         self.cell = {k: find(k) for k in self.grad}
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
+        self.parent = {k: p for p, kids in self.children.items() for k in kids}
+        self.covered = {p for p, kids in self.children.items() if self._covers(p, kids)}
+
+    def _covers(self, parent, kids) -> bool:
+        """Whether the kids' gradient views together cover every element of the parent's
+        (a slice of some columns does not): found by painting the views into the parent's
+        buffer, which holds nothing yet."""
+        whole = self.grad[parent]
+        whole[...] = 0
+        for k in kids:
+            self.grad[k][...] = 1
+        covered = bool(whole.all())
+        whole[...] = 0
+        return covered
