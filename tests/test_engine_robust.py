@@ -261,3 +261,19 @@ def test_gradient_of_a_value_read_whole_and_through_a_view_of_it():
     )
     for hidden in (1, 2):
         assert_plan_equals_interpreter_twice(one_to_many(cell, hidden), "teacher", 1, 3)
+
+
+def test_add_reading_a_view_of_a_value_that_is_also_read_whole():
+    """Was (plan): the bridge's gradients 70% too large. `c = tanh(slice(v, 0, hidden) + c)`
+    with v = tanh(c) also read by the readout: the add kept its gradient in the slice's
+    region of v's gradient ("adopt"), which v's other reader also writes, so each summand
+    read the other's gradient too. A view's region is adopted now only when nothing else
+    reaches it (the gate blocks of one projection)."""
+    cell = one_cell(
+        ["v = tanh(c)", "h = tanh(tanh(x) @ W)", "c = tanh(slice(v, 0, hidden) + c)"],
+        {"W": ["input", "hidden"]},
+    )
+    cell["c"]["state"], cell["c"]["output"] = ["h", "c"], "v"
+    unread = ("l0.h.W", "l0.h.b", "l0.W", "fb0.E")  # the output v reads c alone
+    for hidden in (1, 3):
+        assert_plan_equals_interpreter_twice(one_to_many(cell, hidden), "teacher", 1, 3, unread)

@@ -12,6 +12,8 @@ by it alone keeps its gradient in that view's region ("adopt").
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqgraph.engine import ops
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
@@ -304,7 +306,7 @@ class Layout:
             view = pattern[1]
             if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[cls]:
                 continue
-            if an.meta[an.inputs(k0)[position]] != an.meta[k0]:
+            if an.meta[an.inputs(k0)[position]] != an.meta[k0] or not self._alone(view):
                 continue
             if all(
                 an.consumers.get(an.inputs(k)[position]) == [(k, position)]
@@ -314,6 +316,23 @@ class Layout:
             ):
                 return view, position
         return None
+
+    def _alone(self, view) -> bool:
+        """Whether no gradient but the view's own reaches its region of the buffer it views:
+        that buffer is read only through views, none overlapping this one (the gate blocks
+        of one projection). A view of a value that is also read whole, or by an
+        overlapping view, shares its region with those readers' gradients."""
+        an, (_, parent, index) = self.an, self.source[view]
+        if parent in self.source and (self.source[parent][0] != "view" or not self._alone(parent)):
+            return False
+        readers = {class_of(u) for k in an.members[parent].values() for u, _ in an.consumers[k]}
+        if any(self.source.get(c, ("",))[:2] != ("view", parent) for c in readers):
+            return False
+        k0 = next(iter(an.members[parent].values()))
+        cover = np.zeros(an.meta[k0][0], dtype=int)
+        for c in readers:
+            cover[self.source[c][2]] += 1
+        return bool(np.all(cover[index] == 1))
 
     def _grad_source(self, cls):
         if cls in self.source:
