@@ -70,6 +70,7 @@ class Layout:
         self.children: dict = {}  # gradient cell -> the cells of its views' gradients
         self.parent: dict = {}  # view cell -> the cell it is a view of
         self.covered: set = set()  # cells whose views' gradients cover all of theirs
+        self.overlapping: set = set()  # view cells that share elements with another view
         self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
         self.grad_buffers: list = []
         if loss is not None:
@@ -419,16 +420,26 @@ class Layout:
         self.cell = {k: find(k) for k in self.grad}
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
         self.parent = {k: p for p, kids in self.children.items() for k in kids}
-        self.covered = {p for p, kids in self.children.items() if self._covers(p, kids)}
+        self.covered, self.overlapping, memo = set(), set(), {}
+        for p, kids in self.children.items():
+            signature = (class_of(p), tuple(class_of(k) for k in kids))
+            if signature not in memo:
+                memo[signature] = self._paint(p, kids)
+            covered, overlapping = memo[signature]
+            if covered:
+                self.covered.add(p)
+            self.overlapping.update(kids[i] for i in overlapping)
 
-    def _covers(self, parent, kids) -> bool:
-        """Whether the kids' gradient views together cover every element of the parent's
-        (a slice of some columns does not): found by painting the views into the parent's
-        buffer, which holds nothing yet."""
+    def _paint(self, parent, kids) -> tuple[bool, set]:
+        """(whether the kids' gradient views together cover every element of the parent's
+        (a slice of some columns does not), the positions of kids that overlap another
+        one): found by painting the views into the parent's buffer, which holds nothing
+        yet. One class's steps all give the same answer."""
         whole = self.grad[parent]
         whole[...] = 0
         for k in kids:
-            self.grad[k][...] = 1
-        covered = bool(whole.all())
+            self.grad[k][...] += 1
+        covered = bool((whole > 0).all())
+        overlapping = {i for i, k in enumerate(kids) if (self.grad[k] > 1).any()}
         whole[...] = 0
-        return covered
+        return covered, overlapping

@@ -88,7 +88,7 @@ def _only_through_views(lay, c, views: dict) -> bool:
     writes (`backward.Tracker`): either way the buffer is zero-filled once, not per step."""
     an = lay.an
     for k in an.members[c].values():
-        if k not in lay.covered:
+        if k not in lay.covered or any(v in lay.overlapping for v in lay.children[k]):
             return False
         if any(analysis.class_of(user) not in views for user, _ in an.consumers.get(k, [])):
             return False
