@@ -3,10 +3,12 @@ every parameter gradient, float64, to 1e-10) and both must match central differe
 
 A cell is a few random equations over `x` and one or two states, built from the equation
 language's ops (+ - * /, @ with parameters, tanh, sigmoid, relu, exp and log on safe domains,
-concat, split, slice, sum); its values may go unused (a dropped value, an ignored `x`). It
-runs in many_to_many, many_to_one, one_to_one, encoder_decoder or one_to_many, one or two
-layers, bidirectional where the pattern allows, with zero or learned initial states, over
-batches of one to three sequences of random (often different) lengths.
+concat, split, slice, sum, mean); its values may go unused (a dropped value, an ignored
+`x`), and a state may be read after it is assigned. It runs in many_to_many, many_to_one,
+one_to_one, encoder_decoder or one_to_many, one or two layers, bidirectional (concat or sum)
+where the pattern allows, with zero or learned initial states, teacher, free or scheduled
+feedback, over batches of one to three sequences of random (often different) lengths. The
+plan runs each batch twice, since it reuses its buffers from call to call.
 
 A spec the loader refuses is counted (a SpecError is a right answer); any other exception
 fails. SEQGRAPH_HYPOTHESIS_EXAMPLES sets the number of cases (default 60; a few hundred
@@ -198,6 +200,8 @@ def check_case(spec: dict, batch_shape: tuple, feedback: str, seed: int) -> None
     rng = np.random.default_rng(seed)
     params = {n: rng.normal(0.0, 0.6, size=i.shape) for n, i in interp.param_info.items()}
     batch = make_batch(interp.spec, size, steps, out_steps, seed, ragged)
+    if feedback == "scheduled":  # a coin per sequence and step: feed the prediction back
+        batch["use_model"] = rng.random((size, out_steps)) < 0.5
     loss_i, grads_i = loss_and_grads(interp, batch, feedback, params)
     loss_p, grads_p = loss_and_grads(plan, batch, feedback, params)
     again = loss_and_grads(plan, batch, feedback, params)  # a plan reuses its buffers
@@ -247,11 +251,11 @@ def central_differences(model, batch, feedback, params, grads, rng, eps=1e-6) ->
 @given(
     spec=specs(),
     batch_shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.booleans()),
-    free=st.booleans(),
+    feedback=st.sampled_from(["teacher", "free", "scheduled"]),
     seed=st.integers(0, 2**16),
 )
 def test_random_cells_plan_equals_interpreter_and_central_differences(
-    spec, batch_shape, free, seed
+    spec, batch_shape, feedback, seed
 ):
     model = spec["model"]
     feeds_back = model["pattern"] in ("encoder_decoder", "one_to_many")
@@ -259,10 +263,11 @@ def test_random_cells_plan_equals_interpreter_and_central_differences(
     event(f"bidirectional {model['layers'][0]['bidirectional']}")
     event(f"init_state {model['layers'][0].get('init_state', 'zeros')}")
     event(f"{len(spec['cells']['fuzz']['state'])} state(s)")
+    event(f"feedback {feedback if feeds_back else 'none'}")
     for name in ("concat", "split", "slice", "sum", "mean", "exp", "log", "relu", "@", "/"):
         if any(name in text for text in spec["cells"]["fuzz"]["equations"]):
             event(f"uses {name}")
-    check_case(spec, batch_shape, "free" if free and feeds_back else "teacher", seed)
+    check_case(spec, batch_shape, feedback if feeds_back else "teacher", seed)
 
 
 def test_random_cells_were_checked():
