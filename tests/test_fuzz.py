@@ -186,6 +186,21 @@ def attempt(source) -> None:
         CASES["spec_errors"] += 1
 
 
+def counted(prop, valid_too: bool = False) -> dict:
+    """Run a property's examples; what they ended in. Real assertions on the counts: the
+    examples ran, every one ended in a build or a SpecError, and (given enough of them)
+    some were refused, so that the mutations reach the loader's checks at all."""
+    before = dict(CASES)
+    prop()
+    ran = {key: CASES[key] - before[key] for key in CASES}
+    assert ran["total"] >= 1 and ran["total"] == ran["valid"] + ran["spec_errors"], ran
+    if ran["total"] >= 20:
+        assert ran["spec_errors"] >= 1, ran
+        if valid_too:
+            assert ran["valid"] >= 1, ran
+    return ran
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     base=st.sampled_from(range(len(BASES))),
@@ -193,18 +208,26 @@ def attempt(source) -> None:
     action=st.sampled_from(["delete", "replace", "typo", "extra"]),
     value=values,
 )
-def test_structural_mutations_end_in_spec_errors(base, data, action, value):
+def structural_mutation(base, data, action, value):
     spec = BASES[base]
     path = data.draw(st.sampled_from(list(paths(spec))))
     attempt(mutate(spec, path, action, value))
 
 
+def test_structural_mutations_end_in_spec_errors():
+    counted(structural_mutation, valid_too=True)
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(equation=equations, index=st.integers(0, 1))
-def test_equation_mutations_end_in_spec_errors(equation, index):
+def equation_mutation(equation, index):
     spec = copy.deepcopy(BASES[1])
     spec["cells"]["mine"]["equations"][index] = equation
     attempt(spec)
+
+
+def test_equation_mutations_end_in_spec_errors():
+    counted(equation_mutation)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -214,9 +237,13 @@ def test_equation_mutations_end_in_spec_errors(equation, index):
     position=st.integers(0, 10**6),
     noise=st.binary(min_size=1, max_size=4),
 )
-def test_text_mutations_end_in_spec_errors(base, kind, position, noise):
+def text_mutation_case(base, kind, position, noise):
     text = yaml.safe_dump(BASES[base], sort_keys=False)
     attempt(text_mutation(text, kind, position, noise))
+
+
+def test_text_mutations_end_in_spec_errors():
+    counted(text_mutation_case)
 
 
 def test_known_hostile_inputs_are_refused():
@@ -232,4 +259,8 @@ def test_known_hostile_inputs_are_refused():
             assert exc.message
         else:
             raise AssertionError(f"{source[:40]!r} was accepted")
-    assert CASES["total"] >= 0
+    # the bases the mutations start from are valid: a refused mutation is the mutation's doing
+    for base in BASES:
+        before = dict(CASES)
+        attempt(copy.deepcopy(base))
+        assert CASES["valid"] == before["valid"] + 1, base

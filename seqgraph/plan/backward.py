@@ -34,8 +34,21 @@ class Tracker:
         self.zero: set = set()  # indices of gradient buffers to zero-fill first
 
     def _state(self, cell) -> bool | None:
-        kids = self.lay.children.get(cell)
-        if cell in self.written or (kids and all(k in self.written for k in kids)):
+        """True: written; None: partly written; False: not yet. A view's gradient is
+        written when the gradient it is a region of is; a gradient with views is written
+        when views covering all of it are (`Layout.covered`), partly when some are, and
+        so is a view when another view overlapping it is (`Layout.overlapping`)."""
+        lay, up = self.lay, cell
+        while up is not None:
+            if up in self.written:
+                return True
+            up = lay.parent.get(up)
+        if cell in lay.overlapping and any(
+            k in self.written for k in lay.children[lay.parent[cell]] if k != cell
+        ):
+            return None  # another view wrote some of its elements: zero-fill, then add
+        kids = lay.children.get(cell)
+        if kids and cell in lay.covered and all(k in self.written for k in kids):
             return True
         if kids and any(k in self.written for k in kids):
             return None

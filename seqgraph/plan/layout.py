@@ -12,6 +12,8 @@ by it alone keeps its gradient in that view's region ("adopt").
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqgraph.engine import ops
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
@@ -65,7 +67,10 @@ class Layout:
         self.grad_stack: dict = {}
         self.grad: dict = {}
         self.cell: dict = {}
-        self.children: dict = {}
+        self.children: dict = {}  # gradient cell -> the cells of its views' gradients
+        self.parent: dict = {}  # view cell -> the cell it is a view of
+        self.covered: set = set()  # cells whose views' gradients cover all of theirs
+        self.overlapping: set = set()  # view cells that share elements with another view
         self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
         self.grad_buffers: list = []
         if loss is not None:
@@ -303,7 +308,7 @@ class Layout:
             view = pattern[1]
             if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[cls]:
                 continue
-            if an.meta[an.inputs(k0)[position]] != an.meta[k0]:
+            if an.meta[an.inputs(k0)[position]] != an.meta[k0] or not self._alone(view):
                 continue
             if all(
                 an.consumers.get(an.inputs(k)[position]) == [(k, position)]
@@ -313,6 +318,23 @@ class Layout:
             ):
                 return view, position
         return None
+
+    def _alone(self, view) -> bool:
+        """Whether no gradient but the view's own reaches its region of the buffer it views:
+        that buffer is read only through views, none overlapping this one (the gate blocks
+        of one projection). A view of a value that is also read whole, or by an
+        overlapping view, shares its region with those readers' gradients."""
+        an, (_, parent, index) = self.an, self.source[view]
+        if parent in self.source and (self.source[parent][0] != "view" or not self._alone(parent)):
+            return False
+        readers = {class_of(u) for k in an.members[parent].values() for u, _ in an.consumers[k]}
+        if any(self.source.get(c, ("",))[:2] != ("view", parent) for c in readers):
+            return False
+        k0 = next(iter(an.members[parent].values()))
+        cover = np.zeros(an.meta[k0][0], dtype=int)
+        for c in readers:
+            cover[self.source[c][2]] += 1
+        return bool(np.all(cover[index] == 1))
 
     def grad_source(self, cls) -> tuple | None:
         """Where class `cls`'s gradient lives: None, a buffer of its own; ("alias", c, None),
@@ -402,3 +424,27 @@ class Layout:
                 self.children.setdefault(self.alias_of[k], []).append(k)
         self.cell = {k: find(k) for k in self.grad}
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
+        self.parent = {k: p for p, kids in self.children.items() for k in kids}
+        self.covered, self.overlapping, memo = set(), set(), {}
+        for p, kids in self.children.items():
+            signature = (class_of(p), tuple(class_of(k) for k in kids))
+            if signature not in memo:
+                memo[signature] = self._paint(p, kids)
+            covered, overlapping = memo[signature]
+            if covered:
+                self.covered.add(p)
+            self.overlapping.update(kids[i] for i in overlapping)
+
+    def _paint(self, parent, kids) -> tuple[bool, set]:
+        """(whether the kids' gradient views together cover every element of the parent's
+        (a slice of some columns does not), the positions of kids that overlap another
+        one): found by painting the views into the parent's buffer, which holds nothing
+        yet. One class's steps all give the same answer."""
+        whole = self.grad[parent]
+        whole[...] = 0
+        for k in kids:
+            self.grad[k][...] += 1
+        covered = bool((whole > 0).all())
+        overlapping = {i for i, k in enumerate(kids) if (self.grad[k] > 1).any()}
+        whole[...] = 0
+        return covered, overlapping

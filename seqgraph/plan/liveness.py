@@ -54,6 +54,8 @@ def dead_grads(sched: Schedule, deferred: dict) -> dict:
             continue
         if any(lay.cell.get(k) != k for k in members.values()):
             continue
+        if views.get(c) and not _only_through_views(lay, c, views[c]):
+            continue  # its gradient would be zero-filled once and added to at each step
         if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
             continue
         found[c] = views.get(c, {})
@@ -77,6 +79,20 @@ def _view_classes(lay) -> dict:
         )
         and not any(lay.cell.get(k, k) != k for v in views for k in lay.an.members[v].values())
     }
+
+
+def _only_through_views(lay, c, views: dict) -> bool:
+    """Whether every step of `c` gets its gradient through views that cover all of it (the
+    gates of a merged sibling op), each written afresh by its readers. A view of some
+    columns leaves the rest unwritten; a reader of the whole class adds to the views'
+    writes (`backward.Tracker`): either way the buffer is zero-filled once, not per step."""
+    an = lay.an
+    for k in an.members[c].values():
+        if k not in lay.covered or any(v in lay.overlapping for v in lay.children[k]):
+            return False
+        if any(analysis.class_of(user) not in views for user, _ in an.consumers.get(k, [])):
+            return False
+    return True
 
 
 def check_grads(lay, compacted: dict, zero: set) -> None:

@@ -175,7 +175,14 @@ class Plan:
             bufs[i].fill(0)
         for kernel in self.backward_kernels:
             kernel()
-        return {name: self.layout.grad[k].copy() for name, k in self.graph.params.items()}
+        grads, zeros = self.layout.grad, self.ctx.m.zeros
+        # A parameter that does not reach the loss has no gradient buffer: its gradient is 0.
+        return {
+            name: grads[k].copy()
+            if k in grads
+            else zeros(self.graph.param_info[name].shape, dtype=self.an.dtype)
+            for name, k in self.graph.params.items()
+        }
 
     def state_inputs(self) -> list[Key]:
         """The initial-state inputs this plan differentiates (`Graph.state_grads`)."""

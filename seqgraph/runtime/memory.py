@@ -106,11 +106,11 @@ def _figure(size: float) -> str:
     return f"{size / GB:.1f} GB" if size >= 0.05 * GB else f"{size / 1e6:.1f} MB"
 
 
-def check_fits(model, values: dict | None = None) -> None:
+def check_fits(model, values: dict | None = None, sequences: int = 1) -> None:
     """Refuse (SpecError) a model whose parameters and activations of one training step, in
-    the spec's dtype, need more memory than is available. `values`: the dry run's values
-    (batch 1), whose first two time steps size the activations; without them only the
-    parameters are counted. Host backends only (a GPU's memory is not MemAvailable)."""
+    the spec's dtype, need more memory than is available. `values`: the dry run's values (a
+    batch of `sequences`), whose first two time steps size the activations; without them only
+    the parameters are counted. Host backends only (a GPU's memory is not MemAvailable)."""
     if model.backend.name == "cupy":
         return
     spec, param_info = model.spec, model.param_info
@@ -126,11 +126,11 @@ def check_fits(model, values: dict | None = None) -> None:
     count = sum(math.prod(info.shape) for info in param_info.values())
     params = count * itemsize * PARAM_COPIES
     batch, steps = training_shape(spec)
-    at_step = [0, 0]  # bytes at t = 0 and t = 1 of the dry run (batch 1)
+    at_step = [0, 0]  # bytes at t = 0 and t = 1 of the dry run
     for key, value in (values or {}).items():
         if key[2] in (0, 1) and hasattr(value, "itemsize"):
             at_step[key[2]] += int(value.nbytes) // value.itemsize * itemsize
-    activations = max(at_step) * batch * steps * ACTIVATION_COPIES
+    activations = max(at_step) // sequences * batch * steps * ACTIVATION_COPIES
     if params + activations <= free:
         return
     raise SpecError(

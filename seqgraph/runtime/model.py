@@ -27,6 +27,11 @@ def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
+# sequences in the loader's dry run: a batch of one would hide a (1, n) value that does not
+# broadcast to the batch (a learned initial state read by concat)
+DRY_RUN_SEQUENCES = 2
+
+
 class Model:
     """A spec with parameters on a backend.
 
@@ -65,7 +70,7 @@ class Model:
         self.params: dict[str, Any] = {}
         memory.check_fits(self)  # a model too large is refused before it is allocated
         self.set_params(initialize(self.param_info, self.seed))
-        memory.check_fits(self, self._dry_run())
+        memory.check_fits(self, self._dry_run(), sequences=DRY_RUN_SEQUENCES)
 
     def __repr__(self) -> str:
         m, segments_text = self.spec.model, ""
@@ -79,11 +84,13 @@ class Model:
 
     def _dry_run(self) -> dict:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
-        SpecError naming the equation, rather than in the middle of training. Returns the
-        value of every node (they size the activations of a time step)."""
+        SpecError naming the equation, rather than in the middle of training. Two sequences,
+        not one: a batch of one hides a (1, n) value that does not broadcast to the batch.
+        Returns the value of every node (they size the activations of a time step)."""
         out_steps = 1 if self.spec.model.feeds_back else None
         try:
-            return self.interpret(batching.dummy(self.spec, 1, 2, out_steps), "teacher")[1]
+            batch = batching.dummy(self.spec, DRY_RUN_SEQUENCES, 2, out_steps)
+            return self.interpret(batch, "teacher")[1]
         except GraphError as exc:
             source = getattr(exc, "source", "")
             if not source:

@@ -161,10 +161,17 @@ class Unroller:
             keys[name] = self.param(scope, name, shape, init, fill, f"{where}.{name}")
         return keys
 
-    def initial_state(self, cell: CellSpec, layer: LayerSpec, scope: str) -> dict:
+    def initial_state(self, cell: CellSpec, layer: LayerSpec, scope: str, mask: Key) -> dict:
+        """Each state's value before the first step: a data input (zeros unless the batch
+        gives one) or, with `init_state: learned`, a (1, hidden) parameter broadcast to the
+        batch as where(mask, h0, h0), so that ops that do not broadcast (concat) and
+        reductions over the batch see (B, hidden) like every later state."""
         if layer.init_state == "learned":
-            init = {"dist": "zeros"}
-            return {v: self.param(scope, f"{v}0", (1, layer.hidden), init) for v in cell.state}
+            init, out = {"dist": "zeros"}, {}
+            for v in cell.state:
+                h0 = self.param(scope, f"{v}0", (1, layer.hidden), init)
+                out[v] = self.op((scope, f"{v}0_batch", None), "where", (mask, h0, h0))
+            return out
         return {
             v: self.data(scope, f"{v}0", None, role="state", size=layer.hidden) for v in cell.state
         }
@@ -198,7 +205,7 @@ class Unroller:
         """Unroll one direction of one layer; returns (outputs per t, final state, last output)."""
         cell = self.spec.cells[layer.cell]
         params = self.cell_params(cell, layer, scope, n_in)
-        state = init if init is not None else self.initial_state(cell, layer, scope)
+        state = init if init is not None else self.initial_state(cell, layer, scope, masks[0])
         sizes = {"input": n_in, "hidden": layer.hidden}
         outs: list = [None] * len(xs)
         last = self.const(0.0)

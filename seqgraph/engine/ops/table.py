@@ -146,7 +146,11 @@ def batch_same(attrs: dict, in_ndims: list, stacked: list):
 
 
 def batch_axis(attrs: dict, in_ndims: list, stacked: list):
-    """Unchanged, with a non-negative `axis` counted from the end (a new axis goes in front)."""
+    """Unchanged, with a non-negative `axis` counted from the end (a new axis goes in front).
+    Several inputs (concat) batch only when every one is stacked: an input shared by all
+    steps keeps its rank, so it would not line up with the stacked gradient's axis."""
+    if len(stacked) > 1 and not all(stacked):
+        return None
     axis = attrs.get("axis", -1)
     return "same", {**attrs, "axis": axis - max(in_ndims) if axis >= 0 else axis}
 
