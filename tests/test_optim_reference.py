@@ -1,0 +1,230 @@
+"""Optimizers, schedules, clipping and scheduled sampling against independent references.
+
+Optimizers run side by side with `torch.optim` on the same gradients for several steps
+(float64). Learning-rate schedules and scheduled-sampling decays are compared with their
+formulas written out here (Bengio et al. 2015 for the sampling decays). Clipping runs on
+hand-made gradients whose norm and squared norm sit on opposite sides of the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from seqgraph.train.loop import _Loop
+from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
+
+torch = pytest.importorskip("torch", reason="PyTorch is the optimizer reference")
+
+SHAPES = {"W": (3, 4), "b": (4,)}
+LRS = [0.1, 0.05, 0.2, 0.01, 0.1, 0.3]  # a different rate each step
+
+
+def _torch_optimizer(config: dict, params: list):
+    name, decay = config["name"], config.get("weight_decay", 0.0)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=1.0,
+            momentum=config.get("momentum", 0.0),
+            nesterov=config.get("nesterov", False),
+            weight_decay=decay,
+        )
+    if name == "adam":
+        return torch.optim.Adam(
+            params, lr=1.0, betas=config.get("betas", (0.9, 0.999)), eps=1e-8, weight_decay=decay
+        )
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=1.0, eps=1e-8, weight_decay=decay)
+    return torch.optim.RMSprop(params, lr=1.0, alpha=0.99, eps=1e-8, weight_decay=decay)
+
+
+OPTIMIZER_CONFIGS = [
+    {"name": "sgd"},
+    {"name": "sgd", "momentum": 0.9},
+    {"name": "sgd", "momentum": 0.9, "nesterov": True},
+    {"name": "sgd", "momentum": 0.5, "nesterov": True, "weight_decay": 0.1},
+    {"name": "adam"},
+    {"name": "adam", "betas": (0.8, 0.95)},
+    {"name": "adam", "weight_decay": 0.01},
+    {"name": "adagrad"},
+    {"name": "rmsprop", "weight_decay": 0.05},
+]
+
+
+@pytest.mark.parametrize("config", OPTIMIZER_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+def test_optimizer_steps_match_torch_optim(config):
+    rng = np.random.default_rng(7)
+    ours = {name: rng.normal(size=shape) for name, shape in SHAPES.items()}
+    theirs = {name: torch.tensor(v.copy(), requires_grad=True) for name, v in ours.items()}
+    optimizer = Optimizer(config, np)
+    reference = _torch_optimizer(config, list(theirs.values()))
+    for lr in LRS:
+        grads = {name: rng.normal(size=shape) for name, shape in SHAPES.items()}
+        ours = optimizer.update(ours, grads, lr)
+        for group in reference.param_groups:
+            group["lr"] = lr
+        for name, tensor in theirs.items():
+            tensor.grad = torch.tensor(grads[name])
+        reference.step()
+        for name, tensor in theirs.items():
+            np.testing.assert_allclose(
+                ours[name], tensor.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=name
+            )
+
+
+def test_adam_first_step_is_bias_corrected():
+    """Adam's first step moves each weight by lr * sign(g) (m_hat / sqrt(v_hat) = g / |g|)."""
+    optimizer = Optimizer({"name": "adam", "eps": 0.0}, np)
+    g = np.array([0.5, -2.0, 1e-3])
+    new = optimizer.update({"p": np.zeros(3)}, {"p": g}, 0.1)
+    np.testing.assert_allclose(new["p"], -0.1 * np.sign(g), rtol=1e-12)
+
+
+# ---- learning-rate schedules ---------------------------------------------------------------
+
+
+def test_learning_rate_schedules_follow_their_formulas():
+    total = 200
+    for step in (0, 1, 4, 5, 17, 60, 123, 199, 200):
+        # warmup 5 steps: linear ramp (step + 1) / warmup, then the schedule from step - warmup
+        warm = {"lr": 0.3, "schedule": {"name": "exponential", "gamma": 0.99, "warmup": 5}}
+        expected = 0.3 * (step + 1) / 5 if step < 5 else 0.3 * 0.99 ** (step - 5)
+        assert learning_rate(warm, step, total) == pytest.approx(expected, rel=1e-13)
+
+        stepped = {"lr": 0.1, "schedule": {"name": "step", "gamma": 0.3, "every": 50}}
+        assert learning_rate(stepped, step, total) == pytest.approx(
+            0.1 * 0.3 ** math.floor(step / 50), rel=1e-13
+        )
+
+        floor = 0.1
+        cosine = {"lr": 0.02, "schedule": {"name": "cosine", "min_factor": floor, "warmup": 4}}
+        if step < 4:
+            expected = 0.02 * (step + 1) / 4
+        else:
+            progress = min(step - 4, total - 4) / (total - 4)
+            expected = 0.02 * (floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2)
+        assert learning_rate(cosine, step, total) == pytest.approx(expected, rel=1e-13)
+
+        assert learning_rate({"lr": 0.7}, step, total) == 0.7
+
+
+# ---- scheduled-sampling decays (Bengio et al. 2015, section 2.4) --------------------------
+
+
+@pytest.mark.parametrize("step", [0, 1, 10, 250, 1000, 2500, 5000, 20000])
+def test_sampling_decays_follow_the_paper(step):
+    """epsilon_i is the probability of feeding the truth; the model's own output is fed with
+    probability 1 - epsilon_i, floored by `min_truth`."""
+    k = 500.0
+    linear = max(0.05, 1.0 - step / k)  # epsilon_i = max(epsilon, k - c i), here k=1, c=1/k
+    exponential = 0.995**step  # epsilon_i = k^i, k < 1
+    inverse_sigmoid = k / (k + math.exp(step / k))  # epsilon_i = k / (k + exp(i / k)), k >= 1
+    cases = [
+        ({"schedule": "linear", "k": k, "min_truth": 0.05}, linear),
+        ({"schedule": "exponential", "base": 0.995}, exponential),
+        ({"schedule": "inverse_sigmoid", "k": k}, inverse_sigmoid),
+    ]
+    for config, truth in cases:
+        assert sampling_probability(config, step) == pytest.approx(
+            1.0 - truth, rel=1e-12, abs=1e-15
+        )
+
+
+def test_inverse_sigmoid_moves_with_step_over_k():
+    """At i = k ln k the truth probability is exactly one half."""
+    k = 200.0
+    step = k * math.log(k)
+    config = {"schedule": "inverse_sigmoid", "k": k}
+    assert sampling_probability(config, step) == pytest.approx(0.5, rel=1e-12)
+
+
+# ---- scheduled-sampling coins: one per sequence and per step ------------------------------
+
+
+class _Data:
+    def batch_at(self, step, batch_size, seq_len, seed, stride=None):
+        return {
+            "x": np.zeros((batch_size, seq_len), int),
+            "y": np.zeros((batch_size, seq_len), int),
+        }
+
+
+def test_scheduled_sampling_draws_one_coin_per_sequence_and_step():
+    model = SimpleNamespace(
+        backend=SimpleNamespace(xp=np),
+        seed=0,
+        spec=SimpleNamespace(model=SimpleNamespace(feeds_back=True)),
+    )
+    config = {
+        "batch_size": 64,
+        "seq_len": 50,
+        "scheduled_sampling": {"schedule": "linear", "k": 100},
+    }
+    rng = np.random.default_rng(11)
+    loop = _Loop(model, None, _Data(), config, rng, None, None, print, None)
+    batch, feedback = loop.batch(50, {})  # p = 1 - (1 - 50/100) = 0.5
+    coins = np.asarray(batch["use_model"])
+    assert feedback == "scheduled"
+    assert coins.shape == (64, 50) and coins.dtype == bool
+    assert abs(coins.mean() - 0.5) < 0.05  # 3,200 fair coins: sd 0.009
+    # coins differ along time within a sequence and across sequences at one step
+    assert all(0 < row.sum() < 50 for row in coins)
+    assert all(0 < column.sum() < 64 for column in coins.T)
+    # at step 0 of a linear schedule the truth is always fed
+    assert not np.asarray(loop.batch(0, {})[0]["use_model"]).any()
+    # a later step draws fresh coins
+    assert not np.array_equal(np.asarray(loop.batch(50, {})[0]["use_model"]), coins)
+
+
+# ---- gradient clipping on hand-made gradients ---------------------------------------------
+
+
+def _grads():
+    # global norm sqrt(9 + 16 + 0 + 144) = 13; squared norm 169
+    return {"a": np.array([3.0, -4.0]), "b": np.array([[0.0], [12.0]])}
+
+
+def test_global_norm_clip_scales_by_limit_over_norm_above_the_limit():
+    clipped, fired, norm = clip(_grads(), {"kind": "global_norm", "max": 6.5}, np)
+    assert fired and norm == pytest.approx(13.0, rel=1e-15)
+    np.testing.assert_allclose(clipped["a"], [1.5, -2.0], rtol=1e-15)
+    np.testing.assert_allclose(clipped["b"], [[0.0], [6.0]], rtol=1e-15)
+    total = math.sqrt(sum(float(np.sum(g * g)) for g in clipped.values()))
+    assert total == pytest.approx(6.5, rel=1e-14)
+
+
+@pytest.mark.parametrize("limit", [13.0, 20.0, 100.0, 168.0])
+def test_global_norm_clip_does_not_fire_at_or_below_the_limit(limit):
+    """Limits between the norm (13) and its square (169) catch a norm without the root."""
+    grads = _grads()
+    clipped, fired, norm = clip(grads, {"kind": "global_norm", "max": limit}, np)
+    assert not fired and norm == pytest.approx(13.0, rel=1e-15)
+    for name in grads:
+        np.testing.assert_array_equal(clipped[name], grads[name])
+
+
+def test_value_clip_clamps_each_element():
+    grads = {"a": np.array([3.0, -0.5, -7.0]), "b": np.array([0.25])}
+    clipped, fired, norm = clip(grads, {"kind": "value", "max": 1.0}, np)
+    assert fired and norm == pytest.approx(math.sqrt(9 + 0.25 + 49 + 0.0625), rel=1e-15)
+    np.testing.assert_array_equal(clipped["a"], [1.0, -0.5, -1.0])
+    np.testing.assert_array_equal(clipped["b"], [0.25])
+    _, fired, _ = clip({"a": np.array([0.5, -1.0])}, {"kind": "value", "max": 1.0}, np)
+    assert not fired
+
+
+def test_per_param_norm_clip_scales_each_parameter_on_its_own():
+    clipped, fired, _ = clip(_grads(), {"kind": "per_param_norm", "max": 10.0}, np)
+    assert fired
+    np.testing.assert_array_equal(clipped["a"], [3.0, -4.0])  # norm 5: kept
+    np.testing.assert_allclose(clipped["b"], [[0.0], [10.0]], rtol=1e-15)  # norm 12: scaled
+
+
+def test_no_clip_config_reports_the_norm_only():
+    grads = _grads()
+    clipped, fired, norm = clip(grads, None, np)
+    assert clipped is grads and not fired and norm == pytest.approx(13.0, rel=1e-15)
