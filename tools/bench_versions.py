@@ -32,7 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = {  # (B, T, input, hidden, classes), as in tools/bench.py
+# (B, T, input, hidden, classes), as in tools/bench.py; copied, not imported: bench.py imports
+# seqgraph at its top, which in a worker would load this tree's seqgraph, not the one under test
+CONFIGS = {
     "tiny": (1, 25, 65, 100, 65),
     "small": (32, 50, 64, 128, 64),
     "medium": (64, 100, 128, 256, 128),
