@@ -13,13 +13,25 @@ in the group `seqgraph.apps` (pyproject.toml); registering twice changes nothing
 - `activity`: `activity_video` (generated clips, per-class recall)
 - `frames`: `bouncing_frames` (future-frame prediction, per-frame MSE, a PNG strip)
 - `captions`: `shape_captions` (image captioning, BLEU, example captions)
+- `conll`: `conll` (CoNLL-style per-token tagging: `token<TAB>tag`, blank line between)
+- `parallel`: `parallel` (`source<TAB>target` pairs for seq2seq, separate vocabularies)
 
 Never imported by the core: the core (train, spec, cli) names no application.
 """
 
 from __future__ import annotations
 
-from seqgraph.apps import activity, captions, frames, fsdd, mulaw, sentences, synthetic
+from seqgraph.apps import (
+    activity,
+    captions,
+    conll,
+    frames,
+    fsdd,
+    mulaw,
+    parallel,
+    sentences,
+    synthetic,
+)
 from seqgraph.spec import registry
 
 BUILTIN = {
@@ -30,6 +42,8 @@ BUILTIN = {
     "activity": activity,
     "frames": frames,
     "captions": captions,
+    "conll": conll,
+    "parallel": parallel,
 }
 
 
