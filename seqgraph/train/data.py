@@ -446,7 +446,10 @@ def _npz(path: Path, config: dict, pattern: str, seed: int) -> SequenceSet:
         raise DataError(f"{path}: not a readable .npz ({exc})") from None
     for name in ("x", "y"):
         if name not in arrays:
-            raise DataError(f"{path}: missing array {name!r}; it holds {list(arrays)}")
+            raise DataError(
+                f"{path}: missing array {name!r}; it holds {list(arrays)}; save the inputs "
+                "as x and the targets as y (np.savez(path, x=..., y=...))"
+            )
     x, y = arrays["x"], arrays["y"]
     for name, array in (("x", x), ("y", y)):
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -473,7 +476,7 @@ def _npz(path: Path, config: dict, pattern: str, seed: int) -> SequenceSet:
     names = {
         key: _npz_names(path, arrays, key, of) for key, of in (("vocab", "x"), ("labels", "y"))
     }
-    return hold_out(
+    dataset = hold_out(
         xs,
         ys,
         float(config.get("valid_fraction", 0.1)),
@@ -482,6 +485,24 @@ def _npz(path: Path, config: dict, pattern: str, seed: int) -> SequenceSet:
         test_fraction=float(config.get("test_fraction", 0.0)),
         **names,
     )
+    dataset.read = _npz_read(path, list(arrays), pattern)
+    return dataset
+
+
+def _npz_read(path: Path, keys: list[str], pattern: str) -> str:
+    """The line that says which arrays of an .npz were read and which were not (`describe`
+    saves it in data.json as `read`): `lengths` only where inputs have a time axis, and
+    `y_lengths` only where targets have one."""
+    used = {"x", "y", "vocab", "labels"}
+    if PADDING[pattern]["x_time"]:
+        used.add("lengths")
+    if PADDING[pattern]["y_time"]:
+        used.add("y_lengths")
+    read = [key for key in ("x", "y", "lengths", "y_lengths", "vocab", "labels") if key in keys]
+    read = [key for key in read if key in used]
+    ignored = [key for key in keys if key not in read]
+    line = f"npz {path}: read {', '.join(read)}"
+    return line + (f"; ignored: {', '.join(ignored)}" if ignored else "")
 
 
 def _check_lengths(path: Path, name: str, lengths: np.ndarray, steps: int) -> None:
@@ -536,6 +557,8 @@ def describe(dataset) -> dict:
             valid=len(dataset.valid_x),
             test=len(dataset.test_x),
         )
+        if getattr(dataset, "read", None):  # which arrays of an .npz were read
+            out["read"] = dataset.read
     else:
         out.update(train=len(dataset.train), valid=len(dataset.valid))
     return json.loads(json.dumps(out))
