@@ -66,9 +66,11 @@ def test_npz_read_line_is_saved_in_the_run_folder(tmp_path):
         "train": {"steps": 2, "batch_size": 4, "eval_every": 1000},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
-    api.train(str(tmp_path / "s.yaml"), progress=False, out=str(tmp_path / "run"), log=print)
+    lines: list[str] = []
+    api.train(str(tmp_path / "s.yaml"), progress=False, out=str(tmp_path / "run"), log=lines.append)
     facts = json.loads((tmp_path / "run" / "data.json").read_text())
     assert facts["read"] == f"npz {path}: read x, y, vocab, labels"
+    assert facts["read"] in lines  # and the run says so as it starts
 
 
 def test_npz_missing_x_or_y_is_one_line_with_the_fix(tmp_path):

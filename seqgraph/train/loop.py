@@ -148,7 +148,10 @@ def run(options: RunOptions, log=print) -> dict:
         run_folder.require_checkpoint(run_dir)
     with run_folder.locked(run_dir):
         start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
-        run_folder.write_run_files(run_dir, resolved, datasets.describe(dataset))
+        facts = datasets.describe(dataset)
+        run_folder.write_run_files(run_dir, resolved, facts)
+        if facts.get("read"):  # which arrays of an .npz were used and which were not
+            log(facts["read"])
         metrics = run_folder.Metrics(run_dir, start if options.resume else None)
         source = datasets.source_of(resolved["data"])
         loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
