@@ -112,13 +112,21 @@ def evaluate_run(
     data: str | None = None,
     backend: str | None = None,
     split: str = "valid",
+    confusion: str | os.PathLike | None = None,
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
     split, or on that split of `data` read the same way, with the data source's own scores
-    (and its application's, under `app`)."""
+    (and its application's, under `app`). Every number counts real target steps only.
+
+    A model with id targets adds its kind's scores (`kind`; `evaluate.KindScores`): a decoder
+    `accuracy_teacher` (= `accuracy`), `accuracy_free`, `exact_match` and `sequences`; a
+    classifier `macro_f1` and `confusion` ({"labels", "counts"}: rows true, columns
+    predicted), drawn as a PNG at `confusion` (default RUN_DIR/confusion.png; its path under
+    `confusion_png`); a tagger `macro_f1` and per-tag `tags` (precision, recall, f1, support).
+    """
     from seqgraph.spec import registry
     from seqgraph.train import data as datasets
-    from seqgraph.train.evaluate import evaluate, scorer_for
+    from seqgraph.train.evaluate import evaluate, name_classes, score_kind, scorer_for
     from seqgraph.train.loop import train_config
 
     model = load_run(run_dir, backend)
@@ -136,17 +144,44 @@ def evaluate_run(
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"], "test")
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
-    result = evaluate(model, batches, scorer=scorer_for(source))
+    kind = score_kind(model, dataset)
+    result = evaluate(model, batches, scorer=scorer_for(source), kind=kind)
     if result["batches"] == 0:
         raise DataError(
             f"{run_dir}: the {split} split of {config.get('path', 'the data')} has no "
             "examples (too few for one batch); evaluate on other data with --data PATH"
         )
+    if kind is not None:
+        labels = getattr(dataset, "labels", None) or model.run_facts.get("labels")
+        result = {"kind": kind, **name_classes(result, labels, spec.model.target.size)}
+    if "confusion" in result:
+        _draw_confusion(result, run_dir, confusion)
     app = registry.source(source)
     if app.metrics is not None:
         result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
     step = model.run_facts["step"]
     return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
+
+
+def _draw_confusion(result: dict, run_dir, path) -> None:
+    """Draw `result["confusion"]` at `path`, or RUN_DIR/confusion.png, and note where under
+    `confusion_png`. A run folder one may not write to is still evaluated, with a warning."""
+    import warnings
+    from pathlib import Path
+
+    from seqgraph.errors import RunFolderError
+    from seqgraph.train.evaluate import plot_confusion
+
+    if path:
+        result["confusion_png"] = str(plot_confusion(Path(path), result["confusion"]))
+        return
+    try:
+        drawn = plot_confusion(Path(run_dir) / "confusion.png", result["confusion"])
+    except (OSError, RunFolderError) as exc:  # atomic_write names the file and the cause
+        note = f"no confusion.png: {exc}; write it elsewhere with --confusion FILE"
+        warnings.warn(note, stacklevel=3)
+        return
+    result["confusion_png"] = str(drawn)
 
 
 def export_run(

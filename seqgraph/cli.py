@@ -98,16 +98,26 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    result = api.evaluate_run(args.run_dir, data=args.data, backend=args.backend, split=args.split)
+    result = api.evaluate_run(
+        args.run_dir,
+        data=args.data,
+        backend=args.backend,
+        split=args.split,
+        confusion=args.confusion,
+    )
     if args.json:
         print(_json_line(result))
-    else:
-        extra = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
-        extra += _scores(result["source"], result)
-        print(
-            f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
-            f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
-        )
+        return 0
+    # a decoder's accuracy is labelled teacher-forced beside its free-running one (_scores)
+    label = {"tagger": "token accuracy", "decoder": None}.get(result.get("kind"), "accuracy")
+    extra = f", {label} {result['accuracy']:.4f}" if "accuracy" in result and label else ""
+    extra += _scores(result["source"], result)
+    print(
+        f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
+        f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
+    )
+    if result.get("confusion_png"):
+        print(f"wrote confusion matrix: {result['confusion_png']}")
     return 0
 
 
@@ -283,6 +293,11 @@ def _args_eval(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument(
+        "--confusion",
+        metavar="FILE",
+        help="classifiers: write the confusion matrix PNG here (default RUN_DIR/confusion.png)",
+    )
 
 
 def _args_render(p) -> None:

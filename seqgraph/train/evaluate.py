@@ -1,8 +1,14 @@
-"""Held-out metrics: loss per target token (nats for classes, MSE for vectors) and accuracy;
-a CTC model's greedy-decoded error rates (`ctc`), whatever its data; and a data source's
-`scorer` (`spec.registry`) adds its own per-batch scores."""
+"""Held-out metrics: loss per target token (nats for classes, MSE for vectors) and accuracy on
+real (unpadded) target steps; a CTC model's greedy-decoded error rates (`ctc`), whatever its
+data; and a data source's `scorer` (`spec.registry`) adds its own per-batch scores.
+
+`evaluate(..., kind=...)` adds the scores of one kind of model with id targets (`score_kind`):
+a decoder's teacher-forced and free-running (greedy) token accuracy and exact sequence match;
+a classifier's macro-F1 and confusion matrix; a tagger's per-tag precision, recall and F1."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -27,20 +33,24 @@ def real_steps(model, batch: dict) -> np.ndarray:
     return np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
 
 
-def evaluate(model, batches, max_batches: int | None = None, scorer=None) -> dict:
+def evaluate(
+    model, batches, max_batches: int | None = None, scorer=None, kind: str | None = None
+) -> dict:
     """Mean loss per real target step over `batches`, and accuracy for class targets.
 
     Stream batches marked `carry` continue from the previous batch's final state. A CTC
     model's loss is per label, and its frames are not aligned with its labels, so it has no
     accuracy; it reports per, digit_accuracy, nearest_accuracy and sequences (`ctc`).
     `scorer` (a `registry.Scorer`) sees every batch and its forward pass; its `result()`
-    joins the returned dict.
+    joins the returned dict. `kind` ("decoder", "classifier" or "tagger", from `score_kind`)
+    adds that kind's scores (`KindScores`); a decoder's take a second, free-running pass.
     """
     total, count, correct, carry, used = 0.0, 0, 0, {}, 0
     m = model.spec.model
     accuracy = m.loss != "ctc" and m.target.type == "ids"
     scorers = [ctc.Scorer()] if m.loss == "ctc" else []
     scorers += [scorer] if scorer is not None else []
+    scorers += [KindScores(model, kind)] if kind is not None else []
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
@@ -77,8 +87,165 @@ def score_line(source: str, result: dict) -> str:
     `source`'s own `score_line(result)`, then its application's scores (`result["app"]`) as
     `name value`; `result` is a validation or `evaluate_run` result."""
     record = registry.source(source)
-    parts = [ctc.score_line(result)]
+    parts = [ctc.score_line(result), kind_line(result)]
     parts += [record.score_line(result)] if record.score_line is not None else []
     for name, value in (result.get("app") or {}).items():
         parts.append(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
     return "; ".join(part for part in parts if part)
+
+
+KINDS = ("decoder", "classifier", "tagger")
+
+
+def score_kind(model, dataset) -> str | None:
+    """Which scores `evaluate(kind=...)` adds for a model with id targets (not CTC): "decoder"
+    (one_to_many, encoder_decoder), "classifier" (many_to_one, one_to_one) or "tagger"
+    (many_to_many over separate sequences, not one char stream); None for any other."""
+    from seqgraph.train.data import SequenceSet
+
+    m = model.spec.model
+    if m.loss == "ctc" or m.target.type != "ids":
+        return None
+    if m.feeds_back:
+        return "decoder"
+    if m.pattern in ("many_to_one", "one_to_one"):
+        return "classifier"
+    return "tagger" if isinstance(dataset, SequenceSet) else None
+
+
+class KindScores:
+    """The scores of one kind of model (`score_kind`) over the batches of one evaluation, on
+    real target steps only (a `registry.Scorer`: `add(batch, out)`, then `result()`)."""
+
+    def __init__(self, model, kind: str):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.model, self.kind = model, kind
+        self.truth: list[np.ndarray] = []  # real target ids, flat
+        self.guess: list[np.ndarray] = []  # teacher-forced argmax on them
+        self.free_right = self.exact = self.sequences = 0
+
+    def add(self, batch: dict, out: dict) -> None:
+        y, real = np.asarray(batch["y"]), real_steps(self.model, batch)
+        guess = np.argmax(to_numpy(out["predictions"]), axis=-1)
+        self.truth.append(y[real])
+        self.guess.append(guess[real])
+        if self.kind == "decoder":
+            free = self.model.forward(batch, feedback="free")
+            right = (np.argmax(to_numpy(free["predictions"]), axis=-1) == y) & real
+            self.free_right += int(right.sum())
+            self.exact += int(np.all(right | ~real, axis=1).sum())
+            self.sequences += len(y)
+
+    def result(self) -> dict:
+        truth = np.concatenate(self.truth) if self.truth else np.zeros(0, dtype=np.int64)
+        guess = np.concatenate(self.guess) if self.guess else np.zeros(0, dtype=np.int64)
+        tokens = max(len(truth), 1)
+        if self.kind == "decoder":
+            return {
+                "accuracy_teacher": int((truth == guess).sum()) / tokens,
+                "accuracy_free": self.free_right / tokens,
+                "exact_match": self.exact / max(self.sequences, 1),
+                "sequences": self.sequences,
+            }
+        size = self.model.spec.model.target.size
+        counts = confusion_counts(truth, guess, size)
+        out = {"macro_f1": macro_f1(counts)}
+        if self.kind == "classifier":
+            out["confusion"] = {"labels": None, "counts": counts.tolist()}
+        else:
+            out["tags"] = per_class(counts)
+        return out
+
+
+def confusion_counts(truth: np.ndarray, guess: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) integer counts: row = the true class, column = the predicted one."""
+    counts = np.zeros((size, size), dtype=np.int64)
+    np.add.at(counts, (np.asarray(truth, dtype=np.int64), np.asarray(guess, dtype=np.int64)), 1)
+    return counts
+
+
+def per_class(counts: np.ndarray) -> dict:
+    """{class id (str): precision, recall, f1, support} for every class that occurs among the
+    true or the predicted ones; a ratio with nothing to divide by is 0 (as scikit-learn's
+    `zero_division=0`)."""
+    tp = np.diag(counts)
+    predicted, support = counts.sum(axis=0), counts.sum(axis=1)
+    out = {}
+    for c in np.flatnonzero((predicted > 0) | (support > 0)):
+        p = tp[c] / predicted[c] if predicted[c] else 0.0
+        r = tp[c] / support[c] if support[c] else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out[str(int(c))] = {
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f1),
+            "support": int(support[c]),
+        }
+    return out
+
+
+def macro_f1(counts: np.ndarray) -> float:
+    """The unweighted mean of the per-class F1 over the classes `per_class` lists (0 if none)."""
+    scores = [each["f1"] for each in per_class(counts).values()]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def name_classes(result: dict, labels: list[str] | None, size: int) -> dict:
+    """`result` with class ids named by `labels` (the data's names of the target ids, when it
+    names all `size`), else by their ids as text: the confusion matrix's `labels` and the
+    keys of `tags`."""
+    names = list(labels) if labels and len(labels) == size else [str(i) for i in range(size)]
+    out = dict(result)
+    if "confusion" in out:
+        out["confusion"] = {**out["confusion"], "labels": names}
+    if "tags" in out:
+        out["tags"] = {names[int(c)]: scores for c, scores in out["tags"].items()}
+    return out
+
+
+def plot_confusion(path, confusion: dict) -> Path:
+    """A PNG of a confusion matrix (`{"labels", "counts"}`, rows true, columns predicted),
+    each cell showing its count; matplotlib's Agg backend, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seqgraph.train.run_folder import atomic_write
+
+    labels, counts = confusion["labels"], np.asarray(confusion["counts"])
+    side = min(2 + 0.5 * len(labels), 20)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 30:
+        middle = counts.max() / 2
+        for (row, col), count in np.ndenumerate(counts):
+            colour = "white" if count > middle else "black"
+            ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(f"confusion over {int(counts.sum())} examples")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def kind_line(result: dict) -> str:
+    """The printed form of `KindScores`' numbers ("" if `result` has none)."""
+    if "accuracy_free" in result:
+        return (
+            f"teacher-forced accuracy {result['accuracy_teacher']:.4f}; free-running accuracy "
+            f"{result['accuracy_free']:.4f}, exact match {result['exact_match']:.4f} over "
+            f"{result['sequences']:,} sequences"
+        )
+    if "macro_f1" in result:
+        return f"macro-F1 {result['macro_f1']:.4f}"
+    return ""
