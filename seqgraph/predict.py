@@ -144,7 +144,9 @@ class Predictor:
 
     def _batch(self, arrays: list) -> dict:
         m = self.model.spec.model
-        if m.pattern in ("one_to_one", "one_to_many"):
+        if m.pattern in ("one_to_one", "one_to_many"):  # no time axis: one id or vector each
+            if m.input.type == "ids":
+                return {"x": np.array([int(a.reshape(-1)[0]) for a in arrays], dtype=np.int64)}
             return {"x": np.stack(arrays)}
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         multiple = int(self.config.get("pad_multiple", PAD_MULTIPLE))

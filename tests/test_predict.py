@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import seqgraph
 from seqgraph import Model, cli
 from seqgraph.errors import DataError
 
+ROOT = Path(__file__).resolve().parent.parent
 POS = "good great fine lovely nice superb".split()
 NEG = "bad awful poor terrible sad worse".split()
 FILL = "the food was service and it is very".split()
@@ -256,7 +258,7 @@ def test_vector_model_predicts_numbers_equal_to_forward(vectors):
 
 
 def test_encoder_decoder_decodes_greedily_and_samples_reproducibly(tmp_path):
-    spec = yaml.safe_load(open("specs/copy_seq2seq.yaml"))
+    spec = yaml.safe_load((ROOT / "specs" / "copy_seq2seq.yaml").read_text())
     spec["model"]["layers"][0]["hidden"] = 8
     spec["data"]["examples"] = 64
     spec["train"] = {"steps": 3, "batch_size": 8, "lr": 0.01}
@@ -379,3 +381,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     out, err = _lines(capsys)
     assert out == [] and len(err) == 1 and message in err[0], err
     assert "Traceback" not in err[0]
+
+
+def test_one_to_many_from_one_id_decodes_like_a_free_forward(tmp_path):
+    spec = {
+        "name": "otm",
+        "model": {
+            "pattern": "one_to_many",
+            "input": {"type": "ids", "vocab": 5},
+            "target": {"type": "ids", "vocab": 6},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [{"cell": "gru", "hidden": 8}],
+        },
+    }
+    model = Model(spec, dtype="float64")
+    predictor = seqgraph.load(model.save(tmp_path / "otm"), dtype="float64")
+    records = predictor.predict([np.array([2]), np.array([3])], length=4)
+    free = model.forward({"x": np.array([2, 3]), "out_steps": 4}, "free")["predictions"]
+    assert [r["output"] for r in records] == [[str(i) for i in row] for row in free.argmax(-1)]
+    assert [r["input"] for r in records] == [["2"], ["3"]]
+    assert predictor.info()["pattern"] == "one_to_many" and predictor.info()["source"] is None
