@@ -1,7 +1,7 @@
 """seqgraph: declarative recurrent networks, unrolled into explicit graphs and differentiated
 in reverse mode on NumPy or CuPy."""
 
-from seqgraph.api import Model, load_spec
+from seqgraph.api import Model, Predictor, load, load_run, load_spec
 from seqgraph.engine.ops import OPS
 from seqgraph.errors import (
     BackendError,
@@ -21,7 +21,10 @@ __all__ = [
     "GraphError",
     "MissingVJPError",
     "Model",
+    "Predictor",
     "SeqgraphError",
     "SpecError",
+    "load",
+    "load_run",
     "load_spec",
 ]

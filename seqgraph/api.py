@@ -14,6 +14,7 @@ from seqgraph.api_runs import (
     sample,
 )
 from seqgraph.errors import DataError, SpecError
+from seqgraph.predict import Predictor, load
 from seqgraph.runtime import batch as batching
 from seqgraph.runtime.model import Model
 from seqgraph.spec.load import Spec, load_spec
@@ -27,8 +28,10 @@ __all__ = [
     "evaluate_run",
     "export_run",
     "gradflow",
+    "load",
     "load_run",
     "load_spec",
+    "Predictor",
     "render",
     "sample",
     "score_line",

@@ -27,6 +27,7 @@ EXAMPLES = {
     "schema": "seqgraph schema > seqgraph.schema.json",
     "export": "seqgraph export runs/demo --to onnx -o demo.onnx",
     "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
+    "predict": "seqgraph predict runs/uci_sentiment --input 'the food was great'",
 }
 
 
@@ -119,6 +120,69 @@ def _cmd_eval(args) -> int:
     if result.get("confusion_png"):
         print(f"wrote confusion matrix: {result['confusion_png']}")
     return 0
+
+
+def _cmd_predict(args) -> int:
+    import time
+
+    predictor = api.load(args.run_dir, backend=args.backend)
+    if args.data is not None:
+        inputs = predictor.read_file(args.data)
+    elif args.input:
+        inputs = list(args.input)
+    else:
+        inputs = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    if not inputs:
+        what = args.data or "standard input"
+        raise api.DataError(f"{what}: no inputs; give --input TEXT, --data FILE or lines on stdin")
+    start = time.perf_counter()
+    records = predictor.predict(
+        inputs,
+        batch_size=args.batch_size,
+        sample=args.sample,
+        temperature=args.temperature,
+        seed=args.seed,
+        length=args.length,
+    )
+    seconds = time.perf_counter() - start
+    lines = _predict_lines(records, args.format)
+    if args.output:
+        Path(args.output).write_text("".join(line + "\n" for line in lines))
+    else:
+        for line in lines:
+            print(line)
+    unknown = ""
+    if predictor.unknown:
+        unknown = f"; {predictor.unknown} unknown token(s) " + (
+            "dropped" if predictor.unknown_to == "dropped" else f"mapped to {predictor.unknown_to}"
+        )
+    where = f" to {args.output}" if args.output else ""
+    print(f"predicted {len(records)} input(s) in {seconds:.2f} s{where}{unknown}", file=sys.stderr)
+    return 0
+
+
+def _predict_lines(records: list[dict], form: str) -> list[str]:
+    """JSON Lines, or TSV with a header: lists joined by spaces (nested ones as JSON), and
+    `probs` as one column per label (`p(label)`)."""
+    if form == "jsonl":
+        return [json.dumps(record, ensure_ascii=False) for record in records]
+
+    def columns(record: dict) -> dict:
+        out = {}
+        for key, value in record.items():
+            if key == "probs":
+                out.update({f"p({label})": f"{p:.6g}" for label, p in value.items()})
+            elif isinstance(value, list) and not any(isinstance(v, list) for v in value):
+                out[key] = " ".join(map(str, value))
+            elif isinstance(value, list):
+                out[key] = json.dumps(value)
+            else:
+                out[key] = str(value).replace("\t", " ").replace("\n", " ")
+        return out
+
+    rows = [columns(record) for record in records]
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    return ["\t".join(header)] + ["\t".join(row.get(key, "") for key in header) for row in rows]
 
 
 def _json_line(result: dict) -> str:
@@ -300,6 +364,22 @@ def _args_eval(p) -> None:
     )
 
 
+def _args_predict(p) -> None:
+    p.add_argument("run_dir", help="a run folder (--out of `seqgraph run`, or Model.save)")
+    p.add_argument(
+        "--input", action="append", metavar="TEXT", help="an input (repeatable; default: stdin)"
+    )
+    p.add_argument("--data", metavar="FILE", help="inputs from a file the run's source reads")
+    p.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--sample", action="store_true", help="decoders: sample instead of greedy")
+    p.add_argument("--temperature", type=real(0, low_open=True), default=1.0)
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0)
+    p.add_argument("--length", type=whole(1, MAX_UNROLL), help="decoder steps (default 50)")
+    p.add_argument("--batch-size", type=whole(1, 1_000_000), default=256)
+    p.add_argument("--backend", choices=BACKENDS)
+
+
 def _args_render(p) -> None:
     p.add_argument("spec", help="a YAML spec, or a run folder (its spec, at its checkpoint)")
     p.add_argument("--steps", type=STEPS, default=4, help="time steps to draw (default 4)")
@@ -350,6 +430,7 @@ COMMANDS = {  # name: (help, handler, arguments)
     "run": ("train the model a spec describes", _cmd_run, _args_run),
     "sample": ("generate from a trained run", _cmd_sample, _args_sample),
     "eval": ("loss and accuracy of a run on held-out data", _cmd_eval, _args_eval),
+    "predict": ("answers of a trained run for raw inputs", _cmd_predict, _args_predict),
     "render": ("draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render, _args_render),
     "gradflow": (
         "per-step gradient ledger of one batch: CSV and heatmap",

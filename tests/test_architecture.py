@@ -28,6 +28,7 @@ RANK = {
     "inspect": 5,
     "apps": 6,
     "api_runs": 7,
+    "predict": 7.5,  # reads run folders through api_runs; api re-exports it
     "api": 8,
     "cli": 9,
     "__main__": 10,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.errors import DataError
-from seqgraph.spec.registry import DataSource
+from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import PADDING, SequenceSet, read_text
 
@@ -186,6 +186,39 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     )
 
 
+def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
+    """Raw sentences as a trained run reads them (the `encode` hook of `predict`): its
+    tokenizer, its vocabulary from data.json, `<unk>` for a word it has not seen, and an
+    empty sentence as one `<unk>`, as in training."""
+    words = config.get("tokenizer", "word") == "word"
+    tagged = pattern == "many_to_many"
+    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
+    unk = index.get("<unk>", 1)
+    ids, tokens, unknown = [], [], 0
+    for text in texts:
+        toks = _tokens(text, words, tagged)
+        unknown += sum(t not in index for t in toks)
+        ids.append(np.array([index.get(t, unk) for t in toks] or [unk], dtype=np.int64))
+        tokens.append(toks or ["<unk>"])
+    return Encoded(ids, tokens, unknown)
+
+
+def read_inputs(path, config: dict) -> list[str]:
+    """The sentences of a file in this source's format, labels (or tags) optional: a line
+    with the delimiter loses its last column (the label), a line without is all text."""
+    delimiter = config.get("delimiter", "\t")
+    if config.get("source") == "labelled_lines":
+        delimiter = None
+    out = []
+    for line in read_text(Path(path)).splitlines():
+        if not line.strip():
+            continue
+        if delimiter and delimiter in line:
+            line = line.rsplit(delimiter, 1)[0]
+        out.append(line.strip())
+    return out
+
+
 def _options(files: str) -> dict:
     return {
         "path": {"type": "string", "description": "one file (--data FILE sets it)"},
@@ -216,6 +249,8 @@ SOURCES = [
         "tok tok<TAB>TAG TAG, a tag per token (many_to_many)",
         suffixes={".tsv": {}, ".csv": {"delimiter": ","}},
         folder_option="root",
+        encode=encode_raw,
+        read_inputs=read_inputs,
     ),
     DataSource(
         "labelled_lines",
@@ -223,5 +258,7 @@ SOURCES = [
         _options("{label: file}"),
         "one file of sentences per label",
         folder_option="root",
+        encode=encode_raw,
+        read_inputs=read_inputs,
     ),
 ]

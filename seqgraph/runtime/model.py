@@ -267,3 +267,62 @@ class Model:
         return float(values[program.graph.loss]), {
             name: grads[key] for name, key in program.graph.params.items()
         }
+
+    # ---- saving ------------------------------------------------------------------------------
+
+    def save(self, run_dir: str | os.PathLike) -> str:
+        """Write a run folder that `seqgraph.load` (and `load_run`, `predict`, `eval`) reads:
+        spec.yaml (vocabulary sizes filled in), data.json and checkpoint.npz (parameters
+        only: no optimizer state, so `seqgraph run --resume` cannot continue from it).
+
+        data.json holds the model's data facts (`run_facts`: vocabulary, labels) when it has
+        them, as a model from `load_run` does; a bare `Model` built from a spec has none and
+        saves `{"kind": "bare"}`, so `load` then predicts from arrays only (ids or vectors),
+        not from raw text. Each file is replaced atomically. Returns the folder."""
+        import json
+        from pathlib import Path
+
+        import yaml
+
+        folder = Path(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        raw = dict(self.spec.raw)
+        raw["model"] = dict(raw["model"])
+        for role in ("input", "target"):
+            io = getattr(self.spec.model, role)
+            if io.type == "images":
+                raw["model"][role] = {"type": "images", "shape": list(io.shape)}
+            else:
+                raw["model"][role] = {
+                    "type": io.type,
+                    ("vocab" if io.type == "ids" else "size"): io.size,
+                }
+        facts = {
+            k: v
+            for k, v in (getattr(self, "run_facts", None) or {"kind": "bare"}).items()
+            if k not in ("step", "run_dir")
+        }
+        step = int((getattr(self, "run_facts", None) or {}).get("step", 0))
+        arrays = {f"param/{k}": self.backend.to_numpy(v) for k, v in self.params.items()}
+        meta = {"step": step, "optimizer_steps": 0, "rng": None, "saved_by": "Model.save"}
+        arrays["meta"] = np.array(json.dumps(meta))
+        _replace(
+            folder / "spec.yaml", lambda h: h.write(yaml.safe_dump(raw, sort_keys=False).encode())
+        )
+        _replace(folder / "data.json", lambda h: h.write(json.dumps(facts, indent=1).encode()))
+        _replace(folder / "checkpoint.npz", lambda h: np.savez(h, **arrays))
+        return str(folder)
+
+
+def _replace(path, write) -> None:
+    """Write `path` through a temporary file renamed over it, so a crash leaves no torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

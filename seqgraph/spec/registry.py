@@ -12,6 +12,12 @@ A data source is one value of a spec's `data.source`. Its record (`DataSource`) 
   path}), `score_line(result)` (the text `run` and `eval` print after the loss) and
   `sample(model, run_dir, out, prime=, length=, temperature=, greedy=, seed=)` (what
   `seqgraph sample` makes instead of text: a file, e.g. a WAV; returns its path).
+- what `seqgraph predict` needs to read raw input (both optional; a source without `encode`
+  predicts from arrays only): `encode(texts, config, facts, pattern)` turns raw strings into
+  model inputs with the run's own tokenizer and vocabulary (`config`: the run's `data:`
+  section; `facts`: its data.json) and returns `Encoded`; `read_inputs(path, config)` gives
+  the raw input strings of a data file in the source's format, labels dropped (default: its
+  non-blank lines).
 
 An application registers its sources with one call, `register_app(name, sources)`. The
 built-in ones do so when `seqgraph.apps` is imported (the layers above apps import it); a
@@ -51,6 +57,18 @@ class Scorer(Protocol):
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """Raw inputs as a model reads them: `ids` (one int64 array per input), `tokens` (the
+    tokens each id stands for, aligned with them) and `unknown` (how many tokens were not in
+    the vocabulary: mapped to its unknown id, or dropped when it has none)."""
+
+    ids: list
+    tokens: list[list[str]]
+    unknown: int = 0
+    unknown_to: str = "<unk>"  # what an unknown token became ("dropped" if it was dropped)
+
+
+@dataclass(frozen=True)
 class DataSource:
     """One `data.source` value; see the module docstring for each field."""
 
@@ -65,6 +83,8 @@ class DataSource:
     artifacts: Callable[..., dict] | None = None
     score_line: Callable[[dict], str] | None = None
     sample: Callable[..., Any] | None = None
+    encode: Callable[[list[str], dict, dict, str], Encoded] | None = None
+    read_inputs: Callable[[Any, dict], list[str]] | None = None
     app: str = ""  # the application that registered it (filled in by `register_app`)
 
 

@@ -564,6 +564,20 @@ def describe(dataset) -> dict:
     return json.loads(json.dumps(out))
 
 
+def encode_chars(texts: list[str], config: dict, facts: dict, pattern: str) -> registry.Encoded:
+    """Raw text as a character-stream run reads it (the `encode` hook of `predict`): one id
+    per character of the run's vocabulary; a character it lacks is dropped and counted (a
+    character vocabulary has no unknown id)."""
+    index = {c: i for i, c in enumerate(facts.get("vocab") or [])}
+    ids, tokens, unknown = [], [], 0
+    for text in texts:
+        kept = [c for c in text if c in index]
+        unknown += len(text) - len(kept)
+        ids.append(np.array([index[c] for c in kept], dtype=np.int64))
+        tokens.append(kept)
+    return registry.Encoded(ids, tokens, unknown, "dropped")
+
+
 def _load_stdlib(config: dict, pattern: str, seed: int) -> Stream:
     text = python_stdlib_text(int(config.get("max_chars", STDLIB_CHARS)))
     ids, vocab = corpus_ids(lambda: _str_pieces(text), PRINTABLE)
@@ -589,12 +603,14 @@ CORE_SOURCES = [
         _load_stdlib,
         {"max_chars": COUNT, "valid_fraction": _VALID},
         "the source of the Python standard library as a character stream",
+        encode=encode_chars,
     ),
     registry.DataSource(
         "text",
         _load_text,
         {"path": _PATH, "valid_fraction": _VALID},
         "a UTF-8 file as a character stream (the last valid_fraction held out)",
+        encode=encode_chars,
     ),
     registry.DataSource(
         "npz",
