@@ -2,7 +2,8 @@
 
 Stages, bottom to top (a module may import its own stage and the stages below it):
 
-    errors  <  engine  <  spec  <  plan  <  runtime  <  train | inspect  <  apps  <  api  <  cli
+    errors < engine < spec < plan < runtime < train | inspect < apps < api_runs < predict
+        < api < cli
 
 `train` and `inspect` stand side by side and never import each other. Every import counts,
 also one inside a function: a deferred import still ties the two modules together.
@@ -28,11 +29,11 @@ RANK = {
     "inspect": 5,
     "apps": 6,
     "api_runs": 7,
-    "predict": 7.5,  # reads run folders through api_runs; api re-exports it
-    "api": 8,
-    "cli": 9,
-    "__main__": 10,
-    "__init__": 10,
+    "predict": 8,  # reads run folders through api_runs; api re-exports it
+    "api": 9,
+    "cli": 10,
+    "__main__": 11,
+    "__init__": 11,
 }
 
 
