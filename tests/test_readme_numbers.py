@@ -4,7 +4,7 @@
   plan's backward kernels of one LSTM step (counted through the plan's array module), and
   NumPy operations in one step of tools/numpy_hand.py's LSTM backward loop (counted in its
   source: calls of `np.*`, augmented assignments and binary operators on arrays).
-- "same losses as seqgraph's to 1e-6": tools/jax_peer.py's loss against seqgraph's on the
+- "same losses as seqgraph's to 1e-5": tools/jax_peer.py's loss against seqgraph's on the
   benchmark's own models and data (tools/bench.py), float32, every cell.
 """
 
@@ -118,4 +118,6 @@ def test_jax_peer_gives_seqgraphs_loss(cell, config):
     cfg = bench.CONFIGS[config]
     ours = float(bench.seqgraph_step(cell, cfg, "numpy")()[0])
     theirs = bench.jax_step(cell, cfg, "numpy")()
-    assert theirs == pytest.approx(ours, rel=1e-6)
+    # float32 sums in another order: measured up to 2.9e-7 here (4 ulps at a loss of ~208);
+    # 1e-5 leaves room for another CPU's BLAS and XLA build
+    assert theirs == pytest.approx(ours, rel=1e-5)
