@@ -133,7 +133,16 @@ def check_item(item: object, index: int, info: dict, limits: Limits) -> None:
         )
     ids = info["input"].split()[0] == "ids"
     if isinstance(item, str):
+        if not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Refused(
+                    422, f"{where} holds an unpaired surrogate (\\ud800-\\udfff); send valid text"
+                ) from None
         return
+    if item == []:
+        raise Refused(422, f"{where} is an empty list; give at least one id or number")
     if ids:
         size = info["vocab_size"]
         if not isinstance(item, list) or not all(_is_int(i) and 0 <= i < size for i in item):

@@ -159,6 +159,8 @@ BAD = [  # (what, request keyword arguments, status, words the error must hold)
     ("bad sample", {"json": {"inputs": ["a"], "sample": "yes"}}, 422, '"sample"'),
     ("bad temperature", {"json": {"inputs": ["a"], "temperature": 0}}, 422, "above 0"),
     ("bad seed", {"json": {"inputs": ["a"], "seed": -1}}, 422, '"seed"'),
+    ("empty item", {"json": {"inputs": [[]]}}, 422, "empty list"),
+    ("lone surrogate", {"content": b'{"inputs": ["a \\ud800"]}'}, 422, "valid text"),
     ("deep JSON", {"content": b"[" * 2000 + b"]" * 2000}, 400, "nested too deeply"),
     ("bad bytes", {"content": b'{"inputs": ["\xff"]}'}, 400, "not valid JSON"),
 ]  # fmt: skip
