@@ -28,6 +28,7 @@ EXAMPLES = {
     "export": "seqgraph export runs/demo --to onnx -o demo.onnx",
     "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
     "predict": "seqgraph predict runs/uci_sentiment --input 'the food was great'",
+    "serve": "seqgraph serve runs/uci_sentiment --port 8000",
 }
 
 
@@ -158,6 +159,23 @@ def _cmd_predict(args) -> int:
         )
     where = f" to {args.output}" if args.output else ""
     print(f"predicted {len(records)} input(s) in {seconds:.2f} s{where}{unknown}", file=sys.stderr)
+    return 0
+
+
+SERVE_EXTRA = "seqgraph serve needs the serve extra: pip install 'seqgraph[serve]'"
+
+
+def _cmd_serve(args) -> int:
+    try:  # the optional extra seqgraph[serve]
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(SERVE_EXTRA, file=sys.stderr)
+        return 2
+    from seqgraph import serve
+
+    limits = serve.Limits(args.max_inputs, args.max_body, args.max_input_chars)
+    serve.serve(args.run_dir, args.host, args.port, limits, backend=args.backend)
     return 0
 
 
@@ -380,6 +398,25 @@ def _args_predict(p) -> None:
     p.add_argument("--backend", choices=BACKENDS)
 
 
+def _args_serve(p) -> None:
+    p.add_argument("run_dir", help="a run folder (--out of `seqgraph run`, or Model.save)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=whole(0, 65535), default=8000, help="default 8000")
+    p.add_argument(
+        "--max-inputs", type=whole(1, 1_000_000), default=256, help="inputs a request (256)"
+    )
+    p.add_argument(
+        "--max-body", type=whole(1, 2**40), default=1_000_000, help="bytes a request (1000000)"
+    )
+    p.add_argument(
+        "--max-input-chars",
+        type=whole(1, 10_000_000),
+        default=10_000,
+        help="characters (or list items) an input (10000)",
+    )
+    p.add_argument("--backend", choices=BACKENDS)
+
+
 def _args_render(p) -> None:
     p.add_argument("spec", help="a YAML spec, or a run folder (its spec, at its checkpoint)")
     p.add_argument("--steps", type=STEPS, default=4, help="time steps to draw (default 4)")
@@ -431,6 +468,7 @@ COMMANDS = {  # name: (help, handler, arguments)
     "sample": ("generate from a trained run", _cmd_sample, _args_sample),
     "eval": ("loss and accuracy of a run on held-out data", _cmd_eval, _args_eval),
     "predict": ("answers of a trained run for raw inputs", _cmd_predict, _args_predict),
+    "serve": ("answer a trained run's inputs over HTTP (JSON)", _cmd_serve, _args_serve),
     "render": ("draw the unrolled graph (Graphviz) so BPTT can be seen", _cmd_render, _args_render),
     "gradflow": (
         "per-step gradient ledger of one batch: CSV and heatmap",

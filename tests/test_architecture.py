@@ -3,8 +3,9 @@
 Stages, bottom to top (a module may import its own stage and the stages below it):
 
     errors < engine < spec < plan < runtime < train | inspect < apps < api_runs < predict
-        < api < cli
+        < api | serve < cli
 
+`api` and `serve` (the HTTP server over predict) also stand side by side.
 `train` and `inspect` stand side by side and never import each other. Every import counts,
 also one inside a function: a deferred import still ties the two modules together.
 """
@@ -31,6 +32,7 @@ RANK = {
     "api_runs": 7,
     "predict": 8,  # reads run folders through api_runs; api re-exports it
     "api": 9,
+    "serve": 9,  # HTTP over predict (seqgraph[serve]); cli starts it; api never imports it
     "cli": 10,
     "__main__": 11,
     "__init__": 11,
