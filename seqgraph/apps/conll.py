@@ -34,7 +34,7 @@ from seqgraph.apps.sentences import PAD_MULTIPLE, split_rows
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT, FRACTION
-from seqgraph.train.data import PADDING, SequenceSet, read_text
+from seqgraph.train.data import PADDING, SequenceSet, need_path, read_text
 
 SPECIALS = ("<pad>", "<unk>")  # ids 0, 1
 
@@ -153,11 +153,7 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
             "data.source 'conll' gives one tag per token; set model.pattern: many_to_many, "
             f"not {pattern}"
         )
-    if not config.get("path"):
-        raise DataError("data.source 'conll' needs a file: pass --data FILE or set data.path")
-    path = Path(config["path"])
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; pass --data with an existing CoNLL file")
+    path = need_path(config, "CoNLL file")
     level = config.get("level", "word")
     rows = [(*units(t, g, level), i, p) for t, g, i, p in read_sequences(path, config)]
     if not rows:

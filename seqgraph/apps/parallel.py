@@ -29,7 +29,7 @@ from seqgraph.apps.sentences import split_rows
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource
 from seqgraph.spec.schema import COUNT, FRACTION
-from seqgraph.train.data import PADDING, SequenceSet, read_text
+from seqgraph.train.data import PADDING, SequenceSet, need_path, read_text
 
 SOURCE_SPECIALS = ("<pad>", "<unk>")  # ids 0, 1
 TARGET_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
@@ -93,13 +93,7 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
             "data.source 'parallel' pairs a source with a target sequence; set "
             f"model.pattern: encoder_decoder, not {pattern}"
         )
-    if not config.get("path"):
-        raise DataError("data.source 'parallel' needs a file: pass --data FILE or set data.path")
-    path = Path(config["path"])
-    if not path.is_file():
-        raise DataError(
-            f"{path}: no such file; pass --data with an existing source<TAB>target file"
-        )
+    path = need_path(config, "source<TAB>target file")
     rows = read_pairs(path, config)
     if not rows:
         raise DataError(f"{path}: no pairs; write `source<TAB>target` lines")

@@ -285,7 +285,9 @@ def data_config(spec_data: dict, path: str | None) -> dict:
     return config
 
 
-def _need_path(config: dict) -> Path:
+def need_path(config: dict, kind: str = "file") -> Path:
+    """`data.path` as an existing file, or one DataError line naming the fix; `kind` says
+    what file the source reads (shared by every source that reads one file)."""
     if not config.get("path"):
         raise DataError(
             f"data.source {config.get('source')!r} needs a file: pass --data PATH "
@@ -293,7 +295,7 @@ def _need_path(config: dict) -> Path:
         )
     path = Path(config["path"])
     if not path.is_file():
-        raise DataError(f"{path}: no such file; pass --data PATH with an existing file")
+        raise DataError(f"{path}: no such file; pass --data PATH with an existing {kind}")
     return path
 
 
@@ -585,14 +587,14 @@ def _load_stdlib(config: dict, pattern: str, seed: int) -> Stream:
 
 
 def _load_text(config: dict, pattern: str, seed: int) -> Stream:
-    path = _need_path(config)
+    path = need_path(config)
     raw = _read_bytes(path)
     ids, vocab = corpus_ids(lambda: _utf8_pieces(path, raw))
     return _stream(ids, vocab, float(config.get("valid_fraction", 0.1)))
 
 
 def _load_npz(config: dict, pattern: str, seed: int) -> SequenceSet:
-    return _npz(_need_path(config), config, pattern, seed)
+    return _npz(need_path(config), config, pattern, seed)
 
 
 _PATH = {"type": "string", "description": "the file (--data PATH sets it)"}
