@@ -28,25 +28,8 @@ import numpy as np
 from seqgraph.errors import DataError
 
 CONVENTIONS = ("pytorch", "keras", "onnx")
-GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "lstm_peephole": 4, "gru": 3, "gru_reset_before": 3}
-# block order of each convention, as indices into seqgraph's (PyTorch's) blocks
-KERAS_ORDER = {  # i f c o; z r h
-    "rnn": [0],
-    "rnn_relu": [0],
-    "lstm": [0, 1, 2, 3],
-    "lstm_peephole": [0, 1, 2, 3],
-    "gru": [1, 0, 2],
-    "gru_reset_before": [1, 0, 2],
-}
-ONNX_ORDER = {  # i o f c; z r h
-    "rnn": [0],
-    "rnn_relu": [0],
-    "lstm": [0, 3, 1, 2],
-    "lstm_peephole": [0, 3, 1, 2],
-    "gru": [1, 0, 2],
-    "gru_reset_before": [1, 0, 2],
-}
-PEEPHOLE_ORDER = [0, 2, 1]  # ONNX's P is p_i, p_o, p_f; seqgraph's P is p_i, p_f, p_o
+# the family of each built-in cell, named by its ONNX operator: a variant (relu, peepholes, the
+# reset gate before the product) lays out its blocks as its family does
 ONNX_OP = {
     "rnn": "RNN",
     "rnn_relu": "RNN",
@@ -55,6 +38,11 @@ ONNX_OP = {
     "gru": "GRU",
     "gru_reset_before": "GRU",
 }
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+# block order of each convention, as indices into seqgraph's (PyTorch's) blocks
+KERAS_ORDER = {"RNN": [0], "LSTM": [0, 1, 2, 3], "GRU": [1, 0, 2]}  # i f c o; z r h
+ONNX_ORDER = {"RNN": [0], "LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2]}  # i o f c; z r h
+PEEPHOLE_ORDER = [0, 2, 1]  # ONNX's P is p_i, p_o, p_f; seqgraph's P is p_i, p_f, p_o
 # cells a convention has no counterpart for, and why
 UNMAPPED = {
     "pytorch": {
@@ -128,7 +116,7 @@ def _check_cells(model, convention: str) -> None:
     if convention not in CONVENTIONS:
         raise DataError(f"convention {convention!r} is unknown; use one of {CONVENTIONS}")
     for scope, layer, _, _, base in _walk(model):
-        if layer.cell not in GATES:
+        if layer.cell not in ONNX_OP:
             raise DataError(
                 f"layer {scope} uses cell {layer.cell!r}, which has no {convention} "
                 "counterpart; only rnn, rnn_relu, lstm, lstm_peephole, gru and "
@@ -331,7 +319,7 @@ def export_params(
 
 
 def _to_keras(scope: str, cell: str, w: dict) -> dict:
-    order = KERAS_ORDER[cell]
+    order = KERAS_ORDER[ONNX_OP[cell]]
     out = {
         f"{scope}.kernel": _blocks(w["W_ih"], order),
         f"{scope}.recurrent_kernel": _blocks(w["W_hh"], order),
@@ -344,7 +332,7 @@ def _to_keras(scope: str, cell: str, w: dict) -> dict:
 
 
 def _to_onnx(scope: str, cell: str, w: dict) -> dict:
-    order = ONNX_ORDER[cell]
+    order = ONNX_ORDER[ONNX_OP[cell]]
     out = {
         f"{scope}.W": _blocks(w["W_ih"], order).T[None],
         f"{scope}.R": _blocks(w["W_hh"], order).T[None],
@@ -456,7 +444,7 @@ def import_params(model, source, convention: str = "pytorch", **options) -> None
 
 
 def _from_pytorch(src: _Source, key: str, layer, n_in: int) -> dict:
-    size, hidden = GATES[layer.cell] * layer.hidden, layer.hidden
+    size, hidden = GATES[ONNX_OP[layer.cell]] * layer.hidden, layer.hidden
     hint = " (PyTorch stores (gates*hidden, input) and (gates*hidden, hidden))"
     return {
         "W_ih": src.take(f"weight_ih_{key}", (size, n_in), hint=hint).T,
@@ -467,8 +455,8 @@ def _from_pytorch(src: _Source, key: str, layer, n_in: int) -> dict:
 
 
 def _from_keras(src: _Source, scope: str, layer, n_in: int) -> dict:
-    size, cell = GATES[layer.cell] * layer.hidden, layer.cell
-    back = _inverse(KERAS_ORDER[cell])
+    size, cell = GATES[ONNX_OP[layer.cell]] * layer.hidden, layer.cell
+    back = _inverse(KERAS_ORDER[ONNX_OP[cell]])
     out = {
         "W_ih": _blocks(src.take(f"{scope}.kernel", (n_in, size)), back),
         "W_hh": _blocks(src.take(f"{scope}.recurrent_kernel", (layer.hidden, size)), back),
@@ -487,8 +475,8 @@ def _from_keras(src: _Source, scope: str, layer, n_in: int) -> dict:
 
 
 def _from_onnx(src: _Source, scope: str, base: str, layer, n_in: int) -> dict:
-    size, hidden, cell = GATES[layer.cell] * layer.hidden, layer.hidden, layer.cell
-    back = _inverse(ONNX_ORDER[cell])
+    size, hidden, cell = GATES[ONNX_OP[layer.cell]] * layer.hidden, layer.hidden, layer.cell
+    back = _inverse(ONNX_ORDER[ONNX_OP[cell]])
 
     def get(name: str, tail: tuple, optional: bool = False):
         # one direction under `scope`, or a bidirectional node's two under the layer's name
