@@ -178,3 +178,50 @@ def test_parallel_reverse_spec_trains_and_evals_through_the_cli(tmp_path, capsys
     assert facts["labels"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     out = capsys.readouterr().out
     assert "accuracy" in out, out
+
+
+# ---- predict reads raw text the way each source trained ----------------------------------------
+
+
+def test_conll_tagger_predicts_raw_sentences_and_conll_files_alike(tmp_path, capsys):
+    data = write(tmp_path, "train.conll", CONLL * 8)
+    spec = short_run(SPECS / "conll_tagger.yaml", tmp_path)
+    run = str(tmp_path / "run")
+    assert cli.main(["run", spec, "--data", data, "--out", run]) == 0
+    capsys.readouterr()
+    tags_only = write(tmp_path, "new.conll", "EU\nrejects\nZorro\n\nPeter\tB-PER\n")
+    assert cli.main(["predict", run, "--data", tags_only]) == 0
+    from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cli.main(["predict", run, "--input", "EU rejects Zorro", "--input", "Peter"]) == 0
+    captured = capsys.readouterr()
+    from_text = [json.loads(line) for line in captured.out.splitlines()]
+    assert from_file == from_text
+    assert [r["tokens"] for r in from_text] == [["EU", "rejects", "Zorro"], ["Peter"]]
+    labels = json.loads((tmp_path / "run" / "data.json").read_text())["labels"]
+    assert all(len(r["tags"]) == len(r["tokens"]) for r in from_text)
+    assert {t for r in from_text for t in r["tags"]} <= set(labels)
+    assert "1 unknown" in captured.err, captured.err  # Zorro, never seen in training
+
+
+def test_conll_encode_follows_the_runs_level_and_case():
+    facts = {"vocab": ["<pad>", "<unk>", "e", "u", "r"]}
+    encoded = conll.encode_raw(["EU  r", ""], {"level": "char", "lowercase": True}, facts, "")
+    assert [ids.tolist() for ids in encoded.ids] == [[2, 3, 4], [1]]
+    assert encoded.tokens == [["e", "u", "r"], ["<unk>"]] and encoded.unknown == 0
+
+
+def test_parallel_run_predicts_raw_sources_and_pair_files_alike(tmp_path, capsys):
+    data = write(tmp_path, "words.tsv", REVERSED * 4)
+    spec = short_run(SPECS / "parallel_reverse.yaml", tmp_path)
+    run = str(tmp_path / "run")
+    assert cli.main(["run", spec, "--data", data, "--out", run]) == 0
+    capsys.readouterr()
+    pairs = write(tmp_path, "new.tsv", "# sources, targets optional\nstone\tenots\nsky\n")
+    assert cli.main(["predict", run, "--data", pairs]) == 0
+    from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cli.main(["predict", run, "--input", "stone", "--input", "sky"]) == 0
+    captured = capsys.readouterr()
+    from_text = [json.loads(line) for line in captured.out.splitlines()]
+    assert from_file == from_text and len(from_text) == 2
+    assert [r["input"] for r in from_text] == ["stone", "sky"]
+    assert "2 unknown" in captured.err, captured.err  # "k" and "y" are not source characters

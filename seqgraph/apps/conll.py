@@ -32,7 +32,7 @@ import numpy as np
 
 from seqgraph.apps.sentences import PAD_MULTIPLE, split_rows
 from seqgraph.errors import DataError
-from seqgraph.spec.registry import DataSource
+from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import PADDING, SequenceSet, need_path, read_text
 
@@ -175,6 +175,41 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     )
 
 
+def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
+    """Raw sentences as a trained tagger reads them (the `encode` hook of `predict`): tokens
+    split at whitespace, lower-cased if the run was, each token (`level: word`) or character
+    (`level: char`) one step, `<unk>` for what the run's vocabulary lacks. An empty sentence is
+    one `<unk>` step, so every input gets a record."""
+    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
+    unk = index.get("<unk>", 1)
+    lower, level = bool(config.get("lowercase", False)), config.get("level", "word")
+    ids, shown, unknown = [], [], 0
+    for text in texts:
+        words = (text.lower() if lower else text).split()
+        steps, _ = units(words, ["O"] * len(words), level)
+        unknown += sum(s not in index for s in steps)
+        ids.append(np.array([index.get(s, unk) for s in steps] or [unk], dtype=np.int64))
+        shown.append(steps or ["<unk>"])
+    return Encoded(ids, shown, unknown)
+
+
+def read_inputs(path, config: dict) -> list[str]:
+    """The sentences of a CoNLL file, tags optional: each sequence's tokens (column
+    `token_column`) joined by spaces; a one-column file (tokens only) reads too."""
+    column = int(config.get("token_column", 0))
+    sentences: list[str] = []
+    words: list[str] = []
+    for line in [*read_text(Path(path)).splitlines(), ""]:
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if words:
+                sentences.append(" ".join(words))
+                words = []
+        elif not _skipped(line):
+            columns = _columns(line)
+            words.append(columns[column] if column < len(columns) else columns[0])
+    return sentences
+
+
 OPTIONS = {
     "path": {"type": "string", "description": "the CoNLL file (--data FILE sets it)"},
     "token_column": {
@@ -208,5 +243,7 @@ SOURCES = [
         OPTIONS,
         "token<TAB>tag a line, a blank line between sequences (many_to_many tagging)",
         suffixes={".conll": {}, ".bio": {}, ".iob": {}},
+        encode=encode_raw,
+        read_inputs=read_inputs,
     ),
 ]

@@ -27,7 +27,7 @@ import numpy as np
 
 from seqgraph.apps.sentences import split_rows
 from seqgraph.errors import DataError
-from seqgraph.spec.registry import DataSource
+from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import PADDING, SequenceSet, need_path, read_text
 
@@ -113,6 +113,32 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     )
 
 
+def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
+    """Raw source sentences as a trained run reads them (the `encode` hook of `predict`): the
+    run's `source_level` tokenizer and `lowercase`, its source vocabulary, `<unk>` for what it
+    lacks, and an empty source as one `<unk>`."""
+    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
+    unk = index.get("<unk>", 1)
+    level, lower = config.get("source_level", "char"), bool(config.get("lowercase", False))
+    ids, shown, unknown = [], [], 0
+    for text in texts:
+        source = tokens(text, level, lower)
+        unknown += sum(t not in index for t in source)
+        ids.append(np.array([index.get(t, unk) for t in source] or [unk], dtype=np.int64))
+        shown.append(source or ["<unk>"])
+    return Encoded(ids, shown, unknown)
+
+
+def read_inputs(path, config: dict) -> list[str]:
+    """The sources of a parallel file, targets optional: each line's first column (blank and
+    `#` lines skipped, as in training)."""
+    return [
+        line.split("\t")[0]
+        for line in read_text(Path(path)).splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
 _LEVEL = {"enum": ["char", "word"]}
 OPTIONS = {
     "path": {"type": "string", "description": "the source<TAB>target file (--data FILE)"},
@@ -131,5 +157,7 @@ SOURCES = [
         load,
         OPTIONS,
         "source<TAB>target a line, separate vocabularies, targets end with <eos> (encoder_decoder)",
+        encode=encode_raw,
+        read_inputs=read_inputs,
     ),
 ]
