@@ -67,7 +67,7 @@ def _cmd_run(args) -> int:
     line = f"done: {summary['steps_done']} steps in {summary['run_dir']}"
     if valid:
         line += f"; validation loss {valid['loss']:.4f} per target step"
-        if "accuracy" in valid:
+        if "accuracy" in valid and "accuracy_teacher" not in valid:  # a decoder's is labelled
             line += f", accuracy {valid['accuracy']:.3f}"
         line += _scores(summary["source"], valid)
     print(line)

@@ -178,6 +178,13 @@ def test_parallel_reverse_spec_trains_and_evals_through_the_cli(tmp_path, capsys
     assert facts["labels"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     out = capsys.readouterr().out
     assert "accuracy" in out, out
+    # the run's own last line labels the teacher-forced number and adds free-running scores
+    done = next(line for line in out.splitlines() if line.startswith("done:"))
+    last = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in last if r["kind"] == "valid"][-1]
+    assert f"free-running accuracy {final['accuracy_free']:.4f}" in done, done
+    assert f"teacher-forced accuracy {final['accuracy_teacher']:.4f}" in done, done
+    assert ", accuracy" not in done and "exact match" in done, done
 
 
 # ---- predict reads raw text the way each source trained ----------------------------------------

@@ -27,7 +27,7 @@ from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.train import ctc, run_folder
 from seqgraph.train import data as datasets
-from seqgraph.train.evaluate import evaluate, real_steps, scorer_for
+from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
 
@@ -244,7 +244,9 @@ def _finish(loop: _Loop, done: int, sample: bool) -> dict:
     """What a completed run adds to its summary: the final validation (with the
     application's own scores), the application's files, the loss plot and a text sample."""
     model, dataset, config = loop.model, loop.dataset, loop.config
-    out = {"valid": loop.validate(done)}
+    # The last validation adds the scores `eval` gives (a decoder's free-running accuracy and
+    # exact match, a classifier's macro-F1), so the run's last line is not teacher-forced only.
+    out = {"valid": loop.validate(done, kind=score_kind(model, dataset))}
     app = registry.source(loop.source)  # the application's own scores and files
     if app.metrics is not None and out["valid"]:
         out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
@@ -440,14 +442,16 @@ class _Loop:
         }
         run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
 
-    def validate(self, step: int) -> dict:
-        """Validation loss and scores, recorded in metrics.jsonl; {} without validation data
-        (the run warned at its start)."""
+    def validate(self, step: int, kind: str | None = None) -> dict:
+        """Validation loss and scores (with `kind`'s, see `evaluate`), recorded in
+        metrics.jsonl; {} without validation data (the run warned at its start)."""
         if not self.has_validation:
             return {}
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
-        result = evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source))
+        result = evaluate(
+            self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind
+        )
         self.metrics.write(
             {
                 "kind": "valid",
