@@ -208,6 +208,11 @@ def test_conll_tagger_predicts_raw_sentences_and_conll_files_alike(tmp_path, cap
     assert all(len(r["tags"]) == len(r["tokens"]) for r in from_text)
     assert {t for r in from_text for t in r["tags"]} <= set(labels)
     assert "1 unknown" in captured.err, captured.err  # Zorro, never seen in training
+    # any other file is one sentence a line (regression: a .txt read as CoNLL columns gave
+    # one sentence of each line's first word)
+    lines = write(tmp_path, "new.txt", "EU rejects Zorro\n\nPeter\n")
+    assert cli.main(["predict", run, "--data", lines]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_text
 
 
 def test_conll_encode_follows_the_runs_level_and_case():
