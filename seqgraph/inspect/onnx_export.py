@@ -27,6 +27,11 @@ def _check_exportable(model) -> None:
             f"ONNX export supports many_to_many and many_to_one models, not {m.pattern}"
         )
     for i, layer in enumerate(m.layers):
+        if layer.layer_norm:  # ONNX's RNN/GRU/LSTM operators have no normalisation inside
+            raise DataError(
+                f"model.layers[{i}] has layer_norm: true, which ONNX's RNN, GRU and LSTM "
+                "operators have no form of; train without layer_norm to export to ONNX"
+            )
         if layer.init_state == "learned":
             raise DataError(
                 f"model.layers[{i}] has a learned initial state, which ONNX export "
