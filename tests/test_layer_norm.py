@@ -180,8 +180,9 @@ def test_plan_matches_interpreter_padded_and_stacked(cell, layer):
     assert re.search(r"t=0\.\.4 batched .*= layer_norm", listing), listing
 
 
-def test_layer_norm_lstm_trains(tmp_path):
-    """`seqgraph run` on a tiny character model with layer_norm: true: the loss falls."""
+def test_layer_norm_lstm_trains(tmp_path, capsys):
+    """`seqgraph run` on a tiny character model with layer_norm: true: the loss falls; the
+    run evaluates, and `export --to onnx` refuses it in one line with exit code 2."""
     text = tmp_path / "text.txt"
     text.write_text("abcabcabd abcabcabd\n" * 30)
     spec = {
@@ -205,6 +206,11 @@ def test_layer_norm_lstm_trains(tmp_path):
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--to", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has layer_norm: true" in err, err
 
 
 # ---- what is refused -------------------------------------------------------------------------
@@ -246,12 +252,12 @@ def test_a_user_cell_may_name_its_own_layer_norm_form():
 
 
 def test_onnx_export_refuses_layer_norm_in_one_line(tmp_path):
-    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     from seqgraph.inspect.onnx_export import export_onnx
 
     with pytest.raises(DataError, match=r"model\.layers\[0\] has layer_norm: true") as info:
         export_onnx(Model(layer_spec("gru"), dtype="float32"), tmp_path / "no.onnx")
     assert "\n" not in str(info.value)
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     raw = layer_spec("ln_rnn", layer_norm=False)  # the op inside a user cell: no ONNX cell
     raw["cells"] = readme_cells()
     with pytest.raises(DataError, match="cell 'ln_rnn', which has no onnx counterpart"):
