@@ -23,9 +23,7 @@ from seqgraph.runtime import batch as batching
 from seqgraph.spec import equations
 from seqgraph.train import run_folder
 
-torch = pytest.importorskip("torch", reason="torch is the test-only oracle: pip install '.[test]'")
-F = torch.nn.functional
-
+TORCH_MISSING = "torch is the test-only oracle: pip install '.[test]'"
 README = Path(__file__).resolve().parents[1] / "README.md"
 B, T, N_IN, HIDDEN, CLASSES = 3, 4, 3, 4, 5
 LN_CELLS = ["rnn", "gru", "lstm"]
@@ -56,6 +54,7 @@ def random_params(model: Model, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("eps", [1e-5, 0.3])
 def test_layer_norm_op_matches_torch_forward_and_backward(eps):
+    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 3, 6)) * 3 + 1
     g = rng.normal(size=a.shape)
@@ -63,7 +62,7 @@ def test_layer_norm_op_matches_torch_forward_and_backward(eps):
     out = op.forward(xnp, a, eps=eps)
     (grad,) = op.vjp(xnp, g, out, a, eps=eps)
     ta = torch.tensor(a, requires_grad=True)
-    t_out = F.layer_norm(ta, (6,), eps=eps)
+    t_out = torch.nn.functional.layer_norm(ta, (6,), eps=eps)
     t_out.backward(torch.tensor(g))
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(grad, ta.grad.numpy(), rtol=1e-11, atol=1e-12)
@@ -90,11 +89,15 @@ def test_equations_call_the_new_ops_with_their_attribute():
 
 
 def ln(z):
-    return F.layer_norm(z, z.shape[-1:], eps=1e-5)
+    import torch
+
+    return torch.nn.functional.layer_norm(z, z.shape[-1:], eps=1e-5)
 
 
 def torch_step(cell: str, p: dict, x, state):
     """One step of the cell, written from Ba, Kiros & Hinton 2016 as the YAML states it."""
+    import torch
+
     h = state[0]
     if cell == "rnn":
         return (torch.tanh(ln(x @ p["W_ih"]) * p["g_ih"] + ln(h @ p["W_hh"]) * p["g_hh"] + p["b"]),)
@@ -111,6 +114,9 @@ def torch_step(cell: str, p: dict, x, state):
 
 def torch_loss(cell: str, params: dict, x, y):
     """Summed cross-entropy over steps, averaged over the batch (seqgraph's loss)."""
+    import torch
+
+    cross_entropy = torch.nn.functional.cross_entropy
     p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     cells = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("l0.")}
     state = tuple(torch.zeros(B, HIDDEN, dtype=torch.float64) for _ in range(2))
@@ -118,7 +124,7 @@ def torch_loss(cell: str, params: dict, x, y):
     for t in range(T):
         state = torch_step(cell, cells, torch.tensor(x[:, t]), state)
         logits = state[0] @ p["out.W"] + p["out.b"]
-        loss = loss + F.cross_entropy(logits, torch.tensor(y[:, t]), reduction="sum") / B
+        loss = loss + cross_entropy(logits, torch.tensor(y[:, t]), reduction="sum") / B
     loss.backward()
     return loss.item(), {k: v.grad.numpy() for k, v in p.items()}
 
@@ -126,6 +132,7 @@ def torch_loss(cell: str, params: dict, x, y):
 @pytest.mark.parametrize("engine", ["plan", "interp"])
 @pytest.mark.parametrize("cell", LN_CELLS)
 def test_layer_norm_cells_match_hand_written_torch(cell, engine):
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     model = Model(layer_spec(cell), dtype="float64", engine=engine)
     assert model.spec.model.layers[0].cell == f"{cell}_layer_norm"
     params = random_params(model)
