@@ -109,6 +109,11 @@ def _log_softmax(a):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def layer_norm_ref(a, eps=1e-5):
+    """Mean 0 and biased variance 1 over the last axis, as torch.nn.functional.layer_norm."""
+    return (a - a.mean(axis=-1, keepdims=True)) / np.sqrt(a.var(axis=-1, keepdims=True) + eps)
+
+
 def ctc_brute(logits, labels, input_lengths, label_lengths):
     """CTC negative log-likelihood by enumerating every frame-level path (C**T of them) and
     keeping those that collapse (merge repeats, drop blanks) to the labels."""
@@ -169,6 +174,17 @@ ROWS = [
     Row("relu", (AwayFromZero((3, 4)),), lambda a: np.maximum(a, 0)),
     Row("exp", (Real((3, 4)),), np.exp),
     Row("log", (Positive((3, 4)),), np.log),
+    Row("sqrt", (Positive((3, 4)),), np.sqrt),
+    Row("rsqrt", (Positive((3, 4)),), lambda a: 1 / np.sqrt(a)),
+    Row("layer_norm", (Real((3, 5)),), layer_norm_ref),
+    Row(
+        "layer_norm",
+        (Real((2, 3, 4)),),
+        lambda a: layer_norm_ref(a, 0.5),
+        {"eps": 0.5},
+        label="batch_eps",
+    ),
+    Row("layer_norm", (Real((3, 1)),), layer_norm_ref, label="one_feature"),
     Row(
         "concat",
         (Real((2, 3)), Real((2, 1)), Real((2, 2))),

@@ -229,13 +229,13 @@ def test_feedback_forward_and_train_step_match_interpreter(pattern, feedback):
 
 def run_c_body(body: str, env: dict) -> dict:
     """Evaluate the generated CUDA body with NumPy: the statements are `T v = expr;`,
-    `y = v;`, with +-*/, unary minus, exp/tanh/log, casts `(T)1` and `a ? b : c`."""
+    `y = v;`, with +-*/, unary minus, exp/tanh/log/sqrt, casts `(T)1` and `a ? b : c`."""
     import re
 
     for line in body.splitlines():
         target, expr = line.rstrip(";").split(" = ", 1)
         expr = re.sub(r"\((?:double|float)\)(\d)", r"\1.0", expr)
-        for fn in ("exp", "tanh", "log"):
+        for fn in ("exp", "tanh", "log", "sqrt"):
             expr = re.sub(rf"\b{fn}\(", f"np.{fn}(", expr)
         ternary = re.fullmatch(r"(.+) \? (.+) : (.+)", expr)
         if ternary:

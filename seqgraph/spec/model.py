@@ -123,7 +123,7 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
             near = difflib.get_close_matches(raw["cell"], list(cells), n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(cells))}"
             raise SpecError(f"{here}.cell", f"unknown cell {raw['cell']!r}; {hint}")
-        cell = cells[raw["cell"]]
+        cell = cells[_layer_cell(raw, cells, here)]
         for key in raw.get("options") or {}:
             if key not in cell.options:
                 raise SpecError(
@@ -133,13 +133,14 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 )
         out.append(
             LayerSpec(
-                raw["cell"],
+                cell.name,
                 raw["hidden"],
                 raw.get("bidirectional", False),
                 raw.get("merge", "concat"),
                 raw.get("init_state", "zeros"),
                 {**cell.options, **(raw.get("options") or {})},
                 raw.get("direction", "forward"),
+                raw.get("layer_norm", False),
             )
         )
         if out[-1].bidirectional and out[-1].direction != "forward":
@@ -149,6 +150,29 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 "or bidirectional: true",
             )
     return tuple(out)
+
+
+def _layer_cell(raw: dict, cells: dict, here: str) -> str:
+    """The cell a layer runs: its own or, with `layer_norm: true`, the layer-normalised form
+    its YAML names under `layer_norm_form` (rnn_layer_norm, ...)."""
+    name = raw["cell"]
+    if not raw.get("layer_norm", False):
+        return name
+    form = cells[name].layer_norm_form
+    if not form:
+        raise SpecError(
+            f"{here}.layer_norm",
+            f"cell {name!r} has no layer-normalised form (rnn, gru and lstm have one); "
+            "remove layer_norm: true and write the normalisation into the cell's equations, "
+            "e.g. `h = tanh(layer_norm(x @ W) * gain + bias)` (README, Cells are data: ln_rnn)",
+        )
+    if form not in cells:
+        raise SpecError(
+            f"{here}.layer_norm",
+            f"cell {name!r} names layer_norm_form {form!r}, which is not a cell; "
+            f"define cells.{form} or fix the name",
+        )
+    return form
 
 
 def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:

@@ -70,6 +70,10 @@ CELL = {
         "state": {**_name_list, "minItems": 1},
         "output": {"type": "string"},
         "options": {"type": "object", "additionalProperties": _option},
+        "layer_norm_form": {
+            "type": "string",
+            "description": "the cell a layer with `layer_norm: true` runs instead of this one",
+        },
         "params": {"type": "object", "additionalProperties": _param},
         "equations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
     },
@@ -108,6 +112,12 @@ _layer = {
         },
         "merge": {"enum": ["concat", "sum"], "default": "concat"},
         "init_state": {"enum": ["zeros", "learned"], "default": "zeros"},
+        "layer_norm": {
+            "type": "boolean",
+            "default": False,
+            "description": "run the cell's layer-normalised form (Ba et al. 2016): rnn, gru "
+            "and lstm have one; a user cell writes layer_norm(...) in its equations instead",
+        },
         "options": {"type": "object", "additionalProperties": _option},
     },
 }

@@ -27,6 +27,7 @@ class CellSpec:
     steps: tuple  # lowered equations.Step list
     bindings: dict  # final local name of every equation name
     doc: str = ""
+    layer_norm_form: str = ""  # the cell `layer_norm: true` selects ("": none)
 
     def __repr__(self) -> str:
         io = f"inputs {', '.join(self.inputs)}; state {', '.join(self.state)} -> {self.output}"
@@ -65,6 +66,7 @@ class LayerSpec:
     init_state: str = "zeros"
     options: dict = field(default_factory=dict, hash=False)
     direction: str = "forward"  # "reverse": one direction, last step first
+    layer_norm: bool = False  # as written; `cell` is then the layer-normalised form it selected
 
     @property
     def out_size(self) -> int:
