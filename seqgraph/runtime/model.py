@@ -175,12 +175,18 @@ class Model:
         out_steps: int | None = None,
         feedback: str = "teacher",
         state_grads: bool = False,
+        train: bool = False,
     ) -> Program:
-        """The interpreter's flattened program for one sequence length (cached)."""
-        key = (steps, out_steps, feedback, state_grads)
+        """The interpreter's flattened program for one sequence length (cached); `train`:
+        the training graph, with dropout (the same program when the spec has none)."""
+        key = (steps, out_steps, feedback, state_grads, train)
         if key not in self._programs:
-            graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads)
-            self._programs[key] = Program(graph)
+            graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads, train)
+            has_dropout = any(role["role"] == "dropout" for role in graph.inputs.values())
+            if train and not has_dropout:
+                self._programs[key] = self._program(steps, out_steps, feedback, state_grads)
+            else:
+                self._programs[key] = Program(graph)
         return self._programs[key]
 
     def _runner(
@@ -195,10 +201,10 @@ class Model:
         """The plan runner for this batch's shape (cached): gradients, or forward only;
         `state_grads`: also the initial states' gradients, from seeded final ones."""
         p = prepared or batching.prepare(self.spec, batch)
-        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at, state_grads)
+        program = self._program(p.steps, p.out_steps, feedback, state_grads, p.dropout is not None)
+        key = (id(program), p.size, p.full, grads, state_at)
         runner = self._runners.get(key)
         if runner is None:
-            program = self._program(p.steps, p.out_steps, feedback, state_grads)
             runner = self._runners[key] = Runner(self, program, batch, p.full, grads, state_at)
         return runner
 
@@ -209,7 +215,8 @@ class Model:
         node, for tools that look inside (`inspect.gradflow`, `inspect.render` with
         gradients; `program.backward(xp, values, program.graph.loss, observe=...)`)."""
         _, steps, out_steps = batching.shape_of(self.spec, batch)
-        program = self._program(steps, out_steps, feedback)
+        train = batch.get("dropout") is not None
+        program = self._program(steps, out_steps, feedback, train=train)
         graph = program.graph
         bk = self.backend
         leaves = {key: bk.asarray(v) for key, v in batching.feeds(self.spec, graph, batch).items()}

@@ -75,6 +75,14 @@ CELL = {
     },
 }
 
+_dropout = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMaximum": 1,
+    "default": 0,
+    "description": "the probability of dropping each unit in training (inverted dropout)",
+}
+
 _encoder = {
     "type": "object",
     "additionalProperties": False,
@@ -89,6 +97,10 @@ _encoder = {
         "channels": _size,
         "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
         "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
+        "dropout": {
+            **_dropout,
+            "description": "dropout on this encoder's output, a fresh mask each step",
+        },
     },
 }
 
@@ -109,6 +121,16 @@ _layer = {
         "merge": {"enum": ["concat", "sum"], "default": "concat"},
         "init_state": {"enum": ["zeros", "learned"], "default": "zeros"},
         "options": {"type": "object", "additionalProperties": _option},
+        "dropout": {
+            **_dropout,
+            "description": "dropout on this layer's outputs (to the next layer or the "
+            "readout), a fresh mask each step",
+        },
+        "recurrent_dropout": {
+            **_dropout,
+            "description": "variational dropout on h_{t-1} where the gates read it: one mask "
+            "per sequence, reused at every step (cells that read `recurrent_dropout`)",
+        },
     },
 }
 

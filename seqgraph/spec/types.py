@@ -43,6 +43,7 @@ class EncoderSpec:
     activation: str = "identity"
     kernel: int = 3  # conv only
     pool: int = 2  # conv only: max-pool window after the convolution
+    dropout: float = 0.0  # on the output, in training
 
     def __repr__(self) -> str:
         return f"EncoderSpec({self.text})"
@@ -53,7 +54,8 @@ class EncoderSpec:
         parts = [self.type] + ([str(self.size)] if self.size is not None else [])
         if self.type == "conv":
             parts += [f"k{self.kernel}", f"pool{self.pool}"]
-        return " ".join(parts + ([self.activation] if self.activation != "identity" else []))
+        parts += [self.activation] if self.activation != "identity" else []
+        return " ".join(parts + ([f"dropout {self.dropout:g}"] if self.dropout else []))
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class LayerSpec:
     init_state: str = "zeros"
     options: dict = field(default_factory=dict, hash=False)
     direction: str = "forward"  # "reverse": one direction, last step first
+    dropout: float = 0.0  # on the outputs, in training
+    recurrent_dropout: float = 0.0  # variational, on h_{t-1} as the gates read it
 
     @property
     def out_size(self) -> int:
@@ -84,6 +88,10 @@ class LayerSpec:
         if self.init_state != "zeros":
             parts.append(f"init_state {self.init_state}")
         parts += [f"{k}={v}" for k, v in self.options.items() if v is not None]
+        if self.dropout:
+            parts.append(f"dropout {self.dropout:g}")
+        if self.recurrent_dropout:
+            parts.append(f"recurrent_dropout {self.recurrent_dropout:g}")
         return " ".join(parts)
 
 
