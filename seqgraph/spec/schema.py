@@ -80,7 +80,7 @@ _dropout = {
     "minimum": 0,
     "exclusiveMaximum": 1,
     "default": 0,
-    "description": "the probability of dropping each unit in training (inverted dropout)",
+    "description": "must be in [0, 1): the probability of dropping each unit in training (0: none)",
 }
 
 _encoder = {
@@ -97,10 +97,7 @@ _encoder = {
         "channels": _size,
         "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
         "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
-        "dropout": {
-            **_dropout,
-            "description": "dropout on this encoder's output, a fresh mask each step",
-        },
+        "dropout": _dropout,  # on the encoder's output, a fresh mask each step
     },
 }
 
@@ -121,16 +118,11 @@ _layer = {
         "merge": {"enum": ["concat", "sum"], "default": "concat"},
         "init_state": {"enum": ["zeros", "learned"], "default": "zeros"},
         "options": {"type": "object", "additionalProperties": _option},
-        "dropout": {
-            **_dropout,
-            "description": "dropout on this layer's outputs (to the next layer or the "
-            "readout), a fresh mask each step",
-        },
-        "recurrent_dropout": {
-            **_dropout,
-            "description": "variational dropout on h_{t-1} where the gates read it: one mask "
-            "per sequence, reused at every step (cells that read `recurrent_dropout`)",
-        },
+        # on the layer's outputs (to the next layer or the readout), a fresh mask each step
+        "dropout": _dropout,
+        # variational, on h_{t-1} where the gates read it: one mask per sequence, reused at
+        # every step (cells whose equations read `recurrent_dropout`)
+        "recurrent_dropout": _dropout,
     },
 }
 
