@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from support import require_gpu
 
 from seqgraph import Model, SpecError, api, load_spec
 from seqgraph.cli import main
@@ -40,6 +41,17 @@ def gru_spec(**layer) -> dict:
     return raw
 
 
+def conv_spec() -> dict:
+    """Image frames through two convs: the first one's mask is (channels, height, width)."""
+    raw = lstm_spec(dropout=0.2)
+    raw["model"]["input"] = {"type": "images", "shape": [1, 4, 4]}
+    raw["model"]["encoders"] = [
+        {"type": "conv", "channels": 2, "dropout": 0.3},
+        {"type": "conv", "channels": 2, "pool": 1, "dropout": 0.4},
+    ]
+    return raw
+
+
 def with_dropout(batch: dict, **request) -> dict:
     return {**batch, "dropout": {**REQUEST, **request}}
 
@@ -62,8 +74,9 @@ def masks_of(model: Model, batch: dict) -> dict:
         lstm_spec("many_to_one", bidirectional=True, dropout=0.5, recurrent_dropout=0.2),
         lstm_spec(ids=True, encoders=[{"type": "embedding", "size": 5, "dropout": 0.25}]),
         gru_spec(recurrent_dropout=0.3),
+        conv_spec(),
     ],
-    ids=["stacked", "many_to_one_bidirectional", "encoder", "gru"],
+    ids=["stacked", "many_to_one_bidirectional", "encoder", "gru", "conv_encoders"],
 )
 def test_plan_matches_interpreter_with_the_same_masks(raw):
     plan = Model(raw, engine="plan")
@@ -89,6 +102,20 @@ def test_masks_keep_time_batching_intact():
     assert {("l0", "t#1"), ("l1", "t#1"), ("l0", "drop"), ("out", "xW")} <= set(plan.batched)
     recurrent = [k for k in masks_of(model, batch) if k[1] == "dropout1.mask"]
     assert recurrent == [("l0", "dropout1.mask", None), ("l1", "dropout1.mask", None)]
+
+
+@pytest.mark.gpu
+def test_cupy_drops_the_units_numpy_drops():
+    """Masks are drawn on the host and copied, so CuPy's loss and gradients are NumPy's."""
+    cupy = require_gpu()
+    raw = lstm_spec(layers=2, dropout=0.3, recurrent_dropout=0.4)
+    reference, other = Model(raw), Model(raw, backend="cupy")
+    batch = with_dropout(batching.dummy(reference.spec, 3, 5))
+    want_loss, want = reference.loss_and_grads(batch)
+    got_loss, got = other.loss_and_grads(batch)
+    assert got_loss == pytest.approx(want_loss, rel=1e-10)
+    for name in want:
+        np.testing.assert_allclose(cupy.asnumpy(got[name]), want[name], rtol=1e-9, atol=1e-12)
 
 
 # ---- evaluation has no dropout ---------------------------------------------------------------

@@ -41,6 +41,8 @@ class Model:
     per batch shape); `engine="interp"` walks the graph node by node (`autodiff.Program`),
     the reference the plan is tested against. `graph`, `unrolled` and `plan` return the
     compiled forms to look at; `interpret` runs the interpreter and returns every value.
+    A batch with `dropout: {"seed": s, "step": n}` runs the training graph, with the spec's
+    dropout (masks from `runtime.masks`); any other runs the evaluation graph, without.
     """
 
     def __init__(

@@ -45,6 +45,7 @@ class Unroller:
         self.spec, self.model = spec, spec.model
         self.steps, self.out_steps, self.feedback = steps, out_steps, feedback
         self.state_grads, self.train = state_grads, train
+        self.widths: dict[str, dict] = {}  # scope -> `cell_widths`, for dropout inside cells
         self.g = Graph()
 
     # ---- node helpers ------------------------------------------------------------------------
@@ -100,11 +101,13 @@ class Unroller:
         size, shape = io.size, io.shape
         for i, enc in enumerate(encoders):
             scope = f"{prefix}{i}"
+            out_shape = None  # one sequence's output shape, when not (size,)
             if enc.type == "conv":
                 key, shape = self.conv(scope, key, shape, enc, t)
-                size = shape[0] * shape[1] * shape[2]
+                size, out_shape = shape[0] * shape[1] * shape[2], shape
                 if i + 1 == len(encoders) or encoders[i + 1].type != "conv":
                     key = self.op((scope, "flat", t), "reshape", (key,), shape=(-1, size))
+                    out_shape = None
             elif enc.type == "onehot":
                 key = self.op((scope, "onehot", t), "embedding", (key, self.const(np.eye(size))))
             elif enc.type == "embedding":
@@ -113,8 +116,7 @@ class Unroller:
             else:
                 key = self.dense(scope, key, size, enc.size, t, enc.activation)
                 size = enc.size
-            flat = enc.type != "conv" or key[1] == "flat"
-            key = self.drop(key, scope, "drop", t, enc.dropout, (size,) if flat else shape)
+            key = self.drop(key, scope, "drop", t, enc.dropout, out_shape or (size,))
         return key
 
     def conv(self, scope: str, key: Key, shape: tuple, enc, t) -> tuple[Key, tuple]:
@@ -212,8 +214,8 @@ class Unroller:
             )
             attrs = {k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()}
             if step.op == "dropout":
-                if widths is None:
-                    widths = self.cell_widths(cell, params, sizes)
+                if widths is None:  # the same for every step of this layer
+                    widths = self.widths.setdefault(scope, self.cell_widths(cell, params, sizes))
                 local[step.out] = self.cell_dropout(scope, t, step, inputs[0], attrs, widths)
                 continue
             local[step.out] = self.op((scope, step.out, t), step.op, inputs, step.source, **attrs)
@@ -248,9 +250,10 @@ class Unroller:
             ins = [None if isinstance(i, Const) else widths.get(i) for i in step.inputs]
             known = [w for w in ins if w is not None]
             axis = step.attrs.get("axis", -1)
-            if step.op in ("dropout",) or (step.op == "chunk" and axis == -1):
-                parts = step.attrs.get("parts", 1) if step.op == "chunk" else 1
-                width = ins[0] // parts if ins[0] is not None else None
+            if step.op == "dropout":
+                width = ins[0]
+            elif step.op == "chunk" and axis == -1:
+                width = ins[0] // step.attrs["parts"] if ins[0] is not None else None
             elif step.op == "matmul":
                 width = ins[1]
             elif step.op == "concat" and axis == -1:
