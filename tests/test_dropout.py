@@ -130,7 +130,7 @@ def test_evaluation_equals_the_model_without_dropout():
     np.testing.assert_array_equal(evaluated["predictions"], plain.forward(batch)["predictions"])
     assert evaluated["loss"] == plain.forward(batch)["loss"]
     assert model.forward(with_dropout(batch))["loss"] != evaluated["loss"]
-    train_graph = compile_graph(model.spec, 4, train=True)
+    train_graph = model.unrolled(4, train=True)
     eval_graph = model.unrolled(4)
     assert train_graph.params == eval_graph.params
     assert not [r for r in eval_graph.inputs.values() if r["role"] == "dropout"]

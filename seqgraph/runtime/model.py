@@ -148,22 +148,31 @@ class Model:
     # (the compiled plan). The interpreter's Program and the plan's Runner stay internal.
 
     def graph(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+        self,
+        steps: int,
+        out_steps: int | None = None,
+        feedback: str = "teacher",
+        train: bool = False,
     ) -> nx.MultiDiGraph:
         """The unrolled networkx.MultiDiGraph for `steps` input steps (and `out_steps` decoder
         steps, default `steps`): a copy, yours to change. Nodes are `(scope, name, t)`, with
         the op, its attrs and the ordered input keys as node data; `unrolled` has the rest."""
-        return self.unrolled(steps, out_steps, feedback).nx.copy()
+        return self.unrolled(steps, out_steps, feedback, train).nx.copy()
 
     def unrolled(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+        self,
+        steps: int,
+        out_steps: int | None = None,
+        feedback: str = "teacher",
+        train: bool = False,
     ) -> Graph:
         """The unrolled Graph both engines run (cached; read it, do not change it): nodes,
         their order, parameters and the roles they play (loss, outputs, inputs). Its repr
-        counts them; `describe(key)` shows one node."""
+        counts them; `describe(key)` shows one node. `train`: the training graph, with the
+        dropout masks (leaves of role "dropout") and ops."""
         if self.spec.model.feeds_back and out_steps is None:
             out_steps = steps
-        return self._program(steps, out_steps, feedback).graph
+        return self._program(steps, out_steps, feedback, train=train).graph
 
     def plan(self, batch: dict, feedback: str = "teacher", grads: bool = True) -> Plan:
         """The execution plan for this batch's shape (cached; built by `engine="plan"` runs):
