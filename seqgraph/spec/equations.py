@@ -249,7 +249,7 @@ class _Lowerer:
         if name == "split":
             self.fail("split(x, n) must be assigned to n names: `a, b = split(x, 2)`")
         if name == "dropout":
-            return self._dropout(node, hint)
+            return self._dropout(node)
         if name not in ops.OPS or name.startswith("_"):
             self.fail(f"unknown op {name!r}; known ops: {', '.join(sorted(ops.OPS))}")
         op = ops.OPS[name]
@@ -264,7 +264,7 @@ class _Lowerer:
         inputs = tuple(self.expr(arg) for arg in node.args[:n_arrays])
         return self._emit(name, inputs, attrs, hint)
 
-    def _dropout(self, node: ast.Call, hint: str):
+    def _dropout(self, node: ast.Call):
         """`dropout(x, p, per_step=0)`: one array, then p and per_step (see the module doc)."""
         attrs = dict(zip(("p", "per_step"), (self._attr_value(a) for a in node.args[1:3])))
         attrs.update(self._keywords(node.keywords, ("p", "per_step")))
