@@ -86,6 +86,19 @@ class Mask:
 
 
 @dataclass(frozen=True)
+class DropMask:
+    """A fixed inverted-dropout mask (0, or 1/(1-p) where kept), as the runtime feeds it: not
+    differentiable."""
+
+    shape: tuple
+    p: float
+    differentiable = False
+
+    def draw(self, rng):
+        return (rng.random(self.shape) >= self.p) / (1 - self.p)
+
+
+@dataclass(frozen=True)
 class NoGrad(Real):
     """Floats the op reads but does not differentiate (argmax): its VJP must give None."""
 
@@ -238,6 +251,9 @@ ROWS = [
         {"axes": (1, 2, 0)},
         label="axes",
     ),
+    Row("dropout", (Real((3, 4)), DropMask((3, 4), 0.5)), np.multiply),
+    Row("dropout", (Real((3, 4)), DropMask((3, 4), 0.0)), np.multiply, label="keep_all"),
+    Row("dropout", (Real((2, 3, 4)), DropMask((3, 4), 0.25)), np.multiply, label="shared_mask"),
     Row("where", (Mask((3, 4)), Real((3, 4)), Real((3, 4))), np.where),
     Row("where", (Mask((3, 1)), Real((4,)), Real((3, 4))), np.where, label="bcast_vec"),
     Row("where", (Mask((3, 4)), Real((1, 4)), Real((4,))), np.where, label="bcast_row"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from seqgraph.errors import SpecError
+from seqgraph.spec.equations import SizeExpr
 from seqgraph.spec.types import EncoderSpec, IOSpec, LayerSpec, ModelSpec
 
 
@@ -71,11 +72,13 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
                     raw.get("activation", "relu"),
                     raw.get("kernel", 3),
                     raw.get("pool", 2),
+                    raw.get("dropout", 0.0),
                 )
             )
             _image_shapes(tuple(out), io, here)
             continue
-        out.append(EncoderSpec(kind, raw.get("size"), raw.get("activation", "identity")))
+        activation = raw.get("activation", "identity")
+        out.append(EncoderSpec(kind, raw.get("size"), activation, dropout=raw.get("dropout", 0.0)))
     if io.type == "ids" and (not out or out[0].type not in ("embedding", "onehot")):
         raise SpecError(
             path,
@@ -141,8 +144,17 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 {**cell.options, **(raw.get("options") or {})},
                 raw.get("direction", "forward"),
                 raw.get("layer_norm", False),
+                raw.get("dropout", 0.0),
+                raw.get("recurrent_dropout", 0.0),
             )
         )
+        if out[-1].recurrent_dropout and not reads_recurrent_dropout(cell):
+            raise SpecError(
+                f"{here}.recurrent_dropout",
+                f"cell {cell.name!r} does not read `recurrent_dropout`: write "
+                "`dropout(h, recurrent_dropout)` where its gates read the state h, as the "
+                "built-in rnn, gru and lstm cells do",
+            )
         if out[-1].bidirectional and out[-1].direction != "forward":
             raise SpecError(
                 f"{here}.direction",
@@ -175,6 +187,15 @@ def _layer_cell(raw: dict, cells: dict, here: str) -> str:
     return form
 
 
+def reads_recurrent_dropout(cell) -> bool:
+    """Whether one of the cell's equations uses the layer's `recurrent_dropout` value."""
+    return any(
+        isinstance(value, SizeExpr) and "recurrent_dropout" in value.text
+        for step in cell.steps
+        for value in step.attrs.values()
+    )
+
+
 def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     pattern = raw["pattern"]
     inp = _io(raw["input"], "model.input", auto.get("input"), "input" in auto)
@@ -200,6 +221,12 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         ]
         decoder = _layers(raw.get("decoder_layers", default), cells, "model.decoder_layers")
         _check_bridge(layers, decoder, cells)
+        if layers[-1].dropout:
+            raise SpecError(
+                f"model.layers[{len(layers) - 1}].dropout",
+                "the last encoder layer hands the decoder only its final state, so dropout "
+                "on its outputs would act on nothing; remove it (recurrent_dropout works)",
+            )
     elif "decoder_layers" in raw:
         raise SpecError("model.decoder_layers", "decoder_layers belong to encoder_decoder only")
     causal = decoder if pattern == "encoder_decoder" else layers if feeds_back else ()

@@ -79,6 +79,14 @@ CELL = {
     },
 }
 
+_dropout = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMaximum": 1,
+    "default": 0,
+    "description": "must be in [0, 1): the probability of dropping each unit in training (0: none)",
+}
+
 _encoder = {
     "type": "object",
     "additionalProperties": False,
@@ -93,6 +101,7 @@ _encoder = {
         "channels": _size,
         "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
         "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
+        "dropout": _dropout,  # on the encoder's output, a fresh mask each step
     },
 }
 
@@ -119,6 +128,11 @@ _layer = {
             "and lstm have one; a user cell writes layer_norm(...) in its equations instead",
         },
         "options": {"type": "object", "additionalProperties": _option},
+        # on the layer's outputs (to the next layer or the readout), a fresh mask each step
+        "dropout": _dropout,
+        # variational, on h_{t-1} where the gates read it: one mask per sequence, reused at
+        # every step (cells whose equations read `recurrent_dropout`)
+        "recurrent_dropout": _dropout,
     },
 }
 

@@ -44,6 +44,7 @@ class EncoderSpec:
     activation: str = "identity"
     kernel: int = 3  # conv only
     pool: int = 2  # conv only: max-pool window after the convolution
+    dropout: float = 0.0  # on the output, in training
 
     def __repr__(self) -> str:
         return f"EncoderSpec({self.text})"
@@ -54,7 +55,8 @@ class EncoderSpec:
         parts = [self.type] + ([str(self.size)] if self.size is not None else [])
         if self.type == "conv":
             parts += [f"k{self.kernel}", f"pool{self.pool}"]
-        return " ".join(parts + ([self.activation] if self.activation != "identity" else []))
+        parts += [self.activation] if self.activation != "identity" else []
+        return " ".join(parts + ([f"dropout {self.dropout:g}"] if self.dropout else []))
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class LayerSpec:
     options: dict = field(default_factory=dict, hash=False)
     direction: str = "forward"  # "reverse": one direction, last step first
     layer_norm: bool = False  # as written; `cell` is then the layer-normalised form it selected
+    dropout: float = 0.0  # on the outputs, in training
+    recurrent_dropout: float = 0.0  # variational, on h_{t-1} as the gates read it
 
     @property
     def out_size(self) -> int:
@@ -86,6 +90,10 @@ class LayerSpec:
         if self.init_state != "zeros":
             parts.append(f"init_state {self.init_state}")
         parts += [f"{k}={v}" for k, v in self.options.items() if v is not None]
+        if self.dropout:
+            parts.append(f"dropout {self.dropout:g}")
+        if self.recurrent_dropout:
+            parts.append(f"recurrent_dropout {self.recurrent_dropout:g}")
         return " ".join(parts)
 
 

@@ -356,6 +356,9 @@ class _Loop:
         )
         if isinstance(self.dataset, datasets.Stream):
             batch["state"] = {} if batch.pop("reset") else carry
+        # the spec's dropout, its masks a function of (seed, step): a resumed run draws the
+        # same ones with no state saved (`runtime.masks`); validation batches have none
+        batch["dropout"] = {"seed": self.seed, "step": step}
         feedback = "teacher"
         if self.model.spec.model.feeds_back and c.get("scheduled_sampling"):
             p = sampling_probability(c["scheduled_sampling"], step)
