@@ -193,7 +193,7 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
                 "a layer that feeds its output back runs forward in time; "
                 "remove direction: reverse",
             )
-    attention = _attention(raw.get("attention"), pattern, layers, decoder)
+    attention = _attention(raw.get("attention"), pattern)
     readout = raw.get("readout", "linear")
     top = attention.size if attention else (decoder or layers)[-1].out_size
     if readout == "identity" and (target.type != "vectors" or target.size != top):
@@ -221,8 +221,8 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     )
 
 
-def _attention(raw: dict | None, pattern: str, encoder: tuple, decoder: tuple):
-    """`model.attention`, checked against the pattern and, for dot scores, the sizes."""
+def _attention(raw: dict | None, pattern: str):
+    """`model.attention`, checked against the pattern."""
     if raw is None:
         return None
     if pattern != "encoder_decoder":
@@ -232,13 +232,8 @@ def _attention(raw: dict | None, pattern: str, encoder: tuple, decoder: tuple):
             "encoder outputs to read (one_to_many starts from one vector); use "
             "pattern: encoder_decoder or remove model.attention",
         )
-    source, query = encoder[-1].out_size, decoder[-1].hidden
-    if raw["type"] == "dot" and source != query:
-        raise SpecError(
-            "model.attention.type",
-            f"dot scores need the encoder's outputs ({source}) and the decoder's state "
-            f"({query}) to be the same size; use type: general or additive",
-        )
+    # dot scores h_t . h_s need equal sizes, which `_check_bridge` already demands of the top
+    # encoder and decoder layers (the encoder's final state starts the decoder)
     return AttentionSpec(raw["type"], raw["size"])
 
 
