@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqgraph import Model, SpecError, load_spec
+from seqgraph import Model, SpecError, cli, load_spec
 from seqgraph.runtime import batch as batching
 
 LENGTHS = np.array([5, 2, 4])  # source lengths; the batch is padded to 5 steps
@@ -113,3 +113,43 @@ def test_attention_size_is_required():
     del raw["model"]["attention"]["size"]
     with pytest.raises(SpecError, match=r"model\.attention"):
         load_spec(raw)
+
+
+def test_predict_writes_an_attention_map_per_example(tmp_path, capsys):
+    """`predict --attention DIR`: DIR/0001.png and .csv per input, the CSV's rows the weights
+    the greedy decoder produced each output token with (the graph's nodes), cut to the
+    source's real length."""
+    model = Model(attention_spec("general"), dtype="float64")
+    model.save(tmp_path / "run")
+    x = np.array([[3, 4, 5, 6], [2, 6, 0, 0]])
+    np.savez(tmp_path / "inputs.npz", x=x, lengths=np.array([4, 2]))
+    maps = tmp_path / "maps"
+    argv = ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "inputs.npz")]
+    assert cli.main([*argv, "--length", "3", "--attention", str(maps)]) == 0
+    assert "wrote 2 attention map(s)" in capsys.readouterr().err
+    free = model.forward({"x": x, "lengths": np.array([4, 2]), "out_steps": 3}, "free")
+    for row, length in enumerate([4, 2]):
+        assert (maps / f"{row + 1:04d}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        lines = (maps / f"{row + 1:04d}.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        assert header[1:] == [str(i) for i in x[row, :length]]
+        outputs = [line.split(",")[0] for line in lines[1:]]
+        assert outputs == [str(i) for i in np.argmax(free["predictions"][row], -1)]
+        weights = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])
+        np.testing.assert_allclose(weights, free["attention"][row, :, :length], atol=1e-6)
+
+
+def test_predict_attention_needs_a_model_with_attention(tmp_path, capsys):
+    raw = attention_spec()
+    del raw["model"]["attention"]
+    Model(raw).save(tmp_path / "run")
+    np.savez(tmp_path / "inputs.npz", x=np.array([[3, 4]]))
+    argv = ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "inputs.npz")]
+    assert cli.main([*argv, "--attention", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model.attention" in err[0]
+    (tmp_path / "file").write_text("")
+    Model(attention_spec()).save(tmp_path / "att")
+    argv[1] = str(tmp_path / "att")
+    assert cli.main([*argv, "--attention", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
