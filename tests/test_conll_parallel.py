@@ -178,3 +178,17 @@ def test_parallel_reverse_spec_trains_and_evals_through_the_cli(tmp_path, capsys
     assert facts["labels"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     out = capsys.readouterr().out
     assert "accuracy" in out, out
+
+
+def test_parallel_reads_raw_sources_for_predict(tmp_path):
+    """predict's hooks: a raw source through the run's source tokenizer and vocabulary
+    (`<unk>` for a token it lacks); a file's first column, targets ignored."""
+    facts = {"vocab": ["<pad>", "<unk>", "a", "b"]}
+    encoded = parallel.encode_raw(["ab", "bza"], {"source_level": "char"}, facts, "")
+    assert [list(ids) for ids in encoded.ids] == [[2, 3], [3, 1, 2]]
+    assert encoded.tokens == [["a", "b"], ["b", "z", "a"]] and encoded.unknown == 1
+    words = parallel.encode_raw(["A b"], {"source_level": "word", "lowercase": True}, facts, "")
+    assert list(words.ids[0]) == [2, 3]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("# header\nab\tba\n\nbza\n")
+    assert parallel.read_inputs(path, {}) == ["ab", "bza"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from seqgraph.apps.sentences import split_rows
 from seqgraph.errors import DataError
-from seqgraph.spec.registry import DataSource
+from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import PADDING, SequenceSet, need_path, read_text
 
@@ -113,6 +113,28 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     )
 
 
+def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
+    """Raw sources as a trained run reads them (the `encode` hook of `predict`): the source
+    side's tokenizer, the run's input vocabulary, `<unk>` for a token it has not seen."""
+    level, lower = config.get("source_level", "char"), bool(config.get("lowercase", False))
+    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
+    unk = SOURCE_SPECIALS.index("<unk>")
+    ids, shown, unknown = [], [], 0
+    for text in texts:
+        found = tokens(text, level, lower)
+        unknown += sum(t not in index for t in found)
+        ids.append(np.array([index.get(t, unk) for t in found], dtype=np.int64))
+        shown.append(found)
+    return Encoded(ids, shown, unknown)
+
+
+def read_inputs(path, config: dict) -> list[str]:
+    """The sources of a file: the first column of each line (the target, if any, is not
+    read), blank lines and `#` lines skipped, as in training."""
+    lines = read_text(Path(path)).splitlines()
+    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
 _LEVEL = {"enum": ["char", "word"]}
 OPTIONS = {
     "path": {"type": "string", "description": "the source<TAB>target file (--data FILE)"},
@@ -131,5 +153,7 @@ SOURCES = [
         load,
         OPTIONS,
         "source<TAB>target a line, separate vocabularies, targets end with <eos> (encoder_decoder)",
+        encode=encode_raw,
+        read_inputs=read_inputs,
     ),
 ]

@@ -47,7 +47,8 @@ def _heatmap(path: Path, source: list[str], output: list[str], weights) -> None:
             weights.reshape(len(output), len(source)), cmap="Greys", vmin=0.0, vmax=1.0
         )
         fig.colorbar(image, ax=ax, fraction=0.04, label="attention weight")
-        ax.set_xticks(range(len(source)), [_shown(t) for t in source], rotation=90)
+        turn = 90 if any(len(t) > 2 for t in source) else 0  # words stand up, characters not
+        ax.set_xticks(range(len(source)), [_shown(t) for t in source], rotation=turn)
         ax.set_yticks(range(len(output)), [_shown(t) for t in output])
         ax.set_xlabel("source tokens")
         ax.set_ylabel("output tokens")
