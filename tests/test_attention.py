@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from seqgraph import Model, SpecError, cli, load_spec
+from seqgraph.inspect.render import ATTENTION_FOLD, render_model
+from seqgraph.inspect.render_scene import ATTENTION
 from seqgraph.runtime import batch as batching
 
 LENGTHS = np.array([5, 2, 4])  # source lengths; the batch is padded to 5 steps
@@ -153,3 +155,34 @@ def test_predict_attention_needs_a_model_with_attention(tmp_path, capsys):
     argv[1] = str(tmp_path / "att")
     assert cli.main([*argv, "--attention", str(tmp_path / "file")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def attention_edges(source: str) -> list[str]:
+    return [line.strip() for line in source.splitlines() if "->" in line and ATTENTION in line]
+
+
+def test_render_routes_attention_through_one_memory_block():
+    """Each decoder step depends on every encoder step: T encoder edges into the memory H and
+    one edge from H to each decoder step's attention (T + T', not T x T'), drawn orange."""
+    model = Model(attention_spec("general"))
+    edges = attention_edges(render_model(model, 4, out_steps=3).source)
+    assert sorted(edges) == sorted(
+        [f'"l0@{s}" -> att [color="{ATTENTION}" penwidth=1.2]' for s in range(4)]
+        + [f'att -> "att@{t}" [color="{ATTENTION}" penwidth=1.6]' for t in range(3)]
+    )
+    folded = render_model(model, 4, out_steps=3, fold=True).source
+    assert attention_edges(folded) == [
+        f'"l0@t" -> att [label="every hₛ" color="{ATTENTION}" penwidth=1.2]',
+        f'att -> "att@t" [label="all s" color="{ATTENTION}" penwidth=1.6]',
+    ]
+
+
+def test_render_folds_the_attention_fans_when_the_source_is_long():
+    model = Model(attention_spec("dot"))
+    source = render_model(model, ATTENTION_FOLD + 4, out_steps=5).source
+    assert attention_edges(source) == [
+        f'"l0@11" -> att [label="h₀ … h₁₁ (12 edges)" color="{ATTENTION}" penwidth=2.4]',
+        f'att -> "att@0" [label="read by every attentionₜ (5 edges)" color="{ATTENTION}" '
+        "penwidth=2.4]",
+    ]
+    assert "memory H = [h₀ … h₁₁]" in source

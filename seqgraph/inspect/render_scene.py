@@ -31,6 +31,7 @@ PALETTE = tuple(
     "#fde725 #b5de2b #6ece58 #35b779 #1f9e89 #26828e #31688e #3e4989 #482878 #440154".split()
 )
 ZERO, GREY, GOLD, STATE, PARAM_EDGE = "#e0e0e0", "#b0b0b0", "#ffd966", "#1a4d99", "#c9a227a0"
+ATTENTION = "#e69138"  # edges into and out of the attention memory
 LANES = {
     "fwd": ("#dbe9f6", "#6b9bd1"),
     "bwd": ("#dff0d8", "#6aa84f"),
@@ -50,8 +51,12 @@ PLAIN = attr_pairs("shape=plaintext style=solid margin=0")  # for HTML-like tabl
 EDGE_ATTR = attr_pairs("arrowsize=0.5 penwidth=0.8 color=#555555 fontname=Helvetica fontsize=8")
 
 
-def _sub(t) -> str:
+def subscript(t) -> str:
+    """t as subscript digits ("" for None): h₁₂."""
     return "" if t is None else str(t).translate(SUBSCRIPT)
+
+
+_sub = subscript
 
 
 def _group(scope: str) -> str:
@@ -200,12 +205,28 @@ class Scene:
             return "L = Σₜ Lₜ" if several and t is None else "L" + _sub(shown)
         if scope == "out" and not self.detail:
             return "ŷ" + _sub(shown)
+        if scope == "att" and not self.detail:
+            return self._attention_label(t)
         if self.detail and self.cluster(first) and data["op"] == "where":
             return name + _sub(shown)
         ops = [SYMBOLS.get(op, op) for op in (self.g.node(k)["op"] for k in self.members[block])]
         if len(set(ops)) == 1:
             return ops[0]
         return _group(scope) + ("\\n" + " → ".join(ops) if len(ops) <= 4 else "")
+
+    def _attention_label(self, t) -> str:
+        """The memory every decoder step reads (one block, so T x T' attention edges draw
+        as T in and T' out), or one step's attention: weights a_t, context c_t, h~_t."""
+        if t is None:
+            steps = "every hₛ" if self.fold else f"h₀ … h{_sub(self.x_steps - 1)}"
+            return f"memory H = [{steps}]\\n(masked to real length)"
+        shown = "t" if self.fold else t
+        return f"attention{_sub(shown)}\\na, c, h̃"
+
+    def is_attention(self, block: str) -> bool:
+        """A block of the attention: the memory or a decoder step's read of it."""
+        first = self.members[block][0]
+        return first[0] == "att" and self.g.node(first)["kind"] == "op" and not self.detail
 
     def style(self, block: str) -> dict[str, str]:
         first = self.members[block][0]
@@ -222,6 +243,8 @@ class Scene:
             return attr_pairs(
                 f"style=rounded,filled,bold fillcolor={fill} color={border} fontsize={size}"
             )
+        if scope == "att" and not self.detail:
+            return attr_pairs(f"shape=box style=rounded,filled fillcolor=#fce5cd color={ATTENTION}")
         if (scope == "loss" and not self.detail) or first[1] in ("L", "total"):
             total = first[2] is None and len(self.g.outputs.get("losses", ())) > 1
             if total:
