@@ -5,6 +5,9 @@ gradients over steps with no extra code. Padded steps are handled in the graph i
 each state update is `where(mask_t, new, previous)`, so a padded step carries the state
 through unchanged, many-to-one reads the state after the last real step, and a reverse
 direction starts from its initial state at each sequence's real end.
+
+With `model.attention`, each decoder step also reads every encoder output through one
+memory node (Luong, Pham & Manning 2015, global attention; see `Unroller.attend`).
 """
 
 from __future__ import annotations
