@@ -56,9 +56,6 @@ def subscript(t) -> str:
     return "" if t is None else str(t).translate(SUBSCRIPT)
 
 
-_sub = subscript
-
-
 def _group(scope: str) -> str:
     """Stacked encoders (enc0, enc1) draw as one block, a layer's bridges (h, c) as one."""
     return re.sub(r"^(enc|fb)\d+$|^(bridge\.l\d+)\..*$", lambda m: m[1] or m[2], scope)
@@ -193,22 +190,22 @@ class Scene:
         data, (scope, name, t) = self.g.node(first), first
         shown, role = ("t" if self.fold and t is not None else t), data.get("role")
         if role == "feed":  # the previous target (teacher forcing), BOS first
-            return "y" + _sub("t-1" if self.fold else t - 1) if self.fold or t else "⟨bos⟩"
+            return "y" + subscript("t-1" if self.fold else t - 1) if self.fold or t else "⟨bos⟩"
         if data["kind"] == "input":
-            return name[:-1] + " init" if role == "state" else (role or name) + _sub(shown)
+            return name[:-1] + " init" if role == "state" else (role or name) + subscript(shown)
         if data["kind"] == "param":
             return f"{scope}.{name}\\n{self.g.param_info[data['param']].shape}"
         if self.cluster(first) and not self.detail:
             return f"{self.cell_name(scope)} {scope}" + ("" if self.fold else f"\\nt={t}")
         if scope == "loss" and (not self.detail or name in ("L", "total")):
             several = len(self.g.outputs.get("losses", ())) > 1
-            return "L = Σₜ Lₜ" if several and t is None else "L" + _sub(shown)
+            return "L = Σₜ Lₜ" if several and t is None else "L" + subscript(shown)
         if scope == "out" and not self.detail:
-            return "ŷ" + _sub(shown)
+            return "ŷ" + subscript(shown)
         if scope == "att" and not self.detail:
             return self._attention_label(t)
         if self.detail and self.cluster(first) and data["op"] == "where":
-            return name + _sub(shown)
+            return name + subscript(shown)
         ops = [SYMBOLS.get(op, op) for op in (self.g.node(k)["op"] for k in self.members[block])]
         if len(set(ops)) == 1:
             return ops[0]
@@ -218,10 +215,10 @@ class Scene:
         """The memory every decoder step reads (one block, so T x T' attention edges draw
         as T in and T' out), or one step's attention: weights a_t, context c_t, h~_t."""
         if t is None:
-            steps = "every hₛ" if self.fold else f"h₀ … h{_sub(self.x_steps - 1)}"
+            steps = "every hₛ" if self.fold else f"h₀ … h{subscript(self.x_steps - 1)}"
             return f"memory H = [{steps}]\\n(masked to real length)"
         shown = "t" if self.fold else t
-        return f"attention{_sub(shown)}\\na, c, h̃"
+        return f"attention{subscript(shown)}\\na, c, h̃"
 
     def is_attention(self, block: str) -> bool:
         """A block of the attention: the memory or a decoder step's read of it."""
