@@ -146,6 +146,8 @@ def _cmd_predict(args) -> int:
         length=args.length,
     )
     seconds = time.perf_counter() - start
+    if args.attention is not None:
+        _write_attention_maps(predictor, inputs, records, args.attention)
     lines = _predict_lines(records, args.format)
     if args.output:
         Path(args.output).write_text("".join(line + "\n" for line in lines))
@@ -160,6 +162,27 @@ def _cmd_predict(args) -> int:
     where = f" to {args.output}" if args.output else ""
     print(f"predicted {len(records)} input(s) in {seconds:.2f} s{where}{unknown}", file=sys.stderr)
     return 0
+
+
+def _write_attention_maps(predictor, inputs: list, records: list[dict], folder: str) -> None:
+    """`predict --attention DIR`: DIR/0001.png and DIR/0001.csv for input 1, and so on."""
+    from seqgraph.inspect.attention_map import check_folder, write_attention_map
+
+    folder_path = check_folder(folder)
+    maps = predictor.attention(inputs, records)
+    empty = 0
+    for number, item in enumerate(maps, start=1):
+        if not item["output"] or not item["source"]:
+            empty += 1  # nothing to draw: an empty output (or source)
+            continue
+        write_attention_map(
+            folder_path, f"{number:04d}", item["source"], item["output"], item["weights"]
+        )
+    skipped = f"; {empty} with an empty output skipped" if empty else ""
+    written = len(maps) - empty
+    print(
+        f"wrote {written} attention map(s) (PNG + CSV) to {folder_path}{skipped}", file=sys.stderr
+    )
 
 
 SERVE_EXTRA = "seqgraph serve needs the serve extra: pip install 'seqgraph[serve]'"
@@ -396,6 +419,12 @@ def _args_predict(p) -> None:
     p.add_argument("--length", type=whole(1, MAX_UNROLL), help="decoder steps (default 50)")
     p.add_argument("--batch-size", type=whole(1, 1_000_000), default=256)
     p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="models with model.attention: per input, DIR/NNNN.png (a heatmap, source x "
+        "output tokens) and DIR/NNNN.csv (the weights)",
+    )
 
 
 def _args_serve(p) -> None:

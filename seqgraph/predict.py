@@ -177,6 +177,31 @@ class Predictor:
         onehot[np.arange(size)[:, None], np.arange(steps)[None], drawn] = 1.0
         return onehot
 
+    def attention(self, inputs: list, records: list[dict]) -> list[dict]:
+        """Per input and its record (from `predict`), for a model with `model.attention`:
+        `{"source": tokens, "output": tokens, "weights": (output x source)}`, the weights each
+        output token was produced with. They are the graph's `("att", "weights", t)` nodes,
+        read on a teacher-forced pass over the record's own output, which feeds each step the
+        token the decoding fed it: the same weights, whichever search chose the tokens."""
+        if self.model.spec.model.attention is None:
+            raise DataError(
+                "--attention: this run's model has no model.attention, so there are no "
+                "weights to draw; train a spec with model.attention: {type: general, size: 64}"
+            )
+        arrays, shown = self.encode(list(inputs))
+        names = self._names()
+        index = {name: i for i, name in enumerate(names or [])}
+        maps = []
+        for array, source, record in zip(arrays, shown, records):
+            output = [str(token) for token in record.get("output", [])]
+            ids = [index[token] if names else int(token) for token in output]
+            weights = np.zeros((len(ids), len(array)))
+            if ids and len(array):
+                batch = {**self._batch([array]), "y": np.asarray([ids], dtype=np.int64)}
+                weights = to_numpy(self.model.forward(batch)["attention"])[0, :, : len(array)]
+            maps.append({"source": [str(t) for t in source], "output": output, "weights": weights})
+        return maps
+
     # ---- records -----------------------------------------------------------------------------
 
     def _names(self) -> list[str] | None:

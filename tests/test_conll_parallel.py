@@ -237,3 +237,17 @@ def test_parallel_run_predicts_raw_sources_and_pair_files_alike(tmp_path, capsys
     assert from_file == from_text and len(from_text) == 2
     assert [r["input"] for r in from_text] == ["stone", "sky"]
     assert "2 unknown" in captured.err, captured.err  # "k" and "y" are not source characters
+
+
+def test_parallel_reads_raw_sources_for_predict(tmp_path):
+    """predict's hooks: a raw source through the run's source tokenizer and vocabulary
+    (`<unk>` for a token it lacks); a file's first column, targets ignored."""
+    facts = {"vocab": ["<pad>", "<unk>", "a", "b"]}
+    encoded = parallel.encode_raw(["ab", "bza"], {"source_level": "char"}, facts, "")
+    assert [list(ids) for ids in encoded.ids] == [[2, 3], [3, 1, 2]]
+    assert encoded.tokens == [["a", "b"], ["b", "z", "a"]] and encoded.unknown == 1
+    words = parallel.encode_raw(["A b"], {"source_level": "word", "lowercase": True}, facts, "")
+    assert list(words.ids[0]) == [2, 3]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("# header\nab\tba\n\nbza\n")
+    assert parallel.read_inputs(path, {}) == ["ab", "bza"]

@@ -63,6 +63,16 @@ class Fixed:
 
 
 @dataclass(frozen=True)
+class Given(Real):
+    """Exact given floats, differentiable (a case random draws would rarely hit)."""
+
+    value: Any = None
+
+    def draw(self, rng):
+        return np.array(self.value, dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class Ids:
     """Random integer ids in [0, n): not differentiable."""
 
@@ -140,6 +150,16 @@ def ctc_brute(logits, labels, input_lengths, label_lengths):
                 total += np.exp(sum(logp[t, k] for t, k in enumerate(path)))
         out.append(-np.log(total))
     return np.array(out)
+
+
+def masked_softmax_ref(a, mask):
+    """Row by row: the plain softmax of the unmasked entries, zeros at the masked ones."""
+    out = np.zeros(np.broadcast_shapes(a.shape, mask.shape))
+    a, mask = np.broadcast_to(a, out.shape), np.broadcast_to(mask, out.shape)
+    for index in np.ndindex(out.shape[:-1]):
+        kept = a[index][mask[index]]
+        out[index][mask[index]] = np.exp(kept) / np.exp(kept).sum() if kept.size else kept
+    return out
 
 
 @dataclass(frozen=True)
@@ -304,6 +324,23 @@ ROWS = [
         (Real((3, 4)), Real((4,))),
         lambda p, y: ((p - y) ** 2).mean(axis=-1),
         label="bcast_target",
+    ),
+    Row("masked_softmax", (Real((3, 5)), Mask((3, 5))), masked_softmax_ref),
+    Row(
+        "masked_softmax",
+        (
+            # padded scores far above the real ones must not set the max (nor overflow)
+            Given((3, 4), [[0.3, -1.2, 40.0, 900.0], [2.0, 0.5, -0.7, 1.1], [5.0, 6.0, 7.0, 8.0]]),
+            Fixed([[True, True, False, False], [True, True, True, True], [False] * 4]),
+        ),
+        masked_softmax_ref,
+        label="padded_tail",
+    ),
+    Row(
+        "masked_softmax",
+        (Real((2, 3, 4)), Fixed([[[True, True, True, False]], [[True, False, False, False]]])),
+        masked_softmax_ref,
+        label="bcast_mask",
     ),
     Row("stack", (Real((2, 3)), Real((2, 3)), Real((2, 3))), lambda *xs: np.stack(xs, axis=1)),
     Row(

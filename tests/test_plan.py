@@ -106,6 +106,25 @@ def test_feedback_patterns_match_interpreter():
     check_same(raw, batch)
 
 
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_attention_matches_interpreter(kind):
+    """Every decoder step reads all encoder steps (padded ones masked): loss and gradients,
+    teacher-forced and free-running, and the attention weights forward returns."""
+    raw = spec("gru", pattern="encoder_decoder", ids=True)
+    raw["model"]["attention"] = {"type": kind, "size": 4}
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5, out_steps=4)
+    batch["lengths"] = np.array([5, 2, 4])
+    plan = check_same(raw, batch)
+    check_same(raw, batch, feedback="free")
+    interp = Model(raw, backend="numpy", dtype="float64", engine="interp")
+    interp.set_params(plan.params)
+    for feedback in ("teacher", "free"):
+        got = plan.forward(batch, feedback)["attention"]
+        want = interp.forward(batch, feedback)["attention"]
+        assert got.shape == (3, 4, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 def test_carried_state_matches_interpreter():
     raw = spec("lstm")
     batch = batching.dummy(Model(raw, dtype="float64").spec, 2, 3)

@@ -237,7 +237,9 @@ class Model:
 
     def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
-        `loss` (float, or None without `y`) and `state` (final states by name)."""
+        `loss` (float, or None without `y`), `state` (final states by name) and, with
+        `model.attention`, `attention`: the weights (B, decoder steps, source steps), the
+        graph's nodes `("att", "weights", t)`, zero at padded source steps."""
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
             return self._runner(batch, feedback, False, prepared=prepared).forward(
@@ -247,11 +249,14 @@ class Model:
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
         single = self.spec.model.pattern in ("many_to_one", "one_to_one")
-        return {
+        out = {
             "predictions": preds[0] if single else xp.stack(preds, axis=1),
             "loss": float(values[graph.loss]) if batch.get("y") is not None else None,
             "state": {name: values[k] for name, k in state_keys(program).items()},
         }
+        if graph.outputs.get("attention"):
+            out["attention"] = xp.stack([values[k] for k in graph.outputs["attention"]], axis=1)
+        return out
 
     def train_step(
         self, batch: dict, feedback: str = "teacher", state_at: int | None = None

@@ -6,7 +6,7 @@ import difflib
 
 from seqgraph.errors import SpecError
 from seqgraph.spec.equations import SizeExpr
-from seqgraph.spec.types import EncoderSpec, IOSpec, LayerSpec, ModelSpec
+from seqgraph.spec.types import AttentionSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec
 
 
 def _io(raw: dict, path: str, auto: int | None, loaded: bool = False) -> IOSpec:
@@ -244,8 +244,9 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
                 "a layer that feeds its output back runs forward in time; "
                 "remove direction: reverse",
             )
+    attention = _attention(raw.get("attention"), pattern)
     readout = raw.get("readout", "linear")
-    top = (decoder or layers)[-1].out_size
+    top = attention.size if attention else (decoder or layers)[-1].out_size
     if readout == "identity" and (target.type != "vectors" or target.size != top):
         raise SpecError(
             "model.readout",
@@ -257,8 +258,34 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         raise SpecError("model.bos", f"bos id {bos} is outside the target vocab ({target.size})")
     objective = _objective(raw.get("loss", ""), pattern, target)
     return ModelSpec(
-        pattern, inp, target, encoders, layers, decoder, feedback, readout, bos, objective
+        pattern,
+        inp,
+        target,
+        encoders,
+        layers,
+        decoder,
+        feedback,
+        readout,
+        bos,
+        objective,
+        attention,
     )
+
+
+def _attention(raw: dict | None, pattern: str):
+    """`model.attention`, checked against the pattern."""
+    if raw is None:
+        return None
+    if pattern != "encoder_decoder":
+        raise SpecError(
+            "model.attention",
+            f"attention lets each decoder step read every encoder output; {pattern} has no "
+            "encoder outputs to read (one_to_many starts from one vector); use "
+            "pattern: encoder_decoder or remove model.attention",
+        )
+    # dot scores h_t . h_s need equal sizes, which `_check_bridge` already demands of the top
+    # encoder and decoder layers (the encoder's final state starts the decoder)
+    return AttentionSpec(raw["type"], raw["size"])
 
 
 def _objective(loss: str, pattern: str, target: IOSpec) -> str:

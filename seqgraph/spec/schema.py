@@ -175,6 +175,16 @@ MODEL = {
             "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0",
         },
         "bos": {"type": "integer", "minimum": 0, "default": 0},
+        "attention": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "size"],
+            "properties": {"type": {"enum": ["additive", "dot", "general"]}, "size": _size},
+            "description": "encoder_decoder: global attention of Luong, Pham & Manning "
+            "(2015) over the encoder's top-layer outputs, masked to each source's length; "
+            "scores additive (their concat), dot or general; size: the attentional state "
+            "h~ = tanh(W_c [c; h]) the readout reads (and the additive score's width)",
+        },
     },
 }
 

@@ -113,6 +113,19 @@ class IOSpec:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """`model.attention`: the score (additive, dot or general) and the size of the attentional
+    state h~ that the readout reads (also the width of the additive score's hidden layer)."""
+
+    type: str
+    size: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.type} attention {self.size}"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     pattern: str
     input: IOSpec
@@ -124,6 +137,7 @@ class ModelSpec:
     readout: str
     bos: int
     objective: str = ""  # `model.loss` as written; "" picks the target type's default
+    attention: AttentionSpec | None = None  # encoder_decoder only
 
     @property
     def loss(self) -> str:
@@ -142,7 +156,9 @@ class ModelSpec:
         parts = [self.input.text] + [e.text for e in self.encoders]
         parts += [layer.text for layer in self.layers]
         if self.decoder_layers:
-            parts.append("=> dec " + " -> ".join(layer.text for layer in self.decoder_layers))
+            decoder = [layer.text for layer in self.decoder_layers]
+            decoder += [self.attention.text] if self.attention else []
+            parts.append("=> dec " + " -> ".join(decoder))
         readout = "" if self.readout == "linear" else f" ({self.readout} readout)"
         return " -> ".join(parts + [self.target.text]).replace("-> =>", "=>") + readout
 

@@ -10,11 +10,15 @@ Dropout exists only in a training graph (`train=True`): each dropout is a `dropo
 mask is a data leaf (role "dropout") the runtime fills per batch; a per-sequence mask has
 t=None, so every step points at the one node, like a parameter. The evaluation graph has no
 dropout nodes and the same parameters.
+
+With `model.attention`, each decoder step also reads every encoder output through one
+memory node (Luong, Pham & Manning 2015, global attention; see `Unroller.attend`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +29,19 @@ from seqgraph.spec.equations import Const, SizeExpr, eval_size
 from seqgraph.spec.load import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
 
 FEEDBACK_MODES = ("teacher", "scheduled", "free")
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What every decoder step attends over: the encoder's outputs (B, T, size), the source
+    mask (B, T), and for additive scores their projection W_k h_s (B, T, attention size)."""
+
+    states: Key
+    mask: Key
+    keys: Key | None
+    size: int
+
+
 MAX_PARAM_SIZE = 2**28  # 1 GiB of float32 in one parameter
 
 
@@ -344,8 +361,9 @@ class Unroller:
         top = layers[-1]
         return self.drop(key, f"l{len(layers) - 1}", name, t, top.dropout, (top.out_size,))
 
-    def feedback_stack(self, layers, prefix: str, inits: list):
-        """A unidirectional stack that feeds each step's prediction (or target) to the next."""
+    def feedback_stack(self, layers, prefix: str, inits: list, memory: Memory | None = None):
+        """A unidirectional stack that feeds each step's prediction (or target) to the next;
+        with a `memory`, each step's top output attends over it before the readout."""
         m = self.model
         cells = [self.spec.cells[layer.cell] for layer in layers]
         n_in = encoded_size(m.feedback_encoders, m.target)
@@ -377,12 +395,69 @@ class Unroller:
                     cells[i], scope, t, x, states[i], params[i], mask, step_sizes(layer, sizes[i])
                 )
                 x = self.drop(x, scope, "drop", t, layer.dropout, (layer.out_size,))
-            previous = self.readout(x, layers[-1].out_size, t)
+            top = layers[-1].out_size
+            if memory is not None:
+                x, top = self.attend(memory, x, layers[-1].hidden, t), m.attention.size
+            previous = self.readout(x, top, t)
             self.g.outputs.setdefault("predictions", []).append(previous)
             target = self.data("y", "y", t, role="y")
             weight = self.data("y", "weight", t, role="weight")
             self.g.outputs.setdefault("losses", []).append(self.loss(previous, target, weight, t))
         return states
+
+    # ---- attention (Luong, Pham & Manning 2015, global attention) -------------------------
+
+    def memory(self, outs: list, size: int) -> Memory:
+        """The encoder's top-layer outputs stacked to (B, T, size), once for every decoder
+        step, with the source mask (B, T); additive scores also project them once here."""
+        masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
+        states = self.op(("att", "memory", None), "stack", tuple(outs), axis=1)
+        mask = self.op(("att", "source_mask", None), "concat", tuple(masks), axis=-1)  # (B, T)
+        keys = None
+        if self.model.attention.type == "additive":
+            W = self._att_param("W_k", size, self.model.attention.size)
+            keys = self.op(("att", "keys", None), "matmul", (states, W))
+        return Memory(states, mask, keys, size)
+
+    def _att_param(self, name: str, n_in: int, n_out: int) -> Key:
+        init = {"dist": "uniform", "scale": 1 / math.sqrt(n_in)}
+        return self.param("att", name, (n_in, n_out), init)
+
+    def scores(self, memory: Memory, h: Key, n_h: int, t) -> Key:
+        """score(h_t, h_s) for every source step s, (B, T): dot h_t . h_s; general
+        h_t W_a h_s; additive (Luong's concat) v . tanh(W_q h_t + W_k h_s)."""
+        kind, size = self.model.attention.type, self.model.attention.size
+        if kind == "additive":
+            q = self.op(("att", "query", t), "matmul", (h, self._att_param("W_q", n_h, size)))
+            q = self.op(("att", "query3", t), "reshape", (q,), shape=(-1, 1, size))
+            hidden = self.op(("att", "mix", t), "add", (memory.keys, q))
+            hidden = self.op(("att", "tanh", t), "tanh", (hidden,))
+            v = self._att_param("v", size, 1)
+            column = self.op(("att", "scores3", t), "matmul", (hidden, v))
+        else:
+            q = h
+            if kind == "general":
+                W = self._att_param("W_a", n_h, memory.size)
+                q = self.op(("att", "query", t), "matmul", (h, W))
+            q = self.op(("att", "query3", t), "reshape", (q,), shape=(-1, memory.size, 1))
+            column = self.op(("att", "scores3", t), "matmul", (memory.states, q))
+        return self.op(("att", "scores", t), "reshape", (column,), shape=(-1, self.steps))
+
+    def attend(self, memory: Memory, h: Key, n_h: int, t) -> Key:
+        """Decoder step t reads the source: weights a_t = masked softmax of the scores (0 at
+        padded source steps), context c_t = sum_s a_ts h_s, and the attentional state
+        h~_t = tanh(W_c [c_t; h_t]) (Luong et al. 2015, eq. 5; no bias, as there), which the
+        readout reads. The weights are an output of the graph (`outputs["attention"]`)."""
+        scores = self.scores(memory, h, n_h, t)
+        weights = self.op(("att", "weights", t), "masked_softmax", (scores, memory.mask))
+        self.g.outputs.setdefault("attention", []).append(weights)
+        row = self.op(("att", "weights3", t), "reshape", (weights,), shape=(-1, 1, self.steps))
+        context = self.op(("att", "context3", t), "matmul", (row, memory.states))
+        context = self.op(("att", "context", t), "reshape", (context,), shape=(-1, memory.size))
+        both = self.op(("att", "joined", t), "concat", (context, h), axis=-1)
+        W_c = self._att_param("W_c", memory.size + n_h, self.model.attention.size)
+        mixed = self.op(("att", "mixed", t), "matmul", (both, W_c))
+        return self.op(("att", "h_tilde", t), "tanh", (mixed,))
 
     def state_seeds(self, finals: list) -> list:
         """For recomputation in segments (`runtime/segments.py`): a term sum(s_T * G_s) per final
@@ -437,8 +512,9 @@ class Unroller:
                 weight = self.data("y", "weight", None, role="weight")
                 g.outputs["losses"] = [self.loss(pred, target, weight, None)]
         elif m.pattern == "encoder_decoder":
-            _, finals, _, _ = self.encoder_stack(m.layers, "")
-            self.feedback_stack(m.decoder_layers, "dec.", finals)
+            outs, finals, _, size = self.encoder_stack(m.layers, "")
+            memory = self.memory(outs, size) if m.attention else None
+            self.feedback_stack(m.decoder_layers, "dec.", finals, memory)
         else:  # one_to_many
             context = self.encode(
                 m.encoders, "enc", self.data("ctx", "x", None, role="x"), m.input, None
