@@ -368,3 +368,32 @@ def test_no_clip_config_reports_the_norm_only():
     grads = _grads()
     clipped, fired, norm = clip(grads, None, np)
     assert clipped is grads and not fired and norm == pytest.approx(13.0, rel=1e-15)
+
+
+# ---- the schema takes adamw, with its own default decay ------------------------------------
+
+SPEC_WITH_OPTIMIZER = """\
+model:
+  pattern: many_to_many
+  input: {type: ids, vocab: 5}
+  target: {type: ids, vocab: 5}
+  encoders:
+    - {type: embedding, size: 4}
+  layers:
+    - {cell: gru, hidden: 3}
+train:
+  lr: 0.01
+  optimizer: {name: %s}
+"""
+
+
+def test_schema_takes_adamw_and_names_the_line_of_an_unknown_optimizer():
+    from seqgraph.errors import SpecError
+    from seqgraph.spec.load import load_spec
+
+    spec = load_spec(SPEC_WITH_OPTIMIZER % "adamw")
+    optimizer = Optimizer(spec.train["optimizer"], np)
+    assert (optimizer.name, optimizer.weight_decay, optimizer.eps) == ("adamw", 0.01, 1e-8)
+    assert Optimizer({"name": "adagrad"}, np).eps == 1e-10  # torch.optim.Adagrad's
+    with pytest.raises(SpecError, match=r"spec:11: train\.optimizer\.name: got 'adamx'; .*adamw"):
+        load_spec(SPEC_WITH_OPTIMIZER % "adamx")
