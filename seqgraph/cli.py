@@ -71,11 +71,10 @@ def _cmd_run(args) -> int:
         if "accuracy" in valid:
             line += f", accuracy {valid['accuracy']:.3f}"
         line += _scores(summary["source"], valid)
-    best = summary.get("best")
-    if best:
-        where = f"at step {best['step']} ({best['path']})"
-        line += f"; best {best['metric']} {best['value']:.4f} {where}"
     print(line)
+    best = summary.get("best")
+    if best:  # what eval, sample, predict, serve and export read by default
+        print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}: {best['path']}")
     for name, path in summary.get("artifacts", {}).items():
         print(f"wrote {name}: {path}")
     if "sample" in summary:
