@@ -240,3 +240,17 @@ def test_mode_defaults_from_the_metric_name_and_min_delta_must_be_beaten():
     assert seen == [True, False, True] and (best.step, best.stale) == (2, 0)
     assert not best.observe(3, {"valid_accuracy": float("nan")}) and best.stale == 1
     assert not best.exhausted and not best.observe(4, {"valid_accuracy": 0.5}) and best.exhausted
+
+
+def test_serve_answers_with_the_checkpoint_asked(stopped, monkeypatch):
+    pytest.importorskip("uvicorn", reason="seqgraph[serve] (uvicorn) is not installed")
+    from seqgraph import serve
+
+    _, run, summary, _ = stopped
+    served = []
+    monkeypatch.setattr(serve, "create_app", lambda predictor, limits: predictor)
+    monkeypatch.setattr(serve.uvicorn, "run", lambda app, **options: served.append(app.info()))
+    for flags in (["--checkpoint", "last"], ["--checkpoint", "best"], []):
+        assert cli.main(["serve", str(run), "--port", "0", *flags]) == 0
+    best_step = summary["best"]["step"]
+    assert [info["step"] for info in served] == [summary["steps_done"], best_step, best_step]
