@@ -254,3 +254,16 @@ def test_serve_answers_with_the_checkpoint_asked(stopped, monkeypatch):
         assert cli.main(["serve", str(run), "--port", "0", *flags]) == 0
     best_step = summary["best"]["step"]
     assert [info["step"] for info in served] == [summary["steps_done"], best_step, best_step]
+
+
+def test_run_prints_where_the_best_checkpoint_is(tmp_path, capsys):
+    spec = _write_spec(tmp_path, early_stopping={"metric": "valid_accuracy"})
+    out = tmp_path / "run"
+    assert cli.main(["run", str(spec), "--out", str(out), "--steps", str(2 * EVAL_EVERY)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    best = next(r for r in reversed(_records(out, "best")))
+    assert best["metric"] == "valid_accuracy"
+    assert printed[-1] == (
+        f"best valid_accuracy {best['value']:.4f} at step {best['step']}: {out / 'best.npz'}"
+    )
+    assert any("new best valid_accuracy" in line for line in printed)
