@@ -64,13 +64,17 @@ def _cmd_run(args) -> int:
     if summary["stopped"]:
         return 130
     valid = summary.get("valid", {})
-    line = f"done: {summary['steps_done']} steps in {summary['run_dir']}"
+    early = " (stopped early)" if summary.get("early_stopped") else ""
+    line = f"done{early}: {summary['steps_done']} steps in {summary['run_dir']}"
     if valid:
         line += f"; validation loss {valid['loss']:.4f} per target step"
         if "accuracy" in valid and "accuracy_teacher" not in valid:  # a decoder's is labelled
             line += f", accuracy {valid['accuracy']:.3f}"
         line += _scores(summary["source"], valid)
     print(line)
+    best = summary.get("best")
+    if best:  # what eval, sample, predict, serve and export read by default
+        print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}: {best['path']}")
     for name, path in summary.get("artifacts", {}).items():
         print(f"wrote {name}: {path}")
     if "sample" in summary:
@@ -89,6 +93,7 @@ def _cmd_sample(args) -> int:
         seed=args.seed,
         backend=args.backend,
         wav=args.wav,
+        checkpoint=args.checkpoint,
     )
     if isinstance(out, Path):  # an audio run wrote a WAV
         print(f"wrote {out}")
@@ -106,6 +111,7 @@ def _cmd_eval(args) -> int:
         backend=args.backend,
         split=args.split,
         confusion=args.confusion,
+        checkpoint=args.checkpoint,
     )
     if args.json:
         print(_json_line(result))
@@ -115,7 +121,8 @@ def _cmd_eval(args) -> int:
     extra = f", {label} {result['accuracy']:.4f}" if "accuracy" in result and label else ""
     extra += _scores(result["source"], result)
     print(
-        f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
+        f"{result['run_dir']} at step {result['step']} ({result['checkpoint']} checkpoint), "
+        f"{result['split']} split: loss "
         f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
     )
     if result.get("confusion_png"):
@@ -126,7 +133,7 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     import time
 
-    predictor = api.load(args.run_dir, backend=args.backend)
+    predictor = api.load(args.run_dir, backend=args.backend, checkpoint=args.checkpoint)
     if args.data is not None:
         inputs = predictor.read_file(args.data)
     elif args.input:
@@ -198,7 +205,9 @@ def _cmd_serve(args) -> int:
     from seqgraph import serve
 
     limits = serve.Limits(args.max_inputs, args.max_body, args.max_input_chars)
-    serve.serve(args.run_dir, args.host, args.port, limits, backend=args.backend)
+    serve.serve(
+        args.run_dir, args.host, args.port, limits, backend=args.backend, checkpoint=args.checkpoint
+    )
     return 0
 
 
@@ -254,7 +263,7 @@ def _scores(source: str, result: dict) -> str:
 
 
 def _cmd_export(args) -> int:
-    print(api.export_run(args.run_dir, to=args.to, out=args.output))
+    print(api.export_run(args.run_dir, to=args.to, out=args.output, checkpoint=args.checkpoint))
     return 0
 
 
@@ -373,6 +382,15 @@ def _args_run(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
+def _checkpoint_arg(p) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        help="best.npz (the best validation) or checkpoint.npz (the last step); "
+        "default: best when the run has one, else last",
+    )
+
+
 def _args_sample(p) -> None:
     p.add_argument("run_dir")
     p.add_argument(
@@ -390,6 +408,7 @@ def _args_sample(p) -> None:
     p.add_argument(
         "--wav", help="audio runs: the WAV file to write (default RUN_DIR/generated.wav)"
     )
+    _checkpoint_arg(p)
 
 
 def _args_eval(p) -> None:
@@ -403,6 +422,7 @@ def _args_eval(p) -> None:
         metavar="FILE",
         help="classifiers: write the confusion matrix PNG here (default RUN_DIR/confusion.png)",
     )
+    _checkpoint_arg(p)
 
 
 def _args_predict(p) -> None:
@@ -425,6 +445,7 @@ def _args_predict(p) -> None:
         help="models with model.attention: per input, DIR/NNNN.png (a heatmap, source x "
         "output tokens) and DIR/NNNN.csv (the weights)",
     )
+    _checkpoint_arg(p)
 
 
 def _args_serve(p) -> None:
@@ -444,6 +465,7 @@ def _args_serve(p) -> None:
         help="characters (or list items) an input (10000)",
     )
     p.add_argument("--backend", choices=BACKENDS)
+    _checkpoint_arg(p)
 
 
 def _args_render(p) -> None:
@@ -488,6 +510,7 @@ def _args_export(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
     p.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.onnx ...)")
+    _checkpoint_arg(p)
 
 
 COMMANDS = {  # name: (help, handler, arguments)

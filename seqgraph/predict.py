@@ -300,12 +300,14 @@ def load(
     backend: str | None = None,
     dtype: str | None = None,
     engine: str = "plan",
+    checkpoint: str | None = None,
 ) -> Predictor:
     """The `Predictor` of a run folder (or of a folder `Model.save` wrote) at its checkpoint;
     `dtype` (e.g. "float64") runs it in another precision than its spec's. `engine`: the
     compiled plan (one per batch shape, kept for the next call; 10,000 sentences in about
-    1 s cold, 0.3 s warm), or "interp", the interpreter it is tested against."""
-    model = load_run(run_dir, backend)
+    1 s cold, 0.3 s warm), or "interp", the interpreter it is tested against. `checkpoint`:
+    "best" (best.npz), "last" (checkpoint.npz), or None: best when the run has one."""
+    model = load_run(run_dir, backend, checkpoint)
     if (dtype or model.backend.dtype_name) != model.backend.dtype_name or engine != model.engine:
         copy = Model(model.spec, backend=backend, dtype=dtype, engine=engine)
         copy.set_params({k: model.backend.to_numpy(v) for k, v in model.params.items()})

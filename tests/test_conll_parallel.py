@@ -251,3 +251,19 @@ def test_parallel_reads_raw_sources_for_predict(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("# header\nab\tba\n\nbza\n")
     assert parallel.read_inputs(path, {}) == ["ab", "bza"]
+
+
+def test_a_decoder_stopped_early_still_reports_free_running_scores(tmp_path, capsys):
+    """Regression (merge of early stopping with the kind scores): the early stop's validation
+    was reused as the final one, without the decoder's free-running scores."""
+    data = write(tmp_path, "words.tsv", REVERSED * 4)
+    raw = yaml.safe_load(Path(short_run(SPECS / "parallel_reverse.yaml", tmp_path, 20)).read_text())
+    raw["train"].update(eval_every=2, early_stopping={"patience": 1, "min_delta": 100.0})
+    spec = tmp_path / "early.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert cli.main(["run", str(spec), "--data", data, "--out", str(tmp_path / "run")]) == 0
+    done = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("done"))
+    assert done.startswith("done (stopped early): 4 steps"), done
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    final = [r for r in map(json.loads, records) if r["kind"] == "valid"][-1]
+    assert final["step"] == 4 and f"exact match {final['exact_match']:.4f}" in done, done

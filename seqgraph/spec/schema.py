@@ -251,7 +251,12 @@ TRAIN = {
             "additionalProperties": False,
             "default": {"name": "adam"},
             "properties": {
-                "name": {"enum": ["sgd", "adagrad", "rmsprop", "adam"], "default": "adam"},
+                "name": {
+                    "enum": ["sgd", "adagrad", "rmsprop", "adam", "adamw"],
+                    "default": "adam",
+                    "description": "as torch.optim; adamw: Adam with decoupled weight decay "
+                    "(Loshchilov & Hutter 2019)",
+                },
                 "momentum": {**_number, "default": 0.0},
                 "nesterov": {"type": "boolean", "default": False},
                 "betas": {
@@ -262,8 +267,18 @@ TRAIN = {
                     "default": [0.9, 0.999],
                 },
                 "alpha": {**_number, "default": 0.99, "description": "RMSprop's decay"},
-                "eps": {**_number, "default": 1e-8},
-                "weight_decay": {**_number, "default": 0.0},
+                "eps": {
+                    **_number,
+                    "default": 1e-8,
+                    "description": "added to the root in the denominator (adagrad: default "
+                    "1e-10, as torch.optim.Adagrad)",
+                },
+                "weight_decay": {
+                    **_number,
+                    "default": 0.0,
+                    "description": "L2 added to the gradient; adamw: decoupled, each step "
+                    "p -= lr * weight_decay * p (default 0.01, as torch.optim.AdamW)",
+                },
             },
         },
         "schedule": {
@@ -291,6 +306,38 @@ TRAIN = {
                     "default": "global_norm",
                 },
                 "max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
+            },
+        },
+        "early_stopping": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "stop after `patience` validations without improvement; "
+            "RUN_DIR/best.npz keeps the best parameters (by valid_loss without this section)",
+            "properties": {
+                "metric": {
+                    "type": "string",
+                    "pattern": "^valid_[a-z0-9_]+$",
+                    "default": "valid_loss",
+                    "description": "a validation metric the run computes: valid_loss, "
+                    "valid_accuracy (id targets), valid_<score> of the data source",
+                },
+                "mode": {
+                    "enum": ["min", "max"],
+                    "description": "default: max for accuracy, f1, bleu and match metrics, "
+                    "min for the rest",
+                },
+                "patience": {
+                    **_count,
+                    "default": 5,
+                    "description": "validations (train.eval_every steps apart) in a row "
+                    "without improvement before training stops",
+                },
+                "min_delta": {
+                    "type": "number",
+                    "minimum": 0,
+                    "default": 0.0,
+                    "description": "an improvement must be larger than this",
+                },
             },
         },
         "scheduled_sampling": {

@@ -1,9 +1,11 @@
 """Training: the loop behind `seqgraph run`, with true resume.
 
 A resumed run continues bit for bit: the batch at a step is a pure function of (seed, step),
-and the checkpoint holds the parameters, optimizer state, step, RNG state and the hidden
-state carried between windows of a text stream. Ctrl-C (SIGINT) finishes the current step,
-writes a checkpoint and returns; a NaN/Inf loss stops with the last good checkpoint kept.
+and the checkpoint holds the parameters, optimizer state, step, RNG state, the best-validation
+and early-stopping counters and the hidden state carried between windows of a text stream.
+Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns; a NaN/Inf loss
+stops with the last good checkpoint kept. Each validation that improves on the best so far
+writes best.npz (`train.best`); `train.early_stopping` ends the run when they stop improving.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.train import ctc, run_folder
 from seqgraph.train import data as datasets
+from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
 from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
@@ -147,7 +150,7 @@ def run(options: RunOptions, log=print) -> dict:
     if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
         run_folder.require_checkpoint(run_dir)
     with run_folder.locked(run_dir):
-        start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
+        start, carry, best = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
         facts = datasets.describe(dataset)
         run_folder.write_run_files(run_dir, resolved, facts)
         if facts.get("read"):  # which arrays of an .npz were used and which were not
@@ -156,9 +159,26 @@ def run(options: RunOptions, log=print) -> dict:
         source = datasets.source_of(resolved["data"])
         loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
         if not loop.has_validation:
-            log(_no_validation_warning(dataset, resolved["data"], config))
+            warning = _no_validation_warning(dataset, resolved["data"], config)
+            if config.get("early_stopping"):
+                raise _needs_validation(spec, warning)
+            log(warning)
+        loop.check_metric(spec)
+        loop.best.restore(best)
         done, stopped = loop.train(start, carry, options)
         return _summary(loop, options, config, run_dir, source, done, stopped)
+
+
+def _needs_validation(spec: Spec, warning: str) -> SpecError:
+    from seqgraph.spec.yaml_lines import with_line
+
+    reason = warning.removeprefix("warning: ").split(";")[0]
+    error = SpecError(
+        "train.early_stopping",
+        f"stops on a validation metric, and this run has none ({reason}); "
+        "raise data.valid_fraction or drop train.early_stopping",
+    )
+    return with_line(error, spec.lines, spec.source)
 
 
 def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
@@ -170,8 +190,17 @@ def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -
         "total_steps": config["steps"],
         **loop.last,
     }
+    if loop.stopped_early:
+        summary["early_stopped"] = True
     if not stopped:
         summary.update(_finish(loop, done, options.sample))
+    if loop.best.value is not None:
+        summary["best"] = {
+            "metric": loop.best.metric,
+            "value": loop.best.value,
+            "step": loop.best.step,
+            "path": str(run_dir / run_folder.BEST),
+        }
     return summary
 
 
@@ -224,20 +253,21 @@ def _no_validation_warning(dataset, data: dict, config: dict) -> str:
 
 def _start(
     options: RunOptions, run_dir: Path, model, optimizer, rng, log, resolved: dict, dataset
-) -> tuple[int, dict]:
-    """(first step, carried state): from the checkpoint on --resume, once the spec and the
-    data are checked to be the run's; else from scratch in a folder that holds no run yet."""
+) -> tuple[int, dict, dict | None]:
+    """(first step, carried state, best-validation counters): from the checkpoint on
+    --resume, once the spec and the data are checked to be the run's; else from scratch in a
+    folder that holds no run yet."""
     if options.resume:
         _check_same_run(run_dir, resolved, dataset)
-        start, carry = _restore(run_dir, model, optimizer, rng)
+        start, carry, best = _restore(run_dir, model, optimizer, rng)
         log(f"resuming {run_dir} at step {start}")
-        return start, carry
+        return start, carry, best
     if (run_dir / run_folder.CHECKPOINT).exists():
         raise TrainingError(
             f"{run_dir} already holds a run; pass --resume to continue it or "
             "--out DIR for a new one"
         )
-    return 0, {}
+    return 0, {}, None
 
 
 def _finish(loop: _Loop, done: int, sample: bool) -> dict:
@@ -246,7 +276,7 @@ def _finish(loop: _Loop, done: int, sample: bool) -> dict:
     model, dataset, config = loop.model, loop.dataset, loop.config
     # The last validation adds the scores `eval` gives (a decoder's free-running accuracy and
     # exact match, a classifier's macro-F1), so the run's last line is not teacher-forced only.
-    out = {"valid": loop.validate(done, kind=score_kind(model, dataset))}
+    out = {"valid": loop.validation_at(done, kind=score_kind(model, dataset))}
     app = registry.source(loop.source)  # the application's own scores and files
     if app.metrics is not None and out["valid"]:
         out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
@@ -316,7 +346,7 @@ def _vocab_difference(key: str, facts: dict, now: dict) -> str:
     return "; ".join(parts) or f"the same {name} in another order"
 
 
-def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
+def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict, dict]:
     params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
     run_folder.check_finite(run_dir, params)
     try:
@@ -332,7 +362,7 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
     }
     optimizer.steps = meta["optimizer_steps"]
     rng.bit_generator.state = meta["rng"]
-    return meta["step"], carry
+    return meta["step"], carry, meta.get("best")
 
 
 class _Loop:
@@ -343,11 +373,29 @@ class _Loop:
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
         self.last: dict = {}
+        self.best = Best.from_config(config.get("early_stopping"))
+        self.best_note = ""  # what the last validation did to the best, for its progress line
+        self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
+        self.stopped_early = False
+        self.carry: dict = {}  # the state carried at the last checkpoint
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
         self.carry_at = config.get("stride") if stream else None
         first = dataset.valid_batches(config["batch_size"], config["seq_len"])
         self.has_validation = next(iter(first), None) is not None
+
+    def check_metric(self, spec: Spec) -> None:
+        """SpecError unless the run computes train.early_stopping.metric: valid_loss always,
+        valid_accuracy for id targets; another score is looked for in one validation batch."""
+        if not self.has_validation or self.best.metric == DEFAULT_METRIC:
+            return
+        m = self.model.spec.model
+        if self.best.metric == "valid_accuracy" and m.loss != "ctc" and m.target.type == "ids":
+            return
+        c = self.config
+        batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
+        result = evaluate(self.model, batches, 1, scorer_for(self.source))
+        self.best.check_metric(validation_metrics(result), spec.lines, spec.source)
 
     def batch(self, step: int, carry: dict) -> tuple[dict, str]:
         c = self.config
@@ -378,6 +426,10 @@ class _Loop:
     def _steps(self, start: int, carry: dict, options: RunOptions, progress) -> tuple[int, bool]:
         c, total = self.config, int(self.config["steps"])
         step, fired, tokens, began = start, 0, 0, time.perf_counter()
+        self.carry = carry
+        if self.best.exhausted:  # resumed after it stopped early: nothing left to train
+            self._stop_early(start, progress)
+            return start, False
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
@@ -417,6 +469,10 @@ class _Loop:
                     line = self._validation_line(step)
                     if line is not None:
                         progress.note(line)
+                    if self.best.exhausted:
+                        self.checkpoint(step, carry)
+                        self._stop_early(step, progress)
+                        return step, False
                 halt = stop.requested or (
                     options.stop_after is not None and step - start >= options.stop_after
                 )
@@ -432,38 +488,100 @@ class _Loop:
         progress.close()
         return step, False
 
+    def _stop_early(self, step: int, progress) -> None:
+        """The run's last line when its validation metric stopped improving."""
+        b = self.best
+        self.stopped_early = True
+        self.metrics.write(
+            {
+                "kind": "early_stop",
+                "step": step,
+                "metric": b.metric,
+                "best": b.value,
+                "best_step": b.step,
+                "patience": b.patience,
+            }
+        )
+        progress.close()
+        by = f" by more than {b.min_delta:g}" if b.min_delta else ""
+        self.log(
+            f"early stopping at step {step}: {b.metric} has not improved{by} in {b.patience} "
+            f"validations; {b.describe()} (kept in {self.run_dir / run_folder.BEST})"
+        )
+
+    def _meta(self, step: int) -> dict:
+        return {
+            "step": step,
+            "optimizer_steps": self.optimizer.steps,
+            "rng": self.rng.bit_generator.state,
+            "best": self.best.state(),
+        }
+
     def checkpoint(self, step: int, carry: dict) -> None:
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = {
             name: {slot: to_numpy(v) for slot, v in slots.items()}
             for name, slots in self.optimizer.state.items()
         }
-        meta = {
-            "step": step,
-            "optimizer_steps": self.optimizer.steps,
-            "rng": self.rng.bit_generator.state,
-        }
-        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
+        self.carry = carry
+        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, self._meta(step))
+
+    def save_best(self, step: int) -> None:
+        """best.npz: the parameters of this step's validation, the best so far. No optimizer
+        or carried state: it is for `eval`, `predict` and the rest, not for --resume."""
+        params = {k: to_numpy(v) for k, v in self.model.params.items()}
+        meta = self._meta(step)
+        run_folder.save_checkpoint(self.run_dir, params, {}, {}, meta, name=run_folder.BEST)
+        self.metrics.write(
+            {"kind": "best", "step": step, "metric": self.best.metric, "value": self.best.value}
+        )
+
+    def validation_at(self, step: int, kind: str | None = None) -> dict:
+        """The validation of `step`: the one already done (an early stop's), else a new one,
+        with `kind`'s scores (see `evaluate`). An early stop's validation is scored again for
+        them, recorded but not counted again towards the best. A new best at the run's final
+        validation comes after its last checkpoint, which is written again so a resumed run
+        knows that best."""
+        if self.validated is not None and self.validated[0] == step:
+            if kind is None or not self.has_validation:
+                return self.validated[1]
+            return self._record(step, self._evaluate(kind))
+        before = self.best.step
+        result = self.validate(step, kind)
+        if self.best.step != before:
+            self.checkpoint(step, self.carry)
+        return result
 
     def validate(self, step: int, kind: str | None = None) -> dict:
         """Validation loss and scores (with `kind`'s, see `evaluate`), recorded in
         metrics.jsonl; {} without validation data (the run warned at its start)."""
         if not self.has_validation:
             return {}
+        result = self._record(step, self._evaluate(kind))
+        self._track_best(step, result)
+        return result
+
+    def _evaluate(self, kind: str | None) -> dict:
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
-        result = evaluate(
-            self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind
-        )
-        self.metrics.write(
-            {
-                "kind": "valid",
-                "step": step,
-                "valid_loss": result["loss"],
-                **{k: v for k, v in result.items() if k != "loss"},
-            }
-        )
+        return evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind)
+
+    def _record(self, step: int, result: dict) -> dict:
+        """`result` as the validation of `step`, in metrics.jsonl and for `validation_at`."""
+        rest = {k: v for k, v in result.items() if k != "loss"}
+        self.metrics.write({"kind": "valid", "step": step, "valid_loss": result["loss"], **rest})
+        self.validated = (step, result)
         return result
+
+    def _track_best(self, step: int, result: dict) -> None:
+        b = self.best
+        if b.observe(step, validation_metrics(result)):
+            self.save_best(step)
+            self.best_note = f"new {b.describe()}"
+        elif b.patience is not None:
+            self.best_note = f"{b.describe()} ({b.stale} of {b.patience} without improvement)"
+        else:
+            self.best_note = b.describe()
 
     def _validation_line(self, step: int) -> str | None:
         result = self.validate(step)
@@ -471,7 +589,8 @@ class _Loop:
             return None
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
         extra += ctc.progress_scores(result)  # the full score line waits for the end of the run
-        return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
+        line = f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
+        return f"{line}; {self.best_note}"
 
     def sample_text(self) -> str:
         from seqgraph.runtime.generate import sample_ids
