@@ -8,6 +8,7 @@ writes a checkpoint and returns; a NaN/Inf loss stops with the last good checkpo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -25,7 +26,7 @@ from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
-from seqgraph.train import ctc, run_folder
+from seqgraph.train import ctc, distributed, run_folder
 from seqgraph.train import data as datasets
 from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
@@ -131,7 +132,18 @@ class _StopFlag:
 
 def run(options: RunOptions, log=print) -> dict:
     """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder).
-    The run folder is locked for the whole run: a second `run` on it refuses at once."""
+    The run folder is locked for the whole run: a second `run` on it refuses at once.
+    Under mpiexec the ranks share each batch (`distributed`); rank 0 alone writes and logs."""
+    comm = distributed.communicator()
+    with comm.fail_together():
+        return _run(options, log if comm.writes else _silent, comm)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of a rank other than 0: one voice per run."""
+
+
+def _run(options: RunOptions, log, comm) -> dict:
     spec, dataset, resolved = prepare(options.spec, options.data)
     config = train_config(spec, options.steps)
     if int(config["steps"]) < 1:  # a run of no steps would leave a folder with no checkpoint
@@ -139,26 +151,56 @@ def run(options: RunOptions, log=print) -> dict:
             f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
         )
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
+    _check_batch_splits(config, comm)
+    comm.use_local_gpu(options.backend or spec.backend)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
     rng = np.random.default_rng([model.seed, 1])
     if options.sample and dataset.kind == "stream":  # a text run ends with a sample
         config["prime"] = _prime(spec, options.spec, dataset.vocab)
-    if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
-        run_folder.require_checkpoint(run_dir)
-    with run_folder.locked(run_dir):
-        start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
-        facts = datasets.describe(dataset)
-        run_folder.write_run_files(run_dir, resolved, facts)
-        if facts.get("read"):  # which arrays of an .npz were used and which were not
-            log(facts["read"])
-        metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+    if options.resume and comm.writes:  # before the folder is made: a mistyped --out
+        run_folder.require_checkpoint(run_dir)  # leaves nothing behind
+    with run_folder.locked(run_dir) if comm.writes else contextlib.nullcontext():
+        start, carry, metrics = 0, {}, distributed.Discarded()
+        if comm.writes:
+            start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
+            facts = datasets.describe(dataset)
+            run_folder.write_run_files(run_dir, resolved, facts)
+            if facts.get("read"):  # which arrays of an .npz were used and which were not
+                log(facts["read"])
+            metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+        start, carry = _share_start(comm, model, optimizer, rng, start, carry)
         source = datasets.source_of(resolved["data"])
-        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
+        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm)
         if not loop.has_validation:
             log(_no_validation_warning(dataset, resolved["data"], config))
-        done, stopped = loop.train(start, carry, options)
+        done, stopped = loop.train(start, comm.own_rows(carry), options)
         return _summary(loop, options, config, run_dir, source, done, stopped)
+
+
+def _check_batch_splits(config: dict, comm) -> None:
+    if int(config["batch_size"]) < comm.size:
+        raise TrainingError(
+            f"train.batch_size {config['batch_size']} cannot be split over {comm.size} ranks "
+            f"(each needs a sequence); raise train.batch_size to at least {comm.size} or "
+            "start fewer ranks"
+        )
+
+
+def _share_start(comm, model: Model, optimizer: Optimizer, rng, start: int, carry: dict):
+    """Every rank starts from rank 0's state (the checkpoint it alone read on --resume):
+    parameters, optimizer state, RNG, step and the carried state of the whole batch."""
+    if comm.size == 1:
+        return start, carry
+    host = {k: to_numpy(v) for k, v in model.params.items()}
+    slots = {n: {k: to_numpy(v) for k, v in s.items()} for n, s in optimizer.state.items()}
+    state = (start, carry, host, slots, optimizer.steps, rng.bit_generator.state)
+    start, carry, host, slots, optimizer.steps, rng.bit_generator.state = comm.share(state)
+    model.set_params(host)
+    optimizer.state = {
+        n: {k: model.backend.asarray(v) for k, v in s.items()} for n, s in slots.items()
+    }
+    return start, carry
 
 
 def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
@@ -168,9 +210,10 @@ def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -
         "steps_done": done,
         "stopped": stopped,
         "total_steps": config["steps"],
+        "writes": loop.comm.writes,  # False on ranks other than 0: they print nothing
         **loop.last,
     }
-    if not stopped:
+    if not stopped and loop.comm.writes:
         summary.update(_finish(loop, done, options.sample))
     return summary
 
@@ -336,8 +379,11 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
 
 
 class _Loop:
-    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source):
+    def __init__(
+        self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm=None
+    ):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
+        self.comm = comm or distributed.Single()
         self.source = source
         self.config, self.rng, self.run_dir = config, rng, run_dir
         self.metrics, self.log = metrics, log
@@ -354,16 +400,29 @@ class _Loop:
         batch = self.dataset.batch_at(
             step, c["batch_size"], c["seq_len"], self.seed, c.get("stride")
         )
-        if isinstance(self.dataset, datasets.Stream):
-            batch["state"] = {} if batch.pop("reset") else carry
+        reset = batch.pop("reset", False)
         feedback = "teacher"
         if self.model.spec.model.feeds_back and c.get("scheduled_sampling"):
             p = sampling_probability(c["scheduled_sampling"], step)
             y = np.asarray(batch["y"])
-            # one coin per sequence and per time step, not one per batch
+            # one coin per sequence and per time step, not one per batch; drawn for the
+            # global batch on every rank, so that the RNG stays the same on all of them
             batch["use_model"] = self.rng.random(y.shape[:2]) < p
             feedback = "scheduled"
+        batch = self.comm.shard(batch)  # this rank's rows (all of them in one process)
+        if isinstance(self.dataset, datasets.Stream):
+            batch["state"] = {} if reset else carry
         return batch, feedback
+
+    def _shard_step(self, batch: dict, feedback: str) -> tuple[float, dict, dict, int]:
+        """(loss, grads, states, target steps) of this rank's rows; a rank left without rows
+        by a short last batch of an epoch adds zeros."""
+        if len(batch["y"]) == 0:
+            zeros = {name: self.xp.zeros_like(p) for name, p in self.model.params.items()}
+            return 0.0, zeros, {}, 0
+        loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+        n_tokens = int(real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum())
+        return loss, grads, state, n_tokens
 
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
         progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
@@ -378,7 +437,11 @@ class _Loop:
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
-                loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+                loss, grads, state, n_tokens = self._shard_step(batch, feedback)
+                grads, sums = self.comm.sum_step(
+                    loss, grads, len(batch["y"]), n_tokens, stop.requested
+                )
+                loss, n_tokens = sums.loss, sums.tokens  # over the global batch
                 if not math.isfinite(loss):
                     progress.close()
                     raise TrainingError(
@@ -390,10 +453,7 @@ class _Loop:
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
-                n_tokens = int(
-                    real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum()
-                )
-                per_token = loss * len(batch["y"]) / max(n_tokens, 1)
+                per_token = loss * sums.rows / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)
                 self.last = {"loss": per_token, "grad_norm": norm}
@@ -414,7 +474,7 @@ class _Loop:
                     line = self._validation_line(step)
                     if line is not None:
                         progress.note(line)
-                halt = stop.requested or (
+                halt = sums.stop or (
                     options.stop_after is not None and step - start >= options.stop_after
                 )
                 if step % c["checkpoint_every"] == 0 or step == total or halt:
@@ -430,6 +490,12 @@ class _Loop:
         return step, False
 
     def checkpoint(self, step: int, carry: dict) -> None:
+        """Rank 0 writes the whole batch's state; every rank first checks that the ranks
+        still hold the same parameters (here: every checkpoint_every steps and at the end)."""
+        self.comm.check_agreement(self.model.params, step)
+        carry = self.comm.gather_rows(carry)
+        if not self.comm.writes:
+            return
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = {
             name: {slot: to_numpy(v) for slot, v in slots.items()}
