@@ -275,3 +275,15 @@ def descends(pid: int, ancestor: int) -> bool:
         except OSError:
             return False
     return False
+
+
+def test_a_batch_smaller_than_the_ranks_is_refused_naming_the_spec():
+    from types import SimpleNamespace
+
+    from seqgraph.errors import SpecError
+    from seqgraph.train.loop import _check_batch_splits
+
+    with pytest.raises(SpecError, match=r"train\.batch_size.*at least 4") as caught:
+        _check_batch_splits({"batch_size": 3}, SimpleNamespace(size=4), "big.yaml")
+    assert "big.yaml" in str(caught.value)
+    _check_batch_splits({"batch_size": 4}, SimpleNamespace(size=4), "big.yaml")

@@ -151,7 +151,7 @@ def _run(options: RunOptions, log, comm) -> dict:
             f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
         )
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
-    _check_batch_splits(config, comm)
+    _check_batch_splits(config, comm, options.spec)
     comm.use_local_gpu(options.backend or spec.backend)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
@@ -178,12 +178,13 @@ def _run(options: RunOptions, log, comm) -> dict:
         return _summary(loop, options, config, run_dir, source, done, stopped)
 
 
-def _check_batch_splits(config: dict, comm) -> None:
+def _check_batch_splits(config: dict, comm, spec_path) -> None:
     if int(config["batch_size"]) < comm.size:
-        raise TrainingError(
-            f"train.batch_size {config['batch_size']} cannot be split over {comm.size} ranks "
-            f"(each needs a sequence); raise train.batch_size to at least {comm.size} or "
-            "start fewer ranks"
+        raise SpecError(
+            "train.batch_size",
+            f"{config['batch_size']} sequences cannot be split over {comm.size} ranks (each "
+            f"needs one); raise it to at least {comm.size} or start fewer ranks",
+            source=str(spec_path) if isinstance(spec_path, (str, Path)) else "",
         )
 
 
