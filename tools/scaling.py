@@ -19,6 +19,7 @@ batch per node that keeps E >= 90 % is b >= 9 T_ring / (time per sequence).
 
     python tools/scaling.py measure --json scaling.json     # ~2 min on 2 busy cores
     python tools/scaling.py table scaling.json              # README's tables
+    python tools/scaling.py table scaling.json --step-ms medium=32.4 --step-ms large=61.8
 """
 
 from __future__ import annotations
@@ -136,16 +137,27 @@ def ring_seconds(nodes: int, nbytes: float, alpha: float, beta: float) -> float:
     return 2 * (nodes - 1) * alpha + 2 * (nodes - 1) / nodes * nbytes * beta
 
 
-def tables(data: dict) -> str:
-    """Markdown: the measured 1 vs 2 table, then the projection per config."""
+def crossover(compute: float, nbytes: float, alpha: float, beta: float) -> int:
+    """The fewest nodes at which the ring all-reduce takes longer than `compute`."""
+    low, high = 1, 2**40  # ring_seconds grows with the node count: bisect
+    while high - low > 1:
+        middle = (low + high) // 2
+        if ring_seconds(middle, nbytes, alpha, beta) > compute:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def measured_table(data: dict) -> str:
+    """Markdown: 1 process with 1 and 2 threads against 2 ranks, per config."""
     lines = [
         "| config | 1 process, 1 thread | 1 process, 2 threads | 2 ranks x 1 thread "
         "| all-reduce per step (2 ranks) | gradient |",
         "|---|---|---|---|---|---|",
     ]
-    steps = data["steps"]
     for config in CONFIGS:
-        rows = {(r["ranks"], r["threads"]): r for r in steps if r["config"] == config}
+        rows = {(r["ranks"], r["threads"]): r for r in data["steps"] if r["config"] == config}
         one, two, ranks = rows[(1, 1)], rows[(1, 2)], rows[(2, 1)]
         cells = [
             f"{r['tokens_per_s']:,.0f} tok/s ({r['step_ms']:,.0f} ms)" for r in (one, two, ranks)
@@ -157,29 +169,42 @@ def tables(data: dict) -> str:
     fit = data["loopback"]
     lines += [
         "",
-        f"Loopback (2 ranks): alpha = {fit['alpha'] * 1e6:.1f} us, 1/beta = "
-        f"{1e-9 / fit['beta']:.2f} GB/s. Projection ({data['network']['name']}: alpha = "
-        f"{data['network']['alpha'] * 1e6:.0f} us, 1/beta = {1e-9 / data['network']['beta']:.1f} "
-        "GB/s; compute per sequence from 1 process with 1 thread):",
-        "",
+        f"Loopback, 2 ranks: alpha = {fit['alpha'] * 1e6:.1f} us, 1/beta = "
+        f"{1e-9 / fit['beta']:.2f} GB/s.",
+    ]
+    return "\n".join(lines)
+
+
+def projection(data: dict, step_ms: dict[str, float] | None = None) -> str:
+    """Markdown: efficiency and ring time per node count on `data['network']`, for the
+    measured compute of one process with 1 thread, or for `step_ms` (config -> ms of one
+    node's step on the config's batch, e.g. a GPU's)."""
+    net = data["network"]
+    lines = [
         "| config | b per node | compute | " + " | ".join(f"N={n}" for n in NODES) + " |",
         "|---|---|---|" + "---|" * len(NODES),
     ]
-    net = data["network"]
+    notes = []
     for config in CONFIGS:
-        record = next(r for r in steps if r["config"] == config and r["ranks"] == r["threads"] == 1)
-        per_sequence = record["compute_ms"] / 1e3 / record["batch"]
-        nbytes = record["gradient_bytes"]
-        comm = [ring_seconds(n, nbytes, net["alpha"], net["beta"]) for n in NODES]
-        b = record["batch"]
-        compute = b * per_sequence
-        cells = [f"{compute / (compute + t):.0%} ({t * 1e3:.1f} ms)" for t in comm]
-        lines.append(f"| {config} | {b} | {compute * 1e3:,.0f} ms | " + " | ".join(cells) + " |")
-        need = [max(1, -(-9 * t // per_sequence)) for t in comm]
-        lines.append(
-            f"| {config}: b for E >= 90 % | | | " + " | ".join(f"{int(n)}" for n in need) + " |"
+        record = next(
+            r for r in data["steps"] if r["config"] == config and r["ranks"] == r["threads"] == 1
         )
-    return "\n".join(lines)
+        b, nbytes = record["batch"], record["gradient_bytes"]
+        compute = (step_ms or {}).get(config, record["compute_ms"]) / 1e3
+        per_sequence = compute / b
+        comm = [ring_seconds(n, nbytes, net["alpha"], net["beta"]) for n in NODES]
+        cells = [f"{compute / (compute + t):.1%} ({t * 1e3:.1f} ms)" for t in comm]
+        lines.append(f"| {config} | {b} | {compute * 1e3:,.1f} ms | " + " | ".join(cells) + " |")
+        need = [max(1, -(-9 * t // per_sequence)) for t in comm]
+        lines.append("| b for E >= 90 % | | | " + " | ".join(f"{int(n)}" for n in need) + " |")
+        at_batch, at_one = (
+            crossover(per_sequence * size, nbytes, net["alpha"], net["beta"]) for size in (b, 1)
+        )
+        notes.append(
+            f"{config}: communication takes longer than compute from N = {at_batch:,} nodes "
+            f"with {b} sequences per node, from N = {at_one:,} with 1."
+        )
+    return "\n".join(lines + [""] + notes)
 
 
 def main() -> None:
@@ -189,6 +214,13 @@ def main() -> None:
     m.add_argument("--json", default="scaling.json")
     t = sub.add_parser("table", help="README's tables from a measure --json file")
     t.add_argument("file")
+    t.add_argument(
+        "--step-ms",
+        action="append",
+        default=[],
+        metavar="CONFIG=MS",
+        help="project with this per-node step time instead of the measured one",
+    )
     s = sub.add_parser("step", help="(internal) time training steps of one process or rank")
     s.add_argument("config", choices=CONFIGS)
     sub.add_parser("alphabeta", help="(internal, under mpiexec) fit alpha and beta")
@@ -196,9 +228,11 @@ def main() -> None:
     if args.command == "measure":
         data = measure()
         Path(args.json).write_text(json.dumps(data, indent=1))
-        print(tables(data))
+        print(measured_table(data) + "\n\n" + projection(data))
     elif args.command == "table":
-        print(tables(json.loads(Path(args.file).read_text())))
+        data = json.loads(Path(args.file).read_text())
+        step_ms = {k: float(v) for k, v in (item.split("=", 1) for item in args.step_ms)}
+        print(measured_table(data) + "\n\n" + projection(data, step_ms or None))
     else:
         out = _step_worker(args.config) if args.command == "step" else _alpha_beta_worker()
         if os.environ.get("OMPI_COMM_WORLD_RANK", "0") == "0":
