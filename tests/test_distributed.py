@@ -172,6 +172,17 @@ def test_fingerprint_sees_one_bit():
     assert distributed.fingerprint(params) != distributed.fingerprint(changed)
 
 
+def test_ranks_that_drift_apart_stop_naming_them():
+    from types import SimpleNamespace
+
+    ranks = object.__new__(distributed.Mpi)  # its check, with a stand-in for COMM_WORLD
+    ranks.comm = SimpleNamespace(allgather=lambda mine: [mine, b"another model", mine])
+    with pytest.raises(distributed.DistributedError, match=r"ranks \[1\] differ .* step 7"):
+        ranks.check_agreement({"W": np.ones(2)}, 7)
+    ranks.comm = SimpleNamespace(allgather=lambda mine: [mine, mine])
+    ranks.check_agreement({"W": np.ones(2)}, 7)
+
+
 def test_mpiexec_without_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
     with pytest.raises(distributed.DistributedError, match=r"seqgraph\[mpi\]"):
