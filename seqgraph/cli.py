@@ -63,6 +63,8 @@ def _cmd_run(args) -> int:
     )
     if summary["stopped"]:
         return 130
+    if not summary.get("writes", True):  # a rank other than 0 under mpiexec: rank 0 reports
+        return 0
     valid = summary.get("valid", {})
     early = " (stopped early)" if summary.get("early_stopped") else ""
     line = f"done{early}: {summary['steps_done']} steps in {summary['run_dir']}"

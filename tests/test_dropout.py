@@ -375,3 +375,19 @@ def test_bad_dropout_in_a_cell_is_one_clear_line(equation, says):
     with pytest.raises(SpecError) as info:
         probe(equation)
     assert says in info.value.message and "cells.probe.equations[0]" in str(info.value)
+
+
+def test_a_shard_draws_the_rows_of_the_whole_batchs_masks():
+    """Under MPI a rank holds rows lo:hi of the global batch; naming them in the request
+    (`train.distributed` does) gives it exactly those rows of the one-process masks."""
+    model = Model(lstm_spec(layers=2, dropout=0.3, recurrent_dropout=0.4))
+    whole = with_dropout(batching.dummy(model.spec, 5, 4))
+    rows = slice(3, 5)
+    shard = {k: v[rows] if isinstance(v, np.ndarray) else v for k, v in whole.items()}
+    shard["dropout"] = {**whole["dropout"], "row_offset": 3, "global_rows": 5}
+    full, part = masks_of(model, whole), masks_of(model, shard)
+    assert full.keys() == part.keys() and len(full) > 2
+    for key in full:
+        np.testing.assert_array_equal(part[key], full[key][rows])
+    unnamed = masks_of(model, {**shard, "dropout": whole["dropout"]})
+    assert any((unnamed[k] != part[k]).any() for k in part)  # without them: other masks

@@ -223,10 +223,12 @@ def _dropout_mask(p: Prepared, key: Key, role: dict) -> np.ndarray:
     time index counts from the start of the whole sequence (a segment passes `first_step`)."""
     if p.dropout is None:
         raise DataError(f"node {key} is a dropout mask and the batch has no 'dropout' request")
-    seed, step, first = p.dropout
+    seed, step, first, offset, rows = p.dropout
     scope, name, t = key
     at = key if t is None else (scope, name, t + first)
-    return masks.dropout_mask(seed, step, at, (p.size, *role["shape"]), role["p"])
+    rows = p.size if rows is None else rows
+    mask = masks.dropout_mask(seed, step, at, (rows, *role["shape"]), role["p"])
+    return mask[offset : offset + p.size]
 
 
 def stacked(spec: Spec, p: Prepared, keys: list, role: dict) -> np.ndarray:

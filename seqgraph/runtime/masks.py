@@ -31,18 +31,27 @@ def dropout_mask(seed: int, step: int, key: tuple, shape: tuple, p: float) -> np
     return keep / (1.0 - p)
 
 
-def dropout_request(batch: dict) -> tuple[int, int, int] | None:
-    """(seed, step, first_step) from `batch["dropout"]`, checked; None when absent."""
+def dropout_request(batch: dict) -> tuple[int, int, int, int, int | None] | None:
+    """(seed, step, first_step, row_offset, global_rows) from `batch["dropout"]`, checked;
+    None when absent. A shard of a larger batch (one rank's rows under MPI) names where its
+    rows start and how many the whole batch has, so it draws the whole batch's masks and
+    keeps its rows: N ranks drop the units one process would."""
     request = batch.get("dropout")
     if request is None:
         return None
     try:
-        out = (int(request["seed"]), int(request["step"]), int(request.get("first_step", 0)))
+        out = (
+            int(request["seed"]),
+            int(request["step"]),
+            int(request.get("first_step", 0)),
+            int(request.get("row_offset", 0)),
+            None if request.get("global_rows") is None else int(request["global_rows"]),
+        )
     except (TypeError, KeyError, ValueError):
         raise DataError(
             "batch['dropout'] must be {'seed': int, 'step': int} (the training step whose "
             f"masks to draw); got {request!r}"
         ) from None
-    if min(out) < 0:
+    if min(out[:4]) < 0:
         raise DataError(f"batch['dropout'] needs seed, step and first_step >= 0; got {request!r}")
     return out

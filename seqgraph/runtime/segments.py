@@ -64,8 +64,14 @@ def train_step(model, runner_for, batch: dict, size: int, feedback="teacher", st
             **extra,
         }
         if prepared.dropout is not None:  # the whole sequence's masks, step a onwards
-            seed, step, first = prepared.dropout
-            part["dropout"] = {"seed": seed, "step": step, "first_step": first + a}
+            seed, step, first, offset, rows = prepared.dropout
+            part["dropout"] = {
+                "seed": seed,
+                "step": step,
+                "first_step": first + a,
+                "row_offset": offset,
+                "global_rows": rows,
+            }
         return part
 
     starts, loss, carried = [dict(prepared.states)], 0.0, None

@@ -10,6 +10,7 @@ writes best.npz (`train.best`); `train.early_stopping` ends the run when they st
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -27,7 +28,7 @@ from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
-from seqgraph.train import ctc, run_folder
+from seqgraph.train import ctc, distributed, run_folder
 from seqgraph.train import data as datasets
 from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
 from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
@@ -134,7 +135,18 @@ class _StopFlag:
 
 def run(options: RunOptions, log=print) -> dict:
     """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder).
-    The run folder is locked for the whole run: a second `run` on it refuses at once."""
+    The run folder is locked for the whole run: a second `run` on it refuses at once.
+    Under mpiexec the ranks share each batch (`distributed`); rank 0 alone writes and logs."""
+    comm = distributed.communicator()
+    with comm.fail_together():
+        return _run(options, log if comm.writes else _silent, comm)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of a rank other than 0: one voice per run."""
+
+
+def _run(options: RunOptions, log, comm) -> dict:
     spec, dataset, resolved = prepare(options.spec, options.data)
     config = train_config(spec, options.steps)
     if int(config["steps"]) < 1:  # a run of no steps would leave a folder with no checkpoint
@@ -142,22 +154,29 @@ def run(options: RunOptions, log=print) -> dict:
             f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
         )
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
+    _check_batch_splits(config, comm, options.spec)
+    comm.use_local_gpu(options.backend or spec.backend)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
     rng = np.random.default_rng([model.seed, 1])
     if options.sample and dataset.kind == "stream":  # a text run ends with a sample
         config["prime"] = _prime(spec, options.spec, dataset.vocab)
-    if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
-        run_folder.require_checkpoint(run_dir)
-    with run_folder.locked(run_dir):
-        start, carry, best = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
-        facts = datasets.describe(dataset)
-        run_folder.write_run_files(run_dir, resolved, facts)
-        if facts.get("read"):  # which arrays of an .npz were used and which were not
-            log(facts["read"])
-        metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+    if options.resume and comm.writes:  # before the folder is made: a mistyped --out
+        run_folder.require_checkpoint(run_dir)  # leaves nothing behind
+    with run_folder.locked(run_dir) if comm.writes else contextlib.nullcontext():
+        start, carry, best, metrics = 0, {}, None, distributed.Discarded()
+        if comm.writes:
+            start, carry, best = _start(
+                options, run_dir, model, optimizer, rng, log, resolved, dataset
+            )
+            facts = datasets.describe(dataset)
+            run_folder.write_run_files(run_dir, resolved, facts)
+            if facts.get("read"):  # which arrays of an .npz were used and which were not
+                log(facts["read"])
+            metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+        start, carry, best = _share_start(comm, model, optimizer, rng, start, carry, best)
         source = datasets.source_of(resolved["data"])
-        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
+        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm)
         if not loop.has_validation:
             warning = _no_validation_warning(dataset, resolved["data"], config)
             if config.get("early_stopping"):
@@ -165,7 +184,7 @@ def run(options: RunOptions, log=print) -> dict:
             log(warning)
         loop.check_metric(spec)
         loop.best.restore(best)
-        done, stopped = loop.train(start, carry, options)
+        done, stopped = loop.train(start, comm.own_rows(carry), options)
         return _summary(loop, options, config, run_dir, source, done, stopped)
 
 
@@ -181,6 +200,33 @@ def _needs_validation(spec: Spec, warning: str) -> SpecError:
     return with_line(error, spec.lines, spec.source)
 
 
+def _check_batch_splits(config: dict, comm, spec_path) -> None:
+    if int(config["batch_size"]) < comm.size:
+        raise SpecError(
+            "train.batch_size",
+            f"{config['batch_size']} sequences cannot be split over {comm.size} ranks (each "
+            f"needs one); raise it to at least {comm.size} or start fewer ranks",
+            source=str(spec_path) if isinstance(spec_path, (str, Path)) else "",
+        )
+
+
+def _share_start(comm, model: Model, optimizer: Optimizer, rng, start: int, carry: dict, best):
+    """Every rank starts from rank 0's state (the checkpoint it alone read on --resume):
+    parameters, optimizer state, RNG, step, the best validation so far (every rank tracks it,
+    so all of them stop early at the same step) and the carried state of the whole batch."""
+    if comm.size == 1:
+        return start, carry, best
+    host = {k: to_numpy(v) for k, v in model.params.items()}
+    slots = {n: {k: to_numpy(v) for k, v in s.items()} for n, s in optimizer.state.items()}
+    state = (start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state)
+    start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state = comm.share(state)
+    model.set_params(host)
+    optimizer.state = {
+        n: {k: model.backend.asarray(v) for k, v in s.items()} for n, s in slots.items()
+    }
+    return start, carry, best
+
+
 def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
     summary = {
         "run_dir": str(run_dir),
@@ -188,12 +234,17 @@ def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -
         "steps_done": done,
         "stopped": stopped,
         "total_steps": config["steps"],
+        "writes": loop.comm.writes,  # False on ranks other than 0: they print nothing
         **loop.last,
     }
     if loop.stopped_early:
         summary["early_stopped"] = True
     if not stopped:
-        summary.update(_finish(loop, done, options.sample))
+        # every rank validates (a new best writes a checkpoint, which every rank takes part in);
+        # rank 0 alone adds the application's scores and files
+        valid = loop.validation_at(done, kind=score_kind(loop.model, loop.dataset))
+        if loop.comm.writes:
+            summary.update(_finish(loop, done, options.sample, valid))
     if loop.best.value is not None:
         summary["best"] = {
             "metric": loop.best.metric,
@@ -270,13 +321,11 @@ def _start(
     return 0, {}, None
 
 
-def _finish(loop: _Loop, done: int, sample: bool) -> dict:
+def _finish(loop: _Loop, done: int, sample: bool, valid: dict) -> dict:
     """What a completed run adds to its summary: the final validation (with the
     application's own scores), the application's files, the loss plot and a text sample."""
     model, dataset, config = loop.model, loop.dataset, loop.config
-    # The last validation adds the scores `eval` gives (a decoder's free-running accuracy and
-    # exact match, a classifier's macro-F1), so the run's last line is not teacher-forced only.
-    out = {"valid": loop.validation_at(done, kind=score_kind(model, dataset))}
+    out = {"valid": valid}
     app = registry.source(loop.source)  # the application's own scores and files
     if app.metrics is not None and out["valid"]:
         out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
@@ -366,8 +415,11 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
 
 
 class _Loop:
-    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source):
+    def __init__(
+        self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm=None
+    ):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
+        self.comm = comm or distributed.Single()
         self.source = source
         self.config, self.rng, self.run_dir = config, rng, run_dir
         self.metrics, self.log = metrics, log
@@ -402,8 +454,7 @@ class _Loop:
         batch = self.dataset.batch_at(
             step, c["batch_size"], c["seq_len"], self.seed, c.get("stride")
         )
-        if isinstance(self.dataset, datasets.Stream):
-            batch["state"] = {} if batch.pop("reset") else carry
+        reset = batch.pop("reset", False)
         # the spec's dropout, its masks a function of (seed, step): a resumed run draws the
         # same ones with no state saved (`runtime.masks`); validation batches have none
         batch["dropout"] = {"seed": self.seed, "step": step}
@@ -411,10 +462,24 @@ class _Loop:
         if self.model.spec.model.feeds_back and c.get("scheduled_sampling"):
             p = sampling_probability(c["scheduled_sampling"], step)
             y = np.asarray(batch["y"])
-            # one coin per sequence and per time step, not one per batch
+            # one coin per sequence and per time step, not one per batch; drawn for the
+            # global batch on every rank, so that the RNG stays the same on all of them
             batch["use_model"] = self.rng.random(y.shape[:2]) < p
             feedback = "scheduled"
+        batch = self.comm.shard(batch)  # this rank's rows (all of them in one process)
+        if isinstance(self.dataset, datasets.Stream):
+            batch["state"] = {} if reset else carry
         return batch, feedback
+
+    def _shard_step(self, batch: dict, feedback: str) -> tuple[float, dict, dict, int]:
+        """(loss, grads, states, target steps) of this rank's rows; a rank left without rows
+        by a short last batch of an epoch adds zeros."""
+        if len(batch["y"]) == 0:
+            zeros = {name: self.xp.zeros_like(p) for name, p in self.model.params.items()}
+            return 0.0, zeros, {}, 0
+        loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+        n_tokens = int(real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum())
+        return loss, grads, state, n_tokens
 
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
         progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
@@ -433,7 +498,11 @@ class _Loop:
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
-                loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+                loss, grads, state, n_tokens = self._shard_step(batch, feedback)
+                grads, sums = self.comm.sum_step(
+                    loss, grads, len(batch["y"]), n_tokens, stop.requested
+                )
+                loss, n_tokens = sums.loss, sums.tokens  # over the global batch
                 if not math.isfinite(loss):
                     progress.close()
                     raise TrainingError(
@@ -445,10 +514,7 @@ class _Loop:
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
-                n_tokens = int(
-                    real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum()
-                )
-                per_token = loss * len(batch["y"]) / max(n_tokens, 1)
+                per_token = loss * sums.rows / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)
                 self.last = {"loss": per_token, "grad_norm": norm}
@@ -473,7 +539,7 @@ class _Loop:
                         self.checkpoint(step, carry)
                         self._stop_early(step, progress)
                         return step, False
-                halt = stop.requested or (
+                halt = sums.stop or (
                     options.stop_after is not None and step - start >= options.stop_after
                 )
                 if step % c["checkpoint_every"] == 0 or step == total or halt:
@@ -518,6 +584,12 @@ class _Loop:
         }
 
     def checkpoint(self, step: int, carry: dict) -> None:
+        """Rank 0 writes the whole batch's state; every rank first checks that the ranks
+        still hold the same parameters (here: every checkpoint_every steps and at the end)."""
+        self.comm.check_agreement(self.model.params, step)
+        carry = self.comm.gather_rows(carry)
+        if not self.comm.writes:
+            return
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = {
             name: {slot: to_numpy(v) for slot, v in slots.items()}
@@ -528,7 +600,10 @@ class _Loop:
 
     def save_best(self, step: int) -> None:
         """best.npz: the parameters of this step's validation, the best so far. No optimizer
-        or carried state: it is for `eval`, `predict` and the rest, not for --resume."""
+        or carried state: it is for `eval`, `predict` and the rest, not for --resume. Rank 0
+        alone writes it (every rank holds the same parameters)."""
+        if not self.comm.writes:
+            return
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         meta = self._meta(step)
         run_folder.save_checkpoint(self.run_dir, params, {}, {}, meta, name=run_folder.BEST)
