@@ -56,17 +56,24 @@ def sample(
     backend: str | None = None,
     wav: str | os.PathLike | None = None,
     checkpoint: str | None = None,
+    beam: int = 1,
+    length_penalty: float = 0.0,
 ):
     """Generate from a trained run: text for character models, an array for vector models,
     or, when the run's data source generates a file (μ-law audio: a WAV), that file's path
     (`wav`; the source picks a default such as RUN_DIR/generated.wav).
-    `length`: steps (default 300), or samples of audio (default train.sample_length)."""
+    `length`: steps (default 300), or samples of audio (default train.sample_length).
+    An encoder_decoder over ids decodes the source `prime` (sampled, `greedy`, or by beam
+    search of width `beam` with GNMT `length_penalty`) up to its `<eos>` or `length` ids."""
     from pathlib import Path
 
+    from seqgraph.runtime import decode
     from seqgraph.spec import registry
     from seqgraph.train.data import source_of
 
     model = load_run(run_dir, backend, checkpoint)
+    if beam != 1:
+        decode.check_beam(model, beam)
     source = source_of(model.spec.data)
     record = registry.source(source)
     if record.sample is not None:
@@ -76,7 +83,42 @@ def sample(
         raise DataError(
             f"--wav writes audio, and data.source {source!r} of this run generates none; drop --wav"
         )
+    if model.spec.model.feeds_back and model.spec.model.target.type == "ids":
+        decoding = {"temperature": temperature, "greedy": greedy, "seed": seed}
+        return _sample_decoder(model, record, prime, length, beam, length_penalty, **decoding)
     return _sample_steps(model, 300 if length is None else length, temperature, prime, greedy, seed)
+
+
+def _sample_decoder(model: Model, record, prime, length, beam, alpha, temperature, greedy, seed):
+    """The output text of an encoder_decoder for the source `prime`, decoded by beam search
+    (`beam` > 1), greedily, or sampled at `temperature` (default train.temperature or 1)."""
+    from seqgraph.runtime import decode
+
+    m, facts, run_dir = model.spec.model, model.run_facts, model.run_facts["run_dir"]
+    if m.pattern != "encoder_decoder" or record.encode is None:
+        raise DataError(
+            f"{run_dir}: `sample` decodes a source typed with --prime, which this run's "
+            f"{m.pattern} model over data.source {record.name} cannot read; decode its "
+            f"inputs with `seqgraph predict {run_dir} --data FILE` (and --beam K)"
+        )
+    if prime is None:
+        raise DataError(f"{run_dir}: an encoder_decoder decodes a source: give --prime TEXT")
+    encoded = record.encode([prime], dict(model.spec.data), facts, m.pattern)
+    batch = {"x": encoded.ids[0][None], "lengths": np.array([len(encoded.ids[0])])}
+    names = [str(name) for name in facts.get("labels") or []]
+    eos, steps = decode.eos_id(names), 50 if length is None else length
+    if beam > 1:
+        ids = decode.beam_search(model, batch, beam, steps, eos, alpha)[0].ids
+    elif greedy:
+        ids = decode.greedy(model, batch, steps, eos)[0]
+    else:
+        if temperature is None:
+            temperature = float(model.spec.train.get("temperature", 1.0))
+        rng = np.random.default_rng(seed)
+        ids = decode.sampled(model, batch, steps, eos, temperature, rng)[0]
+    words = any(len(name) > 1 and not name.startswith("<") for name in names)
+    separator = " " if words else ""  # word targets are shown apart, characters together
+    return separator.join(names[i] if i < len(names) else str(i) for i in ids)
 
 
 def _sample_steps(model: Model, length: int, temperature, prime, greedy: bool, seed: int):
@@ -123,6 +165,8 @@ def evaluate_run(
     split: str = "valid",
     confusion: str | os.PathLike | None = None,
     checkpoint: str | None = None,
+    beam: int = 1,
+    length_penalty: float = 0.0,
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
     split, or on that split of `data` read the same way, with the data source's own scores
@@ -133,13 +177,18 @@ def evaluate_run(
     classifier `macro_f1` and `confusion` ({"labels", "counts"}: rows true, columns
     predicted), drawn as a PNG at `confusion` (default RUN_DIR/confusion.png; its path under
     `confusion_png`); a tagger `macro_f1` and per-tag `tags` (precision, recall, f1, support).
+    A decoder stops at its `<eos>`; with `beam` > 1 it is also decoded by beam search (GNMT
+    `length_penalty`), adding `beam`, `length_penalty`, `accuracy_beam`, `exact_match_beam`.
     """
+    from seqgraph.runtime import decode
     from seqgraph.spec import registry
     from seqgraph.train import data as datasets
     from seqgraph.train.evaluate import evaluate, name_classes, score_kind, scorer_for
     from seqgraph.train.loop import train_config
 
     model = load_run(run_dir, backend, checkpoint)
+    if beam != 1:
+        decode.check_beam(model, beam)
     spec = model.spec
     config = datasets.data_config(spec.data, data)
     source = datasets.source_of(config)
@@ -155,7 +204,10 @@ def evaluate_run(
     else:
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
     kind = score_kind(model, dataset)
-    result = evaluate(model, batches, scorer=scorer_for(source), kind=kind)
+    names = getattr(dataset, "labels", None) or model.run_facts.get("labels")
+    decoding = {"eos": decode.eos_id(names), "beam": beam, "length_penalty": length_penalty}
+    decoding = decoding if kind == "decoder" else None
+    result = evaluate(model, batches, scorer=scorer_for(source), kind=kind, decoding=decoding)
     if result["batches"] == 0:
         raise DataError(
             f"{run_dir}: the {split} split of {config.get('path', 'the data')} has no "

@@ -96,6 +96,8 @@ def _cmd_sample(args) -> int:
         backend=args.backend,
         wav=args.wav,
         checkpoint=args.checkpoint,
+        beam=args.beam,
+        length_penalty=args.length_penalty,
     )
     if isinstance(out, Path):  # an audio run wrote a WAV
         print(f"wrote {out}")
@@ -114,6 +116,8 @@ def _cmd_eval(args) -> int:
         split=args.split,
         confusion=args.confusion,
         checkpoint=args.checkpoint,
+        beam=args.beam,
+        length_penalty=args.length_penalty,
     )
     if args.json:
         print(_json_line(result))
@@ -153,6 +157,8 @@ def _cmd_predict(args) -> int:
         temperature=args.temperature,
         seed=args.seed,
         length=args.length,
+        beam=args.beam,
+        length_penalty=args.length_penalty,
     )
     seconds = time.perf_counter() - start
     if args.attention is not None:
@@ -403,7 +409,9 @@ def _args_sample(p) -> None:
     p.add_argument(
         "--temperature", type=real(0, low_open=True), help="default: train.temperature or 1"
     )
-    p.add_argument("--prime", help="text to start from (default: train.prime)")
+    p.add_argument(
+        "--prime", help="text to start from (default: train.prime); decoders: the source"
+    )
     p.add_argument("--greedy", action="store_true", help="always take the likeliest next id")
     p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0)
     p.add_argument("--backend", choices=BACKENDS)
@@ -411,6 +419,7 @@ def _args_sample(p) -> None:
         "--wav", help="audio runs: the WAV file to write (default RUN_DIR/generated.wav)"
     )
     _checkpoint_arg(p)
+    _beam_options(p)
 
 
 def _args_eval(p) -> None:
@@ -425,6 +434,25 @@ def _args_eval(p) -> None:
         help="classifiers: write the confusion matrix PNG here (default RUN_DIR/confusion.png)",
     )
     _checkpoint_arg(p)
+    _beam_options(p)
+
+
+def _beam_options(p) -> None:
+    """--beam and --length-penalty, shared by predict, eval and sample."""
+    p.add_argument(
+        "--beam",
+        type=whole(1, 1000),
+        default=1,
+        metavar="K",
+        help="decoders: beam search with K hypotheses per input (default 1: greedy)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=real(0),
+        default=0.0,
+        metavar="ALPHA",
+        help="beam score log P / ((5+|Y|)/6)^ALPHA (GNMT, Wu et al. 2016); default 0: none",
+    )
 
 
 def _args_predict(p) -> None:
@@ -439,6 +467,7 @@ def _args_predict(p) -> None:
     p.add_argument("--temperature", type=real(0, low_open=True), default=1.0)
     p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0)
     p.add_argument("--length", type=whole(1, MAX_UNROLL), help="decoder steps (default 50)")
+    _beam_options(p)
     p.add_argument("--batch-size", type=whole(1, 1_000_000), default=256)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument(

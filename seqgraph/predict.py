@@ -5,7 +5,8 @@ in batches bucketed by length, and gives one record per input:
 - many_to_one / one_to_one to ids: `{"input", "label", "probs": {label: p}}`;
 - many_to_many to ids: `{"tokens", "tags"}` (a tag per token; for a character stream the
   likeliest next character after each one);
-- encoder_decoder / one_to_many: `{"input", "output"}`, decoded freely (greedy, or sampled);
+- encoder_decoder / one_to_many: `{"input", "output"}`, decoded freely (greedy, sampled, or
+  by beam search, `beam=K`, which adds the output's `log_prob`), cut at `<eos>`;
 - a target of vectors: `{"input", "output": [[...]]}` (the numbers).
 
 Raw strings become ids through the data source's `encode` hook (`spec.registry`); a vector
@@ -24,6 +25,7 @@ import seqgraph.apps  # noqa: F401  (registers the sources whose `encode` reads 
 from seqgraph.api_runs import load_run
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError
+from seqgraph.runtime import decode
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.train.data import source_of
@@ -115,9 +117,15 @@ class Predictor:
         temperature: float = 1.0,
         seed: int = 0,
         length: int | None = None,
+        beam: int = 1,
+        length_penalty: float = 0.0,
     ) -> list[dict]:
         """One record per input (raw strings, or arrays for vector models and ids), in order.
-        Decoders run free for `length` steps (greedy, or `sample`d at `temperature`)."""
+        Decoders run free for at most `length` steps, each output stopping at `<eos>`: greedy,
+        `sample`d at `temperature`, or (`beam` > 1) the best of a beam search of that width,
+        scored with GNMT's length penalty `length_penalty` (`runtime.decode`)."""
+        if beam != 1:
+            decode.check_beam(self.model, beam, sample)
         if isinstance(inputs, (str, np.ndarray)):
             inputs = [inputs]
         inputs = list(inputs)
@@ -134,8 +142,15 @@ class Predictor:
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             batch = self._batch([arrays[i] for i in chosen])
-            if m.feeds_back:
-                result = self._decode(batch, steps, sample, temperature, rng)
+            eos = decode.eos_id(self._names())
+            if m.feeds_back and beam > 1:
+                result = decode.beam_search(self.model, batch, beam, steps, eos, length_penalty)
+            elif m.feeds_back and m.target.type == "ids" and sample:
+                result = decode.sampled(self.model, batch, steps, eos, temperature, rng)
+            elif m.feeds_back and m.target.type == "ids":
+                result = decode.greedy(self.model, batch, steps, eos)
+            elif m.feeds_back:
+                result = self._decode(batch, steps)
             else:
                 result = to_numpy(self.model.forward(batch)["predictions"])
             for row, i in enumerate(chosen):
@@ -156,26 +171,9 @@ class Predictor:
             x[row, : len(a)] = a
         return {"x": x, "lengths": lengths}
 
-    def _decode(self, batch: dict, steps: int, sample: bool, temperature: float, rng):
-        """Free-running decoder outputs (B, steps, C): greedy in one pass (`feedback="free"`
-        feeds each step its argmax), or sampled a step at a time (the drawn prefix fed as the
-        teacher's targets)."""
-        m = self.model.spec.model
-        if not sample or m.target.type != "ids":
-            return to_numpy(
-                self.model.forward({**batch, "out_steps": steps}, "free")["predictions"]
-            )
-        if temperature <= 0:
-            raise DataError("--temperature must be positive for --sample")
-        size = len(batch["x"])
-        drawn = np.zeros((size, 0), dtype=np.int64)
-        for t in range(steps):
-            y = np.concatenate([drawn, np.zeros((size, 1), np.int64)], axis=1)
-            logits = to_numpy(self.model.forward({**batch, "y": y})["predictions"])[:, t]
-            drawn = np.concatenate([drawn, _draw(logits, temperature, rng)[:, None]], axis=1)
-        onehot = np.zeros((size, steps, m.target.size))
-        onehot[np.arange(size)[:, None], np.arange(steps)[None], drawn] = 1.0
-        return onehot
+    def _decode(self, batch: dict, steps: int):
+        """A decoder of vectors run free (B, steps, C): each step fed the previous output."""
+        return to_numpy(self.model.forward({**batch, "out_steps": steps}, "free")["predictions"])
 
     def attention(self, inputs: list, records: list[dict]) -> list[dict]:
         """Per input and its record (from `predict`), for a model with `model.attention`:
@@ -222,6 +220,11 @@ class Predictor:
         source = raw if isinstance(raw, str) else shown
         if out is None:  # nothing left to run (every character dropped)
             return {"tokens": [], "tags": []} if m.input.type == "ids" else {"input": source}
+        if isinstance(out, decode.Hypothesis):  # the best of a beam search
+            output = [self._name(i) for i in out.ids]
+            return {"input": source, "output": output, "log_prob": out.log_prob}
+        if isinstance(out, list):  # a decoder's ids, cut at <eos>
+            return {"input": source, "output": [self._name(i) for i in out]}
         if m.target.type != "ids":
             steps = len(array) if m.pattern == "many_to_many" else len(out)
             value = out[:steps].tolist() if out.ndim > 1 else [out.tolist()]
@@ -238,30 +241,14 @@ class Predictor:
         if m.pattern == "many_to_many":
             key = "tokens" if m.input.type == "ids" else "input"
             return {key: shown, "tags": [self._name(i) for i in ids[: len(array)]]}
-        return {"input": source, "output": [self._name(i) for i in _cut(ids, self._names())]}
-
-
-def _cut(ids: list[int], names: list[str] | None) -> list[int]:
-    """Decoded ids before the first end-of-sequence id (named <eos>, </s> or <end>)."""
-    for stop in ("<eos>", "</s>", "<end>"):
-        if names and stop in names and names.index(stop) in ids:
-            return ids[: ids.index(names.index(stop))]
-    return ids
+        ids = decode.cut_at_eos(ids, decode.eos_id(self._names()))[0]
+        return {"input": source, "output": [self._name(i) for i in ids]}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - np.max(logits)
     e = np.exp(z)
     return e / e.sum()
-
-
-def _draw(logits: np.ndarray, temperature: float, rng) -> np.ndarray:
-    """One id per row from softmax(logits / temperature)."""
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    picks = (np.cumsum(probs, axis=-1) < rng.random((len(logits), 1))).sum(axis=-1)
-    return np.minimum(picks, logits.shape[-1] - 1)
 
 
 def _vectors(item, index: int) -> np.ndarray:

@@ -3,8 +3,13 @@ real (unpadded) target steps; a CTC model's greedy-decoded error rates (`ctc`), 
 data; and a data source's `scorer` (`spec.registry`) adds its own per-batch scores.
 
 `evaluate(..., kind=...)` adds the scores of one kind of model with id targets (`score_kind`):
-a decoder's teacher-forced and free-running (greedy) token accuracy and exact sequence match;
-a classifier's macro-F1 and confusion matrix; a tagger's per-tag precision, recall and F1."""
+a decoder's teacher-forced and free-running (greedy) token accuracy and exact sequence match,
+and with `beam` > 1 those of beam search beside them; a classifier's macro-F1 and confusion
+matrix; a tagger's per-tag precision, recall and F1.
+
+A decoder running free stops at its first `eos` (`runtime.decode`): the steps after it are no
+output, so a real target step there counts as wrong, and an exact match is the target through
+its `eos` and nothing else (the padding after the target is not compared)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from seqgraph.engine.xp_extra import to_numpy
+from seqgraph.runtime import decode
 from seqgraph.spec import registry
 from seqgraph.train import ctc
 
@@ -34,7 +40,12 @@ def real_steps(model, batch: dict) -> np.ndarray:
 
 
 def evaluate(
-    model, batches, max_batches: int | None = None, scorer=None, kind: str | None = None
+    model,
+    batches,
+    max_batches: int | None = None,
+    scorer=None,
+    kind: str | None = None,
+    decoding: dict | None = None,
 ) -> dict:
     """Mean loss per real target step over `batches`, and accuracy for class targets.
 
@@ -43,14 +54,15 @@ def evaluate(
     accuracy; it reports per, digit_accuracy, nearest_accuracy and sequences (`ctc`).
     `scorer` (a `registry.Scorer`) sees every batch and its forward pass; its `result()`
     joins the returned dict. `kind` ("decoder", "classifier" or "tagger", from `score_kind`)
-    adds that kind's scores (`KindScores`); a decoder's take a second, free-running pass.
+    adds that kind's scores (`KindScores`); a decoder's take a second, free-running pass,
+    and a beam search when `decoding` (`KindScores`' `eos`, `beam`, `length_penalty`) asks.
     """
     total, count, correct, carry, used = 0.0, 0, 0, {}, 0
     m = model.spec.model
     accuracy = m.loss != "ctc" and m.target.type == "ids"
     scorers = [ctc.Scorer()] if m.loss == "ctc" else []
     scorers += [scorer] if scorer is not None else []
-    scorers += [KindScores(model, kind)] if kind is not None else []
+    scorers += [KindScores(model, kind, **(decoding or {}))] if kind is not None else []
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
@@ -115,39 +127,65 @@ def score_kind(model, dataset) -> str | None:
 
 class KindScores:
     """The scores of one kind of model (`score_kind`) over the batches of one evaluation, on
-    real target steps only (a `registry.Scorer`: `add(batch, out)`, then `result()`)."""
+    real target steps only (a `registry.Scorer`: `add(batch, out)`, then `result()`).
+    A decoder stops at `eos` (None: it runs the target's length) and, with `beam` > 1, is
+    also decoded by beam search (`runtime.decode.beam_search`, GNMT `length_penalty`)."""
 
-    def __init__(self, model, kind: str):
+    def __init__(
+        self,
+        model,
+        kind: str,
+        eos: int | None = None,
+        beam: int = 1,
+        length_penalty: float = 0.0,
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.model, self.kind = model, kind
+        self.eos, self.beam, self.length_penalty = eos, beam, length_penalty
         self.truth: list[np.ndarray] = []  # real target ids, flat
         self.guess: list[np.ndarray] = []  # teacher-forced argmax on them
         self.free_right = self.exact = self.sequences = 0
+        self.beam_right = self.beam_exact = 0
 
     def add(self, batch: dict, out: dict) -> None:
         y, real = np.asarray(batch["y"]), real_steps(self.model, batch)
         guess = np.argmax(to_numpy(out["predictions"]), axis=-1)
         self.truth.append(y[real])
         self.guess.append(guess[real])
-        if self.kind == "decoder":
-            free = self.model.forward(batch, feedback="free")
-            right = (np.argmax(to_numpy(free["predictions"]), axis=-1) == y) & real
-            self.free_right += int(right.sum())
-            self.exact += int(np.all(right | ~real, axis=1).sum())
-            self.sequences += len(y)
+        if self.kind != "decoder":
+            return
+        free = to_numpy(self.model.forward(batch, feedback="free")["predictions"]).argmax(-1)
+        ids, ended = zip(*(decode.cut_at_eos(row, self.eos) for row in free))
+        right, exact = score_decoded(ids, ended, self.eos, y, real)
+        self.free_right, self.exact = self.free_right + right, self.exact + exact
+        self.sequences += len(y)
+        if self.beam > 1:
+            source = {k: batch[k] for k in ("x", "lengths") if batch.get(k) is not None}
+            found = decode.beam_search(
+                self.model, source, self.beam, y.shape[1], self.eos, self.length_penalty
+            )
+            right, exact = score_decoded(
+                [h.ids for h in found], [h.ended for h in found], self.eos, y, real
+            )
+            self.beam_right, self.beam_exact = self.beam_right + right, self.beam_exact + exact
 
     def result(self) -> dict:
         truth = np.concatenate(self.truth) if self.truth else np.zeros(0, dtype=np.int64)
         guess = np.concatenate(self.guess) if self.guess else np.zeros(0, dtype=np.int64)
         tokens = max(len(truth), 1)
         if self.kind == "decoder":
-            return {
+            out = {
                 "accuracy_teacher": int((truth == guess).sum()) / tokens,
                 "accuracy_free": self.free_right / tokens,
                 "exact_match": self.exact / max(self.sequences, 1),
                 "sequences": self.sequences,
             }
+            if self.beam > 1:
+                out["beam"], out["length_penalty"] = self.beam, self.length_penalty
+                out["accuracy_beam"] = self.beam_right / tokens
+                out["exact_match_beam"] = self.beam_exact / max(self.sequences, 1)
+            return out
         size = self.model.spec.model.target.size
         counts = confusion_counts(truth, guess, size)
         out = {"macro_f1": macro_f1(counts)}
@@ -156,6 +194,17 @@ class KindScores:
         else:
             out["tags"] = per_class(counts)
         return out
+
+
+def score_decoded(hypotheses, ended, eos, y: np.ndarray, real: np.ndarray) -> tuple[int, int]:
+    """(real target steps decoded right, sequences decoded exactly) of decoded sequences that
+    stop at `eos`: step by step against the targets, no output counting as wrong."""
+    rows = decode.as_rows(hypotheses, ended, eos, y.shape[1])
+    right = (rows == y) & real
+    exact = np.all(right | ~real, axis=1)
+    if eos is not None:  # and nothing decoded past the target's end
+        exact &= np.array([len(h) + e == n for h, e, n in zip(hypotheses, ended, real.sum(1))])
+    return int(right.sum()), int(exact.sum())
 
 
 def confusion_counts(truth: np.ndarray, guess: np.ndarray, size: int) -> np.ndarray:
@@ -245,7 +294,18 @@ def kind_line(result: dict) -> str:
             f"teacher-forced accuracy {result['accuracy_teacher']:.4f}; free-running accuracy "
             f"{result['accuracy_free']:.4f}, exact match {result['exact_match']:.4f} over "
             f"{result['sequences']:,} sequences"
-        )
+        ) + _beam_line(result)
     if "macro_f1" in result:
         return f"macro-F1 {result['macro_f1']:.4f}"
     return ""
+
+
+def _beam_line(result: dict) -> str:
+    """Beam search's numbers beside greedy's ("" without a beam)."""
+    if "accuracy_beam" not in result:
+        return ""
+    penalty = f", length penalty {result['length_penalty']:g}" if result["length_penalty"] else ""
+    return (
+        f"; beam {result['beam']}{penalty}: accuracy {result['accuracy_beam']:.4f}, "
+        f"exact match {result['exact_match_beam']:.4f}"
+    )
