@@ -183,7 +183,13 @@ def evaluate_run(
     from seqgraph.runtime import decode
     from seqgraph.spec import registry
     from seqgraph.train import data as datasets
-    from seqgraph.train.evaluate import evaluate, name_classes, score_kind, scorer_for
+    from seqgraph.train.evaluate import (
+        decoding_for,
+        evaluate,
+        name_classes,
+        score_kind,
+        scorer_for,
+    )
     from seqgraph.train.loop import train_config
 
     model = load_run(run_dir, backend, checkpoint)
@@ -205,8 +211,7 @@ def evaluate_run(
         batches = dataset.valid_batches(settings["batch_size"], settings["seq_len"])
     kind = score_kind(model, dataset)
     names = getattr(dataset, "labels", None) or model.run_facts.get("labels")
-    decoding = {"eos": decode.eos_id(names), "beam": beam, "length_penalty": length_penalty}
-    decoding = decoding if kind == "decoder" else None
+    decoding = decoding_for(kind, names, beam, length_penalty)
     result = evaluate(model, batches, scorer=scorer_for(source), kind=kind, decoding=decoding)
     if result["batches"] == 0:
         raise DataError(

@@ -109,6 +109,16 @@ def score_line(source: str, result: dict) -> str:
 KINDS = ("decoder", "classifier", "tagger")
 
 
+def decoding_for(kind: str | None, labels, beam: int = 1, length_penalty: float = 0.0):
+    """`evaluate`'s `decoding` for a model of `kind`: a decoder stops at the `<eos>` among
+    its target `labels` (if they name one) and, with `beam` > 1, is also beam-searched;
+    None for any other kind."""
+    if kind != "decoder":
+        return None
+    eos = decode.eos_id([str(name) for name in labels] if labels else None)
+    return {"eos": eos, "beam": beam, "length_penalty": length_penalty}
+
+
 def score_kind(model, dataset) -> str | None:
     """Which scores `evaluate(kind=...)` adds for a model with id targets (not CTC): "decoder"
     (one_to_many, encoder_decoder), "classifier" (many_to_one, one_to_one) or "tagger"

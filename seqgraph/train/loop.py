@@ -31,7 +31,7 @@ from seqgraph.spec.load import Spec, load_spec
 from seqgraph.train import ctc, distributed, run_folder
 from seqgraph.train import data as datasets
 from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
-from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
+from seqgraph.train.evaluate import decoding_for, evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
 
@@ -639,7 +639,12 @@ class _Loop:
     def _evaluate(self, kind: str | None) -> dict:
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
-        return evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind)
+        # a decoder stops at its <eos>, as `eval` decodes it
+        decoding = decoding_for(kind, getattr(self.dataset, "labels", None))
+        scorer = scorer_for(self.source)
+        return evaluate(
+            self.model, batches, c["valid_batches"], scorer, kind=kind, decoding=decoding
+        )
 
     def _record(self, step: int, result: dict) -> dict:
         """`result` as the validation of `step`, in metrics.jsonl and for `validation_at`."""
