@@ -139,16 +139,17 @@ def test_a_beam_that_keeps_every_prefix_finds_the_best_sequence(engine, alpha):
 
 
 def test_finished_hypotheses_stay_when_the_beam_runs_on():
-    """An <eos> hypothesis found early is kept while longer ones stay in the beam, and wins
-    when everything that continues scores lower; with no eos id, nothing ends early."""
-    model = tiny_model("interp", 3, vocab=4)
-    batch = sources("encoder_decoder", 4, 1)
-    found = decode.beam_search(model, batch, 3, 6, EOS)
-    logp = scored(model, batch, found)
-    np.testing.assert_allclose([h.log_prob for h in found], logp, rtol=1e-10)
-    assert any(h.ended for h in found)
-    assert all(EOS not in h.ids for h in found)
-    unended = decode.beam_search(model, batch, 3, 6, None)
+    """An <eos> hypothesis found at step 2 is kept while the beam runs two more steps, and
+    wins (nothing that continued scored higher); with no eos id, nothing ends early."""
+    model = tiny_model("interp", 5, vocab=4, scale=2.0)
+    batch = sources("encoder_decoder", 1, 5)
+    steps_run = []
+    forward = model.forward
+    model.forward = lambda *a, **k: steps_run.append(1) or forward(*a, **k)
+    (found,) = decode.beam_search(model, batch, 3, 6, EOS)
+    assert (found.ids, found.ended, len(steps_run)) == ([0], True, 4)
+    assert found.log_prob == pytest.approx(scored(model, batch, [found])[0], rel=1e-10)
+    unended = decode.beam_search(model, sources("encoder_decoder", 4, 1), 3, 6, None)
     assert all(len(h.ids) == 6 and not h.ended for h in unended)
 
 

@@ -12,10 +12,11 @@ output length), but it needs nothing of the decoder but `Model.forward`, so it w
 on both engines and for any decoder a spec can build (an attention decoder included). Every
 beam of every example is one row of one batch, so a step is one forward pass.
 
-The search (Graves 2012, sec. 4; Wu et al. 2016, sec. 7): at step t each live hypothesis is
-extended by every id; the `beam` best extensions of an example are kept. An extension that
-ends in `eos` is finished and leaves the beam (the beam narrows: with `beam=1` this is exactly
-greedy decoding); hypotheses still live after `steps` ids finish unended. The answer is the
+The search is Sutskever, Vinyals & Le (2014, sec. 3.2): at step t each live hypothesis is
+extended by every id and the `beam` best extensions of an example are kept; "as soon as the
+<EOS> symbol is appended to a hypothesis, it is removed from the beam and is added to the set
+of complete hypotheses" (the beam narrows, so with `beam=1` this is exactly greedy decoding).
+Hypotheses still live after `steps` ids finish unended. The answer is the
 finished hypothesis with the best score, log P(Y | X) / lp(Y), where lp is GNMT's length
 penalty lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al. 2016, eq. 14; alpha = `length_penalty`, 0:
 raw log-probability), |Y| counting the `eos`. An example stops early once no live hypothesis
