@@ -23,7 +23,10 @@ EOS = 2  # target ids: 0 padding, 1 <bos>, 2 <eos>, 3.. tokens
 
 
 def decoder_spec(pattern: str = "encoder_decoder", vocab: int = 4, hidden: int = 5) -> dict:
-    """A GRU decoder over `vocab` target ids (from 5 source ids, or from a vector)."""
+    """A GRU decoder over `vocab` target ids (from 5 source ids, or from a vector); the
+    pattern `attention` is an encoder_decoder whose decoder attends to every source step."""
+    attention = pattern == "attention"
+    pattern = "encoder_decoder" if attention else pattern
     model = {
         "pattern": pattern,
         "input": {"type": "ids", "vocab": 5}
@@ -35,6 +38,8 @@ def decoder_spec(pattern: str = "encoder_decoder", vocab: int = 4, hidden: int =
         "feedback_encoders": [{"type": "embedding", "size": 3}],
         "bos": 1,
     }
+    if attention:
+        model["attention"] = {"type": "general", "size": 4}
     return {"name": f"tiny_{pattern}", "seed": 0, "model": model}
 
 
@@ -47,6 +52,7 @@ def tiny_model(engine: str, seed: int, pattern="encoder_decoder", vocab=4, scale
 
 
 def sources(pattern: str, size: int, seed: int) -> dict:
+    """Random sources: vectors for one_to_many, else ids of random real lengths 1..4."""
     rng = np.random.default_rng(seed)
     if pattern == "one_to_many":
         return {"x": rng.normal(size=(size, 3))}
@@ -62,7 +68,7 @@ def scored(model, batch, hypotheses) -> np.ndarray:
 
 
 @pytest.mark.parametrize("engine", ["interp", "plan"])
-@pytest.mark.parametrize("pattern", ["encoder_decoder", "one_to_many"])
+@pytest.mark.parametrize("pattern", ["encoder_decoder", "one_to_many", "attention"])
 def test_beam_of_one_is_greedy_decoding(engine, pattern):
     model = tiny_model(engine, 0, pattern, scale=2.0)
     batch = sources(pattern, 6, 0)
@@ -74,7 +80,7 @@ def test_beam_of_one_is_greedy_decoding(engine, pattern):
     np.testing.assert_allclose([h.log_prob for h in beam], scored(model, batch, beam), rtol=1e-10)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 10_000),
     beam=st.integers(2, 4),
@@ -124,9 +130,10 @@ def brute_force(model, batch, vocab: int, steps: int, alpha: float) -> list[tupl
 
 @pytest.mark.parametrize("engine", ["interp", "plan"])
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_a_beam_that_keeps_every_prefix_finds_the_best_sequence(engine, alpha):
+@pytest.mark.parametrize("pattern", ["encoder_decoder", "attention"])
+def test_a_beam_that_keeps_every_prefix_finds_the_best_sequence(engine, alpha, pattern):
     vocab, steps = 3, 4  # 81 sequences; a beam of 81 never drops a prefix
-    model = tiny_model(engine, 6, vocab=vocab, scale=2.0)
+    model = tiny_model(engine, 6, pattern, vocab=vocab, scale=2.0)
     batch = sources("encoder_decoder", 3, 4)
     found = decode.beam_search(model, batch, vocab**steps, steps, EOS, alpha)
     truth = brute_force(model, batch, vocab, steps, alpha)
@@ -173,10 +180,11 @@ def test_beam_refuses_models_that_do_not_decode_ids():
 
 
 @pytest.mark.parametrize("engine", ["interp", "plan"])
-def test_padding_after_eos_adds_no_loss_or_gradient(engine):
+@pytest.mark.parametrize("pattern", ["encoder_decoder", "attention"])
+def test_padding_after_eos_adds_no_loss_or_gradient(engine, pattern):
     """Targets end with <eos> and `y_lengths` counts it: whatever ids pad the steps after it
     (they are fed to the decoder under teacher forcing), the loss and every gradient stay."""
-    model = tiny_model(engine, 5, vocab=6, scale=1.0)
+    model = tiny_model(engine, 5, pattern, vocab=6, scale=1.0)
     batch = sources("encoder_decoder", 3, 2)
     y_lengths = np.array([2, 5, 3])
     y = np.random.default_rng(0).integers(3, 6, size=(3, 5))
