@@ -25,7 +25,7 @@ from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
-from seqgraph.train import ctc, run_folder
+from seqgraph.train import ctc, run_folder, tracking
 from seqgraph.train import data as datasets
 from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
@@ -66,6 +66,8 @@ class RunOptions:
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     stop_after: int | None = None  # stop (as Ctrl-C would) after this many steps of this call
     sample: bool = True
+    # callables given each metrics.jsonl record once written (a sweep prunes from "valid" ones)
+    listeners: tuple = ()
 
 
 def prepare(spec_path: str, data_path: str | None = None):
@@ -138,6 +140,7 @@ def run(options: RunOptions, log=print) -> dict:
         raise TrainingError(
             f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
         )
+    tracking.check_available(config.get("log_to"))  # before a folder is made
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
@@ -157,8 +160,15 @@ def run(options: RunOptions, log=print) -> dict:
         loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
         if not loop.has_validation:
             log(_no_validation_warning(dataset, resolved["data"], config))
-        done, stopped = loop.train(start, carry, options)
-        return _summary(loop, options, config, run_dir, source, done, stopped)
+        spec_text = (run_dir / "spec.yaml").read_text()
+        log_to, name = config.get("log_to"), spec.name or "seqgraph"
+        with tracking.opened(log_to, run_dir, spec_text, name) as trackers:
+            metrics.listeners = [trackers.record, *options.listeners]
+            done, stopped = loop.train(start, carry, options)
+            summary = _summary(loop, options, config, run_dir, source, done, stopped)
+            if "sample" in summary:
+                trackers.text("sample", summary["sample"])
+            return summary
 
 
 def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
@@ -343,6 +353,7 @@ class _Loop:
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
         self.last: dict = {}
+        self.norms_per_layer = bool(config.get("log_to"))  # for the trackers' grad_norm/<layer>
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
         self.carry_at = config.get("stride") if stream else None
@@ -375,6 +386,7 @@ class _Loop:
     def _steps(self, start: int, carry: dict, options: RunOptions, progress) -> tuple[int, bool]:
         c, total = self.config, int(self.config["steps"])
         step, fired, tokens, began = start, 0, 0, time.perf_counter()
+        fired_at_log, step_at_log = 0, start  # the clip rate is over the steps since the last log
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
@@ -385,6 +397,7 @@ class _Loop:
                         f"the loss became {loss} at step {step}; the last good checkpoint in "
                         f"{self.run_dir} is kept. Lower train.lr or set train.clip"
                     )
+                layer_norms = tracking.layer_norms(grads, self.xp) if self.norms_per_layer else {}
                 grads, did_clip, norm = clip(grads, c.get("clip"), self.xp)
                 lr = learning_rate(c, step, total)
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
@@ -407,9 +420,12 @@ class _Loop:
                             "lr": lr,
                             "grad_norm": norm,
                             "clipped": did_clip,
+                            "clip_rate": (fired - fired_at_log) / (step - step_at_log),
                             "tokens_per_s": rate,
+                            **({"grad_norms": layer_norms} if layer_norms else {}),
                         }
                     )
+                    fired_at_log, step_at_log = fired, step
                 if step % c["eval_every"] == 0 and step < total:
                     line = self._validation_line(step)
                     if line is not None:

@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -271,13 +272,20 @@ class Metrics:
                     kept.append(line)
         text = "".join(line + "\n" for line in kept).encode()
         atomic_write(self.path, lambda handle: handle.write(text))
+        self.listeners: list = []  # callables given each record after it is written
 
     def write(self, record: dict) -> None:
+        """Append `record`, stamped with the time (Unix seconds, for curves against wall
+        time), then hand it to each listener (trackers, a sweep's pruning), which see only
+        what the file already holds."""
+        record = {**record, "time": round(time.time(), 3)}
         try:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:  # a torn last line is dropped on resume
             raise write_error(self.path, exc, replacing=False) from None
+        for listener in self.listeners:
+            listener(record)
 
     def read(self) -> list[dict]:
         out = []
