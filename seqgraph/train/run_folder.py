@@ -288,11 +288,20 @@ class Metrics:
             listener(record)
 
     def read(self) -> list[dict]:
-        out = []
-        for line in self.path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
-                out.append(json.loads(line))
-        return out
+        return read_metrics(self.path.parent)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl, less a line torn by a kill; DataError if the
+    folder has none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no metrics.jsonl; pass the --out folder of a `seqgraph run`")
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
+            out.append(json.loads(line))
+    return out
 
 
 def plot_losses(run_dir: Path, records: list[dict]) -> Path | None:
