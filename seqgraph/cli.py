@@ -305,6 +305,22 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from seqgraph.experiments import compare
+
+    result = compare.compare(args.run_dirs, args.output)
+    print("\n".join(compare.table_lines(result)))
+    print(f"wrote {result['figure']}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from seqgraph.experiments import report
+
+    print(f"wrote {report.write_report(args.run_dir, args.output)}")
+    return 0
+
+
 def _cmd_schema(args) -> int:
     print(json.dumps(spec_schema(), indent=2))
     return 0
@@ -505,6 +521,16 @@ def _args_sweep(p) -> None:
     p.add_argument("--data", help="data file or folder, as for `run`")
 
 
+def _args_compare(p) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+    p.add_argument("-o", "--output", help="figure to write (default compare.png)")
+
+
+def _args_report(p) -> None:
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("-o", "--output", help="HTML file to write (default RUN_DIR/report.html)")
+
+
 def _args_export(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
@@ -526,6 +552,8 @@ COMMANDS = {  # name: (help, handler, arguments)
         _args_gradflow,
     ),
     "sweep": ("search hyperparameters with Optuna (TPE, pruning)", _cmd_sweep, _args_sweep),
+    "compare": ("curves, metrics and spec differences of runs", _cmd_compare, _args_compare),
+    "report": ("one self-contained HTML page about a run", _cmd_report, _args_report),
     "export": (
         "write a run's model as ONNX, or its weights in another convention",
         _cmd_export,

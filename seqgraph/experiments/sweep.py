@@ -27,6 +27,7 @@ import yaml
 
 from seqgraph.errors import SeqgraphError, SpecError
 from seqgraph.experiments import space as spaces
+from seqgraph.experiments.runs import LOWER_IS_BETTER
 from seqgraph.spec.yaml_lines import read_yaml
 from seqgraph.train import run_folder
 from seqgraph.train.loop import RunOptions
@@ -34,7 +35,6 @@ from seqgraph.train.loop import run as train_run
 from seqgraph.train.tracking import MissingExtraError
 
 SWEEP_EXTRA = "seqgraph sweep needs optuna: pip install 'seqgraph[sweep]'"
-LOWER_IS_BETTER = ("loss", "cer", "wer", "perplexity")
 HEARTBEAT_S = 10  # a trial whose process died is failed after 2 missed heartbeats
 
 

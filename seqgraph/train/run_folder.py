@@ -5,6 +5,7 @@ RUN_DIR/data.json        vocabulary, labels and split sizes
 RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state
 RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
 RUN_DIR/loss.png         the loss curves, drawn at the end
+RUN_DIR/machine.json     system, Python and NumPy versions and cores of the training machine
 RUN_DIR/.lock            held (flock) by the `seqgraph run` writing the folder; holds its PID
 
 Every file is replaced atomically (temporary file, fsync, rename) with the user's umask, so a
@@ -218,6 +219,21 @@ def write_run_files(run_dir: Path, raw_spec: dict, data_facts: dict) -> None:
     atomic_write(run_dir / "spec.yaml", lambda handle: handle.write(text))
     facts = json.dumps(data_facts, indent=1).encode()
     atomic_write(run_dir / "data.json", lambda handle: handle.write(facts))
+    machine = json.dumps(machine_facts(), indent=1).encode()
+    atomic_write(run_dir / "machine.json", lambda handle: handle.write(machine))
+
+
+def machine_facts() -> dict:
+    """The machine a run trains on (for `seqgraph report`): system, Python, NumPy, cores."""
+    import platform
+
+    return {
+        "system": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
 
 
 def _restore_hint(run_dir: Path) -> str:
