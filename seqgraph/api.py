@@ -101,7 +101,7 @@ def _float64(model: Model) -> Model:
 
 def render(
     spec: Spec | str | os.PathLike | dict,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     steps: int = 4,
     out_steps: int | None = None,
     fold: bool = False,
@@ -109,12 +109,13 @@ def render(
     lengths: list[int] | None = None,
     detail: bool = False,
     log=_print_now,
-) -> str:
+):
     """Draw the unrolled graph of `spec` (a spec, or a run folder: its spec and checkpoint)
-    to `output` (.svg, .png, .pdf or .dot); `grad` colours it by the gradient norms of one
-    backward pass on a random batch. `log` gets a note when `vocab: auto` had to be given a
-    placeholder size."""
-    from seqgraph.inspect.render import render_model, render_to_file
+    to `output` (.svg, .png, .pdf or .dot) and return its path; without `output`, return a
+    `Drawing` that a notebook shows inline (`.save(path)` writes it). `grad` colours it by
+    the gradient norms of one backward pass on a random batch. `log` gets a note when
+    `vocab: auto` had to be given a placeholder size."""
+    from seqgraph.inspect.render import Drawing, render_model, render_to_file
 
     model = _render_model(spec, log)
     digraph = render_model(
@@ -126,6 +127,8 @@ def render(
         with_grads=grad,
         detail=detail,
     )
+    if output is None:
+        return Drawing(digraph)
     return str(render_to_file(digraph, output))
 
 
