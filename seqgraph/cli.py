@@ -29,7 +29,7 @@ EXAMPLES = {
     "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
     "predict": "seqgraph predict runs/uci_sentiment --input 'the food was great'",
     "serve": "seqgraph serve runs/uci_sentiment --port 8000",
-    "sweep": "seqgraph sweep specs/uci_sentiment.yaml --space specs/uci_sentiment_space.yaml "
+    "sweep": "seqgraph sweep specs/uci_sentiment.yaml --space specs/spaces/uci_sentiment.yaml "
     "--trials 12 --workers 2 --metric accuracy",
     "compare": "seqgraph compare runs/uci_sentiment sweeps/uci_sentiment/trial_003",
     "report": "seqgraph report runs/uci_sentiment -o report.html",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,3 +120,14 @@ def test_a_metric_the_records_lack_names_the_ones_they_hold():
         sweep.metric_value(records, "bleu", "r")
     assert sweep.direction("valid_loss") == "minimize" and sweep.direction("cer") == "minimize"
     assert sweep.direction("accuracy") == "maximize"
+
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+@pytest.mark.parametrize("space", sorted((SPECS / "spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_space_fits_its_spec(space):
+    base = yaml.safe_load((SPECS / space.name).read_text())
+    params = spaces.read_space(space, base)
+    hand = [spaces.get(base, p.path) for p in params]
+    assert all(p.holds(v) for p, v in zip(params, hand))  # the hand-set spec is trial 0
