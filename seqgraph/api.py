@@ -174,3 +174,31 @@ def train(spec: str, log=_print_now, **options) -> dict:
     from seqgraph.train.loop import RunOptions, run
 
     return run(RunOptions(spec, **options), log=log)
+
+
+# ---- many runs: sweep, compare, report -------------------------------------------------------
+
+
+def sweep(spec: str, space: str, log=_print_now, **options) -> dict:
+    """Search `spec`'s hyperparameters over the `space` file with Optuna, as `seqgraph sweep`
+    does (options: trials, workers, storage, out, metric, study, data, seed); returns the
+    trials, the best and the hand-set trial, and the files written."""
+    from seqgraph.experiments.sweep import SweepOptions
+    from seqgraph.experiments.sweep import sweep as run_sweep
+
+    return run_sweep(SweepOptions(spec, space, **options), log=log)
+
+
+def compare(run_dirs: list[str | os.PathLike], output: str | os.PathLike | None = None) -> dict:
+    """Final and best metrics and spec differences of runs, and their curves drawn to
+    `output` (default compare.png)."""
+    from seqgraph.experiments.compare import compare as compare_runs
+
+    return compare_runs(run_dirs, output)
+
+
+def report(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> str:
+    """Write the self-contained HTML report of a run (default RUN_DIR/report.html)."""
+    from seqgraph.experiments.report import write_report
+
+    return str(write_report(run_dir, output))

@@ -278,21 +278,11 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from seqgraph.experiments import sweep
+    from seqgraph.experiments.sweep import table
 
-    options = sweep.SweepOptions(
-        args.spec,
-        args.space,
-        trials=args.trials,
-        workers=args.workers,
-        storage=args.storage,
-        out=args.out,
-        metric=args.metric,
-        study=args.study,
-        data=args.data,
-    )
-    summary = sweep.sweep(options)
-    print("\n".join(sweep.table(summary)))
+    options = {k: getattr(args, k) for k in ("trials", "workers", "storage", "out", "metric")}
+    summary = api.sweep(args.spec, args.space, study=args.study, data=args.data, **options)
+    print("\n".join(table(summary)))
     if "best" in summary:
         best = summary["best"]
         print(f"best: trial {best['trial']}, {summary['metric']} {best['value']:.4f}", end="")
@@ -306,18 +296,16 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from seqgraph.experiments import compare
+    from seqgraph.experiments.compare import table_lines
 
-    result = compare.compare(args.run_dirs, args.output)
-    print("\n".join(compare.table_lines(result)))
+    result = api.compare(args.run_dirs, args.output)
+    print("\n".join(table_lines(result)))
     print(f"wrote {result['figure']}")
     return 0
 
 
 def _cmd_report(args) -> int:
-    from seqgraph.experiments import report
-
-    print(f"wrote {report.write_report(args.run_dir, args.output)}")
+    print(f"wrote {api.report(args.run_dir, args.output)}")
     return 0
 
 

@@ -4,6 +4,7 @@ records, several worker processes on one SQLite study, and a restart that contin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -131,3 +132,23 @@ def test_every_example_space_fits_its_spec(space):
     params = spaces.read_space(space, base)
     hand = [spaces.get(base, p.path) for p in params]
     assert all(p.holds(v) for p, v in zip(params, hand))  # the hand-set spec is trial 0
+
+
+def test_ctrl_c_in_a_trial_stops_the_sweep_not_just_the_trial(tmp_path, monkeypatch):
+    spec = classifier_spec(tmp_path, steps=6)
+    options = sweep.SweepOptions(str(spec), str(write_space(tmp_path)))
+    base = yaml.safe_load(spec.read_text())
+    real_run = sweep.train_run
+
+    def interrupted_run(run_options, log):  # as if Ctrl-C came after the first step
+        return real_run(dataclasses.replace(run_options, stop_after=1), log=log)
+
+    monkeypatch.setattr(sweep, "train_run", interrupted_run)
+    study = optuna.create_study()
+    objective = sweep.TrialObjective(
+        optuna, options, base, spaces.read_space(options.space, base), tmp_path / "out"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=3)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+    assert run_folder.load_checkpoint(tmp_path / "out" / "trial_000")[3]["step"] == 1

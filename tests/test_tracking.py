@@ -6,6 +6,7 @@ import json
 import struct
 
 import pytest
+import yaml
 from experiments_support import classifier_spec
 
 from seqgraph import api
@@ -107,3 +108,34 @@ def test_log_to_takes_only_known_trackers(tmp_path, capsys):
     assert main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "train.log_to[0]" in err and "tensorboard, mlflow" in err
+
+
+def test_a_text_run_sends_its_sample_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboardX", reason="the track extra is not installed")
+    (tmp_path / "code.txt").write_text("def add(a, b):\n    return a + b\n" * 30)
+    spec = {
+        "name": "tiny_text",
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "ids", "vocab": "auto"},
+            "target": {"type": "ids", "vocab": "auto"},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [{"cell": "gru", "hidden": 6}],
+        },
+        "data": {"source": "text", "path": str(tmp_path / "code.txt")},
+        "train": {"steps": 2, "batch_size": 2, "seq_len": 5, "prime": "def ", "log_every": 1,
+                  "sample_length": 12, "log_to": ["tensorboard"]},
+    }  # fmt: skip
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = api.train(str(path), out=str(tmp_path / "run"), progress=False, log=lambda _: None)
+    texts = {
+        value.tag: value.tensor.string_val[0].decode()
+        for event in read_events(tmp_path / "run" / "tensorboard")
+        for value in event.summary.value
+        if value.tag.endswith("text_summary")
+    }
+    shown = "\n".join(
+        line.removeprefix("    ") for line in texts["sample/text_summary"].split("\n")
+    )
+    assert shown == summary["sample"] and summary["sample"].startswith("def ")

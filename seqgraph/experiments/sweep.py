@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,9 @@ class TrialObjective:
         with (run_dir / "log.txt").open("a") as log_file:
             options = RunOptions(str(sampled), data=self.options.data, out=str(run_dir))
             options.progress, options.sample, options.listeners = False, False, (prune,)
-            train_run(options, log=lambda line: print(line, file=log_file, flush=True))
+            summary = train_run(options, log=lambda line: print(line, file=log_file, flush=True))
+        if summary["stopped"]:  # Ctrl-C stopped the run: stop the sweep too, not just a trial
+            raise KeyboardInterrupt
         records = run_folder.read_metrics(run_dir)
         return metric_value(records, metric, run_dir)
 
@@ -216,8 +219,10 @@ def _in_processes(options, name: str, url: str, out: Path, shares: list[int]) ->
     unset = [v for v in THREAD_VARIABLES if v not in os.environ]
     os.environ.update({v: threads for v in unset})
     try:
-        for process in processes:
+        for number, process in enumerate(processes):
             process.start()  # a spawned process reads the environment as it starts
+            if number == 0:
+                _wait_for_waiting_trials(name, url, process)
     finally:
         for variable in unset:
             os.environ.pop(variable, None)
@@ -229,6 +234,19 @@ def _in_processes(options, name: str, url: str, out: Path, shares: list[int]) ->
             f"{len(failed)} sweep worker(s) stopped with exit codes {failed}; run the same "
             "command again to continue the study"
         )
+
+
+def _wait_for_waiting_trials(name: str, url: str, first, timeout_s: float = 600) -> None:
+    """Wait until the first worker has taken the enqueued (hand-set) trial: SQLite has no
+    row locks, so two workers starting together could both take it and clash."""
+    optuna = require_optuna()
+    study = optuna.load_study(study_name=name, storage=_storage(optuna, url))
+    waiting = (optuna.trial.TrialState.WAITING,)
+    deadline = time.monotonic() + timeout_s
+    while study.get_trials(deepcopy=False, states=waiting) and first.is_alive():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
 
 def _finished(optuna, study) -> list:

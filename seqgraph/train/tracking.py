@@ -79,7 +79,7 @@ class TensorBoardTracker:
 
     def text(self, name: str, text: str) -> None:
         # TensorBoard renders text as Markdown: four spaces keep YAML and samples verbatim
-        self.writer.add_text(name, "\n".join("    " + line for line in text.splitlines()))
+        self.writer.add_text(name, "\n".join("    " + line for line in text.split("\n")))
 
     def close(self) -> None:
         self.writer.close()
