@@ -1,5 +1,8 @@
 """Public functions over a run folder (what `seqgraph sample`, `eval`, `export` and
-`gradflow` call): its model at the last checkpoint, samples, held-out scores, exports."""
+`gradflow` call): its model at a checkpoint, samples, held-out scores, exports.
+
+`checkpoint` picks the parameters: "best" (best.npz, the best validation of the run), "last"
+(checkpoint.npz), or None: best when the run has one, else last."""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ from seqgraph.errors import DataError
 from seqgraph.runtime.model import Model
 
 
-def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
-    """The model of a run folder at its last checkpoint; `model.run_facts` holds data.json."""
+def load_run(
+    run_dir: str | os.PathLike, backend: str | None = None, checkpoint: str | None = None
+) -> Model:
+    """The model of a run folder at its `checkpoint` ("best", "last"; None: best when the run
+    has one); `model.run_facts` holds data.json, the step and which checkpoint was read."""
     from pathlib import Path
 
     from seqgraph.train import run_folder
@@ -24,9 +30,10 @@ def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
             f"{run_dir / 'spec.yaml'}: missing from the run folder; restore it from a copy, "
             f"or train again with `seqgraph run SPEC --out {run_dir}`"
         )
+    name = run_folder.checkpoint_name(run_dir, checkpoint)
     model = Model(run_dir / "spec.yaml", backend=backend)
-    params, _, _, meta = run_folder.load_checkpoint(run_dir)
-    run_folder.check_finite(run_dir, params)
+    params, _, _, meta = run_folder.load_checkpoint(run_dir, name)
+    run_folder.check_finite(run_dir, params, name)
     try:
         model.set_params(params)
     except DataError as exc:
@@ -34,7 +41,8 @@ def load_run(run_dir: str | os.PathLike, backend: str | None = None) -> Model:
             f"{run_dir}: its checkpoint does not fit its spec.yaml ({exc}); the folder mixes "
             "two runs: restore both files from one run, or train again with --out DIR"
         ) from None
-    model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir)}
+    which = "best" if name == run_folder.BEST else "last"
+    model.run_facts = {**facts, "step": meta["step"], "run_dir": str(run_dir), "checkpoint": which}
     return model
 
 
@@ -47,6 +55,7 @@ def sample(
     seed: int = 0,
     backend: str | None = None,
     wav: str | os.PathLike | None = None,
+    checkpoint: str | None = None,
 ):
     """Generate from a trained run: text for character models, an array for vector models,
     or, when the run's data source generates a file (μ-law audio: a WAV), that file's path
@@ -57,7 +66,7 @@ def sample(
     from seqgraph.spec import registry
     from seqgraph.train.data import source_of
 
-    model = load_run(run_dir, backend)
+    model = load_run(run_dir, backend, checkpoint)
     source = source_of(model.spec.data)
     record = registry.source(source)
     if record.sample is not None:
@@ -113,6 +122,7 @@ def evaluate_run(
     backend: str | None = None,
     split: str = "valid",
     confusion: str | os.PathLike | None = None,
+    checkpoint: str | None = None,
 ) -> dict:
     """Loss (per target step), accuracy and token count on the run's validation (or test)
     split, or on that split of `data` read the same way, with the data source's own scores
@@ -129,7 +139,7 @@ def evaluate_run(
     from seqgraph.train.evaluate import evaluate, name_classes, score_kind, scorer_for
     from seqgraph.train.loop import train_config
 
-    model = load_run(run_dir, backend)
+    model = load_run(run_dir, backend, checkpoint)
     spec = model.spec
     config = datasets.data_config(spec.data, data)
     source = datasets.source_of(config)
@@ -159,8 +169,9 @@ def evaluate_run(
     app = registry.source(source)
     if app.metrics is not None:
         result["app"] = app.metrics(model, dataset, split, settings["batch_size"])
-    step = model.run_facts["step"]
-    return {"run_dir": str(run_dir), "step": step, "split": split, "source": source, **result}
+    facts = model.run_facts
+    where = {"run_dir": str(run_dir), "step": facts["step"], "checkpoint": facts["checkpoint"]}
+    return {**where, "split": split, "source": source, **result}
 
 
 def _draw_confusion(result: dict, run_dir, path) -> None:
@@ -185,13 +196,16 @@ def _draw_confusion(result: dict, run_dir, path) -> None:
 
 
 def export_run(
-    run_dir: str | os.PathLike, to: str = "onnx", out: str | os.PathLike | None = None
+    run_dir: str | os.PathLike,
+    to: str = "onnx",
+    out: str | os.PathLike | None = None,
+    checkpoint: str | None = None,
 ) -> str:
     """Write a run's model as ONNX (`to="onnx"`) or its weights as an .npz in the PyTorch,
     Keras or ONNX-initializer convention (`to="pytorch"|"keras"|"onnx_weights"`)."""
     from pathlib import Path
 
-    model = load_run(run_dir)
+    model = load_run(run_dir, checkpoint=checkpoint)
     suffix = ".onnx" if to == "onnx" else f".{to}.npz"
     path = Path(out) if out else Path(run_dir) / f"model{suffix}"
     if to == "onnx":

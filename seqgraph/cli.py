@@ -67,14 +67,20 @@ def _cmd_run(args) -> int:
     )
     if summary["stopped"]:
         return 130
+    if not summary.get("writes", True):  # a rank other than 0 under mpiexec: rank 0 reports
+        return 0
     valid = summary.get("valid", {})
-    line = f"done: {summary['steps_done']} steps in {summary['run_dir']}"
+    early = " (stopped early)" if summary.get("early_stopped") else ""
+    line = f"done{early}: {summary['steps_done']} steps in {summary['run_dir']}"
     if valid:
         line += f"; validation loss {valid['loss']:.4f} per target step"
         if "accuracy" in valid and "accuracy_teacher" not in valid:  # a decoder's is labelled
             line += f", accuracy {valid['accuracy']:.3f}"
         line += _scores(summary["source"], valid)
     print(line)
+    best = summary.get("best")
+    if best:  # what eval, sample, predict, serve and export read by default
+        print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}: {best['path']}")
     for name, path in summary.get("artifacts", {}).items():
         print(f"wrote {name}: {path}")
     if "sample" in summary:
@@ -93,6 +99,7 @@ def _cmd_sample(args) -> int:
         seed=args.seed,
         backend=args.backend,
         wav=args.wav,
+        checkpoint=args.checkpoint,
     )
     if isinstance(out, Path):  # an audio run wrote a WAV
         print(f"wrote {out}")
@@ -110,6 +117,7 @@ def _cmd_eval(args) -> int:
         backend=args.backend,
         split=args.split,
         confusion=args.confusion,
+        checkpoint=args.checkpoint,
     )
     if args.json:
         print(_json_line(result))
@@ -119,7 +127,8 @@ def _cmd_eval(args) -> int:
     extra = f", {label} {result['accuracy']:.4f}" if "accuracy" in result and label else ""
     extra += _scores(result["source"], result)
     print(
-        f"{result['run_dir']} at step {result['step']}, {result['split']} split: loss "
+        f"{result['run_dir']} at step {result['step']} ({result['checkpoint']} checkpoint), "
+        f"{result['split']} split: loss "
         f"{result['loss']:.4f} per target step over {result['tokens']:,} steps{extra}"
     )
     if result.get("confusion_png"):
@@ -130,7 +139,7 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     import time
 
-    predictor = api.load(args.run_dir, backend=args.backend)
+    predictor = api.load(args.run_dir, backend=args.backend, checkpoint=args.checkpoint)
     if args.data is not None:
         inputs = predictor.read_file(args.data)
     elif args.input:
@@ -150,6 +159,8 @@ def _cmd_predict(args) -> int:
         length=args.length,
     )
     seconds = time.perf_counter() - start
+    if args.attention is not None:
+        _write_attention_maps(predictor, inputs, records, args.attention)
     lines = _predict_lines(records, args.format)
     if args.output:
         Path(args.output).write_text("".join(line + "\n" for line in lines))
@@ -166,6 +177,27 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _write_attention_maps(predictor, inputs: list, records: list[dict], folder: str) -> None:
+    """`predict --attention DIR`: DIR/0001.png and DIR/0001.csv for input 1, and so on."""
+    from seqgraph.inspect.attention_map import check_folder, write_attention_map
+
+    folder_path = check_folder(folder)
+    maps = predictor.attention(inputs, records)
+    empty = 0
+    for number, item in enumerate(maps, start=1):
+        if not item["output"] or not item["source"]:
+            empty += 1  # nothing to draw: an empty output (or source)
+            continue
+        write_attention_map(
+            folder_path, f"{number:04d}", item["source"], item["output"], item["weights"]
+        )
+    skipped = f"; {empty} with an empty output skipped" if empty else ""
+    written = len(maps) - empty
+    print(
+        f"wrote {written} attention map(s) (PNG + CSV) to {folder_path}{skipped}", file=sys.stderr
+    )
+
+
 SERVE_EXTRA = "seqgraph serve needs the serve extra: pip install 'seqgraph[serve]'"
 
 
@@ -179,7 +211,9 @@ def _cmd_serve(args) -> int:
     from seqgraph import serve
 
     limits = serve.Limits(args.max_inputs, args.max_body, args.max_input_chars)
-    serve.serve(args.run_dir, args.host, args.port, limits, backend=args.backend)
+    serve.serve(
+        args.run_dir, args.host, args.port, limits, backend=args.backend, checkpoint=args.checkpoint
+    )
     return 0
 
 
@@ -235,7 +269,7 @@ def _scores(source: str, result: dict) -> str:
 
 
 def _cmd_export(args) -> int:
-    print(api.export_run(args.run_dir, to=args.to, out=args.output))
+    print(api.export_run(args.run_dir, to=args.to, out=args.output, checkpoint=args.checkpoint))
     return 0
 
 
@@ -386,6 +420,15 @@ def _args_run(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
+def _checkpoint_arg(p) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        help="best.npz (the best validation) or checkpoint.npz (the last step); "
+        "default: best when the run has one, else last",
+    )
+
+
 def _args_sample(p) -> None:
     p.add_argument("run_dir")
     p.add_argument(
@@ -403,6 +446,7 @@ def _args_sample(p) -> None:
     p.add_argument(
         "--wav", help="audio runs: the WAV file to write (default RUN_DIR/generated.wav)"
     )
+    _checkpoint_arg(p)
 
 
 def _args_eval(p) -> None:
@@ -416,6 +460,7 @@ def _args_eval(p) -> None:
         metavar="FILE",
         help="classifiers: write the confusion matrix PNG here (default RUN_DIR/confusion.png)",
     )
+    _checkpoint_arg(p)
 
 
 def _args_predict(p) -> None:
@@ -432,6 +477,13 @@ def _args_predict(p) -> None:
     p.add_argument("--length", type=whole(1, MAX_UNROLL), help="decoder steps (default 50)")
     p.add_argument("--batch-size", type=whole(1, 1_000_000), default=256)
     p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="models with model.attention: per input, DIR/NNNN.png (a heatmap, source x "
+        "output tokens) and DIR/NNNN.csv (the weights)",
+    )
+    _checkpoint_arg(p)
 
 
 def _args_serve(p) -> None:
@@ -451,6 +503,7 @@ def _args_serve(p) -> None:
         help="characters (or list items) an input (10000)",
     )
     p.add_argument("--backend", choices=BACKENDS)
+    _checkpoint_arg(p)
 
 
 def _args_render(p) -> None:
@@ -523,6 +576,7 @@ def _args_export(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
     p.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.onnx ...)")
+    _checkpoint_arg(p)
 
 
 COMMANDS = {  # name: (help, handler, arguments)

@@ -177,6 +177,31 @@ class Predictor:
         onehot[np.arange(size)[:, None], np.arange(steps)[None], drawn] = 1.0
         return onehot
 
+    def attention(self, inputs: list, records: list[dict]) -> list[dict]:
+        """Per input and its record (from `predict`), for a model with `model.attention`:
+        `{"source": tokens, "output": tokens, "weights": (output x source)}`, the weights each
+        output token was produced with. They are the graph's `("att", "weights", t)` nodes,
+        read on a teacher-forced pass over the record's own output, which feeds each step the
+        token the decoding fed it: the same weights, whichever search chose the tokens."""
+        if self.model.spec.model.attention is None:
+            raise DataError(
+                "--attention: this run's model has no model.attention, so there are no "
+                "weights to draw; train a spec with model.attention: {type: general, size: 64}"
+            )
+        arrays, shown = self.encode(list(inputs))
+        names = self._names()
+        index = {name: i for i, name in enumerate(names or [])}
+        maps = []
+        for array, source, record in zip(arrays, shown, records):
+            output = [str(token) for token in record.get("output", [])]
+            ids = [index[token] if names else int(token) for token in output]
+            weights = np.zeros((len(ids), len(array)))
+            if ids and len(array):
+                batch = {**self._batch([array]), "y": np.asarray([ids], dtype=np.int64)}
+                weights = to_numpy(self.model.forward(batch)["attention"])[0, :, : len(array)]
+            maps.append({"source": [str(t) for t in source], "output": output, "weights": weights})
+        return maps
+
     # ---- records -----------------------------------------------------------------------------
 
     def _names(self) -> list[str] | None:
@@ -275,12 +300,14 @@ def load(
     backend: str | None = None,
     dtype: str | None = None,
     engine: str = "plan",
+    checkpoint: str | None = None,
 ) -> Predictor:
     """The `Predictor` of a run folder (or of a folder `Model.save` wrote) at its checkpoint;
     `dtype` (e.g. "float64") runs it in another precision than its spec's. `engine`: the
     compiled plan (one per batch shape, kept for the next call; 10,000 sentences in about
-    1 s cold, 0.3 s warm), or "interp", the interpreter it is tested against."""
-    model = load_run(run_dir, backend)
+    1 s cold, 0.3 s warm), or "interp", the interpreter it is tested against. `checkpoint`:
+    "best" (best.npz), "last" (checkpoint.npz), or None: best when the run has one."""
+    model = load_run(run_dir, backend, checkpoint)
     if (dtype or model.backend.dtype_name) != model.backend.dtype_name or engine != model.engine:
         copy = Model(model.spec, backend=backend, dtype=dtype, engine=engine)
         copy.set_params({k: model.backend.to_numpy(v) for k, v in model.params.items()})

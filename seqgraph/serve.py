@@ -256,7 +256,9 @@ def serve(
     port: int = 8000,
     limits: Limits | None = None,
     backend: str | None = None,
+    checkpoint: str | None = None,
 ) -> None:
-    """Load a run folder and answer HTTP on host:port until interrupted."""
-    app = create_app(load(run_dir, backend=backend), limits)
+    """Load a run folder (at `checkpoint`, as `seqgraph.load`) and answer HTTP on host:port
+    until interrupted."""
+    app = create_app(load(run_dir, backend=backend, checkpoint=checkpoint), limits)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -208,6 +208,11 @@ def test_conll_tagger_predicts_raw_sentences_and_conll_files_alike(tmp_path, cap
     assert all(len(r["tags"]) == len(r["tokens"]) for r in from_text)
     assert {t for r in from_text for t in r["tags"]} <= set(labels)
     assert "1 unknown" in captured.err, captured.err  # Zorro, never seen in training
+    # any other file is one sentence a line (regression: a .txt read as CoNLL columns gave
+    # one sentence of each line's first word)
+    lines = write(tmp_path, "new.txt", "EU rejects Zorro\n\nPeter\n")
+    assert cli.main(["predict", run, "--data", lines]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == from_text
 
 
 def test_conll_encode_follows_the_runs_level_and_case():
@@ -232,3 +237,33 @@ def test_parallel_run_predicts_raw_sources_and_pair_files_alike(tmp_path, capsys
     assert from_file == from_text and len(from_text) == 2
     assert [r["input"] for r in from_text] == ["stone", "sky"]
     assert "2 unknown" in captured.err, captured.err  # "k" and "y" are not source characters
+
+
+def test_parallel_reads_raw_sources_for_predict(tmp_path):
+    """predict's hooks: a raw source through the run's source tokenizer and vocabulary
+    (`<unk>` for a token it lacks); a file's first column, targets ignored."""
+    facts = {"vocab": ["<pad>", "<unk>", "a", "b"]}
+    encoded = parallel.encode_raw(["ab", "bza"], {"source_level": "char"}, facts, "")
+    assert [list(ids) for ids in encoded.ids] == [[2, 3], [3, 1, 2]]
+    assert encoded.tokens == [["a", "b"], ["b", "z", "a"]] and encoded.unknown == 1
+    words = parallel.encode_raw(["A b"], {"source_level": "word", "lowercase": True}, facts, "")
+    assert list(words.ids[0]) == [2, 3]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("# header\nab\tba\n\nbza\n")
+    assert parallel.read_inputs(path, {}) == ["ab", "bza"]
+
+
+def test_a_decoder_stopped_early_still_reports_free_running_scores(tmp_path, capsys):
+    """Regression (merge of early stopping with the kind scores): the early stop's validation
+    was reused as the final one, without the decoder's free-running scores."""
+    data = write(tmp_path, "words.tsv", REVERSED * 4)
+    raw = yaml.safe_load(Path(short_run(SPECS / "parallel_reverse.yaml", tmp_path, 20)).read_text())
+    raw["train"].update(eval_every=2, early_stopping={"patience": 1, "min_delta": 100.0})
+    spec = tmp_path / "early.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert cli.main(["run", str(spec), "--data", data, "--out", str(tmp_path / "run")]) == 0
+    done = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("done"))
+    assert done.startswith("done (stopped early): 4 steps"), done
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    final = [r for r in map(json.loads, records) if r["kind"] == "valid"][-1]
+    assert final["step"] == 4 and f"exact match {final['exact_match']:.4f}" in done, done

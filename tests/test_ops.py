@@ -63,6 +63,16 @@ class Fixed:
 
 
 @dataclass(frozen=True)
+class Given(Real):
+    """Exact given floats, differentiable (a case random draws would rarely hit)."""
+
+    value: Any = None
+
+    def draw(self, rng):
+        return np.array(self.value, dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class Ids:
     """Random integer ids in [0, n): not differentiable."""
 
@@ -83,6 +93,19 @@ class Mask:
 
     def draw(self, rng):
         return rng.random(self.shape) < 0.5
+
+
+@dataclass(frozen=True)
+class DropMask:
+    """A fixed inverted-dropout mask (0, or 1/(1-p) where kept), as the runtime feeds it: not
+    differentiable."""
+
+    shape: tuple
+    p: float
+    differentiable = False
+
+    def draw(self, rng):
+        return (rng.random(self.shape) >= self.p) / (1 - self.p)
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,11 @@ def _log_softmax(a):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def layer_norm_ref(a, eps=1e-5):
+    """Mean 0 and biased variance 1 over the last axis, as torch.nn.functional.layer_norm."""
+    return (a - a.mean(axis=-1, keepdims=True)) / np.sqrt(a.var(axis=-1, keepdims=True) + eps)
+
+
 def ctc_brute(logits, labels, input_lengths, label_lengths):
     """CTC negative log-likelihood by enumerating every frame-level path (C**T of them) and
     keeping those that collapse (merge repeats, drop blanks) to the labels."""
@@ -122,6 +150,16 @@ def ctc_brute(logits, labels, input_lengths, label_lengths):
                 total += np.exp(sum(logp[t, k] for t, k in enumerate(path)))
         out.append(-np.log(total))
     return np.array(out)
+
+
+def masked_softmax_ref(a, mask):
+    """Row by row: the plain softmax of the unmasked entries, zeros at the masked ones."""
+    out = np.zeros(np.broadcast_shapes(a.shape, mask.shape))
+    a, mask = np.broadcast_to(a, out.shape), np.broadcast_to(mask, out.shape)
+    for index in np.ndindex(out.shape[:-1]):
+        kept = a[index][mask[index]]
+        out[index][mask[index]] = np.exp(kept) / np.exp(kept).sum() if kept.size else kept
+    return out
 
 
 @dataclass(frozen=True)
@@ -169,6 +207,17 @@ ROWS = [
     Row("relu", (AwayFromZero((3, 4)),), lambda a: np.maximum(a, 0)),
     Row("exp", (Real((3, 4)),), np.exp),
     Row("log", (Positive((3, 4)),), np.log),
+    Row("sqrt", (Positive((3, 4)),), np.sqrt),
+    Row("rsqrt", (Positive((3, 4)),), lambda a: 1 / np.sqrt(a)),
+    Row("layer_norm", (Real((3, 5)),), layer_norm_ref),
+    Row(
+        "layer_norm",
+        (Real((2, 3, 4)),),
+        lambda a: layer_norm_ref(a, 0.5),
+        {"eps": 0.5},
+        label="batch_eps",
+    ),
+    Row("layer_norm", (Real((3, 1)),), layer_norm_ref, label="one_feature"),
     Row(
         "concat",
         (Real((2, 3)), Real((2, 1)), Real((2, 2))),
@@ -222,6 +271,9 @@ ROWS = [
         {"axes": (1, 2, 0)},
         label="axes",
     ),
+    Row("dropout", (Real((3, 4)), DropMask((3, 4), 0.5)), np.multiply),
+    Row("dropout", (Real((3, 4)), DropMask((3, 4), 0.0)), np.multiply, label="keep_all"),
+    Row("dropout", (Real((2, 3, 4)), DropMask((3, 4), 0.25)), np.multiply, label="shared_mask"),
     Row("where", (Mask((3, 4)), Real((3, 4)), Real((3, 4))), np.where),
     Row("where", (Mask((3, 1)), Real((4,)), Real((3, 4))), np.where, label="bcast_vec"),
     Row("where", (Mask((3, 4)), Real((1, 4)), Real((4,))), np.where, label="bcast_row"),
@@ -272,6 +324,23 @@ ROWS = [
         (Real((3, 4)), Real((4,))),
         lambda p, y: ((p - y) ** 2).mean(axis=-1),
         label="bcast_target",
+    ),
+    Row("masked_softmax", (Real((3, 5)), Mask((3, 5))), masked_softmax_ref),
+    Row(
+        "masked_softmax",
+        (
+            # padded scores far above the real ones must not set the max (nor overflow)
+            Given((3, 4), [[0.3, -1.2, 40.0, 900.0], [2.0, 0.5, -0.7, 1.1], [5.0, 6.0, 7.0, 8.0]]),
+            Fixed([[True, True, False, False], [True, True, True, True], [False] * 4]),
+        ),
+        masked_softmax_ref,
+        label="padded_tail",
+    ),
+    Row(
+        "masked_softmax",
+        (Real((2, 3, 4)), Fixed([[[True, True, True, False]], [[True, False, False, False]]])),
+        masked_softmax_ref,
+        label="bcast_mask",
     ),
     Row("stack", (Real((2, 3)), Real((2, 3)), Real((2, 3))), lambda *xs: np.stack(xs, axis=1)),
     Row(

@@ -106,6 +106,25 @@ def test_feedback_patterns_match_interpreter():
     check_same(raw, batch)
 
 
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_attention_matches_interpreter(kind):
+    """Every decoder step reads all encoder steps (padded ones masked): loss and gradients,
+    teacher-forced and free-running, and the attention weights forward returns."""
+    raw = spec("gru", pattern="encoder_decoder", ids=True)
+    raw["model"]["attention"] = {"type": kind, "size": 4}
+    batch = batching.dummy(Model(raw, dtype="float64").spec, 3, 5, out_steps=4)
+    batch["lengths"] = np.array([5, 2, 4])
+    plan = check_same(raw, batch)
+    check_same(raw, batch, feedback="free")
+    interp = Model(raw, backend="numpy", dtype="float64", engine="interp")
+    interp.set_params(plan.params)
+    for feedback in ("teacher", "free"):
+        got = plan.forward(batch, feedback)["attention"]
+        want = interp.forward(batch, feedback)["attention"]
+        assert got.shape == (3, 4, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 def test_carried_state_matches_interpreter():
     raw = spec("lstm")
     batch = batching.dummy(Model(raw, dtype="float64").spec, 2, 3)
@@ -229,13 +248,13 @@ def test_feedback_forward_and_train_step_match_interpreter(pattern, feedback):
 
 def run_c_body(body: str, env: dict) -> dict:
     """Evaluate the generated CUDA body with NumPy: the statements are `T v = expr;`,
-    `y = v;`, with +-*/, unary minus, exp/tanh/log, casts `(T)1` and `a ? b : c`."""
+    `y = v;`, with +-*/, unary minus, exp/tanh/log/sqrt, casts `(T)1` and `a ? b : c`."""
     import re
 
     for line in body.splitlines():
         target, expr = line.rstrip(";").split(" = ", 1)
         expr = re.sub(r"\((?:double|float)\)(\d)", r"\1.0", expr)
-        for fn in ("exp", "tanh", "log"):
+        for fn in ("exp", "tanh", "log", "sqrt"):
             expr = re.sub(rf"\b{fn}\(", f"np.{fn}(", expr)
         ternary = re.fullmatch(r"(.+) \? (.+) : (.+)", expr)
         if ternary:

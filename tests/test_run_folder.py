@@ -185,7 +185,7 @@ def test_damaged_checkpoint_is_one_line_without_pickle_advice(
 ):
     out = copy_run(trained, tmp_path)
     damage(out)
-    assert main([command, str(out)]) == 2
+    assert main([command, str(out), "--checkpoint", "last"]) == 2
     err = one_error_line(capsys)
     assert err.startswith(f"error: {out / 'checkpoint.npz'}: not a readable checkpoint ({reason}")
     assert err.endswith(
@@ -213,7 +213,7 @@ def test_nan_parameters_are_refused_and_eval_json_stays_json(
     params["l0.W_hh"][0, 0] = np.nan
     run_folder.save_checkpoint(out, params, opt_state, carry, meta)
     for argv in (["sample", str(out)], ["eval", str(out), "--json"]):
-        assert main(argv) == 2
+        assert main([*argv, "--checkpoint", "last"]) == 2
         assert one_error_line(capsys) == (
             f"error: {out / 'checkpoint.npz'}: parameter(s) 'l0.W_hh' hold NaN or Inf (the run "
             "diverged); restore an earlier copy, or train again with a lower train.lr or with "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
+from seqgraph.engine.xp_extra import to_numpy
 
 torch = pytest.importorskip("torch", reason="torch is the test-only oracle: pip install '.[test]'")
 nn = torch.nn
@@ -215,3 +216,94 @@ def test_float32_against_torch(cell):
     ]
     print(f"float32 {cell}: max relative error {max(errors):.2e}")
     assert max(errors) < 1e-4
+
+
+def test_seq2seq_general_attention_against_torch():
+    """Luong et al. (2015) global attention with the general score, written out in torch:
+    a_ts = softmax_s(h_t^T W_a h_s) over the real source steps (-inf elsewhere),
+    c_t = sum_s a_ts h_s, h~_t = tanh(W_c [c_t; h_t]), logits = readout(h~_t). torch's padded
+    encoder outputs are zeros where seqgraph's carry the last state: the mask must hide both."""
+    torch.manual_seed(0)
+    B, T_in, T_out, vocab, emb, hidden, size, bos = 3, 5, 4, 7, 4, 6, 5, 1
+    spec = {
+        "model": {
+            "pattern": "encoder_decoder",
+            "input": {"type": "ids", "vocab": vocab},
+            "target": {"type": "ids", "vocab": vocab},
+            "bos": bos,
+            "encoders": [{"type": "embedding", "size": emb}],
+            "feedback_encoders": [{"type": "embedding", "size": emb}],
+            "layers": [{"cell": "gru", "hidden": hidden}],
+            "attention": {"type": "general", "size": size},
+        }
+    }
+    model = Model(spec, dtype="float64")
+    enc_emb, dec_emb = nn.Embedding(vocab, emb).double(), nn.Embedding(vocab, emb).double()
+    encoder = nn.GRU(emb, hidden, batch_first=True).double()
+    decoder = nn.GRU(emb, hidden, batch_first=True).double()
+    readout = nn.Linear(size, vocab).double()
+    W_a = nn.Parameter(torch.randn(hidden, hidden, dtype=torch.float64))
+    W_c = nn.Parameter(torch.randn(2 * hidden, size, dtype=torch.float64) * 0.3)
+    weights = {
+        "enc0.E": enc_emb.weight.detach().numpy(),
+        "fb0.E": dec_emb.weight.detach().numpy(),
+        "out.W": readout.weight.detach().numpy().T,
+        "out.b": readout.bias.detach().numpy(),
+        "att.W_a": W_a.detach().numpy(),
+        "att.W_c": W_c.detach().numpy(),
+    }
+    weights.update({k: v.detach().numpy() for k, v in encoder.state_dict().items()})
+    weights.update(
+        {k.replace("_l0", "_dec_l0"): v.detach().numpy() for k, v in decoder.state_dict().items()}
+    )
+    model.import_params(weights, convention="pytorch")
+
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, vocab, (B, T_in)), rng.integers(0, vocab, (B, T_out))
+    lengths, y_lengths = np.array([5, 2, 4]), np.array([4, 1, 3])
+    batch = {"x": x, "y": y, "lengths": lengths, "y_lengths": y_lengths}
+    loss, grads = model.loss_and_grads(batch)
+
+    packed = nn.utils.rnn.pack_padded_sequence(
+        enc_emb(torch.tensor(x)), torch.tensor(lengths), batch_first=True, enforce_sorted=False
+    )
+    memory, h = encoder(packed)
+    memory, _ = nn.utils.rnn.pad_packed_sequence(memory, batch_first=True, total_length=T_in)
+    feed = torch.tensor(np.concatenate([np.full((B, 1), bos), y[:, :-1]], axis=1))
+    out, _ = decoder(dec_emb(feed), h)
+    scores = torch.einsum("bth,hk,bsk->bts", out, W_a, memory)
+    real = torch.arange(T_in)[None, None, :] < torch.tensor(lengths)[:, None, None]
+    a = torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1)
+    h_tilde = torch.tanh(torch.cat([a @ memory, out], dim=-1) @ W_c)
+    ce = nn.functional.cross_entropy(
+        readout(h_tilde).transpose(1, 2), torch.tensor(y), reduction="none"
+    )
+    mask = torch.arange(T_out)[None, :] < torch.tensor(y_lengths)[:, None]
+    t_loss = (ce * mask).sum() / B
+    t_loss.backward()
+    assert rel_err(loss, t_loss.item()) < RTOL
+    expected = {
+        "enc0.E": enc_emb.weight.grad,
+        "fb0.E": dec_emb.weight.grad,
+        "att.W_a": W_a.grad,
+        "att.W_c": W_c.grad,
+        "out.W": readout.weight.grad.T,
+        "out.b": readout.bias.grad,
+        "l0.W_ih": encoder.weight_ih_l0.grad.T,
+        "l0.W_hh": encoder.weight_hh_l0.grad.T,
+        "dec.l0.W_ih": decoder.weight_ih_l0.grad.T,
+        "dec.l0.W_hh": decoder.weight_hh_l0.grad.T,
+        "l0.b_ih": encoder.bias_ih_l0.grad,
+        "l0.b_hh": encoder.bias_hh_l0.grad,
+        "dec.l0.b_ih": decoder.bias_ih_l0.grad,
+        "dec.l0.b_hh": decoder.bias_hh_l0.grad,
+    }
+    assert set(expected) == set(grads)
+    errors = {name: rel_err(grads[name], want.numpy()) for name, want in expected.items()}
+    assert max(errors.values()) < RTOL, errors
+    # the weights forward returns, at real decoder steps (a padded one keeps its last state)
+    weights_out = to_numpy(model.forward(batch)["attention"])
+    np.testing.assert_allclose(
+        weights_out[mask.numpy()], a.detach().numpy()[mask.numpy()], rtol=1e-12, atol=1e-15
+    )
+    assert np.all(weights_out[~np.broadcast_to(real.numpy(), weights_out.shape)] == 0)

@@ -193,13 +193,21 @@ def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Enc
     return Encoded(ids, shown, unknown)
 
 
+CONLL_SUFFIXES = (".conll", ".bio", ".iob")
+
+
 def read_inputs(path, config: dict) -> list[str]:
-    """The sentences of a CoNLL file, tags optional: each sequence's tokens (column
-    `token_column`) joined by spaces; a one-column file (tokens only) reads too."""
+    """The sentences of a data file: in a CoNLL file (by its suffix), each sequence's tokens
+    (column `token_column`) joined by spaces, tags optional; in any other file (`.txt`), one
+    sentence a line, as standard input gives them. The suffix decides because the content
+    cannot: a line of words reads as CoNLL columns."""
+    lines = read_text(Path(path)).splitlines()
+    if Path(path).suffix.lower() not in CONLL_SUFFIXES:
+        return [line.strip() for line in lines if line.strip()]
     column = int(config.get("token_column", 0))
     sentences: list[str] = []
     words: list[str] = []
-    for line in [*read_text(Path(path)).splitlines(), ""]:
+    for line in [*lines, ""]:
         if not line.strip() or line.startswith("-DOCSTART-"):
             if words:
                 sentences.append(" ".join(words))
@@ -242,7 +250,7 @@ SOURCES = [
         load,
         OPTIONS,
         "token<TAB>tag a line, a blank line between sequences (many_to_many tagging)",
-        suffixes={".conll": {}, ".bio": {}, ".iob": {}},
+        suffixes={suffix: {} for suffix in CONLL_SUFFIXES},
         encode=encode_raw,
         read_inputs=read_inputs,
     ),

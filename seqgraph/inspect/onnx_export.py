@@ -27,6 +27,11 @@ def _check_exportable(model) -> None:
             f"ONNX export supports many_to_many and many_to_one models, not {m.pattern}"
         )
     for i, layer in enumerate(m.layers):
+        if layer.layer_norm:  # ONNX's RNN/GRU/LSTM operators have no normalisation inside
+            raise DataError(
+                f"model.layers[{i}] has layer_norm: true, which ONNX's RNN, GRU and LSTM "
+                "operators have no form of; train without layer_norm to export to ONNX"
+            )
         if layer.init_state == "learned":
             raise DataError(
                 f"model.layers[{i}] has a learned initial state, which ONNX export "
@@ -134,12 +139,12 @@ def _layer(b: _Builder, model, onnx_w: dict, index: int, layer, x: str, lengths:
 
 def export_onnx(model, path: str | Path) -> Path:
     """Write `model` as an ONNX file at `path`; returns the path."""
+    _check_exportable(model)  # first: a model ONNX cannot express needs no onnx package
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         raise DataError("ONNX export needs the onnx package: pip install onnx") from None
-    _check_exportable(model)
     m = model.spec.model
     # float32 always: onnxruntime's CPU RNN/GRU/LSTM kernels are registered for float only
     dtype, elem = np.float32, TensorProto.FLOAT

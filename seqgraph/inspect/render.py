@@ -23,6 +23,7 @@ from seqgraph.engine.graph import Graph, Key, key_str
 from seqgraph.errors import SeqgraphError
 from seqgraph.inspect.render_grid import grid_positions
 from seqgraph.inspect.render_scene import (
+    ATTENTION,
     EDGE_ATTR,
     GRAPH_ATTR,
     GREY,
@@ -39,8 +40,11 @@ from seqgraph.inspect.render_scene import (
     html_table,
     ink_on,
     lane_colours,
+    subscript,
 )
 from seqgraph.runtime import batch as batching
+
+ATTENTION_FOLD = 8  # above this many encoder steps, the attention fans are drawn folded
 
 
 class _Scale:
@@ -97,9 +101,42 @@ def _edge_attrs(scene: Scene, tail: str, head: str, names: list[str]) -> dict[st
         if scene.cluster(scene.members[tail][0]) == scene.cluster(scene.members[head][0]):
             back = scene.members[head][0][0].endswith(".bwd")  # only when folded
             attrs["label"] += f": t{'+' if back else '-'}1 → t"
+    elif scene.is_attention(head) and not scene.is_attention(tail) and scene.t(head) is None:
+        attrs = {"color": ATTENTION, "penwidth": "1.2"}  # an encoder output into the memory
+        attrs.update({"label": "every hₛ"} if scene.fold else {})
+    elif scene.is_attention(tail) and scene.t(tail) is None:
+        attrs = {"color": ATTENTION, "penwidth": "1.6"}  # the memory read by a decoder step
+        attrs.update({"label": "all s"} if scene.fold else {})
     if "full" in (scene.padding(tail), scene.padding(head)):
         attrs.update(color=GREY, style="dotted")
     return attrs
+
+
+def _fold_attention(scene: Scene, edges: dict) -> dict:
+    """Attention makes every decoder step read every encoder step; the picture routes that
+    through one memory block H (T edges in, T' out, not T x T'). Above ATTENTION_FOLD
+    encoder steps even those fan across the picture, so each fan is drawn as one edge, from
+    the last encoder step and to the first decoder step, labelled with what it stands for."""
+    if scene.fold or scene.x_steps <= ATTENTION_FOLD:
+        return edges
+    memory = [b for b in scene.members if scene.is_attention(b) and scene.t(b) is None]
+    if not memory:
+        return edges
+    into = [k for k in edges if k[1] == memory[0] and not scene.is_attention(k[0])]
+    out = [k for k in edges if k[0] == memory[0] and scene.is_attention(k[1])]
+    last = f"h₀ … h{subscript(scene.x_steps - 1)} ({len(into)} edges)"
+    for group, pick, label in (
+        (into, max, last),
+        (out, min, f"read by every attentionₜ ({len(out)} edges)"),
+    ):
+        if len(group) < 2:
+            continue
+        keep = pick(group, key=lambda k: scene.t(k[0] if group is into else k[1]))
+        edges[keep][0].update(label=label, penwidth="2.4")
+        for key in group:
+            if key != keep:
+                del edges[key]
+    return edges
 
 
 def _paint(scene: Scene, nodes: dict, edges: dict) -> _Scale:
@@ -126,7 +163,11 @@ def _emit(dot: graphviz.Digraph, scene: Scene, nodes: dict, edges: dict, where: 
     """Title, nodes (pinned where `where` says; in their step cluster in the detail view), edges."""
     pattern = f" ({scene.spec.model.pattern})" if scene.spec is not None else ""
     view = "folded" if scene.fold else f"unrolled T={scene.steps}"
-    dot.attr(label=f"{dot.name}{pattern}, {view}; bold: state t-1 → t, gold: shared parameters")
+    attention = ", orange: attention" if scene.g.outputs.get("attention") else ""
+    dot.attr(
+        label=f"{dot.name}{pattern}, {view}; bold: state t-1 → t, gold: shared parameters"
+        + attention
+    )
     clusters: dict[str, list[str]] = defaultdict(list)
     for block, (attrs, _) in nodes.items():
         if block in where:
@@ -178,6 +219,7 @@ def render_graph(
     for (tail, head, state), (names, values) in scene.edges().items():
         norm = None if tail.startswith("param") else scene.norm(values)  # per-step dW unknown
         edges[(tail, head, state)] = (_edge_attrs(scene, tail, head, names), norm)
+    edges = _fold_attention(scene, edges)
     scale = _paint(scene, nodes, edges)
     where = {} if fold else grid_positions(scene, edges)
     # layout=neato: the pinned grid survives `dot -Tsvg g.dot` too

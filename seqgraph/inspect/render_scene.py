@@ -31,6 +31,7 @@ PALETTE = tuple(
     "#fde725 #b5de2b #6ece58 #35b779 #1f9e89 #26828e #31688e #3e4989 #482878 #440154".split()
 )
 ZERO, GREY, GOLD, STATE, PARAM_EDGE = "#e0e0e0", "#b0b0b0", "#ffd966", "#1a4d99", "#c9a227a0"
+ATTENTION = "#e69138"  # edges into and out of the attention memory
 LANES = {
     "fwd": ("#dbe9f6", "#6b9bd1"),
     "bwd": ("#dff0d8", "#6aa84f"),
@@ -50,7 +51,8 @@ PLAIN = attr_pairs("shape=plaintext style=solid margin=0")  # for HTML-like tabl
 EDGE_ATTR = attr_pairs("arrowsize=0.5 penwidth=0.8 color=#555555 fontname=Helvetica fontsize=8")
 
 
-def _sub(t) -> str:
+def subscript(t) -> str:
+    """t as subscript digits ("" for None): h₁₂."""
     return "" if t is None else str(t).translate(SUBSCRIPT)
 
 
@@ -188,24 +190,40 @@ class Scene:
         data, (scope, name, t) = self.g.node(first), first
         shown, role = ("t" if self.fold and t is not None else t), data.get("role")
         if role == "feed":  # the previous target (teacher forcing), BOS first
-            return "y" + _sub("t-1" if self.fold else t - 1) if self.fold or t else "⟨bos⟩"
+            return "y" + subscript("t-1" if self.fold else t - 1) if self.fold or t else "⟨bos⟩"
         if data["kind"] == "input":
-            return name[:-1] + " init" if role == "state" else (role or name) + _sub(shown)
+            return name[:-1] + " init" if role == "state" else (role or name) + subscript(shown)
         if data["kind"] == "param":
             return f"{scope}.{name}\\n{self.g.param_info[data['param']].shape}"
         if self.cluster(first) and not self.detail:
             return f"{self.cell_name(scope)} {scope}" + ("" if self.fold else f"\\nt={t}")
         if scope == "loss" and (not self.detail or name in ("L", "total")):
             several = len(self.g.outputs.get("losses", ())) > 1
-            return "L = Σₜ Lₜ" if several and t is None else "L" + _sub(shown)
+            return "L = Σₜ Lₜ" if several and t is None else "L" + subscript(shown)
         if scope == "out" and not self.detail:
-            return "ŷ" + _sub(shown)
+            return "ŷ" + subscript(shown)
+        if scope == "att" and not self.detail:
+            return self._attention_label(t)
         if self.detail and self.cluster(first) and data["op"] == "where":
-            return name + _sub(shown)
+            return name + subscript(shown)
         ops = [SYMBOLS.get(op, op) for op in (self.g.node(k)["op"] for k in self.members[block])]
         if len(set(ops)) == 1:
             return ops[0]
         return _group(scope) + ("\\n" + " → ".join(ops) if len(ops) <= 4 else "")
+
+    def _attention_label(self, t) -> str:
+        """The memory every decoder step reads (one block, so T x T' attention edges draw
+        as T in and T' out), or one step's attention: weights a_t, context c_t, h~_t."""
+        if t is None:
+            steps = "every hₛ" if self.fold else f"h₀ … h{subscript(self.x_steps - 1)}"
+            return f"memory H = [{steps}]\\n(masked to real length)"
+        shown = "t" if self.fold else t
+        return f"attention{subscript(shown)}\\na, c, h̃"
+
+    def is_attention(self, block: str) -> bool:
+        """A block of the attention: the memory or a decoder step's read of it."""
+        first = self.members[block][0]
+        return first[0] == "att" and self.g.node(first)["kind"] == "op" and not self.detail
 
     def style(self, block: str) -> dict[str, str]:
         first = self.members[block][0]
@@ -222,6 +240,8 @@ class Scene:
             return attr_pairs(
                 f"style=rounded,filled,bold fillcolor={fill} color={border} fontsize={size}"
             )
+        if scope == "att" and not self.detail:
+            return attr_pairs(f"shape=box style=rounded,filled fillcolor=#fce5cd color={ATTENTION}")
         if (scope == "loss" and not self.detail) or first[1] in ("L", "total"):
             total = first[2] is None and len(self.g.outputs.get("losses", ())) > 1
             if total:

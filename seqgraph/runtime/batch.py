@@ -3,7 +3,9 @@
 A batch holds `x`, `y`, optional `lengths` (input steps per sequence), `y_lengths` (decoder
 steps, for one_to_many and encoder_decoder), `use_model` (B, T_out) booleans for scheduled
 sampling, `state` ({"l0.h0": (B, H)}) to start from a carried hidden state, and `loss_from`
-(a step index: earlier steps add no loss, as in truncated BPTT with k1 < k2).
+(a step index: earlier steps add no loss, as in truncated BPTT with k1 < k2), and `dropout`
+({"seed": s, "step": n}: train with the spec's dropout, masks drawn by `runtime.masks`;
+absent: no dropout, as evaluation and prediction run).
 Padded steps get mask False and loss weight 0; the loss weight is 1/B on real steps, so the
 loss is the per-sequence sum over steps, averaged over the batch.
 """
@@ -16,6 +18,7 @@ import numpy as np
 
 from seqgraph.engine.graph import Graph, Key
 from seqgraph.errors import DataError
+from seqgraph.runtime import masks
 from seqgraph.spec.load import IOSpec, Spec
 
 SINGLE_STEP_INPUT = ("one_to_one", "one_to_many")  # x has no time axis
@@ -134,6 +137,7 @@ class Prepared(NamedTuple):
     states: dict
     loss_from: int
     state_grads: dict
+    dropout: tuple[int, int, int] | None = None  # (seed, step, first_step) or no dropout
 
 
 def prepare(spec: Spec, batch: dict) -> Prepared:
@@ -171,6 +175,7 @@ def prepare(spec: Spec, batch: dict) -> Prepared:
         batch.get("state") or {},
         batch.get("loss_from", 0),
         batch.get("state_grad") or {},
+        masks.dropout_request(batch),
     )
 
 
@@ -208,7 +213,22 @@ def feed_one(spec: Spec, p: Prepared, key: Key, role: dict) -> np.ndarray:
         return _state(p.states, f"{scope}.{name}", size, role["size"])
     if kind == "state_grad":  # the gradient a later segment hands back (`segments.py`)
         return _state(p.state_grads, f"{scope}.{name[: -len('_grad')]}", size, role["size"])
+    if kind == "dropout":
+        return _dropout_mask(p, key, role)
     raise DataError(f"no data for node {key} (role {kind!r})")
+
+
+def _dropout_mask(p: Prepared, key: Key, role: dict) -> np.ndarray:
+    """A dropout mask node's value: (B, *shape), one row per sequence; a per-step mask's
+    time index counts from the start of the whole sequence (a segment passes `first_step`)."""
+    if p.dropout is None:
+        raise DataError(f"node {key} is a dropout mask and the batch has no 'dropout' request")
+    seed, step, first, offset, rows = p.dropout
+    scope, name, t = key
+    at = key if t is None else (scope, name, t + first)
+    rows = p.size if rows is None else rows
+    mask = masks.dropout_mask(seed, step, at, (rows, *role["shape"]), role["p"])
+    return mask[offset : offset + p.size]
 
 
 def stacked(spec: Spec, p: Prepared, keys: list, role: dict) -> np.ndarray:

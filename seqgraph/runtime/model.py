@@ -41,6 +41,8 @@ class Model:
     per batch shape); `engine="interp"` walks the graph node by node (`autodiff.Program`),
     the reference the plan is tested against. `graph`, `unrolled` and `plan` return the
     compiled forms to look at; `interpret` runs the interpreter and returns every value.
+    A batch with `dropout: {"seed": s, "step": n}` runs the training graph, with the spec's
+    dropout (masks from `runtime.masks`); any other runs the evaluation graph, without.
     """
 
     def __init__(
@@ -160,22 +162,31 @@ class Model:
     # (the compiled plan). The interpreter's Program and the plan's Runner stay internal.
 
     def graph(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+        self,
+        steps: int,
+        out_steps: int | None = None,
+        feedback: str = "teacher",
+        train: bool = False,
     ) -> nx.MultiDiGraph:
         """The unrolled networkx.MultiDiGraph for `steps` input steps (and `out_steps` decoder
         steps, default `steps`): a copy, yours to change. Nodes are `(scope, name, t)`, with
         the op, its attrs and the ordered input keys as node data; `unrolled` has the rest."""
-        return self.unrolled(steps, out_steps, feedback).nx.copy()
+        return self.unrolled(steps, out_steps, feedback, train).nx.copy()
 
     def unrolled(
-        self, steps: int, out_steps: int | None = None, feedback: str = "teacher"
+        self,
+        steps: int,
+        out_steps: int | None = None,
+        feedback: str = "teacher",
+        train: bool = False,
     ) -> Graph:
         """The unrolled Graph both engines run (cached; read it, do not change it): nodes,
         their order, parameters and the roles they play (loss, outputs, inputs). Its repr
-        counts them; `describe(key)` shows one node."""
+        counts them; `describe(key)` shows one node. `train`: the training graph, with the
+        dropout masks (leaves of role "dropout") and ops."""
         if self.spec.model.feeds_back and out_steps is None:
             out_steps = steps
-        return self._program(steps, out_steps, feedback).graph
+        return self._program(steps, out_steps, feedback, train=train).graph
 
     def plan(self, batch: dict, feedback: str = "teacher", grads: bool = True) -> Plan:
         """The execution plan for this batch's shape (cached; built by `engine="plan"` runs):
@@ -189,12 +200,18 @@ class Model:
         out_steps: int | None = None,
         feedback: str = "teacher",
         state_grads: bool = False,
+        train: bool = False,
     ) -> Program:
-        """The interpreter's flattened program for one sequence length (cached)."""
-        key = (steps, out_steps, feedback, state_grads)
+        """The interpreter's flattened program for one sequence length (cached); `train`:
+        the training graph, with dropout (the same program when the spec has none)."""
+        key = (steps, out_steps, feedback, state_grads, train)
         if key not in self._programs:
-            graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads)
-            self._programs[key] = Program(graph)
+            graph = compile_graph(self.spec, steps, out_steps, feedback, state_grads, train)
+            has_dropout = any(role["role"] == "dropout" for role in graph.inputs.values())
+            if train and not has_dropout:
+                self._programs[key] = self._program(steps, out_steps, feedback, state_grads)
+            else:
+                self._programs[key] = Program(graph)
         return self._programs[key]
 
     def _runner(
@@ -209,10 +226,10 @@ class Model:
         """The plan runner for this batch's shape (cached): gradients, or forward only;
         `state_grads`: also the initial states' gradients, from seeded final ones."""
         p = prepared or batching.prepare(self.spec, batch)
-        key = (p.steps, p.out_steps, feedback, p.size, p.full, grads, state_at, state_grads)
+        program = self._program(p.steps, p.out_steps, feedback, state_grads, p.dropout is not None)
+        key = (id(program), p.size, p.full, grads, state_at)
         runner = self._runners.get(key)
         if runner is None:
-            program = self._program(p.steps, p.out_steps, feedback, state_grads)
             runner = self._runners[key] = Runner(self, program, batch, p.full, grads, state_at)
         return runner
 
@@ -223,7 +240,8 @@ class Model:
         node, for tools that look inside (`inspect.gradflow`, `inspect.render` with
         gradients; `program.backward(xp, values, program.graph.loss, observe=...)`)."""
         _, steps, out_steps = batching.shape_of(self.spec, batch)
-        program = self._program(steps, out_steps, feedback)
+        train = batch.get("dropout") is not None
+        program = self._program(steps, out_steps, feedback, train=train)
         graph = program.graph
         bk = self.backend
         leaves = {key: bk.asarray(v) for key, v in batching.feeds(self.spec, graph, batch).items()}
@@ -233,7 +251,9 @@ class Model:
 
     def forward(self, batch: dict, feedback: str = "teacher") -> dict[str, Any]:
         """Outputs for a batch: `predictions` ((B, T, C) per step, or (B, C) for one output),
-        `loss` (float, or None without `y`) and `state` (final states by name)."""
+        `loss` (float, or None without `y`), `state` (final states by name) and, with
+        `model.attention`, `attention`: the weights (B, decoder steps, source steps), the
+        graph's nodes `("att", "weights", t)`, zero at padded source steps."""
         if self.engine == "plan":
             prepared = batching.prepare(self.spec, batch)
             return self._runner(batch, feedback, False, prepared=prepared).forward(
@@ -243,11 +263,14 @@ class Model:
         graph, xp = program.graph, self.backend.xp
         preds = [values[k] for k in graph.outputs["predictions"]]
         single = self.spec.model.pattern in ("many_to_one", "one_to_one")
-        return {
+        out = {
             "predictions": preds[0] if single else xp.stack(preds, axis=1),
             "loss": float(values[graph.loss]) if batch.get("y") is not None else None,
             "state": {name: values[k] for name, k in state_keys(program).items()},
         }
+        if graph.outputs.get("attention"):
+            out["attention"] = xp.stack([values[k] for k in graph.outputs["attention"]], axis=1)
+        return out
 
     def train_step(
         self, batch: dict, feedback: str = "teacher", state_at: int | None = None

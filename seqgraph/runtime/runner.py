@@ -51,6 +51,7 @@ class Runner:
         self.states = state_keys(program, state_at)
         self.single = spec.model.pattern in ("many_to_one", "one_to_one")
         predictions = [] if grads else list(graph.outputs["predictions"])
+        attention = [] if grads else list(graph.outputs.get("attention", ()))
         feeds = batching.feeds(spec, graph, batch)
         meta = {
             k: (
@@ -69,7 +70,7 @@ class Runner:
             bk.xp,
             bk.name,
             bk.dtype_name,
-            outputs=predictions + list(self.states.values()),
+            outputs=predictions + attention + list(self.states.values()),
             full=full,
             grads=grads,
         )
@@ -81,6 +82,7 @@ class Runner:
         self.loaded: list = [None] * len(self.slots)
         self.state_views = [(name, lay.value[k]) for name, k in self.states.items()]
         self.prediction_views = [lay.value[k] for k in predictions]
+        self.attention_views = [lay.value[k] for k in attention]
 
     def load(self, prepared: batching.Prepared) -> None:
         """Copy a batch (checked by `batch.prepare`) into the plan's data buffers. Masks,
@@ -111,11 +113,14 @@ class Runner:
         self.load(prepared)
         loss = self.plan.execute(params)
         preds = self.prediction_views
-        return {
+        out = {
             "predictions": preds[0].copy() if self.single else self.xp.stack(preds, axis=1),
             "loss": loss if prepared.has_y else None,
             "state": self.final_states(),
         }
+        if self.attention_views:
+            out["attention"] = self.xp.stack(self.attention_views, axis=1)
+        return out
 
 
 def _slot_tag(p: batching.Prepared, role: dict, key: Key):

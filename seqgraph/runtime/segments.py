@@ -56,13 +56,23 @@ def train_step(model, runner_for, batch: dict, size: int, feedback="teacher", st
     bounds = [(a, min(a + size, steps)) for a in range(0, steps, size)]
 
     def piece(a: int, b: int, state: dict, **extra) -> dict:
-        return {
+        part = {
             "x": prepared.x[:, a:b],
             "y": prepared.y[:, a:b],
             "state": state,
             "loss_from": min(max(0, loss_from - a), b - a),
             **extra,
         }
+        if prepared.dropout is not None:  # the whole sequence's masks, step a onwards
+            seed, step, first, offset, rows = prepared.dropout
+            part["dropout"] = {
+                "seed": seed,
+                "step": step,
+                "first_step": first + a,
+                "row_offset": offset,
+                "global_rows": rows,
+            }
+        return part
 
     starts, loss, carried = [dict(prepared.states)], 0.0, None
     for a, b in bounds:

@@ -5,9 +5,14 @@
     c = sigmoid(f) * c + sigmoid(i) * tanh(g)
 
 Allowed: names, numbers, `+ - * / @`, unary minus, and calls of op-table names (plus
-`split`, which lowers to `chunk` steps). Array arguments come first, then the op's attributes
-positionally or by keyword. Attribute values are numbers or size expressions (`hidden`,
-`4*hidden`). Nothing else parses: no attribute access, no subscripts, no lambdas, no dunders.
+`split`, which lowers to `chunk` steps). `dropout(x, p)` takes the drop probability instead of
+the op's mask input: the unroller adds the mask, in training only. Its mask is drawn once per
+sequence and reused at every step (variational, Gal & Ghahramani 2016: what a cell usually
+wants); `dropout(x, p, per_step=1)` draws a fresh one each step. `p` may name the layer's
+`recurrent_dropout` (the built-in cells write `dropout(h, recurrent_dropout)`).
+Array arguments come first, then the op's attributes positionally or by keyword. Attribute
+values are numbers or size expressions (`hidden`, `4*hidden`). Nothing else parses: no
+attribute access, no subscripts, no lambdas, no dunders.
 Assigning to a state name sets the next state; reading it before that reads the previous one.
 The parser lowers each equation to steps `{out, op, in, attrs}` with fresh temporaries.
 
@@ -148,6 +153,7 @@ class _Lowerer:
         self.state = state
         self.steps: list[Step] = []
         self.counter = 0
+        self.drops = 0
         self.path = ""
 
     def fresh(self, hint: str) -> str:
@@ -242,6 +248,8 @@ class _Lowerer:
         name = node.func.id
         if name == "split":
             self.fail("split(x, n) must be assigned to n names: `a, b = split(x, 2)`")
+        if name == "dropout":
+            return self._dropout(node)
         if name not in ops.OPS or name.startswith("_"):
             self.fail(f"unknown op {name!r}; known ops: {', '.join(sorted(ops.OPS))}")
         op = ops.OPS[name]
@@ -255,6 +263,21 @@ class _Lowerer:
         attrs.update(self._keywords(node.keywords, op.attrs))
         inputs = tuple(self.expr(arg) for arg in node.args[:n_arrays])
         return self._emit(name, inputs, attrs, hint)
+
+    def _dropout(self, node: ast.Call):
+        """`dropout(x, p, per_step=0)`: one array, then p and per_step (see the module doc)."""
+        attrs = dict(zip(("p", "per_step"), (self._attr_value(a) for a in node.args[1:3])))
+        attrs.update(self._keywords(node.keywords, ("p", "per_step")))
+        if not 1 <= len(node.args) <= 3 or "p" not in attrs:
+            self.fail("write dropout as `dropout(x, p)` or `dropout(x, p, per_step=1)`")
+        if attrs.get("per_step", 0) not in (0, 1):
+            self.fail("dropout's per_step is 0 (one mask per sequence) or 1 (one per step)")
+        # its own counter, so that adding dropout to a cell leaves the names of the cell's
+        # other temporaries (hence its node keys) as they were
+        self.drops += 1
+        local = f"dropout{self.drops}"
+        self.steps.append(Step(local, "dropout", (self.expr(node.args[0]),), attrs, self.path))
+        return local
 
     def _keywords(self, keywords, allowed) -> dict:
         out = {}

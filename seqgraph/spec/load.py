@@ -75,6 +75,7 @@ def parse_cell(name: str, raw: dict, path: str, lines=None, source: str = "") ->
         tuple(steps),
         bindings,
         raw.get("doc", ""),
+        raw.get("layer_norm_form", ""),
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 
 from seqgraph.errors import SpecError
-from seqgraph.spec.types import EncoderSpec, IOSpec, LayerSpec, ModelSpec
+from seqgraph.spec.equations import SizeExpr
+from seqgraph.spec.types import AttentionSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec
 
 
 def _io(raw: dict, path: str, auto: int | None, loaded: bool = False) -> IOSpec:
@@ -71,11 +72,13 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
                     raw.get("activation", "relu"),
                     raw.get("kernel", 3),
                     raw.get("pool", 2),
+                    raw.get("dropout", 0.0),
                 )
             )
             _image_shapes(tuple(out), io, here)
             continue
-        out.append(EncoderSpec(kind, raw.get("size"), raw.get("activation", "identity")))
+        activation = raw.get("activation", "identity")
+        out.append(EncoderSpec(kind, raw.get("size"), activation, dropout=raw.get("dropout", 0.0)))
     if io.type == "ids" and (not out or out[0].type not in ("embedding", "onehot")):
         raise SpecError(
             path,
@@ -123,7 +126,7 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
             near = difflib.get_close_matches(raw["cell"], list(cells), n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(cells))}"
             raise SpecError(f"{here}.cell", f"unknown cell {raw['cell']!r}; {hint}")
-        cell = cells[raw["cell"]]
+        cell = cells[_layer_cell(raw, cells, here)]
         for key in raw.get("options") or {}:
             if key not in cell.options:
                 raise SpecError(
@@ -133,15 +136,25 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 )
         out.append(
             LayerSpec(
-                raw["cell"],
+                cell.name,
                 raw["hidden"],
                 raw.get("bidirectional", False),
                 raw.get("merge", "concat"),
                 raw.get("init_state", "zeros"),
                 {**cell.options, **(raw.get("options") or {})},
                 raw.get("direction", "forward"),
+                raw.get("layer_norm", False),
+                raw.get("dropout", 0.0),
+                raw.get("recurrent_dropout", 0.0),
             )
         )
+        if out[-1].recurrent_dropout and not reads_recurrent_dropout(cell):
+            raise SpecError(
+                f"{here}.recurrent_dropout",
+                f"cell {cell.name!r} does not read `recurrent_dropout`: write "
+                "`dropout(h, recurrent_dropout)` where its gates read the state h, as the "
+                "built-in rnn, gru and lstm cells do",
+            )
         if out[-1].bidirectional and out[-1].direction != "forward":
             raise SpecError(
                 f"{here}.direction",
@@ -149,6 +162,38 @@ def _layers(items: list, cells: dict, path: str) -> tuple[LayerSpec, ...]:
                 "or bidirectional: true",
             )
     return tuple(out)
+
+
+def _layer_cell(raw: dict, cells: dict, here: str) -> str:
+    """The cell a layer runs: its own or, with `layer_norm: true`, the layer-normalised form
+    its YAML names under `layer_norm_form` (rnn_layer_norm, ...)."""
+    name = raw["cell"]
+    if not raw.get("layer_norm", False):
+        return name
+    form = cells[name].layer_norm_form
+    if not form:
+        raise SpecError(
+            f"{here}.layer_norm",
+            f"cell {name!r} has no layer-normalised form (rnn, gru and lstm have one); "
+            "remove layer_norm: true and write the normalisation into the cell's equations, "
+            "e.g. `h = tanh(layer_norm(x @ W) * gain + bias)` (README, Cells are data: ln_rnn)",
+        )
+    if form not in cells:
+        raise SpecError(
+            f"{here}.layer_norm",
+            f"cell {name!r} names layer_norm_form {form!r}, which is not a cell; "
+            f"define cells.{form} or fix the name",
+        )
+    return form
+
+
+def reads_recurrent_dropout(cell) -> bool:
+    """Whether one of the cell's equations uses the layer's `recurrent_dropout` value."""
+    return any(
+        isinstance(value, SizeExpr) and "recurrent_dropout" in value.text
+        for step in cell.steps
+        for value in step.attrs.values()
+    )
 
 
 def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
@@ -176,6 +221,12 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         ]
         decoder = _layers(raw.get("decoder_layers", default), cells, "model.decoder_layers")
         _check_bridge(layers, decoder, cells)
+        if layers[-1].dropout:
+            raise SpecError(
+                f"model.layers[{len(layers) - 1}].dropout",
+                "the last encoder layer hands the decoder only its final state, so dropout "
+                "on its outputs would act on nothing; remove it (recurrent_dropout works)",
+            )
     elif "decoder_layers" in raw:
         raise SpecError("model.decoder_layers", "decoder_layers belong to encoder_decoder only")
     causal = decoder if pattern == "encoder_decoder" else layers if feeds_back else ()
@@ -193,8 +244,9 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
                 "a layer that feeds its output back runs forward in time; "
                 "remove direction: reverse",
             )
+    attention = _attention(raw.get("attention"), pattern)
     readout = raw.get("readout", "linear")
-    top = (decoder or layers)[-1].out_size
+    top = attention.size if attention else (decoder or layers)[-1].out_size
     if readout == "identity" and (target.type != "vectors" or target.size != top):
         raise SpecError(
             "model.readout",
@@ -206,8 +258,34 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         raise SpecError("model.bos", f"bos id {bos} is outside the target vocab ({target.size})")
     objective = _objective(raw.get("loss", ""), pattern, target)
     return ModelSpec(
-        pattern, inp, target, encoders, layers, decoder, feedback, readout, bos, objective
+        pattern,
+        inp,
+        target,
+        encoders,
+        layers,
+        decoder,
+        feedback,
+        readout,
+        bos,
+        objective,
+        attention,
     )
+
+
+def _attention(raw: dict | None, pattern: str):
+    """`model.attention`, checked against the pattern."""
+    if raw is None:
+        return None
+    if pattern != "encoder_decoder":
+        raise SpecError(
+            "model.attention",
+            f"attention lets each decoder step read every encoder output; {pattern} has no "
+            "encoder outputs to read (one_to_many starts from one vector); use "
+            "pattern: encoder_decoder or remove model.attention",
+        )
+    # dot scores h_t . h_s need equal sizes, which `_check_bridge` already demands of the top
+    # encoder and decoder layers (the encoder's final state starts the decoder)
+    return AttentionSpec(raw["type"], raw["size"])
 
 
 def _objective(loss: str, pattern: str, target: IOSpec) -> str:

@@ -70,9 +70,21 @@ CELL = {
         "state": {**_name_list, "minItems": 1},
         "output": {"type": "string"},
         "options": {"type": "object", "additionalProperties": _option},
+        "layer_norm_form": {
+            "type": "string",
+            "description": "the cell a layer with `layer_norm: true` runs instead of this one",
+        },
         "params": {"type": "object", "additionalProperties": _param},
         "equations": {"type": "array", "items": {"type": "string"}, "minItems": 1},
     },
+}
+
+_dropout = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMaximum": 1,
+    "default": 0,
+    "description": "must be in [0, 1): the probability of dropping each unit in training (0: none)",
 }
 
 _encoder = {
@@ -89,6 +101,7 @@ _encoder = {
         "channels": _size,
         "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
         "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
+        "dropout": _dropout,  # on the encoder's output, a fresh mask each step
     },
 }
 
@@ -108,7 +121,18 @@ _layer = {
         },
         "merge": {"enum": ["concat", "sum"], "default": "concat"},
         "init_state": {"enum": ["zeros", "learned"], "default": "zeros"},
+        "layer_norm": {
+            "type": "boolean",
+            "default": False,
+            "description": "run the cell's layer-normalised form (Ba et al. 2016): rnn, gru "
+            "and lstm have one; a user cell writes layer_norm(...) in its equations instead",
+        },
         "options": {"type": "object", "additionalProperties": _option},
+        # on the layer's outputs (to the next layer or the readout), a fresh mask each step
+        "dropout": _dropout,
+        # variational, on h_{t-1} where the gates read it: one mask per sequence, reused at
+        # every step (cells whose equations read `recurrent_dropout`)
+        "recurrent_dropout": _dropout,
     },
 }
 
@@ -151,6 +175,16 @@ MODEL = {
             "many_to_many, targets are unaligned label sequences (y_lengths), blank = id 0",
         },
         "bos": {"type": "integer", "minimum": 0, "default": 0},
+        "attention": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "size"],
+            "properties": {"type": {"enum": ["additive", "dot", "general"]}, "size": _size},
+            "description": "encoder_decoder: global attention of Luong, Pham & Manning "
+            "(2015) over the encoder's top-layer outputs, masked to each source's length; "
+            "scores additive (their concat), dot or general; size: the attentional state "
+            "h~ = tanh(W_c [c; h]) the readout reads (and the additive score's width)",
+        },
     },
 }
 
@@ -217,7 +251,12 @@ TRAIN = {
             "additionalProperties": False,
             "default": {"name": "adam"},
             "properties": {
-                "name": {"enum": ["sgd", "adagrad", "rmsprop", "adam"], "default": "adam"},
+                "name": {
+                    "enum": ["sgd", "adagrad", "rmsprop", "adam", "adamw"],
+                    "default": "adam",
+                    "description": "as torch.optim; adamw: Adam with decoupled weight decay "
+                    "(Loshchilov & Hutter 2019)",
+                },
                 "momentum": {**_number, "default": 0.0},
                 "nesterov": {"type": "boolean", "default": False},
                 "betas": {
@@ -228,8 +267,18 @@ TRAIN = {
                     "default": [0.9, 0.999],
                 },
                 "alpha": {**_number, "default": 0.99, "description": "RMSprop's decay"},
-                "eps": {**_number, "default": 1e-8},
-                "weight_decay": {**_number, "default": 0.0},
+                "eps": {
+                    **_number,
+                    "default": 1e-8,
+                    "description": "added to the root in the denominator (adagrad: default "
+                    "1e-10, as torch.optim.Adagrad)",
+                },
+                "weight_decay": {
+                    **_number,
+                    "default": 0.0,
+                    "description": "L2 added to the gradient; adamw: decoupled, each step "
+                    "p -= lr * weight_decay * p (default 0.01, as torch.optim.AdamW)",
+                },
             },
         },
         "schedule": {
@@ -257,6 +306,38 @@ TRAIN = {
                     "default": "global_norm",
                 },
                 "max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
+            },
+        },
+        "early_stopping": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "stop after `patience` validations without improvement; "
+            "RUN_DIR/best.npz keeps the best parameters (by valid_loss without this section)",
+            "properties": {
+                "metric": {
+                    "type": "string",
+                    "pattern": "^valid_[a-z0-9_]+$",
+                    "default": "valid_loss",
+                    "description": "a validation metric the run computes: valid_loss, "
+                    "valid_accuracy (id targets), valid_<score> of the data source",
+                },
+                "mode": {
+                    "enum": ["min", "max"],
+                    "description": "default: max for accuracy, f1, bleu and match metrics, "
+                    "min for the rest",
+                },
+                "patience": {
+                    **_count,
+                    "default": 5,
+                    "description": "validations (train.eval_every steps apart) in a row "
+                    "without improvement before training stops",
+                },
+                "min_delta": {
+                    "type": "number",
+                    "minimum": 0,
+                    "default": 0.0,
+                    "description": "an improvement must be larger than this",
+                },
             },
         },
         "scheduled_sampling": {

@@ -27,6 +27,7 @@ class CellSpec:
     steps: tuple  # lowered equations.Step list
     bindings: dict  # final local name of every equation name
     doc: str = ""
+    layer_norm_form: str = ""  # the cell `layer_norm: true` selects ("": none)
 
     def __repr__(self) -> str:
         io = f"inputs {', '.join(self.inputs)}; state {', '.join(self.state)} -> {self.output}"
@@ -43,6 +44,7 @@ class EncoderSpec:
     activation: str = "identity"
     kernel: int = 3  # conv only
     pool: int = 2  # conv only: max-pool window after the convolution
+    dropout: float = 0.0  # on the output, in training
 
     def __repr__(self) -> str:
         return f"EncoderSpec({self.text})"
@@ -53,7 +55,8 @@ class EncoderSpec:
         parts = [self.type] + ([str(self.size)] if self.size is not None else [])
         if self.type == "conv":
             parts += [f"k{self.kernel}", f"pool{self.pool}"]
-        return " ".join(parts + ([self.activation] if self.activation != "identity" else []))
+        parts += [self.activation] if self.activation != "identity" else []
+        return " ".join(parts + ([f"dropout {self.dropout:g}"] if self.dropout else []))
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class LayerSpec:
     init_state: str = "zeros"
     options: dict = field(default_factory=dict, hash=False)
     direction: str = "forward"  # "reverse": one direction, last step first
+    layer_norm: bool = False  # as written; `cell` is then the layer-normalised form it selected
+    dropout: float = 0.0  # on the outputs, in training
+    recurrent_dropout: float = 0.0  # variational, on h_{t-1} as the gates read it
 
     @property
     def out_size(self) -> int:
@@ -84,6 +90,10 @@ class LayerSpec:
         if self.init_state != "zeros":
             parts.append(f"init_state {self.init_state}")
         parts += [f"{k}={v}" for k, v in self.options.items() if v is not None]
+        if self.dropout:
+            parts.append(f"dropout {self.dropout:g}")
+        if self.recurrent_dropout:
+            parts.append(f"recurrent_dropout {self.recurrent_dropout:g}")
         return " ".join(parts)
 
 
@@ -103,6 +113,19 @@ class IOSpec:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """`model.attention`: the score (additive, dot or general) and the size of the attentional
+    state h~ that the readout reads (also the width of the additive score's hidden layer)."""
+
+    type: str
+    size: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.type} attention {self.size}"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     pattern: str
     input: IOSpec
@@ -114,6 +137,7 @@ class ModelSpec:
     readout: str
     bos: int
     objective: str = ""  # `model.loss` as written; "" picks the target type's default
+    attention: AttentionSpec | None = None  # encoder_decoder only
 
     @property
     def loss(self) -> str:
@@ -132,7 +156,9 @@ class ModelSpec:
         parts = [self.input.text] + [e.text for e in self.encoders]
         parts += [layer.text for layer in self.layers]
         if self.decoder_layers:
-            parts.append("=> dec " + " -> ".join(layer.text for layer in self.decoder_layers))
+            decoder = [layer.text for layer in self.decoder_layers]
+            decoder += [self.attention.text] if self.attention else []
+            parts.append("=> dec " + " -> ".join(decoder))
         readout = "" if self.readout == "linear" else f" ({self.readout} readout)"
         return " -> ".join(parts + [self.target.text]).replace("-> =>", "=>") + readout
 

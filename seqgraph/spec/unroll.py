@@ -5,20 +5,43 @@ gradients over steps with no extra code. Padded steps are handled in the graph i
 each state update is `where(mask_t, new, previous)`, so a padded step carries the state
 through unchanged, many-to-one reads the state after the last real step, and a reverse
 direction starts from its initial state at each sequence's real end.
+
+Dropout exists only in a training graph (`train=True`): each dropout is a `dropout` op whose
+mask is a data leaf (role "dropout") the runtime fills per batch; a per-sequence mask has
+t=None, so every step points at the one node, like a parameter. The evaluation graph has no
+dropout nodes and the same parameters.
+
+With `model.attention`, each decoder step also reads every encoder output through one
+memory node (Luong, Pham & Manning 2015, global attention; see `Unroller.attend`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from seqgraph.engine import ops
 from seqgraph.engine.graph import Graph, Key, ParamInfo
 from seqgraph.errors import SpecError
 from seqgraph.spec.equations import Const, SizeExpr, eval_size
 from seqgraph.spec.load import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
 
 FEEDBACK_MODES = ("teacher", "scheduled", "free")
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What every decoder step attends over: the encoder's outputs (B, T, size), the source
+    mask (B, T), and for additive scores their projection W_k h_s (B, T, attention size)."""
+
+    states: Key
+    mask: Key
+    keys: Key | None
+    size: int
+
+
 MAX_PARAM_SIZE = 2**28  # 1 GiB of float32 in one parameter
 
 
@@ -26,13 +49,20 @@ class Unroller:
     """Builds the graph for one spec and one sequence length."""
 
     def __init__(
-        self, spec: Spec, steps: int, out_steps: int | None, feedback: str, state_grads=False
+        self,
+        spec: Spec,
+        steps: int,
+        out_steps: int | None,
+        feedback: str,
+        state_grads=False,
+        train=False,
     ):
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
         self.spec, self.model = spec, spec.model
         self.steps, self.out_steps, self.feedback = steps, out_steps, feedback
-        self.state_grads = state_grads
+        self.state_grads, self.train = state_grads, train
+        self.widths: dict[str, dict] = {}  # scope -> `cell_widths`, for dropout inside cells
         self.g = Graph()
 
     # ---- node helpers ------------------------------------------------------------------------
@@ -70,17 +100,31 @@ class Unroller:
             self.g.add_input(key, **role)
         return key
 
+    def drop(
+        self, key: Key, scope: str, name: str, t, p: float, shape: tuple, per_sequence=False
+    ) -> Key:
+        """`key` (step t) through dropout with probability p, its mask the leaf
+        (scope, name.mask, t), or t=None for one mask per sequence; `shape` is one
+        sequence's. In an evaluation graph, or with p = 0, `key` itself."""
+        if not self.train or not p:
+            return key
+        mask_t = None if per_sequence else t
+        mask = self.data(scope, f"{name}.mask", mask_t, role="dropout", p=float(p), shape=shape)
+        return self.op((scope, name, t), "dropout", (key, mask))
+
     # ---- per-step encoders and the readout ---------------------------------------------------
 
     def encode(self, encoders, prefix: str, key: Key, io: IOSpec, t) -> Key:
         size, shape = io.size, io.shape
         for i, enc in enumerate(encoders):
             scope = f"{prefix}{i}"
+            out_shape = None  # one sequence's output shape, when not (size,)
             if enc.type == "conv":
                 key, shape = self.conv(scope, key, shape, enc, t)
-                size = shape[0] * shape[1] * shape[2]
+                size, out_shape = shape[0] * shape[1] * shape[2], shape
                 if i + 1 == len(encoders) or encoders[i + 1].type != "conv":
                     key = self.op((scope, "flat", t), "reshape", (key,), shape=(-1, size))
+                    out_shape = None
             elif enc.type == "onehot":
                 key = self.op((scope, "onehot", t), "embedding", (key, self.const(np.eye(size))))
             elif enc.type == "embedding":
@@ -89,6 +133,7 @@ class Unroller:
             else:
                 key = self.dense(scope, key, size, enc.size, t, enc.activation)
                 size = enc.size
+            key = self.drop(key, scope, "drop", t, enc.dropout, out_shape or (size,))
         return key
 
     def conv(self, scope: str, key: Key, shape: tuple, enc, t) -> tuple[Key, tuple]:
@@ -179,11 +224,17 @@ class Unroller:
     def cell_step(self, cell, scope, t, x: Key, state: dict, params: dict, mask: Key, sizes):
         """One application of a cell; returns (output key, new state keys)."""
         local = {cell.inputs[0]: x, **state, **params}
+        widths = None
         for step in cell.steps:
             inputs = tuple(
                 self.const(i.value) if isinstance(i, Const) else local[i] for i in step.inputs
             )
             attrs = {k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()}
+            if step.op == "dropout":
+                if widths is None:  # the same for every step of this layer
+                    widths = self.widths.setdefault(scope, self.cell_widths(cell, params, sizes))
+                local[step.out] = self.cell_dropout(scope, t, step, inputs[0], attrs, widths)
+                continue
             local[step.out] = self.op((scope, step.out, t), step.op, inputs, step.source, **attrs)
         new = {
             v: self.op((scope, v, t), "where", (mask, local[cell.bindings[v]], state[v]))
@@ -191,6 +242,45 @@ class Unroller:
         }
         out = cell.output
         return (new[out] if out in new else local[cell.bindings[out]]), new
+
+    def cell_dropout(self, scope: str, t, step, x: Key, attrs: dict, widths: dict) -> Key:
+        """A cell's `dropout(x, p)`: one mask per sequence unless `per_step=1`."""
+        p = attrs["p"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise SpecError(step.source, f"dropout's p must be in [0, 1), got {p!r}")
+        if widths.get(step.out) is None:
+            raise SpecError(
+                step.source,
+                "cannot tell the width of dropout's operand; apply dropout to the cell's "
+                "input, a state, or a product or elementwise result of them",
+            )
+        shape, per_sequence = (widths[step.out],), not attrs.get("per_step")
+        return self.drop(x, scope, step.out, t, p, shape, per_sequence)
+
+    def cell_widths(self, cell, params: dict, sizes: dict) -> dict:
+        """The last-axis width of each local value of a cell, where the ops tell it (None
+        where they do not): what a dropout mask inside a cell needs for its shape."""
+        widths = {cell.inputs[0]: sizes["input"], **dict.fromkeys(cell.state, sizes["hidden"])}
+        for name, key in params.items():
+            widths[name] = self.g.param_info[self.g.node(key)["param"]].shape[-1]
+        for step in cell.steps:
+            ins = [None if isinstance(i, Const) else widths.get(i) for i in step.inputs]
+            known = [w for w in ins if w is not None]
+            axis = step.attrs.get("axis", -1)
+            if step.op == "dropout":
+                width = ins[0]
+            elif step.op == "chunk" and axis == -1:
+                width = ins[0] // step.attrs["parts"] if ins[0] is not None else None
+            elif step.op == "matmul":
+                width = ins[1]
+            elif step.op == "concat" and axis == -1:
+                width = sum(ins) if len(known) == len(ins) else None
+            elif ops.OPS[step.op].elementwise or ops.OPS[step.op].rowwise:
+                width = max(known) if known else None
+            else:
+                width = None
+            widths[step.out] = width
+        return widths
 
     def run_direction(
         self,
@@ -206,7 +296,7 @@ class Unroller:
         cell = self.spec.cells[layer.cell]
         params = self.cell_params(cell, layer, scope, n_in)
         state = init if init is not None else self.initial_state(cell, layer, scope, masks[0])
-        sizes = {"input": n_in, "hidden": layer.hidden}
+        sizes = step_sizes(layer, n_in)
         outs: list = [None] * len(xs)
         last = self.const(0.0)
         for t in reversed(range(len(xs))) if reverse else range(len(xs)):
@@ -254,13 +344,26 @@ class Unroller:
         ]
         size, finals, last = encoded_size(m.encoders, m.input), [], None
         for i, layer in enumerate(layers):
+            if i > 0:  # the previous layer's outputs, dropped on their way up
+                below, shape = layers[i - 1], (size,)
+                xs = [
+                    self.drop(x, f"{prefix}l{i - 1}", "drop", t, below.dropout, shape)
+                    for t, x in enumerate(xs)
+                ]
             xs, final, last = self.run_layer(i, layer, prefix, xs, size, masks)
             finals.append(final)
             size = layer.out_size
         return xs, finals, last, size
 
-    def feedback_stack(self, layers, prefix: str, inits: list):
-        """A unidirectional stack that feeds each step's prediction (or target) to the next."""
+    def top_dropout(self, key: Key, t, name: str = "drop") -> Key:
+        """The top layer's output on its way to the readout, through that layer's dropout."""
+        layers = self.model.layers
+        top = layers[-1]
+        return self.drop(key, f"l{len(layers) - 1}", name, t, top.dropout, (top.out_size,))
+
+    def feedback_stack(self, layers, prefix: str, inits: list, memory: Memory | None = None):
+        """A unidirectional stack that feeds each step's prediction (or target) to the next;
+        with a `memory`, each step's top output attends over it before the readout."""
         m = self.model
         cells = [self.spec.cells[layer.cell] for layer in layers]
         n_in = encoded_size(m.feedback_encoders, m.target)
@@ -287,16 +390,74 @@ class Unroller:
             x = self.encode(m.feedback_encoders, "fb", feed, m.target, t)
             mask = self.data("y", "mask", t, role="mask")
             for i, layer in enumerate(layers):
-                step_sizes = {"input": sizes[i], "hidden": layer.hidden}
+                scope = f"{prefix}l{i}"
                 x, states[i] = self.cell_step(
-                    cells[i], f"{prefix}l{i}", t, x, states[i], params[i], mask, step_sizes
+                    cells[i], scope, t, x, states[i], params[i], mask, step_sizes(layer, sizes[i])
                 )
-            previous = self.readout(x, layers[-1].out_size, t)
+                x = self.drop(x, scope, "drop", t, layer.dropout, (layer.out_size,))
+            top = layers[-1].out_size
+            if memory is not None:
+                x, top = self.attend(memory, x, layers[-1].hidden, t), m.attention.size
+            previous = self.readout(x, top, t)
             self.g.outputs.setdefault("predictions", []).append(previous)
             target = self.data("y", "y", t, role="y")
             weight = self.data("y", "weight", t, role="weight")
             self.g.outputs.setdefault("losses", []).append(self.loss(previous, target, weight, t))
         return states
+
+    # ---- attention (Luong, Pham & Manning 2015, global attention) -------------------------
+
+    def memory(self, outs: list, size: int) -> Memory:
+        """The encoder's top-layer outputs stacked to (B, T, size), once for every decoder
+        step, with the source mask (B, T); additive scores also project them once here."""
+        masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
+        states = self.op(("att", "memory", None), "stack", tuple(outs), axis=1)
+        mask = self.op(("att", "source_mask", None), "concat", tuple(masks), axis=-1)  # (B, T)
+        keys = None
+        if self.model.attention.type == "additive":
+            W = self._att_param("W_k", size, self.model.attention.size)
+            keys = self.op(("att", "keys", None), "matmul", (states, W))
+        return Memory(states, mask, keys, size)
+
+    def _att_param(self, name: str, n_in: int, n_out: int) -> Key:
+        init = {"dist": "uniform", "scale": 1 / math.sqrt(n_in)}
+        return self.param("att", name, (n_in, n_out), init)
+
+    def scores(self, memory: Memory, h: Key, n_h: int, t) -> Key:
+        """score(h_t, h_s) for every source step s, (B, T): dot h_t . h_s; general
+        h_t W_a h_s; additive (Luong's concat) v . tanh(W_q h_t + W_k h_s)."""
+        kind, size = self.model.attention.type, self.model.attention.size
+        if kind == "additive":
+            q = self.op(("att", "query", t), "matmul", (h, self._att_param("W_q", n_h, size)))
+            q = self.op(("att", "query3", t), "reshape", (q,), shape=(-1, 1, size))
+            hidden = self.op(("att", "mix", t), "add", (memory.keys, q))
+            hidden = self.op(("att", "tanh", t), "tanh", (hidden,))
+            v = self._att_param("v", size, 1)
+            column = self.op(("att", "scores3", t), "matmul", (hidden, v))
+        else:
+            q = h
+            if kind == "general":
+                W = self._att_param("W_a", n_h, memory.size)
+                q = self.op(("att", "query", t), "matmul", (h, W))
+            q = self.op(("att", "query3", t), "reshape", (q,), shape=(-1, memory.size, 1))
+            column = self.op(("att", "scores3", t), "matmul", (memory.states, q))
+        return self.op(("att", "scores", t), "reshape", (column,), shape=(-1, self.steps))
+
+    def attend(self, memory: Memory, h: Key, n_h: int, t) -> Key:
+        """Decoder step t reads the source: weights a_t = masked softmax of the scores (0 at
+        padded source steps), context c_t = sum_s a_ts h_s, and the attentional state
+        h~_t = tanh(W_c [c_t; h_t]) (Luong et al. 2015, eq. 5; no bias, as there), which the
+        readout reads. The weights are an output of the graph (`outputs["attention"]`)."""
+        scores = self.scores(memory, h, n_h, t)
+        weights = self.op(("att", "weights", t), "masked_softmax", (scores, memory.mask))
+        self.g.outputs.setdefault("attention", []).append(weights)
+        row = self.op(("att", "weights3", t), "reshape", (weights,), shape=(-1, 1, self.steps))
+        context = self.op(("att", "context3", t), "matmul", (row, memory.states))
+        context = self.op(("att", "context", t), "reshape", (context,), shape=(-1, memory.size))
+        both = self.op(("att", "joined", t), "concat", (context, h), axis=-1)
+        W_c = self._att_param("W_c", memory.size + n_h, self.model.attention.size)
+        mixed = self.op(("att", "mixed", t), "matmul", (both, W_c))
+        return self.op(("att", "h_tilde", t), "tanh", (mixed,))
 
     def state_seeds(self, finals: list) -> list:
         """For recomputation in segments (`runtime/segments.py`): a term sum(s_T * G_s) per final
@@ -332,12 +493,12 @@ class Unroller:
             outs, finals, last, size = self.encoder_stack(m.layers, "")
             if m.pattern == "many_to_many" and m.loss == "ctc":
                 g.outputs["predictions"] = [
-                    self.readout(out, size, t) for t, out in enumerate(outs)
+                    self.readout(self.top_dropout(out, t), size, t) for t, out in enumerate(outs)
                 ]
                 g.outputs["losses"] = [self.ctc_loss(g.outputs["predictions"])]
             elif m.pattern == "many_to_many":
                 for t, out in enumerate(outs):
-                    pred = self.readout(out, size, t)
+                    pred = self.readout(self.top_dropout(out, t), size, t)
                     g.outputs.setdefault("predictions", []).append(pred)
                     target = self.data("y", "y", t, role="y")
                     weight = self.data("y", "weight", t, role="weight")
@@ -345,14 +506,15 @@ class Unroller:
                 if self.state_grads:
                     g.outputs["losses"] += self.state_seeds(finals)
             else:
-                pred = self.readout(last, size, None)
+                pred = self.readout(self.top_dropout(last, None, "drop_last"), size, None)
                 g.outputs["predictions"] = [pred]
                 target = self.data("y", "y", None, role="y")
                 weight = self.data("y", "weight", None, role="weight")
                 g.outputs["losses"] = [self.loss(pred, target, weight, None)]
         elif m.pattern == "encoder_decoder":
-            _, finals, _, _ = self.encoder_stack(m.layers, "")
-            self.feedback_stack(m.decoder_layers, "dec.", finals)
+            outs, finals, _, size = self.encoder_stack(m.layers, "")
+            memory = self.memory(outs, size) if m.attention else None
+            self.feedback_stack(m.decoder_layers, "dec.", finals, memory)
         else:  # one_to_many
             context = self.encode(
                 m.encoders, "enc", self.data("ctx", "x", None, role="x"), m.input, None
@@ -362,6 +524,11 @@ class Unroller:
         losses = g.outputs["losses"]
         g.loss = self.op(("loss", "total", None), "addn", tuple(losses))
         return g
+
+
+def step_sizes(layer: LayerSpec, n_in: int) -> dict:
+    """The names a cell's attribute expressions may use for this layer."""
+    return {"input": n_in, "hidden": layer.hidden, "recurrent_dropout": layer.recurrent_dropout}
 
 
 def _resolve(value, sizes: dict, path: str):
@@ -379,10 +546,12 @@ def compile_graph(
     out_steps: int | None = None,
     feedback: str = "teacher",
     state_grads: bool = False,
+    train: bool = False,
 ) -> Graph:
     """Unroll `spec` over `steps` input steps (and `out_steps` decoder steps) into a Graph.
     `state_grads`: seed the final states' gradients and differentiate the initial states
-    (many_to_many only; see `Unroller.state_seeds`)."""
+    (many_to_many only; see `Unroller.state_seeds`). `train`: the training graph, with the
+    spec's dropout (an evaluation graph has none)."""
     m = spec.model
     if m.pattern in ("one_to_one",):
         steps = 1
@@ -393,4 +562,4 @@ def compile_graph(
         raise ValueError("encoder_decoder needs out_steps (the decoder length)")
     if steps < 0 or (m.pattern != "one_to_many" and steps < 1):
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return Unroller(spec, steps, out_steps, feedback, state_grads).build()
+    return Unroller(spec, steps, out_steps, feedback, state_grads, train).build()

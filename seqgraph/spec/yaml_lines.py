@@ -208,6 +208,9 @@ def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError
         return SpecError(
             path, f"got {error.instance!r}; expected {error.validator_value}", line, source
         )
+    bounds = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    if error.validator in bounds and "description" in error.schema:  # what the range means
+        return SpecError(path, f"{error.message}; {error.schema['description']}", line, source)
     return SpecError(path, error.message, line, source)
 
 

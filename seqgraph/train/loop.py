@@ -1,13 +1,16 @@
 """Training: the loop behind `seqgraph run`, with true resume.
 
 A resumed run continues bit for bit: the batch at a step is a pure function of (seed, step),
-and the checkpoint holds the parameters, optimizer state, step, RNG state and the hidden
-state carried between windows of a text stream. Ctrl-C (SIGINT) finishes the current step,
-writes a checkpoint and returns; a NaN/Inf loss stops with the last good checkpoint kept.
+and the checkpoint holds the parameters, optimizer state, step, RNG state, the best-validation
+and early-stopping counters and the hidden state carried between windows of a text stream.
+Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns; a NaN/Inf loss
+stops with the last good checkpoint kept. Each validation that improves on the best so far
+writes best.npz (`train.best`); `train.early_stopping` ends the run when they stop improving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -25,8 +28,9 @@ from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
-from seqgraph.train import ctc, run_folder, tracking
+from seqgraph.train import ctc, distributed, run_folder, tracking
 from seqgraph.train import data as datasets
+from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
 from seqgraph.train.evaluate import evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
@@ -133,7 +137,18 @@ class _StopFlag:
 
 def run(options: RunOptions, log=print) -> dict:
     """Train as `seqgraph run` does; returns a summary (steps done, losses, run folder).
-    The run folder is locked for the whole run: a second `run` on it refuses at once."""
+    The run folder is locked for the whole run: a second `run` on it refuses at once.
+    Under mpiexec the ranks share each batch (`distributed`); rank 0 alone writes and logs."""
+    comm = distributed.communicator()
+    with comm.fail_together():
+        return _run(options, log if comm.writes else _silent, comm)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of a rank other than 0: one voice per run."""
+
+
+def _run(options: RunOptions, log, comm) -> dict:
     spec, dataset, resolved = prepare(options.spec, options.data)
     config = train_config(spec, options.steps)
     if int(config["steps"]) < 1:  # a run of no steps would leave a folder with no checkpoint
@@ -142,33 +157,84 @@ def run(options: RunOptions, log=print) -> dict:
         )
     tracking.check_available(config.get("log_to"))  # before a folder is made
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
+    _check_batch_splits(config, comm, options.spec)
+    comm.use_local_gpu(options.backend or spec.backend)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
     rng = np.random.default_rng([model.seed, 1])
     if options.sample and dataset.kind == "stream":  # a text run ends with a sample
         config["prime"] = _prime(spec, options.spec, dataset.vocab)
-    if options.resume:  # before the folder is made: a mistyped --out leaves nothing behind
-        run_folder.require_checkpoint(run_dir)
-    with run_folder.locked(run_dir):
-        start, carry = _start(options, run_dir, model, optimizer, rng, log, resolved, dataset)
-        facts = datasets.describe(dataset)
-        run_folder.write_run_files(run_dir, resolved, facts)
-        if facts.get("read"):  # which arrays of an .npz were used and which were not
-            log(facts["read"])
-        metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+    if options.resume and comm.writes:  # before the folder is made: a mistyped --out
+        run_folder.require_checkpoint(run_dir)  # leaves nothing behind
+    with run_folder.locked(run_dir) if comm.writes else contextlib.nullcontext():
+        start, carry, best, metrics = 0, {}, None, distributed.Discarded()
+        if comm.writes:
+            start, carry, best = _start(
+                options, run_dir, model, optimizer, rng, log, resolved, dataset
+            )
+            facts = datasets.describe(dataset)
+            run_folder.write_run_files(run_dir, resolved, facts)
+            if facts.get("read"):  # which arrays of an .npz were used and which were not
+                log(facts["read"])
+            metrics = run_folder.Metrics(run_dir, start if options.resume else None)
+        start, carry, best = _share_start(comm, model, optimizer, rng, start, carry, best)
         source = datasets.source_of(resolved["data"])
-        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source)
+        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm)
         if not loop.has_validation:
-            log(_no_validation_warning(dataset, resolved["data"], config))
-        spec_text = (run_dir / "spec.yaml").read_text()
-        log_to, name = config.get("log_to"), spec.name or "seqgraph"
-        with tracking.opened(log_to, run_dir, spec_text, name) as trackers:
+            warning = _no_validation_warning(dataset, resolved["data"], config)
+            if config.get("early_stopping"):
+                raise _needs_validation(spec, warning)
+            log(warning)
+        loop.check_metric(spec)
+        loop.best.restore(best)
+        log_to = config.get("log_to") if comm.writes else None  # rank 0 alone writes
+        spec_text = (run_dir / "spec.yaml").read_text() if comm.writes else ""
+        with tracking.opened(log_to, run_dir, spec_text, spec.name or "seqgraph") as trackers:
             metrics.listeners = [trackers.record, *options.listeners]
-            done, stopped = loop.train(start, carry, options)
+            done, stopped = loop.train(start, comm.own_rows(carry), options)
             summary = _summary(loop, options, config, run_dir, source, done, stopped)
             if "sample" in summary:
                 trackers.text("sample", summary["sample"])
             return summary
+
+
+def _needs_validation(spec: Spec, warning: str) -> SpecError:
+    from seqgraph.spec.yaml_lines import with_line
+
+    reason = warning.removeprefix("warning: ").split(";")[0]
+    error = SpecError(
+        "train.early_stopping",
+        f"stops on a validation metric, and this run has none ({reason}); "
+        "raise data.valid_fraction or drop train.early_stopping",
+    )
+    return with_line(error, spec.lines, spec.source)
+
+
+def _check_batch_splits(config: dict, comm, spec_path) -> None:
+    if int(config["batch_size"]) < comm.size:
+        raise SpecError(
+            "train.batch_size",
+            f"{config['batch_size']} sequences cannot be split over {comm.size} ranks (each "
+            f"needs one); raise it to at least {comm.size} or start fewer ranks",
+            source=str(spec_path) if isinstance(spec_path, (str, Path)) else "",
+        )
+
+
+def _share_start(comm, model: Model, optimizer: Optimizer, rng, start: int, carry: dict, best):
+    """Every rank starts from rank 0's state (the checkpoint it alone read on --resume):
+    parameters, optimizer state, RNG, step, the best validation so far (every rank tracks it,
+    so all of them stop early at the same step) and the carried state of the whole batch."""
+    if comm.size == 1:
+        return start, carry, best
+    host = {k: to_numpy(v) for k, v in model.params.items()}
+    slots = {n: {k: to_numpy(v) for k, v in s.items()} for n, s in optimizer.state.items()}
+    state = (start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state)
+    start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state = comm.share(state)
+    model.set_params(host)
+    optimizer.state = {
+        n: {k: model.backend.asarray(v) for k, v in s.items()} for n, s in slots.items()
+    }
+    return start, carry, best
 
 
 def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -> dict:
@@ -178,10 +244,24 @@ def _summary(loop, options, config, run_dir, source, done: int, stopped: bool) -
         "steps_done": done,
         "stopped": stopped,
         "total_steps": config["steps"],
+        "writes": loop.comm.writes,  # False on ranks other than 0: they print nothing
         **loop.last,
     }
+    if loop.stopped_early:
+        summary["early_stopped"] = True
     if not stopped:
-        summary.update(_finish(loop, done, options.sample))
+        # every rank validates (a new best writes a checkpoint, which every rank takes part in);
+        # rank 0 alone adds the application's scores and files
+        valid = loop.validation_at(done, kind=score_kind(loop.model, loop.dataset))
+        if loop.comm.writes:
+            summary.update(_finish(loop, done, options.sample, valid))
+    if loop.best.value is not None:
+        summary["best"] = {
+            "metric": loop.best.metric,
+            "value": loop.best.value,
+            "step": loop.best.step,
+            "path": str(run_dir / run_folder.BEST),
+        }
     return summary
 
 
@@ -234,29 +314,28 @@ def _no_validation_warning(dataset, data: dict, config: dict) -> str:
 
 def _start(
     options: RunOptions, run_dir: Path, model, optimizer, rng, log, resolved: dict, dataset
-) -> tuple[int, dict]:
-    """(first step, carried state): from the checkpoint on --resume, once the spec and the
-    data are checked to be the run's; else from scratch in a folder that holds no run yet."""
+) -> tuple[int, dict, dict | None]:
+    """(first step, carried state, best-validation counters): from the checkpoint on
+    --resume, once the spec and the data are checked to be the run's; else from scratch in a
+    folder that holds no run yet."""
     if options.resume:
         _check_same_run(run_dir, resolved, dataset)
-        start, carry = _restore(run_dir, model, optimizer, rng)
+        start, carry, best = _restore(run_dir, model, optimizer, rng)
         log(f"resuming {run_dir} at step {start}")
-        return start, carry
+        return start, carry, best
     if (run_dir / run_folder.CHECKPOINT).exists():
         raise TrainingError(
             f"{run_dir} already holds a run; pass --resume to continue it or "
             "--out DIR for a new one"
         )
-    return 0, {}
+    return 0, {}, None
 
 
-def _finish(loop: _Loop, done: int, sample: bool) -> dict:
+def _finish(loop: _Loop, done: int, sample: bool, valid: dict) -> dict:
     """What a completed run adds to its summary: the final validation (with the
     application's own scores), the application's files, the loss plot and a text sample."""
     model, dataset, config = loop.model, loop.dataset, loop.config
-    # The last validation adds the scores `eval` gives (a decoder's free-running accuracy and
-    # exact match, a classifier's macro-F1), so the run's last line is not teacher-forced only.
-    out = {"valid": loop.validate(done, kind=score_kind(model, dataset))}
+    out = {"valid": valid}
     app = registry.source(loop.source)  # the application's own scores and files
     if app.metrics is not None and out["valid"]:
         out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
@@ -326,7 +405,7 @@ def _vocab_difference(key: str, facts: dict, now: dict) -> str:
     return "; ".join(parts) or f"the same {name} in another order"
 
 
-def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict]:
+def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict, dict]:
     params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
     run_folder.check_finite(run_dir, params)
     try:
@@ -342,17 +421,25 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
     }
     optimizer.steps = meta["optimizer_steps"]
     rng.bit_generator.state = meta["rng"]
-    return meta["step"], carry
+    return meta["step"], carry, meta.get("best")
 
 
 class _Loop:
-    def __init__(self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source):
+    def __init__(
+        self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm=None
+    ):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
+        self.comm = comm or distributed.Single()
         self.source = source
         self.config, self.rng, self.run_dir = config, rng, run_dir
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
         self.last: dict = {}
+        self.best = Best.from_config(config.get("early_stopping"))
+        self.best_note = ""  # what the last validation did to the best, for its progress line
+        self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
+        self.stopped_early = False
+        self.carry: dict = {}  # the state carried at the last checkpoint
         self.norms_per_layer = bool(config.get("log_to"))  # for the trackers' grad_norm/<layer>
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
@@ -360,21 +447,50 @@ class _Loop:
         first = dataset.valid_batches(config["batch_size"], config["seq_len"])
         self.has_validation = next(iter(first), None) is not None
 
+    def check_metric(self, spec: Spec) -> None:
+        """SpecError unless the run computes train.early_stopping.metric: valid_loss always,
+        valid_accuracy for id targets; another score is looked for in one validation batch."""
+        if not self.has_validation or self.best.metric == DEFAULT_METRIC:
+            return
+        m = self.model.spec.model
+        if self.best.metric == "valid_accuracy" and m.loss != "ctc" and m.target.type == "ids":
+            return
+        c = self.config
+        batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
+        result = evaluate(self.model, batches, 1, scorer_for(self.source))
+        self.best.check_metric(validation_metrics(result), spec.lines, spec.source)
+
     def batch(self, step: int, carry: dict) -> tuple[dict, str]:
         c = self.config
         batch = self.dataset.batch_at(
             step, c["batch_size"], c["seq_len"], self.seed, c.get("stride")
         )
-        if isinstance(self.dataset, datasets.Stream):
-            batch["state"] = {} if batch.pop("reset") else carry
+        reset = batch.pop("reset", False)
+        # the spec's dropout, its masks a function of (seed, step): a resumed run draws the
+        # same ones with no state saved (`runtime.masks`); validation batches have none
+        batch["dropout"] = {"seed": self.seed, "step": step}
         feedback = "teacher"
         if self.model.spec.model.feeds_back and c.get("scheduled_sampling"):
             p = sampling_probability(c["scheduled_sampling"], step)
             y = np.asarray(batch["y"])
-            # one coin per sequence and per time step, not one per batch
+            # one coin per sequence and per time step, not one per batch; drawn for the
+            # global batch on every rank, so that the RNG stays the same on all of them
             batch["use_model"] = self.rng.random(y.shape[:2]) < p
             feedback = "scheduled"
+        batch = self.comm.shard(batch)  # this rank's rows (all of them in one process)
+        if isinstance(self.dataset, datasets.Stream):
+            batch["state"] = {} if reset else carry
         return batch, feedback
+
+    def _shard_step(self, batch: dict, feedback: str) -> tuple[float, dict, dict, int]:
+        """(loss, grads, states, target steps) of this rank's rows; a rank left without rows
+        by a short last batch of an epoch adds zeros."""
+        if len(batch["y"]) == 0:
+            zeros = {name: self.xp.zeros_like(p) for name, p in self.model.params.items()}
+            return 0.0, zeros, {}, 0
+        loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+        n_tokens = int(real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum())
+        return loss, grads, state, n_tokens
 
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
         progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
@@ -387,10 +503,18 @@ class _Loop:
         c, total = self.config, int(self.config["steps"])
         step, fired, tokens, began = start, 0, 0, time.perf_counter()
         fired_at_log, step_at_log = 0, start  # the clip rate is over the steps since the last log
+        self.carry = carry
+        if self.best.exhausted:  # resumed after it stopped early: nothing left to train
+            self._stop_early(start, progress)
+            return start, False
         with _StopFlag() as stop:
             while step < total:
                 batch, feedback = self.batch(step, carry)
-                loss, grads, state = self.model.train_step(batch, feedback, self.carry_at)
+                loss, grads, state, n_tokens = self._shard_step(batch, feedback)
+                grads, sums = self.comm.sum_step(
+                    loss, grads, len(batch["y"]), n_tokens, stop.requested
+                )
+                loss, n_tokens = sums.loss, sums.tokens  # over the global batch
                 if not math.isfinite(loss):
                     progress.close()
                     raise TrainingError(
@@ -403,10 +527,7 @@ class _Loop:
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
-                n_tokens = int(
-                    real_steps(self.model, batch)[..., batch.get("loss_from", 0) :].sum()
-                )
-                per_token = loss * len(batch["y"]) / max(n_tokens, 1)
+                per_token = loss * sums.rows / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)
                 self.last = {"loss": per_token, "grad_norm": norm}
@@ -430,7 +551,11 @@ class _Loop:
                     line = self._validation_line(step)
                     if line is not None:
                         progress.note(line)
-                halt = stop.requested or (
+                    if self.best.exhausted:
+                        self.checkpoint(step, carry)
+                        self._stop_early(step, progress)
+                        return step, False
+                halt = sums.stop or (
                     options.stop_after is not None and step - start >= options.stop_after
                 )
                 if step % c["checkpoint_every"] == 0 or step == total or halt:
@@ -445,38 +570,109 @@ class _Loop:
         progress.close()
         return step, False
 
+    def _stop_early(self, step: int, progress) -> None:
+        """The run's last line when its validation metric stopped improving."""
+        b = self.best
+        self.stopped_early = True
+        self.metrics.write(
+            {
+                "kind": "early_stop",
+                "step": step,
+                "metric": b.metric,
+                "best": b.value,
+                "best_step": b.step,
+                "patience": b.patience,
+            }
+        )
+        progress.close()
+        by = f" by more than {b.min_delta:g}" if b.min_delta else ""
+        self.log(
+            f"early stopping at step {step}: {b.metric} has not improved{by} in {b.patience} "
+            f"validations; {b.describe()} (kept in {self.run_dir / run_folder.BEST})"
+        )
+
+    def _meta(self, step: int) -> dict:
+        return {
+            "step": step,
+            "optimizer_steps": self.optimizer.steps,
+            "rng": self.rng.bit_generator.state,
+            "best": self.best.state(),
+        }
+
     def checkpoint(self, step: int, carry: dict) -> None:
+        """Rank 0 writes the whole batch's state; every rank first checks that the ranks
+        still hold the same parameters (here: every checkpoint_every steps and at the end)."""
+        self.comm.check_agreement(self.model.params, step)
+        carry = self.comm.gather_rows(carry)
+        if not self.comm.writes:
+            return
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = {
             name: {slot: to_numpy(v) for slot, v in slots.items()}
             for name, slots in self.optimizer.state.items()
         }
-        meta = {
-            "step": step,
-            "optimizer_steps": self.optimizer.steps,
-            "rng": self.rng.bit_generator.state,
-        }
-        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta)
+        self.carry = carry
+        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, self._meta(step))
+
+    def save_best(self, step: int) -> None:
+        """best.npz: the parameters of this step's validation, the best so far. No optimizer
+        or carried state: it is for `eval`, `predict` and the rest, not for --resume. Rank 0
+        alone writes it (every rank holds the same parameters)."""
+        if not self.comm.writes:
+            return
+        params = {k: to_numpy(v) for k, v in self.model.params.items()}
+        meta = self._meta(step)
+        run_folder.save_checkpoint(self.run_dir, params, {}, {}, meta, name=run_folder.BEST)
+        self.metrics.write(
+            {"kind": "best", "step": step, "metric": self.best.metric, "value": self.best.value}
+        )
+
+    def validation_at(self, step: int, kind: str | None = None) -> dict:
+        """The validation of `step`: the one already done (an early stop's), else a new one,
+        with `kind`'s scores (see `evaluate`). An early stop's validation is scored again for
+        them, recorded but not counted again towards the best. A new best at the run's final
+        validation comes after its last checkpoint, which is written again so a resumed run
+        knows that best."""
+        if self.validated is not None and self.validated[0] == step:
+            if kind is None or not self.has_validation:
+                return self.validated[1]
+            return self._record(step, self._evaluate(kind))
+        before = self.best.step
+        result = self.validate(step, kind)
+        if self.best.step != before:
+            self.checkpoint(step, self.carry)
+        return result
 
     def validate(self, step: int, kind: str | None = None) -> dict:
         """Validation loss and scores (with `kind`'s, see `evaluate`), recorded in
         metrics.jsonl; {} without validation data (the run warned at its start)."""
         if not self.has_validation:
             return {}
+        result = self._record(step, self._evaluate(kind))
+        self._track_best(step, result)
+        return result
+
+    def _evaluate(self, kind: str | None) -> dict:
         c = self.config
         batches = self.dataset.valid_batches(c["batch_size"], c["seq_len"])
-        result = evaluate(
-            self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind
-        )
-        self.metrics.write(
-            {
-                "kind": "valid",
-                "step": step,
-                "valid_loss": result["loss"],
-                **{k: v for k, v in result.items() if k != "loss"},
-            }
-        )
+        return evaluate(self.model, batches, c["valid_batches"], scorer_for(self.source), kind=kind)
+
+    def _record(self, step: int, result: dict) -> dict:
+        """`result` as the validation of `step`, in metrics.jsonl and for `validation_at`."""
+        rest = {k: v for k, v in result.items() if k != "loss"}
+        self.metrics.write({"kind": "valid", "step": step, "valid_loss": result["loss"], **rest})
+        self.validated = (step, result)
         return result
+
+    def _track_best(self, step: int, result: dict) -> None:
+        b = self.best
+        if b.observe(step, validation_metrics(result)):
+            self.save_best(step)
+            self.best_note = f"new {b.describe()}"
+        elif b.patience is not None:
+            self.best_note = f"{b.describe()} ({b.stale} of {b.patience} without improvement)"
+        else:
+            self.best_note = b.describe()
 
     def _validation_line(self, step: int) -> str | None:
         result = self.validate(step)
@@ -484,7 +680,8 @@ class _Loop:
             return None
         extra = f", accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
         extra += ctc.progress_scores(result)  # the full score line waits for the end of the run
-        return f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
+        line = f"step {step}: validation loss {result['loss']:.4f} per token{extra}"
+        return f"{line}; {self.best_note}"
 
     def sample_text(self) -> str:
         from seqgraph.runtime.generate import sample_ids

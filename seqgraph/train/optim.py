@@ -2,6 +2,12 @@
 
 Everything works on backend arrays through `xp` and keeps its state in plain dicts of arrays,
 so a checkpoint can save it and a resumed run continues bit for bit.
+
+Each optimizer, schedule and clip follows `torch.optim` (and `torch.nn.utils.clip_grad_norm_`)
+step for step, defaults included, so a user's expectations carry over; the float64
+trajectories are compared in tests/test_optim_reference.py. `weight_decay` is L2 (added to
+the gradient) except for `adamw`, whose decay is decoupled from the gradient (Loshchilov &
+Hutter 2019) and, as in torch.optim.AdamW, scaled by the scheduled learning rate.
 """
 
 from __future__ import annotations
@@ -10,13 +16,19 @@ import math
 
 from seqgraph.errors import DataError
 
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+# Where torch.optim's default differs from the one shared by the others (eps 1e-8, decay 0).
+EPS_DEFAULTS = {"adagrad": 1e-10}
+WEIGHT_DECAY_DEFAULTS = {"adamw": 0.01}
+# torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6): kept, so clipped gradients match.
+CLIP_NORM_EPS = 1e-6
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 CLIPS = ("global_norm", "per_param_norm", "value")
 
 
 class Optimizer:
-    """SGD (momentum, Nesterov), Adagrad, RMSprop or Adam; `state` is saved in checkpoints."""
+    """SGD (momentum, Nesterov), Adagrad, RMSprop, Adam or AdamW; `state` (and `steps`) are
+    saved in checkpoints."""
 
     def __init__(self, config: dict, xp):
         self.name = config.get("name", "adam")
@@ -29,8 +41,10 @@ class Optimizer:
         self.nesterov = bool(config.get("nesterov", False))
         self.beta1, self.beta2 = (float(b) for b in config.get("betas", (0.9, 0.999)))
         self.alpha = float(config.get("alpha", 0.99))  # RMSprop's decay
-        self.eps = float(config.get("eps", 1e-8))
-        self.weight_decay = float(config.get("weight_decay", 0.0))
+        self.eps = float(config.get("eps", EPS_DEFAULTS.get(self.name, 1e-8)))
+        self.weight_decay = float(
+            config.get("weight_decay", WEIGHT_DECAY_DEFAULTS.get(self.name, 0.0))
+        )
         self.state: dict[str, dict] = {}
         self.steps = 0
 
@@ -46,7 +60,9 @@ class Optimizer:
         return {name: self._update_one(name, params[name], grads[name], lr) for name in params}
 
     def _update_one(self, name: str, p, g, lr: float):
-        if self.weight_decay:
+        if self.name == "adamw":  # decoupled: shrink the weights, leave the gradient alone
+            return self._adam(name, p * (1 - lr * self.weight_decay), g, lr)
+        if self.weight_decay:  # L2: the penalty's gradient joins the loss's
             g = g + self.weight_decay * p
         if self.name == "sgd":
             if not self.momentum:
@@ -62,6 +78,9 @@ class Optimizer:
             s = self.alpha * self._slot(name, "mean_sq", p) + (1 - self.alpha) * g * g
             self.state[name]["mean_sq"] = s
             return p - lr * g / (self.xp.sqrt(s) + self.eps)
+        return self._adam(name, p, g, lr)
+
+    def _adam(self, name: str, p, g, lr: float):
         m = self.beta1 * self._slot(name, "m", p) + (1 - self.beta1) * g
         v = self.beta2 * self._slot(name, "v", p) + (1 - self.beta2) * g * g
         self.state[name]["m"], self.state[name]["v"] = m, v
@@ -105,9 +124,10 @@ def clip(grads: dict, config: dict | None, xp) -> tuple[dict, bool, float]:
     if kind not in CLIPS:
         raise DataError(f"train.clip.kind {kind!r} is unknown; use one of {', '.join(CLIPS)}")
     if kind == "global_norm":
-        if norm <= limit:
+        scale = limit / (norm + CLIP_NORM_EPS)
+        if scale >= 1.0:
             return grads, False, norm
-        return {k: g * (limit / norm) for k, g in grads.items()}, True, norm
+        return {k: g * scale for k, g in grads.items()}, True, norm
     fired, out = False, {}
     for name, g in grads.items():
         if kind == "value":
@@ -115,9 +135,10 @@ def clip(grads: dict, config: dict | None, xp) -> tuple[dict, bool, float]:
             fired = fired or bool(xp.any(clipped != g))
             out[name] = clipped
         else:
-            own = math.sqrt(float(xp.sum(g * g)))
-            fired = fired or own > limit
-            out[name] = g * (limit / own) if own > limit else g
+            # clip_grad_norm_ on this parameter alone
+            scale = limit / (math.sqrt(float(xp.sum(g * g))) + CLIP_NORM_EPS)
+            fired = fired or scale < 1.0
+            out[name] = g * scale if scale < 1.0 else g
     return out, fired, norm
 
 

@@ -2,7 +2,10 @@
 
 RUN_DIR/spec.yaml        the spec as run (vocab sizes and data path filled in)
 RUN_DIR/data.json        vocabulary, labels and split sizes
-RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state
+RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state, and the
+                         best-validation and early-stopping counters (`train.best`)
+RUN_DIR/best.npz         the parameters at the best validation so far (same format, no
+                         optimizer state or carried state); `--checkpoint best|last` picks
 RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
 RUN_DIR/loss.png         the loss curves, drawn at the end
 RUN_DIR/machine.json     system, Python and NumPy versions and cores of the training machine
@@ -36,6 +39,8 @@ except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+CHECKPOINT_CHOICES = {"best": BEST, "last": CHECKPOINT}
 LOCK = ".lock"
 
 _NEW_OUT = "pass --out DIR"
@@ -141,14 +146,17 @@ def locked(run_dir: Path):
         os.close(fd)  # releases the lock
 
 
-def save_checkpoint(run_dir: Path, params: dict, opt_state: dict, carry: dict, meta: dict) -> None:
-    """Everything a resumed run needs, as host arrays plus a JSON `meta` string."""
+def save_checkpoint(
+    run_dir: Path, params: dict, opt_state: dict, carry: dict, meta: dict, name: str = CHECKPOINT
+) -> None:
+    """Everything a resumed run needs, as host arrays plus a JSON `meta` string; `name`
+    BEST writes the best parameters the same way."""
     arrays = {f"param/{k}": v for k, v in params.items()}
-    for name, slots in opt_state.items():
-        arrays.update({f"opt/{name}/{slot}": v for slot, v in slots.items()})
+    for param, slots in opt_state.items():
+        arrays.update({f"opt/{param}/{slot}": v for slot, v in slots.items()})
     arrays.update({f"carry/{k}": v for k, v in carry.items()})
     arrays["meta"] = np.array(json.dumps(meta))
-    atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: np.savez(handle, **arrays))
+    atomic_write(Path(run_dir) / name, lambda handle: np.savez(handle, **arrays))
 
 
 def _unreadable(path: Path, reason: str) -> RunFolderError:
@@ -169,9 +177,27 @@ def require_checkpoint(run_dir: Path) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
-    """(params, optimizer state, carried state, meta) from a run folder."""
-    path = require_checkpoint(run_dir)
+def checkpoint_name(run_dir: Path, which: str | None) -> str:
+    """The file `which` ("best", "last" or None: best when the run has one, else last) names
+    in a run folder; DataError for another value, or "best" where the run has none."""
+    if which is None:
+        return BEST if (Path(run_dir) / BEST).is_file() else CHECKPOINT
+    if which not in CHECKPOINT_CHOICES:
+        raise DataError(f"checkpoint {which!r} is not one of best, last; use best or last")
+    name = CHECKPOINT_CHOICES[which]
+    if name == BEST and not (Path(run_dir) / BEST).is_file():
+        raise DataError(
+            f"{Path(run_dir) / BEST}: no best checkpoint (a run writes it when a validation "
+            "score improves; this one had no validation data or predates best.npz); "
+            "use the last one: --checkpoint last"
+        )
+    return name
+
+
+def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> tuple[dict, dict, dict, dict]:
+    """(params, optimizer state, carried state, meta) from a run folder's `name`
+    (checkpoint.npz, or best.npz)."""
+    path = require_checkpoint(run_dir) if name == CHECKPOINT else Path(run_dir) / name
     try:
         stored = np.load(path, allow_pickle=False)
         if not hasattr(stored, "files"):  # a plain array: an .npy, not an .npz
@@ -202,12 +228,12 @@ def load_checkpoint(run_dir: Path) -> tuple[dict, dict, dict, dict]:
     return params, opt_state, carry, meta
 
 
-def check_finite(run_dir: Path, params: dict) -> None:
+def check_finite(run_dir: Path, params: dict, name: str = CHECKPOINT) -> None:
     """Refuse parameters holding NaN or Inf: every output of such a model is NaN."""
     bad = sorted(k for k, v in params.items() if v.dtype.kind in "fc" and not np.isfinite(v).all())
     if bad:
         raise RunFolderError(
-            f"{Path(run_dir) / CHECKPOINT}: parameter(s) {', '.join(map(repr, bad[:3]))} hold "
+            f"{Path(run_dir) / name}: parameter(s) {', '.join(map(repr, bad[:3]))} hold "
             "NaN or Inf (the run diverged); restore an earlier copy, or train again with a "
             "lower train.lr or with train.clip"
         )

@@ -1,4 +1,5 @@
-"""Sequence ops of the op table (registered into `ops.OPS`): `stack` and the CTC loss.
+"""Sequence ops of the op table (registered into `ops.OPS`): `stack`, the masked softmax of
+attention over a source's real steps, and the CTC loss.
 
 CTC (Graves et al., 2006) scores an unaligned label sequence against per-frame logits by
 summing over every alignment: the labels interleaved with blanks (id 0), l' = (0, l1, 0, l2,
@@ -32,6 +33,31 @@ def _stack_vjp(xp, g, out, *xs, axis=1):
     axis = axis % g.ndim
     lead = (slice(None),) * axis
     return tuple(g[lead + (i, ...)] for i in range(len(xs)))
+
+
+@op("masked_softmax", 2, rowwise=True)
+def _masked_softmax(xp, a, mask):
+    """out = softmax of a over the last axis among the positions where `mask` holds; the
+    others get exactly 0 (attention over the real steps of a padded source):
+    out_s = [mask_s] exp(a_s - m) / sum_r [mask_r] exp(a_r - m), m the largest unmasked a.
+    A row with no unmasked position is all zeros.
+
+    da = out * (g - sum(g * out)) (0 at masked positions, since out is); mask gets None.
+
+    A primitive, not where(mask, a, -inf) then a softmax: the padded scores may be anything
+    (garbage from padded encoder steps), must neither set the max nor overflow, and -inf
+    would turn into NaN in 0 * inf of the composite's VJP.
+    """
+    low = xp.min(a, axis=-1, keepdims=True)
+    kept = xp.where(mask, a, low)  # padded scores never set the max
+    e = xp.where(mask, xp.exp(kept - xp.max(kept, axis=-1, keepdims=True)), xp.zeros_like(a))
+    total = xp.sum(e, axis=-1, keepdims=True)
+    return e / xp.where(total > 0, total, xp.ones_like(total))
+
+
+@_masked_softmax.vjp
+def _masked_softmax_vjp(xp, g, out, a, mask):
+    return (out * (g - xp.sum(g * out, axis=-1, keepdims=True)), None)
 
 
 # ---- CTC helpers -----------------------------------------------------------------------------
