@@ -120,9 +120,8 @@ def test_a_registered_application_runs_end_to_end_through_the_cli(tiny_app, tmp_
     assert (out / "tiny.txt").read_text() == "15 training examples\n"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"kind": "app", "step": 2, "tiny_examples": 5} == {
-        k: v for k, v in metrics[-1].items() if k not in ("tiny_target_sum", "time")
+        k: v for k, v in metrics[-1].items() if k != "tiny_target_sum"
     }
-    assert metrics[-1]["time"] >= metrics[0]["time"] > 0  # every record says when it was written
 
     LOADS.clear()
     assert main(["eval", str(out), "--json"]) == 0

@@ -89,7 +89,8 @@ def test_report_is_one_self_contained_page(two_runs, capsys):
 def test_report_says_why_a_section_is_missing(two_runs, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(two_runs[1], run_dir)
-    (run_dir / "checkpoint.npz").unlink()
+    for name in ("checkpoint.npz", "best.npz"):  # no model left to load
+        (run_dir / name).unlink()
     page = report.write_report(run_dir).read_text()
     assert "no model to show:" in page and "no checkpoint" in page
     assert "<h2>Curves</h2>" in page  # what metrics.jsonl holds is still shown

@@ -119,7 +119,8 @@ def _summary(run, model) -> str:
     rows = [("run folder", str(run.run_dir.resolve()))]
     if model is not None:
         rows.append(("model", repr(model)))
-        rows.append(("checkpoint step", model.run_facts.get("step")))
+        which = model.run_facts.get("checkpoint", "last")  # best.npz where the run has one
+        rows.append((f"checkpoint shown ({which})", f"step {model.run_facts.get('step')}"))
     rows += [(k, v) for k, v in run.summary().items() if v is not None]
     return _table(rows)
 
@@ -183,7 +184,7 @@ def _machine(run) -> str:
         facts = {"machine": "not recorded (a run folder from before machine.json)"}
     rows = list(facts.items())
     last = run.train[-1] if run.train else {}
-    wall = run.seconds(run.records[-1]) if run.records else None
+    wall = run.summary().get("wall_s")
     if wall:
         rows.append(("wall time (s)", wall))
         rows.append(("steps per second", run.summary()["steps"] / wall))

@@ -37,8 +37,9 @@ class RunRecords:
         """Steps, wall time, final train loss, and the final and best of each validation
         number (best by its direction, with the step it was reached)."""
         out = {"steps": max((r.get("step", 0) for r in self.records), default=0)}
-        if self.records:
-            out["wall_s"] = self.seconds(self.records[-1])
+        timed = [r for r in self.records if "time" in r]
+        if timed:
+            out["wall_s"] = self.seconds(timed[-1])
         if self.train:
             out["final loss"] = self.train[-1]["loss"]
         names = [k for r in self.valid for k, v in r.items() if _is_score(k, v)]

@@ -296,6 +296,9 @@ def read_run_spec(run_dir: Path) -> dict | None:
     return raw if isinstance(raw, dict) else None
 
 
+TIMED_KINDS = ("train", "valid")  # the records curves are drawn from
+
+
 class Metrics:
     """metrics.jsonl, truncated on resume to the steps the checkpoint covers. The truncated
     (or, for a new run, empty) file replaces the old one atomically, so a kill at the start
@@ -317,10 +320,11 @@ class Metrics:
         self.listeners: list = []  # callables given each record after it is written
 
     def write(self, record: dict) -> None:
-        """Append `record`, stamped with the time (Unix seconds, for curves against wall
-        time), then hand it to each listener (trackers, a sweep's pruning), which see only
-        what the file already holds."""
-        record = {**record, "time": round(time.time(), 3)}
+        """Append `record` (a training or validation one stamped with the time, Unix seconds,
+        for curves against wall time), then hand it to each listener (trackers, a sweep's
+        pruning), which see only what the file already holds."""
+        if record.get("kind") in TIMED_KINDS:
+            record = {**record, "time": round(time.time(), 3)}
         try:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
