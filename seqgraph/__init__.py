@@ -1,7 +1,7 @@
 """seqgraph: declarative recurrent networks, unrolled into explicit graphs and differentiated
 in reverse mode on NumPy or CuPy."""
 
-from seqgraph.api import Model, Predictor, load, load_run, load_spec
+from seqgraph.api import Model, Predictor, load, load_run, load_spec, render
 from seqgraph.engine.ops import OPS
 from seqgraph.errors import (
     BackendError,
@@ -27,4 +27,5 @@ __all__ = [
     "load",
     "load_run",
     "load_spec",
+    "render",
 ]

@@ -101,7 +101,7 @@ def _float64(model: Model) -> Model:
 
 def render(
     spec: Spec | str | os.PathLike | dict,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     steps: int = 4,
     out_steps: int | None = None,
     fold: bool = False,
@@ -109,12 +109,13 @@ def render(
     lengths: list[int] | None = None,
     detail: bool = False,
     log=_print_now,
-) -> str:
+):
     """Draw the unrolled graph of `spec` (a spec, or a run folder: its spec and checkpoint)
-    to `output` (.svg, .png, .pdf or .dot); `grad` colours it by the gradient norms of one
-    backward pass on a random batch. `log` gets a note when `vocab: auto` had to be given a
-    placeholder size."""
-    from seqgraph.inspect.render import render_model, render_to_file
+    to `output` (.svg, .png, .pdf or .dot) and return its path; without `output`, return a
+    `Drawing` that a notebook shows inline (`.save(path)` writes it). `grad` colours it by
+    the gradient norms of one backward pass on a random batch. `log` gets a note when
+    `vocab: auto` had to be given a placeholder size."""
+    from seqgraph.inspect.render import Drawing, render_model, render_to_file
 
     model = _render_model(spec, log)
     digraph = render_model(
@@ -126,6 +127,8 @@ def render(
         with_grads=grad,
         detail=detail,
     )
+    if output is None:
+        return Drawing(digraph)
     return str(render_to_file(digraph, output))
 
 
@@ -171,3 +174,31 @@ def train(spec: str, log=_print_now, **options) -> dict:
     from seqgraph.train.loop import RunOptions, run
 
     return run(RunOptions(spec, **options), log=log)
+
+
+# ---- many runs: sweep, compare, report -------------------------------------------------------
+
+
+def sweep(spec: str, space: str, log=_print_now, **options) -> dict:
+    """Search `spec`'s hyperparameters over the `space` file with Optuna, as `seqgraph sweep`
+    does (options: trials, workers, storage, out, metric, study, data, seed); returns the
+    trials, the best and the hand-set trial, and the files written."""
+    from seqgraph.experiments.sweep import SweepOptions
+    from seqgraph.experiments.sweep import sweep as run_sweep
+
+    return run_sweep(SweepOptions(spec, space, **options), log=log)
+
+
+def compare(run_dirs: list[str | os.PathLike], output: str | os.PathLike | None = None) -> dict:
+    """Final and best metrics and spec differences of runs, and their curves drawn to
+    `output` (default compare.png)."""
+    from seqgraph.experiments.compare import compare as compare_runs
+
+    return compare_runs(run_dirs, output)
+
+
+def report(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> str:
+    """Write the self-contained HTML report of a run (default RUN_DIR/report.html)."""
+    from seqgraph.experiments.report import write_report
+
+    return str(write_report(run_dir, output))

@@ -29,6 +29,10 @@ EXAMPLES = {
     "gradflow": "seqgraph gradflow specs/adding_rnn.yaml --steps 100 --out gradflow/rnn",
     "predict": "seqgraph predict runs/uci_sentiment --input 'the food was great'",
     "serve": "seqgraph serve runs/uci_sentiment --port 8000",
+    "sweep": "seqgraph sweep specs/uci_sentiment.yaml --space specs/spaces/uci_sentiment.yaml "
+    "--trials 12 --workers 2 --metric accuracy",
+    "compare": "seqgraph compare runs/uci_sentiment sweeps/uci_sentiment/trial_003",
+    "report": "seqgraph report runs/uci_sentiment -o report.html",
 }
 
 
@@ -313,6 +317,38 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from seqgraph.experiments.sweep import table
+
+    options = {k: getattr(args, k) for k in ("trials", "workers", "storage", "out", "metric")}
+    summary = api.sweep(args.spec, args.space, study=args.study, data=args.data, **options)
+    print("\n".join(table(summary)))
+    if "best" in summary:
+        best = summary["best"]
+        print(f"best: trial {best['trial']}, {summary['metric']} {best['value']:.4f}", end="")
+        hand = summary.get("hand_set")
+        print(f" (hand-set spec: {hand['value']:.4f})" if hand else "")
+        print(f"wrote {summary['best_spec']}")
+    print(
+        f"wrote {summary['out']}/trials.csv" + "".join(f", {p}" for p in summary["plots"].values())
+    )
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from seqgraph.experiments.compare import table_lines
+
+    result = api.compare(args.run_dirs, args.output)
+    print("\n".join(table_lines(result)))
+    print(f"wrote {result['figure']}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    print(f"wrote {api.report(args.run_dir, args.output)}")
+    return 0
+
+
 def _cmd_schema(args) -> int:
     print(json.dumps(spec_schema(), indent=2))
     return 0
@@ -537,6 +573,34 @@ def _args_gradflow(p) -> None:
     p.add_argument("--out", help="folder for the CSVs and heatmap.png")
 
 
+def _args_sweep(p) -> None:
+    p.add_argument("spec", help="path to a YAML spec, the starting point")
+    p.add_argument("--space", required=True, help="YAML file: spec path -> range")
+    p.add_argument("--trials", type=whole(1, 100_000), default=20, help="trials in the study")
+    p.add_argument("--workers", type=whole(1, 256), default=1, help="processes (default 1)")
+    p.add_argument("--storage", help="Optuna database URL shared by machines "
+                   "(default sqlite:///OUT/study.db)")  # fmt: skip
+    p.add_argument("--out", help="sweep folder (default sweeps/NAME)")
+    p.add_argument(
+        "--metric",
+        default="valid_loss",
+        help="validation metric to optimise (valid_loss, accuracy, macro_f1...; losses and "
+        "error rates are minimised)",
+    )
+    p.add_argument("--study", help="study name (default the spec's name)")
+    p.add_argument("--data", help="data file or folder, as for `run`")
+
+
+def _args_compare(p) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+    p.add_argument("-o", "--output", help="figure to write (default compare.png)")
+
+
+def _args_report(p) -> None:
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("-o", "--output", help="HTML file to write (default RUN_DIR/report.html)")
+
+
 def _args_export(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--to", choices=["onnx", "pytorch", "keras", "onnx_weights"], default="onnx")
@@ -558,6 +622,9 @@ COMMANDS = {  # name: (help, handler, arguments)
         _cmd_gradflow,
         _args_gradflow,
     ),
+    "sweep": ("search hyperparameters with Optuna (TPE, pruning)", _cmd_sweep, _args_sweep),
+    "compare": ("curves, metrics and spec differences of runs", _cmd_compare, _args_compare),
+    "report": ("one self-contained HTML page about a run", _cmd_report, _args_report),
     "export": (
         "write a run's model as ONNX, or its weights in another convention",
         _cmd_export,

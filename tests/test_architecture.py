@@ -5,7 +5,8 @@ Stages, bottom to top (a module may import its own stage and the stages below it
     errors < engine < spec < plan < runtime < train | inspect < apps < api_runs < predict
         < api | serve < cli
 
-`api` and `serve` (the HTTP server over predict) also stand side by side.
+`api` and `serve` (the HTTP server over predict) also stand side by side, and `experiments`
+(sweeps, compare, report) beside `predict`.
 `train` and `inspect` stand side by side and never import each other. Every import counts,
 also one inside a function: a deferred import still ties the two modules together.
 """
@@ -31,6 +32,7 @@ RANK = {
     "apps": 6,
     "api_runs": 7,
     "predict": 8,  # reads run folders through api_runs; api re-exports it
+    "experiments": 8,  # sweeps, compare, report: over train.loop, api_runs and inspect
     "api": 9,
     "serve": 9,  # HTTP over predict (seqgraph[serve]); cli starts it; api never imports it
     "cli": 10,

@@ -3,9 +3,11 @@ node, and the Model getters for compiled forms (`graph`, `unrolled`, `plan`)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import pytest
 
 from seqgraph import Model, load_spec
@@ -109,3 +111,30 @@ def test_plan_getter_is_cached_and_has_a_forward_only_form():
     assert model.plan(batch) is plan and plan.backward_kernels
     forward_only = model.plan(batch, grads=False)
     assert forward_only is not plan and not forward_only.backward_kernels
+
+
+def test_model_shows_in_a_notebook_as_its_summary_and_parameter_table():
+    model = Model(RAW, engine="interp")
+    page = model._repr_html_()
+    assert page.startswith("<p><code>Model(&#x27;tiny&#x27;: many_to_many")
+    for name, info in model.param_info.items():
+        size = int(np.prod(info.shape))
+        shape = " × ".join(map(str, info.shape))
+        assert f"<tr><td><code>{name}</code></td><td>{shape}</td>" in page
+        assert f"<td style='text-align:right'>{size:,}</td></tr>" in page
+    assert page.count("<tr>") == len(model.param_info) + 1
+
+
+def test_render_without_a_file_is_a_drawing_a_notebook_shows_inline(tmp_path):
+    import seqgraph
+
+    drawing = seqgraph.render(RAW, steps=3, log=lambda line: None)
+    assert repr(drawing).startswith("Drawing('tiny'; .save(")
+    assert "GRU l1" in drawing.source or "gru" in drawing.source.lower()
+    saved = drawing.save(tmp_path / "g.dot")
+    assert saved.read_text() == drawing.source
+    if shutil.which("dot") is None:
+        assert drawing._repr_svg_() is None  # Jupyter falls back to the repr
+    else:
+        svg = drawing._repr_svg_()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "x₂" in svg

@@ -236,6 +236,31 @@ def render_graph(
     return dot
 
 
+class Drawing:
+    """A drawn graph that a notebook shows inline (`_repr_svg_`, through Graphviz's `dot`);
+    `save(path)` writes it as .svg, .png, .pdf or .dot, and `source` is its DOT text."""
+
+    def __init__(self, digraph: graphviz.Digraph):
+        self.digraph = digraph
+
+    @property
+    def source(self) -> str:
+        return self.digraph.source
+
+    def save(self, path: str | Path) -> Path:
+        return render_to_file(self.digraph, path)
+
+    def _repr_svg_(self) -> str | None:
+        if shutil.which("dot") is None:  # Jupyter then shows the repr instead
+            return None
+        return self.digraph.pipe(format="svg").decode()
+
+    def __repr__(self) -> str:
+        return (
+            f"Drawing({self.digraph.name!r}; .save('graph.svg') writes it, or show it in Jupyter)"
+        )
+
+
 def render_to_file(digraph: graphviz.Digraph, path: str | Path) -> Path:
     """Write `digraph` by the suffix of `path`: .dot (its source; needs no Graphviz install),
     or .svg, .png, .pdf (drawn by the Graphviz programs, `dot`). Returns the path."""

@@ -84,6 +84,20 @@ class Model:
             f"engine {self.engine}{segments_text})"
         )
 
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for a Model: the one-line summary and a table of parameters."""
+        import html
+
+        rows = "".join(
+            f"<tr><td><code>{html.escape(name)}</code></td><td>{' × '.join(map(str, shape))}"
+            f"</td><td style='text-align:right'>{int(np.prod(shape)):,}</td></tr>"
+            for name, shape in ((n, info.shape) for n, info in sorted(self.param_info.items()))
+        )
+        return (
+            f"<p><code>{html.escape(repr(self))}</code></p><table><tr><th>parameter</th>"
+            f"<th>shape</th><th>size</th></tr>{rows}</table>"
+        )
+
     def _dry_run(self) -> dict:
         """Run one tiny batch so that equations whose shapes do not fit fail now, as a
         SpecError naming the equation, rather than in the middle of training. Two sequences,

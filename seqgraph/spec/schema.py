@@ -360,6 +360,14 @@ TRAIN = {
         "sample_length": {**_count, "default": 400},
         "prime": {"type": "string", "minLength": 1, "default": "\n"},
         "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 0.8},
+        "log_to": {
+            "type": "array",
+            "items": {"enum": ["tensorboard", "mlflow"]},
+            "uniqueItems": True,
+            "description": "also write the run's scalars, spec and sample to TensorBoard "
+            "(RUN_DIR/tensorboard) and/or MLflow (RUN_DIR/mlruns, or MLFLOW_TRACKING_URI); "
+            "metrics.jsonl stays the record. Needs pip install 'seqgraph[track]'",
+        },
     },
 }
 

@@ -28,7 +28,7 @@ from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
 from seqgraph.spec.load import Spec, load_spec
-from seqgraph.train import ctc, distributed, run_folder
+from seqgraph.train import ctc, distributed, run_folder, tracking
 from seqgraph.train import data as datasets
 from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
 from seqgraph.train.evaluate import decoding_for, evaluate, real_steps, score_kind, scorer_for
@@ -70,6 +70,8 @@ class RunOptions:
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     stop_after: int | None = None  # stop (as Ctrl-C would) after this many steps of this call
     sample: bool = True
+    # callables given each metrics.jsonl record once written (a sweep prunes from "valid" ones)
+    listeners: tuple = ()
 
 
 def prepare(spec_path: str, data_path: str | None = None):
@@ -153,6 +155,7 @@ def _run(options: RunOptions, log, comm) -> dict:
         raise TrainingError(
             f"steps must be at least 1, got {config['steps']}; pass --steps N with N >= 1"
         )
+    tracking.check_available(config.get("log_to"))  # before a folder is made
     run_dir = Path(options.out) if options.out else default_run_dir(spec, options.spec)
     _check_batch_splits(config, comm, options.spec)
     comm.use_local_gpu(options.backend or spec.backend)
@@ -184,8 +187,15 @@ def _run(options: RunOptions, log, comm) -> dict:
             log(warning)
         loop.check_metric(spec)
         loop.best.restore(best)
-        done, stopped = loop.train(start, comm.own_rows(carry), options)
-        return _summary(loop, options, config, run_dir, source, done, stopped)
+        log_to = config.get("log_to") if comm.writes else None  # rank 0 alone writes
+        spec_text = (run_dir / "spec.yaml").read_text() if comm.writes else ""
+        with tracking.opened(log_to, run_dir, spec_text, spec.name or "seqgraph") as trackers:
+            metrics.listeners = [trackers.record, *options.listeners]
+            done, stopped = loop.train(start, comm.own_rows(carry), options)
+            summary = _summary(loop, options, config, run_dir, source, done, stopped)
+            if "sample" in summary:
+                trackers.text("sample", summary["sample"])
+            return summary
 
 
 def _needs_validation(spec: Spec, warning: str) -> SpecError:
@@ -430,6 +440,7 @@ class _Loop:
         self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
         self.stopped_early = False
         self.carry: dict = {}  # the state carried at the last checkpoint
+        self.norms_per_layer = bool(config.get("log_to"))  # for the trackers' grad_norm/<layer>
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
         self.carry_at = config.get("stride") if stream else None
@@ -491,6 +502,7 @@ class _Loop:
     def _steps(self, start: int, carry: dict, options: RunOptions, progress) -> tuple[int, bool]:
         c, total = self.config, int(self.config["steps"])
         step, fired, tokens, began = start, 0, 0, time.perf_counter()
+        fired_at_log, step_at_log = 0, start  # the clip rate is over the steps since the last log
         self.carry = carry
         if self.best.exhausted:  # resumed after it stopped early: nothing left to train
             self._stop_early(start, progress)
@@ -509,6 +521,7 @@ class _Loop:
                         f"the loss became {loss} at step {step}; the last good checkpoint in "
                         f"{self.run_dir} is kept. Lower train.lr or set train.clip"
                     )
+                layer_norms = tracking.layer_norms(grads, self.xp) if self.norms_per_layer else {}
                 grads, did_clip, norm = clip(grads, c.get("clip"), self.xp)
                 lr = learning_rate(c, step, total)
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
@@ -528,9 +541,12 @@ class _Loop:
                             "lr": lr,
                             "grad_norm": norm,
                             "clipped": did_clip,
+                            "clip_rate": (fired - fired_at_log) / (step - step_at_log),
                             "tokens_per_s": rate,
+                            **({"grad_norms": layer_norms} if layer_norms else {}),
                         }
                     )
+                    fired_at_log, step_at_log = fired, step
                 if step % c["eval_every"] == 0 and step < total:
                     line = self._validation_line(step)
                     if line is not None:

@@ -8,6 +8,7 @@ RUN_DIR/best.npz         the parameters at the best validation so far (same form
                          optimizer state or carried state); `--checkpoint best|last` picks
 RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
 RUN_DIR/loss.png         the loss curves, drawn at the end
+RUN_DIR/machine.json     system, Python and NumPy versions and cores of the training machine
 RUN_DIR/.lock            held (flock) by the `seqgraph run` writing the folder; holds its PID
 
 Every file is replaced atomically (temporary file, fsync, rename) with the user's umask, so a
@@ -22,6 +23,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -243,6 +245,21 @@ def write_run_files(run_dir: Path, raw_spec: dict, data_facts: dict) -> None:
     atomic_write(run_dir / "spec.yaml", lambda handle: handle.write(text))
     facts = json.dumps(data_facts, indent=1).encode()
     atomic_write(run_dir / "data.json", lambda handle: handle.write(facts))
+    machine = json.dumps(machine_facts(), indent=1).encode()
+    atomic_write(run_dir / "machine.json", lambda handle: handle.write(machine))
+
+
+def machine_facts() -> dict:
+    """The machine a run trains on (for `seqgraph report`): system, Python, NumPy, cores."""
+    import platform
+
+    return {
+        "system": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
 
 
 def _restore_hint(run_dir: Path) -> str:
@@ -279,6 +296,9 @@ def read_run_spec(run_dir: Path) -> dict | None:
     return raw if isinstance(raw, dict) else None
 
 
+TIMED_KINDS = ("train", "valid")  # the records curves are drawn from
+
+
 class Metrics:
     """metrics.jsonl, truncated on resume to the steps the checkpoint covers. The truncated
     (or, for a new run, empty) file replaces the old one atomically, so a kill at the start
@@ -297,20 +317,37 @@ class Metrics:
                     kept.append(line)
         text = "".join(line + "\n" for line in kept).encode()
         atomic_write(self.path, lambda handle: handle.write(text))
+        self.listeners: list = []  # callables given each record after it is written
 
     def write(self, record: dict) -> None:
+        """Append `record` (a training or validation one stamped with the time, Unix seconds,
+        for curves against wall time), then hand it to each listener (trackers, a sweep's
+        pruning), which see only what the file already holds."""
+        if record.get("kind") in TIMED_KINDS:
+            record = {**record, "time": round(time.time(), 3)}
         try:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:  # a torn last line is dropped on resume
             raise write_error(self.path, exc, replacing=False) from None
+        for listener in self.listeners:
+            listener(record)
 
     def read(self) -> list[dict]:
-        out = []
-        for line in self.path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
-                out.append(json.loads(line))
-        return out
+        return read_metrics(self.path.parent)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl, less a line torn by a kill; DataError if the
+    folder has none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no metrics.jsonl; pass the --out folder of a `seqgraph run`")
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
+            out.append(json.loads(line))
+    return out
 
 
 def plot_losses(run_dir: Path, records: list[dict]) -> Path | None:
