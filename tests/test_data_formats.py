@@ -305,3 +305,19 @@ def test_split_sizes_and_validation_batch_counts(tmp_path):
     assert empty.valid_batch_count(4, 0) == 0 == len(list(empty.valid_batches(4, 0)))
     some = datasets.load({"source": "npz", "path": path, "valid_fraction": 0.5}, "many_to_one", 0)
     assert some.valid_batch_count(2, 0) == 3 == len(list(some.valid_batches(2, 0)))
+
+
+def test_validation_batches_are_a_fair_sample_of_a_split_in_file_order():
+    """Regression: a run validates on its first `valid_batches` batches, and rt-polarity's
+    held-out split is one label's file then the other's; its first 20 batches held 533
+    negatives and 107 positives, so validation accuracy and best.npz followed one label."""
+    xs = [np.array([1 + i % 7, 2], dtype=np.int64) for i in range(400)]
+    ys = [np.array([int(i >= 200)], dtype=np.int64) for i in range(400)]  # sorted labels
+    data = datasets.SequenceSet(xs, ys, xs, ys, padding=datasets.PADDING["many_to_one"])
+    batches = list(data.valid_batches(32, 0))
+    first = np.concatenate([np.ravel(b["y"]) for b in batches[:5]])  # 160 of the 400
+    assert 0.4 < first.mean() < 0.6, first.mean()
+    seen = np.concatenate([np.ravel(b["y"]) for b in batches])
+    assert len(seen) == 400 and seen.sum() == 200  # every example, once
+    again = np.concatenate([np.ravel(b["y"]) for b in data.valid_batches(32, 0)])
+    assert (again == seen).all()  # the same order at every validation

@@ -160,11 +160,15 @@ class SequenceSet:
         return pad([self.x[i] for i in chosen], [self.y[i] for i in chosen], **self.padding)
 
     def valid_batches(self, batch_size: int, seq_len: int, split: str = "valid"):
+        """The split in batches, in one fixed shuffled order: a run validates on its first
+        `train.valid_batches` batches, and a split read in file order (one label's file, then
+        the next) would make that prefix one label; shuffled, any prefix is a fair sample.
+        The order is the same at every validation and in every run."""
         xs, ys = self.held_out(split)
+        order = np.random.default_rng(0).permutation(len(xs))
         for start in range(0, len(xs), batch_size):
-            yield pad(
-                xs[start : start + batch_size], ys[start : start + batch_size], **self.padding
-            )
+            chosen = order[start : start + batch_size]
+            yield pad([xs[i] for i in chosen], [ys[i] for i in chosen], **self.padding)
 
     def held_out(self, split: str) -> tuple[list, list]:
         """(inputs, targets) of a held-out split."""
