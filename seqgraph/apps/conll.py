@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps.sentences import PAD_MULTIPLE, split_rows
+from seqgraph.apps.sentences import PAD_MULTIPLE, encode_tokens, split_rows
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
@@ -178,19 +178,13 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
 def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
     """Raw sentences as a trained tagger reads them (the `encode` hook of `predict`): tokens
     split at whitespace, lower-cased if the run was, each token (`level: word`) or character
-    (`level: char`) one step, `<unk>` for what the run's vocabulary lacks. An empty sentence is
-    one `<unk>` step, so every input gets a record."""
-    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
-    unk = index.get("<unk>", 1)
+    (`level: char`) one step of the run's vocabulary (`encode_tokens`)."""
     lower, level = bool(config.get("lowercase", False)), config.get("level", "word")
-    ids, shown, unknown = [], [], 0
+    steps = []
     for text in texts:
         words = (text.lower() if lower else text).split()
-        steps, _ = units(words, ["O"] * len(words), level)
-        unknown += sum(s not in index for s in steps)
-        ids.append(np.array([index.get(s, unk) for s in steps] or [unk], dtype=np.int64))
-        shown.append(steps or ["<unk>"])
-    return Encoded(ids, shown, unknown)
+        steps.append(units(words, ["O"] * len(words), level)[0])
+    return encode_tokens(steps, facts)
 
 
 CONLL_SUFFIXES = (".conll", ".bio", ".iob")

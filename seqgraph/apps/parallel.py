@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps.sentences import split_rows
+from seqgraph.apps.sentences import encode_tokens, split_rows
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
@@ -115,18 +115,9 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
 
 def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Encoded:
     """Raw source sentences as a trained run reads them (the `encode` hook of `predict`): the
-    run's `source_level` tokenizer and `lowercase`, its source vocabulary, `<unk>` for what it
-    lacks, and an empty source as one `<unk>`."""
-    index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
-    unk = index.get("<unk>", 1)
+    run's `source_level` tokenizer and `lowercase`, its source vocabulary (`encode_tokens`)."""
     level, lower = config.get("source_level", "char"), bool(config.get("lowercase", False))
-    ids, shown, unknown = [], [], 0
-    for text in texts:
-        source = tokens(text, level, lower)
-        unknown += sum(t not in index for t in source)
-        ids.append(np.array([index.get(t, unk) for t in source] or [unk], dtype=np.int64))
-        shown.append(source or ["<unk>"])
-    return Encoded(ids, shown, unknown)
+    return encode_tokens([tokens(text, level, lower) for text in texts], facts)
 
 
 def read_inputs(path, config: dict) -> list[str]:

@@ -192,15 +192,22 @@ def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Enc
     empty sentence as one `<unk>`, as in training."""
     words = config.get("tokenizer", "word") == "word"
     tagged = pattern == "many_to_many"
+    return encode_tokens([_tokens(text, words, tagged) for text in texts], facts)
+
+
+def encode_tokens(token_lists: list[list[str]], facts: dict) -> Encoded:
+    """Tokens as ids of a trained run's vocabulary (`facts["vocab"]`, from data.json):
+    `<unk>` (id 1 when the vocabulary lacks it) for a token it has not seen, counted, and an
+    empty input as one `<unk>` step, as in training, so every input gets a record. The
+    `encode` hooks of the text sources share it."""
     index = {t: i for i, t in enumerate(facts.get("vocab") or [])}
     unk = index.get("<unk>", 1)
-    ids, tokens, unknown = [], [], 0
-    for text in texts:
-        toks = _tokens(text, words, tagged)
-        unknown += sum(t not in index for t in toks)
-        ids.append(np.array([index.get(t, unk) for t in toks] or [unk], dtype=np.int64))
-        tokens.append(toks or ["<unk>"])
-    return Encoded(ids, tokens, unknown)
+    ids, shown, unknown = [], [], 0
+    for tokens in token_lists:
+        unknown += sum(t not in index for t in tokens)
+        ids.append(np.array([index.get(t, unk) for t in tokens] or [unk], dtype=np.int64))
+        shown.append(tokens or ["<unk>"])
+    return Encoded(ids, shown, unknown)
 
 
 def read_inputs(path, config: dict) -> list[str]:
