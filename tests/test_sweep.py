@@ -152,3 +152,40 @@ def test_ctrl_c_in_a_trial_stops_the_sweep_not_just_the_trial(tmp_path, monkeypa
         study.optimize(objective, n_trials=3)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
     assert run_folder.load_checkpoint(tmp_path / "out" / "trial_000")[3]["step"] == 1
+
+
+def test_a_killed_sweep_restarted_keeps_its_finished_trials(tmp_path, capsys):
+    """SIGKILL during the second trial (no clean exit, no Python cleanup), then the same
+    command: the first trial is kept as it was and the study runs to its count."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    spec = classifier_spec(tmp_path, steps=400)  # a trial of a second or more
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(spec), "--space", str(write_space(tmp_path)), "--out", str(out)]
+    argv += ["--trials", "3", "--metric", "accuracy"]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen([sys.executable, "-m", "seqgraph", *argv], env=env, cwd=tmp_path)
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    deadline, done = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not done and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name="tiny_sentiment", storage=storage)
+        except Exception:  # the database or the study does not exist yet
+            continue
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done and process.poll() is None, "the first trial did not finish in time"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    first = (done[0].number, done[0].params, done[0].value)
+    assert main(argv) == 0
+    assert "1 trial(s) done, 2 to run" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny_sentiment", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    kept = next(t for t in complete if t.number == first[0])
+    assert (kept.number, kept.params, kept.value) == first
