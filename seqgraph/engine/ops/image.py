@@ -1,12 +1,13 @@
 """Image ops of the op table (registered into `ops.OPS`): 2-D convolution and max pooling, and
 for output decoders their transposes: transposed convolution and nearest upsampling.
 
-Both are written with slices over the kernel's offsets and one matrix product, never a Python
+All are written with slices over the kernel's offsets and one matrix product, never a Python
 loop over pixels, and only with array API calls. Layout is (N, C, H, W) as in PyTorch.
 """
 
 from __future__ import annotations
 
+from seqgraph.engine import xp_extra
 from seqgraph.engine.ops.arrays import pad_range
 from seqgraph.engine.ops.table import op
 
@@ -93,20 +94,6 @@ def _maxpool2d_vjp(xp, g, out, x, size=2):
     return (xp.reshape(grad, x.shape),)
 
 
-def _dilate(xp, x, stride: int, axis: int):
-    """Insert stride - 1 zeros between neighbours along `axis` (-2 or -1): n -> (n-1)*s + 1."""
-    if stride == 1:
-        return x
-    n = x.shape[axis]
-    # the new axis lands right after `axis`, which is `axis` again counted from the end
-    spread = xp.stack([x] + [xp.zeros_like(x)] * (stride - 1), axis=axis)
-    shape = list(x.shape)
-    shape[axis] = n * stride
-    spread = xp.reshape(spread, tuple(shape))
-    keep = slice(0, (n - 1) * stride + 1)
-    return spread[..., keep, :] if axis == -2 else spread[..., keep]
-
-
 @op("conv_transpose2d", 2, ("stride", "padding"))
 def _conv_transpose2d(xp, x, W, stride=1, padding=0):
     """out[n,o,i*s+a-p, j*s+b-p] += sum_c x[n,c,i,j] W[c,o,a,b]: the transposed convolution
@@ -121,15 +108,20 @@ def _conv_transpose2d(xp, x, W, stride=1, padding=0):
     # every input pixel times every kernel tap at once: (N, H, W, O, kh*kw)
     taps = xp.matmul(xp.permute_dims(x, (0, 2, 3, 1)), xp.reshape(W, (c, o * kh * kw)))
     taps = xp.reshape(taps, (n, h, w, o, kh * kw))
+    taps = xp.permute_dims(taps, (0, 3, 4, 1, 2))  # (N, O, kh*kw, H, W)
     full_h, full_w = (h - 1) * stride + kh, (w - 1) * stride + kw
-    out = None
+    # a fresh array this op alone holds: each offset's taps are added in place at its stride-s
+    # grid, kh*kw slice updates instead of a zero-filled copy per offset
+    full = xp.zeros((n, o, full_h, full_w), dtype=x.dtype, device=xp_extra.device_of(x))
     for offset in range(kh * kw):
         a, b = divmod(offset, kw)
-        part = xp.permute_dims(taps[..., offset], (0, 3, 1, 2))  # (N, O, H, W)
-        part = _dilate(xp, _dilate(xp, part, stride, -2), stride, -1)
-        part = pad_range(xp, pad_range(xp, part, a, full_h, -2), b, full_w, -1)
-        out = part if out is None else out + part
-    return out[:, :, padding : full_h - padding, padding : full_w - padding]
+        grid = (
+            ...,
+            slice(a, a + (h - 1) * stride + 1, stride),
+            slice(b, b + (w - 1) * stride + 1, stride),
+        )
+        full[grid] = full[grid] + taps[:, :, offset, ...]
+    return full[:, :, padding : full_h - padding, padding : full_w - padding]
 
 
 @_conv_transpose2d.vjp
@@ -139,7 +131,9 @@ def _conv_transpose2d_vjp(xp, g, out, x, W, stride=1, padding=0):
     full = _pad2d(xp, g, padding)
     samples = [
         xp.permute_dims(
-            full[:, :, a : a + (h - 1) * stride + 1 : stride, b : b + (w - 1) * stride + 1 : stride],
+            full[
+                :, :, a : a + (h - 1) * stride + 1 : stride, b : b + (w - 1) * stride + 1 : stride
+            ],
             (0, 2, 3, 1),
         )
         for a in range(kh)
