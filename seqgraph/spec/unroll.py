@@ -13,6 +13,9 @@ dropout nodes and the same parameters.
 
 With `model.attention`, each decoder step also reads every encoder output through one
 memory node (Luong, Pham & Manning 2015, global attention; see `Unroller.attend`).
+
+With `model.decoders`, every step's top output (or attentional state) passes the output
+decoders before the readout (`Unroller.decode`; their checks live in `spec/decoders.py`).
 """
 
 from __future__ import annotations
