@@ -127,6 +127,19 @@ def conv_ref(x, w, padding):
     return out
 
 
+def conv_transpose_ref(x, w, stride, padding):
+    """Transposed convolution pixel by pixel: each input pixel scatters x * W into the output
+    at stride steps, then `padding` is cropped from every side (the obvious reference)."""
+    n, _, h, wd = x.shape
+    _, k, kh, kw = w.shape
+    out = np.zeros((n, k, (h - 1) * stride + kh, (wd - 1) * stride + kw))
+    for i in range(h):
+        for j in range(wd):
+            block = np.einsum("nc,ckab->nkab", x[:, :, i, j], w)
+            out[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw] += block
+    return out[:, :, padding : out.shape[2] - padding, padding : out.shape[3] - padding]
+
+
 def _log_softmax(a):
     shifted = a - a.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -302,6 +315,34 @@ ROWS = [
         "maxpool2d",
         (Real((1, 2, 6, 3)),),
         lambda x: x.reshape(1, 2, 2, 3, 1, 3).max(axis=(3, 5)),
+        {"size": 3},
+        label="size3",
+    ),
+    Row(
+        "conv_transpose2d",
+        (Real((2, 3, 2, 3)), Real((3, 2, 4, 4))),
+        lambda x, w: conv_transpose_ref(x, w, 2, 1),
+        {"stride": 2, "padding": 1},
+        label="stride2",
+    ),
+    Row(
+        "conv_transpose2d",
+        (Real((1, 2, 3, 2)), Real((2, 3, 3, 2))),
+        lambda x, w: conv_transpose_ref(x, w, 1, 0),
+        label="rect_kernel",
+    ),
+    Row(
+        "conv_transpose2d",
+        (Real((1, 1, 2, 2)), Real((1, 2, 3, 3))),
+        lambda x, w: conv_transpose_ref(x, w, 3, 1),
+        {"stride": 3, "padding": 1},
+        label="stride3",
+    ),
+    Row("upsample2d", (Real((2, 3, 2, 3)),), lambda x: x.repeat(2, axis=2).repeat(2, axis=3)),
+    Row(
+        "upsample2d",
+        (Real((1, 2, 1, 2)),),
+        lambda x: x.repeat(3, axis=2).repeat(3, axis=3),
         {"size": 3},
         label="size3",
     ),

@@ -307,3 +307,54 @@ def test_seq2seq_general_attention_against_torch():
         weights_out[mask.numpy()], a.detach().numpy()[mask.numpy()], rtol=1e-12, atol=1e-15
     )
     assert np.all(weights_out[~np.broadcast_to(real.numpy(), weights_out.shape)] == 0)
+
+
+@pytest.mark.parametrize(
+    "stride, padding, kernel", [(2, 1, 4), (1, 0, 3), (3, 0, 3), (2, 0, (3, 2))]
+)
+def test_conv_transpose2d_matches_torch(stride, padding, kernel):
+    """The output decoders' transposed convolution: forward and both gradients against
+    torch.nn.functional.conv_transpose2d in float64 (PyTorch's (C_in, C_out, kh, kw) layout)."""
+    import array_api_compat.numpy as xp
+
+    from seqgraph.engine.ops import OPS
+
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    rng = np.random.default_rng(stride * 10 + padding)
+    x, W = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(3, 2, kh, kw))
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(W, requires_grad=True)
+    want = nn.functional.conv_transpose2d(tx, tw, stride=stride, padding=padding)
+    g = rng.normal(size=tuple(want.shape))
+    want.backward(torch.tensor(g))
+    op = OPS["conv_transpose2d"]
+    got = op.forward(xp, x, W, stride=stride, padding=padding)
+    gx, gW = op.vjp(xp, g, got, x, W, stride=stride, padding=padding)
+    assert got.shape == tuple(want.shape)
+    assert rel_err(got, want.detach().numpy()) < 1e-12
+    assert rel_err(gx, tx.grad.numpy()) < 1e-12
+    assert rel_err(gW, tw.grad.numpy()) < 1e-12
+
+
+def test_upsample_decoder_matches_torch_interpolate_and_conv():
+    """upsample2d then conv2d (the `upsample` decoder) equals torch's nearest interpolate
+    followed by conv2d, forward and gradients, in float64."""
+    import array_api_compat.numpy as xp
+
+    from seqgraph.engine.ops import OPS
+
+    rng = np.random.default_rng(5)
+    x, W = rng.normal(size=(2, 3, 3, 2)), rng.normal(size=(4, 3, 3, 3))
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(W, requires_grad=True)
+    big = nn.functional.interpolate(tx, scale_factor=2, mode="nearest")
+    want = nn.functional.conv2d(big, tw, padding=1)
+    g = rng.normal(size=tuple(want.shape))
+    want.backward(torch.tensor(g))
+    up = OPS["upsample2d"].forward(xp, x, size=2)
+    got = OPS["conv2d"].forward(xp, up, W, padding=1)
+    g_up, gW = OPS["conv2d"].vjp(xp, g, got, up, W, padding=1)
+    (gx,) = OPS["upsample2d"].vjp(xp, g_up, up, x, size=2)
+    assert rel_err(got, want.detach().numpy()) < 1e-12
+    assert rel_err(gx, tx.grad.numpy()) < 1e-12
+    assert rel_err(gW, tw.grad.numpy()) < 1e-12

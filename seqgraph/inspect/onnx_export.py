@@ -1,7 +1,8 @@
 """Export a trained model of standard cells as a runnable ONNX graph (needs the `onnx` package).
 
 Each recurrent layer becomes one ONNX RNN/GRU/LSTM node (weights converted by `interop`),
-embeddings become Gather, dense encoders and the readout MatMul + Add. Inputs: `x` ((B, T)
+embeddings become Gather, dense encoders, dense output decoders and the readout MatMul + Add
+(deconv and upsample decoders are refused). Inputs: `x` ((B, T)
 int64 ids or (B, T, F) floats) and `lengths` ((B,) int32); output `predictions`, (B, T, C)
 for many_to_many or (B, C) for many_to_one, equal to `Model.forward`'s on real steps. The
 file is float32, which is what onnxruntime's CPU recurrent kernels accept.
@@ -26,6 +27,12 @@ def _check_exportable(model) -> None:
         raise DataError(
             f"ONNX export supports many_to_many and many_to_one models, not {m.pattern}"
         )
+    for i, dec in enumerate(m.decoders):
+        if dec.type != "dense":  # dense decoders export as MatMul + Add, like the readout
+            raise DataError(
+                f"model.decoders[{i}] is a {dec.type} decoder, which ONNX export does not "
+                "write (only dense decoders); export a model whose decoders are all dense"
+            )
     for i, layer in enumerate(m.layers):
         if layer.layer_norm:  # ONNX's RNN/GRU/LSTM operators have no normalisation inside
             raise DataError(
@@ -167,6 +174,8 @@ def export_onnx(model, path: str | Path) -> Path:
         out_shape = ["B", "T", m.target.size]
     else:
         top, out_shape = last, ["B", m.target.size]
+    for i, dec in enumerate(m.decoders):
+        top = _dense(b, params, f"decode{i}", top, dec.activation)
     out = _dense(b, params, "out", top) if m.readout == "linear" else top
     b.nodes.append(helper.make_node("Identity", [out], ["predictions"]))
     graph = helper.make_graph(

@@ -57,8 +57,9 @@ def subscript(t) -> str:
 
 
 def _group(scope: str) -> str:
-    """Stacked encoders (enc0, enc1) draw as one block, a layer's bridges (h, c) as one."""
-    return re.sub(r"^(enc|fb)\d+$|^(bridge\.l\d+)\..*$", lambda m: m[1] or m[2], scope)
+    """Stacked encoders (enc0, enc1) draw as one block, so do stacked output decoders (decode0,
+    decode1, and the flattening `decode`), and a layer's bridges (h, c) as one."""
+    return re.sub(r"^(enc|fb|decode)\d+$|^(bridge\.l\d+)\..*$", lambda m: m[1] or m[2], scope)
 
 
 def lane_colours(scope: str) -> tuple[str, str]:

@@ -15,11 +15,21 @@ from pathlib import Path
 from seqgraph.errors import SpecError
 from seqgraph.spec import equations, schema
 from seqgraph.spec.model import build_model, encoded_size
-from seqgraph.spec.types import CellSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec, ParamSpec, Spec
+from seqgraph.spec.types import (
+    CellSpec,
+    DecoderSpec,
+    EncoderSpec,
+    IOSpec,
+    LayerSpec,
+    ModelSpec,
+    ParamSpec,
+    Spec,
+)
 from seqgraph.spec.yaml_lines import MAX_YAML_BYTES, TOO_LARGE, read_yaml, validate, with_line
 
 __all__ = [
     "CellSpec",
+    "DecoderSpec",
     "EncoderSpec",
     "IOSpec",
     "LayerSpec",

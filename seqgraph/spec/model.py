@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from seqgraph.errors import SpecError
+from seqgraph.spec.decoders import build_decoders
 from seqgraph.spec.equations import SizeExpr
 from seqgraph.spec.types import AttentionSpec, EncoderSpec, IOSpec, LayerSpec, ModelSpec
 
@@ -247,11 +248,14 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     attention = _attention(raw.get("attention"), pattern)
     readout = raw.get("readout", "linear")
     top = attention.size if attention else (decoder or layers)[-1].out_size
-    if readout == "identity" and (target.type != "vectors" or target.size != top):
+    decoders, top = build_decoders(raw.get("decoders", []), top, target)
+    if decoders and decoders[-1].type != "dense":
+        readout = "identity"  # the last decoder's image is the prediction
+    elif readout == "identity" and (target.type != "vectors" or target.size != top):
+        what = "the last decoder's output" if decoders else "the top layer's output"
         raise SpecError(
             "model.readout",
-            f"identity readout needs vector targets of size {top} "
-            "(the top layer's output); use readout: linear",
+            f"identity readout needs vector targets of size {top} ({what}); use readout: linear",
         )
     bos = raw.get("bos", 0)
     if feeds_back and target.type == "ids" and bos >= target.size:
@@ -269,6 +273,7 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         bos,
         objective,
         attention,
+        decoders,
     )
 
 

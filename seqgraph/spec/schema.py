@@ -105,6 +105,32 @@ _encoder = {
     },
 }
 
+_decoder = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type"],
+    "properties": {
+        "type": {
+            "enum": ["dense", "deconv", "upsample"],
+            "description": "dense: W h + b; deconv: transposed convolution (stride `stride`); "
+            "upsample: nearest upsampling by `stride`, then a same-size convolution",
+        },
+        "size": _size,
+        "shape": {
+            "type": "array",
+            "items": _size,
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "dense only, instead of size: its output seen as an image "
+            "[channels, height, width] for the deconv/upsample decoders after it",
+        },
+        "channels": _size,
+        "activation": {"enum": ACTIVATIONS, "default": "identity"},
+        "kernel": {"type": "integer", "minimum": 1, "maximum": 15},
+        "stride": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
+    },
+}
+
 _layer = {
     "type": "object",
     "additionalProperties": False,
@@ -168,6 +194,14 @@ MODEL = {
         "layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "decoder_layers": {"type": "array", "items": _layer, "minItems": 1, "maxItems": 64},
         "feedback_encoders": {"type": "array", "items": _encoder},
+        "decoders": {
+            "type": "array",
+            "items": _decoder,
+            "default": [],
+            "description": "per-step output decoders between the top layer (or attentional "
+            "state) and the readout, weights shared over time; ending in deconv/upsample, the "
+            "last one writes the target itself (identity readout)",
+        },
         "readout": {"enum": ["linear", "identity"], "default": "linear"},
         "loss": {
             "enum": ["softmax_ce", "mse", "ctc"],

@@ -60,6 +60,36 @@ class EncoderSpec:
 
 
 @dataclass(frozen=True)
+class DecoderSpec:
+    """One per-step output decoder (`model.decoders[i]`), applied at every step with weights
+    shared over time between the top layer and the readout."""
+
+    type: str  # "dense", "deconv" or "upsample"
+    size: int  # output features (dense) or channels (deconv, upsample)
+    activation: str = "identity"
+    shape: tuple = ()  # (C, H, W) of an image decoder's output, or of a dense one given `shape`
+    kernel: int = 0  # deconv, upsample
+    stride: int = 1  # deconv: the transposed convolution's stride; upsample: its factor
+
+    @property
+    def image(self) -> bool:
+        """Whether its output is an image (C, H, W) rather than a vector."""
+        return bool(self.shape)
+
+    def __repr__(self) -> str:
+        return f"DecoderSpec({self.text})"
+
+    @property
+    def text(self) -> str:
+        """Short form: "dense 128 relu", "dense 8x4x4", "deconv 1 k4 s2 sigmoid"."""
+        parts = [self.type, _dims(self.shape) if self.type == "dense" and self.shape else ""]
+        parts[1] = parts[1] or str(self.size)
+        if self.type != "dense":
+            parts += [f"k{self.kernel}", f"s{self.stride}"]
+        return " ".join(parts + ([self.activation] if self.activation != "identity" else []))
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     cell: str
     hidden: int
@@ -138,6 +168,7 @@ class ModelSpec:
     bos: int
     objective: str = ""  # `model.loss` as written; "" picks the target type's default
     attention: AttentionSpec | None = None  # encoder_decoder only
+    decoders: tuple[DecoderSpec, ...] = ()  # per-step output decoders before the readout
 
     @property
     def loss(self) -> str:
@@ -159,6 +190,7 @@ class ModelSpec:
             decoder = [layer.text for layer in self.decoder_layers]
             decoder += [self.attention.text] if self.attention else []
             parts.append("=> dec " + " -> ".join(decoder))
+        parts += [d.text for d in self.decoders]
         readout = "" if self.readout == "linear" else f" ({self.readout} readout)"
         return " -> ".join(parts + [self.target.text]).replace("-> =>", "=>") + readout
 

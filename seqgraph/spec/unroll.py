@@ -13,6 +13,9 @@ dropout nodes and the same parameters.
 
 With `model.attention`, each decoder step also reads every encoder output through one
 memory node (Luong, Pham & Manning 2015, global attention; see `Unroller.attend`).
+
+With `model.decoders`, every step's top output (or attentional state) passes the output
+decoders before the readout (`Unroller.decode`; their checks live in `spec/decoders.py`).
 """
 
 from __future__ import annotations
@@ -161,9 +164,54 @@ class Unroller:
         return key
 
     def readout(self, key: Key, size: int, t) -> Key:
+        """Step t's prediction: the top output through the decoders, then the readout."""
+        key, size = self.decode(key, size, t)
         if self.model.readout == "identity":
             return key
         return self.dense("out", key, size, self.model.target.size, t)
+
+    def decode(self, key: Key, size: int, t) -> tuple[Key, int]:
+        """The per-step output decoders (`model.decoders`), each scope's parameters shared by
+        every step; returns the output as (B, size), images flattened channel-major."""
+        shape: tuple = ()  # of the current image, () while it is a vector
+        for i, dec in enumerate(self.model.decoders):
+            scope = f"decode{i}"
+            if dec.type == "dense":
+                if shape:
+                    key = self.op((scope, "flat_in", t), "reshape", (key,), shape=(-1, size))
+                key = self.dense(scope, key, size, dec.size, t, dec.activation)
+                if dec.shape:
+                    key = self.op((scope, "image", t), "reshape", (key,), shape=(-1, *dec.shape))
+            else:
+                key = self.upconv(scope, key, shape[0], dec, t)
+            size, shape = dec.size if not dec.shape else math.prod(dec.shape), dec.shape
+        if shape:
+            key = self.op(("decode", "flat", t), "reshape", (key,), shape=(-1, size))
+        return key, size
+
+    def upconv(self, scope: str, key: Key, channels: int, dec, t) -> Key:
+        """A deconv (transposed convolution, padding (kernel - stride) / 2, so exactly `stride`
+        times larger) or upsample (nearest, then a same-size convolution) decoder, then its
+        bias and activation."""
+        k, stride = dec.kernel, dec.stride
+        if dec.type == "deconv":
+            # each output pixel sums about channels * (k / stride)**2 products
+            init = {"dist": "uniform", "scale": stride / math.sqrt(channels * k * k)}
+            W = self.param(scope, "K", (channels, dec.size, k, k), init)
+            padding = (k - stride) // 2
+            key = self.op(
+                (scope, "deconv", t), "conv_transpose2d", (key, W), stride=stride, padding=padding
+            )
+        else:
+            init = {"dist": "uniform", "scale": 1 / math.sqrt(channels * k * k)}
+            W = self.param(scope, "K", (dec.size, channels, k, k), init)
+            key = self.op((scope, "upsample", t), "upsample2d", (key,), size=stride)
+            key = self.op((scope, "conv", t), "conv2d", (key, W), padding=k // 2)
+        b = self.param(scope, "b", (dec.size, 1, 1), init)
+        key = self.op((scope, "z", t), "add", (key, b))
+        if dec.activation != "identity":
+            key = self.op((scope, dec.activation, t), dec.activation, (key,))
+        return key
 
     def loss(self, prediction: Key, target: Key, weight: Key, t) -> Key:
         fn = self.model.loss
