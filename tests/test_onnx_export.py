@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seqgraph import DataError, Model
+from seqgraph.cli import main
 from seqgraph.inspect.onnx_export import export_onnx
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
@@ -77,3 +78,24 @@ def test_vector_input_and_refusals(tmp_path):
     }
     with pytest.raises(DataError, match="supports many_to_many and many_to_one"):
         export_onnx(Model(seq2seq), tmp_path / "no.onnx")
+
+
+def test_a_conv_encoder_is_refused_in_one_line(tmp_path, capsys):
+    """Regression: a model with a conv encoder reached the dense writer and ended in
+    KeyError: 'enc0.W' (a traceback from `seqgraph export`)."""
+    spec = {
+        "name": "conv_frames",
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "images", "shape": [1, 6, 6]},
+            "target": {"type": "ids", "vocab": 3},
+            "encoders": [{"type": "conv", "channels": 2}],
+            "layers": [{"cell": "lstm", "hidden": 4}],
+        },
+    }
+    with pytest.raises(DataError, match=r"model.encoders\[0\] is a conv encoder"):
+        export_onnx(Model(spec), tmp_path / "no.onnx")
+    Model(spec).save(tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--to", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "conv encoder" in err and "Traceback" not in err

@@ -27,6 +27,13 @@ def _check_exportable(model) -> None:
         raise DataError(
             f"ONNX export supports many_to_many and many_to_one models, not {m.pattern}"
         )
+    for i, enc in enumerate(m.encoders):
+        if enc.type not in ("embedding", "onehot", "dense"):  # what `_encoders` writes
+            raise DataError(
+                f"model.encoders[{i}] is a {enc.type} encoder, which ONNX export does not "
+                "write (only embedding, onehot and dense encoders); export the weights "
+                "instead (--to onnx_weights, pytorch or keras)"
+            )
     for i, dec in enumerate(m.decoders):
         if dec.type != "dense":  # dense decoders export as MatMul + Add, like the readout
             raise DataError(
