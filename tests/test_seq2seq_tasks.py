@@ -20,6 +20,7 @@ from seqgraph.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+import dates_table  # noqa: E402
 import length_curve  # noqa: E402
 
 # ---- dates -----------------------------------------------------------------------------------
@@ -61,14 +62,14 @@ def test_examples_are_deterministic_and_every_source_names_its_target():
     }
     for index in range(200):
         for name, form in parsers.items():
-            source, target = dates.example(0, index, [name])
+            source, target, _ = dates.example(0, index, [name])
             assert dt.datetime.strptime(source, form).date().isoformat() == target
 
 
 def test_held_out_dates_never_occur_in_training_in_any_format():
     train, valid, test = dates.pairs({"examples": 4000}, 0)
-    train_days = {target for _, target in train}
-    valid_days, test_days = {t for _, t in valid}, {t for _, t in test}
+    train_days = {target for _, target, _ in train}
+    valid_days, test_days = {t for _, t, _ in valid}, {t for _, t, _ in test}
     assert not train_days & test_days and not train_days & valid_days
     assert not valid_days & test_days
     share = len(test) / 4000
@@ -89,6 +90,30 @@ def test_load_gives_char_ids_ending_with_eos_and_refuses_other_patterns():
         dates.load({}, "many_to_one", 0)
     with pytest.raises(DataError, match="unknown format 'julian'"):
         dates.load({"formats": ["julian"]}, "encoder_decoder", 0)
+
+
+def test_dates_table_scores_each_format_and_a_tiny_run_end_to_end(tmp_path):
+    test = [("11/26/26", "2026-11-26", "us_mm_dd_yy"), ("2026.11.26", "2026-11-26", "iso")]
+    outputs = {
+        "greedy": [list("2026-11-26"), list("2026-11-2")],
+        "beam 5": [[], list("2026-11-26")],
+    }
+    table = dates_table.exact_by_format(test, outputs)
+    assert table["all"] == {"pairs": 2, "greedy": 0.5, "beam 5": 0.5}
+    assert table["us_mm_dd_yy"] == {"pairs": 1, "greedy": 1.0, "beam 5": 0.0}
+    assert "d_mon_yyyy" not in table  # no test pair in that format
+    spec = yaml.safe_load((ROOT / "specs" / "dates_attention.yaml").read_text())
+    spec["model"]["layers"][0]["hidden"] = 6
+    spec["model"]["attention"]["size"] = 6
+    spec["data"]["examples"] = 60
+    spec["train"] = {"steps": 2, "batch_size": 4, "lr": 0.01}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run")]) == 0
+    assert dates_table.main([str(tmp_path / "run"), "--beam", "2"]) == 0
+    result = json.loads((tmp_path / "run" / "dates_table.json").read_text())
+    test = dates.pairs({"examples": 60}, 0)[2]
+    assert result["all"]["pairs"] == len(test) > 0
+    assert sum(row["pairs"] for name, row in result.items() if name != "all") == len(test)
 
 
 # ---- the length curve ------------------------------------------------------------------------

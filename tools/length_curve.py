@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import reverse_digits  # noqa: E402
 
 import seqgraph  # noqa: E402
+from seqgraph.errors import SeqgraphError  # noqa: E402
 
 MODELS = {  # label: spec; the two differ only in model.attention (and max_len, a check)
     "attention": ROOT / "specs" / "reverse_attention.yaml",
@@ -198,4 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SeqgraphError as error:  # a bad run folder or file: one line, as the CLI says it
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

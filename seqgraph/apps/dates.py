@@ -91,16 +91,16 @@ def day_splits(config: dict, seed: int) -> np.ndarray:
     return split
 
 
-def example(seed: int, index: int, formats: list[str]) -> tuple[str, str]:
-    """Example `index`: (a date in one of `formats`, the same date in ISO form)."""
+def example(seed: int, index: int, formats: list[str]) -> tuple[str, str, str]:
+    """Example `index`: (a date in one of `formats`, the same date in ISO form, the format)."""
     rng = np.random.default_rng([seed, index])
     day = FIRST_DAY + dt.timedelta(days=int(rng.integers(days())))
     name = formats[int(rng.integers(len(formats)))]
-    return FORMATS[name](day), day.isoformat()
+    return FORMATS[name](day), day.isoformat(), name
 
 
 def pairs(config: dict, seed: int) -> tuple[list, list, list]:
-    """(train, valid, test) lists of (source, target) strings, split by date."""
+    """(train, valid, test) lists of (source, target, format name), split by date."""
     formats = list(config.get("formats") or FORMATS)
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
@@ -110,9 +110,9 @@ def pairs(config: dict, seed: int) -> tuple[list, list, list]:
     split = day_splits(config, seed)
     parts: tuple[list, list, list] = ([], [], [])
     for index in range(int(config.get("examples", 20000))):
-        source, target = example(seed, index, formats)
+        source, target, name = example(seed, index, formats)
         day = (dt.date.fromisoformat(target) - FIRST_DAY).days
-        parts[split[day]].append((source, target))
+        parts[split[day]].append((source, target, name))
     return parts
 
 
@@ -128,7 +128,7 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
         raise DataError("data.examples: no training dates left; raise examples")
     where = Path("dates")  # what a max_len refusal names: the generated set, not a file
     rows = [
-        [(list(source), list(target), index, where) for index, (source, target) in enumerate(p)]
+        [(list(source), list(target), index, where) for index, (source, target, _) in enumerate(p)]
         for p in parts
     ]
     return sequence_set(*rows, config)
