@@ -90,6 +90,8 @@ def test_load_gives_char_ids_ending_with_eos_and_refuses_other_patterns():
         dates.load({}, "many_to_one", 0)
     with pytest.raises(DataError, match="unknown format 'julian'"):
         dates.load({"formats": ["julian"]}, "encoder_decoder", 0)
+    with pytest.raises(DataError, match="valid_fraction \\+ data.test_fraction = 1 leaves"):
+        dates.load({"valid_fraction": 0.5, "test_fraction": 0.5}, "encoder_decoder", 0)
 
 
 def test_dates_table_scores_each_format_and_a_tiny_run_end_to_end(tmp_path):

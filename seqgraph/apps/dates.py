@@ -107,6 +107,12 @@ def pairs(config: dict, seed: int) -> tuple[list, list, list]:
         raise DataError(
             f"data.formats: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}"
         )
+    held_out = float(config.get("valid_fraction", 0.1)) + float(config.get("test_fraction", 0.1))
+    if held_out >= 1:
+        raise DataError(
+            f"data.valid_fraction + data.test_fraction = {held_out:g} leaves no training "
+            "days; keep their sum below 1"
+        )
     split = day_splits(config, seed)
     parts: tuple[list, list, list] = ([], [], [])
     for index in range(int(config.get("examples", 20000))):
