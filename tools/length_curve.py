@@ -3,7 +3,7 @@ digit reversal (lengths 5-40): trains `specs/reverse_attention.yaml` and its fix
 `specs/parallel_reverse.yaml` side by side (or takes two run folders), decodes a held-out test
 set greedily (`--beam K` adds beam search) and writes a PNG, a Markdown table and a JSON.
 
-    OMP_NUM_THREADS=1 python tools/length_curve.py --out runs/length_curve --steps 2400 \\
+    OMP_NUM_THREADS=1 python tools/length_curve.py --out runs/length_curve \\
         --png docs/length_curve.png
     python tools/length_curve.py --out runs/length_curve --runs ATT_RUN PLAIN_RUN \\
         --test runs/length_curve/test.tsv
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for data, runs, results")
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("ATTENTION", "NO_ATTENTION"))
     parser.add_argument("--test", type=Path, help="test pairs (default: generated, seed 1)")
-    parser.add_argument("--steps", type=int, default=2400, help="training steps each (2400)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps each (3000)")
     parser.add_argument("--count", type=int, default=20000, help="training pairs (20000)")
     parser.add_argument("--test-count", type=int, default=1800, help="test pairs (1800)")
     parser.add_argument("--min", type=int, default=5)
