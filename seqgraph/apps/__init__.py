@@ -15,6 +15,7 @@ in the group `seqgraph.apps` (pyproject.toml); registering twice changes nothing
 - `captions`: `shape_captions` (image captioning, BLEU, example captions)
 - `conll`: `conll` (CoNLL-style per-token tagging: `token<TAB>tag`, blank line between)
 - `parallel`: `parallel` (`source<TAB>target` pairs for seq2seq, separate vocabularies)
+- `dates`: `dates` (human date formats -> ISO, generated, held out by date)
 
 Never imported by the core: the core (train, spec, cli) names no application.
 """
@@ -25,6 +26,7 @@ from seqgraph.apps import (
     activity,
     captions,
     conll,
+    dates,
     frames,
     fsdd,
     mulaw,
@@ -44,6 +46,7 @@ BUILTIN = {
     "captions": captions,
     "conll": conll,
     "parallel": parallel,
+    "dates": dates,
 }
 
 

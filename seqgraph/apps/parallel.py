@@ -100,6 +100,12 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     train, valid, test = split_rows(rows, {**config, "split": "random"}, seed)
     if not train:
         raise DataError(f"{path}: {len(rows)} pairs leave none for training")
+    return sequence_set(train, valid, test, config)
+
+
+def sequence_set(train: list, valid: list, test: list, config: dict) -> SequenceSet:
+    """Source and target vocabularies from `train`'s rows (`read_pairs`' tuples), and the
+    ids of every split, each target ending with `<eos>` (also the `dates` source's end)."""
     min_count = int(config.get("min_count", 1))
     vocab = _vocabulary(SOURCE_SPECIALS, (row[0] for row in train), min_count)
     labels = _vocabulary(TARGET_SPECIALS, (row[1] for row in train), min_count)
@@ -108,8 +114,9 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     limit = config.get("max_len")
     parts = [_ids(part, source_index, target_index, limit) for part in (train, valid, test)]
     (xs, ys), (vx, vy), (tx, ty) = parts
+    padding = PADDING["encoder_decoder"]
     return SequenceSet(
-        xs, ys, vx, vy, vocab=vocab, labels=labels, padding=PADDING[pattern], test_x=tx, test_y=ty
+        xs, ys, vx, vy, vocab=vocab, labels=labels, padding=padding, test_x=tx, test_y=ty
     )
 
 
