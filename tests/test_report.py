@@ -86,6 +86,15 @@ def test_report_is_one_self_contained_page(two_runs, capsys):
         assert base64.b64decode(encoded).startswith(b"\x89PNG")
 
 
+def test_a_report_that_cannot_be_written_names_the_option_to_change(two_runs, tmp_path, capsys):
+    """Regression: the one line said `pass --out DIR`, an option `report` does not have."""
+    out = tmp_path / "no" / "such" / "folder" / "r.html"
+    assert main(["report", str(two_runs[0]), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write" in err and "pass -o FILE in a folder you can write" in err
+    assert "--out" not in err and err.count("\n") == 1
+
+
 def test_report_says_why_a_section_is_missing(two_runs, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(two_runs[1], run_dir)

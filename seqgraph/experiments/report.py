@@ -57,7 +57,7 @@ def write_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         sections = _sections(run, Path(scratch))
     made = time.perf_counter() - began
     page = _page(run, sections, made)
-    run_folder.atomic_write(path, lambda handle: handle.write(page.encode()))
+    run_folder.atomic_write(path, lambda handle: handle.write(page.encode()), "pass -o FILE")
     return path
 
 

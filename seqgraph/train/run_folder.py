@@ -58,11 +58,15 @@ _FIXES = {  # errno: what to do about a write that failed with it
 }
 
 
-def write_error(path: Path, exc: OSError, replacing: bool = True) -> RunFolderError:
+def write_error(
+    path: Path, exc: OSError, replacing: bool = True, option: str = _NEW_OUT
+) -> RunFolderError:
     """One line for a write to `path` that failed: the reason (errno) and the fix, and, for a
-    file being replaced atomically, that its previous version is unchanged."""
+    file being replaced atomically, that its previous version is unchanged. `option` is how
+    the user names another place (a run folder's `pass --out DIR`, a report's `pass -o FILE`)."""
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     fix = _FIXES.get(exc.errno, f"{_NEW_OUT} with a folder you can write")
+    fix = fix.replace(_NEW_OUT, option).replace("FILE with a folder", "FILE in a folder")
     kept = f"; the previous {path.name} is unchanged" if replacing and path.is_file() else ""
     return RunFolderError(f"{path}: cannot write ({reason}){kept}; {fix}")
 
@@ -73,10 +77,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, option: str = _NEW_OUT) -> None:
     """Write through a temporary file in the same folder, then rename over `path`, so a crash
     at any point leaves either the old file or the new one, never a torn one. The file gets
-    the mode a plain `open` would give it (0666 less the umask), not mkstemp's 0600."""
+    the mode a plain `open` would give it (0666 less the umask), not mkstemp's 0600. A failed
+    write is one line whose fix names `option` (see `write_error`)."""
     path = Path(path)
     tmp = None
     try:
@@ -92,7 +97,7 @@ def atomic_write(path: Path, write) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+            raise write_error(path, exc, option=option) from None
         raise
 
 
