@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps.sentences import PAD_MULTIPLE, encode_tokens, split_rows
+from seqgraph.apps.sentences import PAD_MULTIPLE, encode_tokens, split_rows, vocabulary
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
@@ -125,14 +125,6 @@ def _labels(config: dict, rows: list) -> list[str]:
     return allowed
 
 
-def _vocabulary(train: list, min_count: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for steps, *_ in train:
-        for unit in steps:
-            counts[unit] = counts.get(unit, 0) + 1
-    return [*SPECIALS, *sorted(u for u, n in counts.items() if n >= min_count)]
-
-
 def _ids(part: list, index: dict, label_id: dict, limit) -> tuple[list, list]:
     xs, ys = [], []
     for steps, tags, number, path in part:
@@ -162,7 +154,7 @@ def load(config: dict, pattern: str, seed: int) -> SequenceSet:
     if not train:
         raise DataError(f"{path}: {len(rows)} sequences leave none for training")
     labels = _labels(config, rows)
-    vocab = _vocabulary(train, int(config.get("min_count", 1)))
+    vocab = vocabulary(SPECIALS, (steps for steps, *_ in train), int(config.get("min_count", 1)))
     index = {u: i for i, u in enumerate(vocab)}
     label_id = {t: i for i, t in enumerate(labels)}
     limit = config.get("max_len")

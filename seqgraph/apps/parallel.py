@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps.sentences import encode_tokens, split_rows
+from seqgraph.apps.sentences import encode_tokens, split_rows, vocabulary
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
@@ -64,14 +64,6 @@ def read_pairs(path: Path, config: dict) -> list[tuple[list[str], list[str], int
     return rows
 
 
-def _vocabulary(specials: tuple, sequences, min_count: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for sequence in sequences:
-        for token in sequence:
-            counts[token] = counts.get(token, 0) + 1
-    return [*specials, *sorted(t for t, n in counts.items() if n >= min_count)]
-
-
 def _ids(part: list, source_index: dict, target_index: dict, limit) -> tuple[list, list]:
     xs, ys = [], []
     unknown = TARGET_SPECIALS.index("<unk>")
@@ -107,8 +99,8 @@ def sequence_set(train: list, valid: list, test: list, config: dict) -> Sequence
     """Source and target vocabularies from `train`'s rows (`read_pairs`' tuples), and the
     ids of every split, each target ending with `<eos>` (also the `dates` source's end)."""
     min_count = int(config.get("min_count", 1))
-    vocab = _vocabulary(SOURCE_SPECIALS, (row[0] for row in train), min_count)
-    labels = _vocabulary(TARGET_SPECIALS, (row[1] for row in train), min_count)
+    vocab = vocabulary(SOURCE_SPECIALS, (row[0] for row in train), min_count)
+    labels = vocabulary(TARGET_SPECIALS, (row[1] for row in train), min_count)
     source_index = {t: i for i, t in enumerate(vocab)}
     target_index = {t: i for i, t in enumerate(labels)}
     limit = config.get("max_len")

@@ -121,12 +121,8 @@ def encode(config: dict, train: list, held_out: list[list], tagged: bool = False
                     raise DataError(f"{path}:{index + 1}: {kind} {tag!r} is not one of {allowed}")
         labels = allowed
     words = config.get("tokenizer", "word") == "word"
-    counts: dict[str, int] = {}
-    for text, *_ in train:
-        for tok in _tokens(text, words, tagged):
-            counts[tok] = counts.get(tok, 0) + 1
-    min_count = int(config.get("min_count", 1))
-    vocab = ["<pad>", "<unk>"] + sorted(t for t, n in counts.items() if n >= min_count)
+    tokens = (_tokens(text, words, tagged) for text, *_ in train)
+    vocab = vocabulary(("<pad>", "<unk>"), tokens, int(config.get("min_count", 1)))
     index = {t: i for i, t in enumerate(vocab)}
 
     limit = config.get("max_len")
@@ -193,6 +189,17 @@ def encode_raw(texts: list[str], config: dict, facts: dict, pattern: str) -> Enc
     words = config.get("tokenizer", "word") == "word"
     tagged = pattern == "many_to_many"
     return encode_tokens([_tokens(text, words, tagged) for text in texts], facts)
+
+
+def vocabulary(specials: tuple, sequences, min_count: int) -> list[str]:
+    """A training split's vocabulary: `specials` first (their ids are fixed), then every token
+    seen at least `min_count` times, sorted; rarer ones will read as `<unk>`. The text
+    sources (tsv, conll, parallel) all build theirs so."""
+    counts: dict[str, int] = {}
+    for sequence in sequences:
+        for token in sequence:
+            counts[token] = counts.get(token, 0) + 1
+    return [*specials, *sorted(t for t, n in counts.items() if n >= min_count)]
 
 
 def encode_tokens(token_lists: list[list[str]], facts: dict) -> Encoded:
