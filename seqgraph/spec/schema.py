@@ -19,6 +19,7 @@ ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]
 INITS = ["uniform", "normal", "zeros", "ones", "xavier", "orthogonal"]
 
 _size = {"type": "integer", "minimum": 1, "maximum": 1_000_000}
+_image_shape = {"type": "array", "items": _size, "minItems": 3, "maxItems": 3}
 _size_expr = {
     "oneOf": [_size, {"type": "string", "minLength": 1, "maxLength": 200}],
     "description": "a whole number or a size expression such as 4*hidden",
@@ -117,10 +118,7 @@ _decoder = {
         },
         "size": _size,
         "shape": {
-            "type": "array",
-            "items": _size,
-            "minItems": 3,
-            "maxItems": 3,
+            **_image_shape,
             "description": "dense only, instead of size: its output seen as an image "
             "[channels, height, width] for the deconv/upsample decoders after it",
         },
@@ -170,13 +168,7 @@ _io = {
         "type": {"enum": ["ids", "vectors", "images"]},
         "vocab": {"oneOf": [_size, {"const": "auto"}]},
         "size": _size,
-        "shape": {
-            "type": "array",
-            "items": _size,
-            "minItems": 3,
-            "maxItems": 3,
-            "description": "images: [channels, height, width]",
-        },
+        "shape": {**_image_shape, "description": "images: [channels, height, width]"},
     },
     "description": "ids: integer tokens/classes (give vocab, or auto to take it from the "
     "data); vectors: floats (give size)",
