@@ -149,9 +149,13 @@ def test_resume_keeps_the_best_score_and_the_patience_counter(stopped, tmp_path)
         ours, theirs = (run_folder.load_checkpoint(d, name)[0] for d in (part, whole))
         for key in theirs:
             np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{name} {key}")
-    # resuming a run that already stopped early trains no further
+    # resuming a run that already stopped early trains no further and repeats no record
+    # (regression: it wrote a second early_stop and a second final validation)
+    records = (part / "metrics.jsonl").read_text()
     again = api.train(str(spec), out=str(part), resume=True, **QUIET)
     assert again["early_stopped"] and again["steps_done"] == summary["steps_done"]
+    assert (part / "metrics.jsonl").read_text() == records
+    assert again["valid"] == resumed["valid"] and again["best"] == resumed["best"]
 
 
 def test_checkpoint_flag_picks_the_file(stopped, tmp_path, capsys):

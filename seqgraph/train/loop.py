@@ -438,6 +438,7 @@ class _Loop:
         self.best = Best.from_config(config.get("early_stopping"))
         self.best_note = ""  # what the last validation did to the best, for its progress line
         self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
+        self.validated_in_full = False  # `validated` already holds the run's final scores
         self.stopped_early = False
         self.carry: dict = {}  # the state carried at the last checkpoint
         self.norms_per_layer = bool(config.get("log_to"))  # for the trackers' grad_norm/<layer>
@@ -505,7 +506,8 @@ class _Loop:
         fired_at_log, step_at_log = 0, start  # the clip rate is over the steps since the last log
         self.carry = carry
         if self.best.exhausted:  # resumed after it stopped early: nothing left to train
-            self._stop_early(start, progress)
+            self._restore_final_validation(start)
+            self._stop_early(start, progress, record=False)
             return start, False
         with _StopFlag() as stop:
             while step < total:
@@ -570,26 +572,40 @@ class _Loop:
         progress.close()
         return step, False
 
-    def _stop_early(self, step: int, progress) -> None:
-        """The run's last line when its validation metric stopped improving."""
+    def _stop_early(self, step: int, progress, record: bool = True) -> None:
+        """The run's last line when its validation metric stopped improving; `record` False
+        when a resumed run finds it already stopped (metrics.jsonl has the record)."""
         b = self.best
         self.stopped_early = True
-        self.metrics.write(
-            {
-                "kind": "early_stop",
-                "step": step,
-                "metric": b.metric,
-                "best": b.value,
-                "best_step": b.step,
-                "patience": b.patience,
-            }
-        )
+        if record:
+            self.metrics.write(
+                {
+                    "kind": "early_stop",
+                    "step": step,
+                    "metric": b.metric,
+                    "best": b.value,
+                    "best_step": b.step,
+                    "patience": b.patience,
+                }
+            )
         progress.close()
         by = f" by more than {b.min_delta:g}" if b.min_delta else ""
         self.log(
             f"early stopping at step {step}: {b.metric} has not improved{by} in {b.patience} "
             f"validations; {b.describe()} (kept in {self.run_dir / run_folder.BEST})"
         )
+
+    def _restore_final_validation(self, step: int) -> None:
+        """The last validation record of `step` (the stopped run's final one, with its
+        scores) as this run's, so resuming a finished run repeats no record."""
+        records = [r for r in self.metrics.read() if r.get("kind") == "valid"]
+        final = [r for r in records if r.get("step") == step]
+        if not final:  # a metrics.jsonl without it (edited by hand): validate again
+            return
+        dropped = ("kind", "step", "valid_loss", "time")
+        result = {k: v for k, v in final[-1].items() if k not in dropped}
+        self.validated = (step, {"loss": final[-1]["valid_loss"], **result})
+        self.validated_in_full = True
 
     def _meta(self, step: int) -> dict:
         return {
@@ -634,7 +650,7 @@ class _Loop:
         validation comes after its last checkpoint, which is written again so a resumed run
         knows that best."""
         if self.validated is not None and self.validated[0] == step:
-            if kind is None or not self.has_validation:
+            if kind is None or not self.has_validation or self.validated_in_full:
                 return self.validated[1]
             return self._record(step, self._evaluate(kind))
         before = self.best.step
