@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -36,18 +37,22 @@ from bench_peers import CELLS, CONFIGS, IMPLS
 
 DEFAULT_CONFIGS = ("tiny", "small", "medium", "long")
 ROUNDS = 15
-# a rough guess for the estimate: per worker, start-up (imports, building the step, warm-up)
-# and the check alone (the same again, plus its loop); a step at half the GEMM peak
-START_S, ALONE_S, PEAK_SHARE = 4.0, 6.0, 0.5
+# a rough guess for the estimate: a process's imports and building its step, and a step at
+# this share of the GEMM peak (medium LSTM: 0.14 s guessed, 0.14 to 0.22 s measured;
+# large: 4.6 s guessed, 3.0 to 4.1 s measured)
+IMPORT_S, PEAK_SHARE = 2.5, 0.6
 
 
 def estimate(group: tuple[str, str], impls, args, peak_gflops: float) -> float:
     """Seconds one (config, cell) group should take: start-ups, rounds, checks alone."""
     config, cell = group
     step = bench_peers.step_flops(cell, config) / (PEAK_SHARE * peak_gflops * 1e9)
-    sample = max(args.min_sample, step)
-    alone = sum(impl in args.alone for impl in impls) * (ALONE_S + 6 * step)
-    return len(impls) * (START_S + 4 * step + args.rounds * (args.pause + sample)) + alone
+    sample = math.ceil(args.min_sample / step) * step
+    chunk = max(args.min_sample / 2, step)
+    start = IMPORT_S + 2 * step + 2 * chunk  # two first steps, two warm-up chunks that agree
+    alone = IMPORT_S + step + max(1.0, 2 * chunk) + harness.ALONE_SAMPLES * sample
+    checked = sum(impl in args.alone for impl in impls)
+    return len(impls) * (start + args.rounds * (args.pause + sample)) + checked * alone
 
 
 def initial_weights(cell: str, config: str, impls, args, folder: str) -> str | None:
@@ -110,6 +115,7 @@ def _record(samples: list[float], ready: dict, cell: str, config: str) -> dict:
         "gflops": bench_peers.step_flops(cell, config) / summary["median_s"] / 1e9,
         "samples_ms": [1e3 * s for s in samples],
         "steps_per_sample": ready["steps_per_sample"],
+        "start_s": ready["start_s"],
         "warm_up_s": ready["warm_up_s"],
         "steady": ready["steady"],
         "loss": ready["loss"],

@@ -219,6 +219,11 @@ def library_facts(impl: str) -> dict:
         facts.update(torch_facts())
     elif impl == "jax":
         facts.update(jax_facts())
+    if "cupy" in sys.modules:
+        import cupy
+
+        device = cupy.cuda.runtime.getDeviceProperties(0)
+        facts["cupy"] = {"cupy": cupy.__version__, "gpu": device["name"].decode()}
     facts["pools"] = harness.pool_facts()
     # the promise that a worker runs one library, checked: which of the others it has loaded
     # (an implementation's name is its library's module name; jax_peer imports jax)

@@ -47,7 +47,7 @@ PAUSE_S = 0.2  # before each sample: the previous worker's spinning threads go t
 MIN_SAMPLE_S = 0.2  # shortest sample: timer and scheduler noise stay well under 1 %
 STEADY = 0.05  # warm-up ends when two consecutive chunks agree within 5 %
 WARM_UP_LIMIT_S = 5.0  # ... or after this long (recorded as not steady)
-ALONE_SAMPLES = 7
+ALONE_SAMPLES = 5
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
 
 Step = Callable[[], float]  # one training step; returns the loss (and has synchronised a GPU)
@@ -124,15 +124,16 @@ def serve(build: Callable[[], Step], min_sample: float, facts: Callable[[], dict
 def time_alone(step: Step, min_sample: float, samples: int = ALONE_SAMPLES) -> dict:
     """The check on the harness: a plain loop, as one would time a step by hand: warm up for a
     second, then `samples` chunks of back-to-back steps with no pause between them."""
-    loss = float(step())
-    _chunk(step, 1.0)
-    n = max(1, math.ceil(min_sample / min(_chunk(step, min_sample / 2)[0] for _ in range(2))))
+    loss, start, chunks = float(step()), time.perf_counter(), []
+    while time.perf_counter() - start < 1.0 or len(chunks) < 2:
+        chunks.append(_chunk(step, min_sample / 2)[0])
+    n = max(1, math.ceil(min_sample / min(chunks)))
     times = []
     for _ in range(samples):
-        start = time.perf_counter()
+        began = time.perf_counter()
         for _ in range(n):
             step()
-        times.append((time.perf_counter() - start) / n)
+        times.append((time.perf_counter() - began) / n)
     return {"loss": loss, "median_s": statistics.median(times), "samples_s": times}
 
 
@@ -193,6 +194,7 @@ class Worker:
 
     def __init__(self, name: str, argv: Sequence[str], cwd: str | None = None):
         self.name = name
+        began = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, *argv],
             stdin=subprocess.PIPE,
@@ -205,6 +207,7 @@ class Worker:
             self.process.wait()
             raise RuntimeError(f"{name}: worker exited with {self.process.returncode}")
         self.ready = json.loads(line)
+        self.ready["start_s"] = time.perf_counter() - began  # imports, build, warm-up
 
     @property
     def available(self) -> bool:
@@ -213,7 +216,10 @@ class Worker:
     def sample(self) -> float:
         self.process.stdin.write("sample\n")
         self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        line = self.process.stdout.readline()
+        if not line:  # it died mid-run (out of memory on a large config, say): name it
+            raise RuntimeError(f"{self.name}: worker exited with {self.process.wait()}")
+        return float(line)
 
     def close(self) -> None:
         self.process.stdin.close()
