@@ -6,13 +6,15 @@ Nothing here asserts a duration: only what was run, how often, and what it compu
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
 import bench  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_table  # noqa: E402
@@ -103,6 +105,17 @@ def test_a_peer_that_cannot_run_says_why_and_is_skipped():
 def test_peak_memory_is_measured_above_the_imports(tiny_weights):
     argv = bench_peers.job_argv("memory", "numpy_hand", "rnn", "tiny", params=tiny_weights)
     assert 0 <= harness.one_shot(argv)["mib"] < 100  # a tiny RNN: not the ~30 MiB of NumPy
+
+
+def test_the_drivers_load_no_library_they_time():
+    code = (
+        "import sys; sys.path.insert(0, 'tools'); import bench, bench_versions; "
+        "print([m for m in ('numpy', 'seqgraph', 'torch', 'jax') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]"  # the driver holds no thread pool of its own
 
 
 def test_a_worker_that_dies_is_named():

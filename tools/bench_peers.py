@@ -38,7 +38,7 @@ CONFIGS = {  # (B, T, input, hidden, classes)
     "long": (16, 1000, 32, 64, 32),
 }
 CELLS = ("rnn", "gru", "lstm")
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # numpy_hand.GATES; imported, it would load SciPy here
 IMPLS = ("seqgraph", "torch", "jax", "numpy_hand")
 NEEDS_PARAMS = ("jax", "numpy_hand")  # start from seqgraph's initial weights
 
@@ -156,8 +156,12 @@ def hand_step(cell: str, config: str, backend: str = "numpy", params=None) -> ha
     return lambda: numpy_hand.loss_and_grads(cell, params, x, y)[0]
 
 
-BUILDERS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step}
-BUILDERS["numpy_hand"] = hand_step
+BUILDERS = {
+    "seqgraph": seqgraph_step,
+    "torch": torch_step,
+    "jax": jax_step,
+    "numpy_hand": hand_step,
+}
 LIBRARY = {"seqgraph": "seqgraph", "torch": "torch", "jax": "jax_peer", "numpy_hand": "numpy_hand"}
 
 

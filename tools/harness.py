@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 
 PAUSE_S = 0.2  # before each sample: the previous worker's spinning threads go to sleep
-MIN_SAMPLE_S = 0.2  # shortest sample: timer and scheduler noise stay well under 1 %
+MIN_SAMPLE_S = 0.2  # shortest sample: it spans many scheduler ticks (4 ms at most each)
 STEADY = 0.05  # warm-up ends when two consecutive chunks agree within 5 %
 WARM_UP_LIMIT_S = 5.0  # ... or after this long (recorded as not steady)
 ALONE_SAMPLES = 5
@@ -56,15 +56,15 @@ Step = Callable[[], float]  # one training step; returns the loss (and has synch
 # ----- inside a worker -----
 
 
-def _chunk(step: Step, seconds: float) -> tuple[float, int]:
-    """Back-to-back steps for at least `seconds`: (seconds per step, steps)."""
+def _chunk(step: Step, seconds: float) -> float:
+    """Back-to-back steps for at least `seconds`: seconds per step."""
     start, n = time.perf_counter(), 0
     while True:
         step()
         n += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return elapsed / n, n
+            return elapsed / n
 
 
 def warm_up(step: Step, min_sample: float, limit_s: float = WARM_UP_LIMIT_S) -> dict:
@@ -76,7 +76,7 @@ def warm_up(step: Step, min_sample: float, limit_s: float = WARM_UP_LIMIT_S) -> 
     step()
     chunks: list[float] = []
     while True:
-        per_step, _ = _chunk(step, min_sample / 2)
+        per_step = _chunk(step, min_sample / 2)
         steady = bool(chunks) and abs(per_step / chunks[-1] - 1) <= STEADY
         chunks.append(per_step)
         if steady or time.perf_counter() - start > limit_s:
@@ -126,7 +126,7 @@ def time_alone(step: Step, min_sample: float, samples: int = ALONE_SAMPLES) -> d
     second, then `samples` chunks of back-to-back steps with no pause between them."""
     loss, start, chunks = float(step()), time.perf_counter(), []
     while time.perf_counter() - start < 1.0 or len(chunks) < 2:
-        chunks.append(_chunk(step, min_sample / 2)[0])
+        chunks.append(_chunk(step, min_sample / 2))
     n = max(1, math.ceil(min_sample / min(chunks)))
     times = []
     for _ in range(samples):
