@@ -1,277 +1,285 @@
-"""Time one training step of seqgraph against its peers, side by side in one process.
+"""Time one training step of seqgraph against its peers, each in its own process.
 
-A step is: forward over the sequence, per-step softmax cross-entropy on a linear readout
-(summed over steps, averaged over the batch), backward through time, every parameter's
-gradient. Implementations run interleaved (one sample each per round, in a random order;
-see `bench`), so machine noise hits them alike; the report gives the median and min over
-rounds, the ratio seqgraph/peer, and GFLOP/s against this machine's measured float32 GEMM
-peak. `tools/bench_table.py` turns the --json records into the README's table.
+The step and the peers (PyTorch, JAX, hand-written NumPy) are tools/bench_peers.py's; the
+timing is tools/harness.py's: for each (config, cell), one long-lived worker process per
+implementation, warmed up to a steady state, samples of back-to-back steps lasting at least
+`--min-sample` seconds, rounds interleaved across the workers in a random order with a pause
+before each sample; then each implementation timed again alone, in a fresh process with a
+plain loop, as the check that the harness measured what a user would (`harness/alone`). The
+report gives the median, min and interquartile spread over rounds, seqgraph / peer, and
+GFLOP/s against this machine's float32 GEMM peak (measured by NumPy in its own process).
+The JSON records the machine (CPU model, cores, BLAS and thread counts, library versions),
+every sample, and the check; `tools/bench_table.py` turns it into README's table.
 
-    python tools/bench.py [--config NAME]... [--cell rnn|gru|lstm]... [--backend numpy|cupy]
-                          [--repeats N] [--json FILE] [--memory]
+    python tools/bench.py [--config NAME]... [--cell rnn|gru|lstm]... [--impl NAME]...
+        [--backend numpy|cupy] [--rounds N] [--min-sample S] [--pause S]
+        [--alone NAME|none]... [--json FILE] [--memory]
+
+Without --config: tiny, small, medium and long (about 15 minutes on two cores with the
+defaults; it prints its estimate first); time large on its own (`--config large --rounds 5`).
+`--memory` measures peak memory instead of time (medium unless --config says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
+import math
+import random
+import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import numpy as np
+import bench_peers
+import harness
+from bench_peers import CELLS, CONFIGS, IMPLS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy_hand  # noqa: E402
-
-from seqgraph import Model  # noqa: E402
-
-CONFIGS = {  # (B, T, input, hidden, classes)
-    "tiny": (1, 25, 65, 100, 65),
-    "small": (32, 50, 64, 128, 64),
-    "medium": (64, 100, 128, 256, 128),
-    "large": (128, 100, 512, 1024, 512),
-    "long": (16, 1000, 32, 64, 32),
-}
-CELLS = ("rnn", "gru", "lstm")
-PAUSE = 0.02  # seconds before each sample (see `bench`)
+DEFAULT_CONFIGS = ("tiny", "small", "medium", "long")
+ROUNDS = 15
+# a rough guess for the estimate: a process's imports and building its step, and a step at
+# this share of the GEMM peak (medium LSTM: 0.14 s guessed, 0.14 to 0.22 s measured;
+# large: 4.6 s guessed, 3.0 to 4.1 s measured)
+IMPORT_S, PEAK_SHARE = 2.5, 0.6
 
 
-def step_flops(cell: str, B: int, T: int, n_in: int, H: int, C: int) -> float:
-    """Matrix-product FLOPs of one training step (backward = 2x forward)."""
-    G = numpy_hand.GATES[cell]
-    return 3 * 2.0 * T * B * (n_in * G * H + H * G * H + H * C)
+def estimate(group: tuple[str, str], impls, args, peak_gflops: float) -> float:
+    """Seconds one (config, cell) group should take: start-ups, rounds, checks alone."""
+    config, cell = group
+    step = bench_peers.step_flops(cell, config) / (PEAK_SHARE * peak_gflops * 1e9)
+    sample = math.ceil(args.min_sample / step) * step
+    chunk = max(args.min_sample / 2, step)
+    start = IMPORT_S + 2 * step + 2 * chunk  # two first steps, two warm-up chunks that agree
+    alone = IMPORT_S + step + max(1.0, 2 * chunk) + harness.ALONE_SAMPLES * sample
+    checked = sum(impl in args.alone for impl in impls)
+    return len(impls) * (start + args.rounds * (args.pause + sample)) + checked * alone
 
 
-def gemm_peak(backend: str = "numpy", n: int = 2048, tries: int = 5) -> float:
-    """Best float32 GFLOP/s of an n x n matrix product on this machine."""
-    if backend == "cupy":
-        import cupy as m
-    else:
-        m = np
-    a = m.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=np.float32)
-    out, best = m.empty_like(a), 0.0
-    m.matmul(a, a, out=out)  # warm up: library load, GPU clocks
-    _sync(backend)
-    for _ in range(tries):
-        start = time.perf_counter()
-        m.matmul(a, a, out=out)
-        _sync(backend)
-        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
+def initial_weights(cell: str, config: str, impls, args, folder: str) -> str | None:
+    """seqgraph's initial weights in a file, for the peers that start from them."""
+    if args.backend != "numpy" or not set(impls) & set(bench_peers.NEEDS_PARAMS):
+        return None
+    path = str(Path(folder) / f"{config}-{cell}.npz")
+    harness.one_shot([bench_peers.__file__, "params", cell, config, path])
+    return path
 
 
-def _sync(backend: str) -> None:
-    if backend == "cupy":
-        import cupy
+def start_workers(cell, config, impls, args, params) -> tuple[list, dict]:
+    """One worker per implementation, started one after another (each warms up alone)."""
+    workers, unavailable = [], {}
+    for impl in impls:
+        argv = bench_peers.job_argv(
+            "serve", impl, cell, config, args.backend, params, min_sample=args.min_sample
+        )
+        worker = harness.Worker(impl, argv)
+        if worker.available:
+            workers.append(worker)
+        else:
+            worker.close()
+            unavailable[impl] = worker.ready["unavailable"]
+    return workers, unavailable
 
-        cupy.cuda.Device().synchronize()
+
+def time_group(cell: str, config: str, impls, args, folder: str, rng) -> dict:
+    """Interleaved rounds of every implementation on one (config, cell), then each alone."""
+    params = initial_weights(cell, config, impls, args, folder)
+    workers, unavailable = start_workers(cell, config, impls, args, params)
+    times = harness.interleave(workers, args.rounds, rng, args.pause)
+    for worker in workers:
+        worker.close()  # the check alone runs with no other worker alive
+    records = []
+    for worker in workers:
+        record = {"config": config, "cell": cell, "impl": worker.name}
+        record.update(_record(times[worker.name], worker.ready, cell, config))
+        if worker.name in args.alone:
+            argv = bench_peers.job_argv(
+                "alone", worker.name, cell, config, args.backend, params, min_sample=args.min_sample
+            )
+            alone = harness.one_shot(argv)
+            record["alone_ms"] = 1e3 * alone["median_s"]
+            record["alone_samples_ms"] = [1e3 * s for s in alone["samples_s"]]
+            record["harness_over_alone"] = record["ms_median"] / record["alone_ms"]
+        records.append(record)
+    facts = {w.name: w.ready["facts"] for w in workers}
+    return {"records": records, "facts": facts, "unavailable": unavailable}
 
 
-def make_data(B, T, n_in, C, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((B, T, n_in)).astype(np.float32), rng.integers(0, C, size=(B, T))
-
-
-def bench_model(cell, cfg, backend="numpy") -> Model:
-    """seqgraph's model of the benchmark (its initial weights are every peer's too)."""
-    _, _, n_in, H, C = cfg
-    spec = {
-        "model": {
-            "pattern": "many_to_many",
-            "input": {"type": "vectors", "size": n_in},
-            "target": {"type": "ids", "vocab": C},
-            "layers": [{"cell": cell, "hidden": H}],
-        }
+def _record(samples: list[float], ready: dict, cell: str, config: str) -> dict:
+    summary = harness.summarize(samples)
+    return {
+        "ms_median": 1e3 * summary["median_s"],
+        "ms_min": 1e3 * summary["min_s"],
+        "ms_q1": 1e3 * summary["q1_s"],
+        "ms_q3": 1e3 * summary["q3_s"],
+        "spread": summary["spread"],
+        "gflops": bench_peers.step_flops(cell, config) / summary["median_s"] / 1e9,
+        "samples_ms": [1e3 * s for s in samples],
+        "steps_per_sample": ready["steps_per_sample"],
+        "start_s": ready["start_s"],
+        "warm_up_s": ready["warm_up_s"],
+        "steady": ready["steady"],
+        "loss": ready["loss"],
     }
-    return Model(spec, backend=backend, dtype="float32")
 
 
-def host_params(cell, cfg) -> dict:
-    return {k: np.asarray(v) for k, v in bench_model(cell, cfg).params.items()}
+HEADER = (
+    f"{'config':7} {'cell':5} {'impl':10} {'ms_med':>9} {'ms_min':>9} {'spread':>7} "
+    f"{'sg/impl':>7} {'GFLOP/s':>8} {'%peak':>6} {'alone ms':>9} {'harn/alone':>10}"
+)
 
 
-def seqgraph_step(cell, cfg, backend):
-    B, T, n_in, H, C = cfg
-    model = bench_model(cell, cfg, backend)
-    x, y = make_data(B, T, n_in, C)
-    batch = {"x": x, "y": y}
-    return lambda: model.loss_and_grads(batch)
+def row(record: dict, seqgraph_ms: float | None, peak: float) -> str:
+    ratio = f"{seqgraph_ms / record['ms_median']:7.2f}" if seqgraph_ms else f"{'':7}"
+    alone = (
+        f"{record['alone_ms']:9.3f} {record['harness_over_alone']:10.3f}"
+        if "alone_ms" in record
+        else ""
+    )
+    return (
+        f"{record['config']:7} {record['cell']:5} {record['impl']:10} "
+        f"{record['ms_median']:9.3f} {record['ms_min']:9.3f} {100 * record['spread']:6.1f}% "
+        f"{ratio} {record['gflops']:8.1f} {100 * record['gflops'] / peak:6.1f} {alone}"
+        + ("" if record["steady"] else "  (warm-up not steady)")
+    )
 
 
-def hand_step(cell, cfg, backend):
-    if backend != "numpy":
-        return None
-    B, T, n_in, H, C = cfg
-    params = host_params(cell, cfg)
-    x, y = make_data(B, T, n_in, C)
-    return lambda: numpy_hand.loss_and_grads(cell, params, x, y)
+def alone_check(records: list[dict]) -> list[str]:
+    """One line per implementation: harness/alone ratios, and where one leaves the noise
+    (further from 1 than the harness samples' interquartile spread or the alone samples')."""
+    lines = []
+    for impl in IMPLS:
+        checked = [r for r in records if r["impl"] == impl and "alone_ms" in r]
+        if not checked:
+            continue
+        ratios = [r["harness_over_alone"] for r in checked]
+        outside = [
+            f"{r['config']} {r['cell']} {r['harness_over_alone']:.3f}"
+            for r in checked
+            if abs(r["harness_over_alone"] - 1) > max(r["spread"], _spread(r["alone_samples_ms"]))
+        ]
+        lines.append(
+            f"harness/alone {impl}: median {statistics.median(ratios):.3f}, "
+            f"{min(ratios):.3f}..{max(ratios):.3f} over {len(ratios)}; "
+            + (f"beyond the spread: {', '.join(outside)}" if outside else "all within the spread")
+        )
+    return lines
 
 
-def torch_step(cell, cfg, backend):
-    try:
-        import torch
-    except ImportError:
-        return None
-    B, T, n_in, H, C = cfg
-    device = "cuda" if backend == "cupy" else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        return None
-    rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](n_in, H)
-    rnn, readout = rnn.to(device), torch.nn.Linear(H, C).to(device)
-    params = list(rnn.parameters()) + list(readout.parameters())
-    x, y = make_data(B, T, n_in, C)
-    xt = torch.from_numpy(x.transpose(1, 0, 2).copy()).to(device)
-    yt = torch.from_numpy(y.T.reshape(-1).copy()).to(device)
-
-    def step():
-        for p in params:
-            p.grad = None
-        out, _ = rnn(xt)
-        logits = readout(out).reshape(T * B, C)
-        loss = torch.nn.functional.cross_entropy(logits, yt, reduction="sum") / B
-        loss.backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return float(loss.detach())
-
-    return step
+def _spread(samples: list[float]) -> float:
+    return harness.summarize(samples)["spread"]
 
 
-def jax_step(cell, cfg, backend):
-    if backend != "numpy":
-        return None
-    try:
-        import jax_peer
-    except ImportError:  # JAX is not installed
-        return None
-    B, T, n_in, H, C = cfg
-    x, y = make_data(B, T, n_in, C)
-    return jax_peer.make_step(cell, host_params(cell, cfg), x, y)
+def memory(configs, cells, impls, args, folder: str) -> list[dict]:
+    """Peak memory above the imports of building and running two steps, each in its process."""
+    records = []
+    for config in configs:
+        for cell in cells:
+            params = initial_weights(cell, config, impls, args, folder)
+            for impl in impls:
+                argv = bench_peers.job_argv("memory", impl, cell, config, args.backend, params)
+                result = harness.one_shot(argv)
+                if "mib" in result:
+                    print(
+                        f"peak memory {config} {cell} {impl}: {result['mib']:.1f} MiB", flush=True
+                    )
+                    records.append({"config": config, "cell": cell, "impl": impl, **result})
+    return records
 
 
-IMPLS = {"seqgraph": seqgraph_step, "torch": torch_step, "jax": jax_step, "numpy_hand": hand_step}
-
-
-def bench(cell, name, backend, repeats, min_sample=0.02):
-    """Interleaved timings {impl: [seconds per step]} for one cell and config.
-
-    Each round runs every implementation once, in a fresh random order (seeded), so none
-    always follows the same neighbour; a pause before each sample lets the previous one's
-    thread pools (torch's OpenMP, XLA's) stop spinning, which otherwise takes a core from
-    whoever runs next. A sample is the mean of enough consecutive steps to last
-    `min_sample` seconds: a single sub-millisecond step is mostly timer and scheduler noise."""
-    cfg = CONFIGS[name]
-    steps, inner = {}, {}
-    for impl, make in IMPLS.items():
-        step = make(cell, cfg, backend)
-        if step is not None:
-            step()  # warm up: compiles the plan, allocates buffers
-            _sync(backend)
-            start = time.perf_counter()
-            step()
-            _sync(backend)
-            once = time.perf_counter() - start
-            steps[impl], inner[impl] = step, max(1, int(min_sample / max(once, 1e-6)))
-    times = {impl: [] for impl in steps}
-    rng = np.random.default_rng(0)
-    for _ in range(repeats):
-        for impl in rng.permutation(list(steps)):
-            step, n = steps[impl], inner[impl]
-            time.sleep(PAUSE)
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            _sync(backend)
-            times[impl].append((time.perf_counter() - start) / n)
-    return times
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def memory_worker(impl, cell, name, backend) -> None:
-    """In a fresh process: peak resident memory above the imports while building the
-    implementation and running two steps (Linux: resets the high-water mark first)."""
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets VmHWM to the current resident size
-    step = IMPLS[impl](cell, CONFIGS[name], backend)
-    step()
-    step()
-    print((_status_kib("VmHWM") - before) / 1024)
-
-
-def peak_memory(impl, cell, name, backend) -> float | None:
-    cmd = [sys.executable, __file__, "--memory-worker", impl, cell, name, backend]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-    try:
-        return float(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-
-
-def main(argv=None) -> int:
+def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", choices=list(CONFIGS))
     parser.add_argument("--cell", action="append", choices=list(CELLS))
+    parser.add_argument("--impl", action="append", choices=list(IMPLS))
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--json")
-    parser.add_argument("--memory", action="store_true", help="peak memory of medium")
-    parser.add_argument("--memory-worker", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.memory_worker:
-        memory_worker(*args.memory_worker)
-        return 0
-    peak = gemm_peak(args.backend)
-    print(f"float32 GEMM peak ({args.backend}): {peak:.1f} GFLOP/s")
-    print(
-        f"{'config':8} {'cell':5} {'impl':11} {'ms_med':>9} {'ms_min':>9} {'sg/peer':>8} "
-        f"{'GFLOP/s':>8} {'%peak':>6}"
+    parser.add_argument("--rounds", type=_positive(int), default=ROUNDS)
+    parser.add_argument("--min-sample", type=_positive(float), default=harness.MIN_SAMPLE_S)
+    parser.add_argument("--pause", type=float, default=harness.PAUSE_S)
+    parser.add_argument(
+        "--alone",
+        action="append",
+        choices=[*IMPLS, "none"],
+        help="implementations to time alone afterwards (default: all)",
     )
-    records = []
-    for name in args.config or list(CONFIGS):
-        for cell in args.cell or list(CELLS):
-            times = bench(cell, name, args.backend, args.repeats)
-            flops = step_flops(cell, *CONFIGS[name])
-            ours = np.median(times["seqgraph"])
-            for impl, ts in times.items():
-                med, low = float(np.median(ts)), float(np.min(ts))
-                gflops = flops / med / 1e9
-                ratio = "" if impl == "seqgraph" else f"{ours / med:8.2f}"
-                print(
-                    f"{name:8} {cell:5} {impl:11} {med * 1e3:9.2f} {low * 1e3:9.2f} "
-                    f"{ratio:>8} {gflops:8.1f} {100 * gflops / peak:6.1f}"
-                )
-                records.append(
-                    {
-                        "config": name,
-                        "cell": cell,
-                        "impl": impl,
-                        "ms_median": med * 1e3,
-                        "ms_min": low * 1e3,
-                        "gflops": gflops,
-                    }
-                )
-    if args.memory:
-        for cell in args.cell or list(CELLS):
-            for impl in IMPLS:
-                mib = peak_memory(impl, cell, "medium", args.backend)
-                if mib is not None:
-                    print(f"peak memory medium {cell} {impl}: {mib:.1f} MiB")
+    parser.add_argument("--json")
+    parser.add_argument("--memory", action="store_true", help="peak memory instead of time")
+    args = parser.parse_args(argv)
+    args.alone = set(IMPLS) if args.alone is None else set(args.alone) - {"none"}
+    return args
+
+
+def _positive(kind):
+    def read(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return read
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    impls = args.impl or list(IMPLS)
+    cells = args.cell or list(CELLS)
+    report = {"machine": harness.host_facts(), "libraries": {}, "unavailable": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        if args.memory:
+            report["memory"] = memory(args.config or ["medium"], cells, impls, args, folder)
+        else:
+            _time(args, impls, cells, folder, report)
+    report["machine"]["load_average_end"] = harness.load_average()
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _time(args, impls, cells, folder, report) -> None:
+    peak = harness.one_shot([bench_peers.__file__, "peak", args.backend])
+    report["machine"]["gemm_peak_gflops"] = peak.pop("gflops")
+    report["machine"].update(peak)
+    report["harness"] = {
+        "rounds": args.rounds,
+        "min_sample_s": args.min_sample,
+        "pause_s": args.pause,
+        "backend": args.backend,
+    }
+    gflops = report["machine"]["gemm_peak_gflops"]
+    print(machine_line(report["machine"]))
+    groups = [(c, cell) for c in args.config or DEFAULT_CONFIGS for cell in cells]
+    estimates = [estimate(group, impls, args, gflops) for group in groups]
+    print(
+        f"float32 GEMM peak ({args.backend}): {gflops:.1f} GFLOP/s; "
+        f"{len(groups)} groups x {len(impls)} workers, {args.rounds} rounds: "
+        f"estimated {harness.duration(sum(estimates))}"
+    )
+    print(HEADER, flush=True)
+    progress, rng, records = harness.Progress(estimates), random.Random(0), []
+    for config, cell in groups:
+        group = time_group(cell, config, impls, args, folder, rng)
+        ours = next((r["ms_median"] for r in group["records"] if r["impl"] == "seqgraph"), None)
+        for record in group["records"]:
+            print(row(record, None if record["impl"] == "seqgraph" else ours, gflops))
+        for impl, reason in group["unavailable"].items():
+            print(f"{config:7} {cell:5} {impl:10} skipped: {reason}")
+        print(progress.finished_one(), flush=True)
+        records += group["records"]
+        for impl, facts in group["facts"].items():
+            report["libraries"].setdefault(impl, facts)
+        report["unavailable"].update(group["unavailable"])
+    for line in alone_check(records):
+        print(line)
+    report["records"] = records
+
+
+def machine_line(machine: dict) -> str:
+    cpu, blas = machine["cpu"], machine.get("blas", {})
+    threads = [f"{p['internal_api']} {p['num_threads']}" for p in machine.get("pools", [])]
+    return (
+        f"# {cpu['model']} ({cpu['usable_cpus']} cores usable), Python {machine['python']}, "
+        f"NumPy {machine.get('numpy')} with {blas.get('name')} {blas.get('version')} "
+        f"(threads: {', '.join(threads) or 'unknown'}), load {machine['load_average']}"
+    )
 
 
 if __name__ == "__main__":

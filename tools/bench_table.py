@@ -1,14 +1,20 @@
-"""The README's speed table from `tools/bench.py --json` records (one or more files).
+"""The README's speed table from `tools/bench.py --json` files (one or more), with the machine
+each number comes from named above it.
 
     python tools/bench_table.py FILE.json [FILE.json ...]
 
-Prints one Markdown row per config: for each cell, the median ms per step of seqgraph /
-torch / jax / hand NumPy, and the ratio seqgraph / fastest peer (bold when <= 1).
+Prints, per distinct machine, one line naming it (CPU model, cores, BLAS and its threads,
+library versions and thread counts, date, GEMM peak, the harness's settings), then one
+Markdown row per config: for each cell, the median ms per step of seqgraph / torch / jax /
+hand NumPy, and the ratio seqgraph / fastest peer (bold when <= 1); last, the harness's check,
+harness / alone per implementation. A file of the old harness (a bare list of records) has no
+machine facts and says so.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,9 +47,71 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machine(report: dict) -> str:
+    """One sentence naming where and how a report was measured."""
+    if "machine" not in report:
+        return "an old-harness file: no machine recorded"
+    m, libraries = report["machine"], report.get("libraries", {})
+    cpu, blas = m["cpu"], m.get("blas", {})
+    pools = [f"{p['internal_api']} {p['num_threads']} threads" for p in m.get("pools", [])]
+    parts = [
+        f"{cpu['model']} (family {cpu['family']} model {cpu['model_number']}, "
+        f"{cpu['usable_cpus']} cores{', virtualised' if cpu['virtualised'] else ''})",
+        f"{m['date']}",
+        f"Python {m['python']}, NumPy {m.get('numpy')} with {blas.get('name')} "
+        f"{blas.get('version')} ({', '.join(pools)})",
+    ]
+    if "torch" in libraries:
+        t = libraries["torch"]
+        onednn = (t.get("onednn") or "oneDNN ?").split(" (")[0].replace("Intel(R) ", "")
+        parts.append(f"PyTorch {t['torch']} ({onednn}, {t['num_threads']} threads)")
+    if "jax" in libraries:
+        j = libraries["jax"]
+        parts.append(
+            f"JAX {j['jax']} / jaxlib {j['jaxlib']} (XLA_FLAGS {j['xla_flags'] or 'unset'})"
+        )
+    h = report.get("harness", {})
+    parts.append(
+        f"float32 GEMM peak {m.get('gemm_peak_gflops', 0):.0f} GFLOP/s; {h.get('rounds')} rounds, "
+        f"samples >= {h.get('min_sample_s')} s, pause {h.get('pause_s')} s; "
+        f"load average {m['load_average']} -> {m.get('load_average_end')}"
+    )
+    return "; ".join(parts)
+
+
+def alone_line(records: list[dict]) -> str | None:
+    ratios: dict[str, list[float]] = {}
+    for r in records:
+        if "harness_over_alone" in r:
+            ratios.setdefault(r["impl"], []).append(r["harness_over_alone"])
+    if not ratios:
+        return None
+    parts = [
+        f"{impl} {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+        for impl, v in ratios.items()
+    ]
+    return "Harness / timed alone in a plain loop, median (range): " + ", ".join(parts) + "."
+
+
+def load(name: str) -> dict:
+    """A report; an old harness's file (a bare list of records) becomes one without facts."""
+    data = json.loads(Path(name).read_text())
+    return {"records": data} if isinstance(data, list) else data
+
+
 def main(argv: list[str]) -> int:
-    records = [r for name in argv for r in json.loads(Path(name).read_text())]
+    reports = [load(name) for name in argv]
+    described: dict[str, list[str]] = {}
+    for report in reports:
+        configs = sorted({r["config"] for r in report["records"]}, key=CONFIGS.index)
+        described.setdefault(machine(report), []).extend(configs)
+    for text, configs in described.items():
+        print(f"{', '.join(configs)}: {text}.\n")
+    records = [r for report in reports for r in report["records"]]
     print(table(records))
+    check = alone_line(records)
+    if check:
+        print(f"\n{check}")
     return 0
 
 

@@ -14,5 +14,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -20 \
     | tee "$out/gpu_tests.txt"
 timeout 60 python3 tools/gpu_check.py 2>&1 | tail -20 | tee "$out/gpu_check.txt"
-timeout 240 python3 tools/bench.py --backend cupy --config medium --config large --repeats 5 \
+timeout 300 python3 tools/bench.py --backend cupy --config medium --config large --rounds 5 --alone torch \
     --json "$out/bench_gpu.json" 2>&1 | tail -30 | tee "$out/bench_gpu.txt"

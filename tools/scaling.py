@@ -1,6 +1,6 @@
 """Data-parallel scaling of seqgraph: measured on this machine, projected to a cluster.
 
-Measures, for the benchmark's medium and large LSTM (`tools/bench.py` configs, float32):
+Measures, for the benchmark's medium and large LSTM (`tools/bench_peers.py` configs, float32):
   * one process on the whole batch with 1 and with 2 BLAS threads (tokens/s, ms per step);
   * `mpiexec -n 2`, 1 BLAS thread per rank, each rank half the batch plus the all-reduce of
     the gradient (`seqgraph.train.distributed`, the code `seqgraph run` uses): tokens/s and
@@ -49,15 +49,15 @@ def _step_worker(config: str) -> dict:
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
-    import bench
+    import bench_peers
 
     from seqgraph.train import distributed
 
     comm = distributed.communicator()
-    cfg = bench.CONFIGS[config]
+    cfg = bench_peers.CONFIGS[config]
     B, T, n_in, _, C = cfg
-    model = bench.bench_model("lstm", cfg)
-    x, y = bench.make_data(B, T, n_in, C)
+    model = bench_peers.bench_model("lstm", cfg)
+    x, y = bench_peers.make_data(B, T, n_in, C)
     batch = comm.shard({"x": x, "y": y})
     compute, reduce = [], []
     for step in range(STEPS[config] + 1):

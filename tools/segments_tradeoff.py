@@ -23,13 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import _status_kib  # noqa: E402
+from harness import status_kib  # noqa: E402
 
 from seqgraph import Model  # noqa: E402
 
 
 def worker(steps: int, batch: int, hidden: int, segment: int) -> dict:
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # resets VmHWM to the current resident size
     raw = {
@@ -54,7 +54,7 @@ def worker(steps: int, batch: int, hidden: int, segment: int) -> dict:
     first = time.perf_counter() - start
     for _ in range(2):
         model.train_step(data)
-    peak = (_status_kib("VmHWM") - before) / 1024
+    peak = (status_kib("VmHWM") - before) / 1024
     times = []
     for _ in range(5):
         start = time.perf_counter()
