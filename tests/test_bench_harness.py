@@ -199,3 +199,25 @@ def test_an_old_harness_file_is_rendered_and_says_it_has_no_machine(tmp_path, ca
     out = capsys.readouterr().out
     assert out.startswith("tiny: an old-harness file: no machine recorded")
     assert "| tiny | 1 / 1 / 1 / 1 | **1.00** |" in out
+
+
+def test_before_and_after_share_the_fastest_peer_of_one_run(tmp_path, capsys):
+    ms = {"seqgraph": 9.0, "seqgraph_before": 12.0, "torch": 10.0, "jax": 8.0}
+    records = [
+        {"config": "medium", "cell": "gru", "impl": impl, "ms_median": value}
+        for impl, value in ms.items()
+    ]
+    path = tmp_path / "a.json"
+    path.write_text(__import__("json").dumps(_report(records)))
+    assert bench_table.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    # the main table leaves the earlier revision out of the peers
+    assert "| medium | – / – / – / – |  | 9 / 10 / 8 / – | 1.12 |" in out
+    assert "| medium | – | – | 12 / 9 | 1.50 → 1.12 | – | – |" in out
+
+
+def test_before_must_be_a_source_tree(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.parse(["--before", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "no seqgraph package there" in capsys.readouterr().err

@@ -64,14 +64,31 @@ def initial_weights(cell: str, config: str, impls, args, folder: str) -> str | N
     return path
 
 
+BEFORE = "seqgraph_before"  # --before TREE: seqgraph of another revision, as one more worker
+
+
+def worker_argv(mode: str, impl: str, cell, config, args, params) -> tuple[list[str], str | None]:
+    """(argv, working folder) of `impl`'s worker; seqgraph_before imports --before's tree."""
+    tree = args.before if impl == BEFORE else None
+    argv = bench_peers.job_argv(
+        mode,
+        "seqgraph" if impl == BEFORE else impl,
+        cell,
+        config,
+        args.backend,
+        params,
+        min_sample=args.min_sample,
+        tree=tree,
+    )
+    return argv, tree
+
+
 def start_workers(cell, config, impls, args, params) -> tuple[list, dict]:
     """One worker per implementation, started one after another (each warms up alone)."""
     workers, unavailable = [], {}
     for impl in impls:
-        argv = bench_peers.job_argv(
-            "serve", impl, cell, config, args.backend, params, min_sample=args.min_sample
-        )
-        worker = harness.Worker(impl, argv)
+        argv, tree = worker_argv("serve", impl, cell, config, args, params)
+        worker = harness.Worker(impl, argv, cwd=tree)
         if worker.available:
             workers.append(worker)
         else:
@@ -92,10 +109,8 @@ def time_group(cell: str, config: str, impls, args, folder: str, rng) -> dict:
         record = {"config": config, "cell": cell, "impl": worker.name}
         record.update(_record(times[worker.name], worker.ready, cell, config))
         if worker.name in args.alone:
-            argv = bench_peers.job_argv(
-                "alone", worker.name, cell, config, args.backend, params, min_sample=args.min_sample
-            )
-            alone = harness.one_shot(argv)
+            argv, tree = worker_argv("alone", worker.name, cell, config, args, params)
+            alone = harness.one_shot(argv, cwd=tree)
             record["alone_ms"] = 1e3 * alone["median_s"]
             record["alone_samples_ms"] = [1e3 * s for s in alone["samples_s"]]
             record["harness_over_alone"] = record["ms_median"] / record["alone_ms"]
@@ -123,7 +138,7 @@ def _record(samples: list[float], ready: dict, cell: str, config: str) -> dict:
 
 
 HEADER = (
-    f"{'config':7} {'cell':5} {'impl':10} {'ms_med':>9} {'ms_min':>9} {'spread':>7} "
+    f"{'config':7} {'cell':5} {'impl':15} {'ms_med':>9} {'ms_min':>9} {'spread':>7} "
     f"{'sg/impl':>7} {'GFLOP/s':>8} {'%peak':>6} {'alone ms':>9} {'harn/alone':>10}"
 )
 
@@ -136,7 +151,7 @@ def row(record: dict, seqgraph_ms: float | None, peak: float) -> str:
         else ""
     )
     return (
-        f"{record['config']:7} {record['cell']:5} {record['impl']:10} "
+        f"{record['config']:7} {record['cell']:5} {record['impl']:15} "
         f"{record['ms_median']:9.3f} {record['ms_min']:9.3f} {100 * record['spread']:6.1f}% "
         f"{ratio} {record['gflops']:8.1f} {100 * record['gflops'] / peak:6.1f} {alone}"
         + ("" if record["steady"] else "  (warm-up not steady)")
@@ -147,7 +162,7 @@ def alone_check(records: list[dict]) -> list[str]:
     """One line per implementation: harness/alone ratios, and where one leaves the noise
     (further from 1 than the harness samples' interquartile spread or the alone samples')."""
     lines = []
-    for impl in IMPLS:
+    for impl in (*IMPLS, BEFORE):
         checked = [r for r in records if r["impl"] == impl and "alone_ms" in r]
         if not checked:
             continue
@@ -203,8 +218,20 @@ def parse(argv) -> argparse.Namespace:
     )
     parser.add_argument("--json")
     parser.add_argument("--memory", action="store_true", help="peak memory instead of time")
+    parser.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also time seqgraph from this source tree (`git worktree add TREE REV`) as "
+        f"'{BEFORE}', interleaved with the rest: the table before and after in one run",
+    )
     args = parser.parse_args(argv)
     args.alone = set(IMPLS) if args.alone is None else set(args.alone) - {"none"}
+    if args.before:
+        if not (Path(args.before) / "seqgraph" / "__init__.py").is_file():
+            parser.error(f"--before {args.before}: no seqgraph package there; pass a source tree")
+        args.before = str(Path(args.before).resolve())
+        if "seqgraph" in args.alone:
+            args.alone.add(BEFORE)
     return args
 
 
@@ -220,7 +247,7 @@ def _positive(kind):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    impls = args.impl or list(IMPLS)
+    impls = (args.impl or list(IMPLS)) + ([BEFORE] if args.before else [])
     cells = args.cell or list(CELLS)
     report = {"machine": harness.host_facts(), "libraries": {}, "unavailable": {}}
     with tempfile.TemporaryDirectory() as folder:
@@ -261,7 +288,7 @@ def _time(args, impls, cells, folder, report) -> None:
         for record in group["records"]:
             print(row(record, None if record["impl"] == "seqgraph" else ours, gflops))
         for impl, reason in group["unavailable"].items():
-            print(f"{config:7} {cell:5} {impl:10} skipped: {reason}")
+            print(f"{config:7} {cell:5} {impl:15} skipped: {reason}")
         print(progress.finished_one(), flush=True)
         records += group["records"]
         for impl, facts in group["facts"].items():

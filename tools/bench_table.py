@@ -6,8 +6,9 @@ each number comes from named above it.
 Prints, per distinct machine, one line naming it (CPU model, cores, BLAS and its threads,
 library versions and thread counts, date, GEMM peak, the harness's settings), then one
 Markdown row per config: for each cell, the median ms per step of seqgraph / torch / jax /
-hand NumPy, and the ratio seqgraph / fastest peer (bold when <= 1); last, the harness's check,
-harness / alone per implementation. A file of the old harness (a bare list of records) has no
+hand NumPy, and the ratio seqgraph / fastest peer (bold when <= 1); with `bench.py --before`,
+seqgraph's before and after with their ratios; last, the harness's check, harness / alone per
+implementation. A file of the old harness (a bare list of records) has no
 machine facts and says so.
 """
 
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 IMPLS = ("seqgraph", "torch", "jax", "numpy_hand")
+BEFORE = "seqgraph_before"  # bench.py --before TREE
 CELLS = ("rnn", "gru", "lstm")
 CONFIGS = ("tiny", "small", "medium", "large", "long")
 
@@ -79,6 +81,32 @@ def machine(report: dict) -> str:
     return "; ".join(parts)
 
 
+def before_after(records: list[dict]) -> str | None:
+    """With `bench.py --before TREE`: per config and cell, seqgraph's ms and its ratio to the
+    fastest peer before and after, all from the same interleaved rounds."""
+    ms = {(r["config"], r["cell"], r["impl"]): r["ms_median"] for r in records}
+    if not any(key[2] == BEFORE for key in ms):
+        return None
+    head = "| config | " + " | ".join(f"{c.upper()}: before / after ms | ratio" for c in CELLS)
+    lines = [head + " |", "|---" * (1 + 2 * len(CELLS)) + "|"]
+    for config in CONFIGS:
+        cells = []
+        for cell in CELLS:
+            before, after = ms.get((config, cell, BEFORE)), ms.get((config, cell, "seqgraph"))
+            peers = [ms[(config, cell, i)] for i in IMPLS[1:] if (config, cell, i) in ms]
+            if before is None or after is None or not peers:
+                cells += ["–", "–"]
+                continue
+            fastest = min(peers)
+            cells += [
+                f"{_ms(before)} / {_ms(after)}",
+                f"{before / fastest:.2f} → {after / fastest:.2f}",
+            ]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def alone_line(records: list[dict]) -> str | None:
     ratios: dict[str, list[float]] = {}
     for r in records:
@@ -109,6 +137,9 @@ def main(argv: list[str]) -> int:
         print(f"{', '.join(configs)}: {text}.\n")
     records = [r for report in reports for r in report["records"]]
     print(table(records))
+    compared = before_after(records)
+    if compared:
+        print(f"\nseqgraph before and after (ratio = seqgraph / fastest peer):\n\n{compared}")
     check = alone_line(records)
     if check:
         print(f"\n{check}")
