@@ -1,5 +1,6 @@
 """Sequence ops of the op table (registered into `ops.OPS`): `stack`, the masked softmax of
-attention over a source's real steps, and the CTC loss.
+attention over a source's real steps, the max over a padded sequence's real steps (pooling
+over time) and the CTC loss.
 
 CTC (Graves et al., 2006) scores an unaligned label sequence against per-frame logits by
 summing over every alignment: the labels interleaved with blanks (id 0), l' = (0, l1, 0, l2,
@@ -58,6 +59,39 @@ def _masked_softmax(xp, a, mask):
 @_masked_softmax.vjp
 def _masked_softmax_vjp(xp, g, out, a, mask):
     return (out * (g - xp.sum(g * out, axis=-1, keepdims=True)), None)
+
+
+@op("masked_max", 2, ("axis",))
+def _masked_max(xp, a, mask, axis=1):
+    """out = the max of a along `axis` among the positions where `mask` (boolean, broadcast
+    to a) holds: max pooling over the real steps of padded sequences, a (B, T, H) and mask
+    (B, T, 1) giving (B, H). A slice with no such position is 0.
+
+    da = g at the first position of each slice that holds its max (a subgradient, routed to
+    one argmax as torch.max(dim) does), 0 everywhere else, masked positions included; mask
+    gets None.
+
+    A primitive, not max(where(mask, a, -inf)): padded steps hold anything (the state
+    carried through them), must neither win the max nor get a gradient, and a composite
+    would need -inf, whose 0 * inf in a VJP is NaN.
+    """
+    mask = xp.broadcast_to(mask, a.shape)
+    kept = xp.where(mask, a, _full(xp, (), -xp.inf, a))
+    return xp.where(xp.any(mask, axis=axis), xp.max(kept, axis=axis), _full(xp, (), 0.0, a))
+
+
+@_masked_max.vjp
+def _masked_max_vjp(xp, g, out, a, mask, axis=1):
+    axis = axis % a.ndim
+    mask = xp.broadcast_to(mask, a.shape)
+    kept = xp.where(mask, a, _full(xp, (), -xp.inf, a))
+    first = xp.argmax(kept, axis=axis, keepdims=True)  # the first maximum along `axis`
+    place = [1] * a.ndim
+    place[axis] = a.shape[axis]
+    steps = xp.reshape(xp.arange(a.shape[axis], device=xp_extra.device_of(a)), tuple(place))
+    chosen = (steps == first) & mask  # a slice with no real position chooses nothing
+    g = xp.expand_dims(g, axis=axis)
+    return xp.where(chosen, g, _full(xp, (), 0.0, a)), None
 
 
 # ---- CTC helpers -----------------------------------------------------------------------------
