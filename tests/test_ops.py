@@ -415,6 +415,13 @@ ROWS = [
     ),
     Row(
         "masked_max",
+        # a two-way tie: each tied step gets g / 2, what central differences see
+        (Given((2, 3, 1), [[[1.5], [1.5], [0.2]], [[-0.3], [0.7], [0.7]]]), Fixed([[[True]]])),
+        masked_max_ref,
+        label="tie",
+    ),
+    Row(
+        "masked_max",
         (Real((2, 3)), Fixed([[True, False, True]])),
         lambda a, mask: masked_max_ref(a, mask, axis=0),
         {"axis": 0},

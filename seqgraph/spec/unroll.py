@@ -3,8 +3,9 @@
 Every time step of a layer points at the same parameter nodes, so backward sums their
 gradients over steps with no extra code. Padded steps are handled in the graph itself:
 each state update is `where(mask_t, new, previous)`, so a padded step carries the state
-through unchanged, many-to-one reads the state after the last real step, and a reverse
-direction starts from its initial state at each sequence's real end.
+through unchanged, many-to-one reads the state after the last real step (or, with
+`model.pool`, the mean or max of the top outputs over the real steps: `pool_over_time`), and
+a reverse direction starts from its initial state at each sequence's real end.
 
 Dropout exists only in a training graph (`train=True`): each dropout is a `dropout` op whose
 mask is a data leaf (role "dropout") the runtime fills per batch; a per-sequence mask has
@@ -415,7 +416,7 @@ class Unroller:
         mean: sum_t [mask_t] h_t / sum_t [mask_t], written per step so that the plan runs
         the masking as one op over all steps and the sums as one reduction each.
         max: the steps stacked to (B, T, size), then one `masked_max` over time (its
-        gradient goes to each unit's first argmax step)."""
+        gradient goes to each unit's argmax step; ties share it)."""
         masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
         if self.model.pool == "max":
             stacked = self.op(("pool", "steps", None), "stack", tuple(outs), axis=1)

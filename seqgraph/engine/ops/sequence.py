@@ -67,31 +67,31 @@ def _masked_max(xp, a, mask, axis=1):
     to a) holds: max pooling over the real steps of padded sequences, a (B, T, H) and mask
     (B, T, 1) giving (B, H). A slice with no such position is 0.
 
-    da = g at the first position of each slice that holds its max (a subgradient, routed to
-    one argmax as torch.max(dim) does), 0 everywhere else, masked positions included; mask
-    gets None.
+    da = g / k at the k unmasked positions of each slice that hold its max, 0 everywhere
+    else, masked positions included (a subgradient: ties share g evenly, as torch.amax, and
+    as central differences see a two-way tie); mask gets None.
 
     A primitive, not max(where(mask, a, -inf)): padded steps hold anything (the state
     carried through them), must neither win the max nor get a gradient, and a composite
     would need -inf, whose 0 * inf in a VJP is NaN.
     """
-    mask = xp.broadcast_to(mask, a.shape)
+    mask = _lead(xp, mask, a.ndim)
     kept = xp.where(mask, a, _full(xp, (), -xp.inf, a))
+    # `any` reads the mask before it is broadcast: (B, 1) rather than (B, H) of work
     return xp.where(xp.any(mask, axis=axis), xp.max(kept, axis=axis), _full(xp, (), 0.0, a))
 
 
 @_masked_max.vjp
 def _masked_max_vjp(xp, g, out, a, mask, axis=1):
-    axis = axis % a.ndim
-    mask = xp.broadcast_to(mask, a.shape)
-    kept = xp.where(mask, a, _full(xp, (), -xp.inf, a))
-    first = xp.argmax(kept, axis=axis, keepdims=True)  # the first maximum along `axis`
-    place = [1] * a.ndim
-    place[axis] = a.shape[axis]
-    steps = xp.reshape(xp.arange(a.shape[axis], device=xp_extra.device_of(a)), tuple(place))
-    chosen = (steps == first) & mask  # a slice with no real position chooses nothing
-    g = xp.expand_dims(g, axis=axis)
-    return xp.where(chosen, g, _full(xp, (), 0.0, a)), None
+    hit = (a == xp.expand_dims(out, axis=axis)) & _lead(xp, mask, a.ndim)
+    ties = xp.sum(xp.astype(hit, a.dtype), axis=axis, keepdims=True)
+    share = xp.expand_dims(g, axis=axis) / xp.where(ties > 0, ties, _full(xp, (), 1.0, a))
+    return xp.where(hit, share, _full(xp, (), 0.0, a)), None
+
+
+def _lead(xp, mask, ndim: int):
+    """`mask` with leading axes of length 1 up to `ndim`, so `axis` counts as in a."""
+    return xp.reshape(mask, (1,) * (ndim - mask.ndim) + tuple(mask.shape))
 
 
 # ---- CTC helpers -----------------------------------------------------------------------------
