@@ -52,6 +52,29 @@ def test_onnx_matches_forward(tmp_path, cell, pattern, bidirectional, merge):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", ["mean", "max"])
+@pytest.mark.parametrize("merge", ["concat", "sum"])
+def test_pooled_many_to_one_matches_forward(tmp_path, pool, merge):
+    """`model.pool` exports as a length mask, Where and a reduction over time."""
+    spec = {
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "ids", "vocab": 9},
+            "target": {"type": "ids", "vocab": 4},
+            "encoders": [{"type": "embedding", "size": 5}],
+            "layers": [{"cell": "lstm", "hidden": 7, "bidirectional": True, "merge": merge}] * 2,
+            "pool": pool,
+        }
+    }
+    model = Model(spec, dtype="float32", seed=4)
+    path = export_onnx(model, tmp_path / "pooled.onnx")
+    x, lengths = np.random.default_rng(0).integers(0, 9, (3, 6)), np.array([6, 2, 4])
+    ours = np.asarray(model.forward({"x": x, "lengths": lengths})["predictions"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"x": x, "lengths": lengths.astype(np.int32)})[0]
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+
+
 def test_vector_input_and_refusals(tmp_path):
     spec = {
         "model": {

@@ -175,6 +175,17 @@ def masked_softmax_ref(a, mask):
     return out
 
 
+def masked_max_ref(a, mask, axis=1):
+    """Slice by slice: the plain max of the unmasked entries, 0 where there are none."""
+    mask = np.broadcast_to(mask, a.shape)
+    a, mask = np.moveaxis(a, axis, -1), np.moveaxis(mask, axis, -1)
+    out = np.zeros(a.shape[:-1])
+    for index in np.ndindex(out.shape):
+        kept = a[index][mask[index]]
+        out[index] = kept.max() if kept.size else 0.0
+    return out
+
+
 @dataclass(frozen=True)
 class Row:
     op: str
@@ -382,6 +393,39 @@ ROWS = [
         (Real((2, 3, 4)), Fixed([[[True, True, True, False]], [[True, False, False, False]]])),
         masked_softmax_ref,
         label="bcast_mask",
+    ),
+    Row("masked_max", (Real((3, 4, 2)), Mask((3, 4, 1))), masked_max_ref),
+    Row(
+        "masked_max",
+        (
+            # padded steps far above the real ones must neither win nor get a gradient; the
+            # last sequence has no real step (0, no gradient)
+            Given(
+                (3, 4, 1),
+                [
+                    [[0.3], [-1.2], [40.0], [900.0]],
+                    [[2.0], [0.5], [-0.7], [1.1]],
+                    [[5.0], [6.0], [7.0], [8.0]],
+                ],
+            ),
+            Fixed([[[True], [True], [False], [False]], [[True]] * 4, [[False]] * 4]),
+        ),
+        masked_max_ref,
+        label="padded_tail",
+    ),
+    Row(
+        "masked_max",
+        # a two-way tie: each tied step gets g / 2, what central differences see
+        (Given((2, 3, 1), [[[1.5], [1.5], [0.2]], [[-0.3], [0.7], [0.7]]]), Fixed([[[True]]])),
+        masked_max_ref,
+        label="tie",
+    ),
+    Row(
+        "masked_max",
+        (Real((2, 3)), Fixed([[True, False, True]])),
+        lambda a, mask: masked_max_ref(a, mask, axis=0),
+        {"axis": 0},
+        label="axis0",
     ),
     Row("stack", (Real((2, 3)), Real((2, 3)), Real((2, 3))), lambda *xs: np.stack(xs, axis=1)),
     Row(

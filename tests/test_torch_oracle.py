@@ -126,6 +126,56 @@ def test_against_torch_modules(cell, layers, bidirectional, pattern):
     assert max(errors.values()) < RTOL, errors
 
 
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooled_bilstm_against_torch(pool):
+    """`model.pool` on a BiLSTM, pooling written by hand in torch over the padded outputs of
+    pack_padded_sequence: mean = the masked sum over the true length, max = amax after -inf
+    at padded steps (pad_packed_sequence's zeros would otherwise win over negative values)."""
+    torch.manual_seed(0)
+    B, T, n_in, hidden, classes = 4, 6, 3, 5, 4
+    rnn = nn.LSTM(n_in, hidden, bidirectional=True, batch_first=True).double()
+    readout = nn.Linear(2 * hidden, classes).double()
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(B, T, n_in)), rng.integers(0, classes, size=B)
+    lengths = np.array([6, 2, 5, 3])
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+
+    raw = seqgraph_spec("lstm", 1, True, "many_to_one", n_in, hidden, classes)
+    raw["model"]["pool"] = pool
+    model = Model(raw, dtype="float64")
+    weights = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
+    weights["out.W"] = readout.weight.detach().numpy().T
+    weights["out.b"] = readout.bias.detach().numpy()
+    model.import_params(weights, convention="pytorch")
+    batch = {"x": x, "y": y, "lengths": lengths}
+    ours = np.asarray(model.forward(batch)["predictions"])
+    loss, grads = model.loss_and_grads(batch)
+
+    t_len = torch.tensor(lengths)
+    packed = nn.utils.rnn.pack_padded_sequence(
+        torch.tensor(x), t_len, batch_first=True, enforce_sorted=False
+    )
+    out, _ = nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=T)
+    real = (torch.arange(T)[None, :] < t_len[:, None])[:, :, None]
+    if pool == "mean":
+        pooled = (out * real).sum(dim=1) / t_len[:, None].double()
+    else:
+        pooled = out.masked_fill(~real, -torch.inf).amax(dim=1)
+    logits = readout(pooled)
+    t_loss = nn.functional.cross_entropy(logits, torch.tensor(y), reduction="sum") / B
+    t_loss.backward()
+
+    assert rel_err(loss, t_loss.item()) < RTOL
+    assert rel_err(ours, logits.detach().numpy()) < RTOL
+    as_torch = model.export_params("pytorch", arrays=grads)
+    errors = {
+        name: rel_err(as_torch[name], param.grad.numpy()) for name, param in rnn.named_parameters()
+    }
+    errors["out.W"] = rel_err(as_torch["out.W"], readout.weight.grad.numpy().T)
+    errors["out.b"] = rel_err(as_torch["out.b"], readout.bias.grad.numpy())
+    assert len(errors) == 10 and max(errors.values()) < RTOL, errors
+
+
 def test_seq2seq_against_two_torch_modules():
     torch.manual_seed(0)
     B, T_in, T_out, vocab, emb, hidden, bos = 3, 5, 4, 7, 4, 6, 1

@@ -2,7 +2,8 @@
 
 Each recurrent layer becomes one ONNX RNN/GRU/LSTM node (weights converted by `interop`),
 embeddings become Gather, dense encoders, dense output decoders and the readout MatMul + Add
-(deconv and upsample decoders are refused). Inputs: `x` ((B, T)
+(deconv and upsample decoders are refused); `model.pool` mean and max become a mask from the
+lengths, Where, and ReduceSum / Div or ReduceMax over time. Inputs: `x` ((B, T)
 int64 ids or (B, T, F) floats) and `lengths` ((B,) int32); output `predictions`, (B, T, C)
 for many_to_many or (B, C) for many_to_one, equal to `Model.forward`'s on real steps. The
 file is float32, which is what onnxruntime's CPU recurrent kernels accept.
@@ -19,6 +20,7 @@ from seqgraph.runtime.interop import ONNX_OP, export_params, recurrent_layers
 
 OPSET = 17
 ACTIVATION = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
+FLOAT, INT64 = 1, 7  # onnx.TensorProto's element types (onnx itself is imported lazily)
 
 
 def _check_exportable(model) -> None:
@@ -151,6 +153,30 @@ def _layer(b: _Builder, model, onnx_w: dict, index: int, layer, x: str, lengths:
     return y, y_h
 
 
+def _pool_over_time(b: _Builder, y: str, lengths: str, pool: str) -> str:
+    """`model.pool` mean or max of the top layer's outputs y (T, B, out) over each
+    sequence's real steps, (B, out): a (T, B, 1) mask from the lengths keeps padded steps out
+    (as `masked_max` and the masked mean of `spec.unroll` do)."""
+    steps = b.node("Gather", [b.node("Shape", [y]), b.const("time_axis", np.array(0))])
+    t = b.node("Range", [b.const("zero_i64", np.array(0)), steps, b.const("one_i64", np.array(1))])
+    n = b.node("Cast", [lengths], to=INT64)  # as Range gives
+    real = b.node(
+        "Less",
+        [
+            b.node("Unsqueeze", [t, b.const("axes_1", np.array([1]))]),
+            b.node("Unsqueeze", [n, b.const("axes_0", np.array([0]))]),
+        ],
+    )
+    real = b.node("Unsqueeze", [real, b.const("axes_2", np.array([2]))])  # (T, B, 1)
+    if pool == "max":
+        kept = b.node("Where", [real, y, b.const("minus_inf", np.array(-np.inf))])
+        return b.node("ReduceMax", [kept], axes=[0], keepdims=0)
+    kept = b.node("Where", [real, y, b.const("zero_f", np.array(0.0))])
+    total = b.node("ReduceSum", [kept, b.const("axes_time", np.array([0]))], keepdims=0)
+    count = b.node("Cast", [b.node("Unsqueeze", [n, b.const("axes_1b", np.array([1]))])], to=FLOAT)
+    return b.node("Div", [total, count])
+
+
 def export_onnx(model, path: str | Path) -> Path:
     """Write `model` as an ONNX file at `path`; returns the path."""
     _check_exportable(model)  # first: a model ONNX cannot express needs no onnx package
@@ -180,7 +206,8 @@ def export_onnx(model, path: str | Path) -> Path:
         top = b.node("Transpose", [x], perm=[1, 0, 2])
         out_shape = ["B", "T", m.target.size]
     else:
-        top, out_shape = last, ["B", m.target.size]
+        top = last if m.pool == "last" else _pool_over_time(b, x, "lengths", m.pool)
+        out_shape = ["B", m.target.size]
     for i, dec in enumerate(m.decoders):
         top = _dense(b, params, f"decode{i}", top, dec.activation)
     out = _dense(b, params, "out", top) if m.readout == "linear" else top

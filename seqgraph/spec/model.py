@@ -261,6 +261,13 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
     if feeds_back and target.type == "ids" and bos >= target.size:
         raise SpecError("model.bos", f"bos id {bos} is outside the target vocab ({target.size})")
     objective = _objective(raw.get("loss", ""), pattern, target)
+    pool = raw.get("pool", "last")
+    if pool != "last" and pattern != "many_to_one":
+        raise SpecError(
+            "model.pool",
+            f"pooling over time gives one vector per sequence for many_to_one; {pattern} "
+            "reads every step (or a final state): remove model.pool or set it to last",
+        )
     return ModelSpec(
         pattern,
         inp,
@@ -274,6 +281,7 @@ def build_model(raw: dict, cells: dict, auto: dict) -> ModelSpec:
         objective,
         attention,
         decoders,
+        pool,
     )
 
 

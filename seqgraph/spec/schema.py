@@ -195,6 +195,15 @@ MODEL = {
             "last one writes the target itself (identity readout)",
         },
         "readout": {"enum": ["linear", "identity"], "default": "linear"},
+        "pool": {
+            "enum": ["last", "mean", "max"],
+            "default": "last",
+            "description": "many_to_one: what the readout reads of the top layer's outputs "
+            "(both directions of a bidirectional one), over each sequence's real steps: "
+            "last (the state after the last real step; a reverse direction's after its "
+            "first), mean or max over time (Ludwig's reduce_output; Keras' "
+            "return_sequences=True then GlobalAveragePooling1D / GlobalMaxPooling1D)",
+        },
         "loss": {
             "enum": ["softmax_ce", "mse", "ctc"],
             "description": "default: softmax_ce for ids targets, mse for vectors; ctc: "

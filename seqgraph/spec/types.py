@@ -169,6 +169,7 @@ class ModelSpec:
     objective: str = ""  # `model.loss` as written; "" picks the target type's default
     attention: AttentionSpec | None = None  # encoder_decoder only
     decoders: tuple[DecoderSpec, ...] = ()  # per-step output decoders before the readout
+    pool: str = "last"  # many_to_one: last, or mean / max of the top outputs over time
 
     @property
     def loss(self) -> str:
@@ -190,6 +191,7 @@ class ModelSpec:
             decoder = [layer.text for layer in self.decoder_layers]
             decoder += [self.attention.text] if self.attention else []
             parts.append("=> dec " + " -> ".join(decoder))
+        parts += [f"{self.pool} over time"] if self.pool != "last" else []
         parts += [d.text for d in self.decoders]
         readout = "" if self.readout == "linear" else f" ({self.readout} readout)"
         return " -> ".join(parts + [self.target.text]).replace("-> =>", "=>") + readout

@@ -3,8 +3,9 @@
 Every time step of a layer points at the same parameter nodes, so backward sums their
 gradients over steps with no extra code. Padded steps are handled in the graph itself:
 each state update is `where(mask_t, new, previous)`, so a padded step carries the state
-through unchanged, many-to-one reads the state after the last real step, and a reverse
-direction starts from its initial state at each sequence's real end.
+through unchanged, many-to-one reads the state after the last real step (or, with
+`model.pool`, the mean or max of the top outputs over the real steps: `pool_over_time`), and
+a reverse direction starts from its initial state at each sequence's real end.
 
 Dropout exists only in a training graph (`train=True`): each dropout is a `dropout` op whose
 mask is a data leaf (role "dropout") the runtime fills per batch; a per-sequence mask has
@@ -409,6 +410,29 @@ class Unroller:
         top = layers[-1]
         return self.drop(key, f"l{len(layers) - 1}", name, t, top.dropout, (top.out_size,))
 
+    def pool_over_time(self, outs: list) -> Key:
+        """many_to_one with `model.pool`: the top layer's outputs (B, size) reduced over each
+        sequence's real steps, so a padded step neither counts nor gets a gradient.
+        mean: sum_t [mask_t] h_t / sum_t [mask_t], written per step so that the plan runs
+        the masking as one op over all steps and the sums as one reduction each.
+        max: the steps stacked to (B, T, size), then one `masked_max` over time (its
+        gradient goes to each unit's argmax step; ties share it)."""
+        masks = [self.data("x", "mask", t, role="mask") for t in range(self.steps)]
+        if self.model.pool == "max":
+            stacked = self.op(("pool", "steps", None), "stack", tuple(outs), axis=1)
+            mask = self.op(("pool", "mask", None), "stack", tuple(masks), axis=1)  # (B, T, 1)
+            return self.op(("pool", "max", None), "masked_max", (stacked, mask), axis=1)
+        zero, one = self.const(0.0), self.const(1.0)
+        real = [
+            self.op(("pool", "real", t), "where", (masks[t], h, zero)) for t, h in enumerate(outs)
+        ]
+        counts = [
+            self.op(("pool", "count", t), "where", (m, one, zero)) for t, m in enumerate(masks)
+        ]
+        total = self.op(("pool", "total", None), "addn", tuple(real))
+        length = self.op(("pool", "length", None), "addn", tuple(counts))  # (B, 1)
+        return self.op(("pool", "mean", None), "div", (total, length))
+
     def feedback_stack(self, layers, prefix: str, inits: list, memory: Memory | None = None):
         """A unidirectional stack that feeds each step's prediction (or target) to the next;
         with a `memory`, each step's top output attends over it before the readout."""
@@ -554,7 +578,8 @@ class Unroller:
                 if self.state_grads:
                     g.outputs["losses"] += self.state_seeds(finals)
             else:
-                pred = self.readout(self.top_dropout(last, None, "drop_last"), size, None)
+                top = last if m.pool == "last" else self.pool_over_time(outs)
+                pred = self.readout(self.top_dropout(top, None, "drop_last"), size, None)
                 g.outputs["predictions"] = [pred]
                 target = self.data("y", "y", None, role="y")
                 weight = self.data("y", "weight", None, role="weight")

@@ -1,5 +1,6 @@
 """Sequence ops of the op table (registered into `ops.OPS`): `stack`, the masked softmax of
-attention over a source's real steps, and the CTC loss.
+attention over a source's real steps, the max over a padded sequence's real steps (pooling
+over time) and the CTC loss.
 
 CTC (Graves et al., 2006) scores an unaligned label sequence against per-frame logits by
 summing over every alignment: the labels interleaved with blanks (id 0), l' = (0, l1, 0, l2,
@@ -58,6 +59,39 @@ def _masked_softmax(xp, a, mask):
 @_masked_softmax.vjp
 def _masked_softmax_vjp(xp, g, out, a, mask):
     return (out * (g - xp.sum(g * out, axis=-1, keepdims=True)), None)
+
+
+@op("masked_max", 2, ("axis",))
+def _masked_max(xp, a, mask, axis=1):
+    """out = the max of a along `axis` among the positions where `mask` (boolean, broadcast
+    to a) holds: max pooling over the real steps of padded sequences, a (B, T, H) and mask
+    (B, T, 1) giving (B, H). A slice with no such position is 0.
+
+    da = g / k at the k unmasked positions of each slice that hold its max, 0 everywhere
+    else, masked positions included (a subgradient: ties share g evenly, as torch.amax, and
+    as central differences see a two-way tie); mask gets None.
+
+    A primitive, not max(where(mask, a, -inf)): padded steps hold anything (the state
+    carried through them), must neither win the max nor get a gradient, and a composite
+    would need -inf, whose 0 * inf in a VJP is NaN.
+    """
+    mask = _lead(xp, mask, a.ndim)
+    kept = xp.where(mask, a, _full(xp, (), -xp.inf, a))
+    # `any` reads the mask before it is broadcast: (B, 1) rather than (B, H) of work
+    return xp.where(xp.any(mask, axis=axis), xp.max(kept, axis=axis), _full(xp, (), 0.0, a))
+
+
+@_masked_max.vjp
+def _masked_max_vjp(xp, g, out, a, mask, axis=1):
+    hit = (a == xp.expand_dims(out, axis=axis)) & _lead(xp, mask, a.ndim)
+    ties = xp.sum(xp.astype(hit, a.dtype), axis=axis, keepdims=True)
+    share = xp.expand_dims(g, axis=axis) / xp.where(ties > 0, ties, _full(xp, (), 1.0, a))
+    return xp.where(hit, share, _full(xp, (), 0.0, a)), None
+
+
+def _lead(xp, mask, ndim: int):
+    """`mask` with leading axes of length 1 up to `ndim`, so `axis` counts as in a."""
+    return xp.reshape(mask, (1,) * (ndim - mask.ndim) + tuple(mask.shape))
 
 
 # ---- CTC helpers -----------------------------------------------------------------------------
