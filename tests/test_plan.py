@@ -2,7 +2,8 @@
 (`autodiff.Program`).
 
 Every case runs one spec through `Model(engine="plan")` and `Model(engine="interp")` in
-float64 and compares the loss and every parameter gradient to ~1e-12.
+float64 and compares the loss and every parameter gradient to ~1e-12, with the fused groups
+run as compiled C kernels and as NumPy ufunc chains (the `cpu_kernels` fixture).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 from seqgraph import Model
 from seqgraph.plan import rewrites
 from seqgraph.runtime import batch as batching
+
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 CUSTOM_LSTM = {  # a user cell with one weight per gate: nothing fused
     "inputs": ["x"],

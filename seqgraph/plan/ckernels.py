@@ -119,6 +119,11 @@ def compile_groups(plan, runs: list, keep_all: bool) -> list:
     return [None if b is None else _call(getattr(library, b.name), b) for b in bound]
 
 
+def is_compiled(kernel) -> bool:
+    """Whether a plan kernel is one of these compiled calls."""
+    return isinstance(getattr(kernel, "func", None), ctypes._CFuncPtr)
+
+
 def _call(function, bound: Bound):
     """`function(args)` as one C-level call: the pointer is made once; it keeps the argument
     block (numpy's `data_as` holds its array) and, through it, the buffers alive."""
@@ -137,7 +142,7 @@ def bind(plan, run: list, keep_all: bool) -> Bound | None:
     operands = [value[k] for k in inputs] + [value[k] for k in outputs]
     if not outputs or any(a.dtype.name not in C_TYPES for a in operands):
         return None
-    strides = [_row_and_column(a, shape) for a in operands]
+    strides = [row_and_column(a, shape) for a in operands]
     if any(s is None for s in strides):
         return None
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 1
@@ -154,7 +159,7 @@ def bind(plan, run: list, keep_all: bool) -> Bound | None:
     return Bound(name, text.replace("{name}", name), np.array(args, np.int64), tuple(operands))
 
 
-def _row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
+def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
     """(row, column) strides in elements of `a` broadcast to `shape` seen as (rows, cols),
     rows being every axis but the last; None if the rows are not evenly spaced, or the
     column stride is neither 1 nor 0 (a broadcast along the row)."""
