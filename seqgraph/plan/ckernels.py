@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,9 @@ import numpy as np
 from seqgraph.plan import fusion
 
 SWITCH = "SEQGRAPH_CPU_KERNELS"  # "0": the NumPy chain, even where a compiler is found
-C_TYPES = {"float32": "float", "float64": "double", "bool": "unsigned char"}  # of operands
+# the C type of an operand, by its dtype (keyed by dtype: `dtype.name` costs microseconds)
+C_TYPES = {np.dtype(name): c for name, c in [("float32", "float"), ("float64", "double")]}
+C_TYPES[np.dtype(bool)] = "unsigned char"
 FLAGS = (
     "-O3",
     "-march=native",
@@ -140,7 +142,7 @@ def bind(plan, run: list, keep_all: bool) -> Bound | None:
     value, meta = plan.layout.value, plan.an.meta
     shape = tuple(meta[outputs[0] if outputs else run[-1][1]][0])
     operands = [value[k] for k in inputs] + [value[k] for k in outputs]
-    if not outputs or any(a.dtype.name not in C_TYPES for a in operands):
+    if not outputs or any(a.dtype not in C_TYPES for a in operands):
         return None
     strides = [row_and_column(a, shape) for a in operands]
     if any(s is None for s in strides):
@@ -150,13 +152,21 @@ def bind(plan, run: list, keep_all: bool) -> Bound | None:
     if all(s in ((cols, 1), (0, 0)) for s in strides):  # one contiguous run: one loop
         rows, cols = 1, rows * cols
     columns = tuple(s[1] for s in strides)
-    ctypes_ = tuple(C_TYPES[a.dtype.name] for a in operands)
-    text = function_text("{name}", body, len(inputs), ctypes_, columns)
-    name = "seqgraph_group_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    types = tuple(C_TYPES[a.dtype] for a in operands)
+    name, text = _function(body, len(inputs), types, columns)
     args = [rows, cols]
     for a, (row, _) in zip(operands, strides, strict=True):
         args += [a.ctypes.data, row]
-    return Bound(name, text.replace("{name}", name), np.array(args, np.int64), tuple(operands))
+    return Bound(name, text, np.array(args, np.int64), tuple(operands))
+
+
+@lru_cache(maxsize=1024)
+def _function(body: str, n_inputs: int, types: tuple, columns: tuple) -> tuple:
+    """(name, text) of a group's C function, named by a hash of its text; every step of a
+    cell has the same, so it is made once."""
+    text = function_text("{name}", body, n_inputs, types, columns)
+    name = "seqgraph_group_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    return name, text.replace("{name}", name)
 
 
 def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
@@ -165,10 +175,12 @@ def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
     column stride is neither 1 nor 0 (a broadcast along the row)."""
     if not shape:
         return (0, 0)
-    steps = np.broadcast_to(a, shape).strides
-    if any(s % a.itemsize for s in steps):
+    if any(s % a.itemsize for s in a.strides):
         return None
-    steps = [s // a.itemsize for s in steps]
+    # broadcasting: a missing or length-1 axis of `a` repeats, stride 0 (np.broadcast_to's
+    # strides, without the cost of making the view once per group and step)
+    pad = len(shape) - a.ndim
+    steps = [0] * pad + [s // a.itemsize if n > 1 else 0 for n, s in zip(a.shape, a.strides)]
     leading = [(n, s) for n, s in zip(shape[:-1], steps[:-1], strict=True) if n > 1]
     row = leading[-1][1] if leading else 0
     span = row
