@@ -193,18 +193,28 @@ def fallback_numbers(raw, batch):
     return loss, grads, compiled_kernels(model.plan(batch))
 
 
-def test_no_compiler_gives_the_numpy_numbers(kernels, monkeypatch):
-    """No compiler on PATH: silently the NumPy chain, bit for bit."""
+def test_no_compiler_gives_the_numpy_numbers(kernels, monkeypatch, caplog):
+    """No compiler on PATH: the NumPy chain, bit for bit, and one line saying why; with
+    the switch off, not even that."""
     raw, batch = CASES["stacked"], batch_for(CASES["stacked"])
+    monkeypatch.setitem(ckernels._STATE, "warned", False)
     kernels(False)
-    want_loss, want, _ = fallback_numbers(raw, batch)
+    with caplog.at_level(logging.WARNING, logger="seqgraph"):
+        want_loss, want, _ = fallback_numbers(raw, batch)
+    assert not caplog.records
     kernels(True)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert not ckernels.enabled()
-    loss, grads, compiled = fallback_numbers(raw, batch)
+    with caplog.at_level(logging.WARNING, logger="seqgraph"):
+        for _ in range(2):
+            loss, grads, compiled = fallback_numbers(raw, batch)
     assert compiled == 0 and loss == want_loss
     for key in want:
         np.testing.assert_array_equal(grads[key], want[key])
+    assert [r.getMessage() for r in caplog.records] == [
+        "seqgraph: compiled CPU kernels off, NumPy runs the fused groups "
+        "(no C compiler: $CC, cc or gcc on PATH)"
+    ]
 
 
 def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(

@@ -111,7 +111,10 @@ class Bound:
 def compile_groups(plan, runs: list, keep_all: bool) -> list:
     """A kernel (a no-argument callable) per group in `runs`, or None where the group keeps
     its NumPy chain: a layout the loop cannot walk, or no compiled kernels at all."""
-    if not runs or not enabled():
+    if not runs or os.environ.get(SWITCH, "1") == "0":
+        return [None] * len(runs)
+    if not enabled():
+        _fall_back("no C compiler: $CC, cc or gcc on PATH")
         return [None] * len(runs)
     bound = [bind(plan, run, keep_all) for run in runs]
     texts = {b.name: b.text for b in bound if b is not None}
@@ -276,7 +279,8 @@ def _machine() -> str:
     return _STATE["machine"]
 
 
-def _fall_back(error: Exception) -> None:
+def _fall_back(error: Exception | str) -> None:
+    """Say once per process why NumPy runs the groups."""
     if not _STATE["warned"]:
         _STATE["warned"] = True
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
