@@ -87,7 +87,8 @@ CASES = {
 
 
 def compiled_kernels(plan) -> int:
-    return sum(ckernels.is_compiled(kernel) for kernel in plan.forward_kernels)
+    kernels = plan.forward_kernels + plan.backward_kernels
+    return sum(ckernels.is_compiled(kernel) for kernel in kernels)
 
 
 def batch_for(raw, padded=True) -> dict:
@@ -244,15 +245,16 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 
 @needs_compiler
 def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypatch, tmp_path):
-    """The first plan builds one library under $XDG_CACHE_HOME/seqgraph; a process that
-    has not loaded it yet (here: the loaded table emptied) reads it back without building."""
+    """The first plan builds its libraries (forward groups, backward runs) under
+    $XDG_CACHE_HOME/seqgraph; a process that has not loaded them yet (here: the loaded table
+    emptied) reads them back without building."""
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(ckernels, "_LOADED", {})
     raw, batch = CASES["lstm"], batch_for(CASES["lstm"])
     first = fallback_numbers(raw, batch)
     built = list((tmp_path / "seqgraph").glob("groups-*.so"))
-    assert len(built) == 1 and first[2] > 0
+    assert len(built) == 2 and first[2] > 0
 
     def no_build(*args):
         raise AssertionError("built again")
@@ -282,3 +284,57 @@ def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypat
 def test_operand_strides(make, shape, want):
     """(row, column) element strides of an operand broadcast to the group's shape."""
     assert ckernels.row_and_column(make(), shape) == want
+
+
+# ---- backward: runs of elementwise VJP statements ---------------------------------------------
+
+
+def test_chains_join_what_one_loop_can_run_in_order():
+    """Disjoint column blocks of one buffer join (they interleave in memory but never
+    meet); a read of a shifted view of a buffer the run wrote, or a statement whose dest
+    overlaps its own operand, ends the run."""
+    S = ckernels.Statement
+    grads, g, factor = np.zeros((4, 24)), np.ones((4, 6)), np.full((4, 6), 2.0)
+    i_block, f_block = grads[:, 0:6], grads[:, 6:12]
+    stacked = np.zeros((5, 4, 6))
+    joined = [
+        S(i_block, False, "{0} * {1}", (g, factor)),
+        S(f_block, True, "{0} * {1}", (g, i_block)),
+    ]
+    assert ckernels.chains([None, *joined, None]) == [(1, 3)]
+    shifted = [S(stacked[1], False, "{0}", (g,)), S(g, False, "{0}", (stacked[1:, :, :][0].T.T,))]
+    assert ckernels.chains(shifted) == [(0, 2)]  # the very same view: joins
+    overlap = np.zeros((4, 7))
+    split = [S(overlap[:, :6], False, "{0}", (g,)), S(factor, False, "{0}", (overlap[:, 1:],))]
+    assert ckernels.chains(split) == []
+    own = S(overlap[:, :6], False, "-{0}", (overlap[:, 1:],))
+    assert ckernels.chains([own, S(g, False, "{0}", (factor,))]) == []
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_compiled_chain_computes_what_its_kernels_one_by_one_do(dtype, kernels):
+    """Written and added, a broadcast row and a per-row column, a column block, a value
+    the run wrote before: one loop gives the NumPy statements' numbers."""
+    kernels(True)
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(4, 24)).astype(dtype)
+    g, mask = rng.normal(size=(4, 6)).astype(dtype), rng.normal(size=(4, 1)).astype(dtype)
+    bias, dest = rng.normal(size=6).astype(dtype), np.zeros((4, 6), dtype)
+    S = ckernels.Statement
+    run = [
+        S(grads[:, 0:6], True, "{0} * {1}", (g, bias)),  # += g * a bias row
+        S(grads[:, 6:12], False, "{0} / {1}", (grads[:, 0:6], mask)),  # reads what it wrote
+        S(dest, False, "-{0}", (grads[:, 6:12],)),
+        S(dest, True, "{0}", (g,)),
+    ]
+    want_grads, want_dest = grads.copy(), dest.copy()
+    want_grads[:, 0:6] += g * bias
+    want_grads[:, 6:12] = want_grads[:, 0:6] / mask
+    want_dest[...] = -want_grads[:, 6:12] + g
+    assert ckernels.chains(run) == [(0, 4)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    rtol = 1e-6 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(grads, want_grads, rtol=rtol)
+    np.testing.assert_allclose(dest, want_dest, rtol=rtol)

@@ -111,16 +111,21 @@ class Bound:
 def compile_groups(plan, runs: list, keep_all: bool) -> list:
     """A kernel (a no-argument callable) per group in `runs`, or None where the group keeps
     its NumPy chain: a layout the loop cannot walk, or no compiled kernels at all."""
-    if not runs or os.environ.get(SWITCH, "1") == "0":
-        return [None] * len(runs)
+    return _compiled(runs, lambda run: bind(plan, run, keep_all))
+
+
+def _compiled(items: list, bind_one) -> list:
+    """bind_one(item) for each item, all built into one library: a kernel each, or None."""
+    if not items or os.environ.get(SWITCH, "1") == "0":
+        return [None] * len(items)
     if not enabled():
         _fall_back("no C compiler: $CC, cc or gcc on PATH")
-        return [None] * len(runs)
-    bound = [bind(plan, run, keep_all) for run in runs]
+        return [None] * len(items)
+    bound = [bind_one(item) for item in items]
     texts = {b.name: b.text for b in bound if b is not None}
     library = _library(texts) if texts else None
     if library is None:
-        return [None] * len(runs)
+        return [None] * len(items)
     return [None if b is None else _call(getattr(library, b.name), b) for b in bound]
 
 
@@ -194,6 +199,147 @@ def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
     if shape[-1] == 1:  # one column: its stride is never used
         return (row, 0 if row == 0 else 1)
     return (row, steps[-1]) if steps[-1] in (0, 1) else None
+
+
+# ---- backward: runs of elementwise VJP kernels ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One elementwise VJP kernel as C: dest = expr (or dest += expr), `expr` a C expression
+    over `operands` ({0}, {1}...), all at dest's shape but for broadcast reads."""
+
+    dest: np.ndarray
+    add: bool
+    expr: str
+    operands: tuple
+
+
+def chains(statements: list) -> list:
+    """(lo, hi) index ranges of the runs of two or more consecutive statements (None: a
+    kernel that is not one) that one loop can run in order, element by element: one shape
+    and dtype, operands it can walk, and no buffer written in the run that another operand
+    of the run overlaps unless it is the very same view (so each element reads what the
+    statements before it wrote to that element, as the kernels one by one would)."""
+    out, lo, run = [], 0, None
+    for i, statement in enumerate([*statements, None]):
+        if run is not None and statement is not None and run.joins(statement):
+            continue
+        if run is not None and i - lo > 1:
+            out.append((lo, i))
+        lo, run = i, (_Run(statement) if statement is not None and _walkable(statement) else None)
+    return out
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two views share an element: exactly (a gate's column block and its
+    neighbour interleave in memory, but never meet), or True when that is too hard to say."""
+    try:
+        return bool(np.shares_memory(a, b, max_work=10_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _key(a: np.ndarray) -> tuple:
+    return (a.__array_interface__["data"][0], a.strides, a.shape, a.dtype)
+
+
+def _walkable(statement: Statement) -> bool:
+    shape, dest = tuple(statement.dest.shape), statement.dest
+    if dest.dtype.kind != "f" or dest.dtype not in C_TYPES or row_and_column(dest, shape) is None:
+        return False
+    for a in statement.operands:
+        if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
+            return False
+        if _key(a) != _key(dest) and _overlap(a, dest):
+            return False  # NumPy buffers such an overlap; a loop would not
+    return True
+
+
+class _Run:
+    """The buffers a run of statements writes and reads, for `chains`."""
+
+    def __init__(self, statement: Statement):
+        self.shape, self.dtype = tuple(statement.dest.shape), statement.dest.dtype
+        self.written: dict = {}
+        self.read: dict = {}
+        self._take(statement)
+
+    def _take(self, statement: Statement) -> None:
+        for a in statement.operands:
+            self.read[_key(a)] = a
+        self.written[_key(statement.dest)] = statement.dest
+
+    def joins(self, statement: Statement) -> bool:
+        if tuple(statement.dest.shape) != self.shape or statement.dest.dtype != self.dtype:
+            return False
+        if not _walkable(statement):
+            return False
+        for a in statement.operands:
+            if any(k != _key(a) and _overlap(a, w) for k, w in self.written.items()):
+                return False
+        dest, seen = statement.dest, {**self.read, **self.written}
+        if any(k != _key(dest) and _overlap(dest, b) for k, b in seen.items()):
+            return False
+        self._take(statement)
+        return True
+
+
+def compile_chains(runs: list) -> list:
+    """A compiled kernel (or None) per run of statements (see `chains`)."""
+    return _compiled(runs, bind_chain)
+
+
+def bind_chain(statements: list) -> Bound | None:
+    """The C function and argument block of a run of statements: one loop over their shape,
+    each statement a line, in order."""
+    shape = tuple(statements[0].dest.shape)
+    index: dict = {}
+    arrays: list = []
+    strides: list = []
+
+    def at(a) -> str:
+        key = _key(a)
+        if key not in index:
+            index[key] = len(arrays)
+            arrays.append(a)
+            strides.append(row_and_column(a, shape))
+        i = index[key]
+        return f"P{i}[i * R{i}{' + j' if strides[i][1] else ''}]"
+
+    lines = []
+    for s in statements:
+        value = s.expr.format(*[at(a) for a in s.operands])
+        target = at(s.dest)
+        lines.append(f"{target} = {target} + ({value});" if s.add else f"{target} = {value};")
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 1
+    cols = shape[-1] if shape else 1
+    if all(st in ((cols, 1), (0, 0)) for st in strides):
+        rows, cols = 1, rows * cols
+    types = tuple(C_TYPES[a.dtype] for a in arrays)
+    name, text = _chain_function("\n".join(lines), types)
+    args = [rows, cols]
+    for a, (row, _) in zip(arrays, strides, strict=True):
+        args += [a.ctypes.data, row]
+    return Bound(name, text, np.array(args, np.int64), tuple(arrays))
+
+
+@lru_cache(maxsize=1024)
+def _chain_function(body: str, types: tuple) -> tuple:
+    """(name, text) of a run's C function: pointers P0.. (written ones too), row strides."""
+    head = ["void {name}(const i64* a) {", "    const i64 rows = a[0], cols = a[1];"]
+    for i, ctype in enumerate(types):
+        head.append(f"    {ctype}* const P{i} = ({ctype}*)a[{2 + 2 * i}];")
+        head.append(f"    const i64 R{i} = a[{3 + 2 * i}];")
+    text = "\n".join(
+        head
+        + ["    for (i64 i = 0; i < rows; i++) {", "        #pragma omp simd"]
+        + ["        for (i64 j = 0; j < cols; j++) {"]
+        + [f"            {line}" for line in body.splitlines()]
+        + ["        }", "    }", "}", ""]
+    )
+    name = "seqgraph_chain_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    return name, text.replace("{name}", name)
 
 
 def function_text(name: str, body: str, n_inputs: int, types: tuple, columns: tuple) -> str:

@@ -43,15 +43,7 @@ def describe(sched: Schedule, record: tuple) -> tuple:
     """The listing entry (`listing.py`) of the kernel of a unit or of a fused group."""
     if record[0] != "fused":
         return _entry(sched, record)
-    entries = [_entry(sched, unit) for unit in record[1]]
-    writes = tuple(ref for entry in entries for ref in entry[1])
-    inside, reads = {name for name, _ in writes}, {}
-    for entry in entries:
-        for name, array in entry[2]:
-            if name not in inside:
-                reads.setdefault(name, array)
-    ops = ",".join(entry[0] for entry in entries)
-    return f"fused({ops})", writes, tuple(reads.items()), entries[0][3]
+    return listing.joined([_entry(sched, unit) for unit in record[1]])
 
 
 def unit_kernel(sched: Schedule, ctx, unit):
