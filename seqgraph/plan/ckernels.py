@@ -1,5 +1,5 @@
-"""Compiled CPU kernels for the plan's fused groups: one C loop per group instead of its
-chain of NumPy calls.
+"""Compiled CPU kernels: one C loop for each fused group of the forward (`fusion.py`), and
+for each run of elementwise VJP kernels of the backward, instead of a chain of NumPy calls.
 
 On NumPy a fused group (`fusion.py`) would otherwise run as its chain of `out=` ufunc calls:
 an LSTM step's gate chain is nine calls, each a pass over a (B, H) block, and at small sizes
@@ -20,6 +20,10 @@ declares them itself and the flags stay IEEE: `-fno-math-errno` (sqrt as one ins
 `-fno-trapping-math` (no exception flags to keep) and `-ffp-contract=off` (no fused
 multiply-add, so each value rounds as in the NumPy chain; only exp/tanh/log differ, by a
 few ulp). Without libmvec (not glibc, not x86-64) the same source builds with scalar calls.
+
+Backward, `chains` finds runs of VJP kernels that are each one elementwise line (`dest =`
+or `+= g * factor`, as `kernels_vjp.statement` spells them: an LSTM step's six gate and
+state gradients) and one loop can run in order, element by element.
 
 `SEQGRAPH_CPU_KERNELS=0`, no compiler, or a failed build leave the NumPy chain in place,
 with one log line per process at most.
@@ -155,6 +159,12 @@ def bind(plan, run: list, keep_all: bool) -> Bound | None:
     strides = [row_and_column(a, shape) for a in operands]
     if any(s is None for s in strides):
         return None
+    views = _Views()  # an element is read before it is written, in place, or never
+    extents = [views.extent(a) for a in operands]
+    for y, (y_lo, y_hi) in zip(operands[len(inputs) :], extents[len(inputs) :], strict=True):
+        for x, (x_lo, x_hi) in zip(operands, extents[: len(inputs)]):
+            if x_lo < y_hi and y_lo < x_hi and views.overlap(x, y):
+                return None
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 1
     cols = shape[-1] if shape else 1
     if all(s in ((cols, 1), (0, 0)) for s in strides):  # one contiguous run: one loop
@@ -185,6 +195,9 @@ def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
         return (0, 0)
     if any(s % a.itemsize for s in a.strides):
         return None
+    if a.ndim == 2 and a.shape == shape and a.shape[0] > 1 and a.shape[1] > 1:
+        row, column = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize  # (B, H)
+        return (row, column) if column in (0, 1) else None
     # broadcasting: a missing or length-1 axis of `a` repeats, stride 0 (np.broadcast_to's
     # strides, without the cost of making the view once per group and step)
     pad = len(shape) - a.ndim
@@ -221,65 +234,82 @@ def chains(statements: list) -> list:
     and dtype, operands it can walk, and no buffer written in the run that another operand
     of the run overlaps unless it is the very same view (so each element reads what the
     statements before it wrote to that element, as the kernels one by one would)."""
-    out, lo, run = [], 0, None
+    out, lo, run, views = [], 0, None, _Views()
     for i, statement in enumerate([*statements, None]):
         if run is not None and statement is not None and run.joins(statement):
             continue
         if run is not None and i - lo > 1:
             out.append((lo, i))
-        lo, run = i, (_Run(statement) if statement is not None and _walkable(statement) else None)
+        walkable = statement is not None and views.walkable(statement)
+        lo, run = i, (_Run(statement, views) if walkable else None)
     return out
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two views share an element: exactly (a gate's column block and its
-    neighbour interleave in memory, but never meet), or True when that is too hard to say."""
-    try:
-        return bool(np.shares_memory(a, b, max_work=10_000))
-    except np.exceptions.TooHardError:
-        return True
+class _Views:
+    """What `chains` asks of the arrays it sees, each answered once per array."""
 
+    def __init__(self):
+        self.keys: dict = {}  # id -> (address, strides, shape, dtype): the same view
+        self.extents: dict = {}  # id -> (first byte, last byte + 1)
 
-def _key(a: np.ndarray) -> tuple:
-    return (a.__array_interface__["data"][0], a.strides, a.shape, a.dtype)
+    def key(self, a: np.ndarray) -> tuple:
+        if id(a) not in self.keys:
+            self.keys[id(a)] = (a.__array_interface__["data"][0], a.strides, a.shape, a.dtype)
+        return self.keys[id(a)]
 
-
-def _walkable(statement: Statement) -> bool:
-    shape, dest = tuple(statement.dest.shape), statement.dest
-    if dest.dtype.kind != "f" or dest.dtype not in C_TYPES or row_and_column(dest, shape) is None:
-        return False
-    for a in statement.operands:
-        if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
+    def overlap(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether two different views share an element: exactly (a gate's column block
+        and its neighbour interleave in memory but never meet), True when too hard to say."""
+        (a_lo, a_hi), (b_lo, b_hi) = self.extent(a), self.extent(b)
+        if a_hi <= b_lo or b_hi <= a_lo or self.key(a) == self.key(b):
             return False
-        if _key(a) != _key(dest) and _overlap(a, dest):
-            return False  # NumPy buffers such an overlap; a loop would not
-    return True
+        try:
+            return bool(np.shares_memory(a, b, max_work=10_000))
+        except np.exceptions.TooHardError:
+            return True
+
+    def extent(self, a: np.ndarray) -> tuple:
+        if id(a) not in self.extents:
+            start = self.key(a)[0]
+            ends = [s * (n - 1) for s, n in zip(a.strides, a.shape, strict=True)]
+            low = start + sum(e for e in ends if e < 0)
+            high = start + sum(e for e in ends if e > 0) + a.itemsize
+            self.extents[id(a)] = (low, high) if a.size else (start, start)
+        return self.extents[id(a)]
+
+    def walkable(self, statement: Statement) -> bool:
+        """One loop can run the statement: C types, strides it walks, and no operand that
+        overlaps the dest without being it (NumPy buffers such an overlap; a loop would not)."""
+        shape, dest = tuple(statement.dest.shape), statement.dest
+        if dest.dtype.kind != "f" or dest.dtype not in C_TYPES:
+            return False
+        for a in (dest, *statement.operands):
+            if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
+                return False
+        return not any(self.overlap(a, dest) for a in statement.operands)
 
 
 class _Run:
     """The buffers a run of statements writes and reads, for `chains`."""
 
-    def __init__(self, statement: Statement):
+    def __init__(self, statement: Statement, views: _Views):
         self.shape, self.dtype = tuple(statement.dest.shape), statement.dest.dtype
-        self.written: dict = {}
-        self.read: dict = {}
+        self.views, self.written, self.seen = views, [], []
         self._take(statement)
 
     def _take(self, statement: Statement) -> None:
-        for a in statement.operands:
-            self.read[_key(a)] = a
-        self.written[_key(statement.dest)] = statement.dest
+        self.seen += [*statement.operands, statement.dest]
+        self.written.append(statement.dest)
 
     def joins(self, statement: Statement) -> bool:
         if tuple(statement.dest.shape) != self.shape or statement.dest.dtype != self.dtype:
             return False
-        if not _walkable(statement):
+        views = self.views
+        if not views.walkable(statement):
             return False
-        for a in statement.operands:
-            if any(k != _key(a) and _overlap(a, w) for k, w in self.written.items()):
-                return False
-        dest, seen = statement.dest, {**self.read, **self.written}
-        if any(k != _key(dest) and _overlap(dest, b) for k, b in seen.items()):
+        if any(views.overlap(a, w) for a in statement.operands for w in self.written):
+            return False
+        if any(views.overlap(statement.dest, b) for b in self.seen):
             return False
         self._take(statement)
         return True
@@ -298,8 +328,10 @@ def bind_chain(statements: list) -> Bound | None:
     arrays: list = []
     strides: list = []
 
+    views = _Views()
+
     def at(a) -> str:
-        key = _key(a)
+        key = views.key(a)
         if key not in index:
             index[key] = len(arrays)
             arrays.append(a)
