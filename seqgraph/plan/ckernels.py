@@ -374,32 +374,57 @@ def _chain_function(body: str, types: tuple) -> tuple:
     return name, text.replace("{name}", name)
 
 
+CHUNK = 16  # elements per vector block of a group's loop (64 bytes of float32)
+
+
 def function_text(name: str, body: str, n_inputs: int, types: tuple, columns: tuple) -> str:
-    """C source of one group: for each row, a simd loop over its columns that loads the
-    inputs x0.., runs the body (`fusion.source`) and stores y0... `types` and `columns`
-    (1: contiguous, 0: one value per row) have one entry per operand, inputs first."""
+    """C source of one group: each row in blocks of CHUNK elements, a simd loop per block
+    that loads the inputs x0.., runs the body (`fusion.source`) and stores y0... `types` and
+    `columns` (1: contiguous, 0: one value per row) have one entry per operand, inputs first.
+
+    The last, partial block runs through local arrays padded to CHUNK, by the same code as
+    every full block: a vectorised exp and the scalar one a plain simd loop would use for
+    its remainder differ in the last bit, and a value must not depend on where it lies
+    (a sequence predicted alone or in a batch gives the same numbers)."""
     head = [f"void {name}(const i64* a) {{", "    const i64 rows = a[0], cols = a[1];"]
-    loads, stores, outs = [], [], []
+    full, padded, buffers, fill, spill, full_stores, padded_stores = [], [], [], [], [], [], []
     for i, (ctype, column) in enumerate(zip(types, columns, strict=True)):
         is_input = i < n_inputs
         var = f"x{i}" if is_input else f"y{i - n_inputs}"
         qualifier = "const " if is_input else ""
         head.append(f"    {qualifier}{ctype}* const P{var} = ({qualifier}{ctype}*)a[{2 + 2 * i}];")
         head.append(f"    const i64 R{var} = a[{3 + 2 * i}];")
-        at = f"P{var}[i * R{var}{' + j' if column else ''}]"
+        at = f"P{var}[i * R{var}{' + j0 + k' if column else ''}]"
         if is_input:
-            loads.append(f"const {ctype} {var} = {at};")
-        else:
-            outs.append(f"{ctype} {var};")
-            stores.append(f"{at} = {var};")
-    inner = loads + outs + body.splitlines() + stores
-    return "\n".join(
-        head
-        + ["    for (i64 i = 0; i < rows; i++) {", "        #pragma omp simd"]
-        + ["        for (i64 j = 0; j < cols; j++) {"]
-        + [f"            {line}" for line in inner]
-        + ["        }", "    }", "}", ""]
+            full.append(f"const {ctype} {var} = {at};")
+            padded.append(f"const {ctype} {var} = {f'B{var}[k]' if column else at};")
+            if column:  # zeros past the end: a harmless value for every op
+                buffers.append(f"{ctype} B{var}[{CHUNK}] = {{0}};")
+                fill.append(f"B{var}[k] = {at};")
+            continue
+        full.append(f"{ctype} {var};")
+        padded.append(f"{ctype} {var};")
+        buffers.append(f"{ctype} B{var}[{CHUNK}];")
+        full_stores.append(f"{at} = {var};")
+        padded_stores.append(f"B{var}[k] = {var};")
+        spill.append(f"{at} = B{var}[k];")
+    block = ["#pragma omp simd", f"for (i64 k = 0; k < {CHUNK}; k++) {{"]
+    each = ["for (i64 k = 0; k < n; k++) {"]
+    lines = (
+        ["for (i64 i = 0; i < rows; i++) {", "    i64 j0 = 0;"]
+        + [f"    for (; j0 + {CHUNK} <= cols; j0 += {CHUNK}) {{"]
+        + _indent(block + _indent(full + body.splitlines() + full_stores) + ["}"], 2)
+        + ["    }", "    if (j0 < cols) {", "        const i64 n = cols - j0;"]
+        + _indent(buffers + each + _indent(fill) + ["}"], 2)
+        + _indent(block + _indent(padded + body.splitlines() + padded_stores) + ["}"], 2)
+        + _indent(each + _indent(spill) + ["}"], 2)
+        + ["    }", "}"]
     )
+    return "\n".join(head + _indent(lines) + ["}", ""])
+
+
+def _indent(lines: list, levels: int = 1) -> list:
+    return ["    " * levels + line for line in lines]
 
 
 def _library(texts: dict):
