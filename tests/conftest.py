@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import support
 from hypothesis import settings
 
@@ -20,3 +21,13 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("worst gradient errors per check")
     for check, (error, where) in sorted(support.WORST.items()):
         terminalreporter.write_line(f"{check:<56} {error:.2e}  {where}")
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def cpu_kernels(request, monkeypatch):
+    """Run a test twice: fused groups as compiled C kernels (where a C compiler is found)
+    and as NumPy ufunc chains (`SEQGRAPH_CPU_KERNELS=0`), so both paths stay tested."""
+    from seqgraph.plan import ckernels
+
+    monkeypatch.setenv(ckernels.SWITCH, "1" if request.param == "compiled" else "0")
+    return request.param

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
-from seqgraph.plan import kernels
+from seqgraph.plan import ckernels, kernels
 from seqgraph.runtime import batch as batching
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -49,9 +49,31 @@ def _step_of(entry: str) -> str:
     return entry.strip().split()[0]
 
 
+LSTM_6 = {
+    "model": {
+        "pattern": "many_to_many",
+        "input": {"type": "vectors", "size": 4},
+        "target": {"type": "ids", "vocab": 5},
+        "layers": [{"cell": "lstm", "hidden": 6}],
+    }
+}
+
+
+@pytest.mark.skipif(ckernels.compiler() is None, reason="no C compiler ($CC, cc, gcc)")
+def test_an_lstm_step_is_3_kernels_forward_and_2_backward_with_compiled_kernels(monkeypatch):
+    """With the compiled CPU kernels: the product, the gate add and one C loop forward; the
+    product and one C loop backward (the README's Speed section)."""
+    monkeypatch.setenv(ckernels.SWITCH, "1")
+    model = Model(LSTM_6, dtype="float32")
+    plan = model.plan(batching.dummy(model.spec, 3, 6))
+    for entries, want in ((plan.forward.entries(), 3), (plan.backward.kernels.entries(), 2)):
+        assert {sum(entry[3] == t for entry in entries) for t in range(1, 5)} == {want}
+
+
 def test_an_lstm_step_backward_is_9_numpy_calls(monkeypatch):
     counter = _CountingNumpy()
     monkeypatch.setattr(kernels, "np", counter)  # the plan's array module on NumPy
+    monkeypatch.setenv(ckernels.SWITCH, "0")  # NumPy calls: the compiled kernels make none
     raw = {
         "model": {
             "pattern": "many_to_many",

@@ -18,7 +18,7 @@ from functools import partial
 
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
-from seqgraph.plan import kernels_vjp, listing, local_factors
+from seqgraph.plan import ckernels, kernels_vjp, listing, local_factors
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.kernels import Context
 from seqgraph.plan.listing import Kernels, grad
@@ -108,6 +108,7 @@ class _Emitter:
         self.tracker = Tracker(sched.layout)
         self.out = Kernels(partial(describe, sched))
         self.transposes: dict = {}  # filled by _transposed while the VJPs are emitted
+        self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
         an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
@@ -133,6 +134,8 @@ class _Emitter:
                 remaining[c] -= 1
                 if not remaining[c]:
                     self._deferred_vjp(c, deferred[c])
+        if self.ctx.name == "numpy":
+            self._compile_chains()
         copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
         entries = [
             ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
@@ -141,6 +144,23 @@ class _Emitter:
         out.insert(1, copies, entries)
         tracker.ready([k for k in wanted if k in lay.grad])
         return Backward(out, tracker.zero)
+
+    def _compile_chains(self) -> None:
+        """Runs of elementwise VJP kernels (a step's gate gradients) as one compiled C loop
+        each (`ckernels.chains`), where the kernels can be."""
+        out = self.out
+        statements = [self.statements.get(i) for i in range(len(out.kernels))]
+        runs = ckernels.chains(statements)
+        compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs])
+        kernels, records, start = [], [], 0
+        for (lo, hi), kernel in zip(runs, compiled, strict=True):
+            if kernel is None:
+                continue
+            kernels += out.kernels[start:lo] + [kernel]
+            records += out.records[start:lo] + [("fused", tuple(out.records[lo:hi]))]
+            start = hi
+        out.kernels[:] = kernels + out.kernels[start:]
+        out.records[:] = records + out.records[start:]
 
     def _local_factors(self) -> tuple:
         """(factors, folds, skips) of `local_factors`, their kernels emitted; skips:
@@ -209,16 +229,15 @@ class _Emitter:
                 continue
             add = tracker.target([source])
             if factor is not None:  # g * (d out / d input), the factor computed before the loop
-                kernel = kernels_vjp.vjp(
-                    ctx, "mul", 0, lay.grad[source], add, g, None, [g, factor], {}
-                )
-                self.out.add(kernel, ("factor", k, i, add, source_of_g, factor))
+                how = ("mul", 0, lay.grad[source], add, g, None, [g, factor], {})
+                self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
+                self.out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
                 continue
             bt = self._transposed(node["op"], i, node["inputs"])
-            kernel = kernels_vjp.vjp(
-                ctx, node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"], bt
-            )
-            self.out.add(kernel, ("vjp", k, i, add, source_of_g, bt))
+            how = (node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"])
+            if bt is None:
+                self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
+            self.out.add(kernels_vjp.vjp(ctx, *how, bt), ("vjp", k, i, add, source_of_g, bt))
 
     def _class_vjp(self, cls, has: set, skip=()) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx
@@ -271,6 +290,8 @@ def describe(sched: Schedule, record: tuple) -> tuple:
     tuple of references, and names and buffers are looked up only to print."""
     if record[0] == "=":
         return record[1:]
+    if record[0] == "fused":  # a compiled run of elementwise VJPs (`_compile_chains`)
+        return listing.joined([describe(sched, r) for r in record[1]])
     if record[0] in ("class", "deferred"):
         return _stacked_entry(sched, record)
     an, lay = sched.an, sched.layout

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from seqgraph.plan import fusion, kernels, listing
+from seqgraph.plan import ckernels, fusion, kernels, listing
 from seqgraph.plan.listing import Kernels
 from seqgraph.plan.schedule import Schedule
 
@@ -17,16 +17,23 @@ from seqgraph.plan.schedule import Schedule
 def emit(sched: Schedule, ctx: kernels.Context, groups: list, keep_all: bool) -> Kernels:
     """Every group's kernels in order; `keep_all`: backward will read every value."""
     out = Kernels(partial(describe, sched))
+    fused = [run for run in groups if len(run) > 1]
+    compiled = ckernels.compile_groups(sched, fused, keep_all) if ctx.name == "numpy" else []
+    compiled_of = {id(run): kernel for run, kernel in zip(fused, compiled, strict=True)}
     for run in groups:
-        group(sched, ctx, run, keep_all, out)
+        group(sched, ctx, run, keep_all, out, compiled_of.get(id(run)))
     return out
 
 
-def group(sched: Schedule, ctx, run: list, keep_all: bool, out: Kernels) -> None:
-    """A fused group's kernels (`fusion.py`): one on CuPy, its ufunc calls on NumPy. Each
-    is recorded with its unit (or ("fused", run)) for `describe`."""
+def group(sched: Schedule, ctx, run: list, keep_all: bool, out: Kernels, compiled=None) -> None:
+    """A fused group's kernels (`fusion.py`): one on CuPy, one compiled C loop on NumPy
+    (`compiled`, from `ckernels.compile_groups`), else its ufunc calls. Each is recorded
+    with its unit (or ("fused", run)) for `describe`."""
     if len(run) > 1 and ctx.name == "cupy":
         out.add(fusion.cupy_kernel(sched, run, keep_all), ("fused", run))
+        return
+    if compiled is not None:
+        out.add(compiled, ("fused", run))
         return
     for unit in run:  # NumPy: the ufunc chain
         out.add(unit_kernel(sched, ctx, unit), unit)
@@ -36,15 +43,7 @@ def describe(sched: Schedule, record: tuple) -> tuple:
     """The listing entry (`listing.py`) of the kernel of a unit or of a fused group."""
     if record[0] != "fused":
         return _entry(sched, record)
-    entries = [_entry(sched, unit) for unit in record[1]]
-    writes = tuple(ref for entry in entries for ref in entry[1])
-    inside, reads = {name for name, _ in writes}, {}
-    for entry in entries:
-        for name, array in entry[2]:
-            if name not in inside:
-                reads.setdefault(name, array)
-    ops = ",".join(entry[0] for entry in entries)
-    return f"fused({ops})", writes, tuple(reads.items()), entries[0][3]
+    return listing.joined([_entry(sched, unit) for unit in record[1]])
 
 
 def unit_kernel(sched: Schedule, ctx, unit):

@@ -7,8 +7,8 @@ share one shape and dtype; running
 it where the run stood keeps every dependency. On CuPy a group is one `cupy.ElementwiseKernel`
 (one launch instead of ~11 per LSTM step); the generated code keeps every intermediate in a
 register and writes only the values someone reads later (all of them when backward will run).
-NumPy has no fused kernels: its group stays the chain of `out=` ufunc calls into the layout's
-buffers, which is already in place, so NumPy gains nothing from grouping and keeps flat kernels.
+On NumPy the same body runs as one compiled C loop (`ckernels.py`) where a C compiler is
+found; without one the group stays the chain of `out=` ufunc calls into the layout's buffers.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def _joins(plan, run, unit) -> bool:
 
 
 def source(plan, run, keep_all: bool) -> tuple:
-    """The CUDA pieces of one group: (in_params, out_params, body, inputs, outputs).
+    """The kernel pieces of one group: (in_params, out_params, body, inputs, outputs); the
+    parameters are CuPy's, the body is C for CUDA and `ckernels` alike.
 
     `inputs` and `outputs` are the node keys bound to x0.. and y0..; a member is an output if
     a later kernel reads it (or always, with `keep_all`, when backward needs every value),

@@ -15,6 +15,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.ops import NEGATE, UfuncVJP
 from seqgraph.engine.ops.buffers import deliver, sum_into
 from seqgraph.errors import MissingVJPError
+from seqgraph.plan.ckernels import Statement
 
 
 def _pass_vjp(ctx, dest, add: bool, g, negate: bool):
@@ -54,6 +55,24 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
         if kernel is not None:
             return kernel
     return _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs)
+
+
+UFUNC_C = {"multiply": "*", "divide": "/"}  # the `UfuncVJP` ufuncs a C statement can spell
+
+
+def statement(op: str, position: int, dest, add: bool, g, out, ins: list, attrs: dict):
+    """What `vjp` would emit, as a `ckernels.Statement` when it is one elementwise line at
+    g's shape (dest = or += g, -g, g * operand, g / operand), else None."""
+    rules = ops.OPS[op].out_vjp
+    if rules is None or attrs or tuple(g.shape) != tuple(dest.shape):
+        return None
+    rule = rules[position]
+    if rule is None or rule == NEGATE:
+        return Statement(dest, add, "{0}" if rule is None else "-{0}", (g,))
+    if isinstance(rule, UfuncVJP) and rule.ufunc in UFUNC_C:
+        operand = out if rule.operand == "out" else ins[rule.operand]
+        return Statement(dest, add, f"{{0}} {UFUNC_C[rule.ufunc]} {{1}}", (g, operand))
+    return None
 
 
 def _direct_vjp(m, rule, dest, g, out, ins):

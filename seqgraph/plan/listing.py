@@ -44,6 +44,19 @@ class Kernels:
         return [self.describe(record) for record in self.records]
 
 
+def joined(entries: list) -> tuple:
+    """The entry of one kernel that runs these entries' kernels in order (a fused group):
+    op `fused(a,b,...)`, every write, and the reads that no member writes."""
+    writes = tuple(ref for entry in entries for ref in entry[1])
+    inside, reads = {name for name, _ in writes}, {}
+    for entry in entries:
+        for name, array in entry[2]:
+            if name not in inside:
+                reads.setdefault(name, array)
+    ops = ",".join(entry[0] for entry in entries)
+    return f"fused({ops})", writes, tuple(reads.items()), entries[0][3]
+
+
 def grad(name) -> tuple:
     """The listing name of `name`'s gradient."""
     return ("d", name)

@@ -1,0 +1,374 @@
+"""Compiled CPU kernels for fused groups (`seqgraph/plan/ckernels.py`).
+
+With the kernels on, the plan must still give the interpreter's numbers in float64 (1e-11),
+stay within float32 rounding of the NumPy chain, keep NaN and inf where the NumPy chain
+does, and fall back to exactly the NumPy chain's numbers when no compiler works.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from seqgraph import Model
+from seqgraph.plan import ckernels
+from seqgraph.runtime import batch as batching
+
+needs_compiler = pytest.mark.skipif(
+    ckernels.compiler() is None, reason="no C compiler ($CC, cc, gcc): nothing to compile"
+)
+
+
+def uniform(*shape) -> dict:
+    return {"shape": list(shape), "init": {"dist": "uniform", "scale": 0.4}}
+
+
+UNUSUAL = {  # every op with a C expression except where, a scalar and a bias row broadcast
+    "inputs": ["x"],
+    "state": ["h"],
+    "output": "h",
+    "params": {
+        "W": uniform("input", "hidden"),
+        "U": uniform("hidden", "hidden"),
+        "V": uniform("input", "hidden"),
+        "b": uniform("hidden"),
+    },
+    "equations": [
+        "a = sigmoid(x @ W + h @ U)",
+        "r = relu(x @ V - h) + b",
+        "s = sqrt(1 + exp(-a) * r) * rsqrt(2 + a)",
+        "n = log(1 + r * r) / s - a * b",
+        "h = tanh(n) * a + (1 - a) * -h / s",
+    ],
+}
+OVERFLOWING = {  # exp overflows to inf, inf / inf is NaN: they must come out as in NumPy
+    "inputs": ["x"],
+    "state": ["h"],
+    "output": "h",
+    "params": {"W": uniform("input", "hidden"), "U": uniform("hidden", "hidden")},
+    "equations": [
+        "e = exp(x @ W + h @ U)",
+        "q = sqrt(e) / e + log(e) * sigmoid(-e)",
+        "h = tanh(q) * sigmoid(e)",
+    ],
+}
+
+
+def spec(cell="lstm", layers=1, pattern="many_to_many", dtype="float64", **layer) -> dict:
+    model = {
+        "pattern": pattern,
+        "input": {"type": "vectors", "size": 3},
+        "target": {"type": "ids", "vocab": 4},
+        "layers": [{"cell": cell, "hidden": 6, **layer}] * layers,
+    }
+    return {
+        "model": model,
+        "dtype": dtype,
+        "seed": 3,
+        "cells": {"unusual": UNUSUAL, "overflowing": OVERFLOWING},
+    }
+
+
+CASES = {
+    "lstm": spec("lstm"),
+    "gru": spec("gru"),
+    "rnn": spec("rnn"),
+    "rnn_relu": spec("rnn_relu"),
+    "stacked": spec("lstm", 2),
+    "bidirectional": spec("gru", 2, bidirectional=True),
+    "many_to_one_bidirectional": spec("lstm", pattern="many_to_one", bidirectional=True),
+    "layer_norm": spec("lstm", layer_norm=True),
+    "unusual_cell": spec("unusual"),
+    "dropout": spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
+    "dropout_gru_layer_norm": spec("gru", layer_norm=True, recurrent_dropout=0.3),
+}
+
+
+def compiled_kernels(plan) -> int:
+    kernels = plan.forward_kernels + plan.backward_kernels
+    return sum(ckernels.is_compiled(kernel) for kernel in kernels)
+
+
+def batch_for(raw, padded=True) -> dict:
+    batch = batching.dummy(Model(raw).spec, 3, 5)
+    if padded:
+        batch["lengths"] = np.array([5, 2, 4])
+    if "dropout" in str(raw["model"]["layers"]):
+        batch["dropout"] = {"seed": 5, "step": 11}
+    return batch
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """A function setting the switch: on (the default) or off (the NumPy chain)."""
+    return lambda on: monkeypatch.setenv(ckernels.SWITCH, "1" if on else "0")
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_plan_matches_interpreter(name, kernels):
+    """Loss, every gradient and the forward outputs of a plan whose fused groups run as C
+    equal the interpreter's in float64."""
+    kernels(True)
+    raw = CASES[name]
+    batch = batch_for(raw)
+    plan = Model(raw, engine="plan")
+    interp = Model(raw, engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(2):  # buffers are reused from call to call
+        got_loss, got = plan.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
+        for key in grads:
+            np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
+    assert compiled_kernels(plan.plan(batch)) > 0
+    # forward only: a group writes back only what later kernels read
+    want = interp.forward(batch)
+    got = plan.forward(batch)
+    assert compiled_kernels(plan.plan(batch, grads=False)) > 0
+    np.testing.assert_allclose(got["predictions"], want["predictions"], rtol=1e-11, atol=1e-12)
+    for key in want["state"]:
+        np.testing.assert_allclose(got["state"][key], want["state"][key], rtol=1e-11, atol=1e-12)
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn", "unusual_cell", "dropout"])
+def test_float32_compiled_plan_is_within_rounding(name, kernels):
+    """float32: the compiled plan is within float32 rounding of the NumPy chain and of the
+    float64 interpreter (same parameters)."""
+    raw = {**CASES[name], "dtype": "float32"}
+    batch = batch_for(raw)
+    exact = Model({**raw, "dtype": "float64"}, engine="interp")
+    want_loss, want = exact.loss_and_grads(batch)
+    results = {}
+    for on in (True, False):
+        kernels(on)
+        model = Model(raw, engine="plan")
+        model.set_params({k: v.astype(np.float32) for k, v in exact.params.items()})
+        results[on] = model.loss_and_grads(batch)
+        assert (compiled_kernels(model.plan(batch)) > 0) == on
+    (loss, grads), (chain_loss, chain) = results[True], results[False]
+    assert loss == pytest.approx(chain_loss, rel=1e-5)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    for key in want:
+        assert grads[key].dtype == np.float32
+        np.testing.assert_allclose(grads[key], chain[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(grads[key], want[key], rtol=2e-3, atol=1e-4, err_msg=key)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_inf_and_nan_come_out_as_in_the_numpy_chain(dtype, kernels):
+    """Overflowing exp, inf / inf, log(inf), sigmoid(-inf) and NaN inputs: the compiler
+    flags keep IEEE semantics, so every fused member holds what the NumPy chain writes."""
+    raw = spec("overflowing", dtype=dtype)
+    batch = batch_for(raw, padded=False)
+    batch["x"][0, :, 0] = [300.0, 1e4, -1e4, -300.0, 0.0]
+    batch["x"][1, 1, :] = [-300.0, 0.0, -0.0]
+    values = {}
+    for on in (True, False):
+        kernels(on)
+        model = Model(raw)
+        plan = model.plan(batch)
+        assert (compiled_kernels(plan) > 0) == on
+        feeds = batching.feeds(model.spec, plan.graph, batch)
+        step_2 = next(k for k in feeds if k[:2] == ("x", "x") and k[2] == 2)
+        feeds[step_2] = feeds[step_2].copy()  # a view of the batch, which must stay finite
+        feeds[step_2][:, 1] = [np.nan, np.inf, -np.inf]  # past the batch checks' refusal
+        with np.errstate(all="ignore"):
+            plan.run(feeds, model.params)
+        members = [u[1] for run in plan.groups if len(run) > 1 for u in run]
+        values[on] = {k: plan.layout.value[k].copy() for k in members}
+    assert values[True].keys() == values[False].keys()
+    seen = np.concatenate([v.ravel() for v in values[False].values()])
+    assert np.isnan(seen).any() and np.isinf(seen).any()
+    for key, chain in values[False].items():
+        rtol = 1e-5 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(values[True][key], chain, rtol=rtol, err_msg=str(key))
+
+
+def fallback_numbers(raw, batch):
+    model = Model(raw)
+    loss, grads = model.loss_and_grads(batch)
+    return loss, grads, compiled_kernels(model.plan(batch))
+
+
+def test_no_compiler_gives_the_numpy_numbers(kernels, monkeypatch, caplog):
+    """No compiler on PATH: the NumPy chain, bit for bit, and one line saying why; with
+    the switch off, not even that."""
+    raw, batch = CASES["stacked"], batch_for(CASES["stacked"])
+    monkeypatch.setitem(ckernels._STATE, "warned", False)
+    kernels(False)
+    with caplog.at_level(logging.WARNING, logger="seqgraph"):
+        want_loss, want, _ = fallback_numbers(raw, batch)
+    assert not caplog.records
+    kernels(True)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert not ckernels.enabled()
+    with caplog.at_level(logging.WARNING, logger="seqgraph"):
+        for _ in range(2):
+            loss, grads, compiled = fallback_numbers(raw, batch)
+    assert compiled == 0 and loss == want_loss
+    for key in want:
+        np.testing.assert_array_equal(grads[key], want[key])
+    assert [r.getMessage() for r in caplog.records] == [
+        "seqgraph: compiled CPU kernels off, NumPy runs the fused groups "
+        "(no C compiler: $CC, cc or gcc on PATH)"
+    ]
+
+
+def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
+    kernels, monkeypatch, tmp_path, caplog
+):
+    """A compiler that fails (here `false`): one warning for the process, no traceback,
+    the NumPy chain's numbers."""
+    raw, batch = CASES["gru"], batch_for(CASES["gru"])
+    kernels(False)
+    want_loss, want, _ = fallback_numbers(raw, batch)
+    kernels(True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setitem(ckernels._STATE, "warned", False)
+    with caplog.at_level(logging.WARNING, logger="seqgraph"):
+        for raw_again in (raw, CASES["lstm"]):
+            loss, grads, compiled = fallback_numbers(raw_again, batch_for(raw_again))
+            assert compiled == 0
+            if raw_again is raw:
+                assert loss == want_loss
+                for key in want:
+                    np.testing.assert_array_equal(grads[key], want[key])
+    assert len(caplog.records) == 1
+    assert "NumPy runs the fused groups" in caplog.records[0].getMessage()
+    assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_compiler
+def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypatch, tmp_path):
+    """The first plan builds its libraries (forward groups, backward runs) under
+    $XDG_CACHE_HOME/seqgraph; a process that has not loaded them yet (here: the loaded table
+    emptied) reads them back without building."""
+    kernels(True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ckernels, "_LOADED", {})
+    raw, batch = CASES["lstm"], batch_for(CASES["lstm"])
+    first = fallback_numbers(raw, batch)
+    built = list((tmp_path / "seqgraph").glob("groups-*.so"))
+    assert len(built) == 2 and first[2] > 0
+
+    def no_build(*args):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(ckernels, "_LOADED", {})
+    monkeypatch.setattr(ckernels, "_build", no_build)
+    again = fallback_numbers(raw, batch)
+    assert again[0] == first[0] and again[2] == first[2]
+
+
+@pytest.mark.parametrize(
+    "make, shape, want",
+    [
+        (lambda: np.zeros((4, 6)), (4, 6), (6, 1)),
+        (lambda: np.zeros((4, 24))[:, 6:12], (4, 6), (24, 1)),  # a gate's column block
+        (lambda: np.zeros(6), (4, 6), (0, 1)),  # a bias row
+        (lambda: np.zeros((4, 1)), (4, 6), (1, 0)),  # a per-row mask
+        (lambda: np.zeros(()), (4, 6), (0, 0)),  # a scalar
+        (lambda: np.zeros((5, 4, 6))[2], (4, 6), (6, 1)),  # step 2 of a stacked buffer
+        (lambda: np.zeros((2, 3, 6)), (2, 3, 6), (6, 1)),  # leading axes as rows
+        (lambda: np.zeros((2, 4, 6))[:, :3], (2, 3, 6), None),  # rows unevenly spaced
+        (lambda: np.zeros((6, 4)).T, (4, 6), None),  # columns strided
+        (lambda: np.zeros((4, 1)), (4, 1), (1, 1)),
+        (lambda: np.zeros(()), (), (0, 0)),
+    ],
+)
+def test_operand_strides(make, shape, want):
+    """(row, column) element strides of an operand broadcast to the group's shape."""
+    assert ckernels.row_and_column(make(), shape) == want
+
+
+# ---- backward: runs of elementwise VJP statements ---------------------------------------------
+
+
+def test_chains_join_what_one_loop_can_run_in_order():
+    """Disjoint column blocks of one buffer join (they interleave in memory but never
+    meet); a read of a shifted view of a buffer the run wrote, or a statement whose dest
+    overlaps its own operand, ends the run."""
+    S = ckernels.Statement
+    grads, g, factor = np.zeros((4, 24)), np.ones((4, 6)), np.full((4, 6), 2.0)
+    i_block, f_block = grads[:, 0:6], grads[:, 6:12]
+    stacked = np.zeros((5, 4, 6))
+    joined = [
+        S(i_block, False, "{0} * {1}", (g, factor)),
+        S(f_block, True, "{0} * {1}", (g, i_block)),
+    ]
+    assert ckernels.chains([None, *joined, None]) == [(1, 3)]
+    shifted = [S(stacked[1], False, "{0}", (g,)), S(g, False, "{0}", (stacked[1:, :, :][0].T.T,))]
+    assert ckernels.chains(shifted) == [(0, 2)]  # the very same view: joins
+    overlap = np.zeros((4, 7))
+    split = [S(overlap[:, :6], False, "{0}", (g,)), S(factor, False, "{0}", (overlap[:, 1:],))]
+    assert ckernels.chains(split) == []
+    own = S(overlap[:, :6], False, "-{0}", (overlap[:, 1:],))
+    assert ckernels.chains([own, S(g, False, "{0}", (factor,))]) == []
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_compiled_chain_computes_what_its_kernels_one_by_one_do(dtype, kernels):
+    """Written and added, a broadcast row and a per-row column, a column block, a value
+    the run wrote before: one loop gives the NumPy statements' numbers."""
+    kernels(True)
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(4, 24)).astype(dtype)
+    g, mask = rng.normal(size=(4, 6)).astype(dtype), rng.normal(size=(4, 1)).astype(dtype)
+    bias, dest = rng.normal(size=6).astype(dtype), np.zeros((4, 6), dtype)
+    S = ckernels.Statement
+    run = [
+        S(grads[:, 0:6], True, "{0} * {1}", (g, bias)),  # += g * a bias row
+        S(grads[:, 6:12], False, "{0} / {1}", (grads[:, 0:6], mask)),  # reads what it wrote
+        S(dest, False, "-{0}", (grads[:, 6:12],)),
+        S(dest, True, "{0}", (g,)),
+    ]
+    want_grads, want_dest = grads.copy(), dest.copy()
+    want_grads[:, 0:6] += g * bias
+    want_grads[:, 6:12] = want_grads[:, 0:6] / mask
+    want_dest[...] = -want_grads[:, 6:12] + g
+    assert ckernels.chains(run) == [(0, 4)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    rtol = 1e-6 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(grads, want_grads, rtol=rtol)
+    np.testing.assert_allclose(dest, want_dest, rtol=rtol)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["lstm", "unusual"])
+def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
+    """Equal inputs give equal bits in a full block of a row and in its partial last one:
+    every element goes through the same vector code (a vectorised exp and the scalar one
+    of a loop's remainder differ in the last bit; then a sequence predicted alone and in a
+    batch would differ by where its values fall)."""
+    from seqgraph.plan import fusion
+
+    kernels(True)
+    raw = spec(cell, dtype=dtype)
+    raw["model"]["layers"][0]["hidden"] = 21  # per row a block of 16 and one of 5
+    model = Model(raw)
+    batch = batching.dummy(model.spec, 3, 4)
+    plan = model.plan(batch, grads=False)
+    plan.run(batching.feeds(model.spec, plan.graph, batch), model.params)
+    checked = 0
+    for kernel, record in zip(plan.forward.kernels, plan.forward.records, strict=True):
+        if not ckernels.is_compiled(kernel):
+            continue
+        _, _, _, inputs, outputs = fusion.source(plan, record[1], False)
+        for key in inputs:
+            x = plan.layout.value[key]
+            if x.shape and x.shape[-1] == 21:
+                x[..., 18] = x[..., 2]  # column 2 lies in the full block, 18 in the last
+        kernel()
+        for key in outputs:
+            y = plan.layout.value[key]
+            np.testing.assert_array_equal(y[..., 18], y[..., 2])
+            checked += 1
+    assert checked
