@@ -8,6 +8,7 @@ does, and fall back to exactly the NumPy chain's numbers when no compiler works.
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -263,6 +264,26 @@ def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypat
     monkeypatch.setattr(ckernels, "_build", no_build)
     again = fallback_numbers(raw, batch)
     assert again[0] == first[0] and again[2] == first[2]
+
+
+@needs_compiler
+def test_the_cache_keeps_the_most_recently_used_libraries(kernels, monkeypatch, tmp_path):
+    """Each model builds its own libraries; beyond KEEP_LIBRARIES the least recently used go
+    (a library read from the cache counts as used), so the cache stops growing."""
+    kernels(True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ckernels, "_LOADED", {})
+    folder = tmp_path / "seqgraph"
+    folder.mkdir()
+    for i in range(4):  # older libraries of other models, the oldest first
+        stale = folder / f"groups-{i:032x}.so"
+        stale.write_bytes(b"")
+        os.utime(stale, (1000 + i, 1000 + i))
+    monkeypatch.setattr(ckernels._prune, "__defaults__", (4,))
+    fallback_numbers(CASES["lstm"], batch_for(CASES["lstm"]))
+    kept = {f.name for f in folder.glob("groups-*.so")}
+    old = [f"groups-{i:032x}.so" for i in range(4)]
+    assert len(kept) == 4 and set(old[2:]) <= kept and not set(old[:2]) & kept
 
 
 @pytest.mark.parametrize(

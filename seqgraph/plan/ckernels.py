@@ -48,6 +48,7 @@ import numpy as np
 
 from seqgraph.plan import fusion
 
+KEEP_LIBRARIES = 256  # in the cache (about 25 KB each)
 SWITCH = "SEQGRAPH_CPU_KERNELS"  # "0": the NumPy chain, even where a compiler is found
 # the C type of an operand, by its dtype (keyed by dtype: `dtype.name` costs microseconds)
 C_TYPES = {np.dtype(name): c for name, c in [("float32", "float"), ("float64", "double")]}
@@ -437,8 +438,11 @@ def _library(texts: dict):
     if path in _LOADED:
         return _LOADED[path]
     try:
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # last used now: pruning keeps the libraries in use
+        else:
             _build(command, source, path)
+            _prune(path.parent)
         # PyDLL keeps the GIL through the call: 0.09 against 0.67 us per call with CDLL's
         # release and re-acquire, here; a kernel is a short loop, and the plan one thread
         _LOADED[path] = ctypes.PyDLL(str(path))
@@ -467,6 +471,18 @@ def _build(command: list, source: str, path: Path) -> None:
                 os.replace(so_file, path)
                 return
         raise subprocess.SubprocessError(done.stderr.strip().splitlines()[-1:] or "failed")
+
+
+def _prune(folder: Path, keep: int = KEEP_LIBRARIES) -> None:
+    """Delete all but the `keep` most recently used libraries (each model and batch layout
+    builds its own, so the cache would otherwise grow for ever). A library another process
+    has loaded stays mapped after its file is gone; one it looks for again is rebuilt."""
+    try:
+        found = [(f.stat().st_mtime, f) for f in folder.glob("groups-*.so")]
+        for _, old in sorted(found, reverse=True)[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # another process pruned the same file first: nothing to do
+        pass
 
 
 def _machine() -> str:
