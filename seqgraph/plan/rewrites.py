@@ -9,8 +9,9 @@ analysis' copy of the graph (`an.node`, `an.order`) that leaves every value the 
 - `join_biases`: (a + p) + q -> a + (p + q) for p, q outside time: one pass, not two;
 (`siblings.merge_siblings`, one op over side-by-side column blocks, runs after these.)
 
-Each returns whether it changed anything; the analysis then derives its facts again.
-`rewrite` is the pipeline stage: it takes the analysis of the unrolled graph and hands on
+Each edits through `Analysis.set_node` and returns whether it changed anything; the analysis
+then derives its facts again where the edits reach (`Analysis.update`), not over the whole
+graph. `rewrite` is the pipeline stage: it takes the analysis of the unrolled graph and hands on
 the analysis of the rewritten one (its own copy; the one it was given is left as it was).
 """
 
@@ -24,16 +25,16 @@ from seqgraph.plan.edits import op_node, reorder
 
 
 def rewrite(an: Analysis, merge_siblings: bool = True) -> Analysis:
-    """Every rewrite in turn on a copy of `an` (`Analysis.fork`), its facts derived again
-    after each that changed something; then sibling merges until none is left (r+z, then
+    """Every rewrite in turn on a copy of `an` (`Analysis.fork`), its facts updated after
+    each that changed something; then sibling merges until none is left (r+z, then
     sigmoid(r|z))."""
     an = an.fork()
-    for step in (merge_common, fuse_gates, reassociate, join_biases):
+    for step in steps():
         if step(an):
-            an.refresh()
+            an.update()
     joined: set = set()  # nodes the sibling merge made
     while merge_siblings and siblings.merge_siblings(an, joined):
-        an.refresh()
+        an.update()
     return an
 
 
@@ -52,7 +53,7 @@ def merge_common(an) -> bool:
     for k in an.order:
         node = an.node[k]
         if k in an.live and any(i in same_as for i in node["inputs"]):
-            an.node[k] = {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])}
+            an.set_node(k, {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])})
     return bool(same_as)
 
 
@@ -113,18 +114,18 @@ def _fuse(an, classes: tuple, before: dict) -> dict:
     params = [an.inputs(next(iter(m.values())))[1] for m in members]
     scope, name = classes[0][0], "|".join(c[1] for c in classes)
     cat = (scope, f"cat({','.join(p[1] for p in params)})", None)
-    an.node[cat] = op_node("concat", tuple(params), axis=-1)
+    an.set_node(cat, op_node("concat", tuple(params), axis=-1))
     before[cat] = [k for m in members for k in m.values()]
     fused = {}
     for t in members[0]:
         fused[t] = (scope, f"{name}|fused", t)
-        an.node[fused[t]] = op_node("matmul", (an.inputs(members[0][t])[0], cat))
+        an.set_node(fused[t], op_node("matmul", (an.inputs(members[0][t])[0], cat)))
         before[fused[t]] = [m[t] for m in members]
     start = 0
     for m, p in zip(members, params):
         stop = start + an.meta[p][0][1]
         for t, k in m.items():
-            an.node[k] = op_node("slice", (fused[t],), start=start, stop=stop, axis=-1)
+            an.set_node(k, op_node("slice", (fused[t],), start=start, stop=stop, axis=-1))
         start = stop
     return fused
 
@@ -133,12 +134,12 @@ def _sum_fused(an, first: dict, second: dict, sums: list, before: dict) -> None:
     """P = first + second per step; each block sum becomes P's slice (see fuse_gates)."""
     for t in first:
         total = (first[t][0], f"{first[t][1]}+{second[t][1]}", t)
-        an.node[total] = op_node("add", (first[t], second[t]))
+        an.set_node(total, op_node("add", (first[t], second[t])))
         before[total] = [an.members[c][t] for c in sums]
         for c in sums:
             # either input block: the second group was reordered to sit at the same columns
             attrs = dict(an.node[an.node[an.members[c][t]]["inputs"][0]]["attrs"])
-            an.node[an.members[c][t]] = op_node("slice", (total,), **attrs)
+            an.set_node(an.members[c][t], op_node("slice", (total,), **attrs))
 
 
 def _summed_pairs(an, groups: list) -> list:
@@ -217,8 +218,8 @@ def reassociate(an) -> bool:
             rewrites[k] = found
     for k, (u, a, r, p) in rewrites.items():
         v = (k[0], f"{u[1]}+{p[1]}", k[2])
-        an.node[v] = {**an.node[u], "inputs": (a, p)}
-        an.node[k] = {**an.node[k], "inputs": (v, r)}
+        an.set_node(v, {**an.node[u], "inputs": (a, p)})
+        an.set_node(k, {**an.node[k], "inputs": (v, r)})
         an.order[an.pos[u]] = v  # v needs only a and p, which precede u
     return bool(rewrites)
 
@@ -281,9 +282,15 @@ def join_biases(an) -> bool:
         total = joined.get((p, q))
         if total is None:
             total = joined[(p, q)] = (k[0], f"{p[1]}+{q[1]}", None)
-            an.node[total] = op_node("add", (p, q))
+            an.set_node(total, op_node("add", (p, q)))
             before[total] = [k]
-        an.node[k] = {**node, "inputs": (a, total)}
+        an.set_node(k, {**node, "inputs": (a, total)})
     if before:
         an.order = reorder(an, before)
     return bool(before)
+
+
+def steps() -> tuple:
+    """The rewrites `rewrite` applies, in order (looked up when called, so a test can
+    switch one off)."""
+    return (merge_common, fuse_gates, reassociate, join_biases)

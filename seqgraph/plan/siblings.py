@@ -120,15 +120,15 @@ def _merge(an, members: list, before: dict, made: set) -> None:
             inputs.append(source)
             continue
         view = (source[0], f"{source[1]}[{start}:{stop}]", source[2])
-        an.node[view] = op_node("slice", (source,), start=start, stop=stop, axis=-1)
+        an.set_node(view, op_node("slice", (source,), start=start, stop=stop, axis=-1))
         before.setdefault(view, list(members))
         inputs.append(view)
     joined = (scope, "|".join(k[1] for k in members), t)
-    an.node[joined] = op_node(first["op"], tuple(inputs))
+    an.set_node(joined, op_node(first["op"], tuple(inputs)))
     before[joined] = list(members)
     made.add(joined)
     start = 0
     for k in members:
         width = an.meta[k][0][-1]
-        an.node[k] = op_node("slice", (joined,), start=start, stop=start + width, axis=-1)
+        an.set_node(k, op_node("slice", (joined,), start=start, stop=start + width, axis=-1))
         start += width
