@@ -4,11 +4,15 @@ pipeline (`rewrites.rewrite`), on every kind of model the rewrites act on."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
-from seqgraph.plan import rewrites, siblings
+from seqgraph.engine.graph import collector_paused, topological_order
+from seqgraph.plan import edits, rewrites, siblings
 from seqgraph.plan.analysis import Analysis
+from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import load_spec
 from seqgraph.spec.unroll import compile_graph
@@ -109,8 +113,31 @@ CASES = {
 }
 
 
+def sorted_order(an, before: dict) -> list:
+    """What `edits.reorder` promises, by the whole-graph sort: old nodes by old position, a
+    new node just before the first old node it stands in for."""
+    rank = {k: (i, 0, "") for i, k in enumerate(an.order)}
+    for key, olds in before.items():
+        rank[key] = (min(an.pos[k] for k in olds), -1, repr(key))
+    keys = list(an.order) + list(before)
+    return topological_order(keys, lambda k: an.node[k]["inputs"], rank.__getitem__)
+
+
+@pytest.fixture
+def checked_reorder(monkeypatch):
+    """`reorder` as the rewrites call it, checked against the whole-graph sort."""
+
+    def reorder(an, before):
+        got = edits.reorder(an, before)
+        assert got == sorted_order(an, before)
+        return got
+
+    monkeypatch.setattr(rewrites, "reorder", reorder)
+    monkeypatch.setattr(siblings, "reorder", reorder)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_updated_analysis_equals_a_fresh_one_after_every_rewrite(case):
+def test_updated_analysis_equals_a_fresh_one_after_every_rewrite(case, checked_reorder):
     raw, options = CASES[case]
     an = analysis_of(raw, **options).fork()
     changed = []
@@ -156,3 +183,24 @@ def test_the_repeated_gate_cell_gives_the_interpreter_numbers():
     batch = batching.dummy(load_spec(raw), 3, 5)
     batch["lengths"] = np.array([5, 2, 4])
     check_same(raw, batch)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_unrolling_and_lowering_leave_the_garbage_collector_as_they_found_it(enabled):
+    """`collector_paused` switches the cyclic collector off for a build, back on after it
+    (also when the build raises), and leaves it off if it was off."""
+    raw = spec("gru")
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        seen = []
+        with collector_paused():
+            seen.append(gc.isenabled())
+        an = analysis_of(raw)  # compile_graph
+        Plan(an.graph, {k: an.meta[k] for k in an.graph.inputs}, np, "numpy", "float64")
+        assert gc.isenabled() == enabled and seen == [False]
+        with pytest.raises(KeyError), collector_paused():
+            {}["missing"]
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqgraph.engine.graph import Graph, Key
+from seqgraph.engine.graph import Graph, Key, collector_paused
 from seqgraph.plan import backward, forward, fusion, kernels, listing, liveness, rewrites
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import Analysis, class_of
@@ -38,6 +38,7 @@ class Plan:
 
     `print(plan)` lists its buffers and kernels (`listing.py`); `repr(plan)` sums it up."""
 
+    @collector_paused()  # see there: the lowering allocates millions of objects
     def __init__(
         self,
         graph: Graph,

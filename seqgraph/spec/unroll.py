@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqgraph.engine import ops
-from seqgraph.engine.graph import Graph, Key, ParamInfo
+from seqgraph.engine.graph import Graph, Key, ParamInfo, collector_paused
 from seqgraph.errors import SpecError
 from seqgraph.spec.equations import Const, SizeExpr, eval_size
 from seqgraph.spec.load import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
@@ -610,4 +610,5 @@ def compile_graph(
         raise ValueError("encoder_decoder needs out_steps (the decoder length)")
     if steps < 0 or (m.pattern != "one_to_many" and steps < 1):
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return Unroller(spec, steps, out_steps, feedback, state_grads, train).build()
+    with collector_paused():
+        return Unroller(spec, steps, out_steps, feedback, state_grads, train).build()
