@@ -26,6 +26,12 @@ def class_of(key: Key) -> tuple:
     return key if key[2] is None else key[:2]
 
 
+def attrs_key(attrs: dict) -> str:
+    """A hashable stand-in for an op's attrs (their values may be lists or arrays); most
+    nodes have none, and a repr per node of an unrolled graph adds up."""
+    return repr(sorted(attrs.items())) if attrs else ""
+
+
 def batch_rule(op: str, attrs: dict, in_ndims: list, stacked: list) -> tuple | None:
     """How `op` runs over inputs stacked on a new leading time axis, or None if it cannot.
 
@@ -252,11 +258,11 @@ class Analysis:
         lacks; each distinct op signature is evaluated once."""
         import array_api_compat.numpy as xp
 
-        meta, memo = dict(self.meta), {}
+        meta, memo, nodes = dict(self.meta), {}, self.node
         for k in keys:
             if k in meta:
                 continue
-            node = self.node[k]
+            node = nodes[k]
             if node["kind"] in ("param", "const"):
                 shape = (
                     self.graph.param_info[node["param"]].shape
@@ -265,8 +271,8 @@ class Analysis:
                 )
                 meta[k] = (tuple(shape), self.dtype)
                 continue
-            signature = tuple(meta[i] for i in node["inputs"])
-            memo_key = (node["op"], repr(sorted(node["attrs"].items())), signature)
+            signature = tuple([meta[i] for i in node["inputs"]])
+            memo_key = (node["op"], attrs_key(node["attrs"]), signature)
             if memo_key not in memo:
                 zeros = [np.zeros(s, d) for s, d in signature]
                 with np.errstate(all="ignore"):
@@ -300,10 +306,12 @@ class Analysis:
 
     def has_grad(self, loss: Key) -> set:
         """Nodes that receive a gradient from `loss` (backward skips every other node)."""
-        out = {loss}
+        out, nodes, needs = {loss}, self.node, self.needs_grad
         for k in reversed(self.order):
-            if k in out and self.kind(k) == "op":
-                out.update(i for i in self.node[k]["inputs"] if i in self.needs_grad)
+            if k in out:
+                node = nodes[k]
+                if node["kind"] == "op":
+                    out.update([i for i in node["inputs"] if i in needs])
         return out
 
     def stackable(self, cls: tuple) -> bool:

@@ -120,9 +120,10 @@ class Plan:
         )
 
     def _fill_consts(self) -> None:
+        nodes = self.an.node
         for k in self.an.live:
-            if self.an.kind(k) == "const":
-                self.load(self.layout.value[k], self.an.node[k]["attrs"]["value"])
+            if nodes[k]["kind"] == "const":
+                self.load(self.layout.value[k], nodes[k]["attrs"]["value"])
 
     def load(self, dest, host) -> None:
         """Copy host data into a plan buffer (casting to the buffer's dtype)."""

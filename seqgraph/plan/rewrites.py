@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from seqgraph.plan import siblings
-from seqgraph.plan.analysis import Analysis, class_of
+from seqgraph.plan.analysis import Analysis, attrs_key, class_of
 from seqgraph.plan.edits import op_node, reorder
 
 
@@ -50,11 +50,13 @@ def merge_common(an) -> bool:
         if not bad:
             break
         refused |= bad
+    if not same_as:
+        return False
     for k in an.order:
         node = an.node[k]
         if k in an.live and any(i in same_as for i in node["inputs"]):
             an.set_node(k, {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])})
-    return bool(same_as)
+    return True
 
 
 def _partial_merges(an, same_as: dict) -> set:
@@ -74,13 +76,13 @@ def _partial_merges(an, same_as: dict) -> set:
 
 def _duplicates(an, refused: set) -> dict:
     """node -> the earlier node that computes the same value (classes in `refused` excluded)."""
-    first, same_as = {}, {}
+    first, same_as, nodes, live = {}, {}, an.node, an.live
     for k in an.order:
-        node = an.node[k]
-        if k not in an.live or node["kind"] != "op":
+        node = nodes[k]
+        if node["kind"] != "op" or k not in live:
             continue
-        inputs = tuple(same_as.get(i, i) for i in node["inputs"])
-        signature = (node["op"], repr(sorted(node["attrs"].items())), inputs)
+        inputs = tuple([same_as.get(i, i) for i in node["inputs"]]) if same_as else node["inputs"]
+        signature = (node["op"], attrs_key(node["attrs"]), inputs)
         earlier = first.setdefault(signature, k)
         if earlier != k and k not in an.outputs and class_of(k) not in refused:
             same_as[k] = earlier
