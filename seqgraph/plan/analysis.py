@@ -60,7 +60,8 @@ class Analysis:
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        self.node = {k: graph.node(k) for k in self.order}
+        records = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
+        self.node = {k: records[k] for k in self.order}
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self.state_inputs = (
@@ -104,11 +105,11 @@ class Analysis:
         edges = defaultdict(int)
         for k in self.order:
             if k in live:
-                cls = class_of(k)
+                cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
                 members[cls][k[2]] = k
                 for position, source in enumerate(node[k]["inputs"]):
                     consumers[source].append((k, position))
-                    edges[(class_of(source), cls)] += 1
+                    edges[(source if source[2] is None else source[:2], cls)] += 1
         self.class_edges.update(edges)
         self.meta = self._infer(k for k in self.order if k in live)
         self.recurrent = self._recurrent()

@@ -186,12 +186,13 @@ def _block_sum(an, cls, others: tuple):
 def _gate_groups(an) -> list[tuple]:
     """Tuples of matmul classes that share their left operand at every step (see fuse_gates)."""
     by_left: dict = defaultdict(list)
+    nodes, live = an.node, an.live
     for k in an.order:
-        node = an.node[k]
-        if k not in an.live or node["kind"] != "op" or node["op"] != "matmul" or node["attrs"]:
+        node = nodes[k]
+        if node["kind"] != "op" or node["op"] != "matmul" or node["attrs"] or k not in live:
             continue
         left, right = node["inputs"]
-        if an.kind(right) == "param" and len(an.meta[right][0]) == 2:
+        if nodes[right]["kind"] == "param" and len(an.meta[right][0]) == 2:
             # one group per scope: the two directions read the same x, but each adds its
             # products to its own recurrent ones (see _summed_pairs)
             by_left[(left, an.meta[right][0][0], k[0], k[2])].append(k)
@@ -213,9 +214,12 @@ def reassociate(an) -> bool:
     constant: the bias of `x W_ih + b_ih + h W_hh + b_hh` then joins the input projection,
     added once over all steps, and each step does one add less. Rounding differs from the
     graph's order by an ulp. Rewrites `an.node` and `an.order` (copies, not the graph)."""
-    rewrites = {}
+    rewrites, nodes, live = {}, an.node, an.live
     for k in an.order:
-        found = _bias_pattern(an, k) if k in an.live and k[2] is not None else None
+        node = nodes[k]
+        if node["kind"] != "op" or node["op"] != "add" or k[2] is None or k not in live:
+            continue  # (the first test of _bias_pattern, here: it runs for every node)
+        found = _bias_pattern(an, k)
         if found is not None:
             rewrites[k] = found
     for k, (u, a, r, p) in rewrites.items():
@@ -261,12 +265,12 @@ def join_biases(an) -> bool:
     `x W_ih + b_ih + b_hh` once reassociate has moved b_hh out of the recurrence): p + q is
     computed once per call, so the time-batched projection takes one pass over all steps
     instead of two, and backward sums its gradient once for both biases."""
-    joined, before = {}, {}
+    joined, before, nodes, live = {}, {}, an.node, an.live
     for k in an.order:
-        node = an.node[k]
-        if k not in an.live or not isinstance(k[2], int) or node["kind"] != "op":
+        node = nodes[k]
+        if node["kind"] != "op" or node["op"] != "add" or node["attrs"]:
             continue
-        if node["op"] != "add" or node["attrs"]:
+        if k not in live or not isinstance(k[2], int):
             continue
         u, q = node["inputs"]
         inner = an.node[u]

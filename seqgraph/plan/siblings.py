@@ -60,16 +60,19 @@ def _column_block(an, key):
 
 def _sibling_sets(an) -> dict:
     """(op, step, what each input reads) -> the nodes that could merge along columns."""
-    out = defaultdict(list)
+    out, nodes, live, blocks = defaultdict(list), an.node, an.live, {}
+    mergeable = {name for name, op in ops.OPS.items() if op.sibling_merge}
     for k in an.order:
-        node = an.node[k]
-        if k not in an.live or not isinstance(k[2], int) or k in an.outputs:
+        node = nodes[k]
+        if node["kind"] != "op" or node["op"] not in mergeable or node["attrs"]:
             continue
-        if node["kind"] != "op" or not ops.OPS[node["op"]].sibling_merge or node["attrs"]:
+        if k not in live or not isinstance(k[2], int) or k in an.outputs:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
         for i in node["inputs"]:
-            block = _column_block(an, i)
+            if i not in blocks:  # an input is read by several ops of its step
+                blocks[i] = _column_block(an, i)
+            block = blocks[i]
             if block is not None and (block[2] - block[1],) == tuple(width):
                 reads.append(("columns", block[0]))
             elif an.meta[i][0][-1:] in ((), (1,)):  # broadcasts along the joined columns
