@@ -95,25 +95,34 @@ class Analysis:
         self._facts.clear()
 
     def refresh(self) -> None:
-        """Liveness, consumers, classes, shapes, recurrences, all derived from scratch."""
+        """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
+        pass over the live nodes in graph order (each node's inputs come before it)."""
         self.pos = {k: i for i, k in enumerate(self.order)}
-        self.live = self._live(list(self.outputs))
+        self.live = live = self._live(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
-        self.class_edges: Counter = Counter()  # (source class, class) -> how many input edges
-        live, node, consumers, members = self.live, self.node, self.consumers, self.members
+        consumers, members, nodes = self.consumers, self.members, self.node
+        meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
         edges = defaultdict(int)
         for k in self.order:
-            if k in live:
-                cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
-                members[cls][k[2]] = k
-                for position, source in enumerate(node[k]["inputs"]):
-                    consumers[source].append((k, position))
-                    edges[(source if source[2] is None else source[:2], cls)] += 1
-        self.class_edges.update(edges)
-        self.meta = self._infer(k for k in self.order if k in live)
+            if k not in live:
+                continue
+            node = nodes[k]
+            cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
+            members[cls][k[2]] = k
+            inputs = node["inputs"]
+            for position, source in enumerate(inputs):
+                consumers[source].append((k, position))
+                edges[(source if source[2] is None else source[:2], cls)] += 1
+            if k not in meta:
+                meta[k] = self._shape(node, meta, memo)
+            if meta[k][1].kind == "f" and (
+                node["kind"] == "param" or any(i in needs for i in inputs)
+            ):
+                needs.add(k)
+        self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
+        self.meta, self.needs_grad = meta, needs
         self.recurrent = self._recurrent()
-        self.needs_grad = self._needs_grad()
         self.edited, self._facts = {}, {}
 
     def update(self) -> None:
@@ -256,31 +265,33 @@ class Analysis:
 
     def _infer(self, keys) -> dict:
         """`meta` with the (shape, dtype) of each of `keys` (live nodes, in graph order) it
-        lacks; each distinct op signature is evaluated once."""
-        import array_api_compat.numpy as xp
-
+        lacks."""
         meta, memo, nodes = dict(self.meta), {}, self.node
         for k in keys:
-            if k in meta:
-                continue
-            node = nodes[k]
-            if node["kind"] in ("param", "const"):
-                shape = (
-                    self.graph.param_info[node["param"]].shape
-                    if node["kind"] == "param"
-                    else np.shape(node["attrs"]["value"])
-                )
-                meta[k] = (tuple(shape), self.dtype)
-                continue
-            signature = tuple([meta[i] for i in node["inputs"]])
-            memo_key = (node["op"], attrs_key(node["attrs"]), signature)
-            if memo_key not in memo:
-                zeros = [np.zeros(s, d) for s, d in signature]
-                with np.errstate(all="ignore"):
-                    out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
-                memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
-            meta[k] = memo[memo_key]
+            if k not in meta:
+                meta[k] = self._shape(nodes[k], meta, memo)
         return meta
+
+    def _shape(self, node: dict, meta: dict, memo: dict) -> tuple:
+        """(shape, dtype) of one node whose inputs `meta` has; each distinct op signature is
+        evaluated once (on zeros) per `memo`."""
+        if node["kind"] in ("param", "const"):
+            shape = (
+                self.graph.param_info[node["param"]].shape
+                if node["kind"] == "param"
+                else np.shape(node["attrs"]["value"])
+            )
+            return tuple(shape), self.dtype
+        signature = tuple([meta[i] for i in node["inputs"]])
+        memo_key = (node["op"], attrs_key(node["attrs"]), signature)
+        if memo_key not in memo:
+            import array_api_compat.numpy as xp
+
+            zeros = [np.zeros(s, d) for s, d in signature]
+            with np.errstate(all="ignore"):
+                out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
+            memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
+        return memo[memo_key]
 
     def _recurrent(self) -> set:
         """Classes on a cycle of the graph folded over time: they must run step by step.
@@ -293,17 +304,6 @@ class Analysis:
             if len(part) > 1 or any(folded.has_edge(c, c) for c in part):
                 out |= part
         return out
-
-    def _needs_grad(self) -> set:
-        needs = set(self.state_inputs)
-        live, node, meta = self.live, self.node, self.meta
-        for k in self.order:
-            if k not in live or k not in meta or meta[k][1].kind != "f":
-                continue
-            record = node[k]
-            if record["kind"] == "param" or any(i in needs for i in record["inputs"]):
-                needs.add(k)
-        return needs
 
     def has_grad(self, loss: Key) -> set:
         """Nodes that receive a gradient from `loss` (backward skips every other node)."""

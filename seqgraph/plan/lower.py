@@ -121,8 +121,8 @@ class Plan:
 
     def _fill_consts(self) -> None:
         nodes = self.an.node
-        for k in self.an.live:
-            if nodes[k]["kind"] == "const":
+        for k in self.an.members:  # a constant is outside time (`Graph`): its own class
+            if len(k) == 3 and nodes[k]["kind"] == "const":
                 self.load(self.layout.value[k], nodes[k]["attrs"]["value"])
 
     def load(self, dest, host) -> None:
