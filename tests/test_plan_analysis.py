@@ -60,6 +60,9 @@ def assert_same_facts(updated: Analysis, step: str) -> None:
         return {k: list(v) for k, v in an.consumers.items() if v}
 
     assert consumers(updated) == consumers(fresh), f"{step}: consumers"
+    by_op = {op: list(keys) for op, keys in fresh.by_op.items()}
+    assert {op: updated.nodes_of(op) for op in by_op} == by_op, f"{step}: by_op"
+    assert {op for op, keys in updated.by_op.items() if keys} == set(by_op), step
     members = [(c, list(m.items())) for c, m in updated.members.items() if m]
     assert members == [(c, list(m.items())) for c, m in fresh.members.items()], step
     for c in fresh.members:  # the facts later stages ask per class

@@ -85,6 +85,7 @@ class Analysis:
         other.class_edges = Counter(self.class_edges)
         other.needs_grad, other.edited = set(self.needs_grad), dict(self.edited)
         other.recurrent, other._facts = set(self.recurrent), {}
+        other.by_op = {op: dict(keys) for op, keys in self.by_op.items()}
         return other
 
     def set_node(self, key: Key, node: dict) -> None:
@@ -103,13 +104,15 @@ class Analysis:
         self.members: dict[tuple, dict] = defaultdict(dict)
         consumers, members, nodes = self.consumers, self.members, self.node
         meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
-        edges = defaultdict(int)
+        edges, by_op = defaultdict(int), defaultdict(dict)
         for k in self.order:
             if k not in live:
                 continue
             node = nodes[k]
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
             members[cls][k[2]] = k
+            if node["kind"] == "op":
+                by_op[node["op"]][k] = None
             inputs = node["inputs"]
             for position, source in enumerate(inputs):
                 consumers[source].append((k, position))
@@ -122,6 +125,7 @@ class Analysis:
                 needs.add(k)
         self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
         self.meta, self.needs_grad = meta, needs
+        self.by_op = dict(by_op)  # op -> its live nodes (a dict as an ordered set)
         self.recurrent = self._recurrent()
         self.edited, self._facts = {}, {}
 
@@ -137,11 +141,17 @@ class Analysis:
         for k, old in edited.items():
             if k not in self.live:
                 continue  # a new node, or one dead before: made live below if reached
+            self._index_op(k, old, False)
+            self._index_op(k, self.node[k], True)
             old_inputs = old["inputs"] if old is not None else ()
             self._unlink(k, old_inputs, readers)
             lost.extend(old_inputs)
             self._link(k, born, readers)
         died = self._sweep(lost, readers)
+        for k in died:
+            self._index_op(k, self.node[k], False)
+        for k in born:
+            self._index_op(k, self.node[k], True)
         for source, users in readers.items():
             if users:
                 self.consumers[source] = sorted(users, key=lambda r: (self.pos[r[0]], r[1]))
@@ -151,6 +161,20 @@ class Analysis:
         self.meta = self._infer(sorted(born, key=self.pos.__getitem__))
         self.recurrent = self._recurrent()
         self._update_needs_grad(list(edited) + born + died)
+
+    def _index_op(self, key: Key, node: dict | None, present: bool) -> None:
+        """Enter the live op node `key` (record `node`) into `by_op`, or take it out."""
+        if node is not None and node["kind"] == "op":
+            if present:
+                self.by_op.setdefault(node["op"], {})[key] = None
+            else:
+                self.by_op[node["op"]].pop(key, None)
+
+    def nodes_of(self, *op_names: str) -> list:
+        """The live nodes that apply any of these ops, in graph order: what a rewrite that
+        looks for one op scans, instead of every node."""
+        keys = [k for op in op_names for k in self.by_op.get(op, ())]
+        return sorted(keys, key=self.pos.__getitem__)
 
     def _readers(self, source: Key, readers: dict) -> set:
         if source not in readers:

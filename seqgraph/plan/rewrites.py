@@ -186,10 +186,10 @@ def _block_sum(an, cls, others: tuple):
 def _gate_groups(an) -> list[tuple]:
     """Tuples of matmul classes that share their left operand at every step (see fuse_gates)."""
     by_left: dict = defaultdict(list)
-    nodes, live = an.node, an.live
-    for k in an.order:
+    nodes = an.node
+    for k in an.nodes_of("matmul"):
         node = nodes[k]
-        if node["kind"] != "op" or node["op"] != "matmul" or node["attrs"] or k not in live:
+        if node["attrs"]:
             continue
         left, right = node["inputs"]
         if nodes[right]["kind"] == "param" and len(an.meta[right][0]) == 2:
@@ -214,12 +214,9 @@ def reassociate(an) -> bool:
     constant: the bias of `x W_ih + b_ih + h W_hh + b_hh` then joins the input projection,
     added once over all steps, and each step does one add less. Rounding differs from the
     graph's order by an ulp. Rewrites `an.node` and `an.order` (copies, not the graph)."""
-    rewrites, nodes, live = {}, an.node, an.live
-    for k in an.order:
-        node = nodes[k]
-        if node["kind"] != "op" or node["op"] != "add" or k[2] is None or k not in live:
-            continue  # (the first test of _bias_pattern, here: it runs for every node)
-        found = _bias_pattern(an, k)
+    rewrites = {}
+    for k in an.nodes_of("add"):
+        found = _bias_pattern(an, k) if k[2] is not None else None
         if found is not None:
             rewrites[k] = found
     for k, (u, a, r, p) in rewrites.items():
@@ -265,12 +262,10 @@ def join_biases(an) -> bool:
     `x W_ih + b_ih + b_hh` once reassociate has moved b_hh out of the recurrence): p + q is
     computed once per call, so the time-batched projection takes one pass over all steps
     instead of two, and backward sums its gradient once for both biases."""
-    joined, before, nodes, live = {}, {}, an.node, an.live
-    for k in an.order:
-        node = nodes[k]
-        if node["kind"] != "op" or node["op"] != "add" or node["attrs"]:
-            continue
-        if k not in live or not isinstance(k[2], int):
+    joined, before = {}, {}
+    for k in an.nodes_of("add"):
+        node = an.node[k]
+        if node["attrs"] or not isinstance(k[2], int):
             continue
         u, q = node["inputs"]
         inner = an.node[u]

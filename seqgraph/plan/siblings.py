@@ -60,13 +60,10 @@ def _column_block(an, key):
 
 def _sibling_sets(an) -> dict:
     """(op, step, what each input reads) -> the nodes that could merge along columns."""
-    out, nodes, live, blocks = defaultdict(list), an.node, an.live, {}
-    mergeable = {name for name, op in ops.OPS.items() if op.sibling_merge}
-    for k in an.order:
-        node = nodes[k]
-        if node["kind"] != "op" or node["op"] not in mergeable or node["attrs"]:
-            continue
-        if k not in live or not isinstance(k[2], int) or k in an.outputs:
+    out, blocks = defaultdict(list), {}
+    for k in an.nodes_of(*(name for name, op in ops.OPS.items() if op.sibling_merge)):
+        node = an.node[k]
+        if node["attrs"] or not isinstance(k[2], int) or k in an.outputs:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
         for i in node["inputs"]:
