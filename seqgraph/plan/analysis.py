@@ -60,8 +60,7 @@ class Analysis:
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        records = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
-        self.node = {k: records[k] for k in self.order}
+        self.node = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self.state_inputs = (
@@ -363,7 +362,10 @@ class Analysis:
         if first["kind"] != "op":
             return None
         op, attrs = first["op"], first["attrs"]
-        if any(n["op"] != op or n["attrs"] != attrs for n in nodes):
+        # list.count compares in C: this runs over every step of every class
+        if [n["op"] for n in nodes].count(op) != len(nodes):
+            return None
+        if [n["attrs"] for n in nodes].count(attrs) != len(nodes):
             return None
         return op, attrs
 
@@ -380,16 +382,19 @@ class Analysis:
         return self._facts[fact]
 
     def _input_pattern(self, cls: tuple, position: int):
-        members = self.members[cls]
-        sources = {t: self.node[k]["inputs"][position] for t, k in members.items()}
-        first = next(iter(sources.values()))
-        if all(s == first for s in sources.values()):
+        members, nodes = self.members[cls], self.node
+        read = [nodes[k]["inputs"][position] for k in members.values()]
+        first = read[0]
+        if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
+        sources = dict(zip(members, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
             inner = [t for t in ts if t != edge] or ts
             target = class_of(sources[inner[0]])
-            if len(target) != 2 or any(sources[t] != (*target, t + d) for t in inner):
+            if len(target) != 2:
+                continue
+            if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
                 continue
             if edge is None or sources[edge] == (*target, edge + d):
                 return ("class", target, d, None)
