@@ -61,8 +61,10 @@ def _column_block(an, key):
 def _sibling_sets(an) -> dict:
     """(op, step, what each input reads) -> the nodes that could merge along columns."""
     out, blocks = defaultdict(list), {}
-    for k in an.nodes_of(*(name for name, op in ops.OPS.items() if op.sibling_merge)):
+    for k in _readers_of_column_blocks(an, blocks):
         node = an.node[k]
+        if not ops.OPS[node["op"]].sibling_merge:
+            continue
         if node["attrs"] or not isinstance(k[2], int) or k in an.outputs:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
@@ -80,6 +82,18 @@ def _sibling_sets(an) -> dict:
             if any(kind == "columns" for kind, _ in reads):
                 out[(node["op"], k[2], tuple(reads))].append(k)
     return out
+
+
+def _readers_of_column_blocks(an, blocks: dict) -> list:
+    """The live op nodes that read a column block (`_column_block`, memoized in `blocks`),
+    in graph order: only they can merge, and they are a few of every step's nodes."""
+    views = (name for name, op in ops.OPS.items() if op.view is not None)
+    readers = set()
+    for v in an.nodes_of(*views):
+        blocks[v] = _column_block(an, v)
+        if blocks[v] is not None:
+            readers.update(k for k, _ in an.consumers.get(v, ()))
+    return sorted(readers, key=an.pos.__getitem__)
 
 
 def _adjacent_runs(an, nodes: list) -> list:
