@@ -106,17 +106,18 @@ def _batched_classes(an: Analysis, lay: Layout) -> dict:
 
 def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     """Units in dependency order: ("class", cls) or ("node", key)."""
-    unit_of, index, units, first = {}, {}, [], []
+    unit_of, class_unit, units, first = {}, {}, [], []
     live, nodes, alias_of, pos = an.live, an.node, lay.alias_of, an.pos
     for k in an.order:
         if k not in live or k in alias_of or nodes[k]["kind"] != "op":
             continue
         c = class_of(k)
-        unit = ("class", c) if c in batched else ("node", k)
-        u = index.get(unit)
-        if u is None:
-            u = index[unit] = len(units)
-            units.append(unit)
+        u = class_unit.get(c) if c in batched else None
+        if u is None:  # a node of its own, or the first node of a batched class
+            u = len(units)
+            if c in batched:
+                class_unit[c] = u
+            units.append(("class", c) if c in batched else ("node", k))
             first.append(pos[k])
         unit_of[k] = u
     deps = [set() for _ in units]
