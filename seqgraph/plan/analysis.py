@@ -151,9 +151,12 @@ class Analysis:
             self._index_op(k, self.node[k], False)
         for k in born:
             self._index_op(k, self.node[k], True)
+        pos = self.pos
         for source, users in readers.items():
-            if users:
-                self.consumers[source] = sorted(users, key=lambda r: (self.pos[r[0]], r[1]))
+            if len(users) > 1:
+                self.consumers[source] = sorted(users, key=lambda r: (pos[r[0]], r[1]))
+            elif users:
+                self.consumers[source] = list(users)
             else:
                 self.consumers.pop(source, None)
         self._update_members(born, died)
