@@ -8,9 +8,11 @@ attrs and the ORDERED tuple of input keys; that tuple is the truth and the edges
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +24,24 @@ from seqgraph.errors import GraphError
 Key = tuple  # (scope, name, t)
 KINDS = ("param", "input", "const", "op")
 T = TypeVar("T", bound=Hashable)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while unrolling or lowering a long graph.
+
+    Both allocate millions of small dicts, tuples and lists and free almost none, and each
+    of the collector's full passes walks every object alive, so the passes a long build
+    triggers cost more than the build itself (a lowering at T = 10,000 spent most of its
+    time there). A cycle left as garbage meanwhile is reclaimed by the collector's next pass
+    once it runs again. Leaves it off if it was off. Also a decorator (`@collector_paused()`)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def topological_order(

@@ -11,7 +11,8 @@ come from each op's record in the op table (`seqgraph.engine.ops.Op`), never fro
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+import heapq
+from collections import Counter, defaultdict
 
 import networkx as nx
 import numpy as np
@@ -23,6 +24,12 @@ from seqgraph.engine.graph import Graph, Key
 def class_of(key: Key) -> tuple:
     """(scope, name) for a per-step node; the key itself for a node outside time."""
     return key if key[2] is None else key[:2]
+
+
+def attrs_key(attrs: dict) -> str:
+    """A hashable stand-in for an op's attrs (their values may be lists or arrays); most
+    nodes have none, and a repr per node of an unrolled graph adds up."""
+    return repr(sorted(attrs.items())) if attrs else ""
 
 
 def batch_rule(op: str, attrs: dict, in_ndims: list, stacked: list) -> tuple | None:
@@ -43,40 +50,228 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
 
 
 class Analysis:
-    """Everything the planner needs to know about one graph and one batch shape."""
+    """Everything the planner needs to know about one graph and one batch shape.
+
+    The rewrites edit a fork's copy of the graph through `set_node` (and `order`), then call
+    `update`, which derives the facts again for the nodes the edits touched and what they
+    reach (`refresh` derives them all from scratch; both give the same facts, and
+    `tests/test_plan_analysis.py` holds them to it after every rewrite)."""
 
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        self.node = {k: graph.node(k) for k in self.order}
+        self.node = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
+        self.state_inputs = (
+            {k for k, r in graph.inputs.items() if r["role"] == "state"}
+            if graph.state_grads  # recomputation in segments hands these back
+            else set()
+        )
         self.meta = dict(leaf_meta)
+        self.edited: dict = {}  # node -> its record before the edits `update` has not seen
         self.refresh()
 
     def fork(self) -> Analysis:
-        """A copy with its own graph copy (`node`, `order`) to rewrite; the facts derived so
-        far are shared until `refresh` derives new ones."""
+        """A copy with its own graph copy (`node`, `order`) to rewrite and its own containers
+        of derived facts for `update` to change; a fact's inner list or dict is shared until
+        `update` replaces it (it never changes one in place)."""
         other = copy.copy(self)
         other.node, other.order = dict(self.node), list(self.order)
+        other.pos, other.live, other.meta = dict(self.pos), set(self.live), dict(self.meta)
+        other.consumers = defaultdict(list, self.consumers)
+        other.members = defaultdict(dict, self.members)
+        other.class_edges = Counter(self.class_edges)
+        other.needs_grad, other.edited = set(self.needs_grad), dict(self.edited)
+        other.recurrent, other._facts = set(self.recurrent), {}
+        other.by_op = {op: dict(keys) for op, keys in self.by_op.items()}
         return other
 
+    def set_node(self, key: Key, node: dict) -> None:
+        """Add node `key` or replace its record (a rewrite's edit; `update` follows)."""
+        if key not in self.edited:
+            self.edited[key] = self.node.get(key)
+        self.node[key] = node
+        self._facts.clear()
+
     def refresh(self) -> None:
-        """Liveness, consumers, classes, shapes, recurrences (again after a rewrite)."""
+        """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
+        pass over the live nodes in graph order (each node's inputs come before it)."""
         self.pos = {k: i for i, k in enumerate(self.order)}
-        self.live = self._live(list(self.outputs))
+        self.live = live = self._live(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
-        for k in self.order:
-            if k in self.live:
-                for position, source in enumerate(self.node[k]["inputs"]):
-                    self.consumers[source].append((k, position))
         self.members: dict[tuple, dict] = defaultdict(dict)
+        consumers, members, nodes = self.consumers, self.members, self.node
+        meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
+        edges, by_op = defaultdict(int), defaultdict(dict)
         for k in self.order:
-            if k in self.live:
-                self.members[class_of(k)][k[2]] = k
-        self.meta = self._infer()
+            if k not in live:
+                continue
+            node = nodes[k]
+            cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
+            members[cls][k[2]] = k
+            if node["kind"] == "op":
+                by_op[node["op"]][k] = None
+            inputs = node["inputs"]
+            for position, source in enumerate(inputs):
+                consumers[source].append((k, position))
+                edges[(source if source[2] is None else source[:2], cls)] += 1
+            if k not in meta:
+                meta[k] = self._shape(node, meta, memo)
+            if meta[k][1].kind == "f" and (
+                node["kind"] == "param" or any(i in needs for i in inputs)
+            ):
+                needs.add(k)
+        self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
+        self.meta, self.needs_grad = meta, needs
+        self.by_op = dict(by_op)  # op -> its live nodes (a dict as an ordered set)
         self.recurrent = self._recurrent()
-        self.needs_grad = self._needs_grad()
+        self.edited, self._facts = {}, {}
+
+    def update(self) -> None:
+        """The facts `refresh` derives, derived again only where the edits since the last
+        derivation (`set_node`, and `order` with the old nodes kept in their order) reach:
+        the edited nodes, the nodes they make live or dead, and the gradient flags their
+        change passes on. What every graph-changing rewrite calls."""
+        edited, self.edited, self._facts = self.edited, {}, {}
+        self.pos = {k: i for i, k in enumerate(self.order)}
+        readers: dict = {}  # source -> its consumers as a set while they change
+        born, lost = [], []  # lost: sources that lost a consumer, maybe dead now
+        for k, old in edited.items():
+            if k not in self.live:
+                continue  # a new node, or one dead before: made live below if reached
+            self._index_op(k, old, False)
+            self._index_op(k, self.node[k], True)
+            old_inputs = old["inputs"] if old is not None else ()
+            self._unlink(k, old_inputs, readers)
+            lost.extend(old_inputs)
+            self._link(k, born, readers)
+        died = self._sweep(lost, readers)
+        for k in died:
+            self._index_op(k, self.node[k], False)
+        for k in born:
+            self._index_op(k, self.node[k], True)
+        pos = self.pos
+        for source, users in readers.items():
+            if len(users) > 1:
+                self.consumers[source] = sorted(users, key=lambda r: (pos[r[0]], r[1]))
+            elif users:
+                self.consumers[source] = list(users)
+            else:
+                self.consumers.pop(source, None)
+        self._update_members(born, died)
+        self.meta = self._infer(sorted(born, key=self.pos.__getitem__))
+        self.recurrent = self._recurrent()
+        self._update_needs_grad(list(edited) + born + died)
+
+    def _index_op(self, key: Key, node: dict | None, present: bool) -> None:
+        """Enter the live op node `key` (record `node`) into `by_op`, or take it out."""
+        if node is not None and node["kind"] == "op":
+            if present:
+                self.by_op.setdefault(node["op"], {})[key] = None
+            else:
+                self.by_op[node["op"]].pop(key, None)
+
+    def nodes_of(self, *op_names: str) -> list:
+        """The live nodes that apply any of these ops, in graph order: what a rewrite that
+        looks for one op scans, instead of every node."""
+        keys = [k for op in op_names for k in self.by_op.get(op, ())]
+        return sorted(keys, key=self.pos.__getitem__)
+
+    def _readers(self, source: Key, readers: dict) -> set:
+        if source not in readers:
+            readers[source] = set(self.consumers.get(source, ()))
+        return readers[source]
+
+    def _link(self, key: Key, born: list, readers: dict) -> None:
+        """Register the live node `key` as the consumer of its inputs; an input not yet live
+        becomes live and registers its own (iterative: unrolled graphs are deep)."""
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            cls = class_of(k)
+            for position, source in enumerate(self.node[k]["inputs"]):
+                self._readers(source, readers).add((k, position))
+                self.class_edges[(class_of(source), cls)] += 1
+                if source not in self.live:
+                    self.live.add(source)
+                    born.append(source)
+                    stack.append(source)
+
+    def _unlink(self, key: Key, inputs: tuple, readers: dict) -> None:
+        """Drop `key`'s registration as the consumer of `inputs` (its inputs before an edit)."""
+        cls = class_of(key)
+        for position, source in enumerate(inputs):
+            self._readers(source, readers).discard((key, position))
+            edge = (class_of(source), cls)
+            self.class_edges[edge] -= 1
+            if not self.class_edges[edge]:
+                del self.class_edges[edge]
+
+    def _sweep(self, lost: list, readers: dict) -> list:
+        """Dead-node elimination from the nodes that lost a consumer: one no live node reads
+        and no caller asked for dies, and its inputs lose a consumer in turn."""
+        died, stack = [], list(lost)
+        while stack:
+            k = stack.pop()
+            if k not in self.live or k in self.outputs or self._readers(k, readers):
+                continue
+            self.live.discard(k)
+            died.append(k)
+            inputs = self.node[k]["inputs"]
+            self._unlink(k, inputs, readers)
+            stack.extend(inputs)
+        return died
+
+    def _update_members(self, born: list, died: list) -> None:
+        """Class members after nodes were born or died; every class's members in graph
+        order, and the classes in the order of their first member (as `refresh` makes)."""
+        changes: dict = defaultdict(list)
+        for k in born + died:
+            changes[class_of(k)].append(k)
+        pos = self.pos
+        for cls, keys in changes.items():
+            kept = [k for k in self.members.get(cls, {}).values() if k in self.live]
+            kept += [k for k in keys if k in self.live and k[2] not in self.members.get(cls, {})]
+            if kept:
+                self.members[cls] = {k[2]: k for k in sorted(kept, key=pos.__getitem__)}
+            else:
+                self.members.pop(cls, None)
+        if changes:
+            ordered = sorted(self.members.items(), key=lambda c: pos[next(iter(c[1].values()))])
+            self.members = defaultdict(dict, ordered)
+
+    def _update_needs_grad(self, touched: list) -> None:
+        """Gradient flags of the touched nodes, passed on to their readers while they change
+        (in graph order, so each node is decided after its inputs)."""
+        pos, heap, queued = self.pos, [], set()
+        for k in touched:
+            if k not in queued:
+                queued.add(k)
+                heapq.heappush(heap, (pos.get(k, -1), len(queued), k))
+        while heap:
+            k = heapq.heappop(heap)[2]
+            needed = self._needs(k)
+            if needed == (k in self.needs_grad):
+                continue
+            if needed:
+                self.needs_grad.add(k)
+            else:
+                self.needs_grad.discard(k)
+            for reader, _ in self.consumers.get(k, ()):
+                if reader not in queued:
+                    queued.add(reader)
+                    heapq.heappush(heap, (pos[reader], len(queued), reader))
+
+    def _needs(self, key: Key) -> bool:
+        """Whether `key` needs a gradient: an initial state handed back, or a live floating
+        node that is a parameter or reads one that needs it."""
+        if key in self.state_inputs:
+            return True
+        if key not in self.live or key not in self.meta or self.meta[key][1].kind != "f":
+            return False
+        node = self.node[key]
+        return node["kind"] == "param" or any(i in self.needs_grad for i in node["inputs"])
 
     def inputs(self, key: Key) -> tuple:
         return self.node[key]["inputs"]
@@ -94,66 +289,56 @@ class Analysis:
                     stack.append(source)
         return live
 
-    def _infer(self) -> dict:
-        """(shape, dtype) of every live node; each distinct op signature is evaluated once."""
-        import array_api_compat.numpy as xp
-
-        meta, memo = dict(self.meta), {}
-        for k in self.order:
-            if k not in self.live or k in meta:
-                continue
-            node = self.node[k]
-            if node["kind"] in ("param", "const"):
-                shape = (
-                    self.graph.param_info[node["param"]].shape
-                    if node["kind"] == "param"
-                    else np.shape(node["attrs"]["value"])
-                )
-                meta[k] = (tuple(shape), self.dtype)
-                continue
-            signature = tuple(meta[i] for i in node["inputs"])
-            memo_key = (node["op"], repr(sorted(node["attrs"].items())), signature)
-            if memo_key not in memo:
-                zeros = [np.zeros(s, d) for s, d in signature]
-                with np.errstate(all="ignore"):
-                    out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
-                memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
-            meta[k] = memo[memo_key]
+    def _infer(self, keys) -> dict:
+        """`meta` with the (shape, dtype) of each of `keys` (live nodes, in graph order) it
+        lacks."""
+        meta, memo, nodes = dict(self.meta), {}, self.node
+        for k in keys:
+            if k not in meta:
+                meta[k] = self._shape(nodes[k], meta, memo)
         return meta
 
+    def _shape(self, node: dict, meta: dict, memo: dict) -> tuple:
+        """(shape, dtype) of one node whose inputs `meta` has; each distinct op signature is
+        evaluated once (on zeros) per `memo`."""
+        if node["kind"] in ("param", "const"):
+            shape = (
+                self.graph.param_info[node["param"]].shape
+                if node["kind"] == "param"
+                else np.shape(node["attrs"]["value"])
+            )
+            return tuple(shape), self.dtype
+        signature = tuple([meta[i] for i in node["inputs"]])
+        memo_key = (node["op"], attrs_key(node["attrs"]), signature)
+        if memo_key not in memo:
+            import array_api_compat.numpy as xp
+
+            zeros = [np.zeros(s, d) for s, d in signature]
+            with np.errstate(all="ignore"):
+                out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
+            memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
+        return memo[memo_key]
+
     def _recurrent(self) -> set:
-        """Classes on a cycle of the graph folded over time: they must run step by step."""
+        """Classes on a cycle of the graph folded over time: they must run step by step.
+        The folded graph is `class_edges`, a few edges per class whatever the length."""
         folded = nx.DiGraph()
         folded.add_nodes_from(self.members)
-        for k in self.live:
-            for source in self.node[k]["inputs"]:
-                folded.add_edge(class_of(source), class_of(k))
+        folded.add_edges_from(self.class_edges)
         out = set()
         for part in nx.strongly_connected_components(folded):
             if len(part) > 1 or any(folded.has_edge(c, c) for c in part):
                 out |= part
         return out
 
-    def _needs_grad(self) -> set:
-        needs = set()
-        if self.graph.state_grads:  # recomputation in segments hands these back
-            needs = {k for k, r in self.graph.inputs.items() if r["role"] == "state"}
-        for k in self.order:
-            floating = self.meta[k][1].kind == "f" if k in self.meta else False
-            if (
-                k in self.live
-                and floating
-                and (self.kind(k) == "param" or any(i in needs for i in self.node[k]["inputs"]))
-            ):
-                needs.add(k)
-        return needs
-
     def has_grad(self, loss: Key) -> set:
         """Nodes that receive a gradient from `loss` (backward skips every other node)."""
-        out = {loss}
+        out, nodes, needs = {loss}, self.node, self.needs_grad
         for k in reversed(self.order):
-            if k in out and self.kind(k) == "op":
-                out.update(i for i in self.node[k]["inputs"] if i in self.needs_grad)
+            if k in out:
+                node = nodes[k]
+                if node["kind"] == "op":
+                    out.update([i for i in node["inputs"] if i in needs])
         return out
 
     def stackable(self, cls: tuple) -> bool:
@@ -169,13 +354,23 @@ class Analysis:
 
     def same_op(self, cls: tuple):
         """(op, attrs) if every member of the class applies the same op, else None."""
+        fact = ("same_op", cls)
+        if fact not in self._facts:  # asked per class by every later stage: derived once
+            self._facts[fact] = self._same_op(cls)
+        return self._facts[fact]
+
+    def _same_op(self, cls: tuple):
         nodes = [self.node[k] for k in self.members[cls].values()]
         first = nodes[0]
-        if first["kind"] != "op" or any(
-            n["op"] != first["op"] or n["attrs"] != first["attrs"] for n in nodes
-        ):
+        if first["kind"] != "op":
             return None
-        return first["op"], first["attrs"]
+        op, attrs = first["op"], first["attrs"]
+        # list.count compares in C: this runs over every step of every class
+        if [n["op"] for n in nodes].count(op) != len(nodes):
+            return None
+        if [n["attrs"] for n in nodes].count(attrs) != len(nodes):
+            return None
+        return op, attrs
 
     def input_pattern(self, cls: tuple, position: int):
         """How input `position` of a class varies with t.
@@ -184,16 +379,25 @@ class Analysis:
         ("class", D, d, boundary): step t reads class D at t + d, except the boundary step
         (the first when d = -1, the last when d = +1) which reads node `boundary`; or None.
         """
-        members = self.members[cls]
-        sources = {t: self.node[k]["inputs"][position] for t, k in members.items()}
-        first = next(iter(sources.values()))
-        if all(s == first for s in sources.values()):
+        fact = ("input_pattern", cls, position)
+        if fact not in self._facts:
+            self._facts[fact] = self._input_pattern(cls, position)
+        return self._facts[fact]
+
+    def _input_pattern(self, cls: tuple, position: int):
+        members, nodes = self.members[cls], self.node
+        read = [nodes[k]["inputs"][position] for k in members.values()]
+        first = read[0]
+        if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
+        sources = dict(zip(members, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
             inner = [t for t in ts if t != edge] or ts
             target = class_of(sources[inner[0]])
-            if len(target) != 2 or any(sources[t] != (*target, t + d) for t in inner):
+            if len(target) != 2:
+                continue
+            if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
                 continue
             if edge is None or sources[edge] == (*target, edge + d):
                 return ("class", target, d, None)

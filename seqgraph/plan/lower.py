@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqgraph.engine.graph import Graph, Key
+from seqgraph.engine.graph import Graph, Key, collector_paused
 from seqgraph.plan import backward, forward, fusion, kernels, listing, liveness, rewrites
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import Analysis, class_of
@@ -38,6 +38,7 @@ class Plan:
 
     `print(plan)` lists its buffers and kernels (`listing.py`); `repr(plan)` sums it up."""
 
+    @collector_paused()  # see there: the lowering allocates millions of objects
     def __init__(
         self,
         graph: Graph,
@@ -119,9 +120,10 @@ class Plan:
         )
 
     def _fill_consts(self) -> None:
-        for k in self.an.live:
-            if self.an.kind(k) == "const":
-                self.load(self.layout.value[k], self.an.node[k]["attrs"]["value"])
+        nodes = self.an.node
+        for k in self.an.members:  # a constant is outside time (`Graph`): its own class
+            if len(k) == 3 and nodes[k]["kind"] == "const":
+                self.load(self.layout.value[k], nodes[k]["attrs"]["value"])
 
     def load(self, dest, host) -> None:
         """Copy host data into a plan buffer (casting to the buffer's dtype)."""

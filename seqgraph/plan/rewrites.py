@@ -9,8 +9,9 @@ analysis' copy of the graph (`an.node`, `an.order`) that leaves every value the 
 - `join_biases`: (a + p) + q -> a + (p + q) for p, q outside time: one pass, not two;
 (`siblings.merge_siblings`, one op over side-by-side column blocks, runs after these.)
 
-Each returns whether it changed anything; the analysis then derives its facts again.
-`rewrite` is the pipeline stage: it takes the analysis of the unrolled graph and hands on
+Each edits through `Analysis.set_node` and returns whether it changed anything; the analysis
+then derives its facts again where the edits reach (`Analysis.update`), not over the whole
+graph. `rewrite` is the pipeline stage: it takes the analysis of the unrolled graph and hands on
 the analysis of the rewritten one (its own copy; the one it was given is left as it was).
 """
 
@@ -19,21 +20,21 @@ from __future__ import annotations
 from collections import defaultdict
 
 from seqgraph.plan import siblings
-from seqgraph.plan.analysis import Analysis, class_of
+from seqgraph.plan.analysis import Analysis, attrs_key, class_of
 from seqgraph.plan.edits import op_node, reorder
 
 
 def rewrite(an: Analysis, merge_siblings: bool = True) -> Analysis:
-    """Every rewrite in turn on a copy of `an` (`Analysis.fork`), its facts derived again
-    after each that changed something; then sibling merges until none is left (r+z, then
+    """Every rewrite in turn on a copy of `an` (`Analysis.fork`), its facts updated after
+    each that changed something; then sibling merges until none is left (r+z, then
     sigmoid(r|z))."""
     an = an.fork()
-    for step in (merge_common, fuse_gates, reassociate, join_biases):
+    for step in steps():
         if step(an):
-            an.refresh()
+            an.update()
     joined: set = set()  # nodes the sibling merge made
     while merge_siblings and siblings.merge_siblings(an, joined):
-        an.refresh()
+        an.update()
     return an
 
 
@@ -49,11 +50,13 @@ def merge_common(an) -> bool:
         if not bad:
             break
         refused |= bad
+    if not same_as:
+        return False
     for k in an.order:
         node = an.node[k]
         if k in an.live and any(i in same_as for i in node["inputs"]):
-            an.node[k] = {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])}
-    return bool(same_as)
+            an.set_node(k, {**node, "inputs": tuple(same_as.get(i, i) for i in node["inputs"])})
+    return True
 
 
 def _partial_merges(an, same_as: dict) -> set:
@@ -73,13 +76,13 @@ def _partial_merges(an, same_as: dict) -> set:
 
 def _duplicates(an, refused: set) -> dict:
     """node -> the earlier node that computes the same value (classes in `refused` excluded)."""
-    first, same_as = {}, {}
+    first, same_as, nodes, live = {}, {}, an.node, an.live
     for k in an.order:
-        node = an.node[k]
-        if k not in an.live or node["kind"] != "op":
+        node = nodes[k]
+        if node["kind"] != "op" or k not in live:
             continue
-        inputs = tuple(same_as.get(i, i) for i in node["inputs"])
-        signature = (node["op"], repr(sorted(node["attrs"].items())), inputs)
+        inputs = tuple([same_as.get(i, i) for i in node["inputs"]]) if same_as else node["inputs"]
+        signature = (node["op"], attrs_key(node["attrs"]), inputs)
         earlier = first.setdefault(signature, k)
         if earlier != k and k not in an.outputs and class_of(k) not in refused:
             same_as[k] = earlier
@@ -113,18 +116,18 @@ def _fuse(an, classes: tuple, before: dict) -> dict:
     params = [an.inputs(next(iter(m.values())))[1] for m in members]
     scope, name = classes[0][0], "|".join(c[1] for c in classes)
     cat = (scope, f"cat({','.join(p[1] for p in params)})", None)
-    an.node[cat] = op_node("concat", tuple(params), axis=-1)
+    an.set_node(cat, op_node("concat", tuple(params), axis=-1))
     before[cat] = [k for m in members for k in m.values()]
     fused = {}
     for t in members[0]:
         fused[t] = (scope, f"{name}|fused", t)
-        an.node[fused[t]] = op_node("matmul", (an.inputs(members[0][t])[0], cat))
+        an.set_node(fused[t], op_node("matmul", (an.inputs(members[0][t])[0], cat)))
         before[fused[t]] = [m[t] for m in members]
     start = 0
     for m, p in zip(members, params):
         stop = start + an.meta[p][0][1]
         for t, k in m.items():
-            an.node[k] = op_node("slice", (fused[t],), start=start, stop=stop, axis=-1)
+            an.set_node(k, op_node("slice", (fused[t],), start=start, stop=stop, axis=-1))
         start = stop
     return fused
 
@@ -133,12 +136,12 @@ def _sum_fused(an, first: dict, second: dict, sums: list, before: dict) -> None:
     """P = first + second per step; each block sum becomes P's slice (see fuse_gates)."""
     for t in first:
         total = (first[t][0], f"{first[t][1]}+{second[t][1]}", t)
-        an.node[total] = op_node("add", (first[t], second[t]))
+        an.set_node(total, op_node("add", (first[t], second[t])))
         before[total] = [an.members[c][t] for c in sums]
         for c in sums:
             # either input block: the second group was reordered to sit at the same columns
             attrs = dict(an.node[an.node[an.members[c][t]]["inputs"][0]]["attrs"])
-            an.node[an.members[c][t]] = op_node("slice", (total,), **attrs)
+            an.set_node(an.members[c][t], op_node("slice", (total,), **attrs))
 
 
 def _summed_pairs(an, groups: list) -> list:
@@ -183,12 +186,13 @@ def _block_sum(an, cls, others: tuple):
 def _gate_groups(an) -> list[tuple]:
     """Tuples of matmul classes that share their left operand at every step (see fuse_gates)."""
     by_left: dict = defaultdict(list)
-    for k in an.order:
-        node = an.node[k]
-        if k not in an.live or node["kind"] != "op" or node["op"] != "matmul" or node["attrs"]:
+    nodes = an.node
+    for k in an.nodes_of("matmul"):
+        node = nodes[k]
+        if node["attrs"]:
             continue
         left, right = node["inputs"]
-        if an.kind(right) == "param" and len(an.meta[right][0]) == 2:
+        if nodes[right]["kind"] == "param" and len(an.meta[right][0]) == 2:
             # one group per scope: the two directions read the same x, but each adds its
             # products to its own recurrent ones (see _summed_pairs)
             by_left[(left, an.meta[right][0][0], k[0], k[2])].append(k)
@@ -211,14 +215,14 @@ def reassociate(an) -> bool:
     added once over all steps, and each step does one add less. Rounding differs from the
     graph's order by an ulp. Rewrites `an.node` and `an.order` (copies, not the graph)."""
     rewrites = {}
-    for k in an.order:
-        found = _bias_pattern(an, k) if k in an.live and k[2] is not None else None
+    for k in an.nodes_of("add"):
+        found = _bias_pattern(an, k) if k[2] is not None else None
         if found is not None:
             rewrites[k] = found
     for k, (u, a, r, p) in rewrites.items():
         v = (k[0], f"{u[1]}+{p[1]}", k[2])
-        an.node[v] = {**an.node[u], "inputs": (a, p)}
-        an.node[k] = {**an.node[k], "inputs": (v, r)}
+        an.set_node(v, {**an.node[u], "inputs": (a, p)})
+        an.set_node(k, {**an.node[k], "inputs": (v, r)})
         an.order[an.pos[u]] = v  # v needs only a and p, which precede u
     return bool(rewrites)
 
@@ -259,11 +263,9 @@ def join_biases(an) -> bool:
     computed once per call, so the time-batched projection takes one pass over all steps
     instead of two, and backward sums its gradient once for both biases."""
     joined, before = {}, {}
-    for k in an.order:
+    for k in an.nodes_of("add"):
         node = an.node[k]
-        if k not in an.live or not isinstance(k[2], int) or node["kind"] != "op":
-            continue
-        if node["op"] != "add" or node["attrs"]:
+        if node["attrs"] or not isinstance(k[2], int):
             continue
         u, q = node["inputs"]
         inner = an.node[u]
@@ -281,9 +283,15 @@ def join_biases(an) -> bool:
         total = joined.get((p, q))
         if total is None:
             total = joined[(p, q)] = (k[0], f"{p[1]}+{q[1]}", None)
-            an.node[total] = op_node("add", (p, q))
+            an.set_node(total, op_node("add", (p, q)))
             before[total] = [k]
-        an.node[k] = {**node, "inputs": (a, total)}
+        an.set_node(k, {**node, "inputs": (a, total)})
     if before:
         an.order = reorder(an, before)
     return bool(before)
+
+
+def steps() -> tuple:
+    """The rewrites `rewrite` applies, in order (looked up when called, so a test can
+    switch one off)."""
+    return (merge_common, fuse_gates, reassociate, join_biases)

@@ -106,23 +106,27 @@ def _batched_classes(an: Analysis, lay: Layout) -> dict:
 
 def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     """Units in dependency order: ("class", cls) or ("node", key)."""
-    unit_of, index, units, first = {}, {}, [], []
+    unit_of, class_unit, units, first = {}, {}, [], []
+    live, nodes, alias_of, pos = an.live, an.node, lay.alias_of, an.pos
     for k in an.order:
-        if k not in an.live or an.kind(k) != "op" or k in lay.alias_of:
+        if k not in live or k in alias_of or nodes[k]["kind"] != "op":
             continue
         c = class_of(k)
-        unit = ("class", c) if c in batched else ("node", k)
-        if unit not in index:
-            index[unit] = len(units)
-            units.append(unit)
-            first.append(an.pos[k])
-        unit_of[k] = index[unit]
+        u = class_unit.get(c) if c in batched else None
+        if u is None:  # a node of its own, or the first node of a batched class
+            u = len(units)
+            if c in batched:
+                class_unit[c] = u
+            units.append(("class", c) if c in batched else ("node", k))
+            first.append(pos[k])
+        unit_of[k] = u
     deps = [set() for _ in units]
     for k, u in unit_of.items():
-        for source in an.inputs(k):
-            while source in lay.alias_of:
-                source = lay.alias_of[source]
-            if source in unit_of and unit_of[source] != u:
-                deps[u].add(unit_of[source])
+        for source in nodes[k]["inputs"]:
+            while source in alias_of:
+                source = alias_of[source]
+            v = unit_of.get(source)
+            if v is not None and v != u:
+                deps[u].add(v)
     by_first = topological_order(range(len(units)), deps.__getitem__, first.__getitem__)
     return [units[u] for u in by_first]

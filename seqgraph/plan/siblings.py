@@ -60,16 +60,18 @@ def _column_block(an, key):
 
 def _sibling_sets(an) -> dict:
     """(op, step, what each input reads) -> the nodes that could merge along columns."""
-    out = defaultdict(list)
-    for k in an.order:
+    out, blocks = defaultdict(list), {}
+    for k in _readers_of_column_blocks(an, blocks):
         node = an.node[k]
-        if k not in an.live or not isinstance(k[2], int) or k in an.outputs:
+        if not ops.OPS[node["op"]].sibling_merge:
             continue
-        if node["kind"] != "op" or not ops.OPS[node["op"]].sibling_merge or node["attrs"]:
+        if node["attrs"] or not isinstance(k[2], int) or k in an.outputs:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
         for i in node["inputs"]:
-            block = _column_block(an, i)
+            if i not in blocks:  # an input is read by several ops of its step
+                blocks[i] = _column_block(an, i)
+            block = blocks[i]
             if block is not None and (block[2] - block[1],) == tuple(width):
                 reads.append(("columns", block[0]))
             elif an.meta[i][0][-1:] in ((), (1,)):  # broadcasts along the joined columns
@@ -80,6 +82,18 @@ def _sibling_sets(an) -> dict:
             if any(kind == "columns" for kind, _ in reads):
                 out[(node["op"], k[2], tuple(reads))].append(k)
     return out
+
+
+def _readers_of_column_blocks(an, blocks: dict) -> list:
+    """The live op nodes that read a column block (`_column_block`, memoized in `blocks`),
+    in graph order: only they can merge, and they are a few of every step's nodes."""
+    views = (name for name, op in ops.OPS.items() if op.view is not None)
+    readers = set()
+    for v in an.nodes_of(*views):
+        blocks[v] = _column_block(an, v)
+        if blocks[v] is not None:
+            readers.update(k for k, _ in an.consumers.get(v, ()))
+    return sorted(readers, key=an.pos.__getitem__)
 
 
 def _adjacent_runs(an, nodes: list) -> list:
@@ -120,15 +134,15 @@ def _merge(an, members: list, before: dict, made: set) -> None:
             inputs.append(source)
             continue
         view = (source[0], f"{source[1]}[{start}:{stop}]", source[2])
-        an.node[view] = op_node("slice", (source,), start=start, stop=stop, axis=-1)
+        an.set_node(view, op_node("slice", (source,), start=start, stop=stop, axis=-1))
         before.setdefault(view, list(members))
         inputs.append(view)
     joined = (scope, "|".join(k[1] for k in members), t)
-    an.node[joined] = op_node(first["op"], tuple(inputs))
+    an.set_node(joined, op_node(first["op"], tuple(inputs)))
     before[joined] = list(members)
     made.add(joined)
     start = 0
     for k in members:
         width = an.meta[k][0][-1]
-        an.node[k] = op_node("slice", (joined,), start=start, stop=start + width, axis=-1)
+        an.set_node(k, op_node("slice", (joined,), start=start, stop=start + width, axis=-1))
         start += width

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqgraph.engine import ops
-from seqgraph.engine.graph import Graph, Key, ParamInfo
+from seqgraph.engine.graph import Graph, Key, ParamInfo, collector_paused
 from seqgraph.errors import SpecError
 from seqgraph.spec.equations import Const, SizeExpr, eval_size
 from seqgraph.spec.load import CellSpec, IOSpec, LayerSpec, Spec, encoded_size
@@ -67,6 +67,7 @@ class Unroller:
         self.steps, self.out_steps, self.feedback = steps, out_steps, feedback
         self.state_grads, self.train = state_grads, train
         self.widths: dict[str, dict] = {}  # scope -> `cell_widths`, for dropout inside cells
+        self.step_attrs: dict[tuple, dict] = {}  # see `resolved_attrs`
         self.g = Graph()
 
     # ---- node helpers ------------------------------------------------------------------------
@@ -278,10 +279,12 @@ class Unroller:
             inputs = tuple(
                 self.const(i.value) if isinstance(i, Const) else local[i] for i in step.inputs
             )
-            attrs = {k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()}
+            attrs = self.resolved_attrs(step, sizes)
             if step.op == "dropout":
-                if widths is None:  # the same for every step of this layer
-                    widths = self.widths.setdefault(scope, self.cell_widths(cell, params, sizes))
+                if widths is None:  # the same for every step of this layer: derived once
+                    widths = self.widths.get(scope)
+                    if widths is None:
+                        widths = self.widths[scope] = self.cell_widths(cell, params, sizes)
                 local[step.out] = self.cell_dropout(scope, t, step, inputs[0], attrs, widths)
                 continue
             local[step.out] = self.op((scope, step.out, t), step.op, inputs, step.source, **attrs)
@@ -291,6 +294,17 @@ class Unroller:
         }
         out = cell.output
         return (new[out] if out in new else local[cell.bindings[out]]), new
+
+    def resolved_attrs(self, step, sizes: dict) -> dict:
+        """A cell step's attrs with their size expressions evaluated (each is parsed): the
+        same at every time step of a layer, so evaluated once per layer, not once per step.
+        Callers pass them on as keywords, so every node still gets a dict of its own."""
+        key = (id(step), tuple(sizes.items()))  # the cell's steps live as long as the spec
+        if key not in self.step_attrs:
+            self.step_attrs[key] = {
+                k: _resolve(v, sizes, step.source) for k, v in step.attrs.items()
+            }
+        return self.step_attrs[key]
 
     def cell_dropout(self, scope: str, t, step, x: Key, attrs: dict, widths: dict) -> Key:
         """A cell's `dropout(x, p)`: one mask per sequence unless `per_step=1`."""
@@ -635,4 +649,5 @@ def compile_graph(
         raise ValueError("encoder_decoder needs out_steps (the decoder length)")
     if steps < 0 or (m.pattern != "one_to_many" and steps < 1):
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return Unroller(spec, steps, out_steps, feedback, state_grads, train).build()
+    with collector_paused():
+        return Unroller(spec, steps, out_steps, feedback, state_grads, train).build()
