@@ -62,6 +62,45 @@ def dead_grads(sched: Schedule, deferred: dict) -> dict:
     return found
 
 
+def dead_in_backward(an, lay) -> list:
+    """The classes whose value buffer no backward rule reads and no caller reads after a
+    step: computed by forward from other values (no data, constants or seeds in it) and
+    read by ops whose VJP ignores that input (an add, the projection of data: an LSTM's
+    x W_ih + b). Every node whose value lives in the buffer, through a view or an alias,
+    must be such a node. `Layout.add_grads` may put a gradient stack there."""
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    found = []
+    for c in lay.classes:
+        if c in lay.source or c in lay.in_place:
+            continue  # not a buffer of its own
+        nodes = nodes_of.get(id(_owner(lay.value_stack[c].arr)), [])
+        if nodes and all(_unread_in_backward(an, k) for k in nodes):
+            found.append(c)
+    return found
+
+
+def _owner(array):
+    """The array that owns the memory `array` views."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
+        array = array.base
+    return array
+
+
+def _unread_in_backward(an, k) -> bool:
+    node = an.node[k]
+    if node["kind"] != "op" or k in an.outputs:
+        return False
+    entry = ops.OPS[node["op"]]
+    if entry.reads_output and entry.view is None and k in an.needs_grad:
+        return False
+    return all(
+        ops.OPS[an.node[user]["op"]].view is not None or _reads_never(an, user, i)
+        for user, i in an.consumers.get(k, [])
+    )  # a view's VJP places g in zeros of its input's shape: it reads neither value
+
+
 def _view_classes(lay) -> dict:
     """class -> {view class: index} for classes whose only sharers are plain column views,
     none of them viewed, aliased or differentiated through another class in turn."""
