@@ -75,16 +75,20 @@ class Layout:
         self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
         self.grad_buffers: list = []
         self.hosted: dict = {}  # gradient buffer index -> the class whose value buffer it is
+        self.own_hosted: set = set()  # classes whose gradient is in their own value buffer
         if loss is not None:
             self.add_grads(loss, hosts)
 
-    def add_grads(self, loss, hosts: list | None = None) -> None:
+    def add_grads(self, loss, hosts: list | None = None, own: list | None = None) -> None:
         """Lay out the gradients of everything `loss` depends on. `hosts`: classes whose value
         buffer backward never reads (`liveness.dead_in_backward`); a gradient stack of the
         same shape and dtype is placed in one of them instead of a buffer of its own, since
         forward writes the value afresh before anything reads it, and backward is over before
-        the next forward starts."""
+        the next forward starts. `own`: classes whose gradient goes in their own value
+        buffer, which their reader's forward overwrote with what its VJP reads elementwise
+        (`liveness.overwritten_inputs`: the logits, holding exp(z - max))."""
         self._hosts = list(hosts or ())
+        self.own_hosted = set(own or ())
         self._grads()
 
     # ---- values ------------------------------------------------------------------------------
@@ -369,7 +373,7 @@ class Layout:
         if kind is None:
             value = self.value_stack[cls]
             shape, offset = self.stacked_shape.get(cls, (value.arr.shape, value.offset))
-            arr = self._grad_buffer(shape, value.arr.dtype)
+            arr = self._grad_buffer(shape, value.arr.dtype, cls)
             self.grad_buffers.append(arr)
             stack = Stack(arr, offset, len(self.grad_buffers) - 1)
         else:
@@ -382,10 +386,15 @@ class Layout:
         self.grad_stack[cls] = stack
         return stack
 
-    def _grad_buffer(self, shape, dtype):
-        """A zeroed buffer for a class's gradient stack, or the value buffer of a host class
-        (`add_grads`) of that shape and dtype, holding whatever forward last left in it: the
-        backward emitter zero-fills what it reads before writing (`backward.Tracker`)."""
+    def _grad_buffer(self, shape, dtype, cls):
+        """A zeroed buffer for the gradient stack of `cls`, or a value buffer (`add_grads`) of
+        that shape and dtype, holding whatever forward last left in it: the backward emitter
+        zero-fills what it reads before writing (`backward.Tracker`)."""
+        own = self.value_stack[cls].arr
+        if cls in self.own_hosted and tuple(own.shape) == tuple(shape) and own.dtype == dtype:
+            self.hosted[len(self.grad_buffers)] = cls
+            return own
+        self.own_hosted.discard(cls)
         for i, host in enumerate(self._hosts):
             arr = self.value_stack[host].arr
             if tuple(arr.shape) == tuple(shape) and arr.dtype == dtype:

@@ -81,6 +81,47 @@ def dead_in_backward(an, lay) -> list:
     return found
 
 
+def overwritten_inputs(sched: Schedule) -> dict:
+    """Inputs that their reader's forward kernel may write over (`Op.forward_overwrites`):
+    a time-batched class whose stacked input is a class read by nothing else, forward or
+    backward, and living in a buffer whose every node is read only within it (the
+    readout's x W + b before softmax_ce). Input class -> (reader class, position)."""
+    an, lay = sched.an, sched.layout
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    found = {}
+    for cls in sched.batched:
+        same = an.same_op(cls)
+        for position in ops.OPS[same[0]].forward_overwrites if same else ():
+            pattern = an.input_pattern(cls, position)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            source = pattern[1]
+            if source in lay.source or lay.range.get(source) != lay.range[cls]:
+                continue
+            readers = {an.members[cls][t]: position for t in an.members[cls]}
+            nodes = nodes_of.get(id(_owner(lay.value_stack[source].arr)), [])
+            group = set(nodes)
+            if nodes and all(_read_only_within(an, k, group, readers) for k in nodes):
+                found[source] = (cls, position)
+    return found
+
+
+def _read_only_within(an, k, group: set, readers: dict) -> bool:
+    """k is computed by forward, no output, its VJP reads no value, and its readers are in
+    `group` or are the overwriting `readers` (node -> the position it reads k at)."""
+    node = an.node[k]
+    if node["kind"] != "op" or k in an.outputs or ops.OPS[node["op"]].reads_output:
+        return False
+    for user, i in an.consumers.get(k, []):
+        if user in readers and readers[user] == i:
+            continue
+        if user not in group or not _reads_never(an, user, i):
+            return False
+    return True
+
+
 def _owner(array):
     """The array that owns the memory `array` views."""
     while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
@@ -140,6 +181,14 @@ def check_grads(lay, compacted: dict, zero: set) -> None:
     bad = [c for c in compacted if lay.grad_stack[c].base in zero]
     if bad:
         raise GraphError(f"plan: gradient buffers of {bad} are reused but zero-filled")
+
+
+def check_own_hosts(lay, zero: set) -> None:
+    """A gradient kept in its own class's value buffer (`Layout.add_grads`, `own`) must be
+    written by its reader's VJP from what that buffer holds, never zero-filled first."""
+    bad = [c for i, c in lay.hosted.items() if i in zero and c in lay.own_hosted]
+    if bad:
+        raise GraphError(f"plan: gradients of {bad} share their values' buffers but are zeroed")
 
 
 def _positions(units: list) -> dict:

@@ -67,8 +67,12 @@ class Plan:
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs)
         self.compacted = liveness.dead_values(sched)
         self.layout.reuse_values(self.compacted)
+        self.overwritten = liveness.overwritten_inputs(sched) if grads else {}
+        for reader, position in self.overwritten.values():
+            self.ctx.dead_inputs.add(self.ctx.address(sched.batched[reader][2][position]))
         if grads:  # gradient stacks may take value buffers that backward never reads
-            self.layout.add_grads(graph.loss, liveness.dead_in_backward(an, self.layout))
+            hosts = liveness.dead_in_backward(an, self.layout)
+            self.layout.add_grads(graph.loss, hosts, own=list(self.overwritten))
         self.deferred = scheduling.deferred(sched) if grads else {}
         self.grad_compacted = liveness.dead_grads(sched, self.deferred) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)
@@ -94,6 +98,7 @@ class Plan:
             self.batch_derivatives,
         )
         liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
+        liveness.check_own_hosts(self.layout, self.backward.zero)
 
     @property
     def batched(self) -> dict:
