@@ -127,3 +127,16 @@ def test_inventory_counts_every_allocation_once():
     assert "l0.W_hh^T" in labels and "x.x[0:6]" in labels
     assert sum(1 for label in labels if label == "out.xW[0:6]") == 1
     assert all(nbytes >= 0 for _, nbytes, _ in rows)
+
+
+def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection():
+    """Backward reads only the n block of h W_hh + b_hh (for r * h_n); the r and z block
+    holds the sigmoid's local factor, which has its shape."""
+    _, _, plan = plan_of("gru")
+    projection = plan.layout.value_stack[class_reading(plan, "matmul", ("l0", "W_hh", None))]
+    factors = [
+        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
+    ]
+    inside = [f for f in factors if np.shares_memory(f, projection.arr)]
+    assert len(inside) == 1
+    assert inside[0].shape == (STEPS, BATCH, 2 * HIDDEN)

@@ -12,9 +12,12 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
+from seqgraph.plan.layout import Slot
 from seqgraph.plan.schedule import Schedule
 
 
@@ -78,6 +81,42 @@ def dead_in_backward(an, lay) -> list:
         nodes = nodes_of.get(id(_owner(lay.value_stack[c].arr)), [])
         if nodes and all(_unread_in_backward(an, k) for k in nodes):
             found.append(c)
+    return found
+
+
+def dead_regions(an, lay) -> list:
+    """Column blocks of value buffers that no backward rule reads, in buffers that backward
+    reads elsewhere: a view class (the GRU's r and z block of h W_hh + b_hh, whose n block
+    the r * h_n VJP reads) whose nodes are unread in backward, in a buffer whose whole-array
+    nodes are too, and that no read view overlaps. (buffer class, view class, the region
+    as an array), for `local_factors.place` to put a factor in; none in a buffer that
+    holds a gradient (`Layout.hosted`)."""
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    hosting = {id(_owner(lay.grad_buffers[i])) for i in lay.hosted}  # hold a gradient
+    views: dict = {}
+    for v, (kind, target, index) in lay.source.items():
+        if kind == "view" and target in lay.range and lay.range[v] == lay.range[target]:
+            views.setdefault(target, []).append((v, index))
+    found = []
+    for c, blocks in views.items():
+        if c in lay.source or isinstance(lay.value_stack[c], Slot):
+            continue
+        arr = lay.value_stack[c].arr
+        if id(_owner(arr)) in hosting:
+            continue
+        nodes = nodes_of.get(id(_owner(arr)), [])
+        inside = {k for v, _ in blocks for k in an.members[v].values()}
+        if any(not _unread_in_backward(an, k) for k in nodes if k not in inside):
+            continue
+        read = np.zeros(arr.shape[1:], dtype=bool)
+        for v, index in blocks:
+            if any(not _unread_in_backward(an, k) for k in an.members[v].values()):
+                read[index] = True
+        for v, index in blocks:
+            if not read[index].any() and all(k in an.live for k in an.members[v].values()):
+                found.append((c, v, arr[(slice(None),) + index]))
     return found
 
 

@@ -15,8 +15,9 @@ Memory (`place`): a factor is as large as its value, but once the factors are ma
 those values are read by nothing else: an LSTM's i, g, o and tanh(c) only fed the products
 that folds replaced. So the factors are made one class after another, each in a buffer no
 later kernel reads: its own value's where `local_out` may write over its input
-(`Op.local_in_place`: tanh), else a value buffer freed by an earlier factor, else a new one.
-An LSTM's five factors take one new buffer instead of five.
+(`Op.local_in_place`: tanh), else a value buffer freed by an earlier factor or a column
+block that backward never reads (`liveness.dead_regions`: the GRU's r and z block of
+h W_hh + b_hh), else a new one. An LSTM's five factors take one new buffer instead of five.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from seqgraph.engine import ops
+from seqgraph.plan import liveness
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
@@ -105,7 +107,8 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
     for c in order:
         for array in _factor_reads(lay, c, folds):
             reads[id(_owner(array))] = reads.get(id(_owner(array)), 0) + 1
-    free, out = [], []
+    free = [region for _, _, region in liveness.dead_regions(an, lay)]
+    out = []
     for c in order:
         value, own = _value(lay, c), id(_owner(_value(lay, c)))
         reads[own] -= 1
