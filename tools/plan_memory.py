@@ -3,18 +3,21 @@ temporaries its kernels allocate while they run, and peak resident memory agains
 hand-written NumPy step (`tools/numpy_hand.py`).
 
     python tools/plan_memory.py [--config NAME] [--cell C]... [--buffers] [--rss]
+                                [--repeats N] [--before TREE]
 
 `--buffers` lists every array the plan of the benchmark model (`tools/bench.py`'s: one layer,
 per-step softmax cross-entropy on a linear readout, float32) holds, largest first, with what
 it is (`seqgraph.plan.listing.inventory`), and the bytes NumPy allocates on top of them during
 one step (tracemalloc's peak: the temporaries of expressions without `out=`). `--rss` measures
 peak resident memory above the imports in a fresh process per implementation and cell, the
-way `tools/bench.py --memory` does: build, two steps, VmHWM minus the VmRSS before.
+way `tools/bench.py --memory` does: build, two steps, VmHWM minus the VmRSS before;
+`--before TREE` adds the seqgraph of another source tree (an older revision), interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -23,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the seqgraph under test: this tree, or another one's (--before) in a worker process
+sys.path.insert(0, os.environ.get("SEQGRAPH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import numpy_hand  # noqa: E402
 
 from seqgraph import Model  # noqa: E402
-from seqgraph.plan import listing  # noqa: E402
 
 CONFIGS = {  # (B, T, input, hidden, classes), as in tools/bench.py (being rewritten: copied)
     "tiny": (1, 25, 65, 100, 65),
@@ -89,6 +92,8 @@ def step_temporaries(step) -> int:
 
 
 def print_buffers(cell: str, name: str) -> None:
+    from seqgraph.plan import listing
+
     cfg = CONFIGS[name]
     model, batch = bench_model(cell, cfg), make_data(cfg)
     plan = model.plan(batch)
@@ -122,9 +127,11 @@ def memory_worker(impl: str, cell: str, name: str) -> None:
     print((_status_kib("VmHWM") - before) / 1024)
 
 
-def peak_rss(impl: str, cell: str, name: str) -> float:
+def peak_rss(impl: str, cell: str, name: str, tree: str | None = None) -> float:
+    """Peak RSS (MiB) of `impl` in a fresh process, seqgraph from `tree` if given."""
     cmd = [sys.executable, __file__, "--memory-worker", impl, cell, name]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ, SEQGRAPH_TREE=tree or "")
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -135,6 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--buffers", action="store_true", help="the plan's buffer inventory")
     parser.add_argument("--rss", action="store_true", help="peak RSS, seqgraph and hand NumPy")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per RSS")
+    parser.add_argument("--before", help="also the RSS of the seqgraph in this source tree")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
@@ -145,11 +153,14 @@ def main(argv=None) -> int:
             print_buffers(cell, args.config)
         if args.rss:
             # interleaved, the median of fresh processes: the machine is shared
-            samples: dict = {impl: [] for impl in IMPLS}
+            runs = [("seqgraph", "seqgraph", None), ("hand", "hand", None)]
+            if args.before:
+                runs.insert(0, ("seqgraph before", "seqgraph", args.before))
+            samples: dict = {label: [] for label, _, _ in runs}
             for _ in range(args.repeats):
-                for impl in IMPLS:
-                    samples[impl].append(peak_rss(impl, cell, args.config))
-            text = ", ".join(f"{impl} {np.median(v):.1f} MiB" for impl, v in samples.items())
+                for label, impl, tree in runs:
+                    samples[label].append(peak_rss(impl, cell, args.config, tree))
+            text = ", ".join(f"{label} {np.median(v):.1f} MiB" for label, v in samples.items())
             print(f"peak RSS above imports, {args.config} {cell}: {text}")
     return 0
 
