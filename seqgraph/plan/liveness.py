@@ -99,7 +99,7 @@ def dead_regions(an, lay) -> list:
     for v, (kind, target, index) in lay.source.items():
         if kind == "view" and target in lay.range and lay.range[v] == lay.range[target]:
             views.setdefault(target, []).append((v, index))
-    found = []
+    found, taken_in = [], {}
     for c, blocks in views.items():
         if c in lay.source or isinstance(lay.value_stack[c], Slot):
             continue
@@ -114,8 +114,11 @@ def dead_regions(an, lay) -> list:
         for v, index in blocks:
             if any(not _unread_in_backward(an, k) for k in an.members[v].values()):
                 read[index] = True
+        # regions handed out do not overlap, also between classes sharing one buffer
+        taken = taken_in.setdefault(id(_owner(arr)), np.zeros(arr.shape[1:], dtype=bool))
         for v, index in blocks:
-            if not read[index].any() and all(k in an.live for k in an.members[v].values()):
+            if not read[index].any() and not taken[index].any():
+                taken[index] = True
                 found.append((c, v, arr[(slice(None),) + index]))
     return found
 
