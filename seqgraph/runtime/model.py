@@ -36,12 +36,14 @@ RUNNER_CACHE_BYTES = 2 << 30  # buffers the cached plan runners of one model may
 
 
 def held_bytes(plan) -> int:
-    """Bytes of the arrays a plan's layout holds (values, gradients, their stacks), each
-    allocation once: what dropping the plan gives back, give or take its scratch space."""
+    """Bytes of the arrays a plan holds (values, gradients, their stacks, the kernels'
+    scratch and saved buffers), each allocation once: what dropping the plan gives back,
+    but for buffers a kernel made for itself (`plan.listing.inventory` walks those too)."""
     lay, seen, total = plan.layout, set(), 0
     arrays = [stack.arr for stack in lay.value_stack.values()]
     arrays += [stack.arr for stack in lay.grad_stack.values()]
-    arrays += [*lay.value.values(), *lay.grad.values()]
+    arrays += [*lay.value.values(), *lay.grad.values(), *plan.ctx.scratch.values()]
+    arrays += [a for kept in plan.ctx.saved.values() for a in kept]
     for array in arrays:
         root = array
         while getattr(root, "base", None) is not None:
