@@ -13,6 +13,7 @@ from seqgraph.engine.autodiff import Program
 from seqgraph.engine.backend import Backend, get_backend
 from seqgraph.engine.graph import Graph
 from seqgraph.engine.initializers import initialize
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import DataError, GraphError, SpecError
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
@@ -45,9 +46,7 @@ def held_bytes(plan) -> int:
     arrays += [*lay.value.values(), *lay.grad.values(), *plan.ctx.scratch.values()]
     arrays += [a for kept in plan.ctx.saved.values() for a in kept]
     for array in arrays:
-        root = array
-        while getattr(root, "base", None) is not None:
-            root = root.base
+        root = owner(array)
         if id(root) not in seen:
             seen.add(id(root))
             total += int(getattr(root, "nbytes", 0))
