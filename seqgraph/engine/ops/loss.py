@@ -78,22 +78,9 @@ def _softmax_ce_out(ctx, out, z, targets):
         e = z2 if dead else m.empty(z2.shape, dtype=z.dtype)
         total = m.empty(top.shape, dtype=z.dtype)
         ctx.saved[ctx.address(z)] = (e, total)
-    o = out.reshape(-1, 1)
-    if e is not z2:
+    o, picked = out.reshape(-1, 1), ctx.tmp((z2.shape[0],), z.dtype, tag=5)
 
-        def run():
-            m.max(z2, axis=1, keepdims=True, out=top)
-            m.subtract(z2, top, out=e)
-            m.exp(e, out=e)
-            m.sum(e, axis=1, keepdims=True, out=total)
-            m.log(total, out=o)
-            m.add(o, top, out=o)
-            m.subtract(o[:, 0], z2[index], out=o[:, 0])
-
-        return run
-    picked = ctx.tmp((z2.shape[0],), z.dtype, tag=5)
-
-    def run_over_z():  # the same arithmetic, z[target] read before e takes z's place
+    def run():  # z[target] read first: e may take z's place
         picked[...] = z2[index]
         m.max(z2, axis=1, keepdims=True, out=top)
         m.subtract(z2, top, out=e)
@@ -103,7 +90,7 @@ def _softmax_ce_out(ctx, out, z, targets):
         m.add(o, top, out=o)
         m.subtract(o[:, 0], picked, out=o[:, 0])
 
-    return run_over_z
+    return run
 
 
 def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
