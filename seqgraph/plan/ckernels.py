@@ -116,7 +116,8 @@ class Bound:
 def compile_groups(plan, runs: list, keep_all: bool) -> list:
     """A kernel (a no-argument callable) per group in `runs`, or None where the group keeps
     its NumPy chain: a layout the loop cannot walk, or no compiled kernels at all."""
-    return _compiled(runs, lambda run: bind(plan, run, keep_all))
+    views = Views()  # shared: the groups of all steps read the same parameter buffers
+    return _compiled(runs, lambda run: bind(plan, run, keep_all, views))
 
 
 def _compiled(items: list, bind_one) -> list:
@@ -148,24 +149,25 @@ def _call(function, bound: Bound):
     return partial(function, pointer)
 
 
-def bind(plan, run: list, keep_all: bool) -> Bound | None:
+def bind(plan, run: list, keep_all: bool, views: Views | None = None) -> Bound | None:
     """The C function and argument block of one group, or None if an operand has a dtype
-    without a C type here or a layout that is not rows of equal stride."""
+    without a C type here or a layout that is not rows of equal stride. `views`: what is
+    known of the buffers already (`Views`), shared between the groups of one plan."""
     _, _, body, inputs, outputs = fusion.source(plan, run, keep_all)
     value, meta = plan.layout.value, plan.an.meta
     shape = tuple(meta[outputs[0] if outputs else run[-1][1]][0])
     operands = [value[k] for k in inputs] + [value[k] for k in outputs]
     if not outputs or any(a.dtype not in C_TYPES for a in operands):
         return None
-    strides = [row_and_column(a, shape) for a in operands]
+    views = Views() if views is None else views
+    strides = [views.row_and_column(a, shape) for a in operands]
     if any(s is None for s in strides):
         return None
-    views = _Views()  # an element is read before it is written, in place, or never
-    extents = [views.extent(a) for a in operands]
-    for y, (y_lo, y_hi) in zip(operands[len(inputs) :], extents[len(inputs) :], strict=True):
-        for x, (x_lo, x_hi) in zip(operands, extents[: len(inputs)]):
-            if x_lo < y_hi and y_lo < x_hi and views.overlap(x, y):
-                return None
+    # an element is read before it is written, in place, or never
+    records = [views.record(a) for a in operands]
+    for y in records[len(inputs) :]:
+        if any(overlapping(x, y) for x in records[: len(inputs)]):
+            return None
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 1
     cols = shape[-1] if shape else 1
     if all(s in ((cols, 1), (0, 0)) for s in strides):  # one contiguous run: one loop
@@ -229,13 +231,14 @@ class Statement:
     operands: tuple
 
 
-def chains(statements: list) -> list:
+def chains(statements: list, views: Views | None = None) -> list:
     """(lo, hi) index ranges of the runs of two or more consecutive statements (None: a
     kernel that is not one) that one loop can run in order, element by element: one shape
     and dtype, operands it can walk, and no buffer written in the run that another operand
     of the run overlaps unless it is the very same view (so each element reads what the
     statements before it wrote to that element, as the kernels one by one would)."""
-    out, lo, run, views = [], 0, None, _Views()
+    out, lo, run = [], 0, None
+    views = Views() if views is None else views
     for i, statement in enumerate([*statements, None]):
         if run is not None and statement is not None and run.joins(statement):
             continue
@@ -246,37 +249,49 @@ def chains(statements: list) -> list:
     return out
 
 
-class _Views:
-    """What `chains` asks of the arrays it sees, each answered once per array."""
+class Views:
+    """What `chains` and `bind` ask of the arrays they see, each answered once per array:
+    its record (array, same-view key, first byte, last byte + 1) and its strides at a shape.
+    Plain tuples, compared inline: `chains` asks a million times at T = 10,000."""
 
     def __init__(self):
-        self.keys: dict = {}  # id -> (address, strides, shape, dtype): the same view
-        self.extents: dict = {}  # id -> (first byte, last byte + 1)
+        self.records: dict = {}  # id -> record; the record holds the array, so the id stays
+        self.strides: dict = {}  # (id, shape) -> row_and_column
+
+    def record(self, a: np.ndarray) -> tuple:
+        found = self.records.get(id(a))
+        if found is None:
+            start, strides, shape = a.__array_interface__["data"][0], a.strides, a.shape
+            low = high = start
+            if a.size:
+                for stride, n in zip(strides, shape, strict=True):
+                    if stride < 0:
+                        low += stride * (n - 1)
+                    else:
+                        high += stride * (n - 1)
+                high += a.itemsize
+            found = (a, (start, strides, shape, a.dtype), low, high)
+            self.records[id(a)] = found
+        return found
 
     def key(self, a: np.ndarray) -> tuple:
-        if id(a) not in self.keys:
-            self.keys[id(a)] = (a.__array_interface__["data"][0], a.strides, a.shape, a.dtype)
-        return self.keys[id(a)]
-
-    def overlap(self, a: np.ndarray, b: np.ndarray) -> bool:
-        """Whether two different views share an element: exactly (a gate's column block
-        and its neighbour interleave in memory but never meet), True when too hard to say."""
-        (a_lo, a_hi), (b_lo, b_hi) = self.extent(a), self.extent(b)
-        if a_hi <= b_lo or b_hi <= a_lo or self.key(a) == self.key(b):
-            return False
-        try:
-            return bool(np.shares_memory(a, b, max_work=10_000))
-        except np.exceptions.TooHardError:
-            return True
+        """(address, strides, shape, dtype): equal for the very same view."""
+        return self.record(a)[1]
 
     def extent(self, a: np.ndarray) -> tuple:
-        if id(a) not in self.extents:
-            start = self.key(a)[0]
-            ends = [s * (n - 1) for s, n in zip(a.strides, a.shape, strict=True)]
-            low = start + sum(e for e in ends if e < 0)
-            high = start + sum(e for e in ends if e > 0) + a.itemsize
-            self.extents[id(a)] = (low, high) if a.size else (start, start)
-        return self.extents[id(a)]
+        record = self.record(a)
+        return record[2], record[3]
+
+    def overlap(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether two different views share an element (see `overlapping`)."""
+        return overlapping(self.record(a), self.record(b))
+
+    def row_and_column(self, a: np.ndarray, shape: tuple) -> tuple | None:
+        key = (id(a), shape)
+        if key not in self.strides:
+            self.record(a)  # keeps `a`, hence its id, alive while the entry is
+            self.strides[key] = row_and_column(a, shape)
+        return self.strides[key]
 
     def walkable(self, statement: Statement) -> bool:
         """One loop can run the statement: C types, strides it walks, and no operand that
@@ -285,22 +300,36 @@ class _Views:
         if dest.dtype.kind != "f" or dest.dtype not in C_TYPES:
             return False
         for a in (dest, *statement.operands):
-            if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
+            if a.dtype not in C_TYPES or self.row_and_column(a, shape) is None:
                 return False
-        return not any(self.overlap(a, dest) for a in statement.operands)
+        target = self.record(dest)
+        return not any(overlapping(self.record(a), target) for a in statement.operands)
+
+
+def overlapping(a: tuple, b: tuple) -> bool:
+    """Whether the views of two `Views` records share an element: exactly (a gate's column
+    block and its neighbour interleave in memory but never meet), True when too hard to say;
+    the very same view is no overlap."""
+    if a[3] <= b[2] or b[3] <= a[2] or a[1] == b[1]:
+        return False
+    try:
+        return bool(np.shares_memory(a[0], b[0], max_work=10_000))
+    except np.exceptions.TooHardError:
+        return True
 
 
 class _Run:
-    """The buffers a run of statements writes and reads, for `chains`."""
+    """The buffers a run of statements writes and reads (as `Views` records), for `chains`."""
 
-    def __init__(self, statement: Statement, views: _Views):
+    def __init__(self, statement: Statement, views: Views):
         self.shape, self.dtype = tuple(statement.dest.shape), statement.dest.dtype
         self.views, self.written, self.seen = views, [], []
         self._take(statement)
 
     def _take(self, statement: Statement) -> None:
-        self.seen += [*statement.operands, statement.dest]
-        self.written.append(statement.dest)
+        record = self.views.record
+        self.seen += [*map(record, statement.operands), record(statement.dest)]
+        self.written.append(record(statement.dest))
 
     def joins(self, statement: Statement) -> bool:
         if tuple(statement.dest.shape) != self.shape or statement.dest.dtype != self.dtype:
@@ -308,35 +337,38 @@ class _Run:
         views = self.views
         if not views.walkable(statement):
             return False
-        if any(views.overlap(a, w) for a in statement.operands for w in self.written):
+        reads = [views.record(a) for a in statement.operands]
+        if any(overlapping(a, w) for a in reads for w in self.written):
             return False
-        if any(views.overlap(statement.dest, b) for b in self.seen):
+        dest = views.record(statement.dest)
+        if any(overlapping(dest, b) for b in self.seen):
             return False
         self._take(statement)
         return True
 
 
-def compile_chains(runs: list) -> list:
-    """A compiled kernel (or None) per run of statements (see `chains`)."""
-    return _compiled(runs, bind_chain)
+def compile_chains(runs: list, views: Views | None = None) -> list:
+    """A compiled kernel (or None) per run of statements (see `chains`); `views`: the one
+    `chains` filled, if at hand."""
+    views = Views() if views is None else views
+    return _compiled(runs, lambda statements: bind_chain(statements, views))
 
 
-def bind_chain(statements: list) -> Bound | None:
+def bind_chain(statements: list, views: Views | None = None) -> Bound | None:
     """The C function and argument block of a run of statements: one loop over their shape,
     each statement a line, in order."""
     shape = tuple(statements[0].dest.shape)
     index: dict = {}
     arrays: list = []
     strides: list = []
-
-    views = _Views()
+    views = Views() if views is None else views
 
     def at(a) -> str:
         key = views.key(a)
         if key not in index:
             index[key] = len(arrays)
             arrays.append(a)
-            strides.append(row_and_column(a, shape))
+            strides.append(views.row_and_column(a, shape))
         i = index[key]
         return f"P{i}[i * R{i}{' + j' if strides[i][1] else ''}]"
 
