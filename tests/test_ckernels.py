@@ -393,3 +393,40 @@ def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
             np.testing.assert_array_equal(y[..., 18], y[..., 2])
             checked += 1
     assert checked
+
+
+TEMPLATED = [
+    "lstm",
+    "gru",
+    "stacked",
+    "bidirectional",
+    "many_to_one_bidirectional",
+    "layer_norm",
+    "dropout",
+    "dropout_gru_layer_norm",
+]
+
+
+@pytest.mark.parametrize("grads", [True, False])
+@pytest.mark.parametrize("name", TEMPLATED)
+def test_groups_bound_from_a_template_equal_each_group_bound_alone(name, grads, monkeypatch):
+    """`bind_groups` binds a cell's first group in full and derives the other steps' from
+    it: the same functions, argument blocks and buffers as `bind` of each group alone, with
+    fewer full bindings than groups."""
+    raw = CASES[name]
+    model = Model(raw)
+    plan = model.plan(batch_for(raw), grads=grads)
+    fused = [run for run in plan.groups if len(run) > 1]
+    alone = [ckernels.bind(plan.schedule, run, grads) for run in fused]
+    full_bindings = []
+    bind = ckernels.bind
+    monkeypatch.setattr(ckernels, "bind", lambda *a: full_bindings.append(1) or bind(*a))
+    derived = ckernels.bind_groups(plan.schedule, fused, grads)
+    assert 0 < len(full_bindings) < len(fused)
+    assert sum(b is not None for b in alone) == len(fused)
+    for one, other in zip(derived, alone, strict=True):
+        assert (one.name, one.text) == (other.name, other.text)
+        np.testing.assert_array_equal(one.args, other.args)
+        assert one.args.dtype == other.args.dtype == np.int64
+        assert len(one.arrays) == len(other.arrays)
+        assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))

@@ -116,18 +116,18 @@ class Bound:
 def compile_groups(plan, runs: list, keep_all: bool) -> list:
     """A kernel (a no-argument callable) per group in `runs`, or None where the group keeps
     its NumPy chain: a layout the loop cannot walk, or no compiled kernels at all."""
-    views = Views()  # shared: the groups of all steps read the same parameter buffers
-    return _compiled(runs, lambda run: bind(plan, run, keep_all, views))
+    return _compiled(runs, lambda items: bind_groups(plan, items, keep_all))
 
 
-def _compiled(items: list, bind_one) -> list:
-    """bind_one(item) for each item, all built into one library: a kernel each, or None."""
+def _compiled(items: list, bind_all) -> list:
+    """bind_all(items), a `Bound` or None each, built into one library: a kernel each, or
+    None."""
     if not items or os.environ.get(SWITCH, "1") == "0":
         return [None] * len(items)
     if not enabled():
         _fall_back("no C compiler: $CC, cc or gcc on PATH")
         return [None] * len(items)
-    bound = [bind_one(item) for item in items]
+    bound = bind_all(items)
     texts = {b.name: b.text for b in bound if b is not None}
     library = _library(texts) if texts else None
     if library is None:
@@ -147,6 +147,74 @@ def _call(function, bound: Bound):
     pointer = bound.args.ctypes.data_as(ctypes.c_void_p)
     pointer.buffers = bound.arrays
     return partial(function, pointer)
+
+
+def bind_groups(plan, runs: list, keep_all: bool) -> list:
+    """`bind` of each group in `runs`, the same `Bound`s, with the work that every step of a
+    cell repeats done once: the first group of each structure (`_structure`: its ops and
+    dtypes and which operand each reads and writes) is bound in full; a later one takes its
+    function and argument block, with each operand's address its own, where each operand
+    has the template's dtype, shape and strides (hence the same row strides), else it is
+    bound in full too. The overlap check runs for every group."""
+    views = Views()  # shared: the groups of all steps read the same parameter buffers
+    templates: dict = {}  # structure -> its first group's (Bound, number of inputs)
+    out = []
+    for run in runs:
+        structure, keys, n_inputs = _structure(plan, run, keep_all)
+        template = templates.get(structure)
+        bound = None if template is None else _from_template(plan, template, keys, views)
+        if bound is None:
+            bound = bind(plan, run, keep_all, views)
+            if bound is not None and template is None:
+                templates[structure] = (bound, n_inputs)
+        out.append(None if bound is False else bound)
+    return out
+
+
+def _structure(plan, run: list, keep_all: bool) -> tuple:
+    """(structure, operand keys, number of inputs) of a group. The structure is what
+    `fusion.source`'s body depends on: each member's op and dtype and which member or input
+    (numbered as there, by first use) it reads, the members written back, and the shape."""
+    an = plan.an
+    node, meta = an.node, an.meta
+    members = [u[1] for u in run]
+    local = {k: j for j, k in enumerate(members)}
+    inputs: dict = {}
+    parts = []
+    for k in members:
+        reads = []
+        for i in node[k]["inputs"]:
+            if i in local:
+                reads.append(local[i])
+            else:
+                reads.append(-1 - inputs.setdefault(i, len(inputs)))
+        parts.append((node[k]["op"], meta[k][1], tuple(reads)))
+    outputs = fusion.written(plan, members, keep_all)
+    shape = tuple(meta[outputs[0] if outputs else members[-1]][0])
+    structure = (shape, tuple(parts), tuple(local[k] for k in outputs))
+    return structure, (*inputs, *outputs), len(inputs)
+
+
+def _from_template(plan, template: tuple, keys: tuple, views: Views):
+    """The Bound of a group with the template's structure: the template's argument block
+    with this group's addresses; False if an output overlaps an input (as `bind`); None if
+    an operand's layout differs from the template's operand (then bind it in full)."""
+    bound, n_inputs = template
+    value = plan.layout.value
+    args = bound.args.copy()
+    arrays, records = [], []
+    for i, (k, old) in enumerate(zip(keys, bound.arrays, strict=True)):
+        a = value[k]
+        if a.dtype != old.dtype or a.shape != old.shape or a.strides != old.strides:
+            return None
+        record = views.record(a)
+        args[2 + 2 * i] = record[1][0]
+        arrays.append(a)
+        records.append(record)
+    for y in records[n_inputs:]:
+        if any(overlapping(x, y) for x in records[:n_inputs]):
+            return False
+    return Bound(bound.name, bound.text, args, tuple(arrays))
 
 
 def bind(plan, run: list, keep_all: bool, views: Views | None = None) -> Bound | None:
@@ -351,7 +419,7 @@ def compile_chains(runs: list, views: Views | None = None) -> list:
     """A compiled kernel (or None) per run of statements (see `chains`); `views`: the one
     `chains` filled, if at hand."""
     views = Views() if views is None else views
-    return _compiled(runs, lambda statements: bind_chain(statements, views))
+    return _compiled(runs, lambda items: [bind_chain(statements, views) for statements in items])
 
 
 def bind_chain(statements: list, views: Views | None = None) -> Bound | None:

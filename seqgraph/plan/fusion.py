@@ -93,7 +93,7 @@ def source(plan, run, keep_all: bool) -> tuple:
         ctype = _C_TYPE_OF[an.meta[k][1]]
         expr = ops.OPS[an.node[k]["op"]].c_expr.format(*args, t=ctype)
         lines.append(f"{ctype} {local[k]} = {expr};")
-    outputs = _outputs(plan, members, keep_all)
+    outputs = written(plan, members, keep_all)
     lines += [f"y{j} = {local[k]};" for j, k in enumerate(outputs)]
     # parameter lists take NumPy dtype names ("float" would mean float64 there); the body C's
     in_params = ", ".join(f"{_name(an.meta[k][1])} {name}" for k, name in inputs.items())
@@ -101,7 +101,7 @@ def source(plan, run, keep_all: bool) -> tuple:
     return in_params, out_params, "\n".join(lines), list(inputs), outputs
 
 
-def _outputs(plan, members: list, keep_all: bool) -> list:
+def written(plan, members: list, keep_all: bool) -> list:
     """The members a group writes back (see `source`)."""
     an, inside, in_place = plan.an, set(members), plan.layout.in_place
     # a member whose buffer a later member overwrites (layout's in-place chain) is dead
