@@ -430,3 +430,26 @@ def test_groups_bound_from_a_template_equal_each_group_bound_alone(name, grads, 
         assert one.args.dtype == other.args.dtype == np.int64
         assert len(one.arrays) == len(other.arrays)
         assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
+
+
+@pytest.mark.parametrize("name", TEMPLATED)
+def test_chains_bound_from_a_template_equal_each_chain_bound_alone(name, monkeypatch):
+    """`bind_chains` makes each backward chain's C function once and derives the other
+    steps' argument blocks: the same as `bind_chain` of each run alone."""
+    raw = CASES[name]
+    seen = []
+    compile_chains = ckernels.compile_chains
+    monkeypatch.setattr(
+        ckernels, "compile_chains", lambda runs, views: seen.append(runs) or compile_chains(runs)
+    )
+    Model(raw).plan(batch_for(raw))
+    (runs,) = seen
+    alone = [ckernels.bind_chain(statements) for statements in runs]
+    derived = ckernels.bind_chains(runs)
+    assert len({b.name for b in alone}) < len(runs)  # steps share functions
+    for one, other in zip(derived, alone, strict=True):
+        assert (one.name, one.text) == (other.name, other.text)
+        np.testing.assert_array_equal(one.args, other.args)
+        assert one.args.dtype == other.args.dtype == np.int64
+        assert len(one.arrays) == len(other.arrays)
+        assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))

@@ -228,7 +228,7 @@ def bind(plan, run: list, keep_all: bool, views: Views | None = None) -> Bound |
     if not outputs or any(a.dtype not in C_TYPES for a in operands):
         return None
     views = Views() if views is None else views
-    strides = [views.row_and_column(a, shape) for a in operands]
+    strides = [row_and_column(a, shape) for a in operands]
     if any(s is None for s in strides):
         return None
     # an element is read before it is written, in place, or never
@@ -262,17 +262,23 @@ def row_and_column(a: np.ndarray, shape: tuple) -> tuple | None:
     """(row, column) strides in elements of `a` broadcast to `shape` seen as (rows, cols),
     rows being every axis but the last; None if the rows are not evenly spaced, or the
     column stride is neither 1 nor 0 (a broadcast along the row)."""
+    return _row_and_column(a.shape, a.strides, a.itemsize, shape)
+
+
+@lru_cache(maxsize=4096)
+def _row_and_column(a_shape: tuple, a_strides: tuple, itemsize: int, shape: tuple):
+    """`row_and_column` of an array's geometry: a plan has a few dozen, asked ~10^5 times."""
     if not shape:
         return (0, 0)
-    if any(s % a.itemsize for s in a.strides):
+    if any(s % itemsize for s in a_strides):
         return None
-    if a.ndim == 2 and a.shape == shape and a.shape[0] > 1 and a.shape[1] > 1:
-        row, column = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize  # (B, H)
+    if len(a_shape) == 2 and a_shape == shape and a_shape[0] > 1 and a_shape[1] > 1:
+        row, column = a_strides[0] // itemsize, a_strides[1] // itemsize  # (B, H)
         return (row, column) if column in (0, 1) else None
     # broadcasting: a missing or length-1 axis of `a` repeats, stride 0 (np.broadcast_to's
     # strides, without the cost of making the view once per group and step)
-    pad = len(shape) - a.ndim
-    steps = [0] * pad + [s // a.itemsize if n > 1 else 0 for n, s in zip(a.shape, a.strides)]
+    pad = len(shape) - len(a_shape)
+    steps = [0] * pad + [s // itemsize if n > 1 else 0 for n, s in zip(a_shape, a_strides)]
     leading = [(n, s) for n, s in zip(shape[:-1], steps[:-1], strict=True) if n > 1]
     row = leading[-1][1] if leading else 0
     span = row
@@ -319,12 +325,11 @@ def chains(statements: list, views: Views | None = None) -> list:
 
 class Views:
     """What `chains` and `bind` ask of the arrays they see, each answered once per array:
-    its record (array, same-view key, first byte, last byte + 1) and its strides at a shape.
-    Plain tuples, compared inline: `chains` asks a million times at T = 10,000."""
+    its record (array, same-view key, first byte, last byte + 1), a plain tuple that
+    `overlapping` compares inline: `chains` asks a million times at T = 10,000."""
 
     def __init__(self):
         self.records: dict = {}  # id -> record; the record holds the array, so the id stays
-        self.strides: dict = {}  # (id, shape) -> row_and_column
 
     def record(self, a: np.ndarray) -> tuple:
         found = self.records.get(id(a))
@@ -354,13 +359,6 @@ class Views:
         """Whether two different views share an element (see `overlapping`)."""
         return overlapping(self.record(a), self.record(b))
 
-    def row_and_column(self, a: np.ndarray, shape: tuple) -> tuple | None:
-        key = (id(a), shape)
-        if key not in self.strides:
-            self.record(a)  # keeps `a`, hence its id, alive while the entry is
-            self.strides[key] = row_and_column(a, shape)
-        return self.strides[key]
-
     def walkable(self, statement: Statement) -> bool:
         """One loop can run the statement: C types, strides it walks, and no operand that
         overlaps the dest without being it (NumPy buffers such an overlap; a loop would not)."""
@@ -368,7 +366,7 @@ class Views:
         if dest.dtype.kind != "f" or dest.dtype not in C_TYPES:
             return False
         for a in (dest, *statement.operands):
-            if a.dtype not in C_TYPES or self.row_and_column(a, shape) is None:
+            if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
                 return False
         target = self.record(dest)
         return not any(overlapping(self.record(a), target) for a in statement.operands)
@@ -419,7 +417,47 @@ def compile_chains(runs: list, views: Views | None = None) -> list:
     """A compiled kernel (or None) per run of statements (see `chains`); `views`: the one
     `chains` filled, if at hand."""
     views = Views() if views is None else views
-    return _compiled(runs, lambda items: [bind_chain(statements, views) for statements in items])
+    return _compiled(runs, lambda items: bind_chains(items, views))
+
+
+def bind_chains(runs: list, views: Views | None = None) -> list:
+    """`bind_chain` of each run, the same `Bound`s, each C function made once: a run whose
+    statements and arrays match an earlier run's (`_chain_structure`: the same lines over
+    arrays of the same shape, strides and dtype, the same ones the same view) takes that
+    run's function and argument block with its own addresses."""
+    views = Views() if views is None else views
+    templates: dict = {}  # structure -> the first run's Bound
+    out = []
+    for statements in runs:
+        structure, keys, arrays = _chain_structure(statements, views)
+        template = templates.get(structure)
+        if template is None:
+            template = templates[structure] = bind_chain(statements, views)
+            out.append(template)
+            continue
+        args = template.args.copy()
+        args[2::2] = [key[0] for key in keys]  # the addresses
+        out.append(Bound(template.name, template.text, args, tuple(arrays)))
+    return out
+
+
+def _chain_structure(statements: list, views: Views) -> tuple:
+    """(structure, view keys, arrays) of a run, its arrays numbered by first use as
+    `bind_chain` numbers them."""
+    index: dict = {}
+    keys: list = []
+    arrays: list = []
+
+    def at(a) -> int:
+        key = views.key(a)
+        if key not in index:
+            index[key] = len(keys)
+            keys.append(key)
+            arrays.append(a)
+        return index[key]
+
+    lines = tuple((s.expr, s.add, tuple(at(a) for a in s.operands), at(s.dest)) for s in statements)
+    return (lines, tuple(key[1:] for key in keys)), keys, arrays
 
 
 def bind_chain(statements: list, views: Views | None = None) -> Bound | None:
@@ -436,7 +474,7 @@ def bind_chain(statements: list, views: Views | None = None) -> Bound | None:
         if key not in index:
             index[key] = len(arrays)
             arrays.append(a)
-            strides.append(views.row_and_column(a, shape))
+            strides.append(row_and_column(a, shape))
         i = index[key]
         return f"P{i}[i * R{i}{' + j' if strides[i][1] else ''}]"
 
