@@ -157,7 +157,7 @@ def bind_groups(plan, runs: list, keep_all: bool) -> list:
     has the template's dtype, shape and strides (hence the same row strides), else it is
     bound in full too. The overlap check runs for every group."""
     views = Views()  # shared: the groups of all steps read the same parameter buffers
-    templates: dict = {}  # structure -> its first group's (Bound, number of inputs)
+    templates: dict = {}  # structure -> its first group's Bound, number of inputs, records
     out = []
     for run in runs:
         structure, keys, n_inputs = _structure(plan, run, keep_all)
@@ -166,7 +166,8 @@ def bind_groups(plan, runs: list, keep_all: bool) -> list:
         if bound is None:
             bound = bind(plan, run, keep_all, views)
             if bound is not None and template is None:
-                templates[structure] = (bound, n_inputs)
+                records = [views.record(a) for a in bound.arrays]
+                templates[structure] = (bound, n_inputs, records)
         out.append(None if bound is False else bound)
     return out
 
@@ -199,18 +200,21 @@ def _from_template(plan, template: tuple, keys: tuple, views: Views):
     """The Bound of a group with the template's structure: the template's argument block
     with this group's addresses; False if an output overlaps an input (as `bind`); None if
     an operand's layout differs from the template's operand (then bind it in full)."""
-    bound, n_inputs = template
+    bound, n_inputs, olds = template
     value = plan.layout.value
     args = bound.args.copy()
     arrays, records = [], []
-    for i, (k, old) in enumerate(zip(keys, bound.arrays, strict=True)):
+    for i, (k, old) in enumerate(zip(keys, olds, strict=True)):
         a = value[k]
-        if a.dtype != old.dtype or a.shape != old.shape or a.strides != old.strides:
+        strides, shape = a.strides, a.shape
+        if a.dtype != old[1][3] or shape != old[1][2] or strides != old[1][1]:
             return None
-        record = views.record(a)
-        args[2 + 2 * i] = record[1][0]
+        # the template's record moved to this address: the same layout, the same extent
+        address = a.__array_interface__["data"][0]
+        shift = address - old[1][0]
+        records.append((a, (address, strides, shape, a.dtype), old[2] + shift, old[3] + shift))
+        args[2 + 2 * i] = address
         arrays.append(a)
-        records.append(record)
     if _any_overlap(records[n_inputs:], records[:n_inputs]):
         return False
     return Bound(bound.name, bound.text, args, tuple(arrays))
