@@ -191,8 +191,8 @@ def memory(configs, cells, impls, args, folder: str) -> list[dict]:
         for cell in cells:
             params = initial_weights(cell, config, impls, args, folder)
             for impl in impls:
-                argv = bench_peers.job_argv("memory", impl, cell, config, args.backend, params)
-                result = harness.one_shot(argv)
+                argv, tree = worker_argv("memory", impl, cell, config, args, params)
+                result = harness.one_shot(argv, cwd=tree)
                 if "mib" in result:
                     print(
                         f"peak memory {config} {cell} {impl}: {result['mib']:.1f} MiB", flush=True

@@ -125,7 +125,7 @@ class _Emitter:
             k = unit[1]
             c = class_of(k)
             if k in has:
-                factor = factors[c][0].at(k[2]) if c in factors else None
+                factor = factors[c].stack.at(k[2]) if c in factors else None
                 fold = folds.get(c)
                 upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
                 skip = set(deferred.get(c, ())) | skips.get(c, set())
@@ -164,27 +164,24 @@ class _Emitter:
         out.records[:] = records + out.records[start:]
 
     def _local_factors(self) -> tuple:
-        """(factors, folds, skips) of `local_factors`, their kernels emitted; skips:
-        product class -> the input positions whose gradient a fold makes needless."""
+        """(factors, folds, skips) of `local_factors`, their kernels emitted: factors, class
+        -> its `Factor`; folds, class -> (product class, position); skips: product class ->
+        the input positions whose gradient a fold makes needless."""
         sched, lay, m, out = self.sched, self.lay, self.ctx.m, self.out
-        factors = local_factors.factors(sched, m)
-        folds = local_factors.fold(sched, m, factors)
-        for c, (stack, kernel) in factors.items():
-            lo, hi = lay.range[c]
-            name, factor = (c[0], f"{c[1]}'", (lo, hi)), stack.span(lo, hi)
-            value = lay.value_stack[c].span(lo, hi)
-            reads = (((c[0], c[1], (lo, hi)), value),)
-            out.add(kernel, ("=", "local factor", ((name, factor),), reads, (lo, hi)))
-        for c, (reader, position, kernel) in folds.items():  # after the factors they scale
-            lo, hi = lay.range[c]
-            name, factor = (c[0], f"{c[1]}'", (lo, hi)), factors[c][0].span(lo, hi)
-            other = lay.stacked(reader, 1 - position)
-            name_other = (reader[0], f"{reader[1]}.in{1 - position}", (lo, hi))
-            reads = ((name, factor), (name_other, other))
-            out.add(kernel, ("=", "mul", ((name, factor),), reads, (lo, hi)))
-        skips: dict = {}
-        for reader, position, _ in folds.values():
-            skips.setdefault(reader, set()).add(position)
+        factors, folds, skips = {}, {}, {}
+        for f in local_factors.factors(sched, m):  # in the order they must run
+            c, (lo, hi) = f.cls, lay.range[f.cls]
+            name, buffer = (c[0], f"{c[1]}'", (lo, hi)), f.stack.span(lo, hi)
+            reads = (((c[0], c[1], (lo, hi)), lay.value_stack[c].span(lo, hi)),)
+            out.add(f.kernel, ("=", "local factor", ((name, buffer),), reads, (lo, hi)))
+            factors[c] = f
+            if f.reader is None:
+                continue
+            name_other = (f.reader[0], f"{f.reader[1]}.in{1 - f.position}", (lo, hi))
+            reads = ((name, buffer), (name_other, f.other))
+            out.add(f.fold, ("=", "mul", ((name, buffer),), reads, (lo, hi)))
+            folds[c] = (f.reader, f.position)
+            skips.setdefault(f.reader, set()).add(f.position)
         return factors, folds, skips
 
     def _transposed(self, op: str, position: int, inputs: tuple):

@@ -35,6 +35,9 @@ class Context:
         self.m, self.expit, self.name = m, expit, module_name
         self.scratch: dict = {}
         self.saved: dict = {}  # input address -> buffers a forward kernel keeps for its VJP
+        # addresses of inputs their reader's forward kernel may write over (nothing reads
+        # them after it: `liveness.overwritten_inputs`, `Op.forward_overwrites`)
+        self.dead_inputs: set = set()
         self.keep_for_vjp = keep_for_vjp
 
     def address(self, x) -> tuple:

@@ -51,7 +51,7 @@ class Slot(Stack):
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
-    def __init__(self, an: Analysis, ctx, loss=None):
+    def __init__(self, an: Analysis, ctx, loss=None, hosts: list | None = None):
         self.an, self.m = an, ctx.m
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
@@ -63,6 +63,7 @@ class Layout:
         self.value: dict = {}
         self.alias_of: dict = {}  # node -> the node it reads through (views and aliases)
         self.placed: dict = {}  # seed node -> (root class, slot)
+        self.stacked_shape: dict = {}  # class shrunk to one step -> (its stack's shape, offset)
         self._values()
         self.grad_stack: dict = {}
         self.grad: dict = {}
@@ -73,8 +74,22 @@ class Layout:
         self.overlapping: set = set()  # view cells that share elements with another view
         self.base: dict = {}  # node -> index into self.grad_buffers (its gradient's buffer)
         self.grad_buffers: list = []
+        self.hosted: dict = {}  # gradient buffer index -> the class whose value buffer it is
+        self.own_hosted: set = set()  # classes whose gradient is in their own value buffer
         if loss is not None:
-            self._grads()
+            self.add_grads(loss, hosts)
+
+    def add_grads(self, loss, hosts: list | None = None, own: list | None = None) -> None:
+        """Lay out the gradients of everything `loss` depends on. `hosts`: classes whose value
+        buffer backward never reads (`liveness.dead_in_backward`); a gradient stack of the
+        same shape and dtype is placed in one of them instead of a buffer of its own, since
+        forward writes the value afresh before anything reads it, and backward is over before
+        the next forward starts. `own`: classes whose gradient goes in their own value
+        buffer, which their reader's forward overwrote with what its VJP reads elementwise
+        (`liveness.overwritten_inputs`: the logits, holding exp(z - max))."""
+        self._hosts = list(hosts or ())
+        self.own_hosted = set(own or ())
+        self._grads()
 
     # ---- values ------------------------------------------------------------------------------
 
@@ -244,6 +259,7 @@ class Layout:
         classes `liveness.dead_values` found dead before their next step)."""
         for c in classes:
             arr = self.value_stack[c].arr
+            self.stacked_shape[c] = (tuple(arr.shape), self.value_stack[c].offset)
             self.value_stack[c] = Slot(self.m.empty((1,) + arr.shape[1:], dtype=arr.dtype), 0)
             for t, k in self.an.members[c].items():
                 self.value[k] = self.value_stack[c].at(t)
@@ -254,6 +270,7 @@ class Layout:
         for c, views in classes.items():
             stack = self.grad_stack[c]
             arr = self.m.zeros((1,) + stack.arr.shape[1:], dtype=stack.arr.dtype)
+            self.hosted.pop(stack.base, None)
             self.grad_buffers[stack.base] = arr
             self.grad_stack[c] = Slot(arr, 0, stack.base)
             for t, k in self.an.members[c].items():
@@ -354,10 +371,11 @@ class Layout:
             return self.grad_stack[cls]
         kind, target, index = sources.get(cls) or (None, None, None)
         if kind is None:
-            value = self.value_stack[cls].arr
-            arr = self.m.zeros(value.shape, dtype=value.dtype)
+            value = self.value_stack[cls]
+            shape, offset = self.stacked_shape.get(cls, (value.arr.shape, value.offset))
+            arr = self._grad_buffer(shape, value.arr.dtype, cls)
             self.grad_buffers.append(arr)
-            stack = Stack(arr, self.value_stack[cls].offset, len(self.grad_buffers) - 1)
+            stack = Stack(arr, offset, len(self.grad_buffers) - 1)
         else:
             parent = self._resolve_grad_stack(target, sources)
             stack = (
@@ -367,6 +385,26 @@ class Layout:
             )
         self.grad_stack[cls] = stack
         return stack
+
+    def _grad_buffer(self, shape, dtype, cls):
+        """A buffer for the gradient stack of `cls`: a value buffer (`add_grads`) of that
+        shape and dtype, holding whatever forward last left in it, or a new one, not zeroed
+        either: backward zero-fills, every call, what it reads before writing
+        (`backward.Tracker`). Zeros would cost more than time: calloc served from the heap
+        writes every page, and a stack that `reuse_grads` then drops stays resident
+        (medium GRU: 16 MiB of peak RSS)."""
+        own = self.value_stack[cls].arr
+        if cls in self.own_hosted and tuple(own.shape) == tuple(shape) and own.dtype == dtype:
+            self.hosted[len(self.grad_buffers)] = cls
+            return own
+        self.own_hosted.discard(cls)
+        for i, host in enumerate(self._hosts):
+            arr = self.value_stack[host].arr
+            if tuple(arr.shape) == tuple(shape) and arr.dtype == dtype:
+                del self._hosts[i]
+                self.hosted[len(self.grad_buffers)] = host
+                return arr
+        return self.m.empty(shape, dtype=dtype)
 
     def _grads(self) -> None:
         an = self.an

@@ -122,7 +122,9 @@ def buffer_lines(lay) -> list[str]:
     for k, base in lay.base.items():
         names.setdefault(base, name_text(grad(k)))
     for i, arr in enumerate(lay.grad_buffers):
-        lines.append(f"{names.get(i, f'grad#{i}'):<28} {array_text(arr):<16} gradient")
+        host = lay.hosted.get(i)
+        where = "" if host is None else f", in the buffer of {host[0]}.{host[1]}"
+        lines.append(f"{names.get(i, f'grad#{i}'):<28} {array_text(arr):<16} gradient{where}")
     return lines
 
 
@@ -148,3 +150,80 @@ def text(plan) -> str:
         lines.append("backward:")
         lines += ["  " + entry_text(e) for e in plan.backward.kernels.entries()]
     return "\n".join(lines)
+
+
+def inventory(plan) -> list[tuple[str, int, str]]:
+    """Every array a plan holds, once per allocation, largest first: (what it is, bytes,
+    dtype and shape). Found by walking what the plan and its kernels reference (closures,
+    partials, containers), so scratch buffers, saved softmax outputs and local factors count
+    too; named after the first listing name that reaches each allocation (`buffer_lines`,
+    then the kernel entries), or `unnamed`."""
+    names: dict = {}
+    lay = plan.layout
+    for c in lay.classes:
+        _name(names, lay.value_stack[c].arr, name_text((c[0], c[1], lay.range[c])))
+    for k, array in lay.value.items():
+        _name(names, array, name_text(k))
+    for c, stack in lay.grad_stack.items():
+        if c in lay.range:
+            _name(names, stack.arr, name_text(grad((c[0], c[1], lay.range[c]))))
+    for k, array in lay.grad.items():
+        _name(names, array, name_text(grad(k)))
+    entries = plan.forward.entries()
+    entries += plan.backward.kernels.entries() if plan.backward is not None else []
+    for _, writes, reads, _ in entries:
+        for name, array in writes + tuple(reads):
+            if array is not None:
+                _name(names, array, name_text(name))
+    rows = []
+    for root in _reachable_arrays(plan):
+        label = names.get(id(root), ("unnamed", root))[0]
+        rows.append((label, int(root.nbytes), array_text(root)))
+    return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
+def _root(array):
+    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes"):
+        array = array.base
+    return array
+
+
+def _name(names: dict, array, label: str) -> None:
+    root = _root(array)
+    names.setdefault(id(root), (label, root))  # the root kept alive: ids stay unique
+
+
+def _reachable_arrays(plan) -> list:
+    """The allocations (root arrays) reachable from the plan without leaving it: function
+    globals, modules and classes are not followed."""
+    import gc
+    import types
+    from functools import partial
+
+    seen, roots, stack = set(), {}, [plan]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, str, bytes, int, float)):
+            continue
+        seen.add(id(obj))
+        if hasattr(obj, "__array_interface__") or hasattr(obj, "__cuda_array_interface__"):
+            root = _root(obj)
+            roots[id(root)] = root
+            continue
+        if isinstance(obj, types.FunctionType):
+            stack.extend(_contents(cell) for cell in obj.__closure__ or ())
+            stack.extend(obj.__defaults__ or ())
+        elif isinstance(obj, partial):
+            stack.extend((obj.func, *obj.args, *obj.keywords.values()))
+        elif isinstance(obj, types.MethodType):
+            stack.append(obj.__self__)
+        elif not isinstance(obj, types.BuiltinFunctionType):
+            stack.extend(gc.get_referents(obj))
+    return list(roots.values())
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None

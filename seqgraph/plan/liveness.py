@@ -12,9 +12,12 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
+from seqgraph.plan.layout import Slot
 from seqgraph.plan.schedule import Schedule
 
 
@@ -62,6 +65,125 @@ def dead_grads(sched: Schedule, deferred: dict) -> dict:
     return found
 
 
+def dead_in_backward(an, lay) -> list:
+    """The classes whose value buffer no backward rule reads and no caller reads after a
+    step: computed by forward from other values (no data, constants or seeds in it) and
+    read by ops whose VJP ignores that input (an add, the projection of data: an LSTM's
+    x W_ih + b). Every node whose value lives in the buffer, through a view or an alias,
+    must be such a node. `Layout.add_grads` may put a gradient stack there."""
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    found = []
+    for c in lay.classes:
+        if c in lay.source or c in lay.in_place:
+            continue  # not a buffer of its own
+        nodes = nodes_of.get(id(_owner(lay.value_stack[c].arr)), [])
+        if nodes and all(_unread_in_backward(an, k) for k in nodes):
+            found.append(c)
+    return found
+
+
+def dead_regions(an, lay) -> list:
+    """Column blocks of value buffers that no backward rule reads, in buffers that backward
+    reads elsewhere: a view class (the GRU's r and z block of h W_hh + b_hh, whose n block
+    the r * h_n VJP reads) whose nodes are unread in backward, in a buffer whose whole-array
+    nodes are too, and that no read view overlaps. (buffer class, view class, the region
+    as an array), for `local_factors.place` to put a factor in; none in a buffer that
+    holds a gradient (`Layout.hosted`)."""
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    hosting = {id(_owner(lay.grad_buffers[i])) for i in lay.hosted}  # hold a gradient
+    views: dict = {}
+    for v, (kind, target, index) in lay.source.items():
+        if kind == "view" and target in lay.range and lay.range[v] == lay.range[target]:
+            views.setdefault(target, []).append((v, index))
+    found, taken_in = [], {}
+    for c, blocks in views.items():
+        if c in lay.source or isinstance(lay.value_stack[c], Slot):
+            continue
+        arr = lay.value_stack[c].arr
+        if id(_owner(arr)) in hosting:
+            continue
+        nodes = nodes_of.get(id(_owner(arr)), [])
+        inside = {k for v, _ in blocks for k in an.members[v].values()}
+        if any(not _unread_in_backward(an, k) for k in nodes if k not in inside):
+            continue
+        read = np.zeros(arr.shape[1:], dtype=bool)
+        for v, index in blocks:
+            if any(not _unread_in_backward(an, k) for k in an.members[v].values()):
+                read[index] = True
+        # regions handed out do not overlap, also between classes sharing one buffer
+        taken = taken_in.setdefault(id(_owner(arr)), np.zeros(arr.shape[1:], dtype=bool))
+        for v, index in blocks:
+            if not read[index].any() and not taken[index].any():
+                taken[index] = True
+                found.append((c, v, arr[(slice(None),) + index]))
+    return found
+
+
+def overwritten_inputs(sched: Schedule) -> dict:
+    """Inputs that their reader's forward kernel may write over (`Op.forward_overwrites`):
+    a time-batched class whose stacked input is a class read by nothing else, forward or
+    backward, and living in a buffer whose every node is read only within it (the
+    readout's x W + b before softmax_ce). Input class -> (reader class, position)."""
+    an, lay = sched.an, sched.layout
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    found = {}
+    for cls in sched.batched:
+        same = an.same_op(cls)
+        for position in ops.OPS[same[0]].forward_overwrites if same else ():
+            pattern = an.input_pattern(cls, position)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            source = pattern[1]
+            if source in lay.source or lay.range.get(source) != lay.range[cls]:
+                continue
+            readers = {an.members[cls][t]: position for t in an.members[cls]}
+            nodes = nodes_of.get(id(_owner(lay.value_stack[source].arr)), [])
+            group = set(nodes)
+            if nodes and all(_read_only_within(an, k, group, readers) for k in nodes):
+                found[source] = (cls, position)
+    return found
+
+
+def _read_only_within(an, k, group: set, readers: dict) -> bool:
+    """k is computed by forward, no output, its VJP reads no value, and its readers are in
+    `group` or are the overwriting `readers` (node -> the position it reads k at)."""
+    node = an.node[k]
+    if node["kind"] != "op" or k in an.outputs or ops.OPS[node["op"]].reads_output:
+        return False
+    for user, i in an.consumers.get(k, []):
+        if user in readers and readers[user] == i:
+            continue
+        if user not in group or not _reads_never(an, user, i):
+            return False
+    return True
+
+
+def _owner(array):
+    """The array that owns the memory `array` views."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
+        array = array.base
+    return array
+
+
+def _unread_in_backward(an, k) -> bool:
+    node = an.node[k]
+    if node["kind"] != "op" or k in an.outputs:
+        return False
+    entry = ops.OPS[node["op"]]
+    if entry.reads_output and entry.view is None and k in an.needs_grad:
+        return False
+    return all(
+        ops.OPS[an.node[user]["op"]].view is not None or _reads_never(an, user, i)
+        for user, i in an.consumers.get(k, [])
+    )  # a view's VJP places g in zeros of its input's shape: it reads neither value
+
+
 def _view_classes(lay) -> dict:
     """class -> {view class: index} for classes whose only sharers are plain column views,
     none of them viewed, aliased or differentiated through another class in turn."""
@@ -101,6 +223,14 @@ def check_grads(lay, compacted: dict, zero: set) -> None:
     bad = [c for c in compacted if lay.grad_stack[c].base in zero]
     if bad:
         raise GraphError(f"plan: gradient buffers of {bad} are reused but zero-filled")
+
+
+def check_own_hosts(lay, zero: set) -> None:
+    """A gradient kept in its own class's value buffer (`Layout.add_grads`, `own`) must be
+    written by its reader's VJP from what that buffer holds, never zero-filled first."""
+    bad = [c for i, c in lay.hosted.items() if i in zero and c in lay.own_hosted]
+    if bad:
+        raise GraphError(f"plan: gradients of {bad} share their values' buffers but are zeroed")
 
 
 def _positions(units: list) -> dict:

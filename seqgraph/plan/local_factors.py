@@ -10,47 +10,68 @@ Chains fold further (`fold`): where such a y's only reader is a product z = y * 
 same shape, dL/dx = dL/dz * (w f(y)), and w f(y) is known before backward too. So
 the factor buffer is multiplied by w once, over all steps, and each step skips dL/dx. In an
 LSTM step this folds h = o * tanh(c), i * g and f * c_prev: 14 calls per step become 9.
+
+Memory (`place`): a factor is as large as its value, but once the factors are made, most of
+those values are read by nothing else: an LSTM's i, g, o and tanh(c) only fed the products
+that folds replaced. So the factors are made one class after another, each in a buffer no
+later kernel reads: its own value's where `local_out` may write over its input
+(`Op.local_in_place`: tanh), else a value buffer freed by an earlier factor or a column
+block that backward never reads (`liveness.dead_regions`: the GRU's r and z block of
+h W_hh + b_hh), else a new one. An LSTM's five factors take one new buffer instead of five.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from seqgraph.engine import ops
+from seqgraph.plan import liveness
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
 
 
-def factors(plan: Schedule, m) -> dict:
-    """cls -> (Stack of dy/dx, kernel computing it) for every per-step tanh or sigmoid
-    class whose input is differentiated, `plan` being the scheduled plan and `m` its
-    array module. Costs one buffer per class."""
-    an, lay, out = plan.an, plan.layout, {}
+@dataclass
+class Factor:
+    """The local factor of one class: its buffer, the kernel that fills it and, when it is
+    folded into a product, that product's class, the position the class takes in it and the
+    kernel multiplying the factor by the other operand (`other`: that operand's stack)."""
+
+    cls: tuple
+    stack: Stack
+    kernel: object
+    reader: tuple | None = None
+    position: int = 0
+    fold: object = None
+    other: object = None
+
+
+def factors(plan: Schedule, m) -> list[Factor]:
+    """The factor of every per-step class with a `local_out` whose input is differentiated,
+    in the order their kernels must run (`plan`: the scheduled plan, `m`: its array module):
+    each in a buffer chosen by `place`."""
+    an, lay = plan.an, plan.layout
+    found = []
     for c in lay.classes:
         same = an.same_op(c)
         if c in plan.batched or same is None or same[1] or ops.OPS[same[0]].local_out is None:
             continue
         if not any(an.inputs(k)[0] in an.needs_grad for k in an.members[c].values()):
             continue
-        lo, hi = lay.range[c]
-        value = lay.value_stack[c].span(lo, hi)
-        if value is None:
-            continue
-        factor = m.empty(value.shape, dtype=value.dtype)
-        local_out = ops.OPS[same[0]].local_out
-        out[c] = (Stack(factor, -lo), partial(local_out, m, factor, value))
-    return out
+        if lay.value_stack[c].span(*lay.range[c]) is not None:
+            found.append(c)
+    folds = fold(plan, found)
+    return place(plan, m, found, folds)
 
 
-def fold(plan: Schedule, m, found: dict) -> dict:
+def fold(plan: Schedule, found: list) -> dict:
     """Fold each factor class whose members are read only by a same-shape product, at the
     same step, into that product (see the module docstring): cls -> (product class, the
-    position the class takes in it, kernel multiplying its factor buffer by the other
-    operand). The product's gradient must have a buffer per step (nothing overwrites a
-    step's gradient once its VJP has read it)."""
+    position the class takes in it). The product's gradient must have a buffer per step
+    (nothing overwrites a step's gradient once its VJP has read it)."""
     an, lay, out = plan.an, plan.layout, {}
-    for c, (stack, _) in found.items():
+    for c in found:
         product = _only_reader(an, lay, c)
         if product is None:
             continue
@@ -58,12 +79,129 @@ def fold(plan: Schedule, m, found: dict) -> dict:
         grads = lay.grad_stack.get(reader)
         if grads is None or isinstance(grads, Slot) or lay.range[reader] != lay.range[c]:
             continue
-        other = lay.stacked(reader, 1 - position)
-        span = stack.span(*lay.range[c])
-        if other is None or grads.span(*lay.range[c]) is None:
+        if lay.stacked(reader, 1 - position) is None or grads.span(*lay.range[c]) is None:
             continue
-        out[c] = (reader, position, partial(m.multiply, span, other, out=span))
+        out[c] = (reader, position)
     return out
+
+
+def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
+    """Give each factor a buffer and order the kernels (see the module docstring): classes
+    whose values die with their factors first, the products' operands side by side, a factor
+    that cannot write over its input before its partner that can."""
+    an, lay = plan.an, plan.layout
+    skips: dict = {}
+    for reader, position in folds.values():
+        skips.setdefault(reader, set()).add(position)
+    dead = _dead_after_factors(plan, set(found), skips)
+    in_place = {c: ops.OPS[an.same_op(c)[0]].local_in_place for c in found}
+    order = sorted(
+        found,
+        key=lambda c: (
+            not dead.get(id(_owner(_value(lay, c)))),
+            folds[c][0] if c in folds else c,
+            in_place[c],
+        ),
+    )
+    reads: dict = {}  # buffer -> reads by factor kernels still to run
+    for c in order:
+        for array in _factor_reads(lay, c, folds):
+            reads[id(_owner(array))] = reads.get(id(_owner(array)), 0) + 1
+    free = [region for _, _, region in liveness.dead_regions(an, lay)]
+    out = []
+    for c in order:
+        value, own = _value(lay, c), id(_owner(_value(lay, c)))
+        reads[own] -= 1
+        if in_place[c] and dead.get(own) and not reads[own]:
+            buffer = value  # nothing reads the value after its factor: write over it
+            dead[own] = False
+        else:
+            buffer = _take(free, value.shape, value.dtype)
+            if buffer is None:
+                buffer = m.empty(value.shape, dtype=value.dtype)
+        factor = _make(plan, m, c, buffer, value, folds)
+        for array in _factor_reads(lay, c, folds)[1:]:  # the fold's other operand
+            reads[id(_owner(array))] -= 1
+        for array in _factor_reads(lay, c, folds):
+            owner = _owner(array)
+            if dead.get(id(owner)) and not reads[id(owner)]:
+                dead[id(owner)] = False
+                free.append(owner)
+        out.append(factor)
+    return out
+
+
+def _make(plan, m, c, buffer, value, folds) -> Factor:
+    lay = plan.layout
+    lo = lay.range[c][0]
+    local_out = ops.OPS[plan.an.same_op(c)[0]].local_out
+    factor = Factor(c, Stack(buffer, -lo), partial(local_out, m, buffer, value))
+    if c in folds:
+        factor.reader, factor.position = folds[c]
+        factor.other = lay.stacked(factor.reader, 1 - factor.position)
+        factor.fold = partial(m.multiply, buffer, factor.other, out=buffer)
+    return factor
+
+
+def _value(lay, c):
+    return lay.value_stack[c].span(*lay.range[c])
+
+
+def _factor_reads(lay, c, folds) -> list:
+    """The arrays the kernels of c's factor read: its value, then a fold's other operand."""
+    reads = [_value(lay, c)]
+    if c in folds:
+        reader, position = folds[c]
+        reads.append(lay.stacked(reader, 1 - position))
+    return reads
+
+
+def _take(free: list, shape, dtype):
+    for i, array in enumerate(free):
+        if tuple(array.shape) == tuple(shape) and array.dtype == dtype:
+            return free.pop(i)
+    return None
+
+
+def _owner(array):
+    """The array that owns the memory `array` views."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
+        array = array.base
+    return array
+
+
+def _dead_after_factors(plan: Schedule, found: set, skips: dict) -> dict:
+    """id(buffer) -> True for the value buffers of factor classes that nothing reads once
+    the factors are made: every node in the buffer computed by forward, no output, its own
+    VJP the factor (or reading nothing), and each reader's VJP reading it only for an input
+    that a fold made needless. Not a buffer that holds a gradient (`Layout.hosted`)."""
+    an, lay = plan.an, plan.layout
+    hosting = {id(_owner(lay.grad_buffers[i])) for i in lay.hosted}
+    nodes_of: dict = {}
+    for k, value in lay.value.items():
+        nodes_of.setdefault(id(_owner(value)), []).append(k)
+    out = {}
+    for c in found:
+        owner = id(_owner(_value(lay, c)))
+        nodes = nodes_of.get(owner, [])
+        out[owner] = owner not in hosting and all(_unread_later(an, k, found, skips) for k in nodes)
+    return out
+
+
+def _unread_later(an, k, found: set, skips: dict) -> bool:
+    node = an.node[k]
+    if node["kind"] != "op" or k in an.outputs or class_of(k) not in found:
+        return False
+    for user, i in an.consumers.get(k, []):
+        entry = ops.OPS[an.node[user]["op"]]
+        if an.node[user]["attrs"] or not entry.other_operand:
+            if i not in entry.unread_inputs or an.node[user]["attrs"]:
+                return False
+            continue
+        other = an.inputs(user)[1 - i]  # x * w reads x only for dL/dw
+        if other in an.needs_grad and (1 - i) not in skips.get(class_of(user), ()):
+            return False
+    return True
 
 
 def _only_reader(an, lay, c):

@@ -9,14 +9,17 @@ ones before it handed on:
    over all steps), and which classes sit on a recurrence.
 2. `rewrites.rewrite(analysis) -> Analysis`: the rewritten graph's analysis (common
    subexpressions, fused gate products, bias moves, sibling merges).
-3. `layout.Layout(analysis, ctx, loss) -> Layout`: one buffer per class stacked over time,
-   views for slices and aliases, and the gradient buffers.
+3. `layout.Layout(analysis, ctx) -> Layout`: one buffer per class stacked over time, views
+   for slices and aliases.
 4. `schedule.schedule(analysis, layout, outputs) -> Schedule`: the classes that run as ONE
    kernel over all steps, and every unit in dependency order.
 5. `liveness.dead_values(schedule)`, `liveness.dead_grads(schedule, deferred)`: the classes
    whose buffer one step can hold; the layout shrinks them (`Layout.reuse_values`,
-   `Layout.reuse_grads`). `schedule.deferred` names the per-step classes whose parameter
-   gradients are summed after the loop, as one batched product over the stacked steps.
+   `Layout.reuse_grads`). Between the two, `Layout.add_grads` lays out the gradient
+   buffers, a gradient stack in the buffer of a value that backward never reads where one
+   fits (`liveness.dead_in_backward`). `schedule.deferred` names the per-step classes whose
+   parameter gradients are summed after the loop, as one batched product over the stacked
+   steps.
 6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
    the kernels, forward in unit order (fused where `fusion.groups` says), backward in
    reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
@@ -61,10 +64,16 @@ class Plan:
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.an = an = rewrites.rewrite(an, merge_siblings)
-        self.layout = Layout(an, self.ctx, graph.loss if grads else None)
+        self.layout = Layout(an, self.ctx)
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs)
         self.compacted = liveness.dead_values(sched)
         self.layout.reuse_values(self.compacted)
+        self.overwritten = liveness.overwritten_inputs(sched) if grads else {}
+        for reader, position in self.overwritten.values():
+            self.ctx.dead_inputs.add(self.ctx.address(sched.batched[reader][2][position]))
+        if grads:  # gradient stacks may take value buffers that backward never reads
+            hosts = liveness.dead_in_backward(an, self.layout)
+            self.layout.add_grads(graph.loss, hosts, own=list(self.overwritten))
         self.deferred = scheduling.deferred(sched) if grads else {}
         self.grad_compacted = liveness.dead_grads(sched, self.deferred) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)
@@ -90,6 +99,7 @@ class Plan:
             self.batch_derivatives,
         )
         liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
+        liveness.check_own_hosts(self.layout, self.backward.zero)
 
     @property
     def batched(self) -> dict:

@@ -32,6 +32,26 @@ def _as_spec(spec: Spec | str | os.PathLike | dict) -> Spec:
 DRY_RUN_SEQUENCES = 2
 
 
+RUNNER_CACHE_BYTES = 2 << 30  # buffers the cached plan runners of one model may hold
+
+
+def held_bytes(plan) -> int:
+    """Bytes of the arrays a plan's layout holds (values, gradients, their stacks), each
+    allocation once: what dropping the plan gives back, give or take its scratch space."""
+    lay, seen, total = plan.layout, set(), 0
+    arrays = [stack.arr for stack in lay.value_stack.values()]
+    arrays += [stack.arr for stack in lay.grad_stack.values()]
+    arrays += [*lay.value.values(), *lay.grad.values()]
+    for array in arrays:
+        root = array
+        while getattr(root, "base", None) is not None:
+            root = root.base
+        if id(root) not in seen:
+            seen.add(id(root))
+            total += int(getattr(root, "nbytes", 0))
+    return total
+
+
 class Model:
     """A spec with parameters on a backend.
 
@@ -56,7 +76,8 @@ class Model:
         if engine not in ("plan", "interp"):
             raise ValueError(f"engine must be 'plan' or 'interp', got {engine!r}")
         self.spec = _as_spec(spec)
-        self._runners: dict[tuple, Runner] = {}
+        self._runners: dict[tuple, Runner] = {}  # least recently used first
+        self._runner_bytes: dict[tuple, int] = {}  # the arrays each cached runner holds
         self.backend: Backend = get_backend(backend or self.spec.backend, dtype or self.spec.dtype)
         self.seed = self.spec.seed if seed is None else seed
         self.engine = engine if self.backend.name in ("numpy", "cupy") else "interp"
@@ -228,10 +249,24 @@ class Model:
         p = prepared or batching.prepare(self.spec, batch)
         program = self._program(p.steps, p.out_steps, feedback, state_grads, p.dropout is not None)
         key = (id(program), p.size, p.full, grads, state_at)
-        runner = self._runners.get(key)
+        runner = self._runners.pop(key, None)
         if runner is None:
-            runner = self._runners[key] = Runner(self, program, batch, p.full, grads, state_at)
+            runner = Runner(self, program, batch, p.full, grads, state_at)
+            self._runner_bytes[key] = held_bytes(runner.plan)
+        self._runners[key] = runner  # now the most recently used
+        self._evict_runners()
         return runner
+
+    def _evict_runners(self) -> None:
+        """Drop the least recently used runners while the cached ones hold more than
+        RUNNER_CACHE_BYTES of buffers (the newest always stays). Each batch shape has its
+        own: beam search over 1,800 sources made one per prefix width and row count, and
+        kept them all until the process ran out of memory (23.9 GB)."""
+        total = sum(self._runner_bytes.values())
+        while total > RUNNER_CACHE_BYTES and len(self._runners) > 1:
+            oldest = next(iter(self._runners))
+            del self._runners[oldest]
+            total -= self._runner_bytes.pop(oldest)
 
     # ---- running -----------------------------------------------------------------------------
 

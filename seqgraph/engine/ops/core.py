@@ -259,6 +259,7 @@ def _tanh_local_out(m, o, y):
     unread_inputs=(0,),
     local=_tanh_local,
     local_out=_tanh_local_out,
+    local_in_place=True,
     out_forward=ufunc_forward("tanh"),
 )
 def _tanh(xp, a):

@@ -64,27 +64,46 @@ def _softmax_ce_out(ctx, out, z, targets):
     without the one-hot product: top + log(sum(exp(z - top))) with top the row maximum.
     exp(z - top) and its row sums stay in buffers of their own when the plan differentiates
     (`ctx.keep_for_vjp`; kept in `ctx.saved` under z's address), so the VJP kernel divides
-    instead of computing the softmax again (3 calls over the logits, not 7)."""
+    instead of computing the softmax again (3 calls over the logits, not 7); exp(z - top)
+    in z's own buffer where z is dead once read (`ctx.dead_inputs`), and z's gradient may
+    then be written over it too (the VJP's ufuncs read e before they write each element)."""
     parts = ce_rows(ctx, z, targets)
     if parts is None or not contiguous(out):
         return None
     m, (z2, index, top, total) = ctx.m, parts
-    e = ctx.tmp(z2.shape, z.dtype, tag=4)
-    if ctx.keep_for_vjp:
-        e, total = m.empty(z2.shape, dtype=z.dtype), m.empty(top.shape, dtype=z.dtype)
+    if not ctx.keep_for_vjp:
+        e = ctx.tmp(z2.shape, z.dtype, tag=4)
+    else:  # in z itself where the plan says nothing else reads z (`Op.forward_overwrites`)
+        dead = ctx.address(z) in ctx.dead_inputs
+        e = z2 if dead else m.empty(z2.shape, dtype=z.dtype)
+        total = m.empty(top.shape, dtype=z.dtype)
         ctx.saved[ctx.address(z)] = (e, total)
     o = out.reshape(-1, 1)
+    if e is not z2:
 
-    def run():
+        def run():
+            m.max(z2, axis=1, keepdims=True, out=top)
+            m.subtract(z2, top, out=e)
+            m.exp(e, out=e)
+            m.sum(e, axis=1, keepdims=True, out=total)
+            m.log(total, out=o)
+            m.add(o, top, out=o)
+            m.subtract(o[:, 0], z2[index], out=o[:, 0])
+
+        return run
+    picked = ctx.tmp((z2.shape[0],), z.dtype, tag=5)
+
+    def run_over_z():  # the same arithmetic, z[target] read before e takes z's place
+        picked[...] = z2[index]
         m.max(z2, axis=1, keepdims=True, out=top)
         m.subtract(z2, top, out=e)
         m.exp(e, out=e)
         m.sum(e, axis=1, keepdims=True, out=total)
         m.log(total, out=o)
         m.add(o, top, out=o)
-        m.subtract(o[:, 0], z2[index], out=o[:, 0])
+        m.subtract(o[:, 0], picked, out=o[:, 0])
 
-    return run
+    return run_over_z
 
 
 def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
@@ -127,6 +146,7 @@ def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
     rowwise=True,
     out_forward=_softmax_ce_out,
     vjp_kernel=_softmax_ce_vjp_kernel,
+    forward_overwrites=(0,),
 )
 def _softmax_ce(xp, logits, targets):
     """out[n] = logsumexp(logits[n]) - logits[n, targets[n]] (cross-entropy per row).

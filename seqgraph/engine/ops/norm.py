@@ -38,6 +38,7 @@ def _sqrt_local_out(m, o, y):
     unread_inputs=(0,),
     local=_sqrt_local,
     local_out=_sqrt_local_out,
+    local_in_place=True,
     out_forward=ufunc_forward("sqrt"),
 )
 def _sqrt(xp, a):

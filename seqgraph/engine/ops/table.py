@@ -70,6 +70,12 @@ class Op:
     # reference form (the VJP is g * local(y)); `local_out(m, o, y)` writes the same into o.
     local: Callable[..., Any] | None = None
     local_out: Callable[..., Any] | None = None
+    # local_out(m, y, y) is right too: each of its calls reads y before it writes over it,
+    # so the factor may take the place of y once nothing else reads y (`plan.local_factors`)
+    local_in_place: bool = False
+    # Input positions `out_forward` may write over when the plan says nothing reads them
+    # afterwards (their address in `ctx.dead_inputs`): softmax_ce keeps exp(z - max) in z.
+    forward_overwrites: tuple[int, ...] = ()
     # (ctx, out, *inputs) -> a kernel writing the forward into `out`, or None (the reference
     # forward runs and its result is copied into `out`).
     out_forward: Callable[..., Any] | None = None

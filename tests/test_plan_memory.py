@@ -1,0 +1,142 @@
+"""What a plan's buffers share (`liveness.dead_in_backward`, `liveness.overwritten_inputs`,
+`local_factors.place`): structural facts of the layout, checked on tiny models; that the
+numbers stay the interpreter's is `tests/test_plan.py`'s job, run with the same sharing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqgraph import Model
+from seqgraph.plan import listing
+from seqgraph.runtime import batch as batching
+
+STEPS, BATCH, INPUT, HIDDEN, VOCAB = 6, 3, 2, 5, 7
+F64 = 8
+
+
+def plan_of(cell: str):
+    raw = {
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": INPUT},
+            "target": {"type": "ids", "vocab": VOCAB},
+            "layers": [{"cell": cell, "hidden": HIDDEN}],
+        },
+        "dtype": "float64",
+    }
+    model = Model(raw, dtype="float64")
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    return model, batch, model.plan(batch)
+
+
+def class_reading(plan, op: str, operand=None):
+    """The class of `op` nodes (reading the node `operand` second, if given)."""
+    an = plan.an
+    for c in plan.layout.classes:
+        same = an.same_op(c)
+        k0 = next(iter(an.members[c].values()))
+        if same and same[0] == op and (operand is None or an.inputs(k0)[1] == operand):
+            return c
+    raise AssertionError(f"no {op} class")
+
+
+def time_stacked_bytes(plan) -> int:
+    """Bytes of the plan's arrays stacked over time (a leading axis of T or T + 1 steps)."""
+    rows = listing.inventory(plan)
+    stacked = [
+        nbytes
+        for _, nbytes, text in rows
+        if text.split("[")[1].split(",")[0] in (str(STEPS), str(STEPS + 1)) and text.count(",") == 2
+    ]
+    return sum(stacked)
+
+
+def test_lstm_gate_gradients_live_in_the_input_projection_buffer():
+    """Backward never reads x W_ih + b (an add's VJP reads nothing), so the gates' gradient
+    stack, of its very shape, takes its buffer."""
+    _, _, plan = plan_of("lstm")
+    lay = plan.layout
+    projection = class_reading(plan, "matmul", ("l0", "W_ih", None))
+    hosted = [i for i, c in lay.hosted.items() if c == projection]
+    assert len(hosted) == 1
+    gradient = lay.grad_buffers[hosted[0]]
+    assert gradient is lay.value_stack[projection].arr
+    assert gradient.shape == (STEPS, BATCH, 4 * HIDDEN)
+    assert f"gradient, in the buffer of {projection[0]}.{projection[1]}" in str(plan)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_softmax_and_logit_gradient_live_in_the_logits_buffer(cell):
+    _, _, plan = plan_of(cell)
+    lay, an = plan.layout, plan.an
+    logits = next(iter(plan.overwritten))
+    reader = plan.overwritten[logits][0]
+    assert an.same_op(reader)[0] == "softmax_ce"
+    value = lay.value_stack[logits].arr
+    ((saved_exp, _),) = plan.ctx.saved.values()
+    assert np.shares_memory(saved_exp, value)
+    assert lay.grad_stack[logits].arr is value
+    assert value.shape == (STEPS, BATCH, VOCAB)
+
+
+def test_lstm_factors_take_one_new_buffer():
+    """Of the five local factors (i, f, g, o, tanh c), tanh's two write over their values,
+    the others reuse values freed by earlier factors: one new buffer."""
+    _, _, plan = plan_of("lstm")
+    values = [plan.layout.value_stack[c].arr for c in plan.layout.classes]
+    factors = [
+        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
+    ]
+    assert len(factors) == 5
+    fresh = [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
+    assert len(fresh) == 1
+
+
+def test_lstm_time_stacked_bytes_match_the_hand_written_count():
+    """The arrays stacked over time are those of a hand-written LSTM step (tools/
+    numpy_hand.py: projection, gate gradients in its place, activations, tanh(c), h, c and
+    their gradients, logits, x, the padding mask) plus one local-factor buffer; before the
+    sharing there were the gate gradients, four factors and two logit-sized buffers more."""
+    T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
+    _, _, plan = plan_of("lstm")
+    expected = T * B * 4 * H + 6 * T * B * H + 4 * (T + 1) * B * H + T * B * C + T * B * n_in
+    mask = T * B  # bool, one per step and row
+    assert time_stacked_bytes(plan) == F64 * expected + mask
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_shared_buffers_give_the_same_numbers_call_after_call(cell):
+    """A buffer that holds a value in forward and a gradient in backward is written afresh
+    every call: three calls give the interpreter's loss and gradients each time."""
+    model, batch, _ = plan_of(cell)
+    interp = Model(model.spec, dtype="float64", engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(3):
+        got_loss, got = model.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-12)
+        for name in grads:
+            np.testing.assert_allclose(got[name], grads[name], rtol=1e-11, atol=1e-12)
+
+
+def test_inventory_counts_every_allocation_once():
+    """`listing.inventory` names each array the plan holds once, views folded into it."""
+    _, _, plan = plan_of("rnn")
+    rows = listing.inventory(plan)
+    labels = [label for label, _, _ in rows]
+    assert "l0.W_hh^T" in labels and "x.x[0:6]" in labels
+    assert sum(1 for label in labels if label == "out.xW[0:6]") == 1
+    assert all(nbytes >= 0 for _, nbytes, _ in rows)
+
+
+def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection():
+    """Backward reads only the n block of h W_hh + b_hh (for r * h_n); the r and z block
+    holds the sigmoid's local factor, which has its shape."""
+    _, _, plan = plan_of("gru")
+    projection = plan.layout.value_stack[class_reading(plan, "matmul", ("l0", "W_hh", None))]
+    factors = [
+        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
+    ]
+    inside = [f for f in factors if np.shares_memory(f, projection.arr)]
+    assert len(inside) == 1
+    assert inside[0].shape == (STEPS, BATCH, 2 * HIDDEN)
