@@ -29,7 +29,7 @@ Every step of a cell has groups and chains of the same structure over buffers of
 layout, only at other addresses: `bind_groups` and `bind_chains` make a structure's C
 function and argument block once and give each later step a copy with its own addresses
 (after checking each operand's dtype, shape and strides; the overlap checks still run per
-step): binding and chaining at T = 10,000 take 2.3 s of CPU instead of 6.1 (2-layer LSTM
+step): binding and chaining at T = 10,000 take 2.4 s of CPU instead of 6.1 (2-layer LSTM
 64). The tests hold both to binding each group and chain alone (`bind`, `bind_chain`).
 
 `SEQGRAPH_CPU_KERNELS=0`, no compiler, or a failed build leave the NumPy chain in place,
