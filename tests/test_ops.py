@@ -771,3 +771,11 @@ def test_batch_rule_runs_steps_at_once(row: Row):
         flat = ins[0].reshape(3, -1)
         per_step = flat.sum(axis=1) / (flat.shape[1] if op.averages else 1)
         np.testing.assert_allclose(per_step, each, rtol=1e-13)
+
+
+def test_relu_keeps_nan_as_numpy_and_torch_do():
+    """Regression: the interpreter's where(a > 0, a, 0) and the C expression turned NaN into 0,
+    hiding a blow-up; np.maximum (the plan's NumPy kernel) and torch.relu keep it."""
+    a = np.array([np.nan, -1.0, 0.0, 2.0, np.inf, -np.inf])
+    want = np.maximum(a, 0)
+    np.testing.assert_array_equal(ops.OPS["relu"].forward(np, a), want)

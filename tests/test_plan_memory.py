@@ -10,6 +10,7 @@ import pytest
 from seqgraph import Model
 from seqgraph.plan import listing
 from seqgraph.runtime import batch as batching
+from seqgraph.runtime.model import held_bytes
 
 STEPS, BATCH, INPUT, HIDDEN, VOCAB = 6, 3, 2, 5, 7
 F64 = 8
@@ -126,7 +127,8 @@ def test_inventory_counts_every_allocation_once():
     labels = [label for label, _, _ in rows]
     assert "l0.W_hh^T" in labels and "x.x[0:6]" in labels
     assert sum(1 for label in labels if label == "out.xW[0:6]") == 1
-    assert all(nbytes >= 0 for _, nbytes, _ in rows)
+    # it walks the kernels too, so it finds at least the layout's and the context's arrays
+    assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
 
 
 def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection():
@@ -140,3 +142,30 @@ def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection()
     inside = [f for f in factors if np.shares_memory(f, projection.arr)]
     assert len(inside) == 1
     assert inside[0].shape == (STEPS, BATCH, 2 * HIDDEN)
+
+
+@pytest.mark.parametrize("layout", ["strided_g", "strided_dest", "add"])
+def test_the_cross_entropy_gradient_over_its_own_logits_takes_any_layout(layout):
+    """softmax_ce writes exp(z - max) over z where nothing else reads z; its gradient kernel
+    must then take that saved buffer whatever the layout of g and dest (before: a strided g
+    or dest sent it to the reference VJP, which would read z's buffer, now holding e)."""
+    from seqgraph.engine import ops
+    from seqgraph.plan import kernels
+
+    rng = np.random.default_rng(0)
+    z0, targets = rng.standard_normal((6, 5)), rng.integers(0, 5, size=6)
+    g_full = rng.standard_normal((6, 2))
+    g = g_full[:, 0] if layout == "strided_g" else np.ascontiguousarray(g_full[:, 0])
+    want = ops.OPS["softmax_ce"].vjp(np, g, None, z0, targets)[0]
+    ctx = kernels.Context(np, "numpy", keep_for_vjp=True)
+    z, out = z0.copy(), np.empty(6)
+    ctx.dead_inputs.add(ctx.address(z))
+    kernels.forward(ctx, "softmax_ce", out, [z, targets], {})()
+    assert not np.allclose(z, z0)  # e took z's place
+    wide = np.zeros((6, 10))
+    dest = wide[:, ::2] if layout == "strided_dest" else np.zeros((6, 5))
+    start = rng.standard_normal((6, 5)) if layout == "add" else np.zeros((6, 5))
+    dest[...] = start
+    kernel = ops.OPS["softmax_ce"].vjp_kernel(ctx, 0, dest, layout == "add", g, out, [z, targets])
+    kernel()
+    np.testing.assert_allclose(dest, start + want if layout == "add" else want, rtol=1e-12)

@@ -250,15 +250,20 @@ def main(argv=None) -> int:
     impls = (args.impl or list(IMPLS)) + ([BEFORE] if args.before else [])
     cells = args.cell or list(CELLS)
     report = {"machine": harness.host_facts(), "libraries": {}, "unavailable": {}}
-    with tempfile.TemporaryDirectory() as folder:
-        if args.memory:
-            report["memory"] = memory(args.config or ["medium"], cells, impls, args, folder)
-        else:
-            _time(args, impls, cells, folder, report)
+    status = 0
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            if args.memory:
+                report["memory"] = memory(args.config or ["medium"], cells, impls, args, folder)
+            else:
+                _time(args, impls, cells, folder, report)
+    except RuntimeError as error:  # a worker died: say which, keep the groups timed so far
+        print(f"bench: {error}", file=sys.stderr)
+        status = 1
     report["machine"]["load_average_end"] = harness.load_average()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-    return 0
+    return status
 
 
 def _time(args, impls, cells, folder, report) -> None:
@@ -282,6 +287,7 @@ def _time(args, impls, cells, folder, report) -> None:
     )
     print(HEADER, flush=True)
     progress, rng, records = harness.Progress(estimates), random.Random(0), []
+    report["records"] = records  # filled group by group: a worker that dies loses no other
     for config, cell in groups:
         group = time_group(cell, config, impls, args, folder, rng)
         ours = next((r["ms_median"] for r in group["records"] if r["impl"] == "seqgraph"), None)
@@ -296,7 +302,6 @@ def _time(args, impls, cells, folder, report) -> None:
         report["unavailable"].update(group["unavailable"])
     for line in alone_check(records):
         print(line)
-    report["records"] = records
 
 
 def machine_line(machine: dict) -> str:

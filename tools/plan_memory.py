@@ -30,17 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, os.environ.get("SEQGRAPH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import numpy_hand  # noqa: E402
+from bench_peers import CELLS, CONFIGS  # noqa: E402
 
 from seqgraph import Model  # noqa: E402
 
-CONFIGS = {  # (B, T, input, hidden, classes), as in tools/bench.py (being rewritten: copied)
-    "tiny": (1, 25, 65, 100, 65),
-    "small": (32, 50, 64, 128, 64),
-    "medium": (64, 100, 128, 256, 128),
-    "large": (128, 100, 512, 1024, 512),
-    "long": (16, 1000, 32, 64, 32),
-}
-CELLS = ("rnn", "gru", "lstm")
 MIB = 2**20
 
 

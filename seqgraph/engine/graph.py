@@ -168,6 +168,9 @@ class Graph:
         """Add a node; its inputs must already exist (so insertion order is topological)."""
         if key in self.nx:
             raise GraphError(f"node {key_str(key)} added twice")
+        if kind in ("const", "param") and len(key) == 3 and key[2] is not None:
+            # the plan loads constants once, as classes outside time (`Plan._fill_consts`)
+            raise GraphError(f"{kind} node {key_str(key)} must be outside time (t=None)")
         for source in inputs:
             if source not in self.nx:
                 raise GraphError(f"node {key_str(key)} uses {key_str(source)}, which is not built")

@@ -47,6 +47,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -86,7 +87,9 @@ PRELUDE = "\n".join(
 
 log = logging.getLogger(__name__)
 _LOADED: dict = {}  # library path -> ctypes.PyDLL, for this process
-_STATE = {"warned": False, "machine": None}
+# "failed": compiler commands that could not build a library here (each is tried once a
+# process: a broken or hanging compiler would otherwise run again for every plan)
+_STATE = {"warned": False, "machine": None, "failed": set()}
 
 
 def enabled() -> bool:
@@ -586,18 +589,38 @@ def _library(texts: dict):
     if path in _LOADED:
         return _LOADED[path]
     try:
-        if path.exists():
-            os.utime(path)  # last used now: pruning keeps the libraries in use
-        else:
-            _build(command, source, path)
-            _prune(path.parent)
-        # PyDLL keeps the GIL through the call: 0.09 against 0.67 us per call with CDLL's
-        # release and re-acquire, here; a kernel is a short loop, and the plan one thread
-        _LOADED[path] = ctypes.PyDLL(str(path))
+        _LOADED[path] = _load(command, source, path)
     except (OSError, subprocess.SubprocessError) as error:
         _fall_back(error)
         return None
     return _LOADED[path]
+
+
+def _load(command: list, source: str, path: Path):
+    """The library at `path`, built first where the cache lacks it."""
+    try:
+        return _open(command, source, path)
+    except OSError:
+        if path.exists():
+            raise
+        return _open(command, source, path)  # another process pruned it meanwhile: build it
+
+
+def _open(command: list, source: str, path: Path):
+    if path.exists():
+        os.utime(path)  # last used now: pruning keeps the libraries in use
+    else:
+        if tuple(command) in _STATE["failed"]:
+            raise subprocess.SubprocessError(f"{command[0]} failed earlier in this process")
+        try:
+            _build(command, source, path)
+        except subprocess.SubprocessError:
+            _STATE["failed"].add(tuple(command))
+            raise
+        _prune(path.parent)
+    # PyDLL keeps the GIL through the call: 0.09 against 0.67 us per call with CDLL's
+    # release and re-acquire, here; a kernel is a short loop, and the plan one thread
+    return ctypes.PyDLL(str(path))
 
 
 def _build(command: list, source: str, path: Path) -> None:
@@ -618,7 +641,8 @@ def _build(command: list, source: str, path: Path) -> None:
             if done.returncode == 0:
                 os.replace(so_file, path)
                 return
-        raise subprocess.SubprocessError(done.stderr.strip().splitlines()[-1:] or "failed")
+        last = done.stderr.strip().splitlines()[-1:]
+        raise subprocess.SubprocessError(last[0] if last else f"exit status {done.returncode}")
 
 
 def _prune(folder: Path, keep: int = KEEP_LIBRARIES) -> None:
@@ -629,6 +653,10 @@ def _prune(folder: Path, keep: int = KEEP_LIBRARIES) -> None:
         found = [(f.stat().st_mtime, f) for f in folder.glob("groups-*.so")]
         for _, old in sorted(found, reverse=True)[keep:]:
             old.unlink(missing_ok=True)
+        hour_ago = time.time() - 3600
+        for work in folder.glob("tmp*"):  # left by a process killed while it compiled
+            if work.is_dir() and work.stat().st_mtime < hour_ago:
+                shutil.rmtree(work, ignore_errors=True)
     except OSError:  # another process pruned the same file first: nothing to do
         pass
 

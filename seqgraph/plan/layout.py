@@ -51,7 +51,7 @@ class Slot(Stack):
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
-    def __init__(self, an: Analysis, ctx, loss=None, hosts: list | None = None):
+    def __init__(self, an: Analysis, ctx):
         self.an, self.m = an, ctx.m
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
@@ -76,8 +76,6 @@ class Layout:
         self.grad_buffers: list = []
         self.hosted: dict = {}  # gradient buffer index -> the class whose value buffer it is
         self.own_hosted: set = set()  # classes whose gradient is in their own value buffer
-        if loss is not None:
-            self.add_grads(loss, hosts)
 
     def add_grads(self, loss, hosts: list | None = None, own: list | None = None) -> None:
         """Lay out the gradients of everything `loss` depends on. `hosts`: classes whose value

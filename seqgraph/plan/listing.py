@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqgraph.engine.ops.buffers import owner
+
 SHORT_DTYPES = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64"}
 
 
@@ -182,14 +184,8 @@ def inventory(plan) -> list[tuple[str, int, str]]:
     return sorted(rows, key=lambda row: (-row[1], row[0]))
 
 
-def _root(array):
-    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes"):
-        array = array.base
-    return array
-
-
 def _name(names: dict, array, label: str) -> None:
-    root = _root(array)
+    root = owner(array)
     names.setdefault(id(root), (label, root))  # the root kept alive: ids stay unique
 
 
@@ -207,7 +203,7 @@ def _reachable_arrays(plan) -> list:
             continue
         seen.add(id(obj))
         if hasattr(obj, "__array_interface__") or hasattr(obj, "__cuda_array_interface__"):
-            root = _root(obj)
+            root = owner(obj)
             roots[id(root)] = root
             continue
         if isinstance(obj, types.FunctionType):

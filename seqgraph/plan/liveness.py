@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
 from seqgraph.plan.layout import Slot
@@ -73,12 +74,12 @@ def dead_in_backward(an, lay) -> list:
     must be such a node. `Layout.add_grads` may put a gradient stack there."""
     nodes_of: dict = {}
     for k, value in lay.value.items():
-        nodes_of.setdefault(id(_owner(value)), []).append(k)
+        nodes_of.setdefault(id(owner(value)), []).append(k)
     found = []
     for c in lay.classes:
         if c in lay.source or c in lay.in_place:
             continue  # not a buffer of its own
-        nodes = nodes_of.get(id(_owner(lay.value_stack[c].arr)), [])
+        nodes = nodes_of.get(id(owner(lay.value_stack[c].arr)), [])
         if nodes and all(_unread_in_backward(an, k) for k in nodes):
             found.append(c)
     return found
@@ -93,8 +94,8 @@ def dead_regions(an, lay) -> list:
     holds a gradient (`Layout.hosted`)."""
     nodes_of: dict = {}
     for k, value in lay.value.items():
-        nodes_of.setdefault(id(_owner(value)), []).append(k)
-    hosting = {id(_owner(lay.grad_buffers[i])) for i in lay.hosted}  # hold a gradient
+        nodes_of.setdefault(id(owner(value)), []).append(k)
+    hosting = {id(owner(lay.grad_buffers[i])) for i in lay.hosted}  # hold a gradient
     views: dict = {}
     for v, (kind, target, index) in lay.source.items():
         if kind == "view" and target in lay.range and lay.range[v] == lay.range[target]:
@@ -104,9 +105,9 @@ def dead_regions(an, lay) -> list:
         if c in lay.source or isinstance(lay.value_stack[c], Slot):
             continue
         arr = lay.value_stack[c].arr
-        if id(_owner(arr)) in hosting:
+        if id(owner(arr)) in hosting:
             continue
-        nodes = nodes_of.get(id(_owner(arr)), [])
+        nodes = nodes_of.get(id(owner(arr)), [])
         inside = {k for v, _ in blocks for k in an.members[v].values()}
         if any(not _unread_in_backward(an, k) for k in nodes if k not in inside):
             continue
@@ -115,7 +116,7 @@ def dead_regions(an, lay) -> list:
             if any(not _unread_in_backward(an, k) for k in an.members[v].values()):
                 read[index] = True
         # regions handed out do not overlap, also between classes sharing one buffer
-        taken = taken_in.setdefault(id(_owner(arr)), np.zeros(arr.shape[1:], dtype=bool))
+        taken = taken_in.setdefault(id(owner(arr)), np.zeros(arr.shape[1:], dtype=bool))
         for v, index in blocks:
             if not read[index].any() and not taken[index].any():
                 taken[index] = True
@@ -131,7 +132,7 @@ def overwritten_inputs(sched: Schedule) -> dict:
     an, lay = sched.an, sched.layout
     nodes_of: dict = {}
     for k, value in lay.value.items():
-        nodes_of.setdefault(id(_owner(value)), []).append(k)
+        nodes_of.setdefault(id(owner(value)), []).append(k)
     found = {}
     for cls in sched.batched:
         same = an.same_op(cls)
@@ -143,7 +144,7 @@ def overwritten_inputs(sched: Schedule) -> dict:
             if source in lay.source or lay.range.get(source) != lay.range[cls]:
                 continue
             readers = {an.members[cls][t]: position for t in an.members[cls]}
-            nodes = nodes_of.get(id(_owner(lay.value_stack[source].arr)), [])
+            nodes = nodes_of.get(id(owner(lay.value_stack[source].arr)), [])
             group = set(nodes)
             if nodes and all(_read_only_within(an, k, group, readers) for k in nodes):
                 found[source] = (cls, position)
@@ -162,13 +163,6 @@ def _read_only_within(an, k, group: set, readers: dict) -> bool:
         if user not in group or not _reads_never(an, user, i):
             return False
     return True
-
-
-def _owner(array):
-    """The array that owns the memory `array` views."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
-        array = array.base
-    return array
 
 
 def _unread_in_backward(an, k) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from seqgraph.engine import ops
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import liveness
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.layout import Slot, Stack
@@ -98,7 +99,7 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
     order = sorted(
         found,
         key=lambda c: (
-            not dead.get(id(_owner(_value(lay, c)))),
+            not dead.get(id(owner(_value(lay, c)))),
             folds[c][0] if c in folds else c,
             in_place[c],
         ),
@@ -106,11 +107,11 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
     reads: dict = {}  # buffer -> reads by factor kernels still to run
     for c in order:
         for array in _factor_reads(lay, c, folds):
-            reads[id(_owner(array))] = reads.get(id(_owner(array)), 0) + 1
+            reads[id(owner(array))] = reads.get(id(owner(array)), 0) + 1
     free = [region for _, _, region in liveness.dead_regions(an, lay)]
     out = []
     for c in order:
-        value, own = _value(lay, c), id(_owner(_value(lay, c)))
+        value, own = _value(lay, c), id(owner(_value(lay, c)))
         reads[own] -= 1
         if in_place[c] and dead.get(own) and not reads[own]:
             buffer = value  # nothing reads the value after its factor: write over it
@@ -121,12 +122,12 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
                 buffer = m.empty(value.shape, dtype=value.dtype)
         factor = _make(plan, m, c, buffer, value, folds)
         for array in _factor_reads(lay, c, folds)[1:]:  # the fold's other operand
-            reads[id(_owner(array))] -= 1
+            reads[id(owner(array))] -= 1
         for array in _factor_reads(lay, c, folds):
-            owner = _owner(array)
-            if dead.get(id(owner)) and not reads[id(owner)]:
-                dead[id(owner)] = False
-                free.append(owner)
+            root = owner(array)
+            if dead.get(id(root)) and not reads[id(root)]:
+                dead[id(root)] = False
+                free.append(root)
         out.append(factor)
     return out
 
@@ -163,28 +164,21 @@ def _take(free: list, shape, dtype):
     return None
 
 
-def _owner(array):
-    """The array that owns the memory `array` views."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
-        array = array.base
-    return array
-
-
 def _dead_after_factors(plan: Schedule, found: set, skips: dict) -> dict:
     """id(buffer) -> True for the value buffers of factor classes that nothing reads once
     the factors are made: every node in the buffer computed by forward, no output, its own
     VJP the factor (or reading nothing), and each reader's VJP reading it only for an input
     that a fold made needless. Not a buffer that holds a gradient (`Layout.hosted`)."""
     an, lay = plan.an, plan.layout
-    hosting = {id(_owner(lay.grad_buffers[i])) for i in lay.hosted}
+    hosting = {id(owner(lay.grad_buffers[i])) for i in lay.hosted}
     nodes_of: dict = {}
     for k, value in lay.value.items():
-        nodes_of.setdefault(id(_owner(value)), []).append(k)
+        nodes_of.setdefault(id(owner(value)), []).append(k)
     out = {}
     for c in found:
-        owner = id(_owner(_value(lay, c)))
-        nodes = nodes_of.get(owner, [])
-        out[owner] = owner not in hosting and all(_unread_later(an, k, found, skips) for k in nodes)
+        root = id(owner(_value(lay, c)))
+        nodes = nodes_of.get(root, [])
+        out[root] = root not in hosting and all(_unread_later(an, k, found, skips) for k in nodes)
     return out
 
 

@@ -13,6 +13,7 @@ from seqgraph.engine.autodiff import Program
 from seqgraph.engine.backend import Backend, get_backend
 from seqgraph.engine.graph import Graph
 from seqgraph.engine.initializers import initialize
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import DataError, GraphError, SpecError
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
@@ -36,16 +37,16 @@ RUNNER_CACHE_BYTES = 2 << 30  # buffers the cached plan runners of one model may
 
 
 def held_bytes(plan) -> int:
-    """Bytes of the arrays a plan's layout holds (values, gradients, their stacks), each
-    allocation once: what dropping the plan gives back, give or take its scratch space."""
+    """Bytes of the arrays a plan holds (values, gradients, their stacks, the kernels'
+    scratch and saved buffers), each allocation once: what dropping the plan gives back,
+    but for buffers a kernel made for itself (`plan.listing.inventory` walks those too)."""
     lay, seen, total = plan.layout, set(), 0
     arrays = [stack.arr for stack in lay.value_stack.values()]
     arrays += [stack.arr for stack in lay.grad_stack.values()]
-    arrays += [*lay.value.values(), *lay.grad.values()]
+    arrays += [*lay.value.values(), *lay.grad.values(), *plan.ctx.scratch.values()]
+    arrays += [a for kept in plan.ctx.saved.values() for a in kept]
     for array in arrays:
-        root = array
-        while getattr(root, "base", None) is not None:
-            root = root.base
+        root = owner(array)
         if id(root) not in seen:
             seen.add(id(root))
             total += int(getattr(root, "nbytes", 0))

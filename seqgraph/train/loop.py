@@ -599,7 +599,7 @@ class _Loop:
         """The last validation record of `step` (the stopped run's final one, with its
         scores) as this run's, so resuming a finished run repeats no record."""
         records = [r for r in self.metrics.read() if r.get("kind") == "valid"]
-        final = [r for r in records if r.get("step") == step]
+        final = [r for r in records if r.get("step") == step and "valid_loss" in r]
         if not final:  # a metrics.jsonl without it (edited by hand): validate again
             return
         dropped = ("kind", "step", "valid_loss", "time")

@@ -70,3 +70,11 @@ def sum_into(ctx, g, dest):
     axes = _reduce_axes(tuple(g.shape), tuple(dest.shape))
     target = dest[(None,) * lead] if lead else dest
     return partial(m.sum, g, axis=axes, keepdims=True, out=target)
+
+
+def owner(array):
+    """The array that owns the memory `array` views (itself if it owns it): one allocation,
+    whatever views of it a plan holds."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
+        array = array.base
+    return array

@@ -324,13 +324,14 @@ def _relu_vjp_out(m, o, g, out, a):
     "relu",
     1,
     **ELEMENTWISE_FACTS,
-    c_expr="{0} > ({t})0 ? {0} : ({t})0",
+    # NaN stays NaN (as np.maximum and torch.relu): a blow-up must not turn into zeros
+    c_expr="{0} <= ({t})0 ? ({t})0 : {0}",
     out_forward=lambda ctx, out, a: partial(ctx.m.maximum, a, 0, out=out),
     out_vjp=(_relu_vjp_out,),
 )
 def _relu(xp, a):
-    """out = max(a, 0).  da = g * [a > 0]."""
-    return xp.where(a > 0, a, xp.zeros_like(a))
+    """out = max(a, 0), NaN where a is NaN.  da = g * [a > 0]."""
+    return xp.where(a <= 0, xp.zeros_like(a), a)  # NaN <= 0 is false
 
 
 @_relu.vjp

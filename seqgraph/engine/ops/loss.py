@@ -110,22 +110,16 @@ def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
     """dz = g * (softmax(z) - onehot(target)), softmax as exp(z - top) / sum (the forward
     kernel's, where it kept them)."""
     z, targets = ins
+    saved = ctx.saved.get(ctx.address(z)) if position == 0 else None
+    if saved is not None:
+        # the forward kernel's exp(z - top) and row sums; always taken, whatever g's and
+        # dest's layout: z's buffer may hold exp(z - top) now, so nothing may read z again
+        return _from_forward(ctx, dest, add, g, z, targets, *saved)
     parts = ce_rows(ctx, z, targets) if position == 0 and contiguous(g) else None
     if parts is None or not contiguous(dest):
         return None
     m, (z2, index, top, total) = ctx.m, parts
     g_col = g.reshape(-1, 1)
-    saved = ctx.saved.get(ctx.address(z))
-    if saved is not None:  # the forward kernel's exp(z - top) and row sums
-        e, sums = saved
-
-        def from_forward(o):
-            o2 = o.reshape(z2.shape)
-            m.divide(e, sums, out=o2)
-            o2[index] -= 1
-            m.multiply(o2, g_col, out=o2)
-
-        return deliver(ctx, dest, add, from_forward, tuple(z.shape), z.dtype)
 
     def compute(o):
         o2 = o.reshape(z2.shape)  # o is dest or a scratch array: contiguous, so a view
@@ -138,6 +132,31 @@ def _softmax_ce_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None):
         m.multiply(o2, g_col, out=o2)
 
     return deliver(ctx, dest, add, compute, tuple(z.shape), z.dtype)
+
+
+def _from_forward(ctx, dest, add, g, z, targets, e, sums):
+    """Kernel: dz = g * (e / sums - onehot(target)) from the forward's saved exp(z - top)
+    (`e`, rows of z's shape) and row sums, into dest (written or added to) of any layout."""
+    m, (_, index, _, _) = ctx.m, ce_rows(ctx, z, targets)  # z was contiguous: it saved e
+    shape = tuple(z.shape)
+    direct = contiguous(dest) and tuple(dest.shape) == shape and not add
+    o = dest if direct else ctx.tmp(shape, z.dtype, tag=6)
+    o2 = o.reshape(e.shape)
+    g_col = g.reshape(-1, 1) if contiguous(g) else None  # else a copy each call
+
+    def run():
+        m.divide(e, sums, out=o2)
+        o2[index] -= 1
+        m.multiply(o2, g.reshape(-1, 1) if g_col is None else g_col, out=o2)
+        if o is dest:
+            return
+        total = o if tuple(dest.shape) == shape else unbroadcast(m, o, tuple(dest.shape))
+        if add:
+            m.add(dest, total, out=dest)
+        else:
+            m.copyto(dest, total)
+
+    return run
 
 
 @op(
