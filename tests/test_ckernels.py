@@ -408,3 +408,120 @@ def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
             np.testing.assert_array_equal(y[..., 18], y[..., 2])
             checked += 1
     assert checked
+
+
+TEMPLATED = [
+    "lstm",
+    "gru",
+    "stacked",
+    "bidirectional",
+    "many_to_one_bidirectional",
+    "layer_norm",
+    "dropout",
+    "dropout_gru_layer_norm",
+]
+
+
+@pytest.mark.parametrize("grads", [True, False])
+@pytest.mark.parametrize("name", TEMPLATED)
+def test_groups_bound_from_a_template_equal_each_group_bound_alone(name, grads, monkeypatch):
+    """`bind_groups` binds a cell's first group in full and derives the other steps' from
+    it: the same functions, argument blocks and buffers as `bind` of each group alone, with
+    fewer full bindings than groups."""
+    raw = CASES[name]
+    model = Model(raw)
+    plan = model.plan(batch_for(raw), grads=grads)
+    fused = [run for run in plan.groups if len(run) > 1]
+    alone = [ckernels.bind(plan.schedule, run, grads) for run in fused]
+    full_bindings = []
+    bind = ckernels.bind
+    monkeypatch.setattr(ckernels, "bind", lambda *a: full_bindings.append(1) or bind(*a))
+    derived = ckernels.bind_groups(plan.schedule, fused, grads)
+    assert 0 < len(full_bindings) < len(fused)
+    assert sum(b is not None for b in alone) == len(fused)
+    for one, other in zip(derived, alone, strict=True):
+        assert (one.name, one.text) == (other.name, other.text)
+        np.testing.assert_array_equal(one.args, other.args)
+        assert one.args.dtype == other.args.dtype == np.int64
+        assert len(one.arrays) == len(other.arrays)
+        assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
+
+
+@pytest.mark.parametrize("name", TEMPLATED)
+def test_chains_bound_from_a_template_equal_each_chain_bound_alone(name, monkeypatch):
+    """`bind_chains` makes each backward chain's C function once and derives the other
+    steps' argument blocks: the same as `bind_chain` of each run alone."""
+    raw = CASES[name]
+    seen = []
+    compile_chains = ckernels.compile_chains
+    monkeypatch.setattr(
+        ckernels, "compile_chains", lambda runs, views: seen.append(runs) or compile_chains(runs)
+    )
+    Model(raw).plan(batch_for(raw))
+    (runs,) = seen
+    alone = [ckernels.bind_chain(statements) for statements in runs]
+    derived = ckernels.bind_chains(runs)
+    assert len({b.name for b in alone}) < len(runs)  # steps share functions
+    for one, other in zip(derived, alone, strict=True):
+        assert (one.name, one.text) == (other.name, other.text)
+        np.testing.assert_array_equal(one.args, other.args)
+        assert one.args.dtype == other.args.dtype == np.int64
+        assert len(one.arrays) == len(other.arrays)
+        assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
+
+
+def fake_plan(layouts: list) -> tuple:
+    """A plan-like object with one group per step: a = tanh(x), y = a * x, every buffer
+    (B, H) float64; layouts[t] makes (x, a, y) of step t from a base array. Returns the
+    plan and the groups."""
+    from types import SimpleNamespace
+
+    node, meta, value, runs = {}, {}, {}, []
+    for t, make in enumerate(layouts):
+        x, a, y = ("c", "x", t), ("c", "a", t), ("c", "y", t)
+        node[x] = {"kind": "input", "op": None, "inputs": (), "attrs": {}}
+        node[a] = {"kind": "op", "op": "tanh", "inputs": (x,), "attrs": {}}
+        node[y] = {"kind": "op", "op": "mul", "inputs": (a, x), "attrs": {}}
+        value[x], value[a], value[y] = make()
+        for k in (x, a, y):
+            meta[k] = (value[k].shape, value[k].dtype)
+        runs.append([("node", a), ("node", y)])
+    an = SimpleNamespace(node=node, meta=meta, inputs=lambda k: node[k]["inputs"])
+    plan = SimpleNamespace(an=an, layout=SimpleNamespace(value=value, in_place={}), outputs=set())
+    return plan, runs
+
+
+def separate():
+    return [np.zeros((3, 4)) for _ in range(3)]
+
+
+def strided():  # every buffer a column block of a wider one: other row strides
+    wide = np.zeros((3, 12))
+    return [wide[:, :4], wide[:, 4:8], wide[:, 8:]]
+
+
+def overlapping():  # y written over x shifted by one element: neither x nor apart
+    base = np.zeros(40)
+    return [base[:12].reshape(3, 4), np.zeros((3, 4)), base[1:13].reshape(3, 4)]
+
+
+def test_bind_groups_falls_back_where_a_step_differs_from_its_template(monkeypatch):
+    """A step whose buffers have other strides than the template's is bound in full (other
+    row strides), one whose output overlaps an input keeps its NumPy chain (None), as
+    `bind` decides for each alone."""
+    plan, runs = fake_plan([separate, strided, separate, overlapping, strided])
+    alone = [ckernels.bind(plan, run, True) for run in runs]
+    full_bindings = []
+    bind = ckernels.bind
+    monkeypatch.setattr(ckernels, "bind", lambda *a: full_bindings.append(a[1]) or bind(*a))
+    derived = ckernels.bind_groups(plan, runs, True)
+    assert full_bindings == [runs[0], runs[1], runs[4]]  # the template, other strides twice
+    assert [b is None for b in alone] == [False, False, False, True, False]
+    assert not np.array_equal(alone[0].args[3::2], alone[1].args[3::2])  # row strides differ
+    for one, other in zip(derived, alone, strict=True):
+        if other is None:
+            assert one is None
+            continue
+        assert (one.name, one.text) == (other.name, other.text)
+        np.testing.assert_array_equal(one.args, other.args)
+        assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))

@@ -150,8 +150,9 @@ class _Emitter:
         each (`ckernels.chains`), where the kernels can be."""
         out = self.out
         statements = [self.statements.get(i) for i in range(len(out.kernels))]
-        runs = ckernels.chains(statements)
-        compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs])
+        views = ckernels.Views()  # what is known of each buffer, found once for both
+        runs = ckernels.chains(statements, views)
+        compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs], views)
         kernels, records, start = [], [], 0
         for (lo, hi), kernel in zip(runs, compiled, strict=True):
             if kernel is None:
