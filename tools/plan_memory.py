@@ -30,24 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, os.environ.get("SEQGRAPH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import numpy_hand  # noqa: E402
-from bench_peers import CELLS, CONFIGS  # noqa: E402
-
-from seqgraph import Model  # noqa: E402
+from bench_peers import CELLS, CONFIGS, bench_model  # noqa: E402
 
 MIB = 2**20
-
-
-def bench_model(cell: str, cfg: tuple) -> Model:
-    _, _, n_in, H, C = cfg
-    spec = {
-        "model": {
-            "pattern": "many_to_many",
-            "input": {"type": "vectors", "size": n_in},
-            "target": {"type": "ids", "vocab": C},
-            "layers": [{"cell": cell, "hidden": H}],
-        }
-    }
-    return Model(spec, dtype="float32")
 
 
 def make_data(cfg: tuple, seed: int = 0) -> dict:
