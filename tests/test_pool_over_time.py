@@ -189,3 +189,38 @@ def test_render_draws_the_pool_fed_by_every_step():
     for t in range(4):
         assert f'\t"l0@{t}" -> pool' in lines
     assert "\tpool -> out" in lines
+
+
+def test_the_plan_takes_each_stacked_steps_gradient_as_one_slice(monkeypatch):
+    """`stack`'s VJP kernel gives each input its slice of g, one view made at plan build
+    (the reference VJP sliced every input for each input's call: T^2 views a step)."""
+    import dataclasses
+
+    from seqgraph.engine import ops
+
+    kernels = []
+    original = ops.OPS["stack"].vjp_kernel
+
+    def spy(*args, **attrs):
+        kernels.append(original(*args, **attrs))
+        return kernels[-1]
+
+    monkeypatch.setitem(ops.OPS, "stack", dataclasses.replace(ops.OPS["stack"], vjp_kernel=spy))
+    spec = {
+        "dtype": "float64",
+        "model": {
+            "pattern": "many_to_one",
+            "pool": "max",
+            "input": {"type": "vectors", "size": 3},
+            "target": {"type": "ids", "vocab": 2},
+            "layers": [{"cell": "gru", "hidden": 4}],
+        },
+    }
+    plan_model, interp_model = Model(spec), Model(spec, engine="interp")
+    batch = batching.dummy(plan_model.spec, 3, 7)
+    loss, grads = plan_model.loss_and_grads(batch)
+    assert len(kernels) == 7 and all(k is not None for k in kernels)
+    want_loss, want = interp_model.loss_and_grads(batch)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(grads[name], want[name], rtol=1e-10, atol=1e-12)

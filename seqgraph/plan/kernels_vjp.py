@@ -51,7 +51,7 @@ def vjp(ctx, op: str, position: int, dest, add: bool, g, out, ins: list, attrs: 
         compute = (lambda r: lambda o: r(m, o, g, out, *ins))(rule)
         return deliver(ctx, dest, add, compute, tuple(g.shape), g.dtype)
     if entry.vjp_kernel is not None:
-        kernel = entry.vjp_kernel(ctx, position, dest, add, g, out, ins, bt)
+        kernel = entry.vjp_kernel(ctx, position, dest, add, g, out, ins, bt, **attrs)
         if kernel is not None:
             return kernel
     return _generic_vjp(ctx, op, position, dest, add, g, out, ins, attrs)

@@ -20,7 +20,19 @@ from seqgraph.engine.ops.table import VARIADIC, op
 NEG = -1e30  # log(0) stand-in: finite in float32 and float64, exp() of it is exactly 0
 
 
-@op("stack", VARIADIC, ("axis",))
+def _stack_vjp_kernel(ctx, position, dest, add, g, out, ins, bt=None, axis=1):
+    """dest (+)= the `position`-th slice of g: one view made once, not the reference VJP's
+    slices of every input at each input's call (T^2 views for T stacked steps)."""
+    part = g[(slice(None),) * (axis % g.ndim) + (position, ...)]
+    if tuple(part.shape) != tuple(dest.shape):
+        return None  # a broadcast input: the reference sums it down
+    m = ctx.m
+    if add:
+        return lambda: m.add(dest, part, out=dest)
+    return lambda: m.copyto(dest, part)
+
+
+@op("stack", VARIADIC, ("axis",), vjp_kernel=_stack_vjp_kernel)
 def _stack(xp, *xs, axis=1):
     """out = x1, x2, ... stacked along a new axis `axis` (per-step (B, C) -> (B, T, C)).
 

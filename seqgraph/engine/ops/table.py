@@ -82,8 +82,9 @@ class Op:
     # One entry per input, each writing that input's contribution at g's (broadcast) shape:
     # None (it is g), NEGATE (-g), a `UfuncVJP` (one call), or fn(m, o, g, out, *inputs).
     out_vjp: tuple | None = None
-    # (ctx, position, dest, add, g, out, inputs, bt) -> a kernel writing (add=False) or adding
-    # the gradient of input `position` into dest, or None; for ops `out_vjp` cannot express.
+    # (ctx, position, dest, add, g, out, inputs, bt, **attrs) -> a kernel writing (add=False)
+    # or adding the gradient of input `position` into dest, or None; for ops `out_vjp` cannot
+    # express.
     vjp_kernel: Callable[..., Any] | None = None
     # Its vjp_kernel for input 0 multiplies g by input 1 transposed, and takes `bt`, a
     # contiguous copy of that transpose, when the plan keeps one (matmul by a weight matrix).
