@@ -7,6 +7,7 @@ run by conftest.py, so a report can quote how close analytic and numeric gradien
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from seqgraph import Model
 from seqgraph.engine.xp_extra import to_numpy
@@ -136,6 +137,17 @@ def check_param_grads(
     record(check, worst, where)
     assert not failures, "gradient mismatch:\n" + "\n".join(failures)
     return worst
+
+
+def assert_plan_gives(plan, batch, loss: float, grads: dict) -> None:
+    """The plan model's loss and gradients equal the reference `loss`, `grads` (float64,
+    1e-11), on two calls: buffers are reused, so the second must not see the first."""
+    for _ in range(2):
+        got_loss, got = plan.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-12, abs=1e-12)
+        assert set(got) == set(grads)
+        for name in grads:
+            np.testing.assert_allclose(got[name], grads[name], rtol=1e-11, atol=1e-12, err_msg=name)
 
 
 def require_gpu():
