@@ -221,3 +221,22 @@ def test_before_must_be_a_source_tree(tmp_path, capsys):
         bench.parse(["--before", str(tmp_path)])
     assert exited.value.code == 2
     assert "no seqgraph package there" in capsys.readouterr().err
+
+
+def test_the_machine_line_names_openblas_kernels_and_warns_when_the_environment_pins_them(
+    tmp_path, capsys
+):
+    report = _report([{"config": "tiny", "cell": "rnn", "impl": "torch", "ms_median": 1.0}])
+    report["machine"]["pools"] = [
+        {"internal_api": "openblas", "num_threads": 2, "architecture": "SkylakeX"}
+    ]
+    path = tmp_path / "a.json"
+    path.write_text(__import__("json").dumps(report))
+    assert bench_table.main([str(path)]) == 0
+    assert "openblas SkylakeX kernels, 2 threads" in capsys.readouterr().out
+    pinned = bench.forced_kernels_line(
+        {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "2"}
+    )
+    assert "OPENBLAS_CORETYPE=Haswell pins" in pinned and "NUM_THREADS" not in pinned
+    assert "env -u OPENBLAS_CORETYPE" in pinned
+    assert bench.forced_kernels_line({"OPENBLAS_CORETYPE": None, "OMP_NUM_THREADS": "1"}) == ""

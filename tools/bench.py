@@ -306,11 +306,30 @@ def _time(args, impls, cells, folder, report) -> None:
 
 def machine_line(machine: dict) -> str:
     cpu, blas = machine["cpu"], machine.get("blas", {})
-    threads = [f"{p['internal_api']} {p['num_threads']}" for p in machine.get("pools", [])]
+    threads = [
+        f"{p['internal_api']} {p['num_threads']} ({p.get('architecture')} kernels)"
+        for p in machine.get("pools", [])
+    ]
     return (
         f"# {cpu['model']} ({cpu['usable_cpus']} cores usable), Python {machine['python']}, "
         f"NumPy {machine.get('numpy')} with {blas.get('name')} {blas.get('version')} "
         f"(threads: {', '.join(threads) or 'unknown'}), load {machine['load_average']}"
+    ) + forced_kernels_line(machine.get("environment", {}))
+
+
+def forced_kernels_line(environment: dict) -> str:
+    """A warning when the environment pins OpenBLAS's kernels: then NumPy (seqgraph and the
+    hand-written peer) may run older kernels than this CPU's, while torch and JAX do not."""
+    forced = {
+        k: v for k, v in environment.items() if k.startswith("OPENBLAS_") and "THREADS" not in k
+    }
+    if not any(v is not None for v in forced.values()):
+        return ""
+    pinned = ", ".join(f"{k}={v}" for k, v in forced.items() if v is not None)
+    return (
+        f"\n# {pinned} pins OpenBLAS's kernels for NumPy; to time what a current NumPy runs "
+        "here, unset them for this command alone: "
+        "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench.py ..."
     )
 
 

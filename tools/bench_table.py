@@ -55,7 +55,12 @@ def machine(report: dict) -> str:
         return "an old-harness file: no machine recorded"
     m, libraries = report["machine"], report.get("libraries", {})
     cpu, blas = m["cpu"], m.get("blas", {})
-    pools = [f"{p['internal_api']} {p['num_threads']} threads" for p in m.get("pools", [])]
+    pools = [
+        f"{p['internal_api']} "
+        + (f"{p['architecture']} kernels, " if p.get("architecture") else "")
+        + f"{p['num_threads']} threads"
+        for p in m.get("pools", [])
+    ]
     parts = [
         f"{cpu['model']} (family {cpu['family']} model {cpu['model_number']}, "
         f"{cpu['usable_cpus']} cores{', virtualised' if cpu['virtualised'] else ''})",

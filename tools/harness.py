@@ -48,7 +48,16 @@ MIN_SAMPLE_S = 0.2  # shortest sample: it spans many scheduler ticks (4 ms at mo
 STEADY = 0.05  # warm-up ends when two consecutive chunks agree within 5 %
 WARM_UP_LIMIT_S = 5.0  # ... or after this long (recorded as not steady)
 ALONE_SAMPLES = 5
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+# Recorded in the JSON: thread counts, and OpenBLAS's forced kernel set, which a machine's
+# environment may pin (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves NumPy's GEMM).
+ENVIRONMENT_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "XLA_FLAGS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
 
 Step = Callable[[], float]  # one training step; returns the loss (and has synchronised a GPU)
 
@@ -298,7 +307,7 @@ def host_facts() -> dict:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "environment": {name: os.environ.get(name) for name in ENVIRONMENT_VARIABLES},
         "load_average": load_average(),
     }
 
