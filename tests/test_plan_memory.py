@@ -169,3 +169,28 @@ def test_the_cross_entropy_gradient_over_its_own_logits_takes_any_layout(layout)
     kernel = ops.OPS["softmax_ce"].vjp_kernel(ctx, 0, dest, layout == "add", g, out, [z, targets])
     kernel()
     np.testing.assert_allclose(dest, start + want if layout == "add" else want, rtol=1e-12)
+
+
+def test_a_numpy_training_step_imports_no_scipy():
+    """scipy.special (once the small-sigmoid kernel) costs 26 MiB of resident memory and a
+    second OpenBLAS thread pool: a NumPy plan must not import it (regression)."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, numpy as np\n"
+        "from seqgraph import Model\n"
+        "spec = {'model': {'pattern': 'many_to_many', 'layers': [{'cell': 'lstm', 'hidden': 5}],\n"
+        "        'input': {'type': 'vectors', 'size': 3}, 'target': {'type': 'ids', 'vocab': 4}}}\n"
+        "model = Model(spec, dtype='float32')\n"
+        "x = np.ones((2, 4, 3), np.float32); y = np.zeros((2, 4), np.int64)\n"
+        "loss, grads = model.loss_and_grads({'x': x, 'y': y})\n"
+        "assert np.isfinite(loss) and grads\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
+    )
+    for cpu_kernels in ("1", "0"):  # compiled kernels, and the NumPy chain without them
+        env = dict(__import__("os").environ, SEQGRAPH_CPU_KERNELS=cpu_kernels)
+        done = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True
+        )
+        assert done.stdout.strip() == "[]"

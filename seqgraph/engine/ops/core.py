@@ -276,15 +276,10 @@ def _sigmoid_local_out(m, o, y):
     m.multiply(o, y, out=o)
 
 
-# SciPy's expit is one call but a scalar loop: on a 64 x 256 float32 gate block it took
-# 89 us here against 14 us for the four vectorised calls of the tanh form; below about
-# 512 entries its single call wins (1.6 vs 2.5 us at 400).
-EXPIT_MAX_SIZE = 512
-
-
 def _sigmoid_out(ctx, out, a):
-    """Forward kernel: `ctx.expit` (SciPy's or CuPy's) where it is faster, else the tanh form."""
-    if ctx.expit is not None and (ctx.name == "cupy" or out.size <= EXPIT_MAX_SIZE):
+    """Forward kernel: `ctx.expit` (CuPy's, one fused kernel) where there is one, else the
+    tanh form (NumPy: four vectorised calls)."""
+    if ctx.expit is not None:
         return partial(ctx.expit, a, out=out)
     m = ctx.m
 
