@@ -234,3 +234,17 @@ def test_a_bad_ema_is_one_line_naming_the_key_and_the_fix(tmp_path, capsys, valu
     if "decay:" in message and "maximum" in message:
         assert "must be in (0, 1), such as 0.99 or 0.999" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_average_keeps_the_weights_dtype():
+    weights = {"W": np.ones((2, 2), np.float32)}
+    average = WeightAverage(0.999)
+    for step in (1, 2, 3):
+        weights = {"W": weights["W"] * np.float32(1.5)}
+        average.update(weights, step)
+    assert average.averaged["W"].dtype == np.float32
+    # 1.5 after step 1 (a copy), then 0.001 of each new value folded in, in float32
+    expected = np.float32(1.5)
+    for value in (np.float32(2.25), np.float32(3.375)):
+        expected = np.float32(0.999) * expected + np.float32(0.001) * value
+    np.testing.assert_allclose(average.averaged["W"], expected, rtol=1e-6)

@@ -38,7 +38,9 @@ class WeightAverage:
         """Fold in the parameters after optimizer step `step` (1-based). Up to step start + 1
         the average is a copy: averaging begins with the step after that."""
         if step <= self.start + 1 or not self.averaged:
-            self.averaged = {name: p.copy() for name, p in params.items()}
+            # the same arrays, no copy: parameters are replaced each step, never written
+            # in place (STYLE.md), and each later average is a new array
+            self.averaged = dict(params)
             return
         d = self.decay
         # a Python float times an array keeps the array's dtype (NumPy and CuPy alike)
