@@ -183,8 +183,9 @@ def _run(options: RunOptions, log, comm) -> dict:
             metrics = run_folder.Metrics(run_dir, start if options.resume else None)
         start, carry, best = _share_start(comm, model, optimizer, average, rng, start, carry, best)
         source = datasets.source_of(resolved["data"])
-        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm)
-        loop.average = average
+        loop = _Loop(
+            model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm, average
+        )
         if not loop.has_validation:
             warning = _no_validation_warning(dataset, resolved["data"], config)
             if config.get("early_stopping"):
@@ -454,7 +455,18 @@ def _restore(
 
 class _Loop:
     def __init__(
-        self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm=None
+        self,
+        model,
+        optimizer,
+        dataset,
+        config,
+        rng,
+        run_dir,
+        metrics,
+        log,
+        source,
+        comm=None,
+        average: WeightAverage | None = None,
     ):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.comm = comm or distributed.Single()
@@ -463,7 +475,7 @@ class _Loop:
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
         self.last: dict = {}
-        self.average: WeightAverage | None = None  # train.ema's, set by `_run`
+        self.average = average  # train.ema's; None without it
         self.best = Best.from_config(config.get("early_stopping"))
         self.best_note = ""  # what the last validation did to the best, for its progress line
         self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
