@@ -56,7 +56,7 @@ def write_spec(tmp_path: Path, name: str, model: dict, data: dict, train: dict) 
     return path
 
 
-def sentiment_spec(tmp_path: Path) -> Path:
+def sentiment_spec(tmp_path: Path, **train) -> Path:
     """many_to_one over padded sentences of 1..9 words; batch 5 splits 3 + 2, and the
     epoch's last batch has one sentence, so rank 1 then has none."""
     rng = np.random.default_rng(0)
@@ -74,7 +74,7 @@ def sentiment_spec(tmp_path: Path) -> Path:
         "layers": [{"cell": "gru", "hidden": 6, "dropout": 0.3, "recurrent_dropout": 0.2}],
     }
     data = {"source": "tsv", "path": str(tmp_path / "s.tsv"), "valid_fraction": 0.1}
-    return write_spec(tmp_path, "polarity", model, data, {"batch_size": 5})
+    return write_spec(tmp_path, "polarity", model, data, {"batch_size": 5, **train})
 
 
 def char_spec(tmp_path: Path, **train) -> Path:
@@ -110,8 +110,9 @@ def finished(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str,
 
 def arrays_of(run_dir: Path) -> tuple[dict, dict]:
     """(every array of a checkpoint by one flat name, its meta)."""
-    params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
+    params, raw, opt_state, carry, meta = run_folder.load_training_state(run_dir)
     flat = {f"param/{k}": v for k, v in params.items()}
+    flat.update({f"raw/{k}": v for k, v in raw.items()})  # train.ema's raw weights
     flat.update({f"carry/{k}": v for k, v in carry.items()})
     for name, slots in opt_state.items():
         flat.update({f"opt/{name}/{slot}": v for slot, v in slots.items()})
@@ -215,6 +216,21 @@ def test_two_ranks_then_one_equal_one_process_truncated_bptt(tmp_path):
     api.train(str(spec), out=str(both), resume=True, steps=20, **quiet)
     api.train(str(spec), out=str(tmp_path / "one"), **quiet)
     assert_same_run(tmp_path / "one", both)
+
+
+@needs_mpi
+def test_two_ranks_resume_rank_0s_weight_average(tmp_path):
+    """train.ema: rank 0 reads the average from the checkpoint and hands it to rank 1; the
+    ranks then average the same weights, and the run ends as one process's resumed run does."""
+    spec = sentiment_spec(tmp_path, ema={"decay": 0.8})
+    quiet = {"log": lambda *a: None, "progress": False, "sample": False}
+    api.train(str(spec), out=str(tmp_path / "both"), steps=12, **quiet)
+    code, _, err = finished(mpirun(2, str(spec), "--resume", "--out", str(tmp_path / "both")))
+    assert code == 0, err
+    api.train(str(spec), out=str(tmp_path / "one"), steps=12, **quiet)  # validates at 12 too
+    api.train(str(spec), out=str(tmp_path / "one"), resume=True, **quiet)
+    assert "raw/l0.W_hh" in arrays_of(tmp_path / "one")[0]
+    assert_same_run(tmp_path / "one", tmp_path / "both")
 
 
 @needs_mpi

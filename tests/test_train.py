@@ -77,11 +77,18 @@ def seq2seq_spec(tmp_path: Path) -> Path:
     return write_spec(tmp_path, model, data, train, name="copy")
 
 
+def averaged_char_spec(tmp_path: Path) -> Path:
+    """char_spec with weight averaging whose first average (step 2) precedes the cut at 3."""
+    return char_spec(tmp_path, ema={"decay": 0.8, "start": 1})
+
+
 def params_of(run_dir: Path) -> dict:
-    return run_folder.load_checkpoint(run_dir)[0]
+    """The checkpoint's parameters, and under raw/ those training goes on from (train.ema)."""
+    params, raw, *_ = run_folder.load_training_state(run_dir)
+    return {**params, **{f"raw/{k}": v for k, v in raw.items()}}
 
 
-@pytest.mark.parametrize("make_spec", [char_spec, seq2seq_spec])
+@pytest.mark.parametrize("make_spec", [char_spec, seq2seq_spec, averaged_char_spec])
 def test_resume_reaches_bit_identical_parameters(tmp_path, make_spec):
     spec = make_spec(tmp_path)
     quiet = {"progress": False, "sample": False, "log": lambda line: None}
@@ -93,6 +100,7 @@ def test_resume_reaches_bit_identical_parameters(tmp_path, make_spec):
     api.train(str(spec), out=str(tmp_path / "part"), resume=True, **quiet)
     a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "part")
     assert a.keys() == b.keys()
+    assert any(k.startswith("raw/") for k in a) == (make_spec is averaged_char_spec)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     steps = [

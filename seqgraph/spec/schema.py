@@ -375,6 +375,32 @@ TRAIN = {
                 },
             },
         },
+        "ema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["decay"],
+            "examples": [{"decay": 0.999}],
+            "description": "validate, keep best.npz and checkpoint an exponential moving "
+            "average of the weights (Keras use_ema, torch AveragedModel): after each step "
+            "averaged = decay * averaged + (1 - decay) * weights; training goes on from the "
+            "raw weights",
+            "properties": {
+                "decay": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "exclusiveMaximum": 1,
+                    "description": "must be in (0, 1), such as 0.99 or 0.999: the weight the "
+                    "average keeps each step (it spans about 1 / (1 - decay) steps)",
+                },
+                "start": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": 0,
+                    "description": "averaging starts after this many steps (the weights of "
+                    "step start + 1 are its first value)",
+                },
+            },
+        },
         "scheduled_sampling": {
             "type": "object",
             "additionalProperties": False,

@@ -205,13 +205,19 @@ def _schema_error(error: jsonschema.ValidationError, lines, source) -> SpecError
         options = ", ".join(map(str, error.validator_value))
         return SpecError(path, f"got {error.instance!r}; expected one of: {options}", line, source)
     if error.validator == "type":
-        return SpecError(
-            path, f"got {error.instance!r}; expected {error.validator_value}", line, source
-        )
+        message = f"got {error.instance!r}; expected {error.validator_value}"
+        if error.schema.get("examples"):  # a section with one form: show it
+            message += f"; write it as {_flow(error.schema['examples'][0])}"
+        return SpecError(path, message, line, source)
     bounds = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
     if error.validator in bounds and "description" in error.schema:  # what the range means
         return SpecError(path, f"{error.message}; {error.schema['description']}", line, source)
     return SpecError(path, error.message, line, source)
+
+
+def _flow(value) -> str:
+    """`value` as one line of YAML flow style: `{decay: 0.999}`."""
+    return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 def validate(data, schema_dict, lines, source) -> None:

@@ -6,6 +6,8 @@ and early-stopping counters and the hidden state carried between windows of a te
 Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns; a NaN/Inf loss
 stops with the last good checkpoint kept. Each validation that improves on the best so far
 writes best.npz (`train.best`); `train.early_stopping` ends the run when they stop improving.
+With `train.ema` validation, best.npz and the checkpoint's parameters are the weights' moving
+average (`train.ema`), and the checkpoint also holds the raw weights training goes on from.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from seqgraph.spec.load import Spec, load_spec
 from seqgraph.train import ctc, distributed, run_folder, tracking
 from seqgraph.train import data as datasets
 from seqgraph.train.best import DEFAULT_METRIC, Best, validation_metrics
+from seqgraph.train.ema import WeightAverage
 from seqgraph.train.evaluate import decoding_for, evaluate, real_steps, score_kind, scorer_for
 from seqgraph.train.optim import Optimizer, clip, learning_rate, sampling_probability
 from seqgraph.train.progress import Progress
@@ -161,6 +164,7 @@ def _run(options: RunOptions, log, comm) -> dict:
     comm.use_local_gpu(options.backend or spec.backend)
     model = Model(spec, backend=options.backend, dtype=options.dtype)
     optimizer = Optimizer(config.get("optimizer") or {}, model.backend.xp)
+    average = WeightAverage.from_config(config.get("ema"))
     rng = np.random.default_rng([model.seed, 1])
     if options.sample and dataset.kind == "stream":  # a text run ends with a sample
         config["prime"] = _prime(spec, options.spec, dataset.vocab)
@@ -170,16 +174,18 @@ def _run(options: RunOptions, log, comm) -> dict:
         start, carry, best, metrics = 0, {}, None, distributed.Discarded()
         if comm.writes:
             start, carry, best = _start(
-                options, run_dir, model, optimizer, rng, log, resolved, dataset
+                options, run_dir, model, optimizer, average, rng, log, resolved, dataset
             )
             facts = datasets.describe(dataset)
             run_folder.write_run_files(run_dir, resolved, facts)
             if facts.get("read"):  # which arrays of an .npz were used and which were not
                 log(facts["read"])
             metrics = run_folder.Metrics(run_dir, start if options.resume else None)
-        start, carry, best = _share_start(comm, model, optimizer, rng, start, carry, best)
+        start, carry, best = _share_start(comm, model, optimizer, average, rng, start, carry, best)
         source = datasets.source_of(resolved["data"])
-        loop = _Loop(model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm)
+        loop = _Loop(
+            model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm, average
+        )
         if not loop.has_validation:
             warning = _no_validation_warning(dataset, resolved["data"], config)
             if config.get("early_stopping"):
@@ -220,20 +226,27 @@ def _check_batch_splits(config: dict, comm, spec_path) -> None:
         )
 
 
-def _share_start(comm, model: Model, optimizer: Optimizer, rng, start: int, carry: dict, best):
+def _share_start(
+    comm, model: Model, optimizer: Optimizer, average, rng, start: int, carry: dict, best
+):
     """Every rank starts from rank 0's state (the checkpoint it alone read on --resume):
-    parameters, optimizer state, RNG, step, the best validation so far (every rank tracks it,
-    so all of them stop early at the same step) and the carried state of the whole batch."""
+    parameters, optimizer state, the weights' average (`train.ema`), RNG, step, the best
+    validation so far (every rank tracks it, so all of them stop early at the same step) and
+    the carried state of the whole batch."""
     if comm.size == 1:
         return start, carry, best
     host = {k: to_numpy(v) for k, v in model.params.items()}
     slots = {n: {k: to_numpy(v) for k, v in s.items()} for n, s in optimizer.state.items()}
-    state = (start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state)
-    start, carry, best, host, slots, optimizer.steps, rng.bit_generator.state = comm.share(state)
+    averaged = {k: to_numpy(v) for k, v in average.averaged.items()} if average else {}
+    state = (start, carry, best, host, slots, averaged, optimizer.steps, rng.bit_generator.state)
+    shared = comm.share(state)
+    start, carry, best, host, slots, averaged, optimizer.steps, rng.bit_generator.state = shared
     model.set_params(host)
     optimizer.state = {
         n: {k: model.backend.asarray(v) for k, v in s.items()} for n, s in slots.items()
     }
+    if average is not None:
+        average.averaged = {k: model.backend.asarray(v) for k, v in averaged.items()}
     return start, carry, best
 
 
@@ -313,14 +326,22 @@ def _no_validation_warning(dataset, data: dict, config: dict) -> str:
 
 
 def _start(
-    options: RunOptions, run_dir: Path, model, optimizer, rng, log, resolved: dict, dataset
+    options: RunOptions,
+    run_dir: Path,
+    model,
+    optimizer,
+    average,
+    rng,
+    log,
+    resolved: dict,
+    dataset,
 ) -> tuple[int, dict, dict | None]:
     """(first step, carried state, best-validation counters): from the checkpoint on
     --resume, once the spec and the data are checked to be the run's; else from scratch in a
     folder that holds no run yet."""
     if options.resume:
         _check_same_run(run_dir, resolved, dataset)
-        start, carry, best = _restore(run_dir, model, optimizer, rng)
+        start, carry, best = _restore(run_dir, model, optimizer, average, rng)
         log(f"resuming {run_dir} at step {start}")
         return start, carry, best
     if (run_dir / run_folder.CHECKPOINT).exists():
@@ -337,14 +358,15 @@ def _finish(loop: _Loop, done: int, sample: bool, valid: dict) -> dict:
     model, dataset, config = loop.model, loop.dataset, loop.config
     out = {"valid": valid}
     app = registry.source(loop.source)  # the application's own scores and files
-    if app.metrics is not None and out["valid"]:
-        out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
-        loop.metrics.write({"kind": "app", "step": done, **out["valid"]["app"]})
-    if app.artifacts is not None:
-        out["artifacts"] = app.artifacts(model, dataset, loop.run_dir, model.seed)
+    with loop.evaluated_weights():  # the averaged ones with train.ema, as `eval` reads them
+        if app.metrics is not None and out["valid"]:
+            out["valid"]["app"] = app.metrics(model, dataset, "valid", config["batch_size"])
+            loop.metrics.write({"kind": "app", "step": done, **out["valid"]["app"]})
+        if app.artifacts is not None:
+            out["artifacts"] = app.artifacts(model, dataset, loop.run_dir, model.seed)
+        if sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
+            out["sample"] = loop.sample_text()
     run_folder.plot_losses(loop.run_dir, loop.metrics.read())
-    if sample and dataset.kind == "stream":  # text; audio writes a WAV (app)
-        out["sample"] = loop.sample_text()
     return out
 
 
@@ -405,11 +427,16 @@ def _vocab_difference(key: str, facts: dict, now: dict) -> str:
     return "; ".join(parts) or f"the same {name} in another order"
 
 
-def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[int, dict, dict]:
-    params, opt_state, carry, meta = run_folder.load_checkpoint(run_dir)
-    run_folder.check_finite(run_dir, params)
+def _restore(
+    run_dir: Path, model: Model, optimizer: Optimizer, average, rng
+) -> tuple[int, dict, dict]:
+    """The checkpoint's training state into the model, optimizer, average and RNG. A
+    checkpoint of a run with `train.ema` trains on from its raw weights; one without it (the
+    spec gained train.ema) starts its average at the next step."""
+    params, raw, opt_state, carry, meta = run_folder.load_training_state(run_dir)
+    run_folder.check_finite(run_dir, raw or params)
     try:
-        model.set_params(params)
+        model.set_params(raw or params)
     except DataError as exc:  # a run folder written before the spec check above
         raise TrainingError(
             f"{run_dir}: the spec changed since this run was started ({exc}); "
@@ -421,12 +448,25 @@ def _restore(run_dir: Path, model: Model, optimizer: Optimizer, rng) -> tuple[in
     }
     optimizer.steps = meta["optimizer_steps"]
     rng.bit_generator.state = meta["rng"]
+    if average is not None and raw:
+        average.averaged = {name: model.backend.asarray(v) for name, v in params.items()}
     return meta["step"], carry, meta.get("best")
 
 
 class _Loop:
     def __init__(
-        self, model, optimizer, dataset, config, rng, run_dir, metrics, log, source, comm=None
+        self,
+        model,
+        optimizer,
+        dataset,
+        config,
+        rng,
+        run_dir,
+        metrics,
+        log,
+        source,
+        comm=None,
+        average: WeightAverage | None = None,
     ):
         self.model, self.optimizer, self.dataset = model, optimizer, dataset
         self.comm = comm or distributed.Single()
@@ -435,6 +475,7 @@ class _Loop:
         self.metrics, self.log = metrics, log
         self.xp = model.backend.xp
         self.last: dict = {}
+        self.average = average  # train.ema's; None without it
         self.best = Best.from_config(config.get("early_stopping"))
         self.best_note = ""  # what the last validation did to the best, for its progress line
         self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
@@ -529,6 +570,8 @@ class _Loop:
                 self.model.params = self.optimizer.update(self.model.params, grads, lr)
                 carry = {k: to_numpy(v) for k, v in state.items()}
                 step += 1
+                if self.average is not None:
+                    self.average.update(self.model.params, step)
                 per_token = loss * sums.rows / max(n_tokens, 1)
                 fired, tokens = fired + did_clip, tokens + n_tokens
                 rate = tokens / max(time.perf_counter() - began, 1e-9)
@@ -622,13 +665,35 @@ class _Loop:
         carry = self.comm.gather_rows(carry)
         if not self.comm.writes:
             return
-        params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = {
             name: {slot: to_numpy(v) for slot, v in slots.items()}
             for name, slots in self.optimizer.state.items()
         }
         self.carry = carry
-        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, self._meta(step))
+        params, raw = self._evaluated_params(), None
+        if self.average is not None and self.average.averaged:
+            raw = {k: to_numpy(v) for k, v in self.model.params.items()}
+        meta = self._meta(step)
+        run_folder.save_checkpoint(self.run_dir, params, opt_state, carry, meta, raw=raw)
+
+    def _evaluated_params(self) -> dict:
+        """Host copies of the weights validation uses: the average with train.ema."""
+        with self.evaluated_weights():
+            return {k: to_numpy(v) for k, v in self.model.params.items()}
+
+    @contextlib.contextmanager
+    def evaluated_weights(self):
+        """The model holds the averaged weights inside the block (with train.ema, once it has
+        them), as Keras swaps its EMA weights in to evaluate; the raw ones again after."""
+        if self.average is None or not self.average.averaged:
+            yield
+            return
+        raw = self.model.params
+        self.model.params = self.average.averaged
+        try:
+            yield
+        finally:
+            self.model.params = raw
 
     def save_best(self, step: int) -> None:
         """best.npz: the parameters of this step's validation, the best so far. No optimizer
@@ -636,7 +701,7 @@ class _Loop:
         alone writes it (every rank holds the same parameters)."""
         if not self.comm.writes:
             return
-        params = {k: to_numpy(v) for k, v in self.model.params.items()}
+        params = self._evaluated_params()
         meta = self._meta(step)
         run_folder.save_checkpoint(self.run_dir, params, {}, {}, meta, name=run_folder.BEST)
         self.metrics.write(
@@ -674,9 +739,10 @@ class _Loop:
         # a decoder stops at its <eos>, as `eval` decodes it
         decoding = decoding_for(kind, getattr(self.dataset, "labels", None))
         scorer = scorer_for(self.source)
-        return evaluate(
-            self.model, batches, c["valid_batches"], scorer, kind=kind, decoding=decoding
-        )
+        with self.evaluated_weights():
+            return evaluate(
+                self.model, batches, c["valid_batches"], scorer, kind=kind, decoding=decoding
+            )
 
     def _record(self, step: int, result: dict) -> dict:
         """`result` as the validation of `step`, in metrics.jsonl and for `validation_at`."""

@@ -3,7 +3,9 @@
 RUN_DIR/spec.yaml        the spec as run (vocab sizes and data path filled in)
 RUN_DIR/data.json        vocabulary, labels and split sizes
 RUN_DIR/checkpoint.npz   parameters, optimizer state, carried state, step, RNG state, and the
-                         best-validation and early-stopping counters (`train.best`)
+                         best-validation and early-stopping counters (`train.best`); with
+                         `train.ema` its parameters are the averaged ones and `raw/` holds
+                         the ones training goes on from (`train.ema`)
 RUN_DIR/best.npz         the parameters at the best validation so far (same format, no
                          optimizer state or carried state); `--checkpoint best|last` picks
 RUN_DIR/metrics.jsonl    one JSON object per logged step or validation
@@ -152,11 +154,19 @@ def locked(run_dir: Path):
 
 
 def save_checkpoint(
-    run_dir: Path, params: dict, opt_state: dict, carry: dict, meta: dict, name: str = CHECKPOINT
+    run_dir: Path,
+    params: dict,
+    opt_state: dict,
+    carry: dict,
+    meta: dict,
+    name: str = CHECKPOINT,
+    raw: dict | None = None,
 ) -> None:
     """Everything a resumed run needs, as host arrays plus a JSON `meta` string; `name`
-    BEST writes the best parameters the same way."""
+    BEST writes the best parameters the same way. `raw`: the parameters training goes on
+    from, when `params` are others (their average, `train.ema`)."""
     arrays = {f"param/{k}": v for k, v in params.items()}
+    arrays.update({f"raw/{k}": v for k, v in (raw or {}).items()})
     for param, slots in opt_state.items():
         arrays.update({f"opt/{param}/{slot}": v for slot, v in slots.items()})
     arrays.update({f"carry/{k}": v for k, v in carry.items()})
@@ -201,7 +211,17 @@ def checkpoint_name(run_dir: Path, which: str | None) -> str:
 
 def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> tuple[dict, dict, dict, dict]:
     """(params, optimizer state, carried state, meta) from a run folder's `name`
-    (checkpoint.npz, or best.npz)."""
+    (checkpoint.npz, or best.npz): the parameters a model is evaluated with."""
+    params, _, opt_state, carry, meta = load_training_state(run_dir, name)
+    return params, opt_state, carry, meta
+
+
+def load_training_state(
+    run_dir: Path, name: str = CHECKPOINT
+) -> tuple[dict, dict, dict, dict, dict]:
+    """(params, raw params, optimizer state, carried state, meta): `load_checkpoint` plus the
+    parameters training goes on from where they differ from `params` ({} where they do not:
+    a run without `train.ema`)."""
     path = require_checkpoint(run_dir) if name == CHECKPOINT else Path(run_dir) / name
     try:
         stored = np.load(path, allow_pickle=False)
@@ -220,17 +240,19 @@ def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> tuple[dict, dict, 
         raise _unreadable(path, f"no {exc} entry in its metadata") from None
     except (ValueError, TypeError):
         raise _unreadable(path, "its metadata is not JSON") from None
-    params, opt_state, carry = {}, {}, {}
+    params, raw, opt_state, carry = {}, {}, {}, {}
     for key, value in arrays.items():
         kind, _, rest = key.partition("/")
         if kind == "param":
             params[rest] = value
+        elif kind == "raw":
+            raw[rest] = value
         elif kind == "opt":
             name, _, slot = rest.rpartition("/")
             opt_state.setdefault(name, {})[slot] = value
         elif kind == "carry":
             carry[rest] = value
-    return params, opt_state, carry, meta
+    return params, raw, opt_state, carry, meta
 
 
 def check_finite(run_dir: Path, params: dict, name: str = CHECKPOINT) -> None:
