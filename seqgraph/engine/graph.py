@@ -75,9 +75,10 @@ def topological_order(
         raise GraphError("topological_order: an item is listed twice")
     waiting = [0] * len(items)  # inputs not yet placed
     readers: list[list[int]] = [[] for _ in items]
+    position = index.__getitem__
     for i, item in enumerate(items):
         try:
-            sources = {index[source] for source in inputs(item)}
+            sources = set(map(position, inputs(item)))  # map and set: the loop in C
         except KeyError as missing:
             raise GraphError(
                 f"{item!r} depends on {missing.args[0]!r}, which is not among the items to order"

@@ -49,6 +49,15 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
     return None if view is None else view(shape, **attrs)
 
 
+class _Floating(dict):
+    """dtype -> whether it is a floating type, each dtype asked once (`dtype.kind` per node
+    adds up over an unrolled graph)."""
+
+    def __missing__(self, dtype) -> bool:
+        self[dtype] = dtype.kind == "f"
+        return self[dtype]
+
+
 class Analysis:
     """Everything the planner needs to know about one graph and one batch shape.
 
@@ -104,23 +113,25 @@ class Analysis:
         consumers, members, nodes = self.consumers, self.members, self.node
         meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
         edges, by_op = defaultdict(int), defaultdict(dict)
+        floating = _Floating()
         for k in self.order:
             if k not in live:
                 continue
             node = nodes[k]
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
             members[cls][k[2]] = k
-            if node["kind"] == "op":
+            kind = node["kind"]
+            if kind == "op":
                 by_op[node["op"]][k] = None
             inputs = node["inputs"]
             for position, source in enumerate(inputs):
                 consumers[source].append((k, position))
                 edges[(source if source[2] is None else source[:2], cls)] += 1
-            if k not in meta:
-                meta[k] = self._shape(node, meta, memo)
-            if meta[k][1].kind == "f" and (
-                node["kind"] == "param" or any(i in needs for i in inputs)
-            ):
+            shape = meta.get(k)
+            if shape is None:
+                shape = meta[k] = self._shape(node, meta, memo)
+            # isdisjoint: the "reads a node that needs it" test in C, not a generator per node
+            if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
                 needs.add(k)
         self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
         self.meta, self.needs_grad = meta, needs
@@ -309,7 +320,14 @@ class Analysis:
             )
             return tuple(shape), self.dtype
         signature = tuple([meta[i] for i in node["inputs"]])
-        memo_key = (node["op"], attrs_key(node["attrs"]), signature)
+        attrs = node["attrs"]
+        if attrs:  # the key of each attrs dict once (`memo` keeps the dict, so its id stays)
+            held = memo.get(id(attrs))
+            if held is None:
+                held = memo[id(attrs)] = (attrs, attrs_key(attrs))
+            memo_key = (node["op"], held[1], signature)
+        else:
+            memo_key = (node["op"], "", signature)
         if memo_key not in memo:
             import array_api_compat.numpy as xp
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
 
@@ -214,9 +215,11 @@ class Layout:
     def _single_values(self) -> None:
         """Nodes outside every class buffer: a view of their input, or their own array."""
         an, m = self.an, self.m
+        self.singles: list = []  # these nodes, for `nodes_by_buffer`
         for k in an.order:
             if k not in an.live or k in self.value:
                 continue
+            self.singles.append(k)
             node = an.node[k]
             index = (
                 analysis.view_index(node["op"], node["attrs"], an.meta[node["inputs"][0]][0])
@@ -229,6 +232,20 @@ class Layout:
             else:
                 shape, dtype = an.meta[k]
                 self.value[k] = m.empty(shape, dtype=dtype)
+
+    def nodes_by_buffer(self) -> dict:
+        """id(array that owns the memory) -> the nodes whose value lives in it (through a
+        view or an alias too), in no particular order. Every member of a class lives in its
+        class's stack, so one `owner` per class, not per node: liveness and the local
+        factors ask this several times per plan."""
+        out: dict = {}
+        value, members = self.value, self.an.members
+        for c in self.classes:
+            nodes = out.setdefault(id(owner(self.value_stack[c].arr)), [])
+            nodes.extend(members[c].values())
+        for k in [*self.placed, *self.singles]:  # the seeds, then nodes outside every class
+            out.setdefault(id(owner(value[k])), []).append(k)
+        return out
 
     def stacked(self, cls, position: int, grad: bool = False, pad: int = 0):
         """Input `position` of every step of `cls` as one array (a shared node: its own
