@@ -4,10 +4,13 @@ the reference by `tests/test_plan_listing.py` and the numbers by `tests/test_pla
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from numpy.lib.array_utils import byte_bounds
 
 from seqgraph import Model
 from seqgraph.engine.ops.buffers import owner
+from seqgraph.plan import ckernels
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import builtin_cells
 
@@ -39,3 +42,38 @@ def test_nodes_by_buffer_groups_every_value_by_the_array_that_owns_its_memory(ce
     found = lay.nodes_by_buffer()
     assert {buffer: set(nodes) for buffer, nodes in found.items()} == per_node
     assert sum(len(nodes) for nodes in found.values()) == len(lay.value)  # each node once
+
+
+def test_graph_records_are_the_networkx_node_dicts_in_insertion_order():
+    graph = plan_of("gru").graph
+    records = graph.records()
+    assert list(records) == list(graph.nx.nodes)
+    assert all(records[k] is data for k, data in graph.nx.nodes(data=True))
+
+
+def test_a_views_record_spans_its_bytes_whatever_its_strides():
+    """`ckernels.Views.record`'s first and one-past-last byte (cached per geometry) are
+    NumPy's own bounds, for reversed, strided, broadcast, 0-d and empty views."""
+    base = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    views = [
+        base,
+        base[1],
+        base[:, ::-1, 1:3],
+        base[::-1, :, ::2],
+        np.broadcast_to(base[0, 0], (5, 4)),
+        base[1, 2, 3, ...],
+        base[:, 1:1],
+    ]
+    found = ckernels.Views()
+    for view in views:
+        _, (start, strides, shape, dtype), low, high = found.record(view)
+        assert (start, strides, shape, dtype) == (
+            view.__array_interface__["data"][0],
+            view.strides,
+            view.shape,
+            view.dtype,
+        )
+        if view.size:
+            assert (low, high) == byte_bounds(view)
+        else:
+            assert low == high == start

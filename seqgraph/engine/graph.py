@@ -201,6 +201,12 @@ class Graph:
     def node(self, key: Key) -> dict:
         return self.nx.nodes[key]
 
+    def records(self) -> dict[Key, dict]:
+        """key -> node record (the very dicts networkx holds), in the order nodes were
+        added: one dict copy of networkx's node table, not a (key, data) pair made per node
+        by a node view (the lowering starts with this, over every node of the graph)."""
+        return dict(self.nx._node)
+
     def order(self) -> list[Key]:
         """Nodes in a topological order: `topological_order` without a priority, breadth-first
         from the nodes in the order they were added, i.e. networkx's `topological_sort`
@@ -208,7 +214,7 @@ class Graph:
         order alone would also be topological (`add` needs inputs first), but would change
         the order gradients are summed in, hence the last bits of the numbers."""
         if self._order is None:
-            inputs = dict(self.nx.nodes(data="inputs"))
+            inputs = {key: record["inputs"] for key, record in self.nx._node.items()}
             self._order = topological_order(inputs, inputs.__getitem__)
         return self._order
 

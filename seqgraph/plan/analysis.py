@@ -49,6 +49,19 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
     return None if view is None else view(shape, **attrs)
 
 
+class AttrsKeys(dict):
+    """attrs dict -> `attrs_key(attrs)`, each dict's key made once (by its id, the dict kept
+    so the id stays its own): a pass over an unrolled graph meets every step's attrs."""
+
+    def __call__(self, attrs: dict) -> str:
+        if not attrs:
+            return ""
+        held = self.get(id(attrs))
+        if held is None:
+            held = self[id(attrs)] = (attrs, attrs_key(attrs))
+        return held[1]
+
+
 class _Floating(dict):
     """dtype -> whether it is a floating type, each dtype asked once (`dtype.kind` per node
     adds up over an unrolled graph)."""
@@ -69,7 +82,7 @@ class Analysis:
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        self.node = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
+        self.node = graph.records()  # a copy: `rewrites` edit it
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self.state_inputs = (
@@ -320,14 +333,10 @@ class Analysis:
             )
             return tuple(shape), self.dtype
         signature = tuple([meta[i] for i in node["inputs"]])
-        attrs = node["attrs"]
-        if attrs:  # the key of each attrs dict once (`memo` keeps the dict, so its id stays)
-            held = memo.get(id(attrs))
-            if held is None:
-                held = memo[id(attrs)] = (attrs, attrs_key(attrs))
-            memo_key = (node["op"], held[1], signature)
-        else:
-            memo_key = (node["op"], "", signature)
+        keys = memo.get(AttrsKeys)
+        if keys is None:
+            keys = memo[AttrsKeys] = AttrsKeys()
+        memo_key = (node["op"], keys(node["attrs"]), signature)
         if memo_key not in memo:
             import array_api_compat.numpy as xp
 
@@ -411,9 +420,12 @@ class Analysis:
         sources = dict(zip(members, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
-            inner = [t for t in ts if t != edge] or ts
+            # the steps but the boundary one (ts holds each step once, in order)
+            inner = ts if edge is None else (ts[1:] if d < 0 else ts[:-1]) or ts
             target = class_of(sources[inner[0]])
             if len(target) != 2:
+                continue
+            if sources[inner[0]][2] != inner[0] + d:  # the first step already says no
                 continue
             if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
                 continue

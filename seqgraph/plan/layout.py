@@ -203,10 +203,11 @@ class Layout:
                 pre, post = int((c, "pre") in ext), int((c, "post") in ext)
                 arr = m.empty((hi - lo + 1 + pre + post,) + shape, dtype=dtype)
                 self.value_stack[c] = Stack(arr, pre - lo)
-            for t, k in an.members[c].items():
-                self.value[k] = self.value_stack[c].at(t)
-                if kind is not None:
-                    self.alias_of[k] = an.inputs(k)[1 if kind == "alias" else 0]
+            members, at = an.members[c], self.value_stack[c].at
+            self.value.update({k: at(t) for t, k in members.items()})
+            if kind is not None:
+                position, nodes = (1 if kind == "alias" else 0), an.node
+                self.alias_of.update({k: nodes[k]["inputs"][position] for k in members.values()})
         for seed, (root, side) in self.placed.items():
             arr = self.value_stack[root].arr
             self.value[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
@@ -429,16 +430,17 @@ class Layout:
         for c in grad_classes:
             self._resolve_grad_stack(c, sources)
         for c in grad_classes:
-            for t, k in an.members[c].items():
-                self.grad[k] = self.grad_stack[c].at(t)
-                self.base[k] = self.grad_stack[c].base
+            members, stack = an.members[c], self.grad_stack[c]
+            at = stack.at
+            self.grad.update({k: at(t) for t, k in members.items()})
+            self.base.update(dict.fromkeys(members.values(), stack.base))
         for seed, (root, side) in self.placed.items():
             if root in self.grad_stack:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base
         for k in an.order:
-            if k not in needs or k in self.grad:
+            if k in self.grad or k not in needs:  # most nodes are in a class's buffer
                 continue
             if k in self.alias_of and self.alias_of[k] in self.grad:
                 index = analysis.view_index(
@@ -475,7 +477,8 @@ class Layout:
             if k in self.alias_of and k not in self.cell:
                 self.cell[k] = k
                 self.children.setdefault(self.alias_of[k], []).append(k)
-        self.cell = {k: find(k) for k in self.grad}
+        cell = self.cell  # most nodes are their own cell: one lookup, no call, for those
+        self.cell = {k: k if cell.get(k, k) == k else find(k) for k in self.grad}
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
         self.parent = {k: p for p, kids in self.children.items() for k in kids}
         self.covered, self.overlapping, memo = set(), set(), {}
