@@ -333,10 +333,10 @@ class Analysis:
             )
             return tuple(shape), self.dtype
         signature = tuple([meta[i] for i in node["inputs"]])
-        keys = memo.get(AttrsKeys)
+        attrs, keys = node["attrs"], memo.get(AttrsKeys)
         if keys is None:
             keys = memo[AttrsKeys] = AttrsKeys()
-        memo_key = (node["op"], keys(node["attrs"]), signature)
+        memo_key = (node["op"], keys(attrs) if attrs else "", signature)
         if memo_key not in memo:
             import array_api_compat.numpy as xp
 

@@ -228,7 +228,7 @@ class _Emitter:
         source_of_g = upstream if upstream is not None else k
         node, g = an.node[k], lay.grad[source_of_g]
         tracker.ready([source_of_g])
-        total = an.addn_of_class(k)
+        total = an.addn_of_class(k) if ops.OPS[node["op"]].variadic_sum else None
         if total is not None:
             members = [an.members[total][t] for t in sorted(an.members[total])]
             targets = [s for s in members if s in an.needs_grad]

@@ -31,6 +31,16 @@ class Stack:
     def at(self, t: int):
         return self.arr[t + self.offset, ...]  # `...` keeps a 0-d step a view, not a scalar
 
+    def views(self, members: dict) -> dict:
+        """{node: `at(t)`} for members {t: node}: where each step is a row of an array of
+        2 or more axes, the same views made by one iteration over the rows in C, not an
+        index per step (every class's values and gradients are made this way)."""
+        steps = self.arr[min(members) + self.offset : max(members) + self.offset + 1]
+        if self.arr.ndim < 2 or len(steps) != max(members) - min(members) + 1:
+            return {k: self.at(t) for t, k in members.items()}
+        rows, lo = list(steps), min(members)
+        return {k: rows[t - lo] for t, k in members.items()}
+
     def span(self, lo: int, hi: int):
         """Members lo..hi as one array, or None if that runs past the buffer."""
         start, stop = lo + self.offset, hi + self.offset + 1
@@ -44,6 +54,9 @@ class Slot(Stack):
 
     def at(self, t: int):
         return self.arr[0, ...]
+
+    def views(self, members: dict) -> dict:
+        return {k: self.at(t) for t, k in members.items()}
 
     def span(self, lo: int, hi: int):
         return None  # there is no stacked view: the steps do not coexist
@@ -203,8 +216,8 @@ class Layout:
                 pre, post = int((c, "pre") in ext), int((c, "post") in ext)
                 arr = m.empty((hi - lo + 1 + pre + post,) + shape, dtype=dtype)
                 self.value_stack[c] = Stack(arr, pre - lo)
-            members, at = an.members[c], self.value_stack[c].at
-            self.value.update({k: at(t) for t, k in members.items()})
+            members = an.members[c]
+            self.value.update(self.value_stack[c].views(members))
             if kind is not None:
                 position, nodes = (1 if kind == "alias" else 0), an.node
                 self.alias_of.update({k: nodes[k]["inputs"][position] for k in members.values()})
@@ -431,8 +444,7 @@ class Layout:
             self._resolve_grad_stack(c, sources)
         for c in grad_classes:
             members, stack = an.members[c], self.grad_stack[c]
-            at = stack.at
-            self.grad.update({k: at(t) for t, k in members.items()})
+            self.grad.update(stack.views(members))
             self.base.update(dict.fromkeys(members.values(), stack.base))
         for seed, (root, side) in self.placed.items():
             if root in self.grad_stack:

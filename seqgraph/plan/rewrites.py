@@ -82,7 +82,7 @@ def _duplicates(an, refused: set) -> dict:
         if node["kind"] != "op" or k not in live:
             continue
         inputs = tuple([same_as.get(i, i) for i in node["inputs"]]) if same_as else node["inputs"]
-        signature = (node["op"], keys(node["attrs"]), inputs)
+        signature = (node["op"], keys(node["attrs"]) if node["attrs"] else "", inputs)
         earlier = first.setdefault(signature, k)
         if earlier != k and k not in an.outputs and class_of(k) not in refused:
             same_as[k] = earlier
