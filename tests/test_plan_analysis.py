@@ -235,3 +235,20 @@ def test_a_paused_build_hands_its_objects_to_the_oldest_generation_and_cycles_st
 
 class _CycleProbe:
     """An object a weak reference can watch, to see a cycle through it collected."""
+
+
+def test_a_paused_build_leaves_objects_the_process_froze_frozen():
+    """A process that froze objects itself (before a fork, say) keeps them frozen: the
+    build's hand-over to the oldest generation (gc.freeze + gc.unfreeze) is skipped."""
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        with collector_paused():
+            made = {"made": ["inside"]}
+        assert gc.get_freeze_count() == frozen and gc.isenabled()
+        assert not any(obj is made for obj in gc.get_objects(generation=2))  # not handed over
+    finally:
+        gc.unfreeze()
+        gc.enable() if was else gc.disable()

@@ -11,6 +11,7 @@ from numpy.lib.array_utils import byte_bounds
 from seqgraph import Model
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import ckernels
+from seqgraph.plan.layout import Stack
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import builtin_cells
 
@@ -77,3 +78,26 @@ def test_a_views_record_spans_its_bytes_whatever_its_strides():
             assert (low, high) == byte_bounds(view)
         else:
             assert low == high == start
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru_layer_norm"])
+def test_stack_views_are_the_views_at_makes(cell):
+    """`Stack.views` (one iteration over a class's rows) gives, node by node, the very view
+    `Stack.at` indexes: same memory, shape, strides and base; and falls back to `at` where
+    the steps are not rows (a 0-d step) or run past the buffer."""
+    lay = plan_of(cell).layout
+    stacks = [(lay.value_stack, c) for c in lay.classes]
+    stacks += [(lay.grad_stack, c) for c in lay.classes if c in lay.grad_stack]
+    for table, c in stacks:
+        members = lay.an.members[c]
+        made = table[c].views(members)
+        assert list(made) == list(members.values())
+        for t, k in members.items():
+            expected = table[c].at(t)
+            assert made[k].__array_interface__ == expected.__array_interface__
+            assert made[k].base is expected.base
+    scalars = Stack(np.arange(5.0), offset=0)
+    assert [v.shape for v in scalars.views({0: "a", 4: "b"}).values()] == [(), ()]
+    past = Stack(np.zeros((3, 2)), offset=1)  # steps 0..2 at rows 1..3
+    with pytest.raises(IndexError):
+        past.views({0: "a", 1: "b", 2: "c"})  # as `at(2)` does: row 3 is not there

@@ -38,17 +38,20 @@ def collector_paused() -> Iterator[None]:
 
     On the way out, the objects the build made go straight to the oldest generation
     (`gc.freeze` then `gc.unfreeze`: two list splices, no walk) instead of staying in the
-    youngest, whose next pass would walk every one of them at once (1.3 s after a lowering
-    at T = 10,000) only to find them alive and promote them. Nothing is exempt from
-    collection: a full pass, when the collector's own thresholds call one, sees them all."""
+    youngest, whose next pass would walk every one of them at once (seconds after a
+    lowering at T = 10,000) only to find them alive and promote them. Nothing is exempt from
+    collection: a full pass, when the collector's own thresholds call one, sees them all.
+    Not while the process keeps objects frozen itself (`gc.freeze` before a fork, say):
+    `gc.unfreeze` would thaw those too."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.freeze()
-            gc.unfreeze()
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -75,10 +78,9 @@ def topological_order(
         raise GraphError("topological_order: an item is listed twice")
     waiting = [0] * len(items)  # inputs not yet placed
     readers: list[list[int]] = [[] for _ in items]
-    position = index.__getitem__
     for i, item in enumerate(items):
         try:
-            sources = set(map(position, inputs(item)))  # map and set: the loop in C
+            sources = {index[source] for source in inputs(item)}
         except KeyError as missing:
             raise GraphError(
                 f"{item!r} depends on {missing.args[0]!r}, which is not among the items to order"
