@@ -34,13 +34,24 @@ def collector_paused() -> Iterator[None]:
     of the collector's full passes walks every object alive, so the passes a long build
     triggers cost more than the build itself (a lowering at T = 10,000 spent most of its
     time there). A cycle left as garbage meanwhile is reclaimed by the collector's next pass
-    once it runs again. Leaves it off if it was off. Also a decorator (`@collector_paused()`)."""
+    once it runs again. Leaves it off if it was off. Also a decorator (`@collector_paused()`).
+
+    On the way out, the objects the build made go straight to the oldest generation
+    (`gc.freeze` then `gc.unfreeze`: two list splices, no walk) instead of staying in the
+    youngest, whose next pass would walk every one of them at once (seconds after a
+    lowering at T = 10,000) only to find them alive and promote them. Nothing is exempt from
+    collection: a full pass, when the collector's own thresholds call one, sees them all.
+    Not while the process keeps objects frozen itself (`gc.freeze` before a fork, say):
+    `gc.unfreeze` would thaw those too."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -192,6 +203,12 @@ class Graph:
     def node(self, key: Key) -> dict:
         return self.nx.nodes[key]
 
+    def records(self) -> dict[Key, dict]:
+        """key -> node record (the very dicts networkx holds), in the order nodes were
+        added: one dict copy of networkx's node table, not a (key, data) pair made per node
+        by a node view (the lowering starts with this, over every node of the graph)."""
+        return dict(self.nx._node)
+
     def order(self) -> list[Key]:
         """Nodes in a topological order: `topological_order` without a priority, breadth-first
         from the nodes in the order they were added, i.e. networkx's `topological_sort`
@@ -199,7 +216,7 @@ class Graph:
         order alone would also be topological (`add` needs inputs first), but would change
         the order gradients are summed in, hence the last bits of the numbers."""
         if self._order is None:
-            inputs = dict(self.nx.nodes(data="inputs"))
+            inputs = {key: record["inputs"] for key, record in self.nx._node.items()}
             self._order = topological_order(inputs, inputs.__getitem__)
         return self._order
 

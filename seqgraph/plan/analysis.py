@@ -49,6 +49,28 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
     return None if view is None else view(shape, **attrs)
 
 
+class AttrsKeys(dict):
+    """attrs dict -> `attrs_key(attrs)`, each dict's key made once (by its id, the dict kept
+    so the id stays its own): a pass over an unrolled graph meets every step's attrs."""
+
+    def __call__(self, attrs: dict) -> str:
+        if not attrs:
+            return ""
+        held = self.get(id(attrs))
+        if held is None:
+            held = self[id(attrs)] = (attrs, attrs_key(attrs))
+        return held[1]
+
+
+class _Floating(dict):
+    """dtype -> whether it is a floating type, each dtype asked once (`dtype.kind` per node
+    adds up over an unrolled graph)."""
+
+    def __missing__(self, dtype) -> bool:
+        self[dtype] = dtype.kind == "f"
+        return self[dtype]
+
+
 class Analysis:
     """Everything the planner needs to know about one graph and one batch shape.
 
@@ -60,7 +82,7 @@ class Analysis:
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        self.node = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
+        self.node = graph.records()  # a copy: `rewrites` edit it
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self.state_inputs = (
@@ -104,23 +126,25 @@ class Analysis:
         consumers, members, nodes = self.consumers, self.members, self.node
         meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
         edges, by_op = defaultdict(int), defaultdict(dict)
+        floating = _Floating()
         for k in self.order:
             if k not in live:
                 continue
             node = nodes[k]
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
             members[cls][k[2]] = k
-            if node["kind"] == "op":
+            kind = node["kind"]
+            if kind == "op":
                 by_op[node["op"]][k] = None
             inputs = node["inputs"]
             for position, source in enumerate(inputs):
                 consumers[source].append((k, position))
                 edges[(source if source[2] is None else source[:2], cls)] += 1
-            if k not in meta:
-                meta[k] = self._shape(node, meta, memo)
-            if meta[k][1].kind == "f" and (
-                node["kind"] == "param" or any(i in needs for i in inputs)
-            ):
+            shape = meta.get(k)
+            if shape is None:
+                shape = meta[k] = self._shape(node, meta, memo)
+            # isdisjoint: the "reads a node that needs it" test in C, not a generator per node
+            if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
                 needs.add(k)
         self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
         self.meta, self.needs_grad = meta, needs
@@ -309,7 +333,10 @@ class Analysis:
             )
             return tuple(shape), self.dtype
         signature = tuple([meta[i] for i in node["inputs"]])
-        memo_key = (node["op"], attrs_key(node["attrs"]), signature)
+        attrs, keys = node["attrs"], memo.get(AttrsKeys)
+        if keys is None:
+            keys = memo[AttrsKeys] = AttrsKeys()
+        memo_key = (node["op"], keys(attrs) if attrs else "", signature)
         if memo_key not in memo:
             import array_api_compat.numpy as xp
 
@@ -393,9 +420,12 @@ class Analysis:
         sources = dict(zip(members, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
-            inner = [t for t in ts if t != edge] or ts
+            # the steps but the boundary one (ts holds each step once, in order)
+            inner = ts if edge is None else (ts[1:] if d < 0 else ts[:-1]) or ts
             target = class_of(sources[inner[0]])
             if len(target) != 2:
+                continue
+            if sources[inner[0]][2] != inner[0] + d:  # the first step already says no
                 continue
             if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
                 continue

@@ -56,6 +56,8 @@ class Tracker:
 
     def target(self, keys) -> bool:
         """Record a contribution to these nodes' gradients; True if it must add."""
+        if len(keys) == 1:
+            return self._target_one(keys[0])
         cells = {self.lay.cell[k] for k in keys}
         states = [self._state(c) for c in cells]
         mixed = None in states or any(c in self.lay.children for c in cells) and not all(states)
@@ -67,6 +69,22 @@ class Tracker:
         for c in cells:
             self.written.add(c)
             self.written.update(self.lay.children.get(c, ()))
+        return add
+
+    def _target_one(self, key) -> bool:
+        """`target([key])`, the case of nearly every VJP, without its sets and lists."""
+        lay = self.lay
+        cell = lay.cell[key]
+        state = self._state(cell)
+        kids = lay.children.get(cell)
+        if state is None or (cell in lay.children and not state):
+            self.zero.add(lay.base[key])
+            add = True
+        else:
+            add = bool(state)
+        self.written.add(cell)
+        if kids:
+            self.written.update(kids)
         return add
 
     def ready(self, keys) -> None:
@@ -118,6 +136,7 @@ class _Emitter:
         tracker.written.add(lay.cell[loss])
         factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
         remaining = {c: len(an.members[c]) for c in deferred}
+        skip_of: dict = {}  # class -> the input positions its nodes' VJPs skip, made once
         for unit in reversed(self.sched.units):
             if unit[0] == "class":
                 self._class_vjp(unit[1], has, skips.get(unit[1], set()))
@@ -128,7 +147,9 @@ class _Emitter:
                 factor = factors[c].stack.at(k[2]) if c in factors else None
                 fold = folds.get(c)
                 upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
-                skip = set(deferred.get(c, ())) | skips.get(c, set())
+                skip = skip_of.get(c)
+                if skip is None:
+                    skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
                 self._node_vjp(k, skip, factor, upstream)
             if c in remaining:
                 remaining[c] -= 1
@@ -207,7 +228,7 @@ class _Emitter:
         source_of_g = upstream if upstream is not None else k
         node, g = an.node[k], lay.grad[source_of_g]
         tracker.ready([source_of_g])
-        total = an.addn_of_class(k)
+        total = an.addn_of_class(k) if ops.OPS[node["op"]].variadic_sum else None
         if total is not None:
             members = [an.members[total][t] for t in sorted(an.members[total])]
             targets = [s for s in members if s in an.needs_grad]

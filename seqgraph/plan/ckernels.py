@@ -347,15 +347,8 @@ class Views:
         found = self.records.get(id(a))
         if found is None:
             start, strides, shape = a.__array_interface__["data"][0], a.strides, a.shape
-            low = high = start
-            if a.size:
-                for stride, n in zip(strides, shape, strict=True):
-                    if stride < 0:
-                        low += stride * (n - 1)
-                    else:
-                        high += stride * (n - 1)
-                high += a.itemsize
-            found = (a, (start, strides, shape, a.dtype), low, high)
+            below, above = _extent(strides, shape, a.itemsize)
+            found = (a, (start, strides, shape, a.dtype), start - below, start + above)
             self.records[id(a)] = found
         return found
 
@@ -367,17 +360,34 @@ class Views:
         """(shape, dtype, dest's record, the operands' records) if one loop can run the
         statement: C types, strides it walks, and no operand that overlaps the dest without
         being it (NumPy buffers such an overlap; a loop would not); else None."""
-        shape, dest = tuple(statement.dest.shape), statement.dest
-        if dest.dtype.kind != "f" or dest.dtype not in C_TYPES:
+        target = self.record(statement.dest)
+        _, _, shape, dtype = target[1]  # the record's geometry: no attribute asked twice
+        if dtype.kind != "f" or dtype not in C_TYPES:
             return None
-        for a in (dest, *statement.operands):
-            if a.dtype not in C_TYPES or row_and_column(a, shape) is None:
-                return None
-        target = self.record(dest)
         reads = [self.record(a) for a in statement.operands]
+        for _, (_, strides, a_shape, a_dtype), _, _ in (target, *reads):
+            if a_dtype not in C_TYPES:
+                return None
+            if _row_and_column(a_shape, strides, a_dtype.itemsize, shape) is None:
+                return None
         if any(overlapping(a, target) for a in reads):
             return None
-        return shape, dest.dtype, target, reads
+        return shape, dtype, target, reads
+
+
+@lru_cache(maxsize=4096)
+def _extent(strides: tuple, shape: tuple, itemsize: int) -> tuple[int, int]:
+    """(bytes before, bytes from the start to one past the last byte) of a view of this
+    geometry: a plan has a few dozen, the views of every step share them."""
+    below = above = 0
+    if all(shape):  # no element: an empty extent at the start
+        for stride, n in zip(strides, shape, strict=True):
+            if stride < 0:
+                below -= stride * (n - 1)
+            else:
+                above += stride * (n - 1)
+        above += itemsize
+    return below, above
 
 
 def overlapping(a: tuple, b: tuple) -> bool:

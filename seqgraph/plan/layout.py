@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
 
@@ -30,6 +31,16 @@ class Stack:
     def at(self, t: int):
         return self.arr[t + self.offset, ...]  # `...` keeps a 0-d step a view, not a scalar
 
+    def views(self, members: dict) -> dict:
+        """{node: `at(t)`} for members {t: node}: where each step is a row of an array of
+        2 or more axes, the same views made by one iteration over the rows in C, not an
+        index per step (every class's values and gradients are made this way)."""
+        steps = self.arr[min(members) + self.offset : max(members) + self.offset + 1]
+        if self.arr.ndim < 2 or len(steps) != max(members) - min(members) + 1:
+            return {k: self.at(t) for t, k in members.items()}
+        rows, lo = list(steps), min(members)
+        return {k: rows[t - lo] for t, k in members.items()}
+
     def span(self, lo: int, hi: int):
         """Members lo..hi as one array, or None if that runs past the buffer."""
         start, stop = lo + self.offset, hi + self.offset + 1
@@ -43,6 +54,9 @@ class Slot(Stack):
 
     def at(self, t: int):
         return self.arr[0, ...]
+
+    def views(self, members: dict) -> dict:
+        return {k: self.at(t) for t, k in members.items()}
 
     def span(self, lo: int, hi: int):
         return None  # there is no stacked view: the steps do not coexist
@@ -202,10 +216,11 @@ class Layout:
                 pre, post = int((c, "pre") in ext), int((c, "post") in ext)
                 arr = m.empty((hi - lo + 1 + pre + post,) + shape, dtype=dtype)
                 self.value_stack[c] = Stack(arr, pre - lo)
-            for t, k in an.members[c].items():
-                self.value[k] = self.value_stack[c].at(t)
-                if kind is not None:
-                    self.alias_of[k] = an.inputs(k)[1 if kind == "alias" else 0]
+            members = an.members[c]
+            self.value.update(self.value_stack[c].views(members))
+            if kind is not None:
+                position, nodes = (1 if kind == "alias" else 0), an.node
+                self.alias_of.update({k: nodes[k]["inputs"][position] for k in members.values()})
         for seed, (root, side) in self.placed.items():
             arr = self.value_stack[root].arr
             self.value[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
@@ -214,9 +229,11 @@ class Layout:
     def _single_values(self) -> None:
         """Nodes outside every class buffer: a view of their input, or their own array."""
         an, m = self.an, self.m
+        self.singles: list = []  # these nodes, for `nodes_by_buffer`
         for k in an.order:
             if k not in an.live or k in self.value:
                 continue
+            self.singles.append(k)
             node = an.node[k]
             index = (
                 analysis.view_index(node["op"], node["attrs"], an.meta[node["inputs"][0]][0])
@@ -229,6 +246,20 @@ class Layout:
             else:
                 shape, dtype = an.meta[k]
                 self.value[k] = m.empty(shape, dtype=dtype)
+
+    def nodes_by_buffer(self) -> dict:
+        """id(array that owns the memory) -> the nodes whose value lives in it (through a
+        view or an alias too), in no particular order. Every member of a class lives in its
+        class's stack, so one `owner` per class, not per node: liveness and the local
+        factors ask this several times per plan."""
+        out: dict = {}
+        value, members = self.value, self.an.members
+        for c in self.classes:
+            nodes = out.setdefault(id(owner(self.value_stack[c].arr)), [])
+            nodes.extend(members[c].values())
+        for k in [*self.placed, *self.singles]:  # the seeds, then nodes outside every class
+            out.setdefault(id(owner(value[k])), []).append(k)
+        return out
 
     def stacked(self, cls, position: int, grad: bool = False, pad: int = 0):
         """Input `position` of every step of `cls` as one array (a shared node: its own
@@ -412,16 +443,16 @@ class Layout:
         for c in grad_classes:
             self._resolve_grad_stack(c, sources)
         for c in grad_classes:
-            for t, k in an.members[c].items():
-                self.grad[k] = self.grad_stack[c].at(t)
-                self.base[k] = self.grad_stack[c].base
+            members, stack = an.members[c], self.grad_stack[c]
+            self.grad.update(stack.views(members))
+            self.base.update(dict.fromkeys(members.values(), stack.base))
         for seed, (root, side) in self.placed.items():
             if root in self.grad_stack:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base
         for k in an.order:
-            if k not in needs or k in self.grad:
+            if k in self.grad or k not in needs:  # most nodes are in a class's buffer
                 continue
             if k in self.alias_of and self.alias_of[k] in self.grad:
                 index = analysis.view_index(
@@ -458,7 +489,8 @@ class Layout:
             if k in self.alias_of and k not in self.cell:
                 self.cell[k] = k
                 self.children.setdefault(self.alias_of[k], []).append(k)
-        self.cell = {k: find(k) for k in self.grad}
+        cell = self.cell  # most nodes are their own cell: one lookup, no call, for those
+        self.cell = {k: k if cell.get(k, k) == k else find(k) for k in self.grad}
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
         self.parent = {k: p for p, kids in self.children.items() for k in kids}
         self.covered, self.overlapping, memo = set(), set(), {}

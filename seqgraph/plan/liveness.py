@@ -72,9 +72,7 @@ def dead_in_backward(an, lay) -> list:
     read by ops whose VJP ignores that input (an add, the projection of data: an LSTM's
     x W_ih + b). Every node whose value lives in the buffer, through a view or an alias,
     must be such a node. `Layout.add_grads` may put a gradient stack there."""
-    nodes_of: dict = {}
-    for k, value in lay.value.items():
-        nodes_of.setdefault(id(owner(value)), []).append(k)
+    nodes_of = lay.nodes_by_buffer()
     found = []
     for c in lay.classes:
         if c in lay.source or c in lay.in_place:
@@ -92,9 +90,7 @@ def dead_regions(an, lay) -> list:
     nodes are too, and that no read view overlaps. (buffer class, view class, the region
     as an array), for `local_factors.place` to put a factor in; none in a buffer that
     holds a gradient (`Layout.hosted`)."""
-    nodes_of: dict = {}
-    for k, value in lay.value.items():
-        nodes_of.setdefault(id(owner(value)), []).append(k)
+    nodes_of = lay.nodes_by_buffer()
     hosting = {id(owner(lay.grad_buffers[i])) for i in lay.hosted}  # hold a gradient
     views: dict = {}
     for v, (kind, target, index) in lay.source.items():
@@ -130,9 +126,7 @@ def overwritten_inputs(sched: Schedule) -> dict:
     backward, and living in a buffer whose every node is read only within it (the
     readout's x W + b before softmax_ce). Input class -> (reader class, position)."""
     an, lay = sched.an, sched.layout
-    nodes_of: dict = {}
-    for k, value in lay.value.items():
-        nodes_of.setdefault(id(owner(value)), []).append(k)
+    nodes_of = lay.nodes_by_buffer()
     found = {}
     for cls in sched.batched:
         same = an.same_op(cls)

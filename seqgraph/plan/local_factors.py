@@ -171,9 +171,7 @@ def _dead_after_factors(plan: Schedule, found: set, skips: dict) -> dict:
     that a fold made needless. Not a buffer that holds a gradient (`Layout.hosted`)."""
     an, lay = plan.an, plan.layout
     hosting = {id(owner(lay.grad_buffers[i])) for i in lay.hosted}
-    nodes_of: dict = {}
-    for k, value in lay.value.items():
-        nodes_of.setdefault(id(owner(value)), []).append(k)
+    nodes_of = lay.nodes_by_buffer()
     out = {}
     for c in found:
         root = id(owner(_value(lay, c)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from seqgraph.plan import siblings
-from seqgraph.plan.analysis import Analysis, attrs_key, class_of
+from seqgraph.plan.analysis import Analysis, AttrsKeys, class_of
 from seqgraph.plan.edits import op_node, reorder
 
 
@@ -76,13 +76,13 @@ def _partial_merges(an, same_as: dict) -> set:
 
 def _duplicates(an, refused: set) -> dict:
     """node -> the earlier node that computes the same value (classes in `refused` excluded)."""
-    first, same_as, nodes, live = {}, {}, an.node, an.live
+    first, same_as, nodes, live, keys = {}, {}, an.node, an.live, AttrsKeys()
     for k in an.order:
         node = nodes[k]
         if node["kind"] != "op" or k not in live:
             continue
         inputs = tuple([same_as.get(i, i) for i in node["inputs"]]) if same_as else node["inputs"]
-        signature = (node["op"], attrs_key(node["attrs"]), inputs)
+        signature = (node["op"], keys(node["attrs"]) if node["attrs"] else "", inputs)
         earlier = first.setdefault(signature, k)
         if earlier != k and k not in an.outputs and class_of(k) not in refused:
             same_as[k] = earlier

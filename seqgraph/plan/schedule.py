@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.plan import analysis
-from seqgraph.plan.analysis import Analysis, class_of
+from seqgraph.plan.analysis import Analysis
 from seqgraph.plan.layout import Layout
 
 
@@ -111,22 +111,26 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     for k in an.order:
         if k not in live or k in alias_of or nodes[k]["kind"] != "op":
             continue
-        c = class_of(k)
-        u = class_unit.get(c) if c in batched else None
-        if u is None:  # a node of its own, or the first node of a batched class
+        c = k if k[2] is None else k[:2]  # class_of, inline: once per node
+        if c in batched:
+            u = class_unit.get(c)
+            if u is None:  # the first node of a batched class
+                u = class_unit[c] = len(units)
+                units.append(("class", c))
+                first.append(pos[k])
+        else:  # a node of its own
             u = len(units)
-            if c in batched:
-                class_unit[c] = u
-            units.append(("class", c) if c in batched else ("node", k))
+            units.append(("node", k))
             first.append(pos[k])
         unit_of[k] = u
     deps = [set() for _ in units]
     for k, u in unit_of.items():
+        found = deps[u]
         for source in nodes[k]["inputs"]:
             while source in alias_of:
                 source = alias_of[source]
             v = unit_of.get(source)
             if v is not None and v != u:
-                deps[u].add(v)
+                found.add(v)
     by_first = topological_order(range(len(units)), deps.__getitem__, first.__getitem__)
     return [units[u] for u in by_first]
