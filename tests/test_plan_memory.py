@@ -81,29 +81,128 @@ def test_softmax_and_logit_gradient_live_in_the_logits_buffer(cell):
     assert value.shape == (STEPS, BATCH, VOCAB)
 
 
-def test_lstm_factors_take_one_new_buffer():
-    """Of the five local factors (i, f, g, o, tanh c), tanh's two write over their values,
-    the others reuse values freed by earlier factors: one new buffer."""
+def factor_buffers(plan) -> list:
+    return [w[0][1] for op, w, _, _ in plan.backward.kernels.entries() if op == "local factor"]
+
+
+def test_lstm_factors_take_no_new_buffer():
+    """Of the five local factors (i, f, g, o, tanh c), the four gates' wait in their gate
+    gradients (`local_factors.gradient_regions`), in the projection's buffer; tanh c's
+    writes over its value: not one new buffer."""
     _, _, plan = plan_of("lstm")
-    values = [plan.layout.value_stack[c].arr for c in plan.layout.classes]
-    factors = [
-        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
-    ]
+    lay = plan.layout
+    values = [lay.value_stack[c].arr for c in lay.classes]
+    factors = factor_buffers(plan)
     assert len(factors) == 5
-    fresh = [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
-    assert len(fresh) == 1
+    assert not [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert sum(np.shares_memory(f, projection) for f in factors) == 4
 
 
 def test_lstm_time_stacked_bytes_match_the_hand_written_count():
     """The arrays stacked over time are those of a hand-written LSTM step (tools/
     numpy_hand.py: projection, gate gradients in its place, activations, tanh(c), h, c and
-    their gradients, logits, x, the padding mask) plus one local-factor buffer; before the
-    sharing there were the gate gradients, four factors and two logit-sized buffers more."""
+    their gradients, logits, x, the padding mask); before the sharing there were the gate
+    gradients, five factors and two logit-sized buffers more."""
     T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
     _, _, plan = plan_of("lstm")
-    expected = T * B * 4 * H + 6 * T * B * H + 4 * (T + 1) * B * H + T * B * C + T * B * n_in
+    expected = T * B * 4 * H + 5 * T * B * H + 4 * (T + 1) * B * H + T * B * C + T * B * n_in
     mask = T * B  # bool, one per step and row
     assert time_stacked_bytes(plan) == F64 * expected + mask
+
+
+def step_views(stack, steps) -> list:
+    return [stack.at(t) for t in steps]
+
+
+@pytest.mark.parametrize(
+    "cell, op, gates", [("rnn", "tanh", 1), ("lstm", "sigmoid", 3), ("lstm", "tanh", 2)]
+)
+def test_a_local_factor_waits_in_its_input_gradient(cell, op, gates):
+    """The factor f(y) of y = tanh(x) (sigmoid) lives where dL/dx will: the multiply of
+    step t writes dL/dx = g * f(y) over it, element by element, as the first write there.
+    The LSTM's c feeds tanh(c) and the next step: its factor has a buffer of its own."""
+    _, _, plan = plan_of(cell)
+    an, lay = plan.an, plan.layout
+    found = []
+    for f in plan.backward.factors:
+        if an.same_op(f.cls)[0] != op:
+            continue
+        x_class = an.input_pattern(f.cls, 0)[1]
+        steps = sorted(an.members[f.cls])
+        shared = [
+            np.shares_memory(factor, lay.grad[an.inputs(an.members[f.cls][t])[0]])
+            for t, factor in zip(steps, step_views(f.stack, steps), strict=True)
+        ]
+        found.append((f.in_gradient, all(shared), x_class))
+    in_gradients = [x for inside, every_step, x in found if inside and every_step]
+    assert len(in_gradients) == gates - (cell == "lstm" and op == "tanh")
+    assert all(inside == every_step for inside, every_step, _ in found)
+
+
+def test_a_factor_stays_apart_where_its_input_has_another_reader():
+    """h = tanh(a) + a / 2: dL/da is the sum of two VJPs' writes, so the tanh factor keeps
+    a buffer of its own (and the plan still gives the interpreter's numbers)."""
+    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")
+    (factor,) = plan.backward.factors
+    assert not factor.in_gradient
+    assert_same_as_interpreter(model, batch)
+
+
+def test_a_factor_overwritten_before_its_multiply_falls_back(monkeypatch):
+    """Were the structural rule to let the tanh factor of h = tanh(a) + a / 2 wait in dL/da,
+    the VJP of a / 2 would write there first; the emitter sees that its multiply adds
+    (`local_factors.check_in_gradients`) and emits backward again with the factor apart."""
+    from seqgraph.plan import local_factors
+
+    monkeypatch.setattr(local_factors, "_gradient_alone", lambda *args: True)
+    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")
+    (factor,) = plan.backward.factors
+    assert not factor.in_gradient
+    assert_same_as_interpreter(model, batch)
+    monkeypatch.setattr(local_factors, "check_in_gradients", lambda *args: True)
+    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")  # without the check: wrong
+    assert plan.backward.factors[0].in_gradient
+    wrong = model.loss_and_grads(batch)[1]["l0.W"]
+    right = Model(model.spec, dtype="float64", engine="interp").loss_and_grads(batch)[1]["l0.W"]
+    assert not np.allclose(wrong, right)
+
+
+def own_cell_plan(equation: str):
+    raw = {
+        "cells": {
+            "mine": {
+                "inputs": ["x"],
+                "state": ["h"],
+                "output": "h",
+                "params": {
+                    "W": {"shape": ["input", "hidden"]},
+                    "U": {"shape": ["hidden", "hidden"]},
+                },
+                "equations": ["a = x @ W + h @ U", equation],
+            }
+        },
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": INPUT},
+            "target": {"type": "ids", "vocab": VOCAB},
+            "layers": [{"cell": "mine", "hidden": HIDDEN}],
+        },
+        "dtype": "float64",
+    }
+    model = Model(raw, dtype="float64")
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    return model.plan(batch), model, batch
+
+
+def assert_same_as_interpreter(model, batch, calls: int = 3) -> None:
+    interp = Model(model.spec, dtype="float64", engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(calls):
+        got_loss, got = model.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-12)
+        for name in grads:
+            np.testing.assert_allclose(got[name], grads[name], rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

@@ -25,20 +25,32 @@ class Context:
         self.xp = xp
         if module_name == "cupy":
             import cupy as m
-            from cupyx.scipy.special import expit
         else:
             m = np
-            try:
-                from scipy.special import expit
-            except ImportError:  # scipy is optional: small arrays take the tanh form too
-                expit = None
-        self.m, self.expit, self.name = m, expit, module_name
+        self.m, self.name = m, module_name
+        self._expit: list = []  # the loaded `expit`, once a kernel has asked for it
         self.scratch: dict = {}
         self.saved: dict = {}  # input address -> buffers a forward kernel keeps for its VJP
         # addresses of inputs their reader's forward kernel may write over (nothing reads
         # them after it: `liveness.overwritten_inputs`, `Op.forward_overwrites`)
         self.dead_inputs: set = set()
         self.keep_for_vjp = keep_for_vjp
+
+    @property
+    def expit(self):
+        """SciPy's (CuPy's) `expit`, or None without SciPy: imported when a sigmoid kernel
+        first asks, not with the plan. scipy.special costs 7 MiB of resident memory, and a
+        plan whose gate blocks are all large never calls it (`ops.core._sigmoid_out`)."""
+        if not self._expit:
+            if self.name == "cupy":
+                from cupyx.scipy.special import expit
+            else:
+                try:
+                    from scipy.special import expit
+                except ImportError:  # scipy is optional: small arrays take the tanh form too
+                    expit = None
+            self._expit.append(expit)
+        return self._expit[0]
 
     def address(self, x) -> tuple:
         """Where an array's data starts, with its shape: views made twice compare equal."""

@@ -18,6 +18,14 @@ later kernel reads: its own value's where `local_out` may write over its input
 (`Op.local_in_place`: tanh), else a value buffer freed by an earlier factor or a column
 block that backward never reads (`liveness.dead_regions`: the GRU's r and z block of
 h W_hh + b_hh), else a new one. An LSTM's five factors take one new buffer instead of five.
+
+Before any of those, a factor goes where its input's gradient will be (`gradient_regions`):
+dL/dx at step t is g * f(y) at step t, written by that one multiply and by nothing before it,
+so the factor can wait in dL/dx's own place and the multiply write over it, element by
+element (what hand-written NumPy does: `dG[t] *= 1 - h[t]**2`). The RNN's tanh factor and
+the LSTM's four gate factors take no buffer at all. The backward emitter checks that each such
+multiply is the first and only write of its step (`check_in_gradients`) and, where one is not,
+emits backward again without the rule.
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ class Factor:
     position: int = 0
     fold: object = None
     other: object = None
+    in_gradient: bool = False  # the factor waits in its input's gradient (`gradient_regions`)
 
 
-def factors(plan: Schedule, m) -> list[Factor]:
+def factors(plan: Schedule, m, in_gradients: bool = True) -> list[Factor]:
     """The factor of every per-step class with a `local_out` whose input is differentiated,
     in the order their kernels must run (`plan`: the scheduled plan, `m`: its array module):
-    each in a buffer chosen by `place`."""
+    each in a buffer chosen by `place` (`in_gradients`: its input's gradient may be one)."""
     an, lay = plan.an, plan.layout
     found = []
     for c in lay.classes:
@@ -63,7 +72,8 @@ def factors(plan: Schedule, m) -> list[Factor]:
         if lay.value_stack[c].span(*lay.range[c]) is not None:
             found.append(c)
     folds = fold(plan, found)
-    return place(plan, m, found, folds)
+    regions = gradient_regions(plan, found) if in_gradients else {}
+    return place(plan, m, found, folds, regions)
 
 
 def fold(plan: Schedule, found: list) -> dict:
@@ -86,10 +96,12 @@ def fold(plan: Schedule, found: list) -> dict:
     return out
 
 
-def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
+def place(plan: Schedule, m, found: list, folds: dict, regions: dict | None = None) -> list:
     """Give each factor a buffer and order the kernels (see the module docstring): classes
     whose values die with their factors first, the products' operands side by side, a factor
-    that cannot write over its input before its partner that can."""
+    that cannot write over its input before its partner that can. `regions`: class -> the
+    gradient region it may take (`gradient_regions`), before any other buffer."""
+    regions = regions or {}
     an, lay = plan.an, plan.layout
     skips: dict = {}
     for reader, position in folds.values():
@@ -113,7 +125,9 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
     for c in order:
         value, own = _value(lay, c), id(owner(_value(lay, c)))
         reads[own] -= 1
-        if in_place[c] and dead.get(own) and not reads[own]:
+        if c in regions:
+            buffer = regions[c]
+        elif in_place[c] and dead.get(own) and not reads[own]:
             buffer = value  # nothing reads the value after its factor: write over it
             dead[own] = False
         else:
@@ -121,6 +135,7 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
             if buffer is None:
                 buffer = m.empty(value.shape, dtype=value.dtype)
         factor = _make(plan, m, c, buffer, value, folds)
+        factor.in_gradient = c in regions
         for array in _factor_reads(lay, c, folds)[1:]:  # the fold's other operand
             reads[id(owner(array))] -= 1
         for array in _factor_reads(lay, c, folds):
@@ -130,6 +145,57 @@ def place(plan: Schedule, m, found: list, folds: dict) -> list[Factor]:
                 free.append(root)
         out.append(factor)
     return out
+
+
+def gradient_regions(plan: Schedule, found: list) -> dict:
+    """class -> the gradient of its input over its steps, for the factor classes whose
+    factor can wait there (see the module docstring): at every step the input x is read by
+    this class's node alone and no caller reads it, its gradient is its own (no add passes
+    it on, no view of x has a region in it) and a per-step stack of the factor's shape; a
+    view region (an LSTM gate's block of the gate gradients) only of a gradient that
+    nothing but non-overlapping views write (`Layout.covered`). Whether the multiply of each
+    step is then the first write there, the emitter checks (`check_in_gradients`)."""
+    an, lay, out = plan.an, plan.layout, {}
+    for c in found:
+        region = lay.stacked(c, 0, grad=True)
+        value = _value(lay, c)
+        if region is None or region.shape != value.shape or region.dtype != value.dtype:
+            continue
+        if all(_gradient_alone(an, lay, k, an.inputs(k)[0]) for k in an.members[c].values()):
+            out[c] = region
+    return out
+
+
+def _gradient_alone(an, lay, k, x) -> bool:
+    """Whether node k's VJP is the only kernel that can write dL/dx (see `gradient_regions`)."""
+    if an.consumers.get(x) != [(k, 0)] or x in an.outputs or lay.cell.get(x) != x:
+        return False
+    if lay.children.get(x):
+        return False
+    parent = lay.parent.get(x)
+    if parent is None:
+        return True
+    return (
+        parent in lay.covered
+        and x not in lay.overlapping
+        and lay.parent.get(parent) is None
+        and parent not in an.outputs
+        and all(lay.parent.get(user) == parent for user, _ in an.consumers.get(parent, []))
+    )
+
+
+def check_in_gradients(lay, factors: dict, writes: dict, zero: set) -> bool:
+    """Whether every factor placed in its input's gradient (`Factor.in_gradient`) is read
+    by a multiply that writes that gradient first, at each of its steps (`writes`: (class,
+    t) -> whether that step's multiply adds), in a buffer that is not zero-filled."""
+    an = lay.an
+    for c, f in factors.items():
+        if not f.in_gradient:
+            continue
+        for t, k in an.members[c].items():
+            if writes.get((c, t), True) or lay.base[an.inputs(k)[0]] in zero:
+                return False
+    return True
 
 
 def _make(plan, m, c, buffer, value, folds) -> Factor:

@@ -284,7 +284,8 @@ EXPIT_MAX_SIZE = 512
 
 def _sigmoid_out(ctx, out, a):
     """Forward kernel: `ctx.expit` (SciPy's or CuPy's) where it is faster, else the tanh form."""
-    if ctx.expit is not None and (ctx.name == "cupy" or out.size <= EXPIT_MAX_SIZE):
+    # the size first: asking for `ctx.expit` imports SciPy
+    if (ctx.name == "cupy" or out.size <= EXPIT_MAX_SIZE) and ctx.expit is not None:
         return partial(ctx.expit, a, out=out)
     m = ctx.m
 
