@@ -37,7 +37,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import liveness
 from seqgraph.plan.analysis import class_of
-from seqgraph.plan.layout import Slot, Stack
+from seqgraph.plan.layout import Ring, Slot, Stack
 from seqgraph.plan.schedule import Schedule
 
 
@@ -90,7 +90,9 @@ def fold(plan: Schedule, found: list) -> dict:
         grads = lay.grad_stack.get(reader)
         if grads is None or isinstance(grads, Slot) or lay.range[reader] != lay.range[c]:
             continue
-        if lay.stacked(reader, 1 - position) is None or grads.span(*lay.range[c]) is None:
+        # a Ring keeps each step until backward is past it (`liveness.rolling_grads`)
+        per_step = isinstance(grads, Ring) or grads.span(*lay.range[c]) is not None
+        if lay.stacked(reader, 1 - position) is None or not per_step:
             continue
         out[c] = (reader, position)
     return out
