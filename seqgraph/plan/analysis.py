@@ -60,7 +60,7 @@ class Analysis:
     def __init__(self, graph: Graph, leaf_meta: dict, outputs: list, dtype, full: bool):
         self.graph, self.dtype = graph, np.dtype(dtype)
         self.order = list(graph.order())  # a copy: `rewrites` edit it
-        self.node = dict(graph.nx.nodes(data=True))  # one pass, not a node view per key
+        self.node = dict(graph.nodes)  # a copy: `rewrites` edit it
         self.outputs = set(outputs)
         self.const_true = {k for k, r in graph.inputs.items() if full and r["role"] == "mask"}
         self.state_inputs = (
