@@ -117,7 +117,14 @@ def step_views(stack, steps) -> list:
 
 
 @pytest.mark.parametrize(
-    "cell, op, gates", [("rnn", "tanh", 1), ("lstm", "sigmoid", 3), ("lstm", "tanh", 2)]
+    "cell, op, gates",
+    [
+        ("rnn", "tanh", 1),
+        ("gru", "sigmoid", 1),
+        ("gru", "tanh", 1),
+        ("lstm", "sigmoid", 3),
+        ("lstm", "tanh", 2),
+    ],
 )
 def test_a_local_factor_waits_in_its_input_gradient(cell, op, gates):
     """The factor f(y) of y = tanh(x) (sigmoid) lives where dL/dx will: the multiply of
@@ -291,15 +298,26 @@ def test_inventory_counts_every_allocation_once():
     assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
 
 
-def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection():
-    """Backward reads only the n block of h W_hh + b_hh (for r * h_n); the r and z block
-    holds the sigmoid's local factor, which has its shape."""
+def test_gru_factors_wait_in_their_inputs_gradients():
+    """Both GRU factors wait where their inputs' gradients will be: r and z's in the
+    gradient of their pre-activation, n's in the x_n block of the input projection's
+    gradient, which x_n + r * h_n adopts (`Layout._adopted_input`): no new buffer."""
+    _, _, plan = plan_of("gru")
+    assert [f.in_gradient for f in plan.backward.factors] == [True, True]
+    grads = plan.layout.grad_buffers
+    assert all(any(np.shares_memory(f, g) for g in grads) for f in factor_buffers(plan))
+
+
+def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection(monkeypatch):
+    """Where a factor cannot wait in a gradient (the rule off here), backward reads only the
+    n block of h W_hh + b_hh (for r * h_n): the r and z block holds the sigmoid's local
+    factor, which has its shape."""
+    from seqgraph.plan import local_factors
+
+    monkeypatch.setattr(local_factors, "gradient_regions", lambda *args: {})
     _, _, plan = plan_of("gru")
     projection = plan.layout.value_stack[class_reading(plan, "matmul", ("l0", "W_hh", None))]
-    factors = [
-        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
-    ]
-    inside = [f for f in factors if np.shares_memory(f, projection.arr)]
+    inside = [f for f in factor_buffers(plan) if np.shares_memory(f, projection.arr)]
     assert len(inside) == 1
     assert inside[0].shape == (STEPS, BATCH, 2 * HIDDEN)
 

@@ -153,9 +153,10 @@ def gradient_regions(plan: Schedule, found: list) -> dict:
     """class -> the gradient of its input over its steps, for the factor classes whose
     factor can wait there (see the module docstring): at every step the input x is read by
     this class's node alone and no caller reads it, its gradient is its own (no add passes
-    it on, no view of x has a region in it) and a per-step stack of the factor's shape; a
-    view region (an LSTM gate's block of the gate gradients) only of a gradient that
-    nothing but non-overlapping views write (`Layout.covered`). Whether the multiply of each
+    it on, no view of x has a region in it) or a view's that x alone reads, and a per-step
+    stack of the factor's shape; a view region (an LSTM gate's block of the gate
+    gradients) only of a gradient that nothing but non-overlapping views write
+    (`Layout.covered`). Whether the multiply of each
     step is then the first write there, the emitter checks (`check_in_gradients`)."""
     an, lay, out = plan.an, plan.layout, {}
     for c in found:
@@ -169,17 +170,27 @@ def gradient_regions(plan: Schedule, found: list) -> dict:
 
 
 def _gradient_alone(an, lay, k, x) -> bool:
-    """Whether node k's VJP is the only kernel that can write dL/dx (see `gradient_regions`)."""
-    if an.consumers.get(x) != [(k, 0)] or x in an.outputs or lay.cell.get(x) != x:
+    """Whether node k's VJP is the only kernel that can write dL/dx (see `gradient_regions`):
+    dL/dx is x's own, or the region of a view that x, an add, alone reads and keeps its
+    gradient in (`Layout._adopted_input`: the GRU's x_n + r * h_n)."""
+    if an.consumers.get(x) != [(k, 0)] or x in an.outputs:
         return False
-    if lay.children.get(x):
+    cell = lay.cell.get(x)
+    if cell != x and (
+        cell is None
+        or cell not in an.inputs(x)
+        or cell in an.outputs
+        or [user for user, _ in an.consumers.get(cell, [])] != [x]
+    ):
         return False
-    parent = lay.parent.get(x)
+    if lay.children.get(cell):
+        return False
+    parent = lay.parent.get(cell)
     if parent is None:
         return True
     return (
         parent in lay.covered
-        and x not in lay.overlapping
+        and cell not in lay.overlapping
         and lay.parent.get(parent) is None
         and parent not in an.outputs
         and all(lay.parent.get(user) == parent for user, _ in an.consumers.get(parent, []))
