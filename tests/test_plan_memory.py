@@ -347,3 +347,56 @@ def test_the_cross_entropy_gradient_over_its_own_logits_takes_any_layout(layout)
     kernel = ops.OPS["softmax_ce"].vjp_kernel(ctx, 0, dest, layout == "add", g, out, [z, targets])
     kernel()
     np.testing.assert_allclose(dest, start + want if layout == "add" else want, rtol=1e-12)
+
+
+def test_a_large_sigmoid_kernel_leaves_scipy_unloaded():
+    """`ctx.expit` (SciPy's) serves sigmoid blocks of up to EXPIT_MAX_SIZE entries only, and
+    is imported when such a kernel first asks: a plan of large gate blocks never loads it."""
+    from seqgraph.engine.ops.core import EXPIT_MAX_SIZE
+    from seqgraph.plan import kernels
+
+    ctx = kernels.Context(np, "numpy")
+    a = np.linspace(-3, 3, 2 * EXPIT_MAX_SIZE)
+    out = np.empty_like(a)
+    kernels.forward(ctx, "sigmoid", out, [a], {})()
+    assert ctx._expit == []
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-a)), rtol=1e-15)
+    small, small_out = a[:EXPIT_MAX_SIZE], np.empty(EXPIT_MAX_SIZE)
+    kernels.forward(ctx, "sigmoid", small_out, [small], {})()
+    assert len(ctx._expit) == 1
+    np.testing.assert_allclose(small_out, 1 / (1 + np.exp(-small)), rtol=1e-15)
+
+
+def test_training_a_model_loads_neither_scipy_nor_array_api_compat():
+    """A fresh process that builds a model and runs two training steps by its plan imports
+    neither scipy.special (no small sigmoid block) nor array_api_compat.numpy (NumPy >= 2.1
+    is the namespace itself, `backend.numpy_namespace`): 7 MiB of resident memory each."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from seqgraph import Model\n"
+        "spec = {'model': {'pattern': 'many_to_many', 'input': {'type': 'vectors', "
+        "'size': 24}, 'target': {'type': 'ids', 'vocab': 5}, "
+        "'layers': [{'cell': 'lstm', 'hidden': 32}]}}\n"
+        "model = Model(spec)\n"
+        "rng = np.random.default_rng(0)\n"
+        "batch = {'x': rng.normal(size=(20, 7, 24)), 'y': rng.integers(0, 5, (20, 7))}\n"
+        "model.loss_and_grads(batch)\n"
+        "model.loss_and_grads(batch)\n"
+        "print(sorted(m for m in ('scipy.special', 'array_api_compat.numpy') "
+        "if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
+    )
+    loaded = result.stdout.strip().splitlines()[-1]
+    expected = "[]" if getattr(np, "__array_api_version__", "") >= "2023.12" else None
+    if expected is None:  # older NumPy: array_api_compat is the namespace
+        assert "scipy.special" not in loaded
+    else:
+        assert loaded == expected

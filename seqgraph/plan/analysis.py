@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.engine.backend import numpy_namespace
 from seqgraph.engine.graph import Graph, Key
 
 
@@ -311,8 +312,7 @@ class Analysis:
         signature = tuple([meta[i] for i in node["inputs"]])
         memo_key = (node["op"], attrs_key(node["attrs"]), signature)
         if memo_key not in memo:
-            import array_api_compat.numpy as xp
-
+            xp = numpy_namespace()
             zeros = [np.zeros(s, d) for s, d in signature]
             with np.errstate(all="ignore"):
                 out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
