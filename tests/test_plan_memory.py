@@ -86,9 +86,10 @@ def factor_buffers(plan) -> list:
 
 
 def test_lstm_factors_take_no_new_buffer():
-    """Of the five local factors (i, f, g, o, tanh c), the four gates' wait in their gate
-    gradients (`local_factors.gradient_regions`), in the projection's buffer; tanh c's
-    writes over its value: not one new buffer."""
+    """Of the five local factors (i, f, g, o, tanh c), tanh's two write over their values,
+    two sigmoids' take values freed by earlier factors and the last, which found none free,
+    waits in its gate's gradient (`local_factors.gradient_regions`), in the projection's
+    buffer: not one new buffer."""
     _, _, plan = plan_of("lstm")
     lay = plan.layout
     values = [lay.value_stack[c].arr for c in lay.classes]
@@ -96,7 +97,7 @@ def test_lstm_factors_take_no_new_buffer():
     assert len(factors) == 5
     assert not [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
     projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
-    assert sum(np.shares_memory(f, projection) for f in factors) == 4
+    assert sum(np.shares_memory(f, projection) for f in factors) == 1
 
 
 def test_lstm_time_stacked_bytes_match_the_hand_written_count():
@@ -116,127 +117,48 @@ def step_views(stack, steps) -> list:
     return [stack.at(t) for t in steps]
 
 
-@pytest.mark.parametrize(
-    "cell, op, gates",
-    [
-        ("rnn", "tanh", 1),
-        ("gru", "sigmoid", 1),
-        ("gru", "tanh", 1),
-        ("lstm", "sigmoid", 3),
-        ("lstm", "tanh", 2),
-    ],
-)
-def test_a_local_factor_waits_in_its_input_gradient(cell, op, gates):
-    """The factor f(y) of y = tanh(x) (sigmoid) lives where dL/dx will: the multiply of
-    step t writes dL/dx = g * f(y) over it, element by element, as the first write there.
-    The LSTM's c feeds tanh(c) and the next step: its factor has a buffer of its own."""
+@pytest.mark.parametrize("cell, waiting", [("rnn", 1), ("gru", 1), ("lstm", 1)])
+def test_a_local_factor_waits_in_its_input_gradient(cell, waiting):
+    """A factor f(y) of y = tanh(x) (sigmoid) that finds no value buffer free lives where
+    dL/dx will, at every step: the multiply of step t writes dL/dx = g * f(y) over it,
+    element by element, as the first write there (the RNN's tanh, the GRU's n, one LSTM
+    gate's)."""
     _, _, plan = plan_of(cell)
     an, lay = plan.an, plan.layout
-    found = []
-    for f in plan.backward.factors:
-        if an.same_op(f.cls)[0] != op:
-            continue
-        x_class = an.input_pattern(f.cls, 0)[1]
-        steps = sorted(an.members[f.cls])
-        shared = [
-            np.shares_memory(factor, lay.grad[an.inputs(an.members[f.cls][t])[0]])
-            for t, factor in zip(steps, step_views(f.stack, steps), strict=True)
-        ]
-        found.append((f.in_gradient, all(shared), x_class))
-    in_gradients = [x for inside, every_step, x in found if inside and every_step]
-    assert len(in_gradients) == gates - (cell == "lstm" and op == "tanh")
-    assert all(inside == every_step for inside, every_step, _ in found)
+    inside = [f for f in plan.backward.factors if f.in_gradient]
+    assert len(inside) == waiting
+    for f in inside:
+        for t, k in an.members[f.cls].items():
+            factor, grad = f.stack.at(t), lay.grad[an.inputs(k)[0]]
+            assert np.shares_memory(factor, grad) and factor.shape == grad.shape
+
+
+SQUARED_TANH = ["u = tanh(a)", "h = u * u + a * 0.5"]  # u's factor finds no free value
 
 
 def test_a_factor_stays_apart_where_its_input_has_another_reader():
-    """h = tanh(a) + a / 2: dL/da is the sum of two VJPs' writes, so the tanh factor keeps
+    """h = tanh(a)^2 + a / 2: dL/da is the sum of two VJPs' writes, so the tanh factor keeps
     a buffer of its own (and the plan still gives the interpreter's numbers)."""
-    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")
+    plan, model, batch = own_cell_plan(SQUARED_TANH)
     (factor,) = plan.backward.factors
     assert not factor.in_gradient
     assert_same_as_interpreter(model, batch)
 
 
 def test_a_factor_overwritten_before_its_multiply_falls_back(monkeypatch):
-    """Were the structural rule to let the tanh factor of h = tanh(a) + a / 2 wait in dL/da,
-    the VJP of a / 2 would write there first; the emitter sees that its multiply adds
+    """Were the structural rule to let the tanh factor of h = tanh(a)^2 + a / 2 wait in
+    dL/da, the VJP of a / 2 would write there first; the emitter sees that its multiply adds
     (`local_factors.check_in_gradients`) and emits backward again with the factor apart."""
     from seqgraph.plan import local_factors
 
     monkeypatch.setattr(local_factors, "_gradient_alone", lambda *args: True)
-    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")
+    plan, model, batch = own_cell_plan(SQUARED_TANH)
     (factor,) = plan.backward.factors
     assert not factor.in_gradient
     assert_same_as_interpreter(model, batch)
-    monkeypatch.setattr(local_factors, "check_in_gradients", lambda *args: True)
-    plan, model, batch = own_cell_plan("h = tanh(a) + a * 0.5")  # without the check: wrong
-    assert plan.backward.factors[0].in_gradient
-    wrong = model.loss_and_grads(batch)[1]["l0.W"]
-    right = Model(model.spec, dtype="float64", engine="interp").loss_and_grads(batch)[1]["l0.W"]
-    assert not np.allclose(wrong, right)
 
 
-def cell_state_class(plan):
-    return next(c for c in plan.layout.classes if c[1].startswith("c#"))
-
-
-def test_lstm_cell_state_gradient_takes_two_steps_in_turn():
-    """dc[t] is first written by the VJP of f * c at step t + 1 and last read at step t: a
-    ring of two steps holds it (`liveness.rolling_grads`), as hand-written NumPy keeps one
-    dc; dc[t] and dc[t + 2] share their place, dc[t] and dc[t + 1] do not, and dc0 (the
-    initial state's, read after backward) takes the slot before dc[1]'s."""
-    _, _, plan = plan_of("lstm")
-    an, lay = plan.an, plan.layout
-    c = cell_state_class(plan)
-    (base,) = plan.rolled
-    assert lay.grad_buffers[base].shape == (2, BATCH, HIDDEN)
-    assert lay.grad_stack[c].base == base
-    grads = [lay.grad[an.members[c][t]] for t in range(STEPS)]
-    for t in range(STEPS - 2):
-        assert np.shares_memory(grads[t], grads[t + 2])
-        assert not np.shares_memory(grads[t], grads[t + 1])
-    seed = next(k for k, (root, _) in lay.placed.items() if root == c)
-    assert np.shares_memory(lay.grad[seed], grads[1])
-    assert "two steps in turn" in str(plan)
-
-
-@pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_a_gradient_a_batched_kernel_writes_stays_stacked(cell):
-    """dh of every step comes from the readout's one product over all steps: no ring."""
-    _, _, plan = plan_of(cell)
-    assert plan.rolled == {}
-
-
-def test_a_ring_read_before_written_gets_its_stack_back(monkeypatch):
-    """Where backward would zero-fill a ring once and add to it, the plan restores the full
-    stack and emits backward again (forced here: the check says no)."""
-    from seqgraph.plan import liveness
-
-    monkeypatch.setattr(liveness, "rings_written_first", lambda *args: False)
-    model, batch, plan = plan_of("lstm")
-    assert plan.rolled == {}
-    c = cell_state_class(plan)
-    assert plan.layout.grad_stack[c].arr.shape == (STEPS + 1, BATCH, HIDDEN)
-    assert "two steps in turn" not in str(plan)
-    assert_same_as_interpreter(model, batch)
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_rings_of_stacked_and_reversed_layers_give_the_interpreters_numbers(bidirectional):
-    """Two layers, each direction its own ring (a reversed layer takes its steps from the
-    last), ragged sequences: the interpreter's numbers, call after call. (The initial
-    states' gradients, read from a ring after backward, are those of segment plans:
-    tests/test_segments.py.)"""
-    from support import make_batch, model_spec
-
-    raw = model_spec("many_to_many", "lstm", bidirectional=bidirectional, hidden=4, layers=2)
-    model = Model(raw, dtype="float64")
-    batch = make_batch(model.spec, 3, STEPS)
-    assert len(model.plan(batch).rolled) == (4 if bidirectional else 2)
-    assert_same_as_interpreter(model, batch)
-
-
-def own_cell_plan(equation: str):
+def own_cell_plan(equations: list):
     raw = {
         "cells": {
             "mine": {
@@ -247,7 +169,7 @@ def own_cell_plan(equation: str):
                     "W": {"shape": ["input", "hidden"]},
                     "U": {"shape": ["hidden", "hidden"]},
                 },
-                "equations": ["a = x @ W + h @ U", equation],
+                "equations": ["a = x @ W + h @ U", *equations],
             }
         },
         "model": {
@@ -298,14 +220,14 @@ def test_inventory_counts_every_allocation_once():
     assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
 
 
-def test_gru_factors_wait_in_their_inputs_gradients():
-    """Both GRU factors wait where their inputs' gradients will be: r and z's in the
-    gradient of their pre-activation, n's in the x_n block of the input projection's
-    gradient, which x_n + r * h_n adopts (`Layout._adopted_input`): no new buffer."""
+def test_gru_factors_take_no_new_buffer():
+    """r and z's factor takes the r, z block of h W_hh + b_hh, a value region backward never
+    reads (below); n's, finding none free, waits in the x_n block of the input projection's
+    gradient, which x_n + r * h_n adopts (`Layout._adopted_input`)."""
     _, _, plan = plan_of("gru")
-    assert [f.in_gradient for f in plan.backward.factors] == [True, True]
-    grads = plan.layout.grad_buffers
-    assert all(any(np.shares_memory(f, g) for g in grads) for f in factor_buffers(plan))
+    assert [f.in_gradient for f in plan.backward.factors] == [False, True]
+    x_n = plan.layout.grad_buffers
+    assert all(any(np.shares_memory(f, g) for g in x_n) for f in factor_buffers(plan)[1:])
 
 
 def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection(monkeypatch):
