@@ -1,9 +1,10 @@
-"""The unrolled computation as a networkx MultiDiGraph, with the invariants the engine relies on.
+"""The unrolled computation, with the invariants the engine relies on.
 
 A node's key is `(scope, name, t)`; parameters and constants have `t=None` and exist once, so
 every time step that uses a parameter points at the same node. A node stores its kind, op,
-attrs and the ORDERED tuple of input keys; that tuple is the truth and the edges mirror it
-(one edge per input position, so `mul(x, x)` has two).
+attrs and the ORDERED tuple of input keys; that tuple is the truth. As a networkx
+MultiDiGraph (`Graph.nx`, built when asked for) the edges mirror it (one edge per input
+position, so `mul(x, x)` has two).
 """
 
 from __future__ import annotations
