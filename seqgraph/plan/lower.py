@@ -19,7 +19,9 @@ ones before it handed on:
    buffers, a gradient stack in the buffer of a value that backward never reads where one
    fits (`liveness.dead_in_backward`). `schedule.deferred` names the per-step classes whose
    parameter gradients are summed after the loop, as one batched product over the stacked
-   steps.
+   steps. `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an
+   LSTM's dc; `Layout.roll_grads`), given their full stacks back where backward would
+   zero-fill them.
 6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
    the kernels, forward in unit order (fused where `fusion.groups` says), backward in
    reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
