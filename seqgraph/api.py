@@ -154,8 +154,8 @@ def check(
         "params": {name: info.shape for name, info in sorted(model.param_info.items())},
         "num_params": model.num_params(),
         "steps": len(sample["x"][0]) if sample["x"].ndim > 1 else 1,
-        "nodes": graph.nx.number_of_nodes(),
-        "edges": graph.nx.number_of_edges(),
+        "nodes": len(graph.nodes),
+        "edges": graph.edge_count(),
         "step_shapes": [
             (k, graph.node(k)["kind"], graph.node(k).get("op"), tuple(values[k].shape))
             for k in first

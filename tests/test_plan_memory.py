@@ -81,29 +81,178 @@ def test_softmax_and_logit_gradient_live_in_the_logits_buffer(cell):
     assert value.shape == (STEPS, BATCH, VOCAB)
 
 
-def test_lstm_factors_take_one_new_buffer():
+def factor_buffers(plan) -> list:
+    return [w[0][1] for op, w, _, _ in plan.backward.kernels.entries() if op == "local factor"]
+
+
+def test_lstm_factors_take_no_new_buffer():
     """Of the five local factors (i, f, g, o, tanh c), tanh's two write over their values,
-    the others reuse values freed by earlier factors: one new buffer."""
+    two sigmoids' take values freed by earlier factors and the last, which found none free,
+    waits in its gate's gradient (`local_factors.gradient_regions`), in the projection's
+    buffer: not one new buffer."""
     _, _, plan = plan_of("lstm")
-    values = [plan.layout.value_stack[c].arr for c in plan.layout.classes]
-    factors = [
-        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
-    ]
+    lay = plan.layout
+    values = [lay.value_stack[c].arr for c in lay.classes]
+    factors = factor_buffers(plan)
     assert len(factors) == 5
-    fresh = [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
-    assert len(fresh) == 1
+    assert not [f for f in factors if not any(np.shares_memory(f, v) for v in values)]
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert sum(np.shares_memory(f, projection) for f in factors) == 1
 
 
 def test_lstm_time_stacked_bytes_match_the_hand_written_count():
     """The arrays stacked over time are those of a hand-written LSTM step (tools/
     numpy_hand.py: projection, gate gradients in its place, activations, tanh(c), h, c and
-    their gradients, logits, x, the padding mask) plus one local-factor buffer; before the
-    sharing there were the gate gradients, four factors and two logit-sized buffers more."""
+    h's gradient, logits, x, the padding mask; c's gradient takes two steps in turn); before
+    the sharing there were the gate gradients, five factors, dc and two logit-sized buffers
+    more."""
     T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
     _, _, plan = plan_of("lstm")
-    expected = T * B * 4 * H + 6 * T * B * H + 4 * (T + 1) * B * H + T * B * C + T * B * n_in
+    expected = T * B * 4 * H + 5 * T * B * H + 3 * (T + 1) * B * H + T * B * C + T * B * n_in
     mask = T * B  # bool, one per step and row
     assert time_stacked_bytes(plan) == F64 * expected + mask
+
+
+def step_views(stack, steps) -> list:
+    return [stack.at(t) for t in steps]
+
+
+@pytest.mark.parametrize("cell, waiting", [("rnn", 1), ("gru", 1), ("lstm", 1)])
+def test_a_local_factor_waits_in_its_input_gradient(cell, waiting):
+    """A factor f(y) of y = tanh(x) (sigmoid) that finds no value buffer free lives where
+    dL/dx will, at every step: the multiply of step t writes dL/dx = g * f(y) over it,
+    element by element, as the first write there (the RNN's tanh, the GRU's n, one LSTM
+    gate's)."""
+    _, _, plan = plan_of(cell)
+    an, lay = plan.an, plan.layout
+    inside = [f for f in plan.backward.factors if f.in_gradient]
+    assert len(inside) == waiting
+    for f in inside:
+        for t, k in an.members[f.cls].items():
+            factor, grad = f.stack.at(t), lay.grad[an.inputs(k)[0]]
+            assert np.shares_memory(factor, grad) and factor.shape == grad.shape
+
+
+SQUARED_TANH = ["u = tanh(a)", "h = u * u + a * 0.5"]  # u's factor finds no free value
+
+
+def test_a_factor_stays_apart_where_its_input_has_another_reader():
+    """h = tanh(a)^2 + a / 2: dL/da is the sum of two VJPs' writes, so the tanh factor keeps
+    a buffer of its own (and the plan still gives the interpreter's numbers)."""
+    plan, model, batch = own_cell_plan(SQUARED_TANH)
+    (factor,) = plan.backward.factors
+    assert not factor.in_gradient
+    assert_same_as_interpreter(model, batch)
+
+
+def test_a_factor_overwritten_before_its_multiply_falls_back(monkeypatch):
+    """Were the structural rule to let the tanh factor of h = tanh(a)^2 + a / 2 wait in
+    dL/da, the VJP of a / 2 would write there first; the emitter sees that its multiply adds
+    (`local_factors.check_in_gradients`) and emits backward again with the factor apart."""
+    from seqgraph.plan import local_factors
+
+    monkeypatch.setattr(local_factors, "_gradient_alone", lambda *args: True)
+    plan, model, batch = own_cell_plan(SQUARED_TANH)
+    (factor,) = plan.backward.factors
+    assert not factor.in_gradient
+    assert_same_as_interpreter(model, batch)
+
+
+def cell_state_class(plan):
+    return next(c for c in plan.layout.classes if c[1].startswith("c#"))
+
+
+def test_lstm_cell_state_gradient_takes_two_steps_in_turn():
+    """dc[t] is first written by the VJP of f * c at step t + 1 and last read at step t: a
+    ring of two steps holds it (`liveness.rolling_grads`), as hand-written NumPy keeps one
+    dc; dc[t] and dc[t + 2] share their place, dc[t] and dc[t + 1] do not, and dc0 (the
+    initial state's, read after backward) takes the slot before dc[1]'s."""
+    _, _, plan = plan_of("lstm")
+    an, lay = plan.an, plan.layout
+    c = cell_state_class(plan)
+    (base,) = plan.rolled
+    assert lay.grad_buffers[base].shape == (2, BATCH, HIDDEN)
+    assert lay.grad_stack[c].base == base
+    grads = [lay.grad[an.members[c][t]] for t in range(STEPS)]
+    for t in range(STEPS - 2):
+        assert np.shares_memory(grads[t], grads[t + 2])
+        assert not np.shares_memory(grads[t], grads[t + 1])
+    seed = next(k for k, (root, _) in lay.placed.items() if root == c)
+    assert np.shares_memory(lay.grad[seed], grads[1])
+    assert "two steps in turn" in str(plan)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_a_gradient_a_batched_kernel_writes_stays_stacked(cell):
+    """dh of every step comes from the readout's one product over all steps: no ring."""
+    _, _, plan = plan_of(cell)
+    assert plan.rolled == {}
+
+
+def test_a_ring_read_before_written_gets_its_stack_back(monkeypatch):
+    """Where backward would zero-fill a ring once and add to it, the plan restores the full
+    stack and emits backward again (forced here: the check says no)."""
+    from seqgraph.plan import liveness
+
+    monkeypatch.setattr(liveness, "rings_written_first", lambda *args: False)
+    model, batch, plan = plan_of("lstm")
+    assert plan.rolled == {}
+    c = cell_state_class(plan)
+    assert plan.layout.grad_stack[c].arr.shape == (STEPS + 1, BATCH, HIDDEN)
+    assert "two steps in turn" not in str(plan)
+    assert_same_as_interpreter(model, batch)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_rings_of_stacked_and_reversed_layers_give_the_interpreters_numbers(bidirectional):
+    """Two layers, each direction its own ring (a reversed layer takes its steps from the
+    last), ragged sequences: the interpreter's numbers, call after call. (The initial
+    states' gradients, read from a ring after backward, are those of segment plans:
+    tests/test_segments.py.)"""
+    from support import make_batch, model_spec
+
+    raw = model_spec("many_to_many", "lstm", bidirectional=bidirectional, hidden=4, layers=2)
+    model = Model(raw, dtype="float64")
+    batch = make_batch(model.spec, 3, STEPS)
+    assert len(model.plan(batch).rolled) == (4 if bidirectional else 2)
+    assert_same_as_interpreter(model, batch)
+
+
+def own_cell_plan(equations: list):
+    raw = {
+        "cells": {
+            "mine": {
+                "inputs": ["x"],
+                "state": ["h"],
+                "output": "h",
+                "params": {
+                    "W": {"shape": ["input", "hidden"]},
+                    "U": {"shape": ["hidden", "hidden"]},
+                },
+                "equations": ["a = x @ W + h @ U", *equations],
+            }
+        },
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": INPUT},
+            "target": {"type": "ids", "vocab": VOCAB},
+            "layers": [{"cell": "mine", "hidden": HIDDEN}],
+        },
+        "dtype": "float64",
+    }
+    model = Model(raw, dtype="float64")
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    return model.plan(batch), model, batch
+
+
+def assert_same_as_interpreter(model, batch, calls: int = 3) -> None:
+    interp = Model(model.spec, dtype="float64", engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(calls):
+        got_loss, got = model.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-12)
+        for name in grads:
+            np.testing.assert_allclose(got[name], grads[name], rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -131,15 +280,26 @@ def test_inventory_counts_every_allocation_once():
     assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
 
 
-def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection():
-    """Backward reads only the n block of h W_hh + b_hh (for r * h_n); the r and z block
-    holds the sigmoid's local factor, which has its shape."""
+def test_gru_factors_take_no_new_buffer():
+    """r and z's factor takes the r, z block of h W_hh + b_hh, a value region backward never
+    reads (below); n's, finding none free, waits in the x_n block of the input projection's
+    gradient, which x_n + r * h_n adopts (`Layout._adopted_input`)."""
+    _, _, plan = plan_of("gru")
+    assert [f.in_gradient for f in plan.backward.factors] == [False, True]
+    x_n = plan.layout.grad_buffers
+    assert all(any(np.shares_memory(f, g) for g in x_n) for f in factor_buffers(plan)[1:])
+
+
+def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection(monkeypatch):
+    """Where a factor cannot wait in a gradient (the rule off here), backward reads only the
+    n block of h W_hh + b_hh (for r * h_n): the r and z block holds the sigmoid's local
+    factor, which has its shape."""
+    from seqgraph.plan import local_factors
+
+    monkeypatch.setattr(local_factors, "gradient_regions", lambda *args: {})
     _, _, plan = plan_of("gru")
     projection = plan.layout.value_stack[class_reading(plan, "matmul", ("l0", "W_hh", None))]
-    factors = [
-        writes[0][1] for op, writes, _, _ in plan.backward.kernels.entries() if op == "local factor"
-    ]
-    inside = [f for f in factors if np.shares_memory(f, projection.arr)]
+    inside = [f for f in factor_buffers(plan) if np.shares_memory(f, projection.arr)]
     assert len(inside) == 1
     assert inside[0].shape == (STEPS, BATCH, 2 * HIDDEN)
 
@@ -194,3 +354,38 @@ def test_a_numpy_training_step_imports_no_scipy():
             [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True
         )
         assert done.stdout.strip() == "[]"
+
+
+def test_training_a_model_loads_neither_scipy_nor_array_api_compat():
+    """A fresh process that builds a model and runs two training steps by its plan imports
+    neither scipy.special nor array_api_compat.numpy (NumPy >= 2.1 is the namespace itself,
+    `backend.numpy_namespace`; the wrapper loads every lazy NumPy submodule: 7 MiB)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from seqgraph import Model\n"
+        "spec = {'model': {'pattern': 'many_to_many', 'input': {'type': 'vectors', "
+        "'size': 24}, 'target': {'type': 'ids', 'vocab': 5}, "
+        "'layers': [{'cell': 'lstm', 'hidden': 32}]}}\n"
+        "model = Model(spec)\n"
+        "rng = np.random.default_rng(0)\n"
+        "batch = {'x': rng.normal(size=(20, 7, 24)), 'y': rng.integers(0, 5, (20, 7))}\n"
+        "model.loss_and_grads(batch)\n"
+        "model.loss_and_grads(batch)\n"
+        "print(sorted(m for m in ('scipy.special', 'array_api_compat.numpy') "
+        "if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
+    )
+    loaded = result.stdout.strip().splitlines()[-1]
+    expected = "[]" if getattr(np, "__array_api_version__", "") >= "2023.12" else None
+    if expected is None:  # older NumPy: array_api_compat is the namespace
+        assert "scipy.special" not in loaded
+    else:
+        assert loaded == expected

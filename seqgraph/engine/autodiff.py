@@ -27,30 +27,49 @@ class Instruction:
 
 
 class Program:
-    """A graph flattened into an instruction list, plus which nodes need a gradient."""
+    """A graph flattened into an instruction list, plus which nodes need a gradient.
+
+    The list is made on the first `forward` or `backward`: a model run by its plan keeps
+    the program of every sequence length it saw, and needs only its graph and order."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.order = graph.order()
-        self.instructions: list[Instruction] = []
-        self.needs_grad: set[Key] = set()
-        for key in self.order:
-            node = graph.node(key)
-            if node["kind"] == "param":
-                self.needs_grad.add(key)
-            elif node["kind"] == "op":
-                op = ops.OPS[node["op"]]
-                self.instructions.append(
-                    Instruction(key, op, node["inputs"], node["attrs"], node.get("source", ""))
-                )
-                if any(i in self.needs_grad for i in node["inputs"]):
-                    self.needs_grad.add(key)
+        self._flat: tuple | None = None
         self.param_keys = set(graph.params.values())
         self.consts = {
             k: graph.node(k)["attrs"]["value"]
             for k in self.order
             if graph.node(k)["kind"] == "const"
         }
+
+    @property
+    def instructions(self) -> list[Instruction]:
+        return self._flattened()[0]
+
+    @property
+    def needs_grad(self) -> set[Key]:
+        return self._flattened()[1]
+
+    def _flattened(self) -> tuple:
+        if self._flat is None:
+            self._flat = self._flatten()
+        return self._flat
+
+    def _flatten(self) -> tuple:
+        graph, instructions, needs_grad = self.graph, [], set()
+        for key in self.order:
+            node = graph.node(key)
+            if node["kind"] == "param":
+                needs_grad.add(key)
+            elif node["kind"] == "op":
+                op = ops.OPS[node["op"]]
+                instructions.append(
+                    Instruction(key, op, node["inputs"], node["attrs"], node.get("source", ""))
+                )
+                if any(i in needs_grad for i in node["inputs"]):
+                    needs_grad.add(key)
+        return instructions, needs_grad
 
     def forward(self, xp, leaves: dict[Key, Any]) -> dict[Key, Any]:
         """Evaluate every op; `leaves` holds params, inputs and consts. Returns all values."""
@@ -88,7 +107,8 @@ class Program:
         for parameters, each consumer's contribution before they are summed: the gradient
         ledger of `seqgraph gradflow`."""
         grads: dict[Key, Any] = {loss: seed if seed is not None else xp.ones_like(values[loss])}
-        for ins in reversed(self.instructions):
+        instructions, needs_grad = self._flattened()
+        for ins in reversed(instructions):
             g = grads.pop(ins.key, None)
             if g is None:
                 continue
@@ -97,7 +117,7 @@ class Program:
             inputs = [values[i] for i in ins.inputs]
             contributions = ins.op.vjp(xp, g, values[ins.key], *inputs, **ins.attrs)
             for position, (source, grad) in enumerate(zip(ins.inputs, contributions)):
-                if source not in self.needs_grad:
+                if source not in needs_grad:
                     continue
                 if grad is None:
                     if not xp.isdtype(values[source].dtype, "real floating"):

@@ -40,14 +40,26 @@ class Backend:
         return to_numpy(value)
 
 
+def numpy_namespace():
+    """The array namespace of the numpy backend: NumPy itself where it implements the array
+    API standard (NumPy >= 2.1, `__array_api_version__` 2023.12 or later: every function
+    the op table calls, with the standard's signatures), else array_api_compat's wrapper.
+    Importing that wrapper clones NumPy's namespace, which loads each of NumPy's lazy
+    submodules (f2py, testing and unittest, ma, polynomial): 7 MiB of resident memory in
+    every process that builds a model, for functions NumPy now has."""
+    if getattr(np, "__array_api_version__", "") >= "2023.12":
+        return np
+    import array_api_compat.numpy as xp
+
+    return xp
+
+
 def get_backend(name: str = "numpy", dtype: str = "float32") -> Backend:
     """The backend called `name`; raises BackendError naming the fix if it cannot run here."""
     if dtype not in DTYPES:
         raise BackendError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     if name == "numpy":
-        import array_api_compat.numpy as xp
-
-        return Backend(name, xp, dtype)
+        return Backend(name, numpy_namespace(), dtype)
     if name == "strict":
         try:
             import array_api_strict as xp

@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.engine.backend import numpy_namespace
 from seqgraph.engine.graph import Graph, Key
 
 
@@ -338,8 +339,7 @@ class Analysis:
             keys = memo[AttrsKeys] = AttrsKeys()
         memo_key = (node["op"], keys(attrs) if attrs else "", signature)
         if memo_key not in memo:
-            import array_api_compat.numpy as xp
-
+            xp = numpy_namespace()
             zeros = [np.zeros(s, d) for s, d in signature]
             with np.errstate(all="ignore"):
                 out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])

@@ -13,7 +13,7 @@ as liveness left them), the classes whose shared-input gradients are summed afte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from seqgraph.engine import ops
@@ -102,6 +102,7 @@ class Backward:
 
     kernels: Kernels
     zero: set
+    factors: list = field(default_factory=list)  # the `local_factors.Factor`s, in run order
 
 
 def emit(
@@ -114,15 +115,27 @@ def emit(
 ) -> Backward:
     """VJP kernels from `loss` back to every node; `wanted`: the keys (parameters, initial
     states) whose gradients a caller reads; `batch_derivatives`: local factors first."""
-    return _Emitter(sched, ctx).run(deferred, loss, wanted, batch_derivatives)
+    try:
+        return _Emitter(sched, ctx).run(deferred, loss, wanted, batch_derivatives)
+    except _FactorOverwritten:  # a factor in a gradient is not its first write: keep apart
+        return _Emitter(sched, ctx, factors_in_gradients=False).run(
+            deferred, loss, wanted, batch_derivatives
+        )
+
+
+class _FactorOverwritten(Exception):
+    """A local factor waiting in its input's gradient would be overwritten or added to
+    before its multiply reads it (`local_factors.check_in_gradients`)."""
 
 
 class _Emitter:
     """The state of one backward emission: the gradient tracker, the kernels so far and the
     transposed weight buffers they asked for."""
 
-    def __init__(self, sched: Schedule, ctx: Context):
+    def __init__(self, sched: Schedule, ctx: Context, factors_in_gradients: bool = True):
         self.sched, self.an, self.lay, self.ctx = sched, sched.an, sched.layout, ctx
+        self.factors_in_gradients = factors_in_gradients
+        self.factor_writes: dict = {}  # (class, t) -> whether its factor's multiply adds
         self.tracker = Tracker(sched.layout)
         self.out = Kernels(partial(describe, sched))
         self.transposes: dict = {}  # filled by _transposed while the VJPs are emitted
@@ -155,6 +168,8 @@ class _Emitter:
                 remaining[c] -= 1
                 if not remaining[c]:
                     self._deferred_vjp(c, deferred[c])
+        if not local_factors.check_in_gradients(lay, factors, self.factor_writes, tracker.zero):
+            raise _FactorOverwritten
         if self.ctx.name == "numpy":
             self._compile_chains()
         copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
@@ -164,7 +179,7 @@ class _Emitter:
         ]
         out.insert(1, copies, entries)
         tracker.ready([k for k in wanted if k in lay.grad])
-        return Backward(out, tracker.zero)
+        return Backward(out, tracker.zero, list(factors.values()))
 
     def _compile_chains(self) -> None:
         """Runs of elementwise VJP kernels (a step's gate gradients) as one compiled C loop
@@ -190,7 +205,7 @@ class _Emitter:
         the input positions whose gradient a fold makes needless."""
         sched, lay, m, out = self.sched, self.lay, self.ctx.m, self.out
         factors, folds, skips = {}, {}, {}
-        for f in local_factors.factors(sched, m):  # in the order they must run
+        for f in local_factors.factors(sched, m, self.factors_in_gradients):  # in run order
             c, (lo, hi) = f.cls, lay.range[f.cls]
             name, buffer = (c[0], f"{c[1]}'", (lo, hi)), f.stack.span(lo, hi)
             reads = (((c[0], c[1], (lo, hi)), lay.value_stack[c].span(lo, hi)),)
@@ -248,6 +263,7 @@ class _Emitter:
                 continue
             add = tracker.target([source])
             if factor is not None:  # g * (d out / d input), the factor computed before the loop
+                self.factor_writes[(class_of(k), k[2])] = add
                 how = ("mul", 0, lay.grad[source], add, g, None, [g, factor], {})
                 self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
                 self.out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))

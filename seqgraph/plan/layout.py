@@ -62,6 +62,20 @@ class Slot(Stack):
         return None  # there is no stacked view: the steps do not coexist
 
 
+class Ring(Stack):
+    """A gradient buffer of TWO steps that the members take in turn: member t at
+    arr[(t + offset) % 2] (`Layout.roll_grads`), for a gradient that lives from the step
+    after its own, where backward first writes it, to its own step (an LSTM's dc)."""
+
+    __slots__ = ()
+
+    def at(self, t: int):
+        return self.arr[(t + self.offset) % 2, ...]
+
+    def span(self, lo: int, hi: int):
+        return None  # no stacked view: step t + 2 has taken step t's place
+
+
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
@@ -308,6 +322,29 @@ class Layout:
                 self.grad_stack[v] = Slot(arr[(slice(None),) + index], 0, stack.base)
                 for t, k in self.an.members[v].items():
                     self.grad[k] = self.grad_stack[v].at(t)
+
+    def roll_grads(self, buffers: dict) -> None:
+        """Give each of these gradient buffers TWO steps, taken in turn (`Ring`): base ->
+        (the classes whose gradient stack it is, {node: its step's index in the stack} for
+        every node whose gradient lives there: members, a seed in the extra slot, the
+        stack's length), as `liveness.rolling_grads` finds them."""
+        self._rebuild(buffers, 2, Ring)
+
+    def restore_grads(self, buffers: dict) -> None:
+        """Give the buffers `roll_grads` made rings (the same argument) full stacks again."""
+        self._rebuild(buffers, None, Stack)
+
+    def _rebuild(self, buffers: dict, steps: int | None, kind) -> None:
+        for base, (classes, slots, length) in buffers.items():
+            old, stack = self.grad_buffers[base], self.grad_stack[classes[0]]
+            steps_now = steps or length
+            arr = self.m.empty((steps_now,) + old.shape[1:], dtype=old.dtype)
+            self.grad_buffers[base] = arr
+            new = kind(arr, stack.offset, base)
+            for c in classes:
+                self.grad_stack[c] = new
+            for k, index in slots.items():
+                self.grad[k] = arr[index % steps_now, ...]
 
     # ---- gradients ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.engine.ops.buffers import owner
+from seqgraph.plan.layout import Ring
 
 SHORT_DTYPES = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64"}
 
@@ -126,6 +127,8 @@ def buffer_lines(lay) -> list[str]:
     for i, arr in enumerate(lay.grad_buffers):
         host = lay.hosted.get(i)
         where = "" if host is None else f", in the buffer of {host[0]}.{host[1]}"
+        if any(isinstance(s, Ring) and s.base == i for s in lay.grad_stack.values()):
+            where += ", two steps in turn"
         lines.append(f"{names.get(i, f'grad#{i}'):<28} {array_text(arr):<16} gradient{where}")
     return lines
 

@@ -18,7 +18,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
-from seqgraph.plan.layout import Slot
+from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
 
 
@@ -64,6 +64,93 @@ def dead_grads(sched: Schedule, deferred: dict) -> dict:
             continue
         found[c] = views.get(c, {})
     return found
+
+
+def rolling_grads(sched: Schedule, deferred: dict) -> dict:
+    """The gradient buffers that two steps taken in turn can hold (`layout.Ring`): each
+    step's gradient is written first at a later step of backward (an LSTM's dc[t] by the VJP
+    of f * c at t + 1) and read last at its own, so it lives across two steps, never three.
+    A buffer over time qualifies when the VJPs that touch each of its steps (of the nodes in
+    it, of the nodes reading them, and of the nodes they read, which a local factor's fold
+    makes read their gradient) run one by one, per step, and those of the steps of one
+    parity never interleave; an initial state's gradient, read after backward, must be the
+    last of its parity. Not a buffer that holds a value too (`Layout.hosted`), that a batched
+    kernel or a sum after the loop reads (`deferred`), or that holds a view's region.
+    base -> (the classes whose gradient stack it is, {node: its index in the stack}, the
+    stack's length), for `Layout.roll_grads`."""
+    an, lay, position = sched.an, sched.layout, _positions(sched.units)
+    keys_of: dict = {}
+    for k, base in lay.base.items():
+        keys_of.setdefault(base, []).append(k)
+    found: dict = {}
+    for c in lay.classes:
+        stack = lay.grad_stack.get(c)
+        if type(stack) is not Stack or stack.base in found or stack.base in lay.hosted:
+            continue
+        classes = [d for d, other in lay.grad_stack.items() if other is stack]
+        if stack.arr.shape[0] < 3 or any(d in deferred or d in sched.batched for d in classes):
+            continue
+        slots = _slots(lay, stack, classes, keys_of[stack.base])
+        if slots is not None and _takes_turns(an, position, slots):
+            found[stack.base] = (classes, slots, stack.arr.shape[0])
+    return found
+
+
+def _slots(lay, stack, classes: list, keys: list) -> dict | None:
+    """{node: its index in `stack`} for the nodes whose gradient lives in it, if each is a
+    member of `classes` or a seed in its extra slot; None if another's is there too."""
+    of = set(classes)
+    slots = {}
+    for k in keys:
+        if k[2] is not None and analysis.class_of(k) in of:
+            slots[k] = k[2] + stack.offset
+        elif k in lay.placed and lay.placed[k][0] in of:
+            slots[k] = 0 if lay.placed[k][1] == "pre" else stack.arr.shape[0] - 1
+        else:
+            return None
+    return slots
+
+
+def _takes_turns(an, position: dict, slots: dict) -> bool:
+    """Whether the steps of each parity are touched by backward in disjoint runs, an
+    initial state's last (see `rolling_grads`)."""
+    spans: dict = {}
+    for k, index in slots.items():
+        touched = _touching(an, position, k, slots)
+        if not touched:
+            return False
+        lo, hi = spans.get(index, (touched[0], touched[0]))
+        spans[index] = (min(lo, *touched), max(hi, *touched))
+    seeds = {index for k, index in slots.items() if k[2] is None}
+    for parity in (0, 1):
+        # backward runs the forward units in reverse: the latest forward span goes first
+        runs = sorted((span, i) for i, span in spans.items() if i % 2 == parity)
+        if any(a[0][1] >= b[0][0] for a, b in zip(runs, runs[1:])):
+            return False
+        if any(i in seeds for _, i in runs[1:]):
+            return False
+    return True
+
+
+def _touching(an, position: dict, k, slots: dict) -> list | None:
+    """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
+    those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
+    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`)."""
+    touched = [position[k]] if k in position else []
+    for user, _ in an.consumers.get(k, []):
+        if user in position and an.addn_of_class(user) is None:
+            touched.append(position[user])
+        elif user not in slots:
+            return None
+    if an.node[k]["kind"] == "op":
+        touched += [position[i] for i in an.inputs(k) if i in position]
+    return touched
+
+
+def rings_written_first(lay, rolled: dict, zero: set) -> bool:
+    """Whether backward writes every step of each rolled buffer before reading it, never
+    zero-filling it once and adding (the emitter decides; a ring holds other steps)."""
+    return not any(base in zero for base in rolled)
 
 
 def dead_in_backward(an, lay) -> list:

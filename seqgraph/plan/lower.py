@@ -19,7 +19,9 @@ ones before it handed on:
    buffers, a gradient stack in the buffer of a value that backward never reads where one
    fits (`liveness.dead_in_backward`). `schedule.deferred` names the per-step classes whose
    parameter gradients are summed after the loop, as one batched product over the stacked
-   steps.
+   steps. `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an
+   LSTM's dc; `Layout.roll_grads`), given their full stacks back where backward would
+   zero-fill them.
 6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
    the kernels, forward in unit order (fused where `fusion.groups` says), backward in
    reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
@@ -77,6 +79,8 @@ class Plan:
         self.deferred = scheduling.deferred(sched) if grads else {}
         self.grad_compacted = liveness.dead_grads(sched, self.deferred) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)
+        self.rolled = liveness.rolling_grads(sched, self.deferred) if grads else {}
+        self.layout.roll_grads(self.rolled)
         self.groups = fusion.groups(sched) if fuse else [[unit] for unit in sched.units]
         self.forward = forward.emit(sched, self.ctx, self.groups, grads)
         self._fill_consts()
@@ -89,8 +93,18 @@ class Plan:
         self._loss = self.layout.value[graph.loss]
 
     def emit_backward(self) -> None:
-        """(Re)build the backward kernels over this plan's context (its array module)."""
-        self.backward = backward.emit(
+        """(Re)build the backward kernels over this plan's context (its array module); where
+        a two-step gradient buffer is not written before it is read, with its full stack."""
+        self.backward = self._emit_backward()
+        if not liveness.rings_written_first(self.layout, self.rolled, self.backward.zero):
+            self.layout.restore_grads(self.rolled)
+            self.rolled = {}
+            self.backward = self._emit_backward()
+        liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
+        liveness.check_own_hosts(self.layout, self.backward.zero)
+
+    def _emit_backward(self) -> backward.Backward:
+        return backward.emit(
             self.schedule,
             self.ctx,
             self.deferred,
@@ -98,8 +112,6 @@ class Plan:
             list(self.graph.params.values()) + self.state_inputs(),
             self.batch_derivatives,
         )
-        liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
-        liveness.check_own_hosts(self.layout, self.backward.zero)
 
     @property
     def batched(self) -> dict:

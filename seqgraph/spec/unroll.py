@@ -80,13 +80,13 @@ class Unroller:
         array = np.asarray(value, dtype=np.float64)
         label = repr(float(array)) if array.ndim == 0 else f"eye{array.shape[0]}"
         key = ("const", label, None)
-        if key not in self.g.nx:
+        if key not in self.g.nodes:
             self.g.add(key, "const", attrs={"value": array})
         return key
 
     def param(self, scope: str, name: str, shape, init: dict, fill=None, path="") -> Key:
         key = (scope, name, None)
-        if key not in self.g.nx:
+        if key not in self.g.nodes:
             dims = tuple(int(n) for n in shape)
             if any(n < 1 for n in dims):
                 raise SpecError(path, f"parameter {scope}.{name} would have shape {dims}")
@@ -101,7 +101,7 @@ class Unroller:
 
     def data(self, scope: str, name: str, t, **role) -> Key:
         key = (scope, name, t)
-        if key not in self.g.nx:
+        if key not in self.g.nodes:
             self.g.add_input(key, **role)
         return key
 
