@@ -45,11 +45,15 @@ def test_nodes_by_buffer_groups_every_value_by_the_array_that_owns_its_memory(ce
     assert sum(len(nodes) for nodes in found.values()) == len(lay.value)  # each node once
 
 
-def test_graph_records_are_the_networkx_node_dicts_in_insertion_order():
+def test_graph_records_are_the_graphs_own_node_dicts_in_insertion_order():
+    """A copy of the table (rewrites edit the copy), of the graph's very records, in the
+    order networkx (built on demand) lists the nodes, with the same data."""
     graph = plan_of("gru").graph
     records = graph.records()
+    assert records is not graph.nodes
     assert list(records) == list(graph.nx.nodes)
-    assert all(records[k] is data for k, data in graph.nx.nodes(data=True))
+    assert all(records[k] is graph.nodes[k] for k in records)
+    assert all(records[k] == data for k, data in graph.nx.nodes(data=True))
 
 
 def test_a_views_record_spans_its_bytes_whatever_its_strides():
