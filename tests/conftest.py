@@ -23,6 +23,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{check:<56} {error:.2e}  {where}")
 
 
+@pytest.fixture(autouse=True)
+def factors_in_gradients_at_any_size(monkeypatch):
+    """Tests build tiny models: let their local factors wait in their inputs' gradients as a
+    medium model's do (`local_factors.GRADIENT_REGION_MIN_BYTES`; its own test restores it)."""
+    from seqgraph.plan import local_factors
+
+    monkeypatch.setattr(local_factors, "GRADIENT_REGION_MIN_BYTES", 0)
+
+
 @pytest.fixture(params=["compiled", "numpy"])
 def cpu_kernels(request, monkeypatch):
     """Run a test twice: fused groups as compiled C kernels (where a C compiler is found)

@@ -133,6 +133,21 @@ def test_a_local_factor_waits_in_its_input_gradient(cell, waiting):
             assert np.shares_memory(factor, grad) and factor.shape == grad.shape
 
 
+def test_a_factor_below_the_size_threshold_keeps_its_own_buffer(monkeypatch):
+    """GRADIENT_REGION_MIN_BYTES (1 MiB; the suite sets 0): a tiny RNN's tanh factor (its
+    stack of all steps far below it) keeps a buffer apart, as it does at exactly one byte
+    more than its gradient region; at the region's size it waits there."""
+    from seqgraph.plan import local_factors
+
+    _, _, plan = plan_of("rnn")
+    (factor,) = [f for f in plan.backward.factors if f.in_gradient]
+    size = factor.stack.span(*plan.layout.range[factor.cls]).nbytes
+    for threshold, inside in [(1 << 20, False), (size + 1, False), (size, True)]:
+        monkeypatch.setattr(local_factors, "GRADIENT_REGION_MIN_BYTES", threshold)
+        _, _, again = plan_of("rnn")
+        assert [f.in_gradient for f in again.backward.factors] == [inside]
+
+
 SQUARED_TANH = ["u = tanh(a)", "h = u * u + a * 0.5"]  # u's factor finds no free value
 
 

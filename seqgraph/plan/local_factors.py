@@ -28,7 +28,9 @@ free: a gate's gradient is a column block of the gates' (strided), and NumPy fil
 block of an LSTM's 100 steps 2.5 times slower than a contiguous one (all four gates there:
 +4.5 % CPU time for a medium step). The backward emitter checks that each such multiply is
 the first and only write of its step (`check_in_gradients`) and, where one is not, emits
-backward again without the rule.
+backward again without the rule. A factor smaller than GRADIENT_REGION_MIN_BYTES keeps its
+own buffer: there the memory is nothing and the step is faster apart (tiny RNN, one step of
+0.14 ms: 4 % slower with the factor in its gradient).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from seqgraph.plan import liveness
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.layout import Ring, Slot, Stack
 from seqgraph.plan.schedule import Schedule
+
+# Below this a factor's stack (all its steps) is not worth a slower step (see the docstring);
+# medium and larger models' factors are several MiB. The tests set it to 0, so tiny models
+# take the rule as large ones do.
+GRADIENT_REGION_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -76,6 +83,7 @@ def factors(plan: Schedule, m, in_gradients: bool = True) -> list[Factor]:
             found.append(c)
     folds = fold(plan, found)
     regions = gradient_regions(plan, found) if in_gradients else {}
+    regions = {c: r for c, r in regions.items() if r.nbytes >= GRADIENT_REGION_MIN_BYTES}
     return place(plan, m, found, folds, regions)
 
 
