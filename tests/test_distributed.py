@@ -315,3 +315,24 @@ def test_a_batch_smaller_than_the_ranks_is_refused_naming_the_spec():
         _check_batch_splits({"batch_size": 3}, SimpleNamespace(size=4), "big.yaml")
     assert "big.yaml" in str(caught.value)
     _check_batch_splits({"batch_size": 4}, SimpleNamespace(size=4), "big.yaml")
+
+
+@needs_mpi
+def test_a_best_set_after_the_last_checkpoint_keeps_one_batch_of_carried_state(tmp_path):
+    """The final validation comes after the last checkpoint and, when it sets a new best,
+    writes the checkpoint again from the state kept at the last one. Rank 0 kept the gathered
+    batch there and rank 1 the rows it resumed with, so the rewrite gathered 4 + 2 rows
+    (regression: the checkpoint's carried state had 6 rows for a batch of 4)."""
+    spec = char_spec(tmp_path, eval_every=4, valid_batches=2)
+    run_dir = tmp_path / "two"
+    quiet = {"log": lambda *a: None, "progress": False, "sample": False}
+    api.train(str(spec), out=str(run_dir), steps=8, **quiet)  # each rank resumes with 2 rows
+    code, _, err = finished(
+        mpirun(2, str(spec), "--resume", "--steps", "10", "--out", str(run_dir))
+    )
+    assert code == 0, err
+    bests = [r for r in run_folder.Metrics(run_dir, 10**9).read() if r.get("kind") == "best"]
+    assert bests and bests[-1]["step"] == 10  # the case: the last best is the final validation's
+    _, _, carry, meta = run_folder.load_checkpoint(run_dir)
+    assert meta["step"] == 10
+    assert {name: value.shape[0] for name, value in carry.items()} == {name: 4 for name in carry}

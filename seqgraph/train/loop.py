@@ -481,7 +481,7 @@ class _Loop:
         self.validated: tuple[int, dict] | None = None  # (step, result) of the last validation
         self.validated_in_full = False  # `validated` already holds the run's final scores
         self.stopped_early = False
-        self.carry: dict = {}  # the state carried at the last checkpoint
+        self.carry: dict = {}  # this rank's rows of the state carried at the last checkpoint
         self.norms_per_layer = bool(config.get("log_to"))  # for the trackers' grad_norm/<layer>
         self.seed = model.seed
         stream = isinstance(dataset, datasets.Stream)
@@ -662,6 +662,9 @@ class _Loop:
         """Rank 0 writes the whole batch's state; every rank first checks that the ranks
         still hold the same parameters (here: every checkpoint_every steps and at the end)."""
         self.comm.check_agreement(self.model.params, step)
+        # this rank's own rows, for a checkpoint written again at this step (the final
+        # validation's new best): every rank keeps its rows, as the gather needs them
+        self.carry = carry
         carry = self.comm.gather_rows(carry)
         if not self.comm.writes:
             return
@@ -669,7 +672,6 @@ class _Loop:
             name: {slot: to_numpy(v) for slot, v in slots.items()}
             for name, slots in self.optimizer.state.items()
         }
-        self.carry = carry
         params, raw = self._evaluated_params(), None
         if self.average is not None and self.average.averaged:
             raw = {k: to_numpy(v) for k, v in self.model.params.items()}
