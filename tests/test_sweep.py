@@ -157,8 +157,10 @@ def test_ctrl_c_in_a_trial_stops_the_sweep_not_just_the_trial(tmp_path, monkeypa
 def test_a_killed_sweep_restarted_keeps_its_finished_trials(tmp_path, capsys):
     """SIGKILL during the second trial (no clean exit, no Python cleanup), then the same
     command: the first trial is kept as it was and the study runs to its count."""
+    import contextlib
     import os
     import signal
+    import sqlite3
     import subprocess
     import time
 
@@ -169,19 +171,26 @@ def test_a_killed_sweep_restarted_keeps_its_finished_trials(tmp_path, capsys):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     process = subprocess.Popen([sys.executable, "-m", "seqgraph", *argv], env=env, cwd=tmp_path)
-    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    database = out / "study.db"
+    storage = f"sqlite:///{database.resolve()}"
     deadline, done = time.monotonic() + 120, []
     while time.monotonic() < deadline and not done and process.poll() is None:
         time.sleep(0.2)
+        # read-only SQL, not optuna.load_study: opening the storage creates its tables, and
+        # doing so while the sweep creates them failed the sweep ("table trial_values
+        # already exists"; regression)
         try:
-            study = optuna.load_study(study_name="tiny_sentiment", storage=storage)
-        except Exception:  # the database or the study does not exist yet
+            uri = f"file:{database}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                done = db.execute("SELECT number FROM trials WHERE state = 'COMPLETE'").fetchall()
+        except sqlite3.Error:  # no database, no tables yet, or the sweep holds a lock
             continue
-        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert done and process.poll() is None, "the first trial did not finish in time"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    first = (done[0].number, done[0].params, done[0].value)
+    study = optuna.load_study(study_name="tiny_sentiment", storage=storage)
+    (finished,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[:1]
+    first = (finished.number, finished.params, finished.value)
     assert main(argv) == 0
     assert "1 trial(s) done, 2 to run" in capsys.readouterr().out
     study = optuna.load_study(study_name="tiny_sentiment", storage=storage)
