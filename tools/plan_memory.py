@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the seqgraph under test: this tree, or another one's (--before) in a worker process
 sys.path.insert(0, os.environ.get("SEQGRAPH_TREE") or str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402
 import numpy_hand  # noqa: E402
 from bench_peers import CELLS, CONFIGS, bench_model  # noqa: E402
 
@@ -85,24 +86,16 @@ def print_buffers(cell: str, name: str) -> None:
     print(f"  hand NumPy, all its arrays at its peak: {step_temporaries(hand) / MIB:.2f} MiB")
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def memory_worker(impl: str, cell: str, name: str) -> None:
     """In a fresh process: peak resident memory above the imports while building the
     implementation and running two steps (Linux: resets the high-water mark first)."""
-    before = _status_kib("VmRSS")
+    before = harness.status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # resets VmHWM to the current resident size
     step = IMPLS[impl](cell, CONFIGS[name])
     step()
     step()
-    print((_status_kib("VmHWM") - before) / 1024)
+    print((harness.status_kib("VmHWM") - before) / 1024)
 
 
 def peak_rss(impl: str, cell: str, name: str, tree: str | None = None) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from seqgraph.engine import ops
@@ -35,7 +36,6 @@ class Program:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.order = graph.order()
-        self._flat: tuple | None = None
         self.param_keys = set(graph.params.values())
         self.consts = {
             k: graph.node(k)["attrs"]["value"]
@@ -45,18 +45,14 @@ class Program:
 
     @property
     def instructions(self) -> list[Instruction]:
-        return self._flattened()[0]
+        return self._flat[0]
 
     @property
     def needs_grad(self) -> set[Key]:
-        return self._flattened()[1]
+        return self._flat[1]
 
-    def _flattened(self) -> tuple:
-        if self._flat is None:
-            self._flat = self._flatten()
-        return self._flat
-
-    def _flatten(self) -> tuple:
+    @cached_property
+    def _flat(self) -> tuple:
         graph, instructions, needs_grad = self.graph, [], set()
         for key in self.order:
             node = graph.node(key)
@@ -107,7 +103,7 @@ class Program:
         for parameters, each consumer's contribution before they are summed: the gradient
         ledger of `seqgraph gradflow`."""
         grads: dict[Key, Any] = {loss: seed if seed is not None else xp.ones_like(values[loss])}
-        instructions, needs_grad = self._flattened()
+        instructions, needs_grad = self._flat
         for ins in reversed(instructions):
             g = grads.pop(ins.key, None)
             if g is None:
