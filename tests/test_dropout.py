@@ -73,6 +73,10 @@ def masks_of(model: Model, batch: dict) -> dict:
         lstm_spec(layers=2, dropout=0.3, recurrent_dropout=0.4),
         lstm_spec("many_to_one", bidirectional=True, dropout=0.5, recurrent_dropout=0.2),
         lstm_spec(ids=True, encoders=[{"type": "embedding", "size": 5, "dropout": 0.25}]),
+        lstm_spec(
+            ids=True,
+            encoders=[{"type": "embedding", "size": 5, "word_dropout": 0.3, "dropout": 0.25}],
+        ),
         gru_spec(recurrent_dropout=0.3),
         conv_spec(),
         lstm_spec(layers=2, layer_norm=True, dropout=0.2, recurrent_dropout=0.3),
@@ -82,6 +86,7 @@ def masks_of(model: Model, batch: dict) -> dict:
         "stacked",
         "many_to_one_bidirectional",
         "encoder",
+        "word_dropout",
         "gru",
         "conv_encoders",
         "layer_norm_lstm",  # the layer-normalised cells read recurrent_dropout too
@@ -297,6 +302,35 @@ def test_lstm_with_masks_matches_torch():
         np.testing.assert_allclose(grads[name], tensor.grad.numpy(), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["embedding", "onehot"])
+def test_word_dropout_drops_whole_tokens(kind):
+    """Each token's vector is kept whole (every entry 1/(1-p)) or dropped whole (every entry
+    0), independently per sequence and step, about p of them dropped; the unit dropout after
+    it draws its own mask."""
+    p = 0.3
+    encoder = {"type": kind, "word_dropout": p, "dropout": 0.5}
+    if kind == "embedding":
+        encoder["size"] = 7
+    model = Model(lstm_spec(ids=True, encoders=[encoder]))
+    batch = with_dropout(batching.dummy(model.spec, 400, 3))
+    drawn = masks_of(model, batch)
+    words = np.stack([drawn[("enc0", "word_drop.mask", t)] for t in range(3)])  # (T, B, width)
+    width = 7 if kind == "embedding" else 6
+    assert words.shape == (3, 400, width)
+    np.testing.assert_array_equal(words, np.repeat(words[..., :1], width, axis=-1))
+    assert set(np.unique(words)) == {0.0, 1 / (1 - p)}
+    assert np.mean(words[..., 0] == 0) == pytest.approx(p, abs=0.03)  # 1,200 tokens
+    assert not np.array_equal(words[0], words[1])  # a fresh draw every step
+    units = drawn[("enc0", "drop.mask", 0)]
+    assert not np.array_equal(units, np.repeat(units[:, :1], width, axis=-1))
+    plain = Model(lstm_spec(ids=True, encoders=[{**encoder, "word_dropout": 0, "dropout": 0}]))
+    plain.set_params(model.params)
+    evaluated = batching.dummy(model.spec, 4, 3)
+    np.testing.assert_array_equal(  # and evaluation runs without it
+        model.forward(evaluated)["predictions"], plain.forward(evaluated)["predictions"]
+    )
+
+
 # ---- spec errors: one line naming the path and the fix ---------------------------------------
 
 BASE = """\
@@ -334,6 +368,16 @@ cells:
         ),
         (BASE.replace("size: 4", "size: 4, dropout: 1.5"), "model.encoders[0].dropout", "[0, 1)"),
         (
+            BASE.replace("size: 4", "size: 4, word_dropout: 1"),
+            "model.encoders[0].word_dropout",
+            "[0, 1)",
+        ),
+        (
+            BASE.replace("size: 4}", "size: 4}\n    - {type: dense, size: 4, word_dropout: 0.1}"),
+            "model.encoders[1].word_dropout",
+            "drops whole tokens",
+        ),
+        (
             MINE
             + BASE.replace(
                 "cell: lstm, hidden: 3", "cell: mine, hidden: 3, recurrent_dropout: 0.2"
@@ -349,7 +393,15 @@ cells:
             "only its final state",
         ),
     ],
-    ids=["layer_p_one", "recurrent_negative", "encoder_p", "cell_without_it", "seq2seq_top"],
+    ids=[
+        "layer_p_one",
+        "recurrent_negative",
+        "encoder_p",
+        "word_p",
+        "word_on_dense",
+        "cell_without_it",
+        "seq2seq_top",
+    ],
 )
 def test_bad_dropout_is_one_clear_line(tmp_path, capsys, text, path, says):
     file = tmp_path / "spec.yaml"

@@ -228,7 +228,9 @@ def _dropout_mask(p: Prepared, key: Key, role: dict) -> np.ndarray:
         return _step_masks(p, key, role, t)[0]
     seed, step, _, offset, rows = _request(p, key)
     rows = p.size if rows is None else rows
-    mask = masks.dropout_mask(seed, step, key, (rows, *role["shape"]), role["p"])
+    mask = masks.dropout_mask(
+        seed, step, key, (rows, *role["shape"]), role["p"], role.get("whole_vectors")
+    )
     return mask[offset : offset + p.size]
 
 
@@ -247,7 +249,9 @@ def _step_masks(p: Prepared, key: Key, role: dict, lo: int, hi: int | None = Non
         length = first + max(hi + 1, p.steps, p.out_steps or 0)
         rows = p.size if rows is None else rows
         shape = (length, rows, *role["shape"])
-        drawn = masks.dropout_mask(seed, step, (scope, name, "steps"), shape, role["p"])
+        drawn = masks.dropout_mask(
+            seed, step, (scope, name, "steps"), shape, role["p"], role.get("whole_vectors")
+        )
         p.drawn[(scope, name)] = drawn = drawn[:, offset : offset + p.size]
     return drawn[first + lo : first + hi + 1]
 

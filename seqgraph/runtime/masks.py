@@ -23,11 +23,18 @@ def node_hash(key: tuple) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def dropout_mask(seed: int, step: int, key: tuple, shape: tuple, p: float) -> np.ndarray:
+def dropout_mask(
+    seed: int, step: int, key: tuple, shape: tuple, p: float, whole_vectors: bool = False
+) -> np.ndarray:
     """Inverted-dropout mask for node `key` at training step `step`: each entry 0 with
-    probability p, else 1/(1-p); rows are sequences, so each sequence gets its own mask."""
+    probability p, else 1/(1-p); rows are sequences, so each sequence gets its own mask.
+    `whole_vectors`: one draw per vector along the last axis, repeated across it (word
+    dropout keeps or drops a token's whole embedding)."""
     rng = np.random.default_rng([int(seed), int(step), node_hash(key)])
-    keep = rng.random(shape) >= p
+    if whole_vectors:
+        keep = np.repeat(rng.random((*shape[:-1], 1)) >= p, shape[-1], axis=-1)
+    else:
+        keep = rng.random(shape) >= p
     return keep / (1.0 - p)
 
 

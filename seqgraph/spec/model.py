@@ -57,6 +57,12 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
             )
         if kind in ("embedding", "dense") and "size" not in raw:
             raise SpecError(here, f"a {kind} encoder needs `size`")
+        if raw.get("word_dropout") and kind not in ("embedding", "onehot"):
+            raise SpecError(
+                f"{here}.word_dropout",
+                "word_dropout drops whole tokens, so it belongs on the first encoder, an "
+                "`embedding` or `onehot`; use `dropout` to drop single units here",
+            )
         if kind == "conv":
             if io.type != "images" or any(e.type != "conv" for e in out):
                 raise SpecError(
@@ -79,7 +85,15 @@ def _encoders(items: list, io: IOSpec, path: str) -> tuple[EncoderSpec, ...]:
             _image_shapes(tuple(out), io, here)
             continue
         activation = raw.get("activation", "identity")
-        out.append(EncoderSpec(kind, raw.get("size"), activation, dropout=raw.get("dropout", 0.0)))
+        out.append(
+            EncoderSpec(
+                kind,
+                raw.get("size"),
+                activation,
+                dropout=raw.get("dropout", 0.0),
+                word_dropout=raw.get("word_dropout", 0.0),
+            )
+        )
     if io.type == "ids" and (not out or out[0].type not in ("embedding", "onehot")):
         raise SpecError(
             path,

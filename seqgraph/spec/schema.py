@@ -103,6 +103,11 @@ _encoder = {
         "kernel": {"type": "integer", "minimum": 1, "maximum": 15, "default": 3},
         "pool": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
         "dropout": _dropout,  # on the encoder's output, a fresh mask each step
+        "word_dropout": {
+            **_dropout,
+            "description": "must be in [0, 1): embedding and onehot encoders only; the "
+            "probability of dropping each token's whole vector in training (0: none)",
+        },
     },
 }
 

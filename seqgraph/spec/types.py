@@ -45,6 +45,9 @@ class EncoderSpec:
     kernel: int = 3  # conv only
     pool: int = 2  # conv only: max-pool window after the convolution
     dropout: float = 0.0  # on the output, in training
+    # embedding/onehot only: each token's whole vector dropped with this probability in
+    # training (Iyyer et al. 2015's word dropout), before `dropout` drops single units
+    word_dropout: float = 0.0
 
     def __repr__(self) -> str:
         return f"EncoderSpec({self.text})"

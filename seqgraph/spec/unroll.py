@@ -106,15 +106,27 @@ class Unroller:
         return key
 
     def drop(
-        self, key: Key, scope: str, name: str, t, p: float, shape: tuple, per_sequence=False
+        self,
+        key: Key,
+        scope: str,
+        name: str,
+        t,
+        p: float,
+        shape: tuple,
+        per_sequence=False,
+        whole_vectors=False,
     ) -> Key:
         """`key` (step t) through dropout with probability p, its mask the leaf
         (scope, name.mask, t), or t=None for one mask per sequence; `shape` is one
-        sequence's. In an evaluation graph, or with p = 0, `key` itself."""
+        sequence's. `whole_vectors`: the mask keeps or drops a sequence's whole vector at
+        the step (word dropout). In an evaluation graph, or with p = 0, `key` itself."""
         if not self.train or not p:
             return key
         mask_t = None if per_sequence else t
-        mask = self.data(scope, f"{name}.mask", mask_t, role="dropout", p=float(p), shape=shape)
+        extra = {"whole_vectors": True} if whole_vectors else {}
+        mask = self.data(
+            scope, f"{name}.mask", mask_t, role="dropout", p=float(p), shape=shape, **extra
+        )
         return self.op((scope, name, t), "dropout", (key, mask))
 
     # ---- per-step encoders and the readout ---------------------------------------------------
@@ -138,6 +150,10 @@ class Unroller:
             else:
                 key = self.dense(scope, key, size, enc.size, t, enc.activation)
                 size = enc.size
+            if enc.word_dropout:  # a dropped token reads as zeros, the others scaled up
+                key = self.drop(
+                    key, scope, "word_drop", t, enc.word_dropout, (size,), whole_vectors=True
+                )
             key = self.drop(key, scope, "drop", t, enc.dropout, out_shape or (size,))
         return key
 
