@@ -33,6 +33,33 @@ def test_labelled_lines_mod10_split_and_train_only_vocab(tmp_path):
     assert batch["x"].shape[0] == 4 and sorted(batch["y"].tolist()) == [0, 0, 1, 1]
 
 
+def test_the_ten_folds_test_every_line_once(tmp_path):
+    """`fold: k` turns the mod10 wheel: fold k tests the lines with i % 10 == (9 + k) % 10 and
+    validates on the tenth below; over the ten folds each line is tested exactly once and
+    never trained on in its own fold."""
+    lines = "".join(f"u{i}{' w' * i}\t{i % 2}\n" for i in range(40))  # line i: i + 1 tokens
+    (tmp_path / "s.tsv").write_text(lines)
+    config = {"source": "tsv", "path": str(tmp_path / "s.tsv"), "split": "mod10"}
+    tested = []
+    for fold in range(10):
+        data = datasets.load({**config, "fold": fold}, "many_to_one", seed=0)
+        assert (len(data.x), len(data.valid_x), len(data.test_x)) == (32, 4, 4)
+        lines_of = [len(seq) - 1 for seq in data.test_x]
+        assert lines_of == [i for i in range(40) if i % 10 == (9 + fold) % 10]
+        validated = sorted(len(seq) - 1 for seq in data.valid_x)
+        assert validated == [i for i in range(40) if i % 10 == (8 + fold) % 10]
+        held = {f"u{i}" for i in range(40) if i % 10 in ((8 + fold) % 10, (9 + fold) % 10)}
+        assert not held & set(data.vocab) and len(data.vocab) == 2 + 32 + 1  # pad, unk, w
+        tested += lines_of
+    assert sorted(tested) == list(range(40))
+    plain = datasets.load(config, "many_to_one", seed=0)  # fold 0 is the plain mod10 split
+    assert [len(seq) - 1 for seq in plain.test_x] == [9, 19, 29, 39]
+    from seqgraph.errors import DataError
+
+    with pytest.raises(DataError, match="data.fold 3 picks one of the ten parts"):
+        datasets.load({**config, "split": "random", "fold": 3}, "many_to_one", seed=0)
+
+
 def test_tsv_random_split_is_seeded(tmp_path):
     rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(50))
     (tmp_path / "s.tsv").write_text(rows)

@@ -21,7 +21,7 @@ The vocabulary is built from the training split only (`<pad>` = 0, `<unk>` = 1);
 (tags) are those of every split, sorted, or `labels:`. `lowercase` is off by default: casing
 is a strong cue for named entities. Splits as for `tsv`: `split: random` holds out
 `valid_fraction` (and `test_fraction`) of the sequences, `split: mod10` takes sequence i into
-train when i % 10 is 0..7, validation when 8 and test when 9.
+train when i % 10 is 0..7, validation when 8 and test when 9 (`fold: k` turns that by k).
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgraph.apps.sentences import PAD_MULTIPLE, encode_tokens, split_rows, vocabulary
+from seqgraph.apps.sentences import (
+    FOLD,
+    PAD_MULTIPLE,
+    encode_tokens,
+    split_rows,
+    vocabulary,
+)
 from seqgraph.errors import DataError
 from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
@@ -219,6 +225,7 @@ OPTIONS = {
     "level": {"enum": ["word", "char"], "description": "a step per token (word) or character"},
     "lowercase": {"type": "boolean", "description": "lower-case tokens (default false)"},
     "split": {"enum": ["random", "mod10"]},
+    "fold": FOLD,
     "valid_fraction": {**FRACTION, "description": "share of sequences held out (default 0.1)"},
     "test_fraction": {**FRACTION, "description": "share held out for test (default 0)"},
     "min_count": {**COUNT, "description": "rarer training tokens become <unk> (default 1)"},

@@ -6,7 +6,9 @@ per token, so the text is split at whitespace (lower-cased by the word tokenizer
 tokenizer takes one tag per character) and the tags are the labels.
 
 Splits: `split: mod10` takes each file's line i into train when i % 10 is 0..7, validation
-when 8 and test when 9 (the split suggested beside the shared data sets); `split: random`
+when 8 and test when 9 (the split suggested beside the shared data sets); `fold: k` (0-9)
+turns the wheel by k, test when i % 10 is (9 + k) % 10 and validation one below it, so the ten
+folds test every line once (10-fold cross-validation, as Kim 2014 reports); `split: random`
 holds out `valid_fraction` (and `test_fraction`) at random. The vocabulary is built from the
 training split only (`<pad>` = 0, `<unk>` = 1), so held-out words stay unknown.
 """
@@ -24,6 +26,13 @@ from seqgraph.spec.registry import DataSource, Encoded
 from seqgraph.spec.schema import COUNT, FRACTION
 from seqgraph.train.data import PADDING, SequenceSet, read_text
 
+FOLD = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 9,
+    "description": "with split: mod10, which tenth is the test set: line i when i % 10 is "
+    "(9 + fold) % 10, validation one below (default 0: test 9, validation 8)",
+}
 PAD_MULTIPLE = 8  # batch lengths padded up to a multiple of this (see `train.data.pad`)
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
@@ -86,11 +95,18 @@ def read_rows(config: dict, read_text) -> list[tuple[str, str, int, Path]]:
 
 def split_rows(rows: list, config: dict, seed: int) -> tuple[list, list, list]:
     """(train, valid, test) lists of rows."""
+    fold = int(config.get("fold", 0))
     if config.get("split", "random") == "mod10":
         parts: tuple[list, list, list] = ([], [], [])
         for row in rows:
-            parts[0 if row[2] % 10 < 8 else 1 if row[2] % 10 == 8 else 2].append(row)
+            turned = (row[2] - fold) % 10  # fold 0: test 9, valid 8; fold 1: test 0, valid 9
+            parts[0 if turned < 8 else 1 if turned == 8 else 2].append(row)
         return parts
+    if fold:
+        raise DataError(
+            f"data.fold {fold} picks one of the ten parts of `split: mod10`; "
+            "set data.split: mod10, or remove fold"
+        )
     order = np.random.default_rng([seed, 11]).permutation(len(rows))
     n_valid = int(round(len(rows) * float(config.get("valid_fraction", 0.1))))
     n_test = int(round(len(rows) * float(config.get("test_fraction", 0.0))))
@@ -239,6 +255,7 @@ def _options(files: str) -> dict:
         "root": {"type": "string", "description": "folder that holds `files` (--data FOLDER)"},
         "files": {"type": ["array", "object"], "description": files},
         "split": {"enum": ["random", "mod10"]},
+        "fold": FOLD,
         "max_len": {**COUNT, "description": "refuse examples longer than this"},
         "test_fraction": FRACTION,
         "valid_fraction": FRACTION,
