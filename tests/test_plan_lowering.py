@@ -189,3 +189,14 @@ def test_resolved_cells_are_the_per_node_chain_ends(cell, monkeypatch):
         expected = {k: k if links.get(k, k) == k else find(k) for k in keys}
         found = resolve_cells(links, keys)
         assert list(found.items()) == list(expected.items())
+
+
+def test_stack_views_of_steps_in_any_order_are_the_views_at_makes():
+    """`Stack.views` zips the rows with the members where the steps come in order, and
+    indexes them otherwise: both give each node its own step's row, in the members' order."""
+    stack = Stack(np.arange(12.0).reshape(4, 3), offset=1)  # steps 0..2 at rows 1..3
+    for members in ({0: "a", 1: "b", 2: "c"}, {2: "c", 0: "a", 1: "b"}, {1: "b", 2: "c"}):
+        made = stack.views(members)
+        assert list(made) == list(members.values())
+        for t, k in members.items():
+            assert made[k].__array_interface__ == stack.at(t).__array_interface__

@@ -39,6 +39,8 @@ class Stack:
         if self.arr.ndim < 2 or len(steps) != max(members) - min(members) + 1:
             return {k: self.at(t) for t, k in members.items()}
         rows, lo = list(steps), min(members)
+        if list(members) == list(range(lo, lo + len(rows))):  # steps in order, as is usual
+            return dict(zip(members.values(), rows))
         return {k: rows[t - lo] for t, k in members.items()}
 
     def span(self, lo: int, hi: int):
