@@ -4,14 +4,17 @@ the reference by `tests/test_plan_listing.py` and the numbers by `tests/test_pla
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 import pytest
 from numpy.lib.array_utils import byte_bounds
 
 from seqgraph import Model
 from seqgraph.engine.ops.buffers import owner
-from seqgraph.plan import ckernels
-from seqgraph.plan.layout import Stack
+from seqgraph.plan import ckernels, liveness
+from seqgraph.plan import layout as layout_module
+from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
+from seqgraph.plan.layout import Stack, resolve_cells
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import builtin_cells
 
@@ -105,3 +108,95 @@ def test_stack_views_are_the_views_at_makes(cell):
     past = Stack(np.zeros((3, 2)), offset=1)  # steps 0..2 at rows 1..3
     with pytest.raises(IndexError):
         past.views({0: "a", 1: "b", 2: "c"})  # as `at(2)` does: row 3 is not there
+
+
+# ---- the second round's shortcuts (issue #17, lowering at T = 10,000) -------------------
+
+
+def test_attrs_keys_are_the_repr_key_of_each_attrs_whatever_dict_holds_them():
+    """`AttrsKeys` finds attrs of plain scalars by their items and types: each key is still
+    `attrs_key` of that very dict, also where equal values have different reprs (True and
+    1, 0.0 and -0.0) and for values that cannot be hashed (lists, arrays)."""
+    cases = [
+        {"start": 0, "stop": 5, "axis": -1},
+        {"start": 0, "stop": 5, "axis": -1},  # the same items, another dict
+        {"axis": -1, "stop": 5, "start": 0},  # the same items in another order
+        {"axis": 1},
+        {"axis": True},
+        {"axis": 1.0},
+        {"scale": 0.0},
+        {"scale": -0.0},
+        {"name": "x", "flag": None},
+        {"parts": [1, 2]},
+        {"value": np.arange(3.0)},
+        {"shape": (2, 3)},
+        {"shape": (2.0, 3)},
+        {},
+    ]
+    keys = AttrsKeys()
+    for _ in range(2):  # asked again: the held key, still the right one
+        assert [keys(attrs) for attrs in cases] == [attrs_key(attrs) for attrs in cases]
+    plan = plan_of("lstm_layer_norm")
+    for node in plan.an.node.values():
+        assert keys(node["attrs"]) == attrs_key(node["attrs"])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_layer_norm"])
+def test_positions_has_grad_and_run_order_are_their_per_node_forms(cell):
+    """`analysis.positions`, `Analysis.has_grad` (inputs that need a gradient found by a
+    set intersection) and the run order the three liveness passes share, against the
+    per-node derivations they replace."""
+    plan = plan_of(cell)
+    an, sched = plan.an, plan.schedule
+    assert positions(an.order) == {k: i for i, k in enumerate(an.order)}
+    assert an.pos == {k: i for i, k in enumerate(an.order)}
+    has = {plan.graph.loss}
+    for k in reversed(an.order):
+        if k in has and an.node[k]["kind"] == "op":
+            has.update([i for i in an.node[k]["inputs"] if i in an.needs_grad])
+    assert an.has_grad(plan.graph.loss) == has
+    run_order = liveness.unit_positions(sched)
+    assert run_order == {u[1]: i for i, u in enumerate(sched.units) if u[0] == "node"}
+
+
+def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():
+    """`Graph.order` (the inputs table built with map and zip) is still networkx's order."""
+    graph = plan_of("gru_layer_norm", "many_to_one").graph
+    assert graph.order() == list(nx.topological_sort(graph.nx))
+
+
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_resolved_cells_are_the_per_node_chain_ends(cell, monkeypatch):
+    """`layout.resolve_cells` (every node its own cell in C, then the linked few followed)
+    gives each node the end of its chain of links, in the gradients' order, as the per-node
+    comprehension did, on the very links each built-in cell's layout makes."""
+    seen = []
+
+    def recording(links, keys):
+        seen.append((dict(links), list(keys)))
+        return resolve_cells(links, keys)
+
+    monkeypatch.setattr(layout_module, "resolve_cells", recording)
+    plan_of(cell)
+    assert seen
+    for links, keys in seen:
+
+        def find(k, links=links):
+            while links.get(k, k) != k:
+                k = links[k]
+            return k
+
+        expected = {k: k if links.get(k, k) == k else find(k) for k in keys}
+        found = resolve_cells(links, keys)
+        assert list(found.items()) == list(expected.items())
+
+
+def test_stack_views_of_steps_in_any_order_are_the_views_at_makes():
+    """`Stack.views` zips the rows with the members where the steps come in order, and
+    indexes them otherwise: both give each node its own step's row, in the members' order."""
+    stack = Stack(np.arange(12.0).reshape(4, 3), offset=1)  # steps 0..2 at rows 1..3
+    for members in ({0: "a", 1: "b", 2: "c"}, {2: "c", 0: "a", 1: "b"}, {1: "b", 2: "c"}):
+        made = stack.views(members)
+        assert list(made) == list(members.values())
+        for t, k in members.items():
+            assert made[k].__array_interface__ == stack.at(t).__array_interface__

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict
+from operator import itemgetter
 
 import networkx as nx
 import numpy as np
@@ -25,6 +26,12 @@ from seqgraph.engine.graph import Graph, Key
 def class_of(key: Key) -> tuple:
     """(scope, name) for a per-step node; the key itself for a node outside time."""
     return key if key[2] is None else key[:2]
+
+
+def positions(order: list) -> dict:
+    """item -> its index in `order` (a dict built in C: a comprehension over half a million
+    nodes costs twice as much, and the lowering makes several)."""
+    return dict(zip(order, range(len(order))))
 
 
 def attrs_key(attrs: dict) -> str:
@@ -51,16 +58,29 @@ def view_index(op: str, attrs: dict, shape: tuple) -> tuple | None:
 
 
 class AttrsKeys(dict):
-    """attrs dict -> `attrs_key(attrs)`, each dict's key made once (by its id, the dict kept
-    so the id stays its own): a pass over an unrolled graph meets every step's attrs."""
+    """attrs dict -> `attrs_key(attrs)`, each distinct attrs made once: unrolling gives every
+    step's node its own attrs dict with the same items, so attrs of ints, strings, bools and
+    None are found by their items and the types of their values (True == 1, but their reprs
+    differ; floats are left out, as 0.0 == -0.0); any other attrs by the dict's id (the dict
+    kept, so the id stays its own)."""
 
     def __call__(self, attrs: dict) -> str:
         if not attrs:
             return ""
-        held = self.get(id(attrs))
+        values = attrs.values()
+        types = tuple(map(type, values))
+        if _SCALARS.issuperset(types):
+            found = (tuple(attrs), tuple(values), types)
+        else:
+            found = id(attrs)
+        held = self.get(found)
         if held is None:
-            held = self[id(attrs)] = (attrs, attrs_key(attrs))
+            held = self[found] = (attrs, attrs_key(attrs))
         return held[1]
+
+
+_SCALARS = frozenset({int, bool, str, type(None)})
+_OP, _ATTRS, _INPUTS = itemgetter("op"), itemgetter("attrs"), itemgetter("inputs")
 
 
 class _Floating(dict):
@@ -120,7 +140,7 @@ class Analysis:
     def refresh(self) -> None:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
         pass over the live nodes in graph order (each node's inputs come before it)."""
-        self.pos = {k: i for i, k in enumerate(self.order)}
+        self.pos = positions(self.order)
         self.live = live = self._live(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
@@ -159,7 +179,7 @@ class Analysis:
         the edited nodes, the nodes they make live or dead, and the gradient flags their
         change passes on. What every graph-changing rewrite calls."""
         edited, self.edited, self._facts = self.edited, {}, {}
-        self.pos = {k: i for i, k in enumerate(self.order)}
+        self.pos = positions(self.order)
         readers: dict = {}  # source -> its consumers as a set while they change
         born, lost = [], []  # lost: sources that lost a consumer, maybe dead now
         for k, old in edited.items():
@@ -333,7 +353,7 @@ class Analysis:
                 else np.shape(node["attrs"]["value"])
             )
             return tuple(shape), self.dtype
-        signature = tuple([meta[i] for i in node["inputs"]])
+        signature = tuple(map(meta.__getitem__, node["inputs"]))
         attrs, keys = node["attrs"], memo.get(AttrsKeys)
         if keys is None:
             keys = memo[AttrsKeys] = AttrsKeys()
@@ -364,8 +384,8 @@ class Analysis:
         for k in reversed(self.order):
             if k in out:
                 node = nodes[k]
-                if node["kind"] == "op":
-                    out.update([i for i in node["inputs"] if i in needs])
+                if node["kind"] == "op":  # the inputs that need a gradient, found in C
+                    out.update(needs.intersection(node["inputs"]))
         return out
 
     def stackable(self, cls: tuple) -> bool:
@@ -376,7 +396,7 @@ class Analysis:
         ts = sorted(members)
         return (
             ts == list(range(ts[0], ts[-1] + 1))
-            and len({self.meta[k] for k in members.values()}) == 1
+            and len(set(map(self.meta.__getitem__, members.values()))) == 1
         )
 
     def same_op(self, cls: tuple):
@@ -387,15 +407,15 @@ class Analysis:
         return self._facts[fact]
 
     def _same_op(self, cls: tuple):
-        nodes = [self.node[k] for k in self.members[cls].values()]
+        nodes = list(map(self.node.__getitem__, self.members[cls].values()))
         first = nodes[0]
         if first["kind"] != "op":
             return None
         op, attrs = first["op"], first["attrs"]
         # list.count compares in C: this runs over every step of every class
-        if [n["op"] for n in nodes].count(op) != len(nodes):
+        if list(map(_OP, nodes)).count(op) != len(nodes):
             return None
-        if [n["attrs"] for n in nodes].count(attrs) != len(nodes):
+        if list(map(_ATTRS, nodes)).count(attrs) != len(nodes):
             return None
         return op, attrs
 
@@ -413,7 +433,10 @@ class Analysis:
 
     def _input_pattern(self, cls: tuple, position: int):
         members, nodes = self.members[cls], self.node
-        read = [nodes[k]["inputs"][position] for k in members.values()]
+        # map and itemgetter: this reads every step of every class, in C
+        read = list(
+            map(itemgetter(position), map(_INPUTS, map(nodes.__getitem__, members.values())))
+        )
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None

@@ -257,7 +257,7 @@ class _Emitter:
             kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
             self.out.add(kernel, ("addn", k, total, add, source_of_g))
             return
-        ins, value = [lay.value[i] for i in node["inputs"]], lay.value[k]
+        ins, value = list(map(lay.value.__getitem__, node["inputs"])), lay.value[k]
         for i, source in enumerate(node["inputs"]):
             if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
                 continue

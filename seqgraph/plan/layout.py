@@ -39,6 +39,8 @@ class Stack:
         if self.arr.ndim < 2 or len(steps) != max(members) - min(members) + 1:
             return {k: self.at(t) for t, k in members.items()}
         rows, lo = list(steps), min(members)
+        if list(members) == list(range(lo, lo + len(rows))):  # steps in order, as is usual
+            return dict(zip(members.values(), rows))
         return {k: rows[t - lo] for t, k in members.items()}
 
     def span(self, lo: int, hi: int):
@@ -74,6 +76,24 @@ class Ring(Stack):
 
     def span(self, lo: int, hi: int):
         return None  # no stacked view: step t + 2 has taken step t's place
+
+
+def resolve_cells(links: dict, keys) -> dict:
+    """key -> the end of its chain of `links` (node -> the node whose gradient its gradient
+    is), for each of `keys`, in their order; a key without a link is its own. Most nodes
+    are their own cell: every key is mapped to itself in C, then the few that `links`
+    sends elsewhere are followed."""
+
+    def end(k):
+        while links.get(k, k) != k:
+            k = links[k]
+        return k
+
+    cells = dict(zip(keys, keys))
+    for k, other in links.items():
+        if other != k and k in cells:
+            cells[k] = end(k)
+    return cells
 
 
 class Layout:
@@ -507,12 +527,6 @@ class Layout:
     def _cells(self, grad_classes, sources) -> None:
         """cell: the node whose gradient a node's gradient *is*; children: view regions."""
         an = self.an
-
-        def find(k):
-            while self.cell.get(k, k) != k:
-                k = self.cell[k]
-            return k
-
         for c in grad_classes:
             kind = (sources.get(c) or (None,))[0]
             for k in an.members[c].values():
@@ -526,8 +540,7 @@ class Layout:
             if k in self.alias_of and k not in self.cell:
                 self.cell[k] = k
                 self.children.setdefault(self.alias_of[k], []).append(k)
-        cell = self.cell  # most nodes are their own cell: one lookup, no call, for those
-        self.cell = {k: k if cell.get(k, k) == k else find(k) for k in self.grad}
+        self.cell = resolve_cells(self.cell, self.grad)
         self.children = {self.cell[p]: kids for p, kids in self.children.items()}
         self.parent = {k: p for p, kids in self.children.items() for k in kids}
         self.covered, self.overlapping, memo = set(), set(), {}

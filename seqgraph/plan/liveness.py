@@ -22,11 +22,13 @@ from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
 
 
-def dead_values(sched: Schedule) -> list:
+def dead_values(sched: Schedule, position: dict | None = None) -> list:
     """The classes whose value is dead before their next step: read only by ops of the same
     step that run one by one, by no backward rule, and not their own (see the module
-    docstring). `Layout.reuse_values` then gives each one step's buffer."""
-    lay, position = sched.layout, _positions(sched.units)
+    docstring). `Layout.reuse_values` then gives each one step's buffer. `position`:
+    `unit_positions(sched)`, if the caller has it."""
+    lay = sched.layout
+    position = unit_positions(sched) if position is None else position
     found = []
     for c in _candidates(lay, sched.batched):
         same = lay.an.same_op(c)
@@ -38,13 +40,14 @@ def dead_values(sched: Schedule) -> list:
     return found
 
 
-def dead_grads(sched: Schedule, deferred: dict) -> dict:
+def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) -> dict:
     """The classes whose gradient at step t is written by same-step readers and read only by
     its own VJP at step t: not summed after the loop (`deferred`), not shared with another
     node's gradient. Column views of the class (the gates of a merged sibling op) shrink
     with it: their readers count as its readers. Class -> {view class: index}, for
-    `Layout.reuse_grads`."""
-    lay, position = sched.layout, _positions(sched.units)
+    `Layout.reuse_grads`. `position`: `unit_positions(sched)`, if the caller has it."""
+    lay = sched.layout
+    position = unit_positions(sched) if position is None else position
     views = _view_classes(lay)
     shared = {cell for k, cell in lay.cell.items() if cell != k}
     shared |= {p for p in lay.children if analysis.class_of(p) not in views}
@@ -66,7 +69,7 @@ def dead_grads(sched: Schedule, deferred: dict) -> dict:
     return found
 
 
-def rolling_grads(sched: Schedule, deferred: dict) -> dict:
+def rolling_grads(sched: Schedule, deferred: dict, position: dict | None = None) -> dict:
     """The gradient buffers that two steps taken in turn can hold (`layout.Ring`): each
     step's gradient is written first at a later step of backward (an LSTM's dc[t] by the VJP
     of f * c at t + 1) and read last at its own, so it lives across two steps, never three.
@@ -77,8 +80,10 @@ def rolling_grads(sched: Schedule, deferred: dict) -> dict:
     last of its parity. Not a buffer that holds a value too (`Layout.hosted`), that a batched
     kernel or a sum after the loop reads (`deferred`), or that holds a view's region.
     base -> (the classes whose gradient stack it is, {node: its index in the stack}, the
-    stack's length), for `Layout.roll_grads`."""
-    an, lay, position = sched.an, sched.layout, _positions(sched.units)
+    stack's length), for `Layout.roll_grads`. `position`: `unit_positions(sched)`, if the
+    caller has it."""
+    an, lay = sched.an, sched.layout
+    position = unit_positions(sched) if position is None else position
     keys_of: dict = {}
     for k, base in lay.base.items():
         keys_of.setdefault(base, []).append(k)
@@ -308,8 +313,11 @@ def check_own_hosts(lay, zero: set) -> None:
         raise GraphError(f"plan: gradients of {bad} share their values' buffers but are zeroed")
 
 
-def _positions(units: list) -> dict:
-    return {unit[1]: i for i, unit in enumerate(units) if unit[0] == "node"}
+def unit_positions(sched: Schedule) -> dict:
+    """node -> its place in the run order, for the nodes that run as units of their own:
+    what the three passes above ask (a dict over every node of an unrolled graph, so the
+    plan makes it once for the three)."""
+    return {unit[1]: i for i, unit in enumerate(sched.units) if unit[0] == "node"}
 
 
 def _candidates(lay, batched: dict, views: dict | None = None) -> list:

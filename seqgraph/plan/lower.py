@@ -68,7 +68,8 @@ class Plan:
         self.an = an = rewrites.rewrite(an, merge_siblings)
         self.layout = Layout(an, self.ctx)
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs)
-        self.compacted = liveness.dead_values(sched)
+        run_order = liveness.unit_positions(sched)  # for the three liveness passes
+        self.compacted = liveness.dead_values(sched, run_order)
         self.layout.reuse_values(self.compacted)
         self.overwritten = liveness.overwritten_inputs(sched) if grads else {}
         for reader, position in self.overwritten.values():
@@ -77,9 +78,10 @@ class Plan:
             hosts = liveness.dead_in_backward(an, self.layout)
             self.layout.add_grads(graph.loss, hosts, own=list(self.overwritten))
         self.deferred = scheduling.deferred(sched) if grads else {}
-        self.grad_compacted = liveness.dead_grads(sched, self.deferred) if grads else {}
+        self.grad_compacted = liveness.dead_grads(sched, self.deferred, run_order) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)
-        self.rolled = liveness.rolling_grads(sched, self.deferred) if grads else {}
+        self.rolled = liveness.rolling_grads(sched, self.deferred, run_order) if grads else {}
+        del run_order  # half a million entries at T = 10,000: not kept with the plan
         self.layout.roll_grads(self.rolled)
         self.groups = fusion.groups(sched) if fuse else [[unit] for unit in sched.units]
         self.forward = forward.emit(sched, self.ctx, self.groups, grads)

@@ -81,7 +81,9 @@ def _duplicates(an, refused: set) -> dict:
         node = nodes[k]
         if node["kind"] != "op" or k not in live:
             continue
-        inputs = tuple([same_as.get(i, i) for i in node["inputs"]]) if same_as else node["inputs"]
+        inputs = node["inputs"]
+        if same_as:  # each input or the node it is the same as: same_as.get(i, i), in C
+            inputs = tuple(map(same_as.get, inputs, inputs))
         signature = (node["op"], keys(node["attrs"]) if node["attrs"] else "", inputs)
         earlier = first.setdefault(signature, k)
         if earlier != k and k not in an.outputs and class_of(k) not in refused:
