@@ -404,3 +404,27 @@ def test_training_a_model_loads_neither_scipy_nor_array_api_compat():
         assert "scipy.special" not in loaded
     else:
         assert loaded == expected
+
+
+def test_building_and_training_a_model_loads_no_numpy_module_the_package_import_did_not():
+    """numpy.random (every Model draws its initial parameters from it) comes with `import
+    seqgraph`: loaded lazily by the first Model(...), its ~2 MiB of modules counted in that
+    call's memory (tools/bench.py --memory measures above the imports)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import seqgraph\n"
+        "import numpy as np\n"
+        "loaded = set(sys.modules)\n"
+        "spec = {'model': {'pattern': 'many_to_many', 'input': {'type': 'vectors', "
+        "'size': 3}, 'target': {'type': 'ids', 'vocab': 4}, "
+        "'layers': [{'cell': 'gru', 'hidden': 5}]}}\n"
+        "model = seqgraph.Model(spec, dtype='float32')\n"
+        "batch = {'x': np.ones((2, 4, 3), np.float32), 'y': np.zeros((2, 4), np.int64)}\n"
+        "model.loss_and_grads(batch)\n"
+        "print(sorted(m for m in set(sys.modules) - loaded if m.split('.')[0] == 'numpy'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# NumPy loads numpy.random on first use; every Model draws its initial parameters from it, so
+# it is loaded here with the package rather than inside the first Model(...) call, whose
+# memory and time it would otherwise join (its modules hold ~2 MiB resident).
+import numpy.random  # noqa: F401
+
 from seqgraph.engine.graph import ParamInfo
 
 
