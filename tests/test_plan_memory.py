@@ -289,7 +289,7 @@ def test_inventory_counts_every_allocation_once():
     _, _, plan = plan_of("rnn")
     rows = listing.inventory(plan)
     labels = [label for label, _, _ in rows]
-    assert "l0.W_hh^T" in labels and "x.x[0:6]" in labels
+    assert "dl0.W_hh" in labels and "x.x[0:6]" in labels
     assert sum(1 for label in labels if label == "out.xW[0:6]") == 1
     # it walks the kernels too, so it finds at least the layout's and the context's arrays
     assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
@@ -426,5 +426,54 @@ def test_building_and_training_a_model_loads_no_numpy_module_the_package_import_
         "model.loss_and_grads(batch)\n"
         "print(sorted(m for m in set(sys.modules) - loaded if m.split('.')[0] == 'numpy'))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    run = [sys.executable, "-c", script]
+    done = subprocess.run(run, capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def transposes(plan) -> dict:
+    """W -> the W^T buffer that backward refreshes when it starts (its `transpose` kernels)."""
+    entries = plan.backward.kernels.entries()
+    return {reads[0][0]: writes[0][1] for op, writes, reads, _ in entries if op == "transpose"}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_a_weights_transpose_waits_in_its_gradient_buffer(cell):
+    """W^T, read by dh = g W^T in the loop and by the readout's batched product, lives in dW's
+    buffer: dW is written once after its last read (the steps' sum in one product), so no
+    array of its own holds W^T; three calls give the interpreter's numbers."""
+    model, batch, plan = plan_of(cell)
+    found = transposes(plan)
+    assert {k[1] for k in found} == {"W_hh", "W"}
+    for key, transposed in found.items():
+        assert np.shares_memory(transposed, plan.layout.grad[key])
+        assert transposed.shape == plan.layout.value[key].shape[::-1]
+    labels = [label for label, _, _ in listing.inventory(plan)]
+    assert not any(label.endswith("^T") for label in labels)
+    assert_same_as_interpreter(model, batch)
+
+
+def test_a_weight_used_twice_in_a_step_gives_the_interpreters_numbers():
+    """U in two products of a step: dU is written by the first of two products after the
+    loop and added to by the second, both after U^T's last read, so U^T waits in dU too."""
+    plan, model, batch = own_cell_plan(["h = tanh(a) * sigmoid((h * 0.5) @ U)"])
+    found = transposes(plan)
+    assert np.shares_memory(found[("l0", "U", None)], plan.layout.grad[("l0", "U", None)])
+    assert_same_as_interpreter(model, batch)
+
+
+def test_a_transpose_read_after_its_gradient_is_written_gets_its_own_buffer(monkeypatch):
+    """Where the order check says no (forced here), backward is emitted again with W^T in a
+    buffer of its own, and the numbers stay the interpreter's."""
+    from seqgraph.plan import backward
+
+    monkeypatch.setattr(
+        backward._Emitter, "check_transposes_in_gradients", lambda self: not self.hosted_transposes
+    )
+    model, batch, plan = plan_of("lstm")
+    found = transposes(plan)
+    assert found
+    for key, transposed in found.items():
+        assert not np.shares_memory(transposed, plan.layout.grad[key])
+    assert "l0.W_hh^T" in [label for label, _, _ in listing.inventory(plan)]
+    assert_same_as_interpreter(model, batch)

@@ -115,12 +115,15 @@ def emit(
 ) -> Backward:
     """VJP kernels from `loss` back to every node; `wanted`: the keys (parameters, initial
     states) whose gradients a caller reads; `batch_derivatives`: local factors first."""
-    try:
-        return _Emitter(sched, ctx).run(deferred, loss, wanted, batch_derivatives)
-    except _FactorOverwritten:  # a factor in a gradient is not its first write: keep apart
-        return _Emitter(sched, ctx, factors_in_gradients=False).run(
-            deferred, loss, wanted, batch_derivatives
-        )
+    factors_in_gradients, transposes_in_gradients = True, True
+    while True:
+        emitter = _Emitter(sched, ctx, factors_in_gradients, transposes_in_gradients)
+        try:
+            return emitter.run(deferred, loss, wanted, batch_derivatives)
+        except _FactorOverwritten:  # a factor in a gradient is not its first write: keep apart
+            factors_in_gradients = False
+        except _TransposeOverwritten:  # a W^T in dW is read after dW is written: its own
+            transposes_in_gradients = False
 
 
 class _FactorOverwritten(Exception):
@@ -128,17 +131,32 @@ class _FactorOverwritten(Exception):
     before its multiply reads it (`local_factors.check_in_gradients`)."""
 
 
+class _TransposeOverwritten(Exception):
+    """A W^T kept in W's gradient buffer would be read after that gradient's first write
+    (or the buffer is zero-filled first): `_Emitter.check_transposes_in_gradients`."""
+
+
 class _Emitter:
     """The state of one backward emission: the gradient tracker, the kernels so far and the
     transposed weight buffers they asked for."""
 
-    def __init__(self, sched: Schedule, ctx: Context, factors_in_gradients: bool = True):
+    def __init__(
+        self,
+        sched: Schedule,
+        ctx: Context,
+        factors_in_gradients: bool = True,
+        transposes_in_gradients: bool = True,
+    ):
         self.sched, self.an, self.lay, self.ctx = sched, sched.an, sched.layout, ctx
         self.factors_in_gradients = factors_in_gradients
+        self.transposes_in_gradients = transposes_in_gradients
         self.factor_writes: dict = {}  # (class, t) -> whether its factor's multiply adds
         self.tracker = Tracker(sched.layout)
         self.out = Kernels(partial(describe, sched))
         self.transposes: dict = {}  # filled by _transposed while the VJPs are emitted
+        # W -> its W^T's last reader and dW's first writer (kernel indices, with whether it
+        # adds), for a W^T kept in dW's buffer (`_transposed`)
+        self.hosted_transposes: dict = {}
         self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
@@ -170,6 +188,8 @@ class _Emitter:
                     self._deferred_vjp(c, deferred[c])
         if not local_factors.check_in_gradients(lay, factors, self.factor_writes, tracker.zero):
             raise _FactorOverwritten
+        if not self.check_transposes_in_gradients():
+            raise _TransposeOverwritten
         if self.ctx.name == "numpy":
             self._compile_chains()
         copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
@@ -231,9 +251,51 @@ class _Emitter:
             return None
         if right not in self.transposes:
             value = self.lay.value[right]
-            buffer = self.ctx.m.empty(value.shape[::-1], dtype=value.dtype)
+            buffer = self._gradient_region_for_transpose(right)
+            if buffer is None:
+                buffer = self.ctx.m.empty(value.shape[::-1], dtype=value.dtype)
             self.transposes[right] = (buffer, value)
+        if right in self.hosted_transposes:  # this kernel reads W^T: dW must come later
+            self.hosted_transposes[right][0] = len(self.out.kernels)
         return self.transposes[right][0]
+
+    def _gradient_region_for_transpose(self, right):
+        """W^T (refreshed when backward starts) in W's own gradient buffer, where that buffer
+        holds dW alone: dW of a product in the loop is summed over the steps after it (one
+        batched product: `schedule.deferred`), so W^T's last read comes before dW's first
+        write, and W^T needs no buffer of its own. `run` checks the order once the kernels
+        are emitted (`check_transposes_in_gradients`); None: W^T takes a buffer."""
+        lay = self.lay
+        if not self.transposes_in_gradients or right not in lay.grad or right not in lay.base:
+            return None
+        index, g = lay.base[right], lay.grad[right]
+        buffer = lay.grad_buffers[index]
+        sole = buffer.size == g.size and g.flags.c_contiguous and index not in lay.hosted
+        if not sole or sum(1 for b in lay.base.values() if b == index) != 1:
+            return None
+        self.hosted_transposes[right] = [-1, None]  # [last W^T read, (first dW write, adds)]
+        return g.reshape(g.shape[::-1])
+
+    def _target(self, keys: list) -> bool:
+        """`tracker.target` for the kernel emitted next, noting dW's first write where W^T
+        waits in dW's buffer."""
+        add = self.tracker.target(keys)
+        for k in keys:
+            hosted = self.hosted_transposes.get(k)
+            if hosted is not None and hosted[1] is None:
+                hosted[1] = (len(self.out.kernels), add)
+        return add
+
+    def check_transposes_in_gradients(self) -> bool:
+        """Every W^T kept in dW's buffer is read only before dW's first write, which writes
+        (not adds), and the buffer is not zero-filled when backward starts."""
+        lay, zero = self.lay, self.tracker.zero
+        for right, (last_read, first_write) in self.hosted_transposes.items():
+            if lay.base[right] in zero or first_write is None:
+                return False
+            if first_write[1] or first_write[0] <= last_read:
+                return False
+        return True
 
     def _node_vjp(self, k, skip, factor=None, upstream=None) -> None:
         """VJP kernels of node k; with `factor` (local_factors) its input's gradient is g
@@ -251,7 +313,7 @@ class _Emitter:
                 return
             dest, add, m = (
                 lay.grad_stack[total].span(*lay.range[total]),
-                tracker.target(targets),
+                self._target(targets),
                 ctx.m,
             )
             kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
@@ -261,7 +323,7 @@ class _Emitter:
         for i, source in enumerate(node["inputs"]):
             if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
                 continue
-            add = tracker.target([source])
+            add = self._target([source])
             if factor is not None:  # g * (d out / d input), the factor computed before the loop
                 self.factor_writes[(class_of(k), k[2])] = add
                 how = ("mul", 0, lay.grad[source], add, g, None, [g, factor], {})
@@ -294,7 +356,7 @@ class _Emitter:
                 continue
             if dests[i] is None:
                 raise GraphError(f"plan: no stacked gradient for input {i} of {cls}")
-            add = self.tracker.target(targets)
+            add = self._target(targets)
             bt = None
             if kind == "reduce_rest":
                 kernel = _reduce_rest_vjp(ctx, op, dests[i], add, g)
@@ -314,7 +376,7 @@ class _Emitter:
         ins = stacked_inputs(an, lay, cls, op, in_nd, members[0])
         for i in positions:
             source = an.inputs(members[0])[i]
-            add = self.tracker.target([source])
+            add = self._target([source])
             kernel = kernels_vjp.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs)
             self.out.add(kernel, ("deferred", cls, i, add, None, None))
 
