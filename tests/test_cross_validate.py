@@ -55,3 +55,35 @@ def test_bad_counts_are_refused(tmp_path, argv, capsys):
     with pytest.raises(SystemExit) as info:
         cross_validate.main([str(spec), *argv])
     assert info.value.code == 2 and "--folds must be 1..10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (None, "cannot read the spec"),
+        ("a: [", "cannot read the spec"),
+        ("a: 1\n", "no data section"),
+    ],
+    ids=["missing", "bad_yaml", "no_data"],
+)
+def test_a_bad_spec_is_one_line(tmp_path, capsys, text, says):
+    spec = tmp_path / "spec.yaml"
+    if text is not None:
+        spec.write_text(text)
+    with pytest.raises(SystemExit) as info:
+        cross_validate.main([str(spec)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and says in err and str(spec) in err
+    assert "Traceback" not in err
+
+
+def test_a_fold_that_fails_stops_with_seqgraphs_line_and_code(tmp_path, capsys):
+    spec = classifier_spec(tmp_path)
+    raw = yaml.safe_load(spec.read_text())
+    raw["data"]["root"] = str(tmp_path / "nowhere")
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as info:
+        cross_validate.main([str(spec), "--folds", "1", "--out", str(tmp_path / "cv")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: fold 0: seqgraph run: ")
+    assert "nowhere" in err and "\n" not in err

@@ -46,6 +46,14 @@ def seqgraph(args: list[str], env: dict) -> subprocess.CompletedProcess:
     )
 
 
+def failed(fold: int, command: str, done: subprocess.CompletedProcess):
+    """Stop with seqgraph's own last line (its one-line error) and its exit code (2 for bad
+    input), naming the fold."""
+    lines = done.stderr.strip().splitlines() or ["(no message)"]
+    print(f"error: fold {fold}: seqgraph {command}: {lines[-1]}", file=sys.stderr)
+    raise SystemExit(done.returncode)
+
+
 def run_fold(spec: dict, fold: int, data: str | None, out: Path, env: dict) -> dict:
     spec_file = out / "specs" / f"fold{fold}.yaml"
     spec_file.write_text(yaml.safe_dump(fold_spec(spec, fold), sort_keys=False))
@@ -53,12 +61,12 @@ def run_fold(spec: dict, fold: int, data: str | None, out: Path, env: dict) -> d
     train = ["run", str(spec_file), "--out", str(run_dir)] + (["--data", data] if data else [])
     done = seqgraph(train, env)
     if done.returncode != 0:
-        raise SystemExit(f"fold {fold}: seqgraph run failed: {done.stderr.strip()}")
+        failed(fold, "run", done)
     row = {"fold": fold, "run_dir": str(run_dir)}
     for split in ("valid", "test"):
         scored = seqgraph(["eval", str(run_dir), "--split", split, "--json"], env)
         if scored.returncode != 0:
-            raise SystemExit(f"fold {fold}: seqgraph eval failed: {scored.stderr.strip()}")
+            failed(fold, "eval", scored)
         report = json.loads(scored.stdout)
         row[f"{split}_accuracy"] = report["accuracy"]
         row["step"], row["checkpoint"] = report["step"], report["checkpoint"]
@@ -86,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.folds <= 10 or args.jobs < 1:
         parser.error("--folds must be 1..10 and --jobs at least 1")
-    spec = yaml.safe_load(Path(args.spec).read_text())
-    if "data" not in spec:
+    try:
+        spec = yaml.safe_load(Path(args.spec).read_text())
+    except (OSError, yaml.YAMLError) as problem:
+        parser.error(
+            f"{args.spec}: cannot read the spec ({type(problem).__name__}); give a YAML spec"
+        )
+    if not isinstance(spec, dict) or "data" not in spec:
         parser.error(f"{args.spec}: the spec has no data section to fold")
     out = Path(args.out or f"runs/cv_{spec.get('name', Path(args.spec).stem)}").resolve()
     (out / "specs").mkdir(parents=True, exist_ok=True)
