@@ -477,3 +477,55 @@ def test_a_transpose_read_after_its_gradient_is_written_gets_its_own_buffer(monk
         assert not np.shares_memory(transposed, plan.layout.grad[key])
     assert "l0.W_hh^T" in [label for label, _, _ in listing.inventory(plan)]
     assert_same_as_interpreter(model, batch)
+
+
+def test_building_a_runner_gives_the_heaps_free_pages_back_once(monkeypatch):
+    """A new plan runner hands back what its lowering freed (`runtime/heap.py`); a cached one
+    does nothing more, and the numbers stay the interpreter's, call after call."""
+    from seqgraph.runtime import heap
+
+    calls = []
+    monkeypatch.setattr(heap, "give_back_free_pages", lambda: calls.append(1) or True)
+    model, batch, _ = plan_of("lstm")
+    assert len(calls) == 1
+    assert_same_as_interpreter(model, batch)
+    model.forward(batch)  # the forward-only plan is a second runner
+    model.forward(batch)
+    assert len(calls) == 2
+
+
+def test_giving_the_free_pages_back_keeps_every_plan_buffer():
+    """malloc_trim returns free chunks only: a plan's buffers keep their contents."""
+    from seqgraph.runtime import heap
+
+    model, batch, plan = plan_of("gru")
+    model.loss_and_grads(batch)
+    before = [np.array(b, copy=True) for b in plan.layout.grad_buffers]
+    values = [np.array(s.arr, copy=True) for s in plan.layout.value_stack.values()]
+    assert heap.give_back_free_pages() is heap.available()
+    assert all(np.array_equal(a, b) for a, b in zip(before, plan.layout.grad_buffers))
+    assert all(np.array_equal(a, s.arr) for a, s in zip(values, plan.layout.value_stack.values()))
+
+
+def test_the_memory_account_names_each_part_once():
+    """`tools/plan_memory.py --account` on the tiny RNN: the weights and the gradient copies
+    are the parameter count in float32, the plan's arrays are `held_bytes`, and the Python
+    objects still alive are named by the lines that made them, largest first."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import plan_memory
+
+    parts = plan_memory.account("rnn", "tiny", lines=4)
+    _, _, n_in, hidden, classes = plan_memory.CONFIGS["tiny"]
+    count = n_in * hidden + hidden * hidden + 2 * hidden + hidden * classes + classes
+    assert parts["params"] == parts["grad_copies"] == 4 * count
+    model = plan_memory.bench_model("rnn", plan_memory.CONFIGS["tiny"])
+    assert parts["plan_arrays"] == held_bytes(
+        model.plan(plan_memory.make_data(plan_memory.CONFIGS["tiny"]))
+    )
+    sizes = [nbytes for _, nbytes in parts["top"]]
+    assert len(sizes) == 4 and sizes == sorted(sizes, reverse=True)
+    assert 0 < sum(sizes) <= parts["python_objects"]
+    assert all(":" in line for line, _ in parts["top"])

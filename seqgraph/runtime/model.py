@@ -17,7 +17,7 @@ from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import DataError, GraphError, SpecError
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
-from seqgraph.runtime import memory, segments
+from seqgraph.runtime import heap, memory, segments
 from seqgraph.runtime.runner import Runner, state_keys
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.spec.unroll import compile_graph
@@ -254,6 +254,7 @@ class Model:
         if runner is None:
             runner = Runner(self, program, batch, p.full, grads, state_at)
             self._runner_bytes[key] = held_bytes(runner.plan)
+            heap.give_back_free_pages()  # what the lowering freed (`runtime/heap.py`)
         self._runners[key] = runner  # now the most recently used
         self._evict_runners()
         return runner
