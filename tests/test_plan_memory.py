@@ -529,3 +529,34 @@ def test_the_memory_account_names_each_part_once():
     assert len(sizes) == 4 and sizes == sorted(sizes, reverse=True)
     assert 0 < sum(sizes) <= parts["python_objects"]
     assert all(":" in line for line, _ in parts["top"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_batch_with_nan_or_inf_is_refused_by_name(bad):
+    """The finiteness check of batch['x'] (least and greatest entries) still names the key."""
+    from seqgraph.errors import DataError
+
+    model, batch, _ = plan_of("rnn")
+    x = np.array(batch["x"], copy=True)
+    x[1, 2, 0] = bad
+    with pytest.raises(DataError, match=r"batch\['x'\] contains NaN or Inf"):
+        model.loss_and_grads({**batch, "x": x})
+    extreme = np.full_like(x, np.finfo(np.float64).max)  # finite, though its sum is not
+    assert batching.prepare(model.spec, {**batch, "x": extreme}).x is not None
+
+
+def test_preparing_a_batch_allocates_nothing_the_size_of_the_batch():
+    """Checking batch['x'] is two reductions: no temporary array as large as x at each step
+    (where the plan's buffers are all in use)."""
+    import tracemalloc
+
+    model, _, _ = plan_of("rnn")
+    x = np.random.default_rng(0).standard_normal((16, 50, INPUT))
+    batch = {"x": x, "y": np.zeros((16, 50), dtype=np.int64)}
+    batching.prepare(model.spec, batch)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    batching.prepare(model.spec, batch)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert peak < x.size  # a bool mask of x alone is x.size bytes
