@@ -560,3 +560,30 @@ def test_preparing_a_batch_allocates_nothing_the_size_of_the_batch():
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     assert peak < x.size  # a bool mask of x alone is x.size bytes
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_loss_and_grads_skips_the_state_copies_and_keeps_its_numbers(cell):
+    """`loss_and_grads` copies no final states (it drops them); its loss and gradients are
+    `train_step`'s bit for bit, call after call, and a dict it returned keeps its values when
+    later calls run with other weights."""
+    model, batch, _ = plan_of(cell)
+    loss, grads = model.loss_and_grads(batch)
+    kept = {name: g.copy() for name, g in grads.items()}
+    for _ in range(2):
+        step_loss, step_grads, states = model.train_step(batch)
+        again_loss, again = model.loss_and_grads(batch)
+        assert again_loss == step_loss == loss and states
+        for name in grads:
+            assert np.array_equal(again[name], step_grads[name])
+            assert np.array_equal(again[name], kept[name])
+    halved = {name: p * 0.5 for name, p in model.params.items()}
+    model.set_params(halved)
+    got_loss, got = model.loss_and_grads(batch)
+    assert all(np.array_equal(grads[name], kept[name]) for name in grads)
+    interp = Model(model.spec, dtype="float64", engine="interp")
+    interp.set_params(halved)
+    want_loss, want = interp.loss_and_grads(batch)
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-12)

@@ -335,7 +335,11 @@ class Model:
         if batch.get("y") is None:
             raise DataError("loss_and_grads needs targets: give batch['y']")
         if self.engine == "plan":
-            return self.train_step(batch, feedback)[:2]
+            prepared = batching.prepare(self.spec, batch)
+            if self.segment_steps and prepared.steps > self.segment_steps:
+                return self.train_step(batch, feedback)[:2]
+            runner = self._runner(batch, feedback, prepared=prepared)
+            return runner.train_step(prepared, self.params, states=False)[:2]
         program, values = self.interpret(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {
