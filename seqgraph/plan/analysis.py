@@ -145,7 +145,8 @@ class Analysis:
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
         consumers, members, nodes = self.consumers, self.members, self.node
-        meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
+        meta, needs, keys = dict(self.meta), set(self.state_inputs), AttrsKeys()
+        memo: dict = {AttrsKeys: keys}  # as `_shape` keeps it
         edges, by_op = defaultdict(int), defaultdict(dict)
         floating = _Floating()
         for k in self.order:
@@ -162,7 +163,15 @@ class Analysis:
                 consumers[source].append((k, position))
                 edges[(source if source[2] is None else source[:2], cls)] += 1
             shape = meta.get(k)
-            if shape is None:
+            if shape is None and kind == "op":  # `_shape`, inline: once per node
+                attrs = node["attrs"]
+                signature = tuple(map(meta.__getitem__, inputs))
+                found = (node["op"], keys(attrs) if attrs else "", signature)
+                shape = memo.get(found)
+                if shape is None:
+                    shape = memo[found] = self._evaluate(node, signature)
+                meta[k] = shape
+            elif shape is None:
                 shape = meta[k] = self._shape(node, meta, memo)
             # isdisjoint: the "reads a node that needs it" test in C, not a generator per node
             if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
@@ -325,13 +334,13 @@ class Analysis:
         return self.node[key]["kind"]
 
     def _live(self, outputs: list) -> set:
-        """Ancestors of the requested outputs (dead-node elimination)."""
-        live, stack = set(outputs), list(outputs)
-        while stack:
-            for source in self.node[stack.pop()]["inputs"]:
-                if source not in live:
-                    live.add(source)
-                    stack.append(source)
+        """Ancestors of the requested outputs (dead-node elimination): one sweep of the
+        graph order backwards, each live node's inputs added at once (a set update in C,
+        not a test and a push per edge), since every reader comes after its inputs."""
+        live, nodes = set(outputs), self.node
+        for k in reversed(self.order):
+            if k in live:
+                live.update(nodes[k]["inputs"])
         return live
 
     def _infer(self, keys) -> dict:
@@ -359,12 +368,18 @@ class Analysis:
             keys = memo[AttrsKeys] = AttrsKeys()
         memo_key = (node["op"], keys(attrs) if attrs else "", signature)
         if memo_key not in memo:
-            xp = numpy_namespace()
-            zeros = [np.zeros(s, d) for s, d in signature]
-            with np.errstate(all="ignore"):
-                out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
-            memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
+            memo[memo_key] = self._evaluate(node, signature)
         return memo[memo_key]
+
+    @staticmethod
+    def _evaluate(node: dict, signature: tuple) -> tuple:
+        """(shape, dtype) of op node `node` on inputs of these (shape, dtype)s: its forward
+        run on zeros (once per distinct op signature: `_shape`)."""
+        xp = numpy_namespace()
+        zeros = [np.zeros(s, d) for s, d in signature]
+        with np.errstate(all="ignore"):
+            out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
+        return tuple(out.shape), np.dtype(out.dtype)
 
     def _recurrent(self) -> set:
         """Classes on a cycle of the graph folded over time: they must run step by step.

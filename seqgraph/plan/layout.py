@@ -264,9 +264,8 @@ class Layout:
         """Nodes outside every class buffer: a view of their input, or their own array."""
         an, m = self.an, self.m
         self.singles: list = []  # these nodes, for `nodes_by_buffer`
-        for k in an.order:
-            if k not in an.live or k in self.value:
-                continue
+        # most live nodes are in a class's buffer by now: the rest found in C, in graph order
+        for k in sorted(an.live.difference(self.value), key=an.pos.__getitem__):
             self.singles.append(k)
             node = an.node[k]
             index = (
@@ -508,9 +507,8 @@ class Layout:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base
-        for k in an.order:
-            if k in self.grad or k not in needs:  # most nodes are in a class's buffer
-                continue
+        # most nodes are in a class's buffer by now: the rest found in C, in graph order
+        for k in sorted(needs.difference(self.grad), key=an.pos.__getitem__):
             if k in self.alias_of and self.alias_of[k] in self.grad:
                 index = analysis.view_index(
                     an.node[k]["op"], an.node[k]["attrs"], an.meta[self.alias_of[k]][0]
@@ -536,8 +534,8 @@ class Layout:
                     self.cell[k] = an.consumers[k][0][0]
                 elif kind == "adopt":  # the third field is the adopted input's position
                     self.cell[k] = an.inputs(k)[sources[c][2]]
-        for k in list(self.grad):
-            if k in self.alias_of and k not in self.cell:
+        for k in list(filter(self.alias_of.__contains__, self.grad)):  # a view's, in C
+            if k not in self.cell:
                 self.cell[k] = k
                 self.children.setdefault(self.alias_of[k], []).append(k)
         self.cell = resolve_cells(self.cell, self.grad)

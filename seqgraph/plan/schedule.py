@@ -10,6 +10,7 @@ the per-step classes whose gradient for a shared input is summed once, after the
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from seqgraph.engine import ops
@@ -106,8 +107,8 @@ def _batched_classes(an: Analysis, lay: Layout) -> dict:
 
 def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     """Units in dependency order: ("class", cls) or ("node", key)."""
-    unit_of, class_unit, units, first = {}, {}, [], []
-    live, nodes, alias_of, pos = an.live, an.node, lay.alias_of, an.pos
+    unit_of, class_unit, units = {}, {}, []
+    live, nodes, alias_of = an.live, an.node, lay.alias_of
     for k in an.order:
         if k not in live or k in alias_of or nodes[k]["kind"] != "op":
             continue
@@ -117,11 +118,9 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
             if u is None:  # the first node of a batched class
                 u = class_unit[c] = len(units)
                 units.append(("class", c))
-                first.append(pos[k])
         else:  # a node of its own
             u = len(units)
             units.append(("node", k))
-            first.append(pos[k])
         unit_of[k] = u
     deps = [set() for _ in units]
     for k, u in unit_of.items():
@@ -132,5 +131,29 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
             v = unit_of.get(source)
             if v is not None and v != u:
                 found.add(v)
-    by_first = topological_order(range(len(units)), deps.__getitem__, first.__getitem__)
-    return [units[u] for u in by_first]
+    return [units[u] for u in first_ready_order(deps)]
+
+
+def first_ready_order(deps: list) -> list:
+    """Unit numbers in dependency order, of the ready units the one made first (its first
+    node earliest in graph order) going first: `topological_order` with that priority, for
+    units numbered in the order they were made, where number and priority agree, so a heap
+    of the numbers themselves (ints compared in C) does what its heap of (priority, count,
+    item) tuples does. deps[u]: the units u reads (a set, none u itself)."""
+    waiting = list(map(len, deps))
+    readers: list[list[int]] = [[] for _ in deps]
+    for u, found in enumerate(deps):
+        for v in found:
+            readers[v].append(u)
+    heap = [u for u, n in enumerate(waiting) if not n]  # ascending: already a heap
+    order, push, pop = [], heapq.heappush, heapq.heappop
+    while heap:
+        u = pop(heap)
+        order.append(u)
+        for reader in readers[u]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                push(heap, reader)
+    if len(order) < len(deps):  # a cycle: the general sort names it
+        topological_order(range(len(deps)), deps.__getitem__)
+    return order
