@@ -368,28 +368,49 @@ class Layout:
     # ---- gradients ---------------------------------------------------------------------------
 
     def _pass_target(self, cls):
-        """The class whose gradient buffer `cls` can share (`Op.pass_through`), or None."""
+        """The class whose gradient buffer `cls` can share (`Op.pass_through`), or None.
+
+        Each step's one reader must pass its gradient through at the same step, with the
+        same shape, from one class laid out over time. Per reader class, not per node:
+        `cls` and a class laid out over time each hold one (shape, dtype) for all their
+        steps (`Analysis.stackable`), and a class of one op (`Analysis.same_op`) names it
+        once; only each step's reader list is looked up per node."""
         an = self.an
         if cls in self.source or any(r == cls for r, _ in self.placed.values()):
             return None
-        target = None
+        target, passes = None, {}  # passes: (reader class, position) -> whether it passes
+        consumers, own_meta = an.consumers, an.meta[next(iter(an.members[cls].values()))]
         for t, k in an.members[cls].items():
-            uses = an.consumers.get(k, [])
+            uses = consumers.get(k, [])
             if len(uses) != 1:
                 return None
             user, position = uses[0]
-            op = an.node[user]["op"]
-            if (
-                user[2] != t
-                or position not in ops.OPS[op].pass_through
-                or an.meta[user] != an.meta[k]
-                or class_of(user) not in self.range
-            ):
+            if user[2] != t:
                 return None
-            if target not in (None, class_of(user)):
+            reader = user if user[2] is None else user[:2]  # class_of, inline
+            if reader not in self.range:
                 return None
-            target = class_of(user)
+            passing = passes.get((reader, position))
+            if passing is None:
+                passing = passes[(reader, position)] = self._passes(reader, position, own_meta)
+            if passing == "per node":  # a reader class of several ops
+                op = an.node[user]["op"]
+                passing = position in ops.OPS[op].pass_through and an.meta[user] == own_meta
+            if not passing or target not in (None, reader):
+                return None
+            target = reader
         return target
+
+    def _passes(self, reader, position: int, meta: tuple):
+        """Whether every node of class `reader` (laid out over time) passes its gradient
+        to input `position` unchanged and holds values of `meta`; "per node" where the
+        class applies more than one op."""
+        an = self.an
+        same = an.same_op(reader)
+        if same is None:
+            return "per node"
+        k0 = next(iter(an.members[reader].values()))
+        return position in ops.OPS[same[0]].pass_through and an.meta[k0] == meta
 
     def _adopted_input(self, cls):
         """(view class, position) if `cls` is an add one of whose inputs, at every step, is
@@ -527,6 +548,8 @@ class Layout:
         an = self.an
         for c in grad_classes:
             kind = (sources.get(c) or (None,))[0]
+            if kind not in ("alias", "pass", "adopt"):
+                continue  # its nodes' gradients are their own cells (or views: below)
             for k in an.members[c].values():
                 if kind == "alias":
                     self.cell[k] = an.inputs(k)[1]

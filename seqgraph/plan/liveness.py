@@ -164,15 +164,63 @@ def dead_in_backward(an, lay) -> list:
     read by ops whose VJP ignores that input (an add, the projection of data: an LSTM's
     x W_ih + b). Every node whose value lives in the buffer, through a view or an alias,
     must be such a node. `Layout.add_grads` may put a gradient stack there."""
-    nodes_of = lay.nodes_by_buffer()
+    nodes_of, unread = lay.nodes_by_buffer(), _UnreadByClass(an)
     found = []
     for c in lay.classes:
         if c in lay.source or c in lay.in_place:
             continue  # not a buffer of its own
         nodes = nodes_of.get(id(owner(lay.value_stack[c].arr)), [])
-        if nodes and all(_unread_in_backward(an, k) for k in nodes):
+        if nodes and all(map(unread, nodes)):
             found.append(c)
     return found
+
+
+class _UnreadByClass:
+    """`_unread_in_backward` of one node, with what its readers' VJPs read decided once
+    per reader class and input position where the class allows (every node of it applies
+    one op with the same attrs: `Analysis.same_op`), not by looking up each reader's
+    record: over a whole buffer of an unrolled graph those lookups were most of the
+    pass. A node's own record is read only for what only it can say."""
+
+    def __init__(self, an):
+        self.an, self.ignores = an, {}  # (reader class, position) -> bool or None
+
+    def __call__(self, k) -> bool:
+        an = self.an
+        node = an.node[k]
+        if node["kind"] != "op" or k in an.outputs:
+            return False
+        entry = ops.OPS[node["op"]]
+        if entry.reads_output and entry.view is None and k in an.needs_grad:
+            return False
+        ignores = self.ignores
+        for user, i in an.consumers.get(k, []):
+            fact = (user if user[2] is None else user[:2], i)  # (class_of(user), i)
+            ignored = ignores.get(fact, 0)
+            if ignored == 0:
+                ignored = ignores[fact] = self._class_ignores(*fact)
+            if ignored is None:  # decided per node
+                user_op = ops.OPS[an.node[user]["op"]]
+                ignored = user_op.view is not None or _reads_never(an, user, i)
+            if not ignored:
+                return False
+        return True
+
+    def _class_ignores(self, cls, i: int) -> bool | None:
+        """Whether every node of `cls` ignores its input i's value in backward (a view's
+        VJP, or `_reads_never`); None where that is a fact of each node."""
+        same = self.an.same_op(cls)
+        if same is None:
+            return None
+        op, attrs = same
+        entry = ops.OPS[op]
+        if entry.view is not None:
+            return True
+        if attrs:
+            return False
+        if entry.other_operand:
+            return None  # whether the other operand needs a gradient: step by step
+        return i in entry.unread_inputs
 
 
 def dead_regions(an, lay) -> list:
