@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict
+from itertools import repeat
 from operator import itemgetter
 
 import networkx as nx
@@ -403,8 +404,26 @@ class Analysis:
                     out.update(needs.intersection(node["inputs"]))
         return out
 
+    def _member_inputs(self, cls: tuple) -> list:
+        """The input tuples of a class's members, in member order: fetched from the node
+        table once per class (a fact, as `same_op`), for `same_op` and `input_pattern` at
+        every position, since looking up every step's record is what those cost."""
+        fact = ("inputs", cls)
+        found = self._facts.get(fact)
+        if found is None:
+            records = list(map(self.node.__getitem__, self.members[cls].values()))
+            self._facts[("records", cls)] = records
+            found = self._facts[fact] = list(map(_INPUTS, records))
+        return found
+
     def stackable(self, cls: tuple) -> bool:
         """A per-step class whose steps are contiguous and share one shape and dtype."""
+        fact = ("stackable", cls)
+        if fact not in self._facts:  # asked per class by the layout and every addn
+            self._facts[fact] = self._stackable(cls)
+        return self._facts[fact]
+
+    def _stackable(self, cls: tuple) -> bool:
         members = self.members[cls]
         if None in members:
             return False
@@ -422,7 +441,8 @@ class Analysis:
         return self._facts[fact]
 
     def _same_op(self, cls: tuple):
-        nodes = list(map(self.node.__getitem__, self.members[cls].values()))
+        self._member_inputs(cls)
+        nodes = self._facts[("records", cls)]
         first = nodes[0]
         if first["kind"] != "op":
             return None
@@ -447,11 +467,9 @@ class Analysis:
         return self._facts[fact]
 
     def _input_pattern(self, cls: tuple, position: int):
-        members, nodes = self.members[cls], self.node
+        members = self.members[cls]
         # map and itemgetter: this reads every step of every class, in C
-        read = list(
-            map(itemgetter(position), map(_INPUTS, map(nodes.__getitem__, members.values())))
-        )
+        read = list(map(itemgetter(position), self._member_inputs(cls)))
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
@@ -465,7 +483,9 @@ class Analysis:
                 continue
             if sources[inner[0]][2] != inner[0] + d:  # the first step already says no
                 continue
-            if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
+            # both lists built in C: step t's source against (*target, t + d)
+            shifted = zip(repeat(target[0]), repeat(target[1]), map(d.__add__, inner))
+            if list(map(sources.__getitem__, inner)) != list(shifted):
                 continue
             if edge is None or sources[edge] == (*target, edge + d):
                 return ("class", target, d, None)
