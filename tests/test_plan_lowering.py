@@ -227,7 +227,7 @@ def test_first_ready_order_names_a_cycle():
 @pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one", "encoder_decoder"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_layer_norm"])
 def test_live_shapes_and_leftover_buffers_are_their_per_node_forms(cell, pattern):
-    """`Analysis._live` (one backward sweep of set updates), the shapes `refresh` infers
+    """`Analysis._live_in_order` (one backward sweep of set updates), the shapes `refresh` infers
     inline, and the nodes the layout finds outside every class buffer by set difference
     (`Layout.singles`, the gradients of their own), against the per-node walks they
     replace."""
@@ -239,7 +239,10 @@ def test_live_shapes_and_leftover_buffers_are_their_per_node_forms(cell, pattern
             if source not in live:
                 live.add(source)
                 stack.append(source)
-    assert an._live(list(an.outputs)) == live == an.live
+    found, keys, records = an._live_in_order(list(an.outputs))
+    assert found == live == an.live
+    assert keys == [k for k in an.order if k in live]
+    assert all(record is an.node[k] for k, record in zip(keys, records, strict=True))
     memo, meta = {}, {k: v for k, v in an.meta.items() if an.node[k]["kind"] == "input"}
     for k in an.order:
         if k in live and k not in meta:

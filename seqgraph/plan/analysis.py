@@ -142,18 +142,15 @@ class Analysis:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
         pass over the live nodes in graph order (each node's inputs come before it)."""
         self.pos = positions(self.order)
-        self.live = live = self._live(list(self.outputs))
+        self.live, keys_live, records_live = self._live_in_order(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
-        consumers, members, nodes = self.consumers, self.members, self.node
+        consumers, members = self.consumers, self.members
         meta, needs, keys = dict(self.meta), set(self.state_inputs), AttrsKeys()
         memo: dict = {AttrsKeys: keys}  # as `_shape` keeps it
         edges, by_op = defaultdict(int), defaultdict(dict)
         floating = _Floating()
-        for k in self.order:
-            if k not in live:
-                continue
-            node = nodes[k]
+        for k, node in zip(keys_live, records_live):
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
             members[cls][k[2]] = k
             kind = node["kind"]
@@ -334,15 +331,22 @@ class Analysis:
     def kind(self, key: Key) -> str:
         return self.node[key]["kind"]
 
-    def _live(self, outputs: list) -> set:
-        """Ancestors of the requested outputs (dead-node elimination): one sweep of the
-        graph order backwards, each live node's inputs added at once (a set update in C,
-        not a test and a push per edge), since every reader comes after its inputs."""
-        live, nodes = set(outputs), self.node
+    def _live_in_order(self, outputs: list) -> tuple[set, list, list]:
+        """(the ancestors of the requested outputs (dead-node elimination), those nodes in
+        graph order, their records): one sweep of the graph order backwards, each live
+        node's inputs added at once (a set update in C, not a test and a push per edge),
+        since every reader comes after its inputs; the nodes and records it meets are what
+        `refresh` walks next, without looking either up again."""
+        live, nodes, keys, records = set(outputs), self.node, [], []
         for k in reversed(self.order):
             if k in live:
-                live.update(nodes[k]["inputs"])
-        return live
+                node = nodes[k]
+                live.update(node["inputs"])
+                keys.append(k)
+                records.append(node)
+        keys.reverse()
+        records.reverse()
+        return live, keys, records
 
     def _infer(self, keys) -> dict:
         """`meta` with the (shape, dtype) of each of `keys` (live nodes, in graph order) it
