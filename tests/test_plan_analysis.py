@@ -184,6 +184,23 @@ def test_the_duplicate_precheck_is_the_scan_over_every_node(case):
     )  # the cases hold one graph with duplicates (the repeated gate)
 
 
+def test_sibling_sets_before_any_merge_are_the_groups_of_several_inputs():
+    """Before any merge, `siblings._sibling_sets` leaves out one-input ops, which then
+    merge nowhere (`merge_siblings`): exactly the groups of one read, found in full."""
+    skipped = 0
+    for case in ("gru", "user cell, one weight per gate", "lstm", "stacked lstm"):
+        raw, options = CASES[case]
+        an = analysis_of(raw, **options).fork()
+        for step in rewrites.steps():
+            if step(an):
+                an.update()
+        full = siblings._sibling_sets(an, True)
+        several = {key: nodes for key, nodes in full.items() if len(key[2]) > 1}
+        assert siblings._sibling_sets(an, False) == several, case
+        skipped += len(full) - len(several)
+    assert skipped  # the LSTM's gate activations: one-input groups there were to skip
+
+
 def test_the_rewrites_change_what_the_update_must_follow():
     """The cases above are not vacuous: the user cell's gate fusion kills nodes and makes
     classes, the LSTM's bias moves change which nodes are live, and the GRU's sibling merge

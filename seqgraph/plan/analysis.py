@@ -320,10 +320,11 @@ class Analysis:
         node that is a parameter or reads one that needs it."""
         if key in self.state_inputs:
             return True
-        if key not in self.live or key not in self.meta or self.meta[key][1].kind != "f":
+        meta = self.meta.get(key)
+        if key not in self.live or meta is None or meta[1].kind != "f":
             return False
-        node = self.node[key]
-        return node["kind"] == "param" or any(i in self.needs_grad for i in node["inputs"])
+        node = self.node[key]  # isdisjoint: the test of its inputs in C
+        return node["kind"] == "param" or not self.needs_grad.isdisjoint(node["inputs"])
 
     def inputs(self, key: Key) -> tuple:
         return self.node[key]["inputs"]
