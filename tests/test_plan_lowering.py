@@ -15,6 +15,7 @@ from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
 from seqgraph.plan import ckernels, liveness
 from seqgraph.plan import layout as layout_module
+from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
 from seqgraph.plan.layout import Stack, resolve_cells
 from seqgraph.plan.schedule import first_ready_order
@@ -24,7 +25,7 @@ from seqgraph.spec.load import builtin_cells
 STEPS, BATCH, INPUT, HIDDEN, VOCAB = 4, 2, 3, 5, 7
 
 
-def plan_of(cell: str, pattern: str = "many_to_many"):
+def plan_of(cell: str, pattern: str = "many_to_many", ragged: bool = False):
     raw = {
         "model": {
             "pattern": pattern,
@@ -35,7 +36,10 @@ def plan_of(cell: str, pattern: str = "many_to_many"):
         "dtype": "float64",
     }
     model = Model(raw, dtype="float64")
-    return model.plan(batching.dummy(model.spec, BATCH, STEPS))
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    if ragged:  # sequences of different lengths: masks not known to be all true
+        batch["lengths"] = np.array([STEPS, STEPS - 2])
+    return model.plan(batch)
 
 
 @pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one"])
@@ -262,3 +266,18 @@ def test_live_shapes_and_leftover_buffers_are_their_per_node_forms(cell, pattern
         k for k in an.order if k in an.needs_grad and k not in in_classes and k not in lay.alias_of
     ]
     assert [k for k in own if k in set(per_node)] == per_node
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_unit_inputs_by_class_are_the_per_node_reads(cell, pattern):
+    """`schedule.unit_inputs` (each class's reads as columns made from its input patterns)
+    gives every unit the units it reads, as following each node's inputs one by one does;
+    ragged batches too (masks that are not all true keep `where` nodes of their own)."""
+    for ragged in (False, True) if pattern == "many_to_many" else (False,):
+        plan = plan_of(cell, pattern, ragged)
+        an, lay, batched = plan.an, plan.layout, plan.schedule.batched
+        units, unit_of = scheduling.number_units(an, lay, batched)
+        found = scheduling.unit_inputs(an, lay, units, unit_of)
+        assert found == scheduling.unit_inputs_per_node(an, lay, units, unit_of)
+        assert any(found)

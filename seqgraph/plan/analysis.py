@@ -409,7 +409,7 @@ class Analysis:
                     out.update(needs.intersection(node["inputs"]))
         return out
 
-    def _member_inputs(self, cls: tuple) -> list:
+    def member_inputs(self, cls: tuple) -> list:
         """The input tuples of a class's members, in member order: fetched from the node
         table once per class (a fact, as `same_op`), for `same_op` and `input_pattern` at
         every position, since looking up every step's record is what those cost."""
@@ -446,7 +446,7 @@ class Analysis:
         return self._facts[fact]
 
     def _same_op(self, cls: tuple):
-        self._member_inputs(cls)
+        self.member_inputs(cls)
         nodes = self._facts[("records", cls)]
         first = nodes[0]
         if first["kind"] != "op":
@@ -474,7 +474,7 @@ class Analysis:
     def _input_pattern(self, cls: tuple, position: int):
         members = self.members[cls]
         # map and itemgetter: this reads every step of every class, in C
-        read = list(map(itemgetter(position), self._member_inputs(cls)))
+        read = list(map(itemgetter(position), self.member_inputs(cls)))
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None

@@ -11,7 +11,9 @@ the per-step classes whose gradient for a shared input is summed once, after the
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 
 from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
@@ -107,6 +109,13 @@ def _batched_classes(an: Analysis, lay: Layout) -> dict:
 
 def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     """Units in dependency order: ("class", cls) or ("node", key)."""
+    units, unit_of = number_units(an, lay, batched)
+    return [units[u] for u in first_ready_order(unit_inputs(an, lay, units, unit_of))]
+
+
+def number_units(an: Analysis, lay: Layout, batched: dict) -> tuple[list, dict]:
+    """(units numbered in the order of their first node in graph order, node -> its
+    unit's number) for the nodes that run: live op nodes that are no view or alias."""
     unit_of, class_unit, units = {}, {}, []
     live, nodes, alias_of = an.live, an.node, lay.alias_of
     for k in an.order:
@@ -122,16 +131,100 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
             u = len(units)
             units.append(("node", k))
         unit_of[k] = u
+    return units, unit_of
+
+
+def unit_inputs(an: Analysis, lay: Layout, units: list, unit_of: dict) -> list:
+    """deps[u]: the units whose nodes unit u's nodes read (through views and aliases),
+    found class by class: where every input of a class reads one node or the same class
+    at a fixed step offset (`Analysis.input_pattern`), the units its steps read at one
+    position form a column made in C from a per-class map of units by step, and a step's
+    deps are its row, without a lookup of every node, edge and alias; node by node
+    (`unit_inputs_per_node`) where not."""
+    by_step: dict = {}  # class -> {t: unit} for the classes whose nodes run alone
+    for u, (kind, key) in enumerate(units):
+        if kind == "node":
+            by_step.setdefault(key if key[2] is None else key[:2], {})[key[2]] = u
+    batched = {key: u for u, (kind, key) in enumerate(units) if kind == "class"}
+    deps: list = [set() for _ in units]
+    for c, steps in by_step.items():
+        columns = _step_columns(an, lay, c, list(steps), unit_of, by_step, batched)
+        if columns is None:
+            for t, u in steps.items():
+                deps[u] = _node_reads(an, lay, an.members[c][t], unit_of)
+        elif columns:
+            rows = map(set, zip(*columns))  # step i's row: the units it reads
+            deque(map(deps.__setitem__, steps.values(), rows), maxlen=0)  # stored, in C
+    for c, u in batched.items():
+        steps = [k[2] for k in an.members[c].values() if unit_of.get(k) == u]
+        columns = _step_columns(an, lay, c, steps, unit_of, by_step, batched)
+        if columns is None:
+            for t in steps:
+                deps[u] |= _node_reads(an, lay, an.members[c][t], unit_of)
+        else:
+            deps[u] = set(chain.from_iterable(columns))
+    for u, found in enumerate(deps):
+        found.discard(None)
+        found.discard(u)
+    return deps
+
+
+def unit_inputs_per_node(an: Analysis, lay: Layout, units: list, unit_of: dict) -> list:
+    """`unit_inputs`, node by node: each node's inputs, followed through views and aliases
+    to the node that runs, and that node's unit."""
     deps = [set() for _ in units]
     for k, u in unit_of.items():
-        found = deps[u]
-        for source in nodes[k]["inputs"]:
-            while source in alias_of:
-                source = alias_of[source]
-            v = unit_of.get(source)
-            if v is not None and v != u:
-                found.add(v)
-    return [units[u] for u in first_ready_order(deps)]
+        deps[u] |= _node_reads(an, lay, k, unit_of)
+        deps[u].discard(u)
+    return deps
+
+
+def _node_reads(an: Analysis, lay: Layout, k, unit_of: dict) -> set:
+    """The units of the nodes that node k reads (through views and aliases); no None."""
+    found = {_unit_at(lay.alias_of, source, unit_of) for source in an.node[k]["inputs"]}
+    found.discard(None)
+    return found
+
+
+def _unit_at(alias_of: dict, key, unit_of: dict):
+    """The unit of the node `key` is read from: the end of its chain of views and aliases."""
+    while key in alias_of:
+        key = alias_of[key]
+    return unit_of.get(key)
+
+
+def _step_columns(an, lay, c, steps: list, unit_of: dict, by_step: dict, batched: dict):
+    """For class `c` at `steps`, one column per input position: the unit each step's node
+    reads there (None: no unit); None where an input follows no pattern, or reads a class
+    not laid out over time (whose nodes may be views one by one), or the members' input
+    counts differ."""
+    inputs = an.member_inputs(c)
+    if len(set(map(len, inputs))) != 1:
+        return None
+    columns = []
+    for position in range(len(inputs[0])):
+        pattern = an.input_pattern(c, position)
+        if pattern is None:
+            return None
+        if pattern[0] == "shared":
+            columns.append([_unit_at(lay.alias_of, pattern[1], unit_of)] * len(steps))
+            continue
+        _, target, d, boundary = pattern
+        while target in lay.source:  # a view's or an alias's step t is its source's step t
+            target = lay.source[target][1]
+        if target not in lay.range:
+            return None
+        if target in batched:
+            column = [batched[target]] * len(steps)
+        else:
+            column = list(map(by_step.get(target, {}).get, map(d.__add__, steps)))
+        if boundary is not None:  # the first step (d = -1) or the last (d = +1) reads it
+            members = sorted(an.members[c])
+            edge = members[0] if d < 0 else members[-1]
+            if edge in steps:
+                column[steps.index(edge)] = _unit_at(lay.alias_of, boundary, unit_of)
+        columns.append(column)
+    return columns
 
 
 def first_ready_order(deps: list) -> list:
