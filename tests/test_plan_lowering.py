@@ -268,16 +268,35 @@ def test_live_shapes_and_leftover_buffers_are_their_per_node_forms(cell, pattern
     assert [k for k in own if k in set(per_node)] == per_node
 
 
+def units_node_by_node(an, lay, batched: dict) -> tuple[list, dict]:
+    """What `schedule.number_units` finds, by testing every node in graph order."""
+    units, unit_of, class_unit = [], {}, {}
+    for k in an.order:
+        if k not in an.live or k in lay.alias_of or an.node[k]["kind"] != "op":
+            continue
+        c = k if k[2] is None else k[:2]
+        if c in batched and c not in class_unit:
+            class_unit[c] = len(units)
+            units.append(("class", c))
+        elif c not in batched:
+            units.append(("node", k))
+        unit_of[k] = class_unit[c] if c in batched else len(units) - 1
+    return units, unit_of
+
+
 @pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
 @pytest.mark.parametrize("cell", sorted(builtin_cells()))
-def test_unit_inputs_by_class_are_the_per_node_reads(cell, pattern):
-    """`schedule.unit_inputs` (each class's reads as columns made from its input patterns)
-    gives every unit the units it reads, as following each node's inputs one by one does;
-    ragged batches too (masks that are not all true keep `where` nodes of their own)."""
+def test_units_by_class_are_the_per_node_units_and_reads(cell, pattern):
+    """`schedule.number_units` (class by class, one sort) numbers the units as a test of
+    every node in graph order does, and `schedule.unit_inputs` (each class's reads as
+    columns made from its input patterns) gives every unit the units it reads, as
+    following each node's inputs one by one does; ragged batches too (masks that are not
+    all true keep `where` nodes of their own)."""
     for ragged in (False, True) if pattern == "many_to_many" else (False,):
         plan = plan_of(cell, pattern, ragged)
         an, lay, batched = plan.an, plan.layout, plan.schedule.batched
         units, unit_of = scheduling.number_units(an, lay, batched)
+        assert (units, unit_of) == units_node_by_node(an, lay, batched)
         found = scheduling.unit_inputs(an, lay, units, unit_of)
         assert found == scheduling.unit_inputs_per_node(an, lay, units, unit_of)
         assert any(found)

@@ -10,10 +10,11 @@ the per-step classes whose gradient for a shared input is summed once, after the
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 
 from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
@@ -115,22 +116,35 @@ def _units(an: Analysis, lay: Layout, batched: dict) -> list:
 
 def number_units(an: Analysis, lay: Layout, batched: dict) -> tuple[list, dict]:
     """(units numbered in the order of their first node in graph order, node -> its
-    unit's number) for the nodes that run: live op nodes that are no view or alias."""
-    unit_of, class_unit, units = {}, {}, []
-    live, nodes, alias_of = an.live, an.node, lay.alias_of
-    for k in an.order:
-        if k not in live or k in alias_of or nodes[k]["kind"] != "op":
-            continue
-        c = k if k[2] is None else k[:2]  # class_of, inline: once per node
+    unit's number) for the nodes that run: live op nodes that are no view or alias. Found
+    class by class: every node of a class laid out over time that applies one op and is
+    no view or alias of another runs, so only the other classes' nodes are looked at
+    one by one; then one sort by graph position."""
+    alias_of, nodes, pos = lay.alias_of, an.node, an.pos
+    alone, firsts = [], []  # the nodes that run alone; (position, batched class)
+    for c, members in an.members.items():  # every live node, class by class
         if c in batched:
-            u = class_unit.get(c)
-            if u is None:  # the first node of a batched class
-                u = class_unit[c] = len(units)
-                units.append(("class", c))
-        else:  # a node of its own
-            u = len(units)
-            units.append(("node", k))
-        unit_of[k] = u
+            running = [k for k in members.values() if k not in alias_of]
+            if running:
+                firsts.append((min(map(pos.__getitem__, running)), c, running))
+        elif c in lay.range and c not in lay.source and an.same_op(c) is not None:
+            alone.extend(members.values())
+        else:
+            alone.extend(
+                k for k in members.values() if k not in alias_of and nodes[k]["kind"] == "op"
+            )
+    alone.sort(key=pos.__getitem__)
+    places, units, done = list(map(pos.__getitem__, alone)), [], 0
+    unit_of: dict = {}
+    for first, c, running in sorted(firsts):  # each batched class where its first node runs
+        cut = bisect.bisect_left(places, first, done)
+        unit_of.update(zip(alone[done:cut], range(len(units), len(units) + cut - done)))
+        units += zip(repeat("node"), alone[done:cut])
+        unit_of.update(dict.fromkeys(running, len(units)))
+        units.append(("class", c))
+        done = cut
+    unit_of.update(zip(alone[done:], range(len(units), len(units) + len(alone) - done)))
+    units += zip(repeat("node"), alone[done:])
     return units, unit_of
 
 
