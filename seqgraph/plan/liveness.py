@@ -120,8 +120,9 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     """Whether the steps of each parity are touched by backward in disjoint runs, an
     initial state's last (see `rolling_grads`)."""
     spans: dict = {}
+    sums: dict = {}  # reader class -> whether its nodes may sum a whole class (`_sums`)
     for k, index in slots.items():
-        touched = _touching(an, position, k, slots)
+        touched = _touching(an, position, k, slots, sums)
         if not touched:
             return False
         lo, hi = spans.get(index, (touched[0], touched[0]))
@@ -137,19 +138,36 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     return True
 
 
-def _touching(an, position: dict, k, slots: dict) -> list | None:
+def _touching(an, position: dict, k, slots: dict, sums: dict) -> list | None:
     """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
     those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
-    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`)."""
-    touched = [position[k]] if k in position else []
+    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`).
+    `sums`: `_sums`' answers by reader class, kept by the caller."""
+    at = position.get
+    own = at(k)
+    touched = [] if own is None else [own]
     for user, _ in an.consumers.get(k, []):
-        if user in position and an.addn_of_class(user) is None:
-            touched.append(position[user])
+        place = at(user)
+        if place is not None and not _sums(an, user, sums):
+            touched.append(place)
         elif user not in slots:
             return None
-    if an.node[k]["kind"] == "op":
-        touched += [position[i] for i in an.inputs(k) if i in position]
+    node = an.node[k]
+    if node["kind"] == "op":
+        touched += [place for place in map(at, node["inputs"]) if place is not None]
     return touched
+
+
+def _sums(an, user, sums: dict) -> bool:
+    """Whether `user` sums a whole class (`Analysis.addn_of_class`): asked of the node only
+    where its class may hold such a sum (an op that sums its inputs, or several ops), once
+    per class otherwise (no node of one other op does)."""
+    cls = analysis.class_of(user)
+    may = sums.get(cls)
+    if may is None:
+        same = an.same_op(cls)
+        may = sums[cls] = same is None or ops.OPS[same[0]].variadic_sum
+    return may and an.addn_of_class(user) is not None
 
 
 def rings_written_first(lay, rolled: dict, zero: set) -> bool:
@@ -381,18 +399,20 @@ def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bo
     """Each step of `c` is read only by same-step units that run (one by one) before the
     next step of `c` is computed, each passing `allowed(user, input position)`; a reader
     through one of `views` counts as reading `c`."""
-    an = lay.an
+    an, at = lay.an, position.get  # one lookup per node, not a test and a read
     steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
     for k, following in zip(steps, steps[1:] + [None]):
-        if k not in position or k in an.outputs:
+        if at(k) is None or k in an.outputs:
             return False
         readers = _readers(an, k, views or {})
         if readers is None:
             return False
-        for user, i in readers:
-            if user not in position or user[2] != k[2] or not allowed(user, i):
+        limit = at(following) if following is not None else None  # the members sorted
+        for user, i in readers:  # by place: a following one has its place if k has
+            place = at(user)
+            if place is None or user[2] != k[2] or not allowed(user, i):
                 return False
-            if following is not None and position[user] > position[following]:
+            if limit is not None and place > limit:
                 return False
     return True
 
