@@ -12,7 +12,7 @@ import pytest
 
 from seqgraph.engine.graph import collector_paused, topological_order
 from seqgraph.plan import edits, rewrites, siblings
-from seqgraph.plan.analysis import Analysis
+from seqgraph.plan.analysis import Analysis, AttrsKeys
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import load_spec
@@ -156,6 +156,49 @@ def test_updated_analysis_equals_a_fresh_one_after_every_rewrite(case, checked_r
         an.update()
         assert_same_facts(an, "merge_siblings")
     assert changed  # every case exercises at least one graph-changing rewrite
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_duplicate_precheck_is_the_scan_over_every_node(case):
+    """`rewrites._any_duplicate` (readers of one input at position 0, compared) says yes
+    exactly where two live op nodes share op, attrs and inputs, found over every node; where
+    it says no, the full scan merges nothing. Before and after the other rewrites."""
+    raw, options = CASES[case]
+    an = analysis_of(raw, **options).fork()
+    keys = AttrsKeys()
+    for step in [None, *rewrites.steps()]:
+        if step is not None and step(an):
+            an.update()
+        seen, pair = set(), False
+        for k in an.order:
+            node = an.node[k]
+            if k in an.live and node["kind"] == "op":
+                found = (node["op"], keys(node["attrs"]), node["inputs"])
+                pair = pair or found in seen
+                seen.add(found)
+        assert rewrites._any_duplicate(an) == pair
+        if not pair:
+            assert rewrites._duplicates(an, set()) == {}
+    assert any(
+        rewrites._any_duplicate(analysis_of(raw, **options)) for raw, options in CASES.values()
+    )  # the cases hold one graph with duplicates (the repeated gate)
+
+
+def test_sibling_sets_before_any_merge_are_the_groups_of_several_inputs():
+    """Before any merge, `siblings._sibling_sets` leaves out one-input ops, which then
+    merge nowhere (`merge_siblings`): exactly the groups of one read, found in full."""
+    skipped = 0
+    for case in ("gru", "user cell, one weight per gate", "lstm", "stacked lstm"):
+        raw, options = CASES[case]
+        an = analysis_of(raw, **options).fork()
+        for step in rewrites.steps():
+            if step(an):
+                an.update()
+        full = siblings._sibling_sets(an, True)
+        several = {key: nodes for key, nodes in full.items() if len(key[2]) > 1}
+        assert siblings._sibling_sets(an, False) == several, case
+        skipped += len(full) - len(several)
+    assert skipped  # the LSTM's gate activations: one-input groups there were to skip
 
 
 def test_the_rewrites_change_what_the_update_must_follow():

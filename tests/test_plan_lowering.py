@@ -10,18 +10,22 @@ import pytest
 from numpy.lib.array_utils import byte_bounds
 
 from seqgraph import Model
+from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
+from seqgraph.errors import GraphError
 from seqgraph.plan import ckernels, liveness
 from seqgraph.plan import layout as layout_module
+from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
 from seqgraph.plan.layout import Stack, resolve_cells
+from seqgraph.plan.schedule import first_ready_order
 from seqgraph.runtime import batch as batching
 from seqgraph.spec.load import builtin_cells
 
 STEPS, BATCH, INPUT, HIDDEN, VOCAB = 4, 2, 3, 5, 7
 
 
-def plan_of(cell: str, pattern: str = "many_to_many"):
+def plan_of(cell: str, pattern: str = "many_to_many", ragged: bool = False):
     raw = {
         "model": {
             "pattern": pattern,
@@ -32,7 +36,10 @@ def plan_of(cell: str, pattern: str = "many_to_many"):
         "dtype": "float64",
     }
     model = Model(raw, dtype="float64")
-    return model.plan(batching.dummy(model.spec, BATCH, STEPS))
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    if ragged:  # sequences of different lengths: masks not known to be all true
+        batch["lengths"] = np.array([STEPS, STEPS - 2])
+    return model.plan(batch)
 
 
 @pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one"])
@@ -200,3 +207,96 @@ def test_stack_views_of_steps_in_any_order_are_the_views_at_makes():
         assert list(made) == list(members.values())
         for t, k in members.items():
             assert made[k].__array_interface__ == stack.at(t).__array_interface__
+
+
+def test_first_ready_order_is_the_topological_sort_by_unit_number():
+    """`schedule.first_ready_order` (a heap of unit numbers) is `topological_order` with
+    the unit number as priority, on random DAGs whose edges run both ways in the numbering
+    (a batched class's unit is numbered at its first node but reads later ones)."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 40, 200):
+        rank = rng.permutation(n)  # a hidden dependency order, unrelated to the numbers
+        deps = [
+            {int(v) for v in np.flatnonzero(rank < rank[u]) if rng.random() < 0.1} for u in range(n)
+        ]
+        expected = topological_order(range(n), deps.__getitem__, lambda u: u)
+        assert first_ready_order(deps) == expected
+
+
+def test_first_ready_order_names_a_cycle():
+    with pytest.raises(GraphError, match="cycle"):
+        first_ready_order([{1}, {0}])
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one", "encoder_decoder"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_layer_norm"])
+def test_live_shapes_and_leftover_buffers_are_their_per_node_forms(cell, pattern):
+    """`Analysis._live_in_order` (one backward sweep of set updates), the shapes `refresh` infers
+    inline, and the nodes the layout finds outside every class buffer by set difference
+    (`Layout.singles`, the gradients of their own), against the per-node walks they
+    replace."""
+    plan = plan_of(cell, pattern)
+    an, lay = plan.an, plan.layout
+    live, stack = set(an.outputs), list(an.outputs)  # the depth-first walk
+    while stack:
+        for source in an.node[stack.pop()]["inputs"]:
+            if source not in live:
+                live.add(source)
+                stack.append(source)
+    found, keys, records = an._live_in_order(list(an.outputs))
+    assert found == live == an.live
+    assert keys == [k for k in an.order if k in live]
+    assert all(record is an.node[k] for k, record in zip(keys, records, strict=True))
+    memo, meta = {}, {k: v for k, v in an.meta.items() if an.node[k]["kind"] == "input"}
+    for k in an.order:
+        if k in live and k not in meta:
+            meta[k] = an._shape(an.node[k], meta, memo)
+    fresh = an.fork()  # shapes inferred afresh, inline, from the data's alone
+    fresh.meta = {k: v for k, v in an.meta.items() if an.node[k]["kind"] == "input"}
+    fresh.refresh()
+    assert {k: meta[k] for k in live} == {k: fresh.meta[k] for k in live}
+    in_classes = {k for c in lay.classes for k in an.members[c].values()} | set(lay.placed)
+    assert lay.singles == [k for k in an.order if k in live and k not in in_classes]
+    own = [
+        k
+        for k in lay.grad
+        if lay.base.get(k) is not None and lay.grad_buffers[lay.base[k]] is lay.grad[k]
+    ]
+    per_node = [
+        k for k in an.order if k in an.needs_grad and k not in in_classes and k not in lay.alias_of
+    ]
+    assert [k for k in own if k in set(per_node)] == per_node
+
+
+def units_node_by_node(an, lay, batched: dict) -> tuple[list, dict]:
+    """What `schedule.number_units` finds, by testing every node in graph order."""
+    units, unit_of, class_unit = [], {}, {}
+    for k in an.order:
+        if k not in an.live or k in lay.alias_of or an.node[k]["kind"] != "op":
+            continue
+        c = k if k[2] is None else k[:2]
+        if c in batched and c not in class_unit:
+            class_unit[c] = len(units)
+            units.append(("class", c))
+        elif c not in batched:
+            units.append(("node", k))
+        unit_of[k] = class_unit[c] if c in batched else len(units) - 1
+    return units, unit_of
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_units_by_class_are_the_per_node_units_and_reads(cell, pattern):
+    """`schedule.number_units` (class by class, one sort) numbers the units as a test of
+    every node in graph order does, and `schedule.unit_inputs` (each class's reads as
+    columns made from its input patterns) gives every unit the units it reads, as
+    following each node's inputs one by one does; ragged batches too (masks that are not
+    all true keep `where` nodes of their own)."""
+    for ragged in (False, True) if pattern == "many_to_many" else (False,):
+        plan = plan_of(cell, pattern, ragged)
+        an, lay, batched = plan.an, plan.layout, plan.schedule.batched
+        units, unit_of = scheduling.number_units(an, lay, batched)
+        assert (units, unit_of) == units_node_by_node(an, lay, batched)
+        found = scheduling.unit_inputs(an, lay, units, unit_of)
+        assert found == scheduling.unit_inputs_per_node(an, lay, units, unit_of)
+        assert any(found)

@@ -75,20 +75,28 @@ def topological_order(
     counts once. Raises GraphError on a cycle (naming one) or an input not among `items`.
     """
     items = list(items)
+    return _ordered(items, map(inputs, items), inputs, priority)
+
+
+def _ordered(items: list, input_lists: Iterable, inputs: Callable, priority) -> list:
+    """`topological_order` with each item's inputs handed in, in the items' order
+    (`input_lists`), so that a caller holding them in a list is spared a lookup per item;
+    `inputs` still names a cycle."""
     index = dict(zip(items, range(len(items))))  # item -> its number, built in C
     if len(index) != len(items):
         raise GraphError("topological_order: an item is listed twice")
     waiting = [0] * len(items)  # inputs not yet placed
     readers: list[list[int]] = [[] for _ in items]
-    number = index.__getitem__
-    for i, item in enumerate(items):
+    number, found = index.__getitem__, iter(input_lists)
+    for i in range(len(items)):
         try:
             # set(map(...)): the set a comprehension makes (the same insertions, so the same
             # iteration order), without a comprehension's call per item (millions at T=10^4)
-            sources = set(map(number, inputs(item)))
+            sources = set(map(number, next(found)))
         except KeyError as missing:
             raise GraphError(
-                f"{item!r} depends on {missing.args[0]!r}, which is not among the items to order"
+                f"{items[i]!r} depends on {missing.args[0]!r}, which is not among the items "
+                "to order"
             ) from None
         waiting[i] = len(sources)
         for j in sources:
@@ -247,9 +255,10 @@ class Graph:
         order, which the interpreter's gradient sums and every plan were built on. Insertion
         order alone would also be topological (`add` needs inputs first), but would change
         the order gradients are summed in, hence the last bits of the numbers."""
-        if self._order is None:
-            inputs = dict(zip(self.nodes, map(itemgetter("inputs"), self.nodes.values())))
-            self._order = topological_order(inputs, inputs.__getitem__)
+        if self._order is None:  # the records' inputs in insertion order: no lookup per node
+            keys, records = list(self.nodes), self.nodes.values()
+            inputs = map(itemgetter("inputs"), records)
+            self._order = _ordered(keys, inputs, lambda k: self.nodes[k]["inputs"], None)
         return self._order
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict
+from itertools import repeat
 from operator import itemgetter
 
 import networkx as nx
@@ -141,17 +142,15 @@ class Analysis:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
         pass over the live nodes in graph order (each node's inputs come before it)."""
         self.pos = positions(self.order)
-        self.live = live = self._live(list(self.outputs))
+        self.live, keys_live, records_live = self._live_in_order(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
-        consumers, members, nodes = self.consumers, self.members, self.node
-        meta, memo, needs = dict(self.meta), {}, set(self.state_inputs)
+        consumers, members = self.consumers, self.members
+        meta, needs, keys = dict(self.meta), set(self.state_inputs), AttrsKeys()
+        memo: dict = {AttrsKeys: keys}  # as `_shape` keeps it
         edges, by_op = defaultdict(int), defaultdict(dict)
         floating = _Floating()
-        for k in self.order:
-            if k not in live:
-                continue
-            node = nodes[k]
+        for k, node in zip(keys_live, records_live):
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
             members[cls][k[2]] = k
             kind = node["kind"]
@@ -162,7 +161,15 @@ class Analysis:
                 consumers[source].append((k, position))
                 edges[(source if source[2] is None else source[:2], cls)] += 1
             shape = meta.get(k)
-            if shape is None:
+            if shape is None and kind == "op":  # `_shape`, inline: once per node
+                attrs = node["attrs"]
+                signature = tuple(map(meta.__getitem__, inputs))
+                found = (node["op"], keys(attrs) if attrs else "", signature)
+                shape = memo.get(found)
+                if shape is None:
+                    shape = memo[found] = self._evaluate(node, signature)
+                meta[k] = shape
+            elif shape is None:
                 shape = meta[k] = self._shape(node, meta, memo)
             # isdisjoint: the "reads a node that needs it" test in C, not a generator per node
             if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
@@ -313,10 +320,11 @@ class Analysis:
         node that is a parameter or reads one that needs it."""
         if key in self.state_inputs:
             return True
-        if key not in self.live or key not in self.meta or self.meta[key][1].kind != "f":
+        meta = self.meta.get(key)
+        if key not in self.live or meta is None or meta[1].kind != "f":
             return False
-        node = self.node[key]
-        return node["kind"] == "param" or any(i in self.needs_grad for i in node["inputs"])
+        node = self.node[key]  # isdisjoint: the test of its inputs in C
+        return node["kind"] == "param" or not self.needs_grad.isdisjoint(node["inputs"])
 
     def inputs(self, key: Key) -> tuple:
         return self.node[key]["inputs"]
@@ -324,15 +332,22 @@ class Analysis:
     def kind(self, key: Key) -> str:
         return self.node[key]["kind"]
 
-    def _live(self, outputs: list) -> set:
-        """Ancestors of the requested outputs (dead-node elimination)."""
-        live, stack = set(outputs), list(outputs)
-        while stack:
-            for source in self.node[stack.pop()]["inputs"]:
-                if source not in live:
-                    live.add(source)
-                    stack.append(source)
-        return live
+    def _live_in_order(self, outputs: list) -> tuple[set, list, list]:
+        """(the ancestors of the requested outputs (dead-node elimination), those nodes in
+        graph order, their records): one sweep of the graph order backwards, each live
+        node's inputs added at once (a set update in C, not a test and a push per edge),
+        since every reader comes after its inputs; the nodes and records it meets are what
+        `refresh` walks next, without looking either up again."""
+        live, nodes, keys, records = set(outputs), self.node, [], []
+        for k in reversed(self.order):
+            if k in live:
+                node = nodes[k]
+                live.update(node["inputs"])
+                keys.append(k)
+                records.append(node)
+        keys.reverse()
+        records.reverse()
+        return live, keys, records
 
     def _infer(self, keys) -> dict:
         """`meta` with the (shape, dtype) of each of `keys` (live nodes, in graph order) it
@@ -359,12 +374,18 @@ class Analysis:
             keys = memo[AttrsKeys] = AttrsKeys()
         memo_key = (node["op"], keys(attrs) if attrs else "", signature)
         if memo_key not in memo:
-            xp = numpy_namespace()
-            zeros = [np.zeros(s, d) for s, d in signature]
-            with np.errstate(all="ignore"):
-                out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
-            memo[memo_key] = (tuple(out.shape), np.dtype(out.dtype))
+            memo[memo_key] = self._evaluate(node, signature)
         return memo[memo_key]
+
+    @staticmethod
+    def _evaluate(node: dict, signature: tuple) -> tuple:
+        """(shape, dtype) of op node `node` on inputs of these (shape, dtype)s: its forward
+        run on zeros (once per distinct op signature: `_shape`)."""
+        xp = numpy_namespace()
+        zeros = [np.zeros(s, d) for s, d in signature]
+        with np.errstate(all="ignore"):
+            out = ops.OPS[node["op"]].forward(xp, *zeros, **node["attrs"])
+        return tuple(out.shape), np.dtype(out.dtype)
 
     def _recurrent(self) -> set:
         """Classes on a cycle of the graph folded over time: they must run step by step.
@@ -388,8 +409,26 @@ class Analysis:
                     out.update(needs.intersection(node["inputs"]))
         return out
 
+    def member_inputs(self, cls: tuple) -> list:
+        """The input tuples of a class's members, in member order: fetched from the node
+        table once per class (a fact, as `same_op`), for `same_op` and `input_pattern` at
+        every position, since looking up every step's record is what those cost."""
+        fact = ("inputs", cls)
+        found = self._facts.get(fact)
+        if found is None:
+            records = list(map(self.node.__getitem__, self.members[cls].values()))
+            self._facts[("records", cls)] = records
+            found = self._facts[fact] = list(map(_INPUTS, records))
+        return found
+
     def stackable(self, cls: tuple) -> bool:
         """A per-step class whose steps are contiguous and share one shape and dtype."""
+        fact = ("stackable", cls)
+        if fact not in self._facts:  # asked per class by the layout and every addn
+            self._facts[fact] = self._stackable(cls)
+        return self._facts[fact]
+
+    def _stackable(self, cls: tuple) -> bool:
         members = self.members[cls]
         if None in members:
             return False
@@ -407,7 +446,8 @@ class Analysis:
         return self._facts[fact]
 
     def _same_op(self, cls: tuple):
-        nodes = list(map(self.node.__getitem__, self.members[cls].values()))
+        self.member_inputs(cls)
+        nodes = self._facts[("records", cls)]
         first = nodes[0]
         if first["kind"] != "op":
             return None
@@ -432,11 +472,9 @@ class Analysis:
         return self._facts[fact]
 
     def _input_pattern(self, cls: tuple, position: int):
-        members, nodes = self.members[cls], self.node
+        members = self.members[cls]
         # map and itemgetter: this reads every step of every class, in C
-        read = list(
-            map(itemgetter(position), map(_INPUTS, map(nodes.__getitem__, members.values())))
-        )
+        read = list(map(itemgetter(position), self.member_inputs(cls)))
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
@@ -450,7 +488,9 @@ class Analysis:
                 continue
             if sources[inner[0]][2] != inner[0] + d:  # the first step already says no
                 continue
-            if [sources[t] for t in inner] != [(*target, t + d) for t in inner]:
+            # both lists built in C: step t's source against (*target, t + d)
+            shifted = zip(repeat(target[0]), repeat(target[1]), map(d.__add__, inner))
+            if list(map(sources.__getitem__, inner)) != list(shifted):
                 continue
             if edge is None or sources[edge] == (*target, edge + d):
                 return ("class", target, d, None)

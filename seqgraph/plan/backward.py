@@ -304,37 +304,62 @@ class _Emitter:
         an, lay, ctx, tracker = self.an, self.lay, self.ctx, self.tracker
         source_of_g = upstream if upstream is not None else k
         node, g = an.node[k], lay.grad[source_of_g]
-        tracker.ready([source_of_g])
-        total = an.addn_of_class(k) if ops.OPS[node["op"]].variadic_sum else None
-        if total is not None:
-            members = [an.members[total][t] for t in sorted(an.members[total])]
-            targets = [s for s in members if s in an.needs_grad]
-            if not targets:
-                return
-            dest, add, m = (
-                lay.grad_stack[total].span(*lay.range[total]),
-                self._target(targets),
-                ctx.m,
-            )
-            kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
-            self.out.add(kernel, ("addn", k, total, add, source_of_g))
+        op, inputs, cells = node["op"], node["inputs"], lay.cell
+        entry = ops.OPS[op]
+        if not tracker._state(cells[source_of_g]):  # `tracker.ready([source_of_g])`
+            tracker.zero.add(lay.base[source_of_g])
+        if entry.variadic_sum and self._addn_vjp(k, g, source_of_g):
             return
-        ins, value = list(map(lay.value.__getitem__, node["inputs"])), lay.value[k]
-        for i, source in enumerate(node["inputs"]):
-            if source not in an.needs_grad or i in skip or lay.cell[source] == lay.cell[k]:
-                continue
-            add = self._target([source])
+        # the inputs that get a kernel, found before anything is looked up for them (one
+        # node in three has none: a data input's projection, a step's mask)
+        needs, own = an.needs_grad, cells[k]
+        wanted = [
+            i
+            for i, source in enumerate(inputs)
+            if source in needs and i not in skip and cells[source] != own
+        ]
+        if not wanted:
+            return
+        ins, value = list(map(lay.value.__getitem__, inputs)), lay.value[k]
+        grads, out, statements = lay.grad, self.out, self.statements
+        for i in wanted:
+            source = inputs[i]
+            add = self._target_one(source)
             if factor is not None:  # g * (d out / d input), the factor computed before the loop
                 self.factor_writes[(class_of(k), k[2])] = add
-                how = ("mul", 0, lay.grad[source], add, g, None, [g, factor], {})
-                self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
-                self.out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
+                how = ("mul", 0, grads[source], add, g, None, [g, factor], {})
+                statements[len(out.kernels)] = kernels_vjp.statement(*how)
+                out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
                 continue
-            bt = self._transposed(node["op"], i, node["inputs"])
-            how = (node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"])
+            bt = self._transposed(op, i, inputs) if entry.vjp_transposed_right else None
+            how = (op, i, grads[source], add, g, value, ins, node["attrs"])
             if bt is None:
-                self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
-            self.out.add(kernels_vjp.vjp(ctx, *how, bt), ("vjp", k, i, add, source_of_g, bt))
+                statements[len(out.kernels)] = kernels_vjp.statement(*how)
+            out.add(kernels_vjp.vjp(ctx, *how, bt), ("vjp", k, i, add, source_of_g, bt))
+
+    def _target_one(self, key) -> bool:
+        """`_target([key])`: the tracker's one-key form, then dW's first write noted."""
+        add = self.tracker._target_one(key)
+        hosted = self.hosted_transposes.get(key)
+        if hosted is not None and hosted[1] is None:
+            hosted[1] = (len(self.out.kernels), add)
+        return add
+
+    def _addn_vjp(self, k, g, source_of_g) -> bool:
+        """The VJP of an addn that sums every step of a class (`Analysis.addn_of_class`):
+        one kernel into that class's stacked gradient; False if k is no such sum."""
+        an, lay, m = self.an, self.lay, self.ctx.m
+        total = an.addn_of_class(k)
+        if total is None:
+            return False
+        members = [an.members[total][t] for t in sorted(an.members[total])]
+        targets = [s for s in members if s in an.needs_grad]
+        if not targets:
+            return True
+        dest, add = lay.grad_stack[total].span(*lay.range[total]), self._target(targets)
+        kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
+        self.out.add(kernel, ("addn", k, total, add, source_of_g))
+        return True
 
     def _class_vjp(self, cls, has: set, skip=()) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx

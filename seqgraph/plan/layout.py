@@ -264,9 +264,8 @@ class Layout:
         """Nodes outside every class buffer: a view of their input, or their own array."""
         an, m = self.an, self.m
         self.singles: list = []  # these nodes, for `nodes_by_buffer`
-        for k in an.order:
-            if k not in an.live or k in self.value:
-                continue
+        # most live nodes are in a class's buffer by now: the rest found in C, in graph order
+        for k in sorted(an.live.difference(self.value), key=an.pos.__getitem__):
             self.singles.append(k)
             node = an.node[k]
             index = (
@@ -369,28 +368,49 @@ class Layout:
     # ---- gradients ---------------------------------------------------------------------------
 
     def _pass_target(self, cls):
-        """The class whose gradient buffer `cls` can share (`Op.pass_through`), or None."""
+        """The class whose gradient buffer `cls` can share (`Op.pass_through`), or None.
+
+        Each step's one reader must pass its gradient through at the same step, with the
+        same shape, from one class laid out over time. Per reader class, not per node:
+        `cls` and a class laid out over time each hold one (shape, dtype) for all their
+        steps (`Analysis.stackable`), and a class of one op (`Analysis.same_op`) names it
+        once; only each step's reader list is looked up per node."""
         an = self.an
         if cls in self.source or any(r == cls for r, _ in self.placed.values()):
             return None
-        target = None
+        target, passes = None, {}  # passes: (reader class, position) -> whether it passes
+        consumers, own_meta = an.consumers, an.meta[next(iter(an.members[cls].values()))]
         for t, k in an.members[cls].items():
-            uses = an.consumers.get(k, [])
+            uses = consumers.get(k, [])
             if len(uses) != 1:
                 return None
             user, position = uses[0]
-            op = an.node[user]["op"]
-            if (
-                user[2] != t
-                or position not in ops.OPS[op].pass_through
-                or an.meta[user] != an.meta[k]
-                or class_of(user) not in self.range
-            ):
+            if user[2] != t:
                 return None
-            if target not in (None, class_of(user)):
+            reader = user if user[2] is None else user[:2]  # class_of, inline
+            if reader not in self.range:
                 return None
-            target = class_of(user)
+            passing = passes.get((reader, position))
+            if passing is None:
+                passing = passes[(reader, position)] = self._passes(reader, position, own_meta)
+            if passing == "per node":  # a reader class of several ops
+                op = an.node[user]["op"]
+                passing = position in ops.OPS[op].pass_through and an.meta[user] == own_meta
+            if not passing or target not in (None, reader):
+                return None
+            target = reader
         return target
+
+    def _passes(self, reader, position: int, meta: tuple):
+        """Whether every node of class `reader` (laid out over time) passes its gradient
+        to input `position` unchanged and holds values of `meta`; "per node" where the
+        class applies more than one op."""
+        an = self.an
+        same = an.same_op(reader)
+        if same is None:
+            return "per node"
+        k0 = next(iter(an.members[reader].values()))
+        return position in ops.OPS[same[0]].pass_through and an.meta[k0] == meta
 
     def _adopted_input(self, cls):
         """(view class, position) if `cls` is an add one of whose inputs, at every step, is
@@ -508,9 +528,8 @@ class Layout:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base
-        for k in an.order:
-            if k in self.grad or k not in needs:  # most nodes are in a class's buffer
-                continue
+        # most nodes are in a class's buffer by now: the rest found in C, in graph order
+        for k in sorted(needs.difference(self.grad), key=an.pos.__getitem__):
             if k in self.alias_of and self.alias_of[k] in self.grad:
                 index = analysis.view_index(
                     an.node[k]["op"], an.node[k]["attrs"], an.meta[self.alias_of[k]][0]
@@ -529,6 +548,8 @@ class Layout:
         an = self.an
         for c in grad_classes:
             kind = (sources.get(c) or (None,))[0]
+            if kind not in ("alias", "pass", "adopt"):
+                continue  # its nodes' gradients are their own cells (or views: below)
             for k in an.members[c].values():
                 if kind == "alias":
                     self.cell[k] = an.inputs(k)[1]
@@ -536,8 +557,8 @@ class Layout:
                     self.cell[k] = an.consumers[k][0][0]
                 elif kind == "adopt":  # the third field is the adopted input's position
                     self.cell[k] = an.inputs(k)[sources[c][2]]
-        for k in list(self.grad):
-            if k in self.alias_of and k not in self.cell:
+        for k in list(filter(self.alias_of.__contains__, self.grad)):  # a view's, in C
+            if k not in self.cell:
                 self.cell[k] = k
                 self.children.setdefault(self.alias_of[k], []).append(k)
         self.cell = resolve_cells(self.cell, self.grad)

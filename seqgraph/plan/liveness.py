@@ -120,8 +120,9 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     """Whether the steps of each parity are touched by backward in disjoint runs, an
     initial state's last (see `rolling_grads`)."""
     spans: dict = {}
+    sums: dict = {}  # reader class -> whether its nodes may sum a whole class (`_sums`)
     for k, index in slots.items():
-        touched = _touching(an, position, k, slots)
+        touched = _touching(an, position, k, slots, sums)
         if not touched:
             return False
         lo, hi = spans.get(index, (touched[0], touched[0]))
@@ -137,19 +138,36 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     return True
 
 
-def _touching(an, position: dict, k, slots: dict) -> list | None:
+def _touching(an, position: dict, k, slots: dict, sums: dict) -> list | None:
     """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
     those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
-    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`)."""
-    touched = [position[k]] if k in position else []
+    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`).
+    `sums`: `_sums`' answers by reader class, kept by the caller."""
+    at = position.get
+    own = at(k)
+    touched = [] if own is None else [own]
     for user, _ in an.consumers.get(k, []):
-        if user in position and an.addn_of_class(user) is None:
-            touched.append(position[user])
+        place = at(user)
+        if place is not None and not _sums(an, user, sums):
+            touched.append(place)
         elif user not in slots:
             return None
-    if an.node[k]["kind"] == "op":
-        touched += [position[i] for i in an.inputs(k) if i in position]
+    node = an.node[k]
+    if node["kind"] == "op":
+        touched += [place for place in map(at, node["inputs"]) if place is not None]
     return touched
+
+
+def _sums(an, user, sums: dict) -> bool:
+    """Whether `user` sums a whole class (`Analysis.addn_of_class`): asked of the node only
+    where its class may hold such a sum (an op that sums its inputs, or several ops), once
+    per class otherwise (no node of one other op does)."""
+    cls = analysis.class_of(user)
+    may = sums.get(cls)
+    if may is None:
+        same = an.same_op(cls)
+        may = sums[cls] = same is None or ops.OPS[same[0]].variadic_sum
+    return may and an.addn_of_class(user) is not None
 
 
 def rings_written_first(lay, rolled: dict, zero: set) -> bool:
@@ -164,15 +182,63 @@ def dead_in_backward(an, lay) -> list:
     read by ops whose VJP ignores that input (an add, the projection of data: an LSTM's
     x W_ih + b). Every node whose value lives in the buffer, through a view or an alias,
     must be such a node. `Layout.add_grads` may put a gradient stack there."""
-    nodes_of = lay.nodes_by_buffer()
+    nodes_of, unread = lay.nodes_by_buffer(), _UnreadByClass(an)
     found = []
     for c in lay.classes:
         if c in lay.source or c in lay.in_place:
             continue  # not a buffer of its own
         nodes = nodes_of.get(id(owner(lay.value_stack[c].arr)), [])
-        if nodes and all(_unread_in_backward(an, k) for k in nodes):
+        if nodes and all(map(unread, nodes)):
             found.append(c)
     return found
+
+
+class _UnreadByClass:
+    """`_unread_in_backward` of one node, with what its readers' VJPs read decided once
+    per reader class and input position where the class allows (every node of it applies
+    one op with the same attrs: `Analysis.same_op`), not by looking up each reader's
+    record: over a whole buffer of an unrolled graph those lookups were most of the
+    pass. A node's own record is read only for what only it can say."""
+
+    def __init__(self, an):
+        self.an, self.ignores = an, {}  # (reader class, position) -> bool or None
+
+    def __call__(self, k) -> bool:
+        an = self.an
+        node = an.node[k]
+        if node["kind"] != "op" or k in an.outputs:
+            return False
+        entry = ops.OPS[node["op"]]
+        if entry.reads_output and entry.view is None and k in an.needs_grad:
+            return False
+        ignores = self.ignores
+        for user, i in an.consumers.get(k, []):
+            fact = (user if user[2] is None else user[:2], i)  # (class_of(user), i)
+            ignored = ignores.get(fact, 0)
+            if ignored == 0:
+                ignored = ignores[fact] = self._class_ignores(*fact)
+            if ignored is None:  # decided per node
+                user_op = ops.OPS[an.node[user]["op"]]
+                ignored = user_op.view is not None or _reads_never(an, user, i)
+            if not ignored:
+                return False
+        return True
+
+    def _class_ignores(self, cls, i: int) -> bool | None:
+        """Whether every node of `cls` ignores its input i's value in backward (a view's
+        VJP, or `_reads_never`); None where that is a fact of each node."""
+        same = self.an.same_op(cls)
+        if same is None:
+            return None
+        op, attrs = same
+        entry = ops.OPS[op]
+        if entry.view is not None:
+            return True
+        if attrs:
+            return False
+        if entry.other_operand:
+            return None  # whether the other operand needs a gradient: step by step
+        return i in entry.unread_inputs
 
 
 def dead_regions(an, lay) -> list:
@@ -333,18 +399,20 @@ def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bo
     """Each step of `c` is read only by same-step units that run (one by one) before the
     next step of `c` is computed, each passing `allowed(user, input position)`; a reader
     through one of `views` counts as reading `c`."""
-    an = lay.an
+    an, at = lay.an, position.get  # one lookup per node, not a test and a read
     steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
     for k, following in zip(steps, steps[1:] + [None]):
-        if k not in position or k in an.outputs:
+        if at(k) is None or k in an.outputs:
             return False
         readers = _readers(an, k, views or {})
         if readers is None:
             return False
-        for user, i in readers:
-            if user not in position or user[2] != k[2] or not allowed(user, i):
+        limit = at(following) if following is not None else None  # the members sorted
+        for user, i in readers:  # by place: a following one has its place if k has
+            place = at(user)
+            if place is None or user[2] != k[2] or not allowed(user, i):
                 return False
-            if following is not None and position[user] > position[following]:
+            if limit is not None and place > limit:
                 return False
     return True
 

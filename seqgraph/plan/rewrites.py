@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from seqgraph.engine import ops
 from seqgraph.plan import siblings
 from seqgraph.plan.analysis import Analysis, AttrsKeys, class_of
 from seqgraph.plan.edits import op_node, reorder
@@ -43,6 +44,8 @@ def merge_common(an) -> bool:
     same inputs as the same step of an earlier class is read through that class, and its own
     nodes die. Whole classes, never single steps, so a merge leaves no hole in a time-batched
     class; requested outputs are never merged away. Rewrites `an.node` (a copy)."""
+    if not _any_duplicate(an):
+        return False  # what the scan below finds then: no node to merge
     refused: set = set()
     while True:
         same_as = _duplicates(an, refused)
@@ -72,6 +75,34 @@ def _partial_merges(an, same_as: dict) -> set:
         if len(c) == 2
         and (counts[c] != len(an.members[c]) or len(targets[c]) != 1 or targets[c] & {None, c})
     }
+
+
+def _any_duplicate(an) -> bool:
+    """Whether two live op nodes apply the same op and attrs to the same inputs: the
+    first duplicate `_duplicates` finds is one such pair (its inputs are mapped through
+    duplicates found before it, and there are none), so where this says no, so does the
+    scan, and the graph is left as it is. Two nodes with the same inputs both read the
+    first of them at position 0: only the readers that share such an input with another
+    (a few per step) are compared, and the nodes of ops that may read nothing, not every
+    node of the graph."""
+    keys, nodes = AttrsKeys(), an.node
+
+    def signature(k) -> tuple:
+        node = nodes[k]
+        return (node["op"], keys(node["attrs"]) if node["attrs"] else "", node["inputs"])
+
+    for users in an.consumers.values():
+        if len(users) < 2:
+            continue
+        firsts = [k for k, position in users if position == 0]
+        if len(firsts) > 1 and len(set(map(signature, firsts))) < len(firsts):
+            return True
+    for op, found in an.by_op.items():
+        if ops.OPS[op].arity in (0, ops.VARIADIC):
+            empty = [k for k in found if not nodes[k]["inputs"]]
+            if len(set(map(signature, empty))) < len(empty):
+                return True
+    return False
 
 
 def _duplicates(an, refused: set) -> dict:

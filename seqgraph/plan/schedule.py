@@ -10,7 +10,11 @@ the per-step classes whose gradient for a shared input is summed once, after the
 
 from __future__ import annotations
 
+import bisect
+import heapq
+from collections import deque
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
@@ -106,31 +110,157 @@ def _batched_classes(an: Analysis, lay: Layout) -> dict:
 
 def _units(an: Analysis, lay: Layout, batched: dict) -> list:
     """Units in dependency order: ("class", cls) or ("node", key)."""
-    unit_of, class_unit, units, first = {}, {}, [], []
-    live, nodes, alias_of, pos = an.live, an.node, lay.alias_of, an.pos
-    for k in an.order:
-        if k not in live or k in alias_of or nodes[k]["kind"] != "op":
-            continue
-        c = k if k[2] is None else k[:2]  # class_of, inline: once per node
+    units, unit_of = number_units(an, lay, batched)
+    return [units[u] for u in first_ready_order(unit_inputs(an, lay, units, unit_of))]
+
+
+def number_units(an: Analysis, lay: Layout, batched: dict) -> tuple[list, dict]:
+    """(units numbered in the order of their first node in graph order, node -> its
+    unit's number) for the nodes that run: live op nodes that are no view or alias. Found
+    class by class: every node of a class laid out over time that applies one op and is
+    no view or alias of another runs, so only the other classes' nodes are looked at
+    one by one; then one sort by graph position."""
+    alias_of, nodes, pos = lay.alias_of, an.node, an.pos
+    alone, firsts = [], []  # the nodes that run alone; (position, batched class)
+    for c, members in an.members.items():  # every live node, class by class
         if c in batched:
-            u = class_unit.get(c)
-            if u is None:  # the first node of a batched class
-                u = class_unit[c] = len(units)
-                units.append(("class", c))
-                first.append(pos[k])
-        else:  # a node of its own
-            u = len(units)
-            units.append(("node", k))
-            first.append(pos[k])
-        unit_of[k] = u
+            running = [k for k in members.values() if k not in alias_of]
+            if running:
+                firsts.append((min(map(pos.__getitem__, running)), c, running))
+        elif c in lay.range and c not in lay.source and an.same_op(c) is not None:
+            alone.extend(members.values())
+        else:
+            alone.extend(
+                k for k in members.values() if k not in alias_of and nodes[k]["kind"] == "op"
+            )
+    alone.sort(key=pos.__getitem__)
+    places, units, done = list(map(pos.__getitem__, alone)), [], 0
+    unit_of: dict = {}
+    for first, c, running in sorted(firsts):  # each batched class where its first node runs
+        cut = bisect.bisect_left(places, first, done)
+        unit_of.update(zip(alone[done:cut], range(len(units), len(units) + cut - done)))
+        units += zip(repeat("node"), alone[done:cut])
+        unit_of.update(dict.fromkeys(running, len(units)))
+        units.append(("class", c))
+        done = cut
+    unit_of.update(zip(alone[done:], range(len(units), len(units) + len(alone) - done)))
+    units += zip(repeat("node"), alone[done:])
+    return units, unit_of
+
+
+def unit_inputs(an: Analysis, lay: Layout, units: list, unit_of: dict) -> list:
+    """deps[u]: the units whose nodes unit u's nodes read (through views and aliases),
+    found class by class: where every input of a class reads one node or the same class
+    at a fixed step offset (`Analysis.input_pattern`), the units its steps read at one
+    position form a column made in C from a per-class map of units by step, and a step's
+    deps are its row, without a lookup of every node, edge and alias; node by node
+    (`unit_inputs_per_node`) where not."""
+    by_step: dict = {}  # class -> {t: unit} for the classes whose nodes run alone
+    for u, (kind, key) in enumerate(units):
+        if kind == "node":
+            by_step.setdefault(key if key[2] is None else key[:2], {})[key[2]] = u
+    batched = {key: u for u, (kind, key) in enumerate(units) if kind == "class"}
+    deps: list = [set() for _ in units]
+    for c, steps in by_step.items():
+        columns = _step_columns(an, lay, c, list(steps), unit_of, by_step, batched)
+        if columns is None:
+            for t, u in steps.items():
+                deps[u] = _node_reads(an, lay, an.members[c][t], unit_of)
+        elif columns:
+            rows = map(set, zip(*columns))  # step i's row: the units it reads
+            deque(map(deps.__setitem__, steps.values(), rows), maxlen=0)  # stored, in C
+    for c, u in batched.items():
+        steps = [k[2] for k in an.members[c].values() if unit_of.get(k) == u]
+        columns = _step_columns(an, lay, c, steps, unit_of, by_step, batched)
+        if columns is None:
+            for t in steps:
+                deps[u] |= _node_reads(an, lay, an.members[c][t], unit_of)
+        else:
+            deps[u] = set(chain.from_iterable(columns))
+    for u, found in enumerate(deps):
+        found.discard(None)
+        found.discard(u)
+    return deps
+
+
+def unit_inputs_per_node(an: Analysis, lay: Layout, units: list, unit_of: dict) -> list:
+    """`unit_inputs`, node by node: each node's inputs, followed through views and aliases
+    to the node that runs, and that node's unit."""
     deps = [set() for _ in units]
     for k, u in unit_of.items():
-        found = deps[u]
-        for source in nodes[k]["inputs"]:
-            while source in alias_of:
-                source = alias_of[source]
-            v = unit_of.get(source)
-            if v is not None and v != u:
-                found.add(v)
-    by_first = topological_order(range(len(units)), deps.__getitem__, first.__getitem__)
-    return [units[u] for u in by_first]
+        deps[u] |= _node_reads(an, lay, k, unit_of)
+        deps[u].discard(u)
+    return deps
+
+
+def _node_reads(an: Analysis, lay: Layout, k, unit_of: dict) -> set:
+    """The units of the nodes that node k reads (through views and aliases); no None."""
+    found = {_unit_at(lay.alias_of, source, unit_of) for source in an.node[k]["inputs"]}
+    found.discard(None)
+    return found
+
+
+def _unit_at(alias_of: dict, key, unit_of: dict):
+    """The unit of the node `key` is read from: the end of its chain of views and aliases."""
+    while key in alias_of:
+        key = alias_of[key]
+    return unit_of.get(key)
+
+
+def _step_columns(an, lay, c, steps: list, unit_of: dict, by_step: dict, batched: dict):
+    """For class `c` at `steps`, one column per input position: the unit each step's node
+    reads there (None: no unit); None where an input follows no pattern, or reads a class
+    not laid out over time (whose nodes may be views one by one), or the members' input
+    counts differ."""
+    inputs = an.member_inputs(c)
+    if len(set(map(len, inputs))) != 1:
+        return None
+    columns = []
+    for position in range(len(inputs[0])):
+        pattern = an.input_pattern(c, position)
+        if pattern is None:
+            return None
+        if pattern[0] == "shared":
+            columns.append([_unit_at(lay.alias_of, pattern[1], unit_of)] * len(steps))
+            continue
+        _, target, d, boundary = pattern
+        while target in lay.source:  # a view's or an alias's step t is its source's step t
+            target = lay.source[target][1]
+        if target not in lay.range:
+            return None
+        if target in batched:
+            column = [batched[target]] * len(steps)
+        else:
+            column = list(map(by_step.get(target, {}).get, map(d.__add__, steps)))
+        if boundary is not None:  # the first step (d = -1) or the last (d = +1) reads it
+            members = sorted(an.members[c])
+            edge = members[0] if d < 0 else members[-1]
+            if edge in steps:
+                column[steps.index(edge)] = _unit_at(lay.alias_of, boundary, unit_of)
+        columns.append(column)
+    return columns
+
+
+def first_ready_order(deps: list) -> list:
+    """Unit numbers in dependency order, of the ready units the one made first (its first
+    node earliest in graph order) going first: `topological_order` with that priority, for
+    units numbered in the order they were made, where number and priority agree, so a heap
+    of the numbers themselves (ints compared in C) does what its heap of (priority, count,
+    item) tuples does. deps[u]: the units u reads (a set, none u itself)."""
+    waiting = list(map(len, deps))
+    readers: list[list[int]] = [[] for _ in deps]
+    for u, found in enumerate(deps):
+        for v in found:
+            readers[v].append(u)
+    heap = [u for u, n in enumerate(waiting) if not n]  # ascending: already a heap
+    order, push, pop = [], heapq.heappush, heapq.heappop
+    while heap:
+        u = pop(heap)
+        order.append(u)
+        for reader in readers[u]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                push(heap, reader)
+    if len(order) < len(deps):  # a cycle: the general sort names it
+        topological_order(range(len(deps)), deps.__getitem__)
+    return order

@@ -28,7 +28,7 @@ def merge_siblings(an, joined: set) -> bool:
 
     `joined` holds the nodes earlier merges made; this one adds its own."""
     runs: dict = defaultdict(set)  # tuple of classes -> steps where they form one run
-    for (_, _, reads), nodes in _sibling_sets(an).items():
+    for (_, _, reads), nodes in _sibling_sets(an, bool(joined)).items():
         if len(reads) == 1 and reads[0][1] not in joined:
             continue
         for run in _adjacent_runs(an, nodes):
@@ -58,14 +58,19 @@ def _column_block(an, key):
     return source, index.start, index.stop
 
 
-def _sibling_sets(an) -> dict:
-    """(op, step, what each input reads) -> the nodes that could merge along columns."""
+def _sibling_sets(an, after_merges: bool = True) -> dict:
+    """(op, step, what each input reads) -> the nodes that could merge along columns;
+    without `after_merges` (no merge made a node yet), not the one-input ops: they merge
+    only over an earlier merge's output (`merge_siblings`), so their reads are not worked
+    out (the LSTM's gate activations, every step, to find that nothing merges)."""
     out, blocks = defaultdict(list), {}
     for k in _readers_of_column_blocks(an, blocks):
         node = an.node[k]
         if not ops.OPS[node["op"]].sibling_merge:
             continue
         if node["attrs"] or not isinstance(k[2], int) or k in an.outputs:
+            continue
+        if len(node["inputs"]) == 1 and not after_merges:
             continue
         width, reads = an.meta[k][0][-1:] or (None,), []
         for i in node["inputs"]:
