@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
+from seqgraph.engine import ops
 from seqgraph.plan import ckernels
 from seqgraph.runtime import batch as batching
 
@@ -398,6 +399,8 @@ def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
         if not ckernels.is_compiled(kernel):
             continue
         _, _, _, inputs, outputs = fusion.source(plan, record[1], False)
+        if plan.an.meta[outputs[0]][0][-1] != 21:  # x W + b + h U: one row of 4 * 21
+            continue
         for key in inputs:
             x = plan.layout.value[key]
             if x.shape and x.shape[-1] == 21:
@@ -525,3 +528,58 @@ def test_bind_groups_falls_back_where_a_step_differs_from_its_template(monkeypat
         assert (one.name, one.text) == (other.name, other.text)
         np.testing.assert_array_equal(one.args, other.args)
         assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
+
+
+LOCAL_OPS = [name for name, entry in sorted(ops.OPS.items()) if entry.local_out is not None]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", LOCAL_OPS)
+def test_local_factor_c_expression_gives_local_outs_bits(name, dtype, kernels):
+    """Every op with a local derivative spells it in C too (`Op.local_c_expr`), and one
+    compiled loop of it, in place over y and into another buffer, gives the bits the NumPy
+    `local_out` gives (the plan's factors then run as one loop; the numbers stay the same)."""
+    kernels(True)
+    entry = ops.OPS[name]
+    assert entry.local_c_expr is not None, f"{name}: local_out without local_c_expr"
+    rng = np.random.default_rng(3)
+    y = rng.uniform(0.05, 0.95, size=(5, 7, 19)).astype(dtype)  # sigmoid-, tanh-, sqrt-like
+    want = np.empty_like(y)
+    entry.local_out(np, want, y)
+    expr = entry.local_c_expr.replace("{t}", ckernels.C_TYPES[np.dtype(dtype)])
+    apart, in_place = np.empty_like(y), y.copy()
+    run = [
+        ckernels.Statement(apart, False, expr, (y,)),
+        ckernels.Statement(in_place, False, expr, (in_place,)),
+    ]
+    assert ckernels.chains(run) == [(0, 2)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    np.testing.assert_array_equal(apart, want)
+    np.testing.assert_array_equal(in_place, want)
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_local_factors_run_as_one_loop(cell, kernels):
+    """Compiled, a cell's local factors and their folds run as one loop per shape before
+    the loop over steps (a lone factor too: its NumPy form is 2-3 passes), and the plan
+    still gives the interpreter's numbers (float64, two calls)."""
+    kernels(True)
+    raw = spec(cell)
+    batch = batch_for(raw, padded=False)
+    model, interp = Model(raw), Model(raw, engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(2):
+        got_loss, got = model.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
+        for key in grads:
+            np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
+    plan = model.plan(batch)
+    entries = plan.backward.kernels.entries()
+    assert not [e for e in entries if e[0] == "local factor"]
+    fused = [e[0] for e in entries if e[0].startswith("fused(local factor")]
+    assert sum(op.count("local factor") for op in fused) == len(plan.backward.factors) > 0
+    # the LSTM's five are of one shape: one loop; the GRU's r|z and n blocks differ
+    assert len(fused) == {"lstm": 1, "gru": 2, "rnn": 1}[cell]

@@ -158,6 +158,7 @@ class _Emitter:
         # adds), for a W^T kept in dW's buffer (`_transposed`)
         self.hosted_transposes: dict = {}
         self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
+        self.factor_kernels: list = []  # indices of the local factors' own kernels
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
         an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
@@ -207,7 +208,7 @@ class _Emitter:
         out = self.out
         statements = [self.statements.get(i) for i in range(len(out.kernels))]
         views = ckernels.Views()  # what is known of each buffer, found once for both
-        runs = ckernels.chains(statements, views)
+        runs = ckernels.chains(statements, views, frozenset(self.factor_kernels))
         compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs], views)
         kernels, records, start = [], [], 0
         for (lo, hi), kernel in zip(runs, compiled, strict=True):
@@ -228,13 +229,24 @@ class _Emitter:
         for f in local_factors.factors(sched, m, self.factors_in_gradients):  # in run order
             c, (lo, hi) = f.cls, lay.range[f.cls]
             name, buffer = (c[0], f"{c[1]}'", (lo, hi)), f.stack.span(lo, hi)
-            reads = (((c[0], c[1], (lo, hi)), lay.value_stack[c].span(lo, hi)),)
+            value = lay.value_stack[c].span(lo, hi)
+            expr = ops.OPS[self.an.same_op(c)[0]].local_c_expr
+            if expr is not None and buffer.dtype in ckernels.C_TYPES:
+                expr = expr.replace("{t}", ckernels.C_TYPES[buffer.dtype])
+                self.factor_kernels.append(len(out.kernels))  # 2 or 3 NumPy passes: a loop alone
+                self.statements[len(out.kernels)] = ckernels.Statement(
+                    buffer, False, expr, (value,)
+                )
+            reads = (((c[0], c[1], (lo, hi)), value),)
             out.add(f.kernel, ("=", "local factor", ((name, buffer),), reads, (lo, hi)))
             factors[c] = f
             if f.reader is None:
                 continue
             name_other = (f.reader[0], f"{f.reader[1]}.in{1 - f.position}", (lo, hi))
             reads = ((name, buffer), (name_other, f.other))
+            self.statements[len(out.kernels)] = kernels_vjp.statement(
+                "mul", 0, buffer, False, buffer, None, [buffer, f.other], {}
+            )
             out.add(f.fold, ("=", "mul", ((name, buffer),), reads, (lo, hi)))
             folds[c] = (f.reader, f.position)
             skips.setdefault(f.reader, set()).add(f.position)

@@ -317,19 +317,20 @@ class Statement:
     operands: tuple
 
 
-def chains(statements: list, views: Views | None = None) -> list:
+def chains(statements: list, views: Views | None = None, alone: frozenset = frozenset()) -> list:
     """(lo, hi) index ranges of the runs of two or more consecutive statements (None: a
     kernel that is not one) that one loop can run in order, element by element: one shape
     and dtype, operands it can walk, and no buffer written in the run that another operand
     of the run overlaps unless it is the very same view (so each element reads what the
-    statements before it wrote to that element, as the kernels one by one would)."""
+    statements before it wrote to that element, as the kernels one by one would). A
+    statement in `alone` is a run by itself too (its NumPy kernel makes several passes)."""
     out, lo, run = [], 0, None
     views = Views() if views is None else views
     for i, statement in enumerate([*statements, None]):
         facts = None if statement is None else views.walkable(statement)
         if run is not None and facts is not None and run.joins(facts):
             continue
-        if run is not None and i - lo > 1:
+        if run is not None and (i - lo > 1 or lo in alone):
             out.append((lo, i))
         lo, run = i, (None if facts is None else _Run(facts))
     return out
