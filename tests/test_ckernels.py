@@ -622,3 +622,26 @@ def test_softmax_ce_row_kernels_give_the_numpy_kernels_numbers(dtype, dead, kern
     ctx, z, loss = Context(np, "numpy"), z0.copy(), np.empty(7, dtype)
     entry.out_forward(ctx, loss, z, np.where(np.arange(7) == 0, 19, targets))()
     assert np.isnan(loss[0]) and np.isfinite(loss[4:]).all()
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_recurrent_product_adds_in_the_next_steps_chain(cell, kernels):
+    """dh += dgates W_hh^T: the product into scratch, the add the first line of the compiled
+    chain of the step before (no NumPy add per step); the numbers stay the interpreter's."""
+    kernels(True)
+    raw = spec(cell)
+    batch = batch_for(raw, padded=False)
+    steps = batch["x"].shape[1]
+    model, interp = Model(raw), Model(raw, engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    got_loss, got = model.loss_and_grads(batch)
+    assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
+    for key in grads:
+        np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
+    entries = model.plan(batch).backward.kernels.entries()
+    ops_ = [e[0] for e in entries]
+    assert "vjp[0] matmul +=" not in ops_
+    assert sum(op.startswith("fused(add +=,") for op in ops_) == steps - 1
+    parts = [e for e in entries if e[1][0][0][1][1] == "h.part"]
+    assert len(parts) == steps - 1 and all(e[0] == "vjp[0] matmul" for e in parts)

@@ -159,6 +159,8 @@ class _Emitter:
         self.hosted_transposes: dict = {}
         self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
         self.factor_kernels: list = []  # indices of the local factors' own kernels
+        # the elementwise VJPs will run as compiled chains (`_compile_chains`)
+        self.chains_compile = ctx.name == "numpy" and ckernels.enabled()
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
         an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
@@ -343,10 +345,25 @@ class _Emitter:
                 self.out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
                 continue
             bt = self._transposed(node["op"], i, node["inputs"])
+            if add and bt is not None and self.chains_compile:
+                self._product_then_add(k, i, source, g, value, ins, bt, source_of_g)
+                continue
             how = (node["op"], i, lay.grad[source], add, g, value, ins, node["attrs"])
             if bt is None:
                 self.statements[len(self.out.kernels)] = kernels_vjp.statement(*how)
             self.out.add(kernels_vjp.vjp(ctx, *how, bt), ("vjp", k, i, add, source_of_g, bt))
+
+    def _product_then_add(self, k, i, source, g, value, ins, bt, source_of_g) -> None:
+        """dx += g @ W^T as the product into scratch, then the add as a statement of its own:
+        the add then joins the compiled chain of the step's elementwise VJPs that comes next
+        and reads dx (an RNN's dh += dgates W_hh^T, then the gate gradients of the step
+        before), instead of a NumPy add at every step."""
+        ctx, dest, node = self.ctx, self.lay.grad[source], self.an.node[k]
+        part = ctx.tmp(dest.shape, dest.dtype, tag=PRODUCT_PART_TAG)
+        kernel = kernels_vjp.vjp(ctx, node["op"], i, part, False, g, value, ins, {}, bt)
+        self.out.add(kernel, ("product part", k, i, False, source_of_g, bt, part))
+        self.statements[len(self.out.kernels)] = ckernels.Statement(dest, True, "{0}", (part,))
+        self.out.add(partial(ctx.m.add, dest, part, out=dest), ("add part", k, i, True, part))
 
     def _class_vjp(self, cls, has: set, skip=()) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx
@@ -409,7 +426,12 @@ def describe(sched: Schedule, record: tuple) -> tuple:
         dest = lay.grad_stack[total].span(*lay.range[total])
         name = grad((total[0], total[1], lay.range[total]))
         return _vjp_entry("addn", add, name, dest, [(grad(upstream), lay.grad[upstream])], k[2])
-    kind, k, i, add, upstream, extra = record
+    if record[0] == "add part":  # dx += the product's part (`_Emitter._product_then_add`)
+        _, k, i, _, part = record
+        source = an.inputs(k)[i]
+        reads = [(_part_name(source), part)]
+        return _vjp_entry("add", True, grad(source), lay.grad[source], reads, k[2])
+    kind, k, i, add, upstream, extra = record[:6]
     node, source = an.node[k], an.inputs(k)[i]
     g = (grad(upstream), lay.grad[upstream])
     if kind == "factor":  # extra: the local factor
@@ -419,7 +441,14 @@ def describe(sched: Schedule, record: tuple) -> tuple:
     if extra is not None:  # reads W^T, not W
         reads[-1] = (_transposed_name(node["inputs"][1]), extra)
     op = f"vjp[{i}] {node['op']}"
+    if kind == "product part":  # into scratch: its add follows
+        return _vjp_entry(op, False, _part_name(source), record[6], reads, k[2])
     return _vjp_entry(op, add, grad(source), lay.grad[source], reads, k[2])
+
+
+def _part_name(source) -> tuple:
+    """The listing name of the scratch a product's share of dx waits in before its add."""
+    return grad((source[0], f"{source[1]}.part", source[2]))
 
 
 def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
@@ -444,6 +473,9 @@ def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
 def _vjp_entry(op: str, add: bool, name, dest, reads: list, when) -> tuple:
     """`op` writes (or, with `add`, adds) into `dest`, the gradient called `name`."""
     return (f"{op} +=" if add else op, ((name, dest),), tuple(reads), when)
+
+
+PRODUCT_PART_TAG = 8  # `Context.tmp` tag of `_Emitter._product_then_add`'s scratch
 
 
 def _transposed_name(key) -> tuple:
