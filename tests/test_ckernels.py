@@ -263,15 +263,15 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 @needs_compiler
 def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypatch, tmp_path):
     """The first plan builds its libraries (forward groups, backward runs, softmax_ce's two
-    row kernels) under $XDG_CACHE_HOME/seqgraph; a process that has not loaded them yet
-    (here: the loaded table emptied) reads them back without building."""
+    row kernels, the W^T refresh) under $XDG_CACHE_HOME/seqgraph; a process that has not
+    loaded them yet (here: the loaded table emptied) reads them back without building."""
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(ckernels, "_LOADED", {})
     raw, batch = CASES["lstm"], batch_for(CASES["lstm"])
     first = fallback_numbers(raw, batch)
     built = list((tmp_path / "seqgraph").glob("groups-*.so"))
-    assert len(built) == 4 and first[2] > 0
+    assert len(built) == 5 and first[2] > 0
 
     def no_build(*args):
         raise AssertionError("built again")
@@ -295,11 +295,11 @@ def test_the_cache_keeps_the_most_recently_used_libraries(kernels, monkeypatch, 
         stale = folder / f"groups-{i:032x}.so"
         stale.write_bytes(b"")
         os.utime(stale, (1000 + i, 1000 + i))
-    monkeypatch.setattr(ckernels._prune, "__defaults__", (6,))  # the model's 4, 2 stale
+    monkeypatch.setattr(ckernels._prune, "__defaults__", (7,))  # the model's 5, 2 stale
     fallback_numbers(CASES["lstm"], batch_for(CASES["lstm"]))
     kept = {f.name for f in folder.glob("groups-*.so")}
     old = [f"groups-{i:032x}.so" for i in range(4)]
-    assert len(kept) == 6 and set(old[2:]) <= kept and not set(old[:2]) & kept
+    assert len(kept) == 7 and set(old[2:]) <= kept and not set(old[:2]) & kept
 
 
 @pytest.mark.parametrize(
@@ -645,3 +645,19 @@ def test_the_recurrent_product_adds_in_the_next_steps_chain(cell, kernels):
     assert sum(op.startswith("fused(add +=,") for op in ops_) == steps - 1
     parts = [e for e in entries if e[1][0][0][1][1] == "h.part"]
     assert len(parts) == steps - 1 and all(e[0] == "vjp[0] matmul" for e in parts)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 70), (33, 32), (64, 100)])
+def test_the_transpose_kernel_writes_w_transposed(shape, dtype, kernels):
+    """W^T for dx = g W^T, tile by tile (`backward.TRANSPOSE_C`): every element, for sizes
+    that fill 32 x 32 tiles and sizes that leave partial ones."""
+    from seqgraph.plan import backward
+
+    kernels(True)
+    w = np.random.default_rng(1).normal(size=shape).astype(dtype)
+    wt = np.full(shape[::-1], np.nan, dtype)
+    text = backward.TRANSPOSE_C.replace("{t}", ckernels.C_TYPES[np.dtype(dtype)])
+    ckernels.function_kernel(text, [*shape, w, wt])()
+    np.testing.assert_array_equal(wt, w.T)
