@@ -479,3 +479,113 @@ def test_a_transpose_read_after_its_gradient_is_written_gets_its_own_buffer(monk
         assert not np.shares_memory(transposed, plan.layout.grad[key])
     assert "l0.W_hh^T" in [label for label, _, _ in listing.inventory(plan)]
     assert_same_as_interpreter(model, batch)
+
+
+def test_building_a_runner_gives_the_heaps_free_pages_back_once(monkeypatch):
+    """A new plan runner hands back what its lowering freed (`runtime/heap.py`); a cached one
+    does nothing more, and the numbers stay the interpreter's, call after call."""
+    from seqgraph.runtime import heap
+
+    calls = []
+    monkeypatch.setattr(heap, "give_back_free_pages", lambda: calls.append(1) or True)
+    model, batch, _ = plan_of("lstm")
+    assert len(calls) == 1
+    assert_same_as_interpreter(model, batch)
+    model.forward(batch)  # the forward-only plan is a second runner
+    model.forward(batch)
+    assert len(calls) == 2
+
+
+def test_giving_the_free_pages_back_keeps_every_plan_buffer():
+    """malloc_trim returns free chunks only: a plan's buffers keep their contents."""
+    from seqgraph.runtime import heap
+
+    model, batch, plan = plan_of("gru")
+    model.loss_and_grads(batch)
+    before = [np.array(b, copy=True) for b in plan.layout.grad_buffers]
+    values = [np.array(s.arr, copy=True) for s in plan.layout.value_stack.values()]
+    assert heap.give_back_free_pages() is heap.available()
+    assert all(np.array_equal(a, b) for a, b in zip(before, plan.layout.grad_buffers))
+    assert all(np.array_equal(a, s.arr) for a, s in zip(values, plan.layout.value_stack.values()))
+
+
+def test_the_memory_account_names_each_part_once():
+    """`tools/plan_memory.py --account` on the tiny RNN: the weights and the gradient copies
+    are the parameter count in float32, the plan's arrays are `held_bytes`, and the Python
+    objects still alive are named by the lines that made them, largest first."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import plan_memory
+
+    parts = plan_memory.account("rnn", "tiny", lines=4)
+    _, _, n_in, hidden, classes = plan_memory.CONFIGS["tiny"]
+    count = n_in * hidden + hidden * hidden + 2 * hidden + hidden * classes + classes
+    assert parts["params"] == parts["grad_copies"] == 4 * count
+    model = plan_memory.bench_model("rnn", plan_memory.CONFIGS["tiny"])
+    assert parts["plan_arrays"] == held_bytes(
+        model.plan(plan_memory.make_data(plan_memory.CONFIGS["tiny"]))
+    )
+    sizes = [nbytes for _, nbytes in parts["top"]]
+    assert len(sizes) == 4 and sizes == sorted(sizes, reverse=True)
+    assert 0 < sum(sizes) <= parts["python_objects"]
+    assert all(":" in line for line, _ in parts["top"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_batch_with_nan_or_inf_is_refused_by_name(bad):
+    """The finiteness check of batch['x'] (least and greatest entries) still names the key."""
+    from seqgraph.errors import DataError
+
+    model, batch, _ = plan_of("rnn")
+    x = np.array(batch["x"], copy=True)
+    x[1, 2, 0] = bad
+    with pytest.raises(DataError, match=r"batch\['x'\] contains NaN or Inf"):
+        model.loss_and_grads({**batch, "x": x})
+    extreme = np.full_like(x, np.finfo(np.float64).max)  # finite, though its sum is not
+    assert batching.prepare(model.spec, {**batch, "x": extreme}).x is not None
+
+
+def test_preparing_a_batch_allocates_nothing_the_size_of_the_batch():
+    """Checking batch['x'] is two reductions: no temporary array as large as x at each step
+    (where the plan's buffers are all in use)."""
+    import tracemalloc
+
+    model, _, _ = plan_of("rnn")
+    x = np.random.default_rng(0).standard_normal((16, 50, INPUT))
+    batch = {"x": x, "y": np.zeros((16, 50), dtype=np.int64)}
+    batching.prepare(model.spec, batch)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    batching.prepare(model.spec, batch)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert peak < x.size  # a bool mask of x alone is x.size bytes
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_loss_and_grads_skips_the_state_copies_and_keeps_its_numbers(cell):
+    """`loss_and_grads` copies no final states (it drops them); its loss and gradients are
+    `train_step`'s bit for bit, call after call, and a dict it returned keeps its values when
+    later calls run with other weights."""
+    model, batch, _ = plan_of(cell)
+    loss, grads = model.loss_and_grads(batch)
+    kept = {name: g.copy() for name, g in grads.items()}
+    for _ in range(2):
+        step_loss, step_grads, states = model.train_step(batch)
+        again_loss, again = model.loss_and_grads(batch)
+        assert again_loss == step_loss == loss and states
+        for name in grads:
+            assert np.array_equal(again[name], step_grads[name])
+            assert np.array_equal(again[name], kept[name])
+    halved = {name: p * 0.5 for name, p in model.params.items()}
+    model.set_params(halved)
+    got_loss, got = model.loss_and_grads(batch)
+    assert all(np.array_equal(grads[name], kept[name]) for name in grads)
+    interp = Model(model.spec, dtype="float64", engine="interp")
+    interp.set_params(halved)
+    want_loss, want = interp.loss_and_grads(batch)
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-12)

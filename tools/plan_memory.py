@@ -3,7 +3,7 @@ temporaries its kernels allocate while they run, and peak resident memory agains
 hand-written NumPy step (`tools/numpy_hand.py`).
 
     python tools/plan_memory.py [--config NAME] [--cell C]... [--buffers] [--rss]
-                                [--repeats N] [--before TREE]
+                                [--account] [--repeats N] [--before TREE]
 
 `--buffers` lists every array the plan of the benchmark model (`tools/bench.py`'s: one layer,
 per-step softmax cross-entropy on a linear readout, float32) holds, largest first, with what
@@ -12,6 +12,11 @@ one step (tracemalloc's peak: the temporaries of expressions without `out=`). `-
 peak resident memory above the imports in a fresh process per implementation and cell, the
 way `tools/bench.py --memory` does: build, two steps, VmHWM minus the VmRSS before;
 `--before TREE` adds the seqgraph of another source tree (an older revision), interleaved.
+`--account` sorts what a seqgraph process holds after building the model and two steps
+into the parts the hand-written step has no counterpart for: the plan's arrays, the model's
+weights and the gradient copies a step returns (NumPy data, tracemalloc), the Python objects
+still alive by the line that made them (tracemalloc, NumPy's data left out) and the free
+chunks glibc keeps in its heap (`mallinfo2`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy_hand  # noqa: E402
 from bench_peers import CELLS, CONFIGS, bench_model  # noqa: E402
 
 MIB = 2**20
+NUMPY_DATA_DOMAIN = 389047  # the tracemalloc domain NumPy reports its array data under
 
 
 def make_data(cfg: tuple, seed: int = 0) -> dict:
@@ -86,6 +92,64 @@ def print_buffers(cell: str, name: str) -> None:
     print(f"  hand NumPy, all its arrays at its peak: {step_temporaries(hand) / MIB:.2f} MiB")
 
 
+def heap_free_bytes() -> int | None:
+    """Bytes in glibc's free heap chunks (`mallinfo2().fordblks`), None elsewhere."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in "arena ordblks smblks hblks hblkhd "
+            "usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
+
+    info = getattr(ctypes.CDLL(None), "mallinfo2", None) if sys.platform == "linux" else None
+    if info is None:
+        return None
+    info.restype = MallInfo2
+    return int(info().fordblks)
+
+
+def account(cell: str, name: str, lines: int = 6) -> dict:
+    """What the process holds after building the benchmark model and running two steps:
+    {plan_arrays, params, grad_copies, python_objects: bytes, top: [(line, bytes)],
+    heap_free: bytes or None}. Python objects made before the model (imports) not counted."""
+    from seqgraph.runtime.model import held_bytes
+
+    tracemalloc.start()
+    model, batch = bench_model(cell, CONFIGS[name]), make_data(CONFIGS[name])
+    model.loss_and_grads(batch)
+    _, grads = model.loss_and_grads(batch)
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    python = snapshot.filter_traces([tracemalloc.DomainFilter(False, NUMPY_DATA_DOMAIN)])
+    top = python.statistics("lineno")
+    return {
+        "plan_arrays": held_bytes(model.plan(batch)),
+        "params": sum(int(p.nbytes) for p in model.params.values()),
+        "grad_copies": sum(int(g.nbytes) for g in grads.values()),
+        "python_objects": sum(stat.size for stat in top),
+        "top": [
+            (f"{s.traceback[0].filename.split('/')[-1]}:{s.traceback[0].lineno}", s.size)
+            for s in top[:lines]
+        ],
+        "heap_free": heap_free_bytes(),
+    }
+
+
+def print_account(cell: str, name: str) -> None:
+    parts = account(cell, name)
+    free = parts["heap_free"]
+    print(
+        f"{cell} {name}: plan arrays {parts['plan_arrays'] / MIB:.1f} MiB, weights "
+        f"{parts['params'] / MIB:.2f}, gradient copies {parts['grad_copies'] / MIB:.2f}, "
+        f"Python objects {parts['python_objects'] / MIB:.2f}, free heap chunks "
+        + ("n/a" if free is None else f"{free / MIB:.1f} (resident where touched)")
+    )
+    for line, nbytes in parts["top"]:
+        print(f"  {nbytes / MIB:6.2f} MiB  {line}")
+
+
 def memory_worker(impl: str, cell: str, name: str) -> None:
     """In a fresh process: peak resident memory above the imports while building the
     implementation and running two steps (Linux: resets the high-water mark first)."""
@@ -112,6 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cell", action="append", choices=CELLS)
     parser.add_argument("--buffers", action="store_true", help="the plan's buffer inventory")
     parser.add_argument("--rss", action="store_true", help="peak RSS, seqgraph and hand NumPy")
+    parser.add_argument("--account", action="store_true", help="what holds the rest, by part")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per RSS")
     parser.add_argument("--before", help="also the RSS of the seqgraph in this source tree")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
@@ -120,7 +185,9 @@ def main(argv=None) -> int:
         memory_worker(*args.memory_worker)
         return 0
     for cell in args.cell or CELLS:
-        if args.buffers or not args.rss:
+        if args.account:
+            print_account(cell, args.config)
+        if args.buffers or not (args.rss or args.account):
             print_buffers(cell, args.config)
         if args.rss:
             # interleaved, the median of fresh processes: the machine is shared

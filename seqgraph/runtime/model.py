@@ -17,7 +17,7 @@ from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import DataError, GraphError, SpecError
 from seqgraph.plan.lower import Plan
 from seqgraph.runtime import batch as batching
-from seqgraph.runtime import memory, segments
+from seqgraph.runtime import heap, memory, segments
 from seqgraph.runtime.runner import Runner, state_keys
 from seqgraph.spec.load import Spec, load_spec
 from seqgraph.spec.unroll import compile_graph
@@ -254,6 +254,7 @@ class Model:
         if runner is None:
             runner = Runner(self, program, batch, p.full, grads, state_at)
             self._runner_bytes[key] = held_bytes(runner.plan)
+            heap.give_back_free_pages()  # what the lowering freed (`runtime/heap.py`)
         self._runners[key] = runner  # now the most recently used
         self._evict_runners()
         return runner
@@ -334,7 +335,11 @@ class Model:
         if batch.get("y") is None:
             raise DataError("loss_and_grads needs targets: give batch['y']")
         if self.engine == "plan":
-            return self.train_step(batch, feedback)[:2]
+            prepared = batching.prepare(self.spec, batch)
+            if self.segment_steps and prepared.steps > self.segment_steps:
+                return self.train_step(batch, feedback)[:2]
+            runner = self._runner(batch, feedback, prepared=prepared)
+            return runner.train_step(prepared, self.params, states=False)[:2]
         program, values = self.interpret(batch, feedback)
         grads = program.backward(self.backend.xp, values, program.graph.loss)
         return float(values[program.graph.loss]), {

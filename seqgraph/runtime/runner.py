@@ -102,11 +102,13 @@ class Runner:
     def final_states(self) -> dict[str, Any]:
         return {name: view.copy() for name, view in self.state_views}
 
-    def train_step(self, prepared, params: dict) -> tuple[float, dict, dict]:
-        """(loss, grads by parameter name, states), as `Model.train_step` returns them."""
+    def train_step(self, prepared, params: dict, states: bool = True) -> tuple[float, dict, dict]:
+        """(loss, grads by parameter name, states), as `Model.train_step` returns them;
+        `states=False`: no copies of the final states (an empty dict), for a caller that
+        drops them (`Model.loss_and_grads`)."""
         self.load(prepared)
         loss = self.plan.execute(params)
-        return loss, self.plan.gradients(), self.final_states()
+        return loss, self.plan.gradients(), self.final_states() if states else {}
 
     def forward(self, prepared, params: dict) -> dict[str, Any]:
         """What `Model.forward` returns: predictions, loss (None without `y`), states."""
