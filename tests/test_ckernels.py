@@ -620,8 +620,12 @@ def test_softmax_ce_row_kernels_give_the_numpy_kernels_numbers(dtype, dead, kern
             backward()
         got[on] = loss, dz, z
     rtol = 1e-13 if dtype == np.float64 else 1e-5
-    for compiled, numpy in zip(got[True], got[False], strict=True):
+    for compiled, numpy in zip(got[True][:2], got[False][:2], strict=True):
         np.testing.assert_allclose(compiled, numpy, rtol=rtol, atol=rtol)  # NaN where NaN
+    # z's buffer (exp(z - max) where z is dead): the NaN row's maximum may pass the NaN by
+    # (its loss and dz are NaN all the same), so only the other rows hold the same there
+    rows = [0, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(got[True][2][rows], got[False][2][rows], rtol=rtol, atol=rtol)
     assert np.isnan(got[True][0][[1, 2, 3]]).all() and np.isfinite(got[True][0][[0, 4, 5, 6]]).all()
     kernels(True)
     ctx, z, loss = Context(np, "numpy"), z0.copy(), np.empty(7, dtype)

@@ -65,8 +65,10 @@ def ce_rows(ctx, z, targets):
 # makes eight calls over all rows (forward) and three (VJP): at 64 classes the calls cost
 # more than the arithmetic. The same operations in the same order as the NumPy kernels,
 # except that exp and log are libmvec's and the row sum runs in vector lanes (NumPy's is
-# pairwise): within a few ulp. A NaN in a row makes its maximum NaN, as np.max does; a
-# target outside the row (never, after `batch.prepare`) makes its loss NaN, not a read.
+# pairwise): within a few ulp. A NaN in a row may be passed over by the maximum (np.max
+# returns it), but its exp is NaN, and so are the row's sum, loss and every dz, as with
+# NumPy; a target outside the row (never, after `batch.prepare`) makes its loss NaN, not
+# a read.
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 SOFTMAX_CE_C = """
 void {name}(const i64* a) {
@@ -82,10 +84,8 @@ void {name}(const i64* a) {
         const i64 k = target[i];
         const {t} picked = (k >= 0 && k < cols) ? zi[k] : ({t})NAN;
         {t} top = zi[0];
-        for (i64 j = 1; j < cols; j++) {
-            if (zi[j] > top || zi[j] != zi[j]) top = zi[j];
-            if (top != top) break;
-        }
+        #pragma omp simd reduction(max:top)
+        for (i64 j = 1; j < cols; j++) top = zi[j] > top ? zi[j] : top;
         {t} sum = 0;
         #pragma omp simd reduction(+:sum)
         for (i64 j = 0; j < cols; j++) {
