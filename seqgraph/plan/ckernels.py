@@ -565,7 +565,9 @@ def function_text(name: str, body: str, n_inputs: int, types: tuple, columns: tu
     The last, partial block runs through local arrays padded to CHUNK, by the same code as
     every full block: a vectorised exp and the scalar one a plain simd loop would use for
     its remainder differ in the last bit, and a value must not depend on where it lies
-    (a sequence predicted alone or in a batch gives the same numbers)."""
+    (this part of a step gives a sequence the same numbers alone or in a batch; OpenBLAS's
+    products need not: it multiplies one row by another kernel than several, and float32
+    results then differ in the last bit)."""
     head = [f"void {name}(const i64* a) {{", "    const i64 rows = a[0], cols = a[1];"]
     full, padded, buffers, fill, spill, full_stores, padded_stores = [], [], [], [], [], [], []
     for i, (ctype, column) in enumerate(zip(types, columns, strict=True)):
