@@ -46,3 +46,19 @@ def test_gpu_check_without_cupy_is_one_line():
     done = run_tool("gpu_check.py")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "CuPy" in done.stderr
+
+
+def test_plan_listings_help_writes_nothing(tmp_path):
+    """`--help` was taken for the output folder (710 listings written under ./--help)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "plan_listings.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0 and "OUT_DIR" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+    bad = run_tool("plan_listings.py", str(tmp_path / "out"), str(tmp_path))
+    assert bad.returncode == 2 and "no seqgraph package" in bad.stderr
+    assert not (tmp_path / "out").exists()
