@@ -240,3 +240,22 @@ def test_the_machine_line_names_openblas_kernels_and_warns_when_the_environment_
     assert "OPENBLAS_CORETYPE=Haswell pins" in pinned and "NUM_THREADS" not in pinned
     assert "env -u OPENBLAS_CORETYPE" in pinned
     assert bench.forced_kernels_line({"OPENBLAS_CORETYPE": None, "OMP_NUM_THREADS": "1"}) == ""
+
+
+def test_bench_table_refuses_a_bad_file_in_one_line(tmp_path, capsys):
+    """A missing file, one that is not JSON and JSON that holds no timing records: each one
+    line naming the file, exit 2 (it was a traceback); no file at all is a usage error."""
+    not_json, no_records = tmp_path / "notes.txt", tmp_path / "other.json"
+    not_json.write_text("ms per step\n")
+    no_records.write_text('{"mib": 3}')
+    for path, why in [
+        (tmp_path / "missing.json", "cannot read it"),
+        (not_json, "not JSON"),
+        (no_records, "no timing records"),
+    ]:
+        assert bench_table.main([str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and why in err
+    with pytest.raises(SystemExit) as usage:
+        bench_table.main([])
+    assert usage.value.code == 2

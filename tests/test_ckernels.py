@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
+from seqgraph.engine import ops
 from seqgraph.plan import ckernels
+from seqgraph.plan.layout import Slot
 from seqgraph.runtime import batch as batching
 
 needs_compiler = pytest.mark.skipif(
@@ -180,6 +182,9 @@ def test_inf_and_nan_come_out_as_in_the_numpy_chain(dtype, kernels):
         with np.errstate(all="ignore"):
             plan.run(feeds, model.params)
         members = [u[1] for run in plan.groups if len(run) > 1 for u in run]
+        # not a step's scratch (`layout.Slot`, read by no later kernel): compiled, it stays
+        # in a register
+        members = [k for k in members if not isinstance(plan.layout.value_stack[k[:2]], Slot)]
         values[on] = {k: plan.layout.value[k].copy() for k in members}
         relus = [k for k in members if plan.an.node[k]["op"] == "relu"]
     assert values[True].keys() == values[False].keys()
@@ -261,16 +266,16 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 
 @needs_compiler
 def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypatch, tmp_path):
-    """The first plan builds its libraries (forward groups, backward runs) under
-    $XDG_CACHE_HOME/seqgraph; a process that has not loaded them yet (here: the loaded table
-    emptied) reads them back without building."""
+    """The first plan builds its libraries (forward groups, backward runs, softmax_ce's two
+    row kernels, the W^T refresh) under $XDG_CACHE_HOME/seqgraph; a process that has not
+    loaded them yet (here: the loaded table emptied) reads them back without building."""
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(ckernels, "_LOADED", {})
     raw, batch = CASES["lstm"], batch_for(CASES["lstm"])
     first = fallback_numbers(raw, batch)
     built = list((tmp_path / "seqgraph").glob("groups-*.so"))
-    assert len(built) == 2 and first[2] > 0
+    assert len(built) == 5 and first[2] > 0
 
     def no_build(*args):
         raise AssertionError("built again")
@@ -294,11 +299,11 @@ def test_the_cache_keeps_the_most_recently_used_libraries(kernels, monkeypatch, 
         stale = folder / f"groups-{i:032x}.so"
         stale.write_bytes(b"")
         os.utime(stale, (1000 + i, 1000 + i))
-    monkeypatch.setattr(ckernels._prune, "__defaults__", (4,))
+    monkeypatch.setattr(ckernels._prune, "__defaults__", (7,))  # the model's 5, 2 stale
     fallback_numbers(CASES["lstm"], batch_for(CASES["lstm"]))
     kept = {f.name for f in folder.glob("groups-*.so")}
     old = [f"groups-{i:032x}.so" for i in range(4)]
-    assert len(kept) == 4 and set(old[2:]) <= kept and not set(old[:2]) & kept
+    assert len(kept) == 7 and set(old[2:]) <= kept and not set(old[:2]) & kept
 
 
 @pytest.mark.parametrize(
@@ -395,9 +400,11 @@ def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
     plan.run(batching.feeds(model.spec, plan.graph, batch), model.params)
     checked = 0
     for kernel, record in zip(plan.forward.kernels, plan.forward.records, strict=True):
-        if not ckernels.is_compiled(kernel):
+        if not ckernels.is_compiled(kernel) or record[0] != "fused":  # (softmax_ce's own)
             continue
         _, _, _, inputs, outputs = fusion.source(plan, record[1], False)
+        if plan.an.meta[outputs[0]][0][-1] != 21:  # x W + b + h U: one row of 4 * 21
+            continue
         for key in inputs:
             x = plan.layout.value[key]
             if x.shape and x.shape[-1] == 21:
@@ -487,7 +494,8 @@ def fake_plan(layouts: list) -> tuple:
             meta[k] = (value[k].shape, value[k].dtype)
         runs.append([("node", a), ("node", y)])
     an = SimpleNamespace(node=node, meta=meta, inputs=lambda k: node[k]["inputs"])
-    plan = SimpleNamespace(an=an, layout=SimpleNamespace(value=value, in_place={}), outputs=set())
+    layout = SimpleNamespace(value=value, in_place={}, value_stack={})
+    plan = SimpleNamespace(an=an, layout=layout, outputs=set())
     return plan, runs
 
 
@@ -525,3 +533,140 @@ def test_bind_groups_falls_back_where_a_step_differs_from_its_template(monkeypat
         assert (one.name, one.text) == (other.name, other.text)
         np.testing.assert_array_equal(one.args, other.args)
         assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
+
+
+LOCAL_OPS = [name for name, entry in sorted(ops.OPS.items()) if entry.local_out is not None]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", LOCAL_OPS)
+def test_local_factor_c_expression_gives_local_outs_bits(name, dtype, kernels):
+    """Every op with a local derivative spells it in C too (`Op.local_c_expr`), and one
+    compiled loop of it, in place over y and into another buffer, gives the bits the NumPy
+    `local_out` gives (the plan's factors then run as one loop; the numbers stay the same)."""
+    kernels(True)
+    entry = ops.OPS[name]
+    assert entry.local_c_expr is not None, f"{name}: local_out without local_c_expr"
+    rng = np.random.default_rng(3)
+    y = rng.uniform(0.05, 0.95, size=(5, 7, 19)).astype(dtype)  # sigmoid-, tanh-, sqrt-like
+    want = np.empty_like(y)
+    entry.local_out(np, want, y)
+    expr = entry.local_c_expr.replace("{t}", ckernels.C_TYPES[np.dtype(dtype)])
+    apart, in_place = np.empty_like(y), y.copy()
+    run = [
+        ckernels.Statement(apart, False, expr, (y,)),
+        ckernels.Statement(in_place, False, expr, (in_place,)),
+    ]
+    assert ckernels.chains(run) == [(0, 2)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    np.testing.assert_array_equal(apart, want)
+    np.testing.assert_array_equal(in_place, want)
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_local_factors_run_as_one_loop(cell, kernels):
+    """Compiled, a cell's local factors and their folds run as one loop per shape before
+    the loop over steps (a lone factor too: its NumPy form is 2-3 passes), and the plan
+    still gives the interpreter's numbers (float64, two calls)."""
+    kernels(True)
+    raw = spec(cell)
+    batch = batch_for(raw, padded=False)
+    model, interp = Model(raw), Model(raw, engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    for _ in range(2):
+        got_loss, got = model.loss_and_grads(batch)
+        assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
+        for key in grads:
+            np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
+    plan = model.plan(batch)
+    entries = plan.backward.kernels.entries()
+    assert not [e for e in entries if e[0] == "local factor"]
+    fused = [e[0] for e in entries if e[0].startswith("fused(local factor")]
+    assert sum(op.count("local factor") for op in fused) == len(plan.backward.factors) > 0
+    # the LSTM's five are of one shape: one loop; the GRU's r|z and n blocks differ
+    assert len(fused) == {"lstm": 1, "gru": 2, "rnn": 1}[cell]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dead", [False, True])
+def test_softmax_ce_row_kernels_give_the_numpy_kernels_numbers(dtype, dead, kernels):
+    """softmax_ce's compiled forward and VJP (one pass per row) against its NumPy kernels:
+    loss and dz within a few ulp, NaN and inf rows as NumPy has them, exp(z - max) kept in
+    z's own buffer where z is dead (`dead`), and a target outside the row a NaN loss."""
+    from seqgraph.plan.kernels import Context
+
+    entry = ops.OPS["softmax_ce"]
+    rng = np.random.default_rng(5)
+    z0 = (3 * rng.normal(size=(7, 19))).astype(dtype)
+    z0[1, 4], z0[2, 0], z0[3, :] = np.nan, np.inf, -np.inf
+    targets = rng.integers(0, 19, size=7).astype(np.int64)
+    g = rng.normal(size=7).astype(dtype)
+    got = {}
+    for on in (True, False):
+        kernels(on)
+        ctx, z = Context(np, "numpy"), z0.copy()
+        if dead:
+            ctx.dead_inputs.add(ctx.address(z))
+        loss, dz = np.empty(7, dtype), np.empty_like(z)
+        forward = entry.out_forward(ctx, loss, z, targets)
+        backward = entry.vjp_kernel(ctx, 0, dz, False, g, loss, [z, targets])
+        assert ckernels.is_compiled(forward) == ckernels.is_compiled(backward) == on
+        with np.errstate(invalid="ignore"):  # inf - inf in the NumPy kernel, as meant
+            forward()
+            backward()
+        got[on] = loss, dz, z
+    rtol = 1e-13 if dtype == np.float64 else 1e-5
+    for compiled, numpy in zip(got[True][:2], got[False][:2], strict=True):
+        np.testing.assert_allclose(compiled, numpy, rtol=rtol, atol=rtol)  # NaN where NaN
+    # z's buffer (exp(z - max) where z is dead): the NaN row's maximum may pass the NaN by
+    # (its loss and dz are NaN all the same), so only the other rows hold the same there
+    rows = [0, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(got[True][2][rows], got[False][2][rows], rtol=rtol, atol=rtol)
+    assert np.isnan(got[True][0][[1, 2, 3]]).all() and np.isfinite(got[True][0][[0, 4, 5, 6]]).all()
+    kernels(True)
+    ctx, z, loss = Context(np, "numpy"), z0.copy(), np.empty(7, dtype)
+    entry.out_forward(ctx, loss, z, np.where(np.arange(7) == 0, 19, targets))()
+    assert np.isnan(loss[0]) and np.isfinite(loss[4:]).all()
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_recurrent_product_adds_in_the_next_steps_chain(cell, kernels):
+    """dh += dgates W_hh^T: the product into scratch, the add the first line of the compiled
+    chain of the step before (no NumPy add per step); the numbers stay the interpreter's."""
+    kernels(True)
+    raw = spec(cell)
+    batch = batch_for(raw, padded=False)
+    steps = batch["x"].shape[1]
+    model, interp = Model(raw), Model(raw, engine="interp")
+    loss, grads = interp.loss_and_grads(batch)
+    got_loss, got = model.loss_and_grads(batch)
+    assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
+    for key in grads:
+        np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
+    entries = model.plan(batch).backward.kernels.entries()
+    ops_ = [e[0] for e in entries]
+    assert "vjp[0] matmul +=" not in ops_
+    assert sum(op.startswith("fused(add +=,") for op in ops_) == steps - 1
+    parts = [e for e in entries if e[1][0][0][1][1] == "h.part"]
+    assert len(parts) == steps - 1 and all(e[0] == "vjp[0] matmul" for e in parts)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 70), (33, 32), (64, 100)])
+def test_the_transpose_kernel_writes_w_transposed(shape, dtype, kernels):
+    """W^T for dx = g W^T, tile by tile (`backward.TRANSPOSE_C`): every element, for sizes
+    that fill 32 x 32 tiles and sizes that leave partial ones."""
+    from seqgraph.plan import backward
+
+    kernels(True)
+    w = np.random.default_rng(1).normal(size=shape).astype(dtype)
+    wt = np.full(shape[::-1], np.nan, dtype)
+    text = backward.TRANSPOSE_C.replace("{t}", ckernels.C_TYPES[np.dtype(dtype)])
+    ckernels.function_kernel(text, [*shape, w, wt])()
+    np.testing.assert_array_equal(wt, w.T)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
-from seqgraph.plan import rewrites
+from seqgraph.plan import ckernels, rewrites
+from seqgraph.plan.layout import Slot
 from seqgraph.runtime import batch as batching
 
 pytestmark = pytest.mark.usefixtures("cpu_kernels")
@@ -309,23 +310,39 @@ def test_fused_groups_generate_the_plan_values(cell, padded, cupy_like_plans):
                 dead = {
                     an.members[lay.in_place[k[:2]]][k[2]] for k in keys if k[:2] in lay.in_place
                 }
-                assert not grads or set(keys) - set(outputs) == dead & set(keys)
+                # a step's scratch (one buffer every step reuses) is read by no later kernel:
+                # in training too, only a reader outside the group has it written
+                scratch = {k for k in keys if isinstance(lay.value_stack[k[:2]], Slot)}
+                read_outside = {
+                    k for k in keys for user, _ in an.consumers.get(k, ()) if user not in keys
+                }
+                unwritten = dead | (scratch - read_outside - plan.outputs)
+                assert not grads or set(keys) - set(outputs) == unwritten & set(keys)
                 for j, k in enumerate(outputs):
                     np.testing.assert_allclose(env[f"y{j}"], value[k], rtol=1e-13, atol=1e-14)
         assert fused, "a cell step has at least one elementwise chain"
 
 
-def test_lstm_step_fuses_gate_chain(cupy_like_plans):
-    """Per LSTM step: one product, one add, then the sigmoid/tanh gates, c and h in one
-    group (the gate slices are views, so the group starts after them)."""
+def test_lstm_step_fuses_gate_chain(cupy_like_plans, cpu_kernels):
+    """Per LSTM step: one product, the adds, then the sigmoid/tanh gates, c and h in one
+    group (the gate slices are views, so the group starts after them). Where groups are
+    compiled, x W + b runs step by step, in one group with + h U (`schedule.feeds_one_step`);
+    else it is one batched add over all steps and each step has its one add."""
     from seqgraph.plan import fusion
 
     model = Model(spec("lstm"), dtype="float64")
     plan = model.plan(batching.dummy(model.spec, 2, 5), grads=False)
     fused = [run for run in plan.groups if len(run) > 1]
-    assert [len(run) for run in fused] == [9] * 5
+    compiled = cpu_kernels == "compiled" and ckernels.enabled()
+    assert [len(run) for run in fused] == ([2, 9] if compiled else [9]) * 5
     per_step = [u for u in plan.units if u[0] == "node" and u[1][2] == 2]
-    assert [plan.an.node[u[1]]["op"] for u in per_step[:2]] == ["matmul", "add"]
+    adds = ["add", "add"] if compiled else ["add"]
+    assert [plan.an.node[u[1]]["op"] for u in per_step[: 1 + len(adds)]] == ["matmul", *adds]
+    if compiled:  # the bias add joins the step's add: both read and write one (B, 4H) block
+        first = fused[0]
+        assert [plan.an.node[u[1]]["op"] for u in first] == ["add", "add"]
+        assert first[0][1][:2] not in plan.batched and first[0][1][2] == 0
+    fused = [run for run in fused if len(run) == 9]
     _, _, body, _, outputs = fusion.source(plan, fused[0], False)
     assert [k[1] for k in outputs] == ["c#15", "h#18"]  # the state; the rest stays in registers
     assert body.count("exp(") == 3 and body.count("tanh(") == 2
@@ -357,7 +374,8 @@ def test_plan_without_a_pass_matches_the_plan_with_it(cell, option, cpu_kernels)
     elif option == "merge_siblings":  # per step and layer: the GRU's r+z add and sigmoid
         merged = {"gru": 2, "lstm": 0}[cell] * 4 * 2
         assert len(plain.units) - len(plan.units) == merged
-        if merged:
+        if merged and cpu_kernels == "numpy":  # compiled, the local factors of all classes
+            # run as one loop before backward either way (`Op.local_c_expr`)
             assert _backward_calls(plain) > _backward_calls(plan)
     elif cpu_kernels == "numpy":  # (compiled, a step's elementwise VJPs make no NumPy call)
         # each step's tanh/sigmoid VJP: 3 calls -> 1 (+ 2 per class before the loop);
@@ -427,11 +445,12 @@ def test_bias_adds_run_in_place():
     """x W_ih + b_ih + h W_hh + b_hh: b_hh joins the projection (`rewrites.reassociate`),
     then the two biases are summed once (`rewrites.join_biases`), so one add over all steps
     puts both on the projection, overwriting its buffer (whose value nothing reads again);
-    the gates keep their own buffers."""
+    the gates keep their own buffers. Where fused groups are compiled, that add runs at each
+    step, in one loop with the step's + h W_hh (`schedule.feeds_one_step`)."""
     batch = batching.dummy(Model(spec("lstm"), dtype="float64").spec, 2, 5)
     plan = check_same(spec("lstm"), batch).plan(batch)  # the interpreter's numbers
     lay, an = plan.layout, plan.an
-    assert ("l0", "t#4+b_hh") in plan.batched
+    assert (("l0", "t#4+b_hh") in plan.batched) is not ckernels.enabled()
     assert an.inputs(an.members[("l0", "t#4+b_hh")][0]) == (
         ("l0", "t#1", 0),
         ("l0", "b_ih+b_hh", None),

@@ -82,7 +82,9 @@ def test_softmax_and_logit_gradient_live_in_the_logits_buffer(cell):
 
 
 def factor_buffers(plan) -> list:
-    return [w[0][1] for op, w, _, _ in plan.backward.kernels.entries() if op == "local factor"]
+    """The buffer of each local factor, in run order (compiled, their kernels are one loop)."""
+    lay = plan.layout
+    return [f.stack.span(*lay.range[f.cls]) for f in plan.backward.factors]
 
 
 def test_lstm_factors_take_no_new_buffer():

@@ -110,7 +110,12 @@ def test_predict_equals_the_predictor(client, run_dir):
     assert answer.json()["outputs"] == json.loads(json.dumps(expected))
     assert answer.json()["unknown"] == 2  # zzzz, blorp
     one = client.post("/predict", json={"inputs": [TEXTS[0]], "seed": 3, "temperature": 0.5})
-    assert one.json()["outputs"] == json.loads(json.dumps(expected[:1]))
+    # alone, not cut from the batch of five: OpenBLAS multiplies a one-row batch by another
+    # kernel than a five-row one (float32 results differ in the last bit for most inputs)
+    alone = seqgraph.load(run_dir).predict(TEXTS[:1])
+    assert one.json()["outputs"] == json.loads(json.dumps(alone))
+    for got, want in zip(alone[0]["probs"].values(), expected[0]["probs"].values(), strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
 
 
 def test_ids_inputs_equal_the_predictor(client, run_dir):

@@ -14,6 +14,7 @@ machine facts and says so.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -126,14 +127,36 @@ def alone_line(records: list[dict]) -> str | None:
     return "Harness / timed alone in a plain loop, median (range): " + ", ".join(parts) + "."
 
 
+class ReportError(Exception):
+    """A file that is not a `tools/bench.py --json` report: one line naming it."""
+
+
 def load(name: str) -> dict:
     """A report; an old harness's file (a bare list of records) becomes one without facts."""
-    data = json.loads(Path(name).read_text())
-    return {"records": data} if isinstance(data, list) else data
+    try:
+        data = json.loads(Path(name).read_text())
+    except OSError as error:
+        raise ReportError(f"{name}: cannot read it ({error.strerror or error})") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ReportError(f"{name}: not JSON ({error}); give a file of bench.py --json") from error
+    report = {"records": data} if isinstance(data, list) else data
+    records = report.get("records") if isinstance(report, dict) else None
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and {"config", "cell"} <= r.keys() for r in records
+    ):
+        raise ReportError(f"{name}: no timing records in it; give a file of bench.py --json")
+    return report
 
 
 def main(argv: list[str]) -> int:
-    reports = [load(name) for name in argv]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", metavar="FILE.json", help="bench.py --json files")
+    args = parser.parse_args(argv)
+    try:
+        reports = [load(name) for name in args.reports]
+    except ReportError as error:
+        print(f"bench_table: {error}", file=sys.stderr)
+        return 2
     described: dict[str, list[str]] = {}
     for report in reports:
         configs = sorted({r["config"] for r in report["records"]}, key=CONFIGS.index)

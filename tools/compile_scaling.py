@@ -8,6 +8,7 @@ also counts the time they held the cores, the CPU time far less of it.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,13 +34,27 @@ SPEC = {
 }
 
 
+def steps_count(text: str) -> int:
+    """A sequence length for argparse: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} steps: give 1 or more")
+    return value
+
+
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", nargs="*", type=steps_count, metavar="T", help="lengths")
+    argv = parser.parse_args(argv).steps
     spec = load_spec(SPEC)
     print(
         f"{'T':>6} {'nodes':>8} {'unroll s':>9} {'plan s':>8} {'kernels':>8} {'steps/s':>9} "
         f"{'unroll cpu':>10} {'plan cpu':>9}"
     )
-    for steps in [int(a) for a in argv] or [100, 1000, 10000]:
+    for steps in argv or [100, 1000, 10000]:
         start, cpu_start = time.perf_counter(), time.process_time()
         graph = compile_graph(spec, steps)
         unrolled, cpu_unrolled = time.perf_counter(), time.process_time()

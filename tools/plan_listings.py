@@ -11,10 +11,25 @@ folders. A spec that cannot be planned gets its error, in one line, as its listi
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-TREE = Path(sys.argv[2] if len(sys.argv) > 2 else Path(__file__).resolve().parents[1]).resolve()
+
+def arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", metavar="OUT_DIR", help="folder for the listings (made if absent)")
+    here = Path(__file__).resolve().parents[1]
+    parser.add_argument("tree", metavar="TREE", nargs="?", default=here, help="seqgraph tree")
+    args = parser.parse_args(argv)
+    if not (Path(args.tree) / "seqgraph" / "__init__.py").is_file():
+        parser.error(f"{args.tree}: no seqgraph package there; give a seqgraph source tree")
+    return args
+
+
+# TREE is the tree to import: read before the imports below, from the command line only
+ARGS = arguments(sys.argv[1:]) if __name__ == "__main__" else None
+TREE = Path(ARGS.tree if ARGS else Path(__file__).resolve().parents[1]).resolve()
 sys.path.insert(0, str(TREE))
 
 import numpy as np  # noqa: E402
@@ -97,9 +112,13 @@ def cases():
                             yield name, raw, ragged, grads
 
 
-def main(argv: list[str]) -> int:
-    out = Path(argv[0])
-    out.mkdir(parents=True, exist_ok=True)
+def main(out_dir: str) -> int:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"plan_listings: {out}: cannot make the folder ({error.strerror})", file=sys.stderr)
+        return 2
     written = errors = 0
     for name, raw, ragged, grads in cases():
         text = listing(raw, ragged, grads)
@@ -111,4 +130,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:2]))
+    sys.exit(main(ARGS.out))

@@ -158,9 +158,12 @@ class _Emitter:
         # adds), for a W^T kept in dW's buffer (`_transposed`)
         self.hosted_transposes: dict = {}
         self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
+        self.factor_kernels: list = []  # indices of the local factors' own kernels
+        # the elementwise VJPs will run as compiled chains (`_compile_chains`)
+        self.chains_compile = ctx.name == "numpy" and ckernels.enabled()
 
     def run(self, deferred: dict, loss, wanted: list, batch_derivatives: bool) -> Backward:
-        an, lay, m, out, tracker = self.an, self.lay, self.ctx.m, self.out, self.tracker
+        an, lay, out, tracker = self.an, self.lay, self.out, self.tracker
         has = an.has_grad(loss)
         seed = lay.grad[loss]
         out.add(lambda: seed.fill(1), ("=", "fill 1", ((grad(loss), seed),), (), None))
@@ -192,7 +195,7 @@ class _Emitter:
             raise _TransposeOverwritten
         if self.ctx.name == "numpy":
             self._compile_chains()
-        copies = [partial(m.copyto, bt, value.T) for bt, value in self.transposes.values()]
+        copies = [self._transpose_kernel(bt, value) for bt, value in self.transposes.values()]
         entries = [
             ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
             for k, (bt, value) in self.transposes.items()
@@ -207,7 +210,7 @@ class _Emitter:
         out = self.out
         statements = [self.statements.get(i) for i in range(len(out.kernels))]
         views = ckernels.Views()  # what is known of each buffer, found once for both
-        runs = ckernels.chains(statements, views)
+        runs = ckernels.chains(statements, views, frozenset(self.factor_kernels))
         compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs], views)
         kernels, records, start = [], [], 0
         for (lo, hi), kernel in zip(runs, compiled, strict=True):
@@ -228,13 +231,24 @@ class _Emitter:
         for f in local_factors.factors(sched, m, self.factors_in_gradients):  # in run order
             c, (lo, hi) = f.cls, lay.range[f.cls]
             name, buffer = (c[0], f"{c[1]}'", (lo, hi)), f.stack.span(lo, hi)
-            reads = (((c[0], c[1], (lo, hi)), lay.value_stack[c].span(lo, hi)),)
+            value = lay.value_stack[c].span(lo, hi)
+            expr = ops.OPS[self.an.same_op(c)[0]].local_c_expr
+            if expr is not None and buffer.dtype in ckernels.C_TYPES:
+                expr = expr.replace("{t}", ckernels.C_TYPES[buffer.dtype])
+                self.factor_kernels.append(len(out.kernels))  # 2 or 3 NumPy passes: a loop alone
+                self.statements[len(out.kernels)] = ckernels.Statement(
+                    buffer, False, expr, (value,)
+                )
+            reads = (((c[0], c[1], (lo, hi)), value),)
             out.add(f.kernel, ("=", "local factor", ((name, buffer),), reads, (lo, hi)))
             factors[c] = f
             if f.reader is None:
                 continue
             name_other = (f.reader[0], f"{f.reader[1]}.in{1 - f.position}", (lo, hi))
             reads = ((name, buffer), (name_other, f.other))
+            self.statements[len(out.kernels)] = kernels_vjp.statement(
+                "mul", 0, buffer, False, buffer, None, [buffer, f.other], {}
+            )
             out.add(f.fold, ("=", "mul", ((name, buffer),), reads, (lo, hi)))
             folds[c] = (f.reader, f.position)
             skips.setdefault(f.reader, set()).add(f.position)
@@ -258,6 +272,19 @@ class _Emitter:
         if right in self.hosted_transposes:  # this kernel reads W^T: dW must come later
             self.hosted_transposes[right][0] = len(self.out.kernels)
         return self.transposes[right][0]
+
+    def _transpose_kernel(self, bt, value):
+        """bt = value^T, refreshed when backward starts: a compiled loop over 32 x 32 tiles
+        where the chains compile (NumPy's strided copy of a (1024, 256) matrix takes 3-4
+        times as long), else NumPy's copy."""
+        m = self.ctx.m
+        tiled = self.chains_compile and value.ndim == 2 and value.dtype in ckernels.C_TYPES
+        if tiled and value.flags.c_contiguous and bt.flags.c_contiguous:
+            text = TRANSPOSE_C.replace("{t}", ckernels.C_TYPES[value.dtype])
+            kernel = ckernels.function_kernel(text, [*value.shape, value, bt])
+            if kernel is not None:
+                return kernel
+        return partial(m.copyto, bt, value.T)
 
     def _gradient_region_for_transpose(self, right):
         """W^T (refreshed when backward starts) in W's own gradient buffer, where that buffer
@@ -332,6 +359,9 @@ class _Emitter:
                 out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
                 continue
             bt = self._transposed(op, i, inputs) if entry.vjp_transposed_right else None
+            if add and bt is not None and self.chains_compile:
+                self._product_then_add(k, i, source, g, value, ins, bt, source_of_g)
+                continue
             how = (op, i, grads[source], add, g, value, ins, node["attrs"])
             if bt is None:
                 statements[len(out.kernels)] = kernels_vjp.statement(*how)
@@ -360,6 +390,18 @@ class _Emitter:
         kernel = (lambda: m.add(dest, g, out=dest)) if add else (lambda: m.copyto(dest, g))
         self.out.add(kernel, ("addn", k, total, add, source_of_g))
         return True
+
+    def _product_then_add(self, k, i, source, g, value, ins, bt, source_of_g) -> None:
+        """dx += g @ W^T as the product into scratch, then the add as a statement of its own:
+        the add then joins the compiled chain of the step's elementwise VJPs that comes next
+        and reads dx (an RNN's dh += dgates W_hh^T, then the gate gradients of the step
+        before), instead of a NumPy add at every step."""
+        ctx, dest, node = self.ctx, self.lay.grad[source], self.an.node[k]
+        part = ctx.tmp(dest.shape, dest.dtype, tag=PRODUCT_PART_TAG)
+        kernel = kernels_vjp.vjp(ctx, node["op"], i, part, False, g, value, ins, {}, bt)
+        self.out.add(kernel, ("product part", k, i, False, source_of_g, bt, part))
+        self.statements[len(self.out.kernels)] = ckernels.Statement(dest, True, "{0}", (part,))
+        self.out.add(partial(ctx.m.add, dest, part, out=dest), ("add part", k, i, True, part))
 
     def _class_vjp(self, cls, has: set, skip=()) -> None:
         an, lay, ctx = self.an, self.lay, self.ctx
@@ -422,7 +464,12 @@ def describe(sched: Schedule, record: tuple) -> tuple:
         dest = lay.grad_stack[total].span(*lay.range[total])
         name = grad((total[0], total[1], lay.range[total]))
         return _vjp_entry("addn", add, name, dest, [(grad(upstream), lay.grad[upstream])], k[2])
-    kind, k, i, add, upstream, extra = record
+    if record[0] == "add part":  # dx += the product's part (`_Emitter._product_then_add`)
+        _, k, i, _, part = record
+        source = an.inputs(k)[i]
+        reads = [(_part_name(source), part)]
+        return _vjp_entry("add", True, grad(source), lay.grad[source], reads, k[2])
+    kind, k, i, add, upstream, extra = record[:6]
     node, source = an.node[k], an.inputs(k)[i]
     g = (grad(upstream), lay.grad[upstream])
     if kind == "factor":  # extra: the local factor
@@ -432,7 +479,14 @@ def describe(sched: Schedule, record: tuple) -> tuple:
     if extra is not None:  # reads W^T, not W
         reads[-1] = (_transposed_name(node["inputs"][1]), extra)
     op = f"vjp[{i}] {node['op']}"
+    if kind == "product part":  # into scratch: its add follows
+        return _vjp_entry(op, False, _part_name(source), record[6], reads, k[2])
     return _vjp_entry(op, add, grad(source), lay.grad[source], reads, k[2])
+
+
+def _part_name(source) -> tuple:
+    """The listing name of the scratch a product's share of dx waits in before its add."""
+    return grad((source[0], f"{source[1]}.part", source[2]))
 
 
 def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
@@ -457,6 +511,26 @@ def _stacked_entry(sched: Schedule, record: tuple) -> tuple:
 def _vjp_entry(op: str, add: bool, name, dest, reads: list, when) -> tuple:
     """`op` writes (or, with `add`, adds) into `dest`, the gradient called `name`."""
     return (f"{op} +=" if add else op, ((name, dest),), tuple(reads), when)
+
+
+PRODUCT_PART_TAG = 8  # `Context.tmp` tag of `_Emitter._product_then_add`'s scratch
+# W^T from W (rows x cols, both C order), tile by tile so that reads and writes both stay
+# within a few cache lines (`_Emitter._transpose_kernel`)
+TRANSPOSE_C = """
+void {name}(const i64* a) {
+    const i64 rows = a[0], cols = a[1];
+    const {t}* w = (const {t}*)a[2];
+    {t}* wt = ({t}*)a[3];
+    for (i64 i0 = 0; i0 < rows; i0 += 32)
+        for (i64 j0 = 0; j0 < cols; j0 += 32) {
+            const i64 i1 = i0 + 32 < rows ? i0 + 32 : rows;
+            const i64 j1 = j0 + 32 < cols ? j0 + 32 : cols;
+            for (i64 j = j0; j < j1; j++)
+                for (i64 i = i0; i < i1; i++)
+                    wt[j * rows + i] = w[i * cols + j];
+        }
+}
+"""
 
 
 def _transposed_name(key) -> tuple:

@@ -145,6 +145,23 @@ def _compiled(items: list, bind_all) -> list:
     return [None if b is None else _call(getattr(library, b.name), b) for b in bound]
 
 
+def function_kernel(text: str, args: list):
+    """A kernel (no-argument callable) running the C function `text`, which defines
+    `void {name}(const i64* a)` and reads its arguments from `a`: `args` in order, each an
+    int or an array (its address; the kernel keeps it alive). None where compiled kernels
+    are off or cannot be built: the caller keeps its NumPy form. An op's own kernel
+    (`softmax_ce`'s rows) rather than a fused group's."""
+    if os.environ.get(SWITCH, "1") == "0" or not enabled():
+        return None
+    name = "seqgraph_fn_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    library = _library({name: text.replace("{name}", name)})
+    if library is None:
+        return None
+    arrays = tuple(a for a in args if isinstance(a, np.ndarray))
+    block = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
+    return _call(getattr(library, name), Bound(name, text, np.array(block, np.int64), arrays))
+
+
 def is_compiled(kernel) -> bool:
     """Whether a plan kernel is one of these compiled calls."""
     return isinstance(getattr(kernel, "func", None), ctypes._CFuncPtr)
@@ -317,19 +334,20 @@ class Statement:
     operands: tuple
 
 
-def chains(statements: list, views: Views | None = None) -> list:
+def chains(statements: list, views: Views | None = None, alone: frozenset = frozenset()) -> list:
     """(lo, hi) index ranges of the runs of two or more consecutive statements (None: a
     kernel that is not one) that one loop can run in order, element by element: one shape
     and dtype, operands it can walk, and no buffer written in the run that another operand
     of the run overlaps unless it is the very same view (so each element reads what the
-    statements before it wrote to that element, as the kernels one by one would)."""
+    statements before it wrote to that element, as the kernels one by one would). A
+    statement in `alone` is a run by itself too (its NumPy kernel makes several passes)."""
     out, lo, run = [], 0, None
     views = Views() if views is None else views
     for i, statement in enumerate([*statements, None]):
         facts = None if statement is None else views.walkable(statement)
         if run is not None and facts is not None and run.joins(facts):
             continue
-        if run is not None and i - lo > 1:
+        if run is not None and (i - lo > 1 or lo in alone):
             out.append((lo, i))
         lo, run = i, (None if facts is None else _Run(facts))
     return out
@@ -547,7 +565,9 @@ def function_text(name: str, body: str, n_inputs: int, types: tuple, columns: tu
     The last, partial block runs through local arrays padded to CHUNK, by the same code as
     every full block: a vectorised exp and the scalar one a plain simd loop would use for
     its remainder differ in the last bit, and a value must not depend on where it lies
-    (a sequence predicted alone or in a batch gives the same numbers)."""
+    (this part of a step gives a sequence the same numbers alone or in a batch; OpenBLAS's
+    products need not: it multiplies one row by another kernel than several, and float32
+    results then differ in the last bit)."""
     head = [f"void {name}(const i64* a) {{", "    const i64 rows = a[0], cols = a[1];"]
     full, padded, buffers, fill, spill, full_stores, padded_stores = [], [], [], [], [], [], []
     for i, (ctype, column) in enumerate(zip(types, columns, strict=True)):

@@ -17,6 +17,7 @@ import numpy as np
 
 from seqgraph.engine import ops
 from seqgraph.plan.analysis import class_of
+from seqgraph.plan.layout import Slot
 
 C_TYPES = {"float32": "float", "float64": "double"}  # of the values computed in the body
 # the same by dtype, and dtype names: `dtype.name` costs microseconds, a group asks ~20 times
@@ -102,8 +103,12 @@ def source(plan, run, keep_all: bool) -> tuple:
 
 
 def written(plan, members: list, keep_all: bool) -> list:
-    """The members a group writes back (see `source`)."""
-    an, inside, in_place = plan.an, set(members), plan.layout.in_place
+    """The members a group writes back (see `source`). With `keep_all` too, not a member
+    whose class has one step's buffer that every step reuses (`layout.Slot`): liveness
+    found nothing reads it after its own step, backward included (an LSTM's f * c_prev and
+    i * g), so only a reader outside the group at that step needs it written."""
+    an, inside, lay = plan.an, set(members), plan.layout
+    in_place, stacks = lay.in_place, lay.value_stack
     # a member whose buffer a later member overwrites (layout's in-place chain) is dead
     overwritten = {
         an.members[in_place[class_of(k)]][k[2]] for k in members if class_of(k) in in_place
@@ -113,7 +118,7 @@ def written(plan, members: list, keep_all: bool) -> list:
         for k in members
         if k not in overwritten
         and (
-            keep_all
+            (keep_all and not isinstance(stacks.get(class_of(k)), Slot))
             or k in plan.outputs
             or any(user not in inside for user, _ in an.consumers.get(k, ()))
         )

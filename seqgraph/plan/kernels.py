@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqgraph.engine import ops
+from seqgraph.plan import ckernels
 
 
 class Context:
@@ -44,6 +45,13 @@ class Context:
         """Where an array's data starts, with its shape: views made twice compare equal."""
         start = x.data.ptr if self.name == "cupy" else x.ctypes.data
         return (start, tuple(x.shape), tuple(x.strides))
+
+    def c_kernel(self, text: str, args: list):
+        """An op's own compiled kernel (`ckernels.function_kernel`) over NumPy buffers, or None
+        (CuPy, or no compiled kernels here): the op then builds its NumPy kernel."""
+        if self.name != "numpy":
+            return None
+        return ckernels.function_kernel(text, args)
 
     def tmp(self, shape, dtype, tag: int = 0):
         """A scratch array; a kernel uses it only while it runs, so one per shape is enough."""

@@ -15,7 +15,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.ops import NEGATE, UfuncVJP
 from seqgraph.engine.ops.buffers import deliver, sum_into
 from seqgraph.errors import MissingVJPError
-from seqgraph.plan.ckernels import Statement
+from seqgraph.plan.ckernels import C_TYPES, Statement
 
 
 def _pass_vjp(ctx, dest, add: bool, g, negate: bool):
@@ -69,6 +69,14 @@ def statement(op: str, position: int, dest, add: bool, g, out, ins: list, attrs:
     rule = rules[position]
     if rule is None or rule == NEGATE:
         return Statement(dest, add, "{0}" if rule is None else "-{0}", (g,))
+    entry = ops.OPS[op]
+    if entry.local_c_expr is not None and rule is entry.out_vjp[0] and entry.local is not None:
+        # g * f(y) from the output alone, f spelt as `local_out` computes it: then times g
+        ctype = C_TYPES.get(dest.dtype)
+        if ctype is None:
+            return None
+        local = entry.local_c_expr.replace("{0}", "{1}").replace("{t}", ctype)
+        return Statement(dest, add, f"({local}) * {{0}}", (g, out))
     if isinstance(rule, UfuncVJP) and rule.ufunc in UFUNC_C:
         operand = out if rule.operand == "out" else ins[rule.operand]
         return Statement(dest, add, f"{{0}} {UFUNC_C[rule.ufunc]} {{1}}", (g, operand))

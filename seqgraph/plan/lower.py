@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from seqgraph.engine.graph import Graph, Key, collector_paused
-from seqgraph.plan import backward, forward, fusion, kernels, listing, liveness, rewrites
+from seqgraph.plan import backward, ckernels, forward, fusion, kernels, listing, liveness, rewrites
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import Analysis, class_of
 from seqgraph.plan.layout import Layout
@@ -67,7 +67,8 @@ class Plan:
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.an = an = rewrites.rewrite(an, merge_siblings)
         self.layout = Layout(an, self.ctx)
-        self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs)
+        compiles = fuse and module == "numpy" and ckernels.enabled()
+        self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs, compiles)
         run_order = liveness.unit_positions(sched)  # for the three liveness passes
         self.compacted = liveness.dead_values(sched, run_order)
         self.layout.reuse_values(self.compacted)

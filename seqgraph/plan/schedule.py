@@ -38,10 +38,38 @@ class Schedule:
     units: list
 
 
-def schedule(an: Analysis, lay: Layout, outputs: set) -> Schedule:
-    """Pick the time-batched classes, then order every unit (see the module docstring)."""
+def schedule(an: Analysis, lay: Layout, outputs: set, fuse_into_steps: bool = False) -> Schedule:
+    """Pick the time-batched classes, then order every unit (see the module docstring).
+    `fuse_into_steps`: fused groups will be compiled, so an elementwise class that feeds one
+    per-step elementwise node at each step runs beside it instead (`feeds_one_step`)."""
     batched = _batched_classes(an, lay)
+    if fuse_into_steps:
+        for c in [c for c in batched if feeds_one_step(an, c, outputs)]:
+            del batched[c]
     return Schedule(an, lay, outputs, batched, _units(an, lay, batched))
+
+
+def feeds_one_step(an: Analysis, c, outputs: set) -> bool:
+    """Whether class c, elementwise (a C expression, no attrs), has each step's node read
+    by one node alone, of the same step, shape and dtype, elementwise too, on a recurrence.
+    Such a class (an LSTM's x W + b, read only by + h U at its step) is better run step by
+    step: fusion then joins the two in one compiled loop that reads x W once and writes the
+    gates once, where the batched kernel makes a pass of its own over all steps (medium
+    LSTM: 26 MiB) and each step's add another."""
+    same = an.same_op(c)
+    if same is None or same[1] or ops.OPS[same[0]].c_expr is None:
+        return False
+    for t, k in an.members[c].items():
+        users = an.consumers.get(k, ())
+        if k in outputs or len(users) != 1:
+            return False
+        user = users[0][0]
+        node = an.node[user]
+        if user[2] != t or analysis.class_of(user) not in an.recurrent or node["attrs"]:
+            return False
+        if ops.OPS[node["op"]].c_expr is None or an.meta[user] != an.meta[k]:
+            return False
+    return True
 
 
 def class_rule(an: Analysis, lay: Layout, c, same) -> tuple:

@@ -259,6 +259,7 @@ def _tanh_local_out(m, o, y):
     unread_inputs=(0,),
     local=_tanh_local,
     local_out=_tanh_local_out,
+    local_c_expr="({t})1 - {0} * {0}",
     local_in_place=True,
     out_forward=ufunc_forward("tanh"),
 )
@@ -300,6 +301,7 @@ def _sigmoid_out(ctx, out, a):
     unread_inputs=(0,),
     local=_sigmoid_local,
     local_out=_sigmoid_local_out,
+    local_c_expr="(({t})1 - {0}) * {0}",
     out_forward=_sigmoid_out,
 )
 def _sigmoid(xp, a):

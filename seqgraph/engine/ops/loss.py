@@ -3,6 +3,8 @@ log-softmax, softmax cross-entropy and mean squared error."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqgraph.engine import xp_extra
 from seqgraph.engine.ops.arrays import logsumexp
 from seqgraph.engine.ops.buffers import contiguous, deliver, rows
@@ -59,6 +61,74 @@ def ce_rows(ctx, z, targets):
     return z2, index, ctx.tmp((n, 1), z.dtype, tag=2), ctx.tmp((n, 1), z.dtype, tag=3)
 
 
+# The two kernels of softmax_ce as C (`ctx.c_kernel`), one pass over each row where NumPy
+# makes eight calls over all rows (forward) and three (VJP): at 64 classes the calls cost
+# more than the arithmetic. The same operations in the same order as the NumPy kernels,
+# except that exp and log are libmvec's and the row sum runs in vector lanes (NumPy's is
+# pairwise): within a few ulp. A NaN in a row may be passed over by the maximum (np.max
+# returns it), but its exp is NaN, and so are the row's sum, loss and every dz, as with
+# NumPy; a target outside the row (never, after `batch.prepare`) makes its loss NaN, not
+# a read.
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+SOFTMAX_CE_C = """
+void {name}(const i64* a) {
+    const i64 rows = a[0], cols = a[1];
+    const {t}* z = (const {t}*)a[2];
+    const i64* target = (const i64*)a[3];
+    {t}* out = ({t}*)a[4];
+    {t}* e = ({t}*)a[5];
+    {t}* total = ({t}*)a[6];
+    for (i64 i = 0; i < rows; i++) {
+        const {t}* zi = z + i * cols;
+        {t}* ei = e + i * cols;
+        const i64 k = target[i];
+        const {t} picked = (k >= 0 && k < cols) ? zi[k] : ({t})NAN;
+        {t} top = zi[0];
+        #pragma omp simd reduction(max:top)
+        for (i64 j = 1; j < cols; j++) top = zi[j] > top ? zi[j] : top;
+        {t} sum = 0;
+        #pragma omp simd reduction(+:sum)
+        for (i64 j = 0; j < cols; j++) {
+            const {t} v = exp(zi[j] - top);
+            ei[j] = v;
+            sum += v;
+        }
+        total[i] = sum;
+        out[i] = (log(sum) + top) - picked;
+    }
+}
+"""
+SOFTMAX_CE_VJP_C = """
+void {name}(const i64* a) {
+    const i64 rows = a[0], cols = a[1];
+    const {t}* e = (const {t}*)a[2];
+    const {t}* total = (const {t}*)a[3];
+    const {t}* g = (const {t}*)a[4];
+    const i64* target = (const i64*)a[5];
+    {t}* d = ({t}*)a[6];
+    for (i64 i = 0; i < rows; i++) {
+        const {t} s = total[i], gi = g[i];
+        const i64 k = target[i];
+        #pragma omp simd
+        for (i64 j = 0; j < cols; j++) {
+            {t} v = e[i * cols + j] / s;
+            if (j == k) v = v - ({t})1;
+            d[i * cols + j] = v * gi;
+        }
+    }
+}
+"""
+
+
+def _row_kernel(ctx, text: str, dtype, args: list):
+    """softmax_ce's compiled kernel over these rows (`ctx.c_kernel`), or None."""
+    ctype = _C_TYPES.get(np.dtype(dtype))
+    make = getattr(ctx, "c_kernel", None)
+    if ctype is None or make is None:
+        return None
+    return make(text.replace("{t}", ctype), args)
+
+
 def _softmax_ce_out(ctx, out, z, targets):
     """Forward kernel: out = logsumexp(z) - z[target] per row, as the reference computes it,
     without the one-hot product: top + log(sum(exp(z - top))) with top the row maximum.
@@ -79,6 +149,11 @@ def _softmax_ce_out(ctx, out, z, targets):
         total = m.empty(top.shape, dtype=z.dtype)
         ctx.saved[ctx.address(z)] = (e, total)
     o, picked = out.reshape(-1, 1), ctx.tmp((z2.shape[0],), z.dtype, tag=5)
+    if contiguous(e) and contiguous(total) and targets.dtype == np.int64:
+        args = [*z2.shape, z2, targets, o, e, total]
+        compiled = _row_kernel(ctx, SOFTMAX_CE_C, z.dtype, args)
+        if compiled is not None:
+            return compiled
 
     def run():  # z[target] read first: e may take z's place
         picked[...] = z2[index]
@@ -130,6 +205,11 @@ def _from_forward(ctx, dest, add, g, z, targets, e, sums):
     o = dest if direct else ctx.tmp(shape, z.dtype, tag=6)
     o2 = o.reshape(e.shape)
     g_col = g.reshape(-1, 1) if contiguous(g) else None  # else a copy each call
+    if direct and g_col is not None and targets.dtype == np.int64 and contiguous(targets):
+        args = [*e.shape, e, sums, g_col, targets, o2]
+        compiled = _row_kernel(ctx, SOFTMAX_CE_VJP_C, z.dtype, args)
+        if compiled is not None:
+            return compiled
 
     def run():
         m.divide(e, sums, out=o2)

@@ -38,6 +38,7 @@ def _sqrt_local_out(m, o, y):
     unread_inputs=(0,),
     local=_sqrt_local,
     local_out=_sqrt_local_out,
+    local_c_expr="({t})1 / ({0} * ({t})2)",
     local_in_place=True,
     out_forward=ufunc_forward("sqrt"),
 )
@@ -75,6 +76,7 @@ def _rsqrt_out(ctx, out, a):
     unread_inputs=(0,),
     local=_rsqrt_local,
     local_out=_rsqrt_local_out,
+    local_c_expr="{0} * {0} * {0} * ({t})-0.5",
     out_forward=_rsqrt_out,
 )
 def _rsqrt(xp, a):

@@ -70,6 +70,10 @@ class Op:
     # reference form (the VJP is g * local(y)); `local_out(m, o, y)` writes the same into o.
     local: Callable[..., Any] | None = None
     local_out: Callable[..., Any] | None = None
+    # `local_out` as a C expression over y ({0}) and the C type ({t}), the same arithmetic in
+    # the same order (so the same bits): the factors of all steps then run as one compiled
+    # loop (`plan.backward`, `plan.ckernels.chains`) rather than two or three NumPy passes each.
+    local_c_expr: str | None = None
     # local_out(m, y, y) is right too: each of its calls reads y before it writes over it,
     # so the factor may take the place of y once nothing else reads y (`plan.local_factors`)
     local_in_place: bool = False
