@@ -205,11 +205,7 @@ class _UnreadByClass:
 
     def __call__(self, k) -> bool:
         an = self.an
-        node = an.node[k]
-        if node["kind"] != "op" or k in an.outputs:
-            return False
-        entry = ops.OPS[node["op"]]
-        if entry.reads_output and entry.view is None and k in an.needs_grad:
+        if _read_for_itself(an, k):
             return False
         ignores = self.ignores
         for user, i in an.consumers.get(k, []):
@@ -317,12 +313,18 @@ def _read_only_within(an, k, group: set, readers: dict) -> bool:
     return True
 
 
-def _unread_in_backward(an, k) -> bool:
+def _read_for_itself(an, k) -> bool:
+    """Whether node k's own record says its value is read after forward: not computed by
+    forward, a caller's output, or differentiated by a VJP that reads its output."""
     node = an.node[k]
     if node["kind"] != "op" or k in an.outputs:
-        return False
+        return True
     entry = ops.OPS[node["op"]]
-    if entry.reads_output and entry.view is None and k in an.needs_grad:
+    return entry.reads_output and entry.view is None and k in an.needs_grad
+
+
+def _unread_in_backward(an, k) -> bool:
+    if _read_for_itself(an, k):
         return False
     return all(
         ops.OPS[an.node[user]["op"]].view is not None or _reads_never(an, user, i)
