@@ -33,7 +33,7 @@ class Tracker:
         self.written: set = set()
         self.zero: set = set()  # indices of gradient buffers to zero-fill first
 
-    def _state(self, cell) -> bool | None:
+    def state(self, cell) -> bool | None:
         """True: written; None: partly written; False: not yet. A view's gradient is
         written when the gradient it is a region of is; a gradient with views is written
         when views covering all of it are (`Layout.covered`), partly when some are, and
@@ -57,9 +57,9 @@ class Tracker:
     def target(self, keys) -> bool:
         """Record a contribution to these nodes' gradients; True if it must add."""
         if len(keys) == 1:
-            return self._target_one(keys[0])
+            return self.target_one(keys[0])
         cells = {self.lay.cell[k] for k in keys}
-        states = [self._state(c) for c in cells]
+        states = [self.state(c) for c in cells]
         mixed = None in states or any(c in self.lay.children for c in cells) and not all(states)
         if mixed or (any(states) and not all(states)):
             self.zero.update(self.lay.base[k] for k in keys)
@@ -71,11 +71,11 @@ class Tracker:
             self.written.update(self.lay.children.get(c, ()))
         return add
 
-    def _target_one(self, key) -> bool:
+    def target_one(self, key) -> bool:
         """`target([key])`, the case of nearly every VJP, without its sets and lists."""
         lay = self.lay
         cell = lay.cell[key]
-        state = self._state(cell)
+        state = self.state(cell)
         kids = lay.children.get(cell)
         if state is None or (cell in lay.children and not state):
             self.zero.add(lay.base[key])
@@ -90,7 +90,7 @@ class Tracker:
     def ready(self, keys) -> None:
         """These gradients are about to be read: zero-fill any that nothing wrote."""
         for k in keys:
-            if not self._state(self.lay.cell[k]):
+            if not self.state(self.lay.cell[k]):
                 self.zero.add(self.lay.base[k])
 
 
@@ -333,7 +333,7 @@ class _Emitter:
         node, g = an.node[k], lay.grad[source_of_g]
         op, inputs, cells = node["op"], node["inputs"], lay.cell
         entry = ops.OPS[op]
-        if not tracker._state(cells[source_of_g]):  # `tracker.ready([source_of_g])`
+        if not tracker.state(cells[source_of_g]):  # `tracker.ready([source_of_g])`
             tracker.zero.add(lay.base[source_of_g])
         if entry.variadic_sum and self._addn_vjp(k, g, source_of_g):
             return
@@ -369,7 +369,7 @@ class _Emitter:
 
     def _target_one(self, key) -> bool:
         """`_target([key])`: the tracker's one-key form, then dW's first write noted."""
-        add = self.tracker._target_one(key)
+        add = self.tracker.target_one(key)
         hosted = self.hosted_transposes.get(key)
         if hosted is not None and hosted[1] is None:
             hosted[1] = (len(self.out.kernels), add)
