@@ -233,10 +233,13 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 ):
     """A compiler that fails: one warning for the process, no traceback, the NumPy chain's
     numbers, and it is not run again for later plans (regression: it ran twice for every
-    library of every plan, 12 times for three batch shapes)."""
-    raw, batch = CASES["gru"], batch_for(CASES["gru"])
+    library of every plan, 12 times for three batch shapes). The plans were lowered for
+    compiled chains (local derivatives inline in each step; the LSTM's activations, then
+    its gate gradients, over its pre-activations), so NumPy runs those kernels: the numbers
+    of the NumPy path but for the rounding of g * f(y) against a factor made before the loop."""
     kernels(False)
-    want_loss, want, _ = fallback_numbers(raw, batch)
+    cells = ("gru", "lstm")
+    wanted = {name: fallback_numbers(CASES[name], batch_for(CASES[name])) for name in cells}
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = tmp_path / "calls"
@@ -247,13 +250,13 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
     monkeypatch.setitem(ckernels._STATE, "warned", False)
     monkeypatch.setitem(ckernels._STATE, "failed", set())
     with caplog.at_level(logging.WARNING, logger="seqgraph"):
-        for raw_again in (raw, CASES["lstm"]):
-            loss, grads, compiled = fallback_numbers(raw_again, batch_for(raw_again))
+        for name in cells:
+            loss, grads, compiled = fallback_numbers(CASES[name], batch_for(CASES[name]))
             assert compiled == 0
-            if raw_again is raw:
-                assert loss == want_loss
-                for key in want:
-                    np.testing.assert_array_equal(grads[key], want[key])
+            want_loss, want, _ = wanted[name]
+            assert loss == want_loss
+            for key in want:
+                np.testing.assert_allclose(grads[key], want[key], rtol=1e-13, atol=1e-15)
     assert len(caplog.records) == 1
     assert (
         caplog.records[0]
@@ -568,20 +571,29 @@ def test_local_factor_c_expression_gives_local_outs_bits(name, dtype, kernels):
 @needs_compiler
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_local_factors_run_as_one_loop(cell, kernels):
-    """Compiled, a cell's local factors and their folds run as one loop per shape before
-    the loop over steps (a lone factor too: its NumPy form is 2-3 passes), and the plan
-    still gives the interpreter's numbers (float64, two calls)."""
+    """Compiled, a plan asked for local factors of all steps (`batch_derivatives`; by
+    default the compiled chains compute them inline, step by step) runs them and their
+    folds as one loop per shape before the loop over steps (a lone factor too: its NumPy
+    form is 2-3 passes), and gives the interpreter's numbers (float64, two calls)."""
+    from seqgraph.plan.lower import Plan
+
     kernels(True)
     raw = spec(cell)
     batch = batch_for(raw, padded=False)
     model, interp = Model(raw), Model(raw, engine="interp")
     loss, grads = interp.loss_and_grads(batch)
+    inline = model.plan(batch)
+    assert not inline.backward.factors
+    an = inline.an
+    leaf_meta = {k: v for k, v in an.meta.items() if an.kind(k) == "input"}
+    plan = Plan(inline.graph, leaf_meta, np, "numpy", "float64", full=True, batch_derivatives=True)
+    feeds = batching.feeds(model.spec, inline.graph, batch)
     for _ in range(2):
-        got_loss, got = model.loss_and_grads(batch)
+        got_loss = plan.run(feeds, model.params)
+        got = plan.gradients()
         assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
         for key in grads:
             np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
-    plan = model.plan(batch)
     entries = plan.backward.kernels.entries()
     assert not [e for e in entries if e[0] == "local factor"]
     fused = [e[0] for e in entries if e[0].startswith("fused(local factor")]

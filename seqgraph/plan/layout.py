@@ -99,8 +99,11 @@ def resolve_cells(links: dict, keys) -> dict:
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
-    def __init__(self, an: Analysis, ctx):
+    def __init__(self, an: Analysis, ctx, activations_over_views: bool = False):
         self.an, self.m = an, ctx.m
+        # activation class -> the view class whose region it takes (`_activations_over_views`)
+        self.activations: dict = {}
+        self.activations_over_views = activations_over_views
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
             key=lambda c: an.pos[next(iter(an.members[c].values()))],
@@ -213,7 +216,46 @@ class Layout:
                     if self._dead_after(pattern[1], c, position) and not {c, pattern[1]} & slotted:
                         out[c] = pattern[1]
                         break
+        if self.activations_over_views:
+            self.activations = self._activations_over_views(out, slotted)
+            out.update(self.activations)
         return out
+
+    def _activations_over_views(self, taken: dict, slotted: set) -> dict:
+        """cls -> the view class whose region it writes over: an op that may write over its
+        input (`Op.out_may_alias_input`: tanh, sigmoid) reading at each step a view that it
+        alone reads, no other view overlapping it (`_alone`: an LSTM gate's column block of
+        the pre-activations), so the activations take the pre-activations' place, as a
+        hand-written LSTM keeps them. Only where the layout is asked to
+        (`activations_over_views`): backward then reads the activations there, and the
+        buffer holds no other gradient than the one whose regions those views are
+        (`liveness.gradients_over_activations`)."""
+        an, out = self.an, {}
+        for c in self.classes:
+            same = an.same_op(c)
+            if c in taken or c in self.source or c in slotted or same is None or same[1]:
+                continue
+            if not ops.OPS[same[0]].out_may_alias_input:
+                continue
+            pattern = an.input_pattern(c, 0)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            view = pattern[1]
+            if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[c]:
+                continue
+            parent = self.source[view][1]
+            if {view, parent} & slotted or parent in self.source or not self._alone(view):
+                continue
+            if any(k in an.outputs for k in an.members[parent].values()):
+                continue
+            if all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[c].values()):
+                out[c] = view
+        return out
+
+    def _read_by_alone(self, x, k) -> bool:
+        """Whether node k alone reads x, x is no output, and both hold values of one shape."""
+        an = self.an
+        return an.consumers.get(x) == [(k, 0)] and x not in an.outputs and an.meta[x] == an.meta[k]
 
     def _dead_after(self, source, cls, position) -> bool:
         an = self.an
@@ -364,6 +406,28 @@ class Layout:
                 self.grad_stack[c] = new
             for k, index in slots.items():
                 self.grad[k] = arr[index % steps_now, ...]
+
+    def unhost(self, base: int) -> None:
+        """Give gradient buffer `base`, kept in a value buffer (`hosted`), an array of its own:
+        every gradient stack and view in it is made again at the same place in the new array
+        (where backward would read a value there after writing a gradient over it:
+        `liveness.activation_reads_first`)."""
+        old = self.grad_buffers[base]
+        new = self.m.empty(old.shape, dtype=old.dtype)
+        start = old.__array_interface__["data"][0]
+
+        def moved(view):
+            offset = view.__array_interface__["data"][0] - start
+            return np.ndarray(view.shape, view.dtype, new, offset, view.strides)
+
+        for c, stack in list(self.grad_stack.items()):
+            if stack.base == base:
+                self.grad_stack[c] = type(stack)(moved(stack.arr), stack.offset, base)
+        for k, b in self.base.items():
+            if b == base:
+                self.grad[k] = moved(self.grad[k])
+        self.grad_buffers[base] = new
+        self.own_hosted.discard(self.hosted.pop(base, None))
 
     # ---- gradients ---------------------------------------------------------------------------
 

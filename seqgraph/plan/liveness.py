@@ -52,7 +52,7 @@ def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) ->
     shared = {cell for k, cell in lay.cell.items() if cell != k}
     shared |= {p for p in lay.children if analysis.class_of(p) not in views}
     found = {}
-    for c in _candidates(lay, sched.batched, views):
+    for c in _candidates(lay, sched.batched, views, grads=True):
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
             continue
@@ -191,6 +191,77 @@ def dead_in_backward(an, lay) -> list:
         if nodes and all(map(unread, nodes)):
             found.append(c)
     return found
+
+
+def gradients_over_activations(an, lay) -> list:
+    """The classes whose gradient stack may take their own value buffer although backward
+    reads values there: the parents of the views that activations write over
+    (`Layout.activations`: an LSTM's gates, whose activations then take the pre-activations'
+    place), where every other node in the buffer is unread in backward. Backward reads each
+    activation of step t, by the VJPs of step t, before the activation's own VJP writes its
+    input's gradient over it, element by element (an elementwise chain that reads an element
+    before it writes it is right in place); the emitter holds each plan to that order
+    (`activation_reads_first`) and gives the buffer back where it fails (`Layout.unhost`).
+    `Layout.add_grads` takes them as `own`."""
+    if not lay.activations:
+        return []
+    nodes_of, over = lay.nodes_by_buffer(), set()
+    parents = {lay.source[view][1] for view in lay.activations.values()}
+    for c in lay.activations:
+        over.update(an.members[c].values())
+    found = []
+    for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
+        nodes = nodes_of.get(id(owner(lay.value_stack[parent].arr)), [])
+        if all(k in over or _unread_in_backward(an, k) for k in nodes):
+            found.append(parent)
+    return found
+
+
+def activation_reads_first(an, lay, records: list, zero: set) -> list:
+    """The gradient buffers (`Layout.grad_buffers` indices) kept over activations
+    (`gradients_over_activations`) where backward would read an activation after its
+    input's gradient took its place: each activation y of step t must be read by no kernel
+    after the one that writes dL/dx of y = f(x) (its own VJP, which reads y at each element
+    before writing it there), that kernel must write, not add, and the buffer must not be
+    zero-filled. `records`: the emitter's kernel records, in run order."""
+    watched = {base: c for base, c in lay.hosted.items() if c in lay.own_hosted}
+    if not watched or not lay.activations:
+        return []
+    members = {k: c for c in lay.activations for k in an.members[c].values()}
+    last_read: dict = {}  # activation node -> the last kernel that may read its value
+    writes: dict = {}  # activation node -> (its own VJP's kernel, whether it adds)
+    for index, record in enumerate(records):
+        for k in _nodes_read(an, record):
+            if k in members:
+                last_read[k] = index
+        if record[0] == "vjp" and record[1] in members and record[2] == 0:
+            writes.setdefault(record[1], (index, record[3]))
+    failed = []
+    for base, parent in watched.items():
+        if base in zero:
+            failed.append(base)
+            continue
+        for k, c in members.items():
+            if lay.source[lay.activations[c]][1] != parent or k not in last_read:
+                continue
+            write = writes.get(k)
+            if write is None or write[1] or last_read[k] > write[0]:
+                failed.append(base)
+                break
+    return failed
+
+
+def _nodes_read(an, record: tuple) -> list:
+    """The nodes whose values a backward kernel may read, by its record (`backward`): a
+    node's VJP, its inputs and itself; a VJP over all steps of a class, every member's
+    inputs; a kernel of another kind (a local factor, a fill, a transpose) names none, and
+    `activation_reads_first` is used where no local factor is made before the loop."""
+    kind = record[0]
+    if kind in ("vjp", "product part", "add part", "factor", "addn"):
+        return [record[1], *an.inputs(record[1])]
+    if kind in ("class", "deferred"):
+        return [i for k in an.members[record[1]].values() for i in an.inputs(k)]
+    return []
 
 
 class _UnreadByClass:
@@ -388,11 +459,14 @@ def unit_positions(sched: Schedule) -> dict:
     return {unit[1]: i for i, unit in enumerate(sched.units) if unit[0] == "node"}
 
 
-def _candidates(lay, batched: dict, views: dict | None = None) -> list:
+def _candidates(lay, batched: dict, views: dict | None = None, grads: bool = False) -> list:
     """Classes whose buffer nothing else shares: no views (but those in `views`), aliases,
-    in-place writes or seeds."""
+    in-place writes or seeds. With `grads`, an activation over a view (`Layout.activations`)
+    is one: it shares its value's buffer, not its gradient's."""
     shared = {target for _, target, _ in lay.source.values()} - set(views or ())
-    shared |= set(lay.in_place.values()) | set(lay.in_place)
+    shared |= set(lay.in_place.values()) | set(lay.in_place).difference(
+        lay.activations if grads else ()
+    )
     shared |= {root for root, _ in lay.placed.values()}
     return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
 

@@ -55,9 +55,12 @@ class Plan:
         full: bool = False,
         grads: bool = True,
         fuse: bool = True,
-        batch_derivatives: bool = True,
+        batch_derivatives: bool | None = None,
         merge_siblings: bool | None = None,
     ):
+        compiles = fuse and module == "numpy" and ckernels.enabled()
+        if batch_derivatives is None:  # compiled chains compute them inline, at no cost
+            batch_derivatives = not compiles
         self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
@@ -66,8 +69,11 @@ class Plan:
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.an = an = rewrites.rewrite(an, merge_siblings)
-        self.layout = Layout(an, self.ctx)
-        compiles = fuse and module == "numpy" and ckernels.enabled()
+        # activations over their pre-activations, then the gradients over both: where the
+        # backward chains compile, so that each reads a step's activations before it writes
+        # over them, and no local factor is made for all steps before the loop
+        over = grads and compiles and not batch_derivatives
+        self.layout = Layout(an, self.ctx, activations_over_views=over)
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs, compiles)
         run_order = liveness.unit_positions(sched)  # for the three liveness passes
         self.compacted = liveness.dead_values(sched, run_order)
@@ -77,7 +83,8 @@ class Plan:
             self.ctx.dead_inputs.add(self.ctx.address(sched.batched[reader][2][position]))
         if grads:  # gradient stacks may take value buffers that backward never reads
             hosts = liveness.dead_in_backward(an, self.layout)
-            self.layout.add_grads(graph.loss, hosts, own=list(self.overwritten))
+            own = list(self.overwritten) + liveness.gradients_over_activations(an, self.layout)
+            self.layout.add_grads(graph.loss, hosts, own=own)
         self.deferred = scheduling.deferred(sched) if grads else {}
         self.grad_compacted = liveness.dead_grads(sched, self.deferred, run_order) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)
