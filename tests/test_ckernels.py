@@ -235,10 +235,11 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
     numbers, and it is not run again for later plans (regression: it ran twice for every
     library of every plan, 12 times for three batch shapes). The plans were lowered for
     compiled chains (local derivatives inline in each step; the LSTM's activations, then
-    its gate gradients, over its pre-activations), so NumPy runs those kernels: the numbers
+    its gate gradients, over its pre-activations; the RNN's dL/dh where dL/da goes), so
+    NumPy runs those kernels: the numbers
     of the NumPy path but for the rounding of g * f(y) against a factor made before the loop."""
     kernels(False)
-    cells = ("gru", "lstm")
+    cells = ("gru", "lstm", "rnn")
     wanted = {name: fallback_numbers(CASES[name], batch_for(CASES[name])) for name in cells}
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

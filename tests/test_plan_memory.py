@@ -746,3 +746,61 @@ def test_gradients_over_activations_that_fail_the_check_get_their_own_buffer(mon
     assert not any(np.shares_memory(g, projection) for g in lay.grad.values())
     assert "in the buffer of l0.gates" not in str(plan)
     assert_same_as_interpreter(model, batch)
+
+
+def recurrent_class(plan, op: str):
+    """The class of `op` on the recurrence (the RNN's h = tanh(...))."""
+    an = plan.an
+    return next(c for c in plan.layout.classes if c in an.recurrent and an.same_op(c)[0] == op)
+
+
+@needs_compiler
+def test_rnn_state_gradient_takes_the_pre_activation_gradients_place():
+    """Compiled, dL/dh at step t lives where dL/da of h = tanh(a) goes (`Layout.under`), in
+    the buffer of x W_ih + b (`liveness.dead_in_backward`): the step's VJP writes
+    dL/da = dL/dh * (1 - h^2) over dL/dh element by element, as hand-written NumPy does
+    `dG[t] *= 1 - h[t]**2`; the time-stacked arrays are then the hand-written step's."""
+    T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
+    _, _, plan = plan_of("rnn")
+    an, lay = plan.an, plan.layout
+    h = recurrent_class(plan, "tanh")
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert lay.under == {h: class_of_input(plan, h)}
+    for k in an.members[h].values():
+        assert same_view(lay.grad[k], lay.grad[an.inputs(k)[0]])
+        assert np.shares_memory(lay.grad[k], projection)
+    expected = T * B * H + (T + 1) * B * H + T * B * C + T * B * n_in
+    assert time_stacked_bytes(plan) == F64 * expected + T * B
+
+
+def class_of_input(plan, cls):
+    from seqgraph.plan.analysis import class_of
+
+    return class_of(plan.an.inputs(next(iter(plan.an.members[cls].values())))[0])
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["rnn", "own_sigmoid"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_state_gradients_under_their_inputs_give_the_interpreters_numbers(cell, bidirectional):
+    """Two layers (each direction its own), ragged sequences: the interpreter's numbers,
+    call after call, for the RNN and a cell of the user's own, h = sigmoid(x W + h U).
+    (The initial states' gradients, each an array of its own here, not the slot before
+    the shared stack, are those of segment plans: tests/test_segments.py.)"""
+    from support import make_batch, model_spec
+
+    cells = {
+        "own_sigmoid": {
+            "inputs": ["x"],
+            "state": ["h"],
+            "output": "h",
+            "params": {"W": {"shape": ["input", "hidden"]}, "U": {"shape": ["hidden", "hidden"]}},
+            "equations": ["h = sigmoid(x @ W + h @ U)"],
+        }
+    }
+    raw = model_spec("many_to_many", cell, bidirectional=bidirectional, hidden=4, cells=cells)
+    model = Model(raw, dtype="float64")
+    batch = make_batch(model.spec, 3, STEPS)
+    plan = model.plan(batch)
+    assert len(plan.layout.under) == (4 if bidirectional else 2)
+    assert_same_as_interpreter(model, batch)

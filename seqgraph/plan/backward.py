@@ -206,13 +206,14 @@ class _Emitter:
             raise _FactorOverwritten
         if not self.check_transposes_in_gradients():
             raise _TransposeOverwritten
-        if lay.activations:
-            if factors:  # a factor of all steps would read activations a step wrote over
-                raise GraphError("plan: activations over views need inline local derivatives")
+        if lay.activations or lay.under:
+            if factors:  # a factor of all steps would read values a step wrote over
+                raise GraphError("plan: values under gradients need inline local derivatives")
             failed = liveness.activation_reads_first(an, lay, out.records, tracker.zero)
             if failed:
                 raise _ActivationOverwritten(failed)
-            self._activation_vjps_apart()
+            liveness.check_gradients_under_inputs(an, lay, out.records)
+            self._vjps_apart_from_their_reads()
         if self.ctx.name == "numpy":
             self._compile_chains()
         copies = [self._transpose_kernel(bt, value) for bt, value in self.transposes.values()]
@@ -224,15 +225,18 @@ class _Emitter:
         tracker.ready([k for k in wanted if k in lay.grad])
         return Backward(out, tracker.zero, list(factors.values()))
 
-    def _activation_vjps_apart(self) -> None:
-        """The VJP of an activation whose input's gradient is written over it
-        (`Layout.activations`): as NumPy calls (where its chain does not compile), first
+    def _vjps_apart_from_their_reads(self) -> None:
+        """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over
+        dL/dy (`Layout.under`): as NumPy calls (where its chain does not compile), first
         into scratch, then copied there, since `local_out` may write before it reads (a
-        sigmoid's 1 - y, then times y). Its statement, one C line that reads y at each
-        element before writing there, stays for `_compile_chains`."""
+        sigmoid's 1 - y, then times y; then times g). Its statement, one C line that reads
+        each operand at an element before writing there, stays for `_compile_chains`."""
         an, lay, ctx, out = self.an, self.lay, self.ctx, self.out
         for index, record in enumerate(out.records):
-            if record[0] != "vjp" or record[2] != 0 or class_of(record[1]) not in lay.activations:
+            if record[0] != "vjp" or record[2] != 0:
+                continue
+            c = class_of(record[1])
+            if c not in lay.activations and c not in lay.under:
                 continue
             k, g = record[1], lay.grad[record[4]]
             node, dest = an.node[k], lay.grad[an.inputs(k)[0]]

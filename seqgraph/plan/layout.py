@@ -99,11 +99,15 @@ def resolve_cells(links: dict, keys) -> dict:
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
-    def __init__(self, an: Analysis, ctx, activations_over_views: bool = False):
+    def __init__(self, an: Analysis, ctx, inline_derivatives: bool = False):
         self.an, self.m = an, ctx.m
+        # backward's chains compute each local derivative inline, step by step, reading an
+        # element before writing it: values and gradients may then take each other's place
+        self.inline_derivatives = inline_derivatives
         # activation class -> the view class whose region it takes (`_activations_over_views`)
         self.activations: dict = {}
-        self.activations_over_views = activations_over_views
+        # y -> x, for y = f(x) whose gradient lives where x's will (`_gradient_under_input`)
+        self.under: dict = {}
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
             key=lambda c: an.pos[next(iter(an.members[c].values()))],
@@ -216,7 +220,7 @@ class Layout:
                     if self._dead_after(pattern[1], c, position) and not {c, pattern[1]} & slotted:
                         out[c] = pattern[1]
                         break
-        if self.activations_over_views:
+        if self.inline_derivatives:
             self.activations = self._activations_over_views(out, slotted)
             out.update(self.activations)
         return out
@@ -226,8 +230,8 @@ class Layout:
         input (`Op.out_may_alias_input`: tanh, sigmoid) reading at each step a view that it
         alone reads, no other view overlapping it (`_alone`: an LSTM gate's column block of
         the pre-activations), so the activations take the pre-activations' place, as a
-        hand-written LSTM keeps them. Only where the layout is asked to
-        (`activations_over_views`): backward then reads the activations there, and the
+        hand-written LSTM keeps them. Only with `inline_derivatives`: backward then reads the
+        activations there (no local factor of all steps is made from them first), and the
         buffer holds no other gradient than the one whose regions those views are
         (`liveness.gradients_over_activations`)."""
         an, out = self.an, {}
@@ -534,7 +538,57 @@ class Layout:
         if target is not None:
             return ("pass", target, None)
         adopted = self._adopted_input(cls)
-        return ("adopt", adopted[0], adopted[1]) if adopted else None
+        if adopted:
+            return ("adopt", adopted[0], adopted[1])
+        x = self._gradient_under_input(cls) if self.inline_derivatives else None
+        return None if x is None else ("under", x, None)
+
+    def _gradient_under_input(self, cls):
+        """The class x, for `cls` = f(x) whose VJP is g * f'(y) from y alone (`Op.local`:
+        tanh, sigmoid), where y's gradient can live where x's will: at each step x is read by
+        y alone and dL/dx is written by y's VJP alone, which reads dL/dy at each element
+        before writing dL/dx there (a compiled chain's line), and nothing reads dL/dy after
+        it. So dL/dy takes the gradient buffer of x (an RNN's dL/dh, in the buffer of
+        x W_ih + b, which backward never reads: `liveness.dead_in_backward`), as hand-written
+        NumPy does `dG[t] *= 1 - h[t]**2`. An initial state's gradient, in the slot before
+        y's stack, then takes an array of its own: only where no class off the recurrence
+        reads y a step apart (its VJP over all steps would want that slot in the stack).
+        Only for y on a recurrence, which runs step by step (a VJP over all steps writes
+        dL/dx by NumPy calls); none where x's gradient is not its own or has views. The
+        emitter checks the order (`liveness.check_gradients_under_inputs`)."""
+        an = self.an
+        same = an.same_op(cls)
+        if same is None or same[1] or ops.OPS[same[0]].local_c_expr is None or cls in self.source:
+            return None
+        if cls not in an.recurrent:  # else it may run over all steps at once, its VJP too
+            return None
+        pattern = an.input_pattern(cls, 0)
+        if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+            return None
+        x = pattern[1]
+        if x not in self.range or self.range[x] != self.range[cls] or x in self.source:
+            return None
+        if any(target == x for _, target, _ in self.source.values()) or x in self.activations:
+            return None
+        if any(r == x for r, _ in self.placed.values()) or self.grad_source(x) is not None:
+            return None
+        if not all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[cls].values()):
+            return None
+        return x if self._no_shifted_batched_reader(cls) else None
+
+    def _no_shifted_batched_reader(self, cls) -> bool:
+        """Whether every class reading `cls` (or an alias of it) at another step is on a
+        recurrence: it then runs step by step, never over a stacked span of the gradient."""
+        an, names = self.an, {cls} | {c for c, s in self.source.items() if s[1] == cls}
+        for c in self.classes:
+            if c in an.recurrent:
+                continue
+            k0 = next(iter(an.members[c].values()))
+            for position in range(len(an.inputs(k0))):
+                pattern = an.input_pattern(c, position)
+                if pattern and pattern[0] == "class" and pattern[1] in names and pattern[2]:
+                    return False
+        return True
 
     def _resolve_grad_stack(self, cls, sources: dict):
         if cls in self.grad_stack:
@@ -550,9 +604,11 @@ class Layout:
             parent = self._resolve_grad_stack(target, sources)
             stack = (
                 parent
-                if kind != "view"  # alias, pass and adopt: the very same buffer
+                if kind != "view"  # alias, pass, adopt and under: the very same buffer
                 else Stack(parent.arr[(slice(None),) + index], parent.offset, parent.base)
             )
+            if kind == "under":
+                self.under[cls] = target
         self.grad_stack[cls] = stack
         return stack
 
@@ -588,7 +644,12 @@ class Layout:
             self.grad.update(stack.views(members))
             self.base.update(dict.fromkeys(members.values(), stack.base))
         for seed, (root, side) in self.placed.items():
-            if root in self.grad_stack:
+            if root in self.under and seed in needs:  # x's stack has no slot for it
+                shape, dtype = an.meta[seed]
+                self.base[seed] = len(self.grad_buffers)
+                self.grad_buffers.append(self.m.zeros(shape, dtype=dtype))
+                self.grad[seed] = self.grad_buffers[-1]
+            elif root in self.grad_stack and root not in self.under:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base

@@ -56,6 +56,8 @@ def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) ->
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
             continue
+        if c in lay.under or c in lay.under.values():  # one buffer for two gradients
+            continue
         viewed = (k for v in views.get(c, {}) for k in lay.an.members[v].values())
         if any(k in shared for k in viewed):  # a view whose region another gradient adopted
             continue
@@ -94,6 +96,8 @@ def rolling_grads(sched: Schedule, deferred: dict, position: dict | None = None)
             continue
         classes = [d for d, other in lay.grad_stack.items() if other is stack]
         if stack.arr.shape[0] < 3 or any(d in deferred or d in sched.batched for d in classes):
+            continue
+        if any(d in lay.under for d in classes):  # two gradients in turn: not a ring's
             continue
         slots = _slots(lay, stack, classes, keys_of[stack.base])
         if slots is not None and _takes_turns(an, position, slots):
@@ -249,6 +253,52 @@ def activation_reads_first(an, lay, records: list, zero: set) -> list:
                 failed.append(base)
                 break
     return failed
+
+
+def check_gradients_under_inputs(an, lay, records: list) -> None:
+    """Where y = f(x) keeps dL/dy in dL/dx's place (`Layout.under`), y's VJP at step t, which
+    reads dL/dy and writes dL/dx over it element by element, must write (not add), and no
+    later kernel may read or write dL/dy of that step. Backward runs the VJPs in reverse
+    order of forward, so every reader of y, which writes dL/dy, comes before y's VJP: this
+    holds that order to it, as `check_grads` holds the reused buffers. `records`: the
+    emitter's kernel records, in run order."""
+    if not lay.under:
+        return
+    cell = lay.cell
+    watched = {cell[k]: k for c in lay.under for k in an.members[c].values()}
+    done: set = set()
+    for record in records:
+        if record[0] == "class" and record[1] in lay.under:
+            raise GraphError(f"plan: {record[1]} keeps its gradient under its input's, batched")
+        touched = [cell.get(k) for k in _gradients_touched(an, record)]
+        late = [watched[c] for c in touched if c in watched and watched[c] in done]
+        if late:
+            raise GraphError(f"plan: the gradient of {late[0]} is used after its VJP wrote over it")
+        if record[0] == "vjp" and record[1] in watched.values() and record[2] == 0:
+            if record[3]:
+                raise GraphError(f"plan: the VJP of {record[1]} adds over its own gradient")
+            done.add(record[1])
+
+
+def _gradients_touched(an, record: tuple) -> list:
+    """The nodes whose gradients a backward kernel reads (g) or writes, by its record; the
+    VJP of y itself counts as touching dL/dx only."""
+    kind = record[0]
+    if kind in ("vjp", "factor"):
+        k, i, upstream = record[1], record[2], record[4]
+        return [an.inputs(k)[i]] + ([] if upstream == k and kind == "vjp" else [upstream])
+    if kind == "product part":
+        return [record[4]]
+    if kind == "add part":
+        return [an.inputs(record[1])[record[2]]]
+    if kind == "addn":
+        return [record[4], *an.members[record[2]].values()]
+    if kind == "class":
+        members = list(an.members[record[1]].values())
+        return members + [an.inputs(k)[record[2]] for k in members]
+    if kind == "deferred":
+        return list(an.members[record[1]].values())
+    return []
 
 
 def _nodes_read(an, record: tuple) -> list:

@@ -69,11 +69,11 @@ class Plan:
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.an = an = rewrites.rewrite(an, merge_siblings)
-        # activations over their pre-activations, then the gradients over both: where the
-        # backward chains compile, so that each reads a step's activations before it writes
-        # over them, and no local factor is made for all steps before the loop
+        # activations over their pre-activations, gradients over both, and dL/dy where dL/dx
+        # goes: where the backward chains compile, so that each reads a step's values before
+        # it writes over them, and no local factor is made for all steps before the loop
         over = grads and compiles and not batch_derivatives
-        self.layout = Layout(an, self.ctx, activations_over_views=over)
+        self.layout = Layout(an, self.ctx, inline_derivatives=over)
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs, compiles)
         run_order = liveness.unit_positions(sched)  # for the three liveness passes
         self.compacted = liveness.dead_values(sched, run_order)

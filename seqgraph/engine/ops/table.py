@@ -79,7 +79,7 @@ class Op:
     local_in_place: bool = False
     # `out_forward(ctx, out, a)` is right with `out` the very buffer of `a`: each of its calls
     # reads a at an element before it writes that element (tanh, sigmoid), so the plan may put
-    # an activation in its pre-activation's place (`plan.layout`, `activations_over_views`)
+    # an activation in its pre-activation's place (`plan.layout`, `inline_derivatives`)
     out_may_alias_input: bool = False
     # Input positions `out_forward` may write over when the plan says nothing reads them
     # afterwards (their address in `ctx.dead_inputs`): softmax_ce keeps exp(z - max) in z.
