@@ -8,6 +8,13 @@ in an extra slot in front of the state's buffer so [h0, h_0 .. h_T-2] is one con
 Gradients mirror values; an `add` input whose only use is that add shares its output's
 gradient buffer, since the two gradients are equal, and an add whose input is a view read
 by it alone keeps its gradient in that view's region ("adopt").
+
+Where backward's elementwise VJPs run as compiled chains that compute each local derivative
+inline (`inline_derivatives`), a step's chain reads each element before it writes it, so
+values and gradients may take each other's place as hand-written NumPy has them: a tanh or
+sigmoid writes over the column block of pre-activations it alone reads (an LSTM's gates:
+`activations`), and the gradient of y = f(x) on a recurrence lives where dL/dx will, which
+y's VJP writes over it (an RNN's dL/dh: `under`).
 """
 
 from __future__ import annotations

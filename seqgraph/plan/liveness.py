@@ -228,8 +228,9 @@ def activation_reads_first(an, lay, records: list, zero: set) -> list:
     after the one that writes dL/dx of y = f(x) (its own VJP, which reads y at each element
     before writing it there), that kernel must write, not add, and the buffer must not be
     zero-filled. `records`: the emitter's kernel records, in run order."""
-    watched = {base: c for base, c in lay.hosted.items() if c in lay.own_hosted}
-    if not watched or not lay.activations:
+    parents = {lay.source[view][1] for view in lay.activations.values()}
+    watched = {base: c for base, c in lay.hosted.items() if c in parents & lay.own_hosted}
+    if not watched:
         return []
     members = {k: c for c in lay.activations for k in an.members[c].values()}
     last_read: dict = {}  # activation node -> the last kernel that may read its value

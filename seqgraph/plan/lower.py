@@ -10,18 +10,22 @@ ones before it handed on:
 2. `rewrites.rewrite(analysis) -> Analysis`: the rewritten graph's analysis (common
    subexpressions, fused gate products, bias moves, sibling merges).
 3. `layout.Layout(analysis, ctx) -> Layout`: one buffer per class stacked over time, views
-   for slices and aliases.
+   for slices and aliases; where the backward chains compile (`inline_derivatives`), an
+   activation over its pre-activation's column block (an LSTM's gates) and dL/dy of
+   y = f(x) on a recurrence where dL/dx goes (an RNN's dL/dh).
 4. `schedule.schedule(analysis, layout, outputs) -> Schedule`: the classes that run as ONE
    kernel over all steps, and every unit in dependency order.
 5. `liveness.dead_values(schedule)`, `liveness.dead_grads(schedule, deferred)`: the classes
    whose buffer one step can hold; the layout shrinks them (`Layout.reuse_values`,
    `Layout.reuse_grads`). Between the two, `Layout.add_grads` lays out the gradient
    buffers, a gradient stack in the buffer of a value that backward never reads where one
-   fits (`liveness.dead_in_backward`). `schedule.deferred` names the per-step classes whose
-   parameter gradients are summed after the loop, as one batched product over the stacked
-   steps. `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an
-   LSTM's dc; `Layout.roll_grads`), given their full stacks back where backward would
-   zero-fill them.
+   fits (`liveness.dead_in_backward`), or over the activations that backward reads at
+   each step before it writes there (`liveness.gradients_over_activations`).
+   `schedule.deferred` names the per-step classes whose parameter gradients are summed
+   after the loop, as one batched product over the stacked steps.
+   `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an LSTM's
+   dc; `Layout.roll_grads`), given their full stacks back where backward would zero-fill
+   them.
 6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
    the kernels, forward in unit order (fused where `fusion.groups` says), backward in
    reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
