@@ -386,6 +386,43 @@ def test_a_compiled_chain_computes_what_its_kernels_one_by_one_do(dtype, kernels
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_chain_writes_gradients_over_the_values_it_has_read(dtype, kernels):
+    """The in-place rule of `Layout.activations` and `Layout.under`: a chain whose
+    statements read a step's values, then each write a gradient over a value it reads
+    itself (dL/dx = g * f(y) over y, and over g), gives what the statements give out of
+    place: each C line reads its operands at an element before it writes there, and no
+    line reads a value after another wrote over it (`liveness.activation_reads_first`,
+    `liveness.check_gradients_under_inputs`)."""
+    from seqgraph.plan import kernels_vjp
+
+    kernels(True)
+    rng = np.random.default_rng(5)
+    gates = rng.uniform(0.05, 0.95, size=(4, 12)).astype(dtype)  # activations i | g
+    dc, dh = rng.normal(size=(4, 6)).astype(dtype), rng.normal(size=(4, 6)).astype(dtype)
+    h = rng.uniform(-0.9, 0.9, size=(4, 6)).astype(dtype)
+    i, g = gates[:, :6], gates[:, 6:]
+    di_part, dg_part = np.empty_like(dc), np.empty_like(dc)
+    want_i = (dc * g) * ((1 - i) * i)  # sigmoid's VJP of d(i * g)/di, as the interpreter
+    want_g = (dc * i) * (1 - g * g)
+    want_h = (1 - h * h) * dh
+    S = ckernels.Statement
+    run = [
+        S(di_part, False, "{0} * {1}", (dc, g)),
+        S(dg_part, False, "{0} * {1}", (dc, i)),
+        kernels_vjp.statement("sigmoid", 0, i, False, di_part, i, [None], {}),  # over y
+        kernels_vjp.statement("tanh", 0, g, False, dg_part, g, [None], {}),
+        kernels_vjp.statement("tanh", 0, dh, False, dh, h, [None], {}),  # over g
+    ]
+    assert ckernels.chains(run) == [(0, 5)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(g, want_g)
+    np.testing.assert_array_equal(dh, want_h)
+
+
+@needs_compiler
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell", ["lstm", "unusual"])
 def test_a_value_does_not_depend_on_where_it_lies(dtype, cell, kernels):
