@@ -233,10 +233,14 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 ):
     """A compiler that fails: one warning for the process, no traceback, the NumPy chain's
     numbers, and it is not run again for later plans (regression: it ran twice for every
-    library of every plan, 12 times for three batch shapes)."""
-    raw, batch = CASES["gru"], batch_for(CASES["gru"])
+    library of every plan, 12 times for three batch shapes). The plans were lowered for
+    compiled chains (local derivatives inline in each step; the LSTM's activations, then
+    its gate gradients, over its pre-activations; the RNN's dL/dh where dL/da goes), so
+    NumPy runs those kernels: the numbers
+    of the NumPy path but for the rounding of g * f(y) against a factor made before the loop."""
     kernels(False)
-    want_loss, want, _ = fallback_numbers(raw, batch)
+    cells = ("gru", "lstm", "rnn")
+    wanted = {name: fallback_numbers(CASES[name], batch_for(CASES[name])) for name in cells}
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = tmp_path / "calls"
@@ -247,13 +251,13 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
     monkeypatch.setitem(ckernels._STATE, "warned", False)
     monkeypatch.setitem(ckernels._STATE, "failed", set())
     with caplog.at_level(logging.WARNING, logger="seqgraph"):
-        for raw_again in (raw, CASES["lstm"]):
-            loss, grads, compiled = fallback_numbers(raw_again, batch_for(raw_again))
+        for name in cells:
+            loss, grads, compiled = fallback_numbers(CASES[name], batch_for(CASES[name]))
             assert compiled == 0
-            if raw_again is raw:
-                assert loss == want_loss
-                for key in want:
-                    np.testing.assert_array_equal(grads[key], want[key])
+            want_loss, want, _ = wanted[name]
+            assert loss == want_loss
+            for key in want:
+                np.testing.assert_allclose(grads[key], want[key], rtol=1e-13, atol=1e-15)
     assert len(caplog.records) == 1
     assert (
         caplog.records[0]
@@ -379,6 +383,43 @@ def test_a_compiled_chain_computes_what_its_kernels_one_by_one_do(dtype, kernels
     rtol = 1e-6 if dtype == np.float32 else 1e-15
     np.testing.assert_allclose(grads, want_grads, rtol=rtol)
     np.testing.assert_allclose(dest, want_dest, rtol=rtol)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_chain_writes_gradients_over_the_values_it_has_read(dtype, kernels):
+    """The in-place rule of `Layout.activations` and `Layout.under`: a chain whose
+    statements read a step's values, then each write a gradient over a value it reads
+    itself (dL/dx = g * f(y) over y, and over g), gives what the statements give out of
+    place: each C line reads its operands at an element before it writes there, and no
+    line reads a value after another wrote over it (`liveness.activation_reads_first`,
+    `liveness.check_gradients_under_inputs`)."""
+    from seqgraph.plan import kernels_vjp
+
+    kernels(True)
+    rng = np.random.default_rng(5)
+    gates = rng.uniform(0.05, 0.95, size=(4, 12)).astype(dtype)  # activations i | g
+    dc, dh = rng.normal(size=(4, 6)).astype(dtype), rng.normal(size=(4, 6)).astype(dtype)
+    h = rng.uniform(-0.9, 0.9, size=(4, 6)).astype(dtype)
+    i, g = gates[:, :6], gates[:, 6:]
+    di_part, dg_part = np.empty_like(dc), np.empty_like(dc)
+    want_i = (dc * g) * ((1 - i) * i)  # sigmoid's VJP of d(i * g)/di, as the interpreter
+    want_g = (dc * i) * (1 - g * g)
+    want_h = (1 - h * h) * dh
+    S = ckernels.Statement
+    run = [
+        S(di_part, False, "{0} * {1}", (dc, g)),
+        S(dg_part, False, "{0} * {1}", (dc, i)),
+        kernels_vjp.statement("sigmoid", 0, i, False, di_part, i, [None], {}),  # over y
+        kernels_vjp.statement("tanh", 0, g, False, dg_part, g, [None], {}),
+        kernels_vjp.statement("tanh", 0, dh, False, dh, h, [None], {}),  # over g
+    ]
+    assert ckernels.chains(run) == [(0, 5)]
+    (kernel,) = ckernels.compile_chains([run])
+    kernel()
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(g, want_g)
+    np.testing.assert_array_equal(dh, want_h)
 
 
 @needs_compiler
@@ -568,20 +609,29 @@ def test_local_factor_c_expression_gives_local_outs_bits(name, dtype, kernels):
 @needs_compiler
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_local_factors_run_as_one_loop(cell, kernels):
-    """Compiled, a cell's local factors and their folds run as one loop per shape before
-    the loop over steps (a lone factor too: its NumPy form is 2-3 passes), and the plan
-    still gives the interpreter's numbers (float64, two calls)."""
+    """Compiled, a plan asked for local factors of all steps (`batch_derivatives`; by
+    default the compiled chains compute them inline, step by step) runs them and their
+    folds as one loop per shape before the loop over steps (a lone factor too: its NumPy
+    form is 2-3 passes), and gives the interpreter's numbers (float64, two calls)."""
+    from seqgraph.plan.lower import Plan
+
     kernels(True)
     raw = spec(cell)
     batch = batch_for(raw, padded=False)
     model, interp = Model(raw), Model(raw, engine="interp")
     loss, grads = interp.loss_and_grads(batch)
+    inline = model.plan(batch)
+    assert not inline.backward.factors
+    an = inline.an
+    leaf_meta = {k: v for k, v in an.meta.items() if an.kind(k) == "input"}
+    plan = Plan(inline.graph, leaf_meta, np, "numpy", "float64", full=True, batch_derivatives=True)
+    feeds = batching.feeds(model.spec, inline.graph, batch)
     for _ in range(2):
-        got_loss, got = model.loss_and_grads(batch)
+        got_loss = plan.run(feeds, model.params)
+        got = plan.gradients()
         assert got_loss == pytest.approx(loss, rel=1e-11, abs=1e-12)
         for key in grads:
             np.testing.assert_allclose(got[key], grads[key], rtol=1e-11, atol=1e-12, err_msg=key)
-    plan = model.plan(batch)
     entries = plan.backward.kernels.entries()
     assert not [e for e in entries if e[0] == "local factor"]
     fused = [e[0] for e in entries if e[0].startswith("fused(local factor")]

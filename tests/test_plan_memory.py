@@ -16,6 +16,18 @@ STEPS, BATCH, INPUT, HIDDEN, VOCAB = 6, 3, 2, 5, 7
 F64 = 8
 
 
+@pytest.fixture
+def numpy_path(monkeypatch):
+    """The plan of the NumPy path (`SEQGRAPH_CPU_KERNELS=0`, as where no C compiler is
+    found): local factors made for all steps before the loop, and the layout that keeps
+    activations and gradients apart. (Where the chains compile, they compute the local
+    derivatives inline, and an LSTM's gate gradients go over its activations, which go
+    over its pre-activations: the tests below the factors' own.)"""
+    from seqgraph.plan import ckernels
+
+    monkeypatch.setenv(ckernels.SWITCH, "0")
+
+
 def plan_of(cell: str):
     raw = {
         "model": {
@@ -53,7 +65,7 @@ def time_stacked_bytes(plan) -> int:
     return sum(stacked)
 
 
-def test_lstm_gate_gradients_live_in_the_input_projection_buffer():
+def test_lstm_gate_gradients_live_in_the_input_projection_buffer(numpy_path):
     """Backward never reads x W_ih + b (an add's VJP reads nothing), so the gates' gradient
     stack, of its very shape, takes its buffer."""
     _, _, plan = plan_of("lstm")
@@ -87,7 +99,7 @@ def factor_buffers(plan) -> list:
     return [f.stack.span(*lay.range[f.cls]) for f in plan.backward.factors]
 
 
-def test_lstm_factors_take_no_new_buffer():
+def test_lstm_factors_take_no_new_buffer(numpy_path):
     """Of the five local factors (i, f, g, o, tanh c), tanh's two write over their values,
     two sigmoids' take values freed by earlier factors and the last, which found none free,
     waits in its gate's gradient (`local_factors.gradient_regions`), in the projection's
@@ -102,7 +114,7 @@ def test_lstm_factors_take_no_new_buffer():
     assert sum(np.shares_memory(f, projection) for f in factors) == 1
 
 
-def test_lstm_time_stacked_bytes_match_the_hand_written_count():
+def test_lstm_time_stacked_bytes_match_the_hand_written_count(numpy_path):
     """The arrays stacked over time are those of a hand-written LSTM step (tools/
     numpy_hand.py: projection, gate gradients in its place, activations, tanh(c), h, c and
     h's gradient, logits, x, the padding mask; c's gradient takes two steps in turn); before
@@ -120,7 +132,7 @@ def step_views(stack, steps) -> list:
 
 
 @pytest.mark.parametrize("cell, waiting", [("rnn", 1), ("gru", 1), ("lstm", 1)])
-def test_a_local_factor_waits_in_its_input_gradient(cell, waiting):
+def test_a_local_factor_waits_in_its_input_gradient(cell, waiting, numpy_path):
     """A factor f(y) of y = tanh(x) (sigmoid) that finds no value buffer free lives where
     dL/dx will, at every step: the multiply of step t writes dL/dx = g * f(y) over it,
     element by element, as the first write there (the RNN's tanh, the GRU's n, one LSTM
@@ -135,7 +147,7 @@ def test_a_local_factor_waits_in_its_input_gradient(cell, waiting):
             assert np.shares_memory(factor, grad) and factor.shape == grad.shape
 
 
-def test_a_factor_below_the_size_threshold_keeps_its_own_buffer(monkeypatch):
+def test_a_factor_below_the_size_threshold_keeps_its_own_buffer(monkeypatch, numpy_path):
     """GRADIENT_REGION_MIN_BYTES (1 MiB; the suite sets 0): a tiny RNN's tanh factor (its
     stack of all steps far below it) keeps a buffer apart, as it does at exactly one byte
     more than its gradient region; at the region's size it waits there."""
@@ -153,7 +165,7 @@ def test_a_factor_below_the_size_threshold_keeps_its_own_buffer(monkeypatch):
 SQUARED_TANH = ["u = tanh(a)", "h = u * u + a * 0.5"]  # u's factor finds no free value
 
 
-def test_a_factor_stays_apart_where_its_input_has_another_reader():
+def test_a_factor_stays_apart_where_its_input_has_another_reader(numpy_path):
     """h = tanh(a)^2 + a / 2: dL/da is the sum of two VJPs' writes, so the tanh factor keeps
     a buffer of its own (and the plan still gives the interpreter's numbers)."""
     plan, model, batch = own_cell_plan(SQUARED_TANH)
@@ -162,7 +174,7 @@ def test_a_factor_stays_apart_where_its_input_has_another_reader():
     assert_same_as_interpreter(model, batch)
 
 
-def test_a_factor_overwritten_before_its_multiply_falls_back(monkeypatch):
+def test_a_factor_overwritten_before_its_multiply_falls_back(monkeypatch, numpy_path):
     """Were the structural rule to let the tanh factor of h = tanh(a)^2 + a / 2 wait in
     dL/da, the VJP of a / 2 would write there first; the emitter sees that its multiply adds
     (`local_factors.check_in_gradients`) and emits backward again with the factor apart."""
@@ -297,7 +309,7 @@ def test_inventory_counts_every_allocation_once():
     assert sum(nbytes for _, nbytes, _ in rows) >= held_bytes(plan) > 0
 
 
-def test_gru_factors_take_no_new_buffer():
+def test_gru_factors_take_no_new_buffer(numpy_path):
     """r and z's factor takes the r, z block of h W_hh + b_hh, a value region backward never
     reads (below); n's, finding none free, waits in the x_n block of the input projection's
     gradient, which x_n + r * h_n adopts (`Layout._adopted_input`)."""
@@ -307,7 +319,9 @@ def test_gru_factors_take_no_new_buffer():
     assert all(any(np.shares_memory(f, g) for g in x_n) for f in factor_buffers(plan)[1:])
 
 
-def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection(monkeypatch):
+def test_gru_gate_factor_lives_in_the_unread_block_of_the_recurrent_projection(
+    monkeypatch, numpy_path
+):
     """Where a factor cannot wait in a gradient (the rule off here), backward reads only the
     n block of h W_hh + b_hh (for r * h_n): the r and z block holds the sigmoid's local
     factor, which has its shape."""
@@ -589,3 +603,204 @@ def test_loss_and_grads_skips_the_state_copies_and_keeps_its_numbers(cell):
     assert got_loss == pytest.approx(want_loss, rel=1e-12)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-12)
+
+
+# ---- where the chains compile: activations over pre-activations, gradients over both ----
+
+needs_compiler = pytest.mark.skipif(
+    __import__("seqgraph.plan.ckernels").plan.ckernels.compiler() is None,
+    reason="no C compiler ($CC, cc, gcc): the NumPy path keeps activations apart",
+)
+
+
+def same_view(a, b) -> bool:
+    """The very same elements: start, shape and strides."""
+    return (a.__array_interface__["data"][0], a.shape, a.strides) == (
+        b.__array_interface__["data"][0],
+        b.shape,
+        b.strides,
+    )
+
+
+@needs_compiler
+def test_lstm_activations_then_gate_gradients_take_the_pre_activations_place():
+    """Compiled, the four gate activations are written over their pre-activation blocks of
+    x W_ih + b + h W_hh (`Layout.activations`), and the gates' gradient over both
+    (`liveness.gradients_over_activations`): dL/di at step t is the very view that holds
+    sigmoid(i) at step t until its VJP reads it. One buffer of (T, B, 4H) for what the
+    NumPy path keeps in five (pre-activations and gate gradients, four activations)."""
+    _, _, plan = plan_of("lstm")
+    an, lay = plan.an, plan.layout
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert sorted(an.same_op(c)[0] for c in lay.activations) == ["sigmoid"] * 3 + ["tanh"]
+    for c, view in lay.activations.items():
+        assert lay.source[view][0] == "view"
+        for k in an.members[c].values():
+            pre = an.inputs(k)[0]
+            assert same_view(lay.value[k], lay.value[pre])
+            assert same_view(lay.grad[pre], lay.value[k])
+            assert np.shares_memory(lay.value[k], projection)
+    (base,) = [i for i, arr in enumerate(lay.grad_buffers) if arr is projection]
+    assert lay.hosted[base] in lay.own_hosted
+    assert not plan.backward.factors  # the chains compute g * f(y) inline, step by step
+
+
+@needs_compiler
+def test_lstm_time_stacked_bytes_compiled_are_below_the_hand_written_count():
+    """Compiled: the pre-activations, activations and gate gradients in one (T, B, 4H)
+    buffer, tanh(c), h, c and h's gradient, logits, x and the mask; a hand-written LSTM
+    step (tools/numpy_hand.py) keeps gate gradients apart from its activations."""
+    T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
+    _, _, plan = plan_of("lstm")
+    expected = T * B * 4 * H + T * B * H + 3 * (T + 1) * B * H + T * B * C + T * B * n_in
+    assert time_stacked_bytes(plan) == F64 * expected + T * B
+    hand = expected + 4 * T * B * H  # its activations beside the gate gradients
+    assert time_stacked_bytes(plan) < F64 * hand
+
+
+GATED = ["p, q = split(a, 2)", "u = sigmoid(p)", "v = tanh(q)", "h = u * v + (1 - u) * h"]
+
+
+def gated_cell(equations: list, layers: int = 1, bidirectional: bool = False):
+    """A cell of the user's own: two gates over column blocks of one projection (and a
+    matrix V, where the equations use one)."""
+    params = {"W": {"shape": ["input", "2*hidden"]}, "U": {"shape": ["hidden", "2*hidden"]}}
+    if any("V" in line for line in equations):
+        params["V"] = {"shape": ["hidden", "hidden"]}
+    raw = {
+        "cells": {
+            "mine": {
+                "inputs": ["x"],
+                "state": ["h"],
+                "output": "h",
+                "params": params,
+                "equations": ["a = x @ W + h @ U", *equations],
+            }
+        },
+        "model": {
+            "pattern": "many_to_many",
+            "input": {"type": "vectors", "size": INPUT},
+            "target": {"type": "ids", "vocab": VOCAB},
+            "layers": [{"cell": "mine", "hidden": HIDDEN, "bidirectional": bidirectional}] * layers,
+        },
+        "dtype": "float64",
+    }
+    model = Model(raw, dtype="float64")
+    batch = batching.dummy(model.spec, BATCH, STEPS)
+    batch["lengths"] = np.array([STEPS, 2, 4])
+    return model.plan(batch), model, batch
+
+
+def hosted_over_activations(plan) -> list:
+    lay = plan.layout
+    return [i for i, c in lay.hosted.items() if c in lay.own_hosted and c not in plan.overwritten]
+
+
+@needs_compiler
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, False), (2, True)])
+def test_a_cells_own_gates_take_their_pre_activations_place(layers, bidirectional):
+    """A cell written in the spec, two gates over column blocks of one projection, stacked
+    and bidirectional, ragged: each layer and direction keeps its activations and their
+    gradients over its pre-activations, and the plan gives the interpreter's numbers
+    (float64) call after call."""
+    plan, model, batch = gated_cell(GATED, layers, bidirectional)
+    directions = layers * (2 if bidirectional else 1)
+    assert len(plan.layout.activations) == 2 * directions
+    assert len(hosted_over_activations(plan)) == directions
+    assert_same_as_interpreter(model, batch)
+
+
+@needs_compiler
+def test_an_activation_read_after_its_gradient_is_written_keeps_a_gradient_apart():
+    """u is read by u @ V, whose dV is one product over all steps after the loop
+    (`schedule.deferred`), after each step's du took u's place: the emitter sees that read
+    come after the write (`liveness.activation_reads_first`) and gives the gradient an array
+    of its own (`Layout.unhost`); the activations stay over their pre-activations, and the
+    numbers stay the interpreter's."""
+    read_late = [*GATED[:3], "h = tanh(u @ V) * v + (1 - u) * h"]
+    plan, model, batch = gated_cell(read_late)
+    lay = plan.layout
+    assert len(lay.activations) == 2
+    assert hosted_over_activations(plan) == []
+    for c in lay.activations:
+        for k in plan.an.members[c].values():
+            pre = plan.an.inputs(k)[0]
+            assert same_view(lay.value[k], lay.value[pre])
+            assert not np.shares_memory(lay.grad[pre], lay.value[k])
+    assert_same_as_interpreter(model, batch)
+
+
+@needs_compiler
+def test_gradients_over_activations_that_fail_the_check_get_their_own_buffer(monkeypatch):
+    """Forced here (the check says no): the LSTM's gate gradients move to an array of their
+    own, every view of them made again there, and the numbers stay the interpreter's."""
+    from seqgraph.plan import liveness
+
+    real = liveness.activation_reads_first
+    monkeypatch.setattr(liveness, "activation_reads_first", lambda an, lay, *rest: list(lay.hosted))
+    model, batch, plan = plan_of("lstm")
+    monkeypatch.setattr(liveness, "activation_reads_first", real)
+    lay = plan.layout
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert lay.activations and not any(arr is projection for arr in lay.grad_buffers)
+    assert not any(np.shares_memory(g, projection) for g in lay.grad.values())
+    assert "in the buffer of l0.gates" not in str(plan)
+    assert_same_as_interpreter(model, batch)
+
+
+def recurrent_class(plan, op: str):
+    """The class of `op` on the recurrence (the RNN's h = tanh(...))."""
+    an = plan.an
+    return next(c for c in plan.layout.classes if c in an.recurrent and an.same_op(c)[0] == op)
+
+
+@needs_compiler
+def test_rnn_state_gradient_takes_the_pre_activation_gradients_place():
+    """Compiled, dL/dh at step t lives where dL/da of h = tanh(a) goes (`Layout.under`), in
+    the buffer of x W_ih + b (`liveness.dead_in_backward`): the step's VJP writes
+    dL/da = dL/dh * (1 - h^2) over dL/dh element by element, as hand-written NumPy does
+    `dG[t] *= 1 - h[t]**2`; the time-stacked arrays are then the hand-written step's."""
+    T, B, H, C, n_in = STEPS, BATCH, HIDDEN, VOCAB, INPUT
+    _, _, plan = plan_of("rnn")
+    an, lay = plan.an, plan.layout
+    h = recurrent_class(plan, "tanh")
+    projection = lay.value_stack[class_reading(plan, "matmul", ("l0", "W_ih", None))].arr
+    assert lay.under == {h: class_of_input(plan, h)}
+    for k in an.members[h].values():
+        assert same_view(lay.grad[k], lay.grad[an.inputs(k)[0]])
+        assert np.shares_memory(lay.grad[k], projection)
+    expected = T * B * H + (T + 1) * B * H + T * B * C + T * B * n_in
+    assert time_stacked_bytes(plan) == F64 * expected + T * B
+
+
+def class_of_input(plan, cls):
+    from seqgraph.plan.analysis import class_of
+
+    return class_of(plan.an.inputs(next(iter(plan.an.members[cls].values())))[0])
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell", ["rnn", "own_sigmoid"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_state_gradients_under_their_inputs_give_the_interpreters_numbers(cell, bidirectional):
+    """Two layers (each direction its own), ragged sequences: the interpreter's numbers,
+    call after call, for the RNN and a cell of the user's own, h = sigmoid(x W + h U).
+    (The initial states' gradients, each an array of its own here, not the slot before
+    the shared stack, are those of segment plans: tests/test_segments.py.)"""
+    from support import make_batch, model_spec
+
+    cells = {
+        "own_sigmoid": {
+            "inputs": ["x"],
+            "state": ["h"],
+            "output": "h",
+            "params": {"W": {"shape": ["input", "hidden"]}, "U": {"shape": ["hidden", "hidden"]}},
+            "equations": ["h = sigmoid(x @ W + h @ U)"],
+        }
+    }
+    raw = model_spec("many_to_many", cell, bidirectional=bidirectional, hidden=4, cells=cells)
+    model = Model(raw, dtype="float64")
+    batch = make_batch(model.spec, 3, STEPS)
+    plan = model.plan(batch)
+    assert len(plan.layout.under) == (4 if bidirectional else 2)
+    assert_same_as_interpreter(model, batch)

@@ -18,7 +18,7 @@ from functools import partial
 
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
-from seqgraph.plan import ckernels, kernels_vjp, listing, local_factors
+from seqgraph.plan import ckernels, kernels_vjp, listing, liveness, local_factors
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.kernels import Context
 from seqgraph.plan.listing import Kernels, grad
@@ -124,11 +124,24 @@ def emit(
             factors_in_gradients = False
         except _TransposeOverwritten:  # a W^T in dW is read after dW is written: its own
             transposes_in_gradients = False
+        except _ActivationOverwritten as failed:  # gradients over activations read later
+            for base in failed.bases:
+                sched.layout.unhost(base)
 
 
 class _FactorOverwritten(Exception):
     """A local factor waiting in its input's gradient would be overwritten or added to
     before its multiply reads it (`local_factors.check_in_gradients`)."""
+
+
+class _ActivationOverwritten(Exception):
+    """A gradient kept over activations (`liveness.gradients_over_activations`) would be
+    written before backward's last read of an activation there, or zero-filled first
+    (`liveness.activation_reads_first`): `bases`, those gradient buffers."""
+
+    def __init__(self, bases: list):
+        super().__init__(bases)
+        self.bases = bases
 
 
 class _TransposeOverwritten(Exception):
@@ -193,6 +206,14 @@ class _Emitter:
             raise _FactorOverwritten
         if not self.check_transposes_in_gradients():
             raise _TransposeOverwritten
+        if lay.activations or lay.under:
+            if factors:  # a factor of all steps would read values a step wrote over
+                raise GraphError("plan: values under gradients need inline local derivatives")
+            failed = liveness.activation_reads_first(an, lay, out.records, tracker.zero)
+            if failed:
+                raise _ActivationOverwritten(failed)
+            liveness.check_gradients_under_inputs(an, lay, out.records)
+            self._vjps_apart_from_their_reads()
         if self.ctx.name == "numpy":
             self._compile_chains()
         copies = [self._transpose_kernel(bt, value) for bt, value in self.transposes.values()]
@@ -203,6 +224,26 @@ class _Emitter:
         out.insert(1, copies, entries)
         tracker.ready([k for k in wanted if k in lay.grad])
         return Backward(out, tracker.zero, list(factors.values()))
+
+    def _vjps_apart_from_their_reads(self) -> None:
+        """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over
+        dL/dy (`Layout.under`): as NumPy calls (where its chain does not compile), first
+        into scratch, then copied there, since `local_out` may write before it reads (a
+        sigmoid's 1 - y, then times y; then times g). Its statement, one C line that reads
+        each operand at an element before writing there, stays for `_compile_chains`."""
+        an, lay, ctx, out = self.an, self.lay, self.ctx, self.out
+        for index, record in enumerate(out.records):
+            if record[0] != "vjp" or record[2] != 0:
+                continue
+            c = class_of(record[1])
+            if c not in lay.activations and c not in lay.under:
+                continue
+            k, g = record[1], lay.grad[record[4]]
+            node, dest = an.node[k], lay.grad[an.inputs(k)[0]]
+            ins = [lay.value[i] for i in node["inputs"]]
+            part = ctx.tmp(dest.shape, dest.dtype, tag=ACTIVATION_PART_TAG)
+            kernel = kernels_vjp.vjp(ctx, node["op"], 0, part, False, g, lay.value[k], ins, {})
+            out.kernels[index] = partial(_then_copy, kernel, ctx.m.copyto, dest, part)
 
     def _compile_chains(self) -> None:
         """Runs of elementwise VJP kernels (a step's gate gradients) as one compiled C loop
@@ -514,6 +555,14 @@ def _vjp_entry(op: str, add: bool, name, dest, reads: list, when) -> tuple:
 
 
 PRODUCT_PART_TAG = 8  # `Context.tmp` tag of `_Emitter._product_then_add`'s scratch
+ACTIVATION_PART_TAG = 9  # and of `_Emitter._activation_vjps_apart`'s
+
+
+def _then_copy(kernel, copyto, dest, part) -> None:
+    kernel()
+    copyto(dest, part)
+
+
 # W^T from W (rows x cols, both C order), tile by tile so that reads and writes both stay
 # within a few cache lines (`_Emitter._transpose_kernel`)
 TRANSPOSE_C = """

@@ -8,6 +8,13 @@ in an extra slot in front of the state's buffer so [h0, h_0 .. h_T-2] is one con
 Gradients mirror values; an `add` input whose only use is that add shares its output's
 gradient buffer, since the two gradients are equal, and an add whose input is a view read
 by it alone keeps its gradient in that view's region ("adopt").
+
+Where backward's elementwise VJPs run as compiled chains that compute each local derivative
+inline (`inline_derivatives`), a step's chain reads each element before it writes it, so
+values and gradients may take each other's place as hand-written NumPy has them: a tanh or
+sigmoid writes over the column block of pre-activations it alone reads (an LSTM's gates:
+`activations`), and the gradient of y = f(x) on a recurrence lives where dL/dx will, which
+y's VJP writes over it (an RNN's dL/dh: `under`).
 """
 
 from __future__ import annotations
@@ -99,8 +106,15 @@ def resolve_cells(links: dict, keys) -> dict:
 class Layout:
     """Value and gradient locations of every live node (see the module docstring)."""
 
-    def __init__(self, an: Analysis, ctx):
+    def __init__(self, an: Analysis, ctx, inline_derivatives: bool = False):
         self.an, self.m = an, ctx.m
+        # backward's chains compute each local derivative inline, step by step, reading an
+        # element before writing it: values and gradients may then take each other's place
+        self.inline_derivatives = inline_derivatives
+        # activation class -> the view class whose region it takes (`_activations_over_views`)
+        self.activations: dict = {}
+        # y -> x, for y = f(x) whose gradient lives where x's will (`_gradient_under_input`)
+        self.under: dict = {}
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
             key=lambda c: an.pos[next(iter(an.members[c].values()))],
@@ -213,7 +227,46 @@ class Layout:
                     if self._dead_after(pattern[1], c, position) and not {c, pattern[1]} & slotted:
                         out[c] = pattern[1]
                         break
+        if self.inline_derivatives:
+            self.activations = self._activations_over_views(out, slotted)
+            out.update(self.activations)
         return out
+
+    def _activations_over_views(self, taken: dict, slotted: set) -> dict:
+        """cls -> the view class whose region it writes over: an op that may write over its
+        input (`Op.out_may_alias_input`: tanh, sigmoid) reading at each step a view that it
+        alone reads, no other view overlapping it (`_alone`: an LSTM gate's column block of
+        the pre-activations), so the activations take the pre-activations' place, as a
+        hand-written LSTM keeps them. Only with `inline_derivatives`: backward then reads the
+        activations there (no local factor of all steps is made from them first), and the
+        buffer holds no other gradient than the one whose regions those views are
+        (`liveness.gradients_over_activations`)."""
+        an, out = self.an, {}
+        for c in self.classes:
+            same = an.same_op(c)
+            if c in taken or c in self.source or c in slotted or same is None or same[1]:
+                continue
+            if not ops.OPS[same[0]].out_may_alias_input:
+                continue
+            pattern = an.input_pattern(c, 0)
+            if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+                continue
+            view = pattern[1]
+            if self.source.get(view, ("",))[0] != "view" or self.range.get(view) != self.range[c]:
+                continue
+            parent = self.source[view][1]
+            if {view, parent} & slotted or parent in self.source or not self._alone(view):
+                continue
+            if any(k in an.outputs for k in an.members[parent].values()):
+                continue
+            if all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[c].values()):
+                out[c] = view
+        return out
+
+    def _read_by_alone(self, x, k) -> bool:
+        """Whether node k alone reads x, x is no output, and both hold values of one shape."""
+        an = self.an
+        return an.consumers.get(x) == [(k, 0)] and x not in an.outputs and an.meta[x] == an.meta[k]
 
     def _dead_after(self, source, cls, position) -> bool:
         an = self.an
@@ -365,6 +418,28 @@ class Layout:
             for k, index in slots.items():
                 self.grad[k] = arr[index % steps_now, ...]
 
+    def unhost(self, base: int) -> None:
+        """Give gradient buffer `base`, kept in a value buffer (`hosted`), an array of its own:
+        every gradient stack and view in it is made again at the same place in the new array
+        (where backward would read a value there after writing a gradient over it:
+        `liveness.activation_reads_first`)."""
+        old = self.grad_buffers[base]
+        new = self.m.empty(old.shape, dtype=old.dtype)
+        start = old.__array_interface__["data"][0]
+
+        def moved(view):
+            offset = view.__array_interface__["data"][0] - start
+            return np.ndarray(view.shape, view.dtype, new, offset, view.strides)
+
+        for c, stack in list(self.grad_stack.items()):
+            if stack.base == base:
+                self.grad_stack[c] = type(stack)(moved(stack.arr), stack.offset, base)
+        for k, b in self.base.items():
+            if b == base:
+                self.grad[k] = moved(self.grad[k])
+        self.grad_buffers[base] = new
+        self.own_hosted.discard(self.hosted.pop(base, None))
+
     # ---- gradients ---------------------------------------------------------------------------
 
     def _pass_target(self, cls):
@@ -470,7 +545,57 @@ class Layout:
         if target is not None:
             return ("pass", target, None)
         adopted = self._adopted_input(cls)
-        return ("adopt", adopted[0], adopted[1]) if adopted else None
+        if adopted:
+            return ("adopt", adopted[0], adopted[1])
+        x = self._gradient_under_input(cls) if self.inline_derivatives else None
+        return None if x is None else ("under", x, None)
+
+    def _gradient_under_input(self, cls):
+        """The class x, for `cls` = f(x) whose VJP is g * f'(y) from y alone (`Op.local`:
+        tanh, sigmoid), where y's gradient can live where x's will: at each step x is read by
+        y alone and dL/dx is written by y's VJP alone, which reads dL/dy at each element
+        before writing dL/dx there (a compiled chain's line), and nothing reads dL/dy after
+        it. So dL/dy takes the gradient buffer of x (an RNN's dL/dh, in the buffer of
+        x W_ih + b, which backward never reads: `liveness.dead_in_backward`), as hand-written
+        NumPy does `dG[t] *= 1 - h[t]**2`. An initial state's gradient, in the slot before
+        y's stack, then takes an array of its own: only where no class off the recurrence
+        reads y a step apart (its VJP over all steps would want that slot in the stack).
+        Only for y on a recurrence, which runs step by step (a VJP over all steps writes
+        dL/dx by NumPy calls); none where x's gradient is not its own or has views. The
+        emitter checks the order (`liveness.check_gradients_under_inputs`)."""
+        an = self.an
+        same = an.same_op(cls)
+        if same is None or same[1] or ops.OPS[same[0]].local_c_expr is None or cls in self.source:
+            return None
+        if cls not in an.recurrent:  # else it may run over all steps at once, its VJP too
+            return None
+        pattern = an.input_pattern(cls, 0)
+        if not pattern or pattern[0] != "class" or pattern[2] != 0 or pattern[3] is not None:
+            return None
+        x = pattern[1]
+        if x not in self.range or self.range[x] != self.range[cls] or x in self.source:
+            return None
+        if any(target == x for _, target, _ in self.source.values()) or x in self.activations:
+            return None
+        if any(r == x for r, _ in self.placed.values()) or self.grad_source(x) is not None:
+            return None
+        if not all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[cls].values()):
+            return None
+        return x if self._no_shifted_batched_reader(cls) else None
+
+    def _no_shifted_batched_reader(self, cls) -> bool:
+        """Whether every class reading `cls` (or an alias of it) at another step is on a
+        recurrence: it then runs step by step, never over a stacked span of the gradient."""
+        an, names = self.an, {cls} | {c for c, s in self.source.items() if s[1] == cls}
+        for c in self.classes:
+            if c in an.recurrent:
+                continue
+            k0 = next(iter(an.members[c].values()))
+            for position in range(len(an.inputs(k0))):
+                pattern = an.input_pattern(c, position)
+                if pattern and pattern[0] == "class" and pattern[1] in names and pattern[2]:
+                    return False
+        return True
 
     def _resolve_grad_stack(self, cls, sources: dict):
         if cls in self.grad_stack:
@@ -486,9 +611,11 @@ class Layout:
             parent = self._resolve_grad_stack(target, sources)
             stack = (
                 parent
-                if kind != "view"  # alias, pass and adopt: the very same buffer
+                if kind != "view"  # alias, pass, adopt and under: the very same buffer
                 else Stack(parent.arr[(slice(None),) + index], parent.offset, parent.base)
             )
+            if kind == "under":
+                self.under[cls] = target
         self.grad_stack[cls] = stack
         return stack
 
@@ -524,7 +651,12 @@ class Layout:
             self.grad.update(stack.views(members))
             self.base.update(dict.fromkeys(members.values(), stack.base))
         for seed, (root, side) in self.placed.items():
-            if root in self.grad_stack:
+            if root in self.under and seed in needs:  # x's stack has no slot for it
+                shape, dtype = an.meta[seed]
+                self.base[seed] = len(self.grad_buffers)
+                self.grad_buffers.append(self.m.zeros(shape, dtype=dtype))
+                self.grad[seed] = self.grad_buffers[-1]
+            elif root in self.grad_stack and root not in self.under:
                 arr = self.grad_stack[root].arr
                 self.grad[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
                 self.base[seed] = self.grad_stack[root].base

@@ -52,9 +52,11 @@ def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) ->
     shared = {cell for k, cell in lay.cell.items() if cell != k}
     shared |= {p for p in lay.children if analysis.class_of(p) not in views}
     found = {}
-    for c in _candidates(lay, sched.batched, views):
+    for c in _candidates(lay, sched.batched, views, grads=True):
         members = lay.an.members[c]
         if c in deferred or c not in lay.grad_stack or any(k in shared for k in members.values()):
+            continue
+        if c in lay.under or c in lay.under.values():  # one buffer for two gradients
             continue
         viewed = (k for v in views.get(c, {}) for k in lay.an.members[v].values())
         if any(k in shared for k in viewed):  # a view whose region another gradient adopted
@@ -94,6 +96,8 @@ def rolling_grads(sched: Schedule, deferred: dict, position: dict | None = None)
             continue
         classes = [d for d, other in lay.grad_stack.items() if other is stack]
         if stack.arr.shape[0] < 3 or any(d in deferred or d in sched.batched for d in classes):
+            continue
+        if any(d in lay.under for d in classes):  # two gradients in turn: not a ring's
             continue
         slots = _slots(lay, stack, classes, keys_of[stack.base])
         if slots is not None and _takes_turns(an, position, slots):
@@ -191,6 +195,124 @@ def dead_in_backward(an, lay) -> list:
         if nodes and all(map(unread, nodes)):
             found.append(c)
     return found
+
+
+def gradients_over_activations(an, lay) -> list:
+    """The classes whose gradient stack may take their own value buffer although backward
+    reads values there: the parents of the views that activations write over
+    (`Layout.activations`: an LSTM's gates, whose activations then take the pre-activations'
+    place), where every other node in the buffer is unread in backward. Backward reads each
+    activation of step t, by the VJPs of step t, before the activation's own VJP writes its
+    input's gradient over it, element by element (an elementwise chain that reads an element
+    before it writes it is right in place); the emitter holds each plan to that order
+    (`activation_reads_first`) and gives the buffer back where it fails (`Layout.unhost`).
+    `Layout.add_grads` takes them as `own`."""
+    if not lay.activations:
+        return []
+    nodes_of, over = lay.nodes_by_buffer(), set()
+    parents = {lay.source[view][1] for view in lay.activations.values()}
+    for c in lay.activations:
+        over.update(an.members[c].values())
+    found = []
+    for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
+        nodes = nodes_of.get(id(owner(lay.value_stack[parent].arr)), [])
+        if all(k in over or _unread_in_backward(an, k) for k in nodes):
+            found.append(parent)
+    return found
+
+
+def activation_reads_first(an, lay, records: list, zero: set) -> list:
+    """The gradient buffers (`Layout.grad_buffers` indices) kept over activations
+    (`gradients_over_activations`) where backward would read an activation after its
+    input's gradient took its place: each activation y of step t must be read by no kernel
+    after the one that writes dL/dx of y = f(x) (its own VJP, which reads y at each element
+    before writing it there), that kernel must write, not add, and the buffer must not be
+    zero-filled. `records`: the emitter's kernel records, in run order."""
+    parents = {lay.source[view][1] for view in lay.activations.values()}
+    watched = {base: c for base, c in lay.hosted.items() if c in parents & lay.own_hosted}
+    if not watched:
+        return []
+    members = {k: c for c in lay.activations for k in an.members[c].values()}
+    last_read: dict = {}  # activation node -> the last kernel that may read its value
+    writes: dict = {}  # activation node -> (its own VJP's kernel, whether it adds)
+    for index, record in enumerate(records):
+        for k in _nodes_read(an, record):
+            if k in members:
+                last_read[k] = index
+        if record[0] == "vjp" and record[1] in members and record[2] == 0:
+            writes.setdefault(record[1], (index, record[3]))
+    failed = []
+    for base, parent in watched.items():
+        if base in zero:
+            failed.append(base)
+            continue
+        for k, c in members.items():
+            if lay.source[lay.activations[c]][1] != parent or k not in last_read:
+                continue
+            write = writes.get(k)
+            if write is None or write[1] or last_read[k] > write[0]:
+                failed.append(base)
+                break
+    return failed
+
+
+def check_gradients_under_inputs(an, lay, records: list) -> None:
+    """Where y = f(x) keeps dL/dy in dL/dx's place (`Layout.under`), y's VJP at step t, which
+    reads dL/dy and writes dL/dx over it element by element, must write (not add), and no
+    later kernel may read or write dL/dy of that step. Backward runs the VJPs in reverse
+    order of forward, so every reader of y, which writes dL/dy, comes before y's VJP: this
+    holds that order to it, as `check_grads` holds the reused buffers. `records`: the
+    emitter's kernel records, in run order."""
+    if not lay.under:
+        return
+    cell = lay.cell
+    watched = {cell[k]: k for c in lay.under for k in an.members[c].values()}
+    done: set = set()
+    for record in records:
+        if record[0] == "class" and record[1] in lay.under:
+            raise GraphError(f"plan: {record[1]} keeps its gradient under its input's, batched")
+        touched = [cell.get(k) for k in _gradients_touched(an, record)]
+        late = [watched[c] for c in touched if c in watched and watched[c] in done]
+        if late:
+            raise GraphError(f"plan: the gradient of {late[0]} is used after its VJP wrote over it")
+        if record[0] == "vjp" and record[1] in watched.values() and record[2] == 0:
+            if record[3]:
+                raise GraphError(f"plan: the VJP of {record[1]} adds over its own gradient")
+            done.add(record[1])
+
+
+def _gradients_touched(an, record: tuple) -> list:
+    """The nodes whose gradients a backward kernel reads (g) or writes, by its record; the
+    VJP of y itself counts as touching dL/dx only."""
+    kind = record[0]
+    if kind in ("vjp", "factor"):
+        k, i, upstream = record[1], record[2], record[4]
+        return [an.inputs(k)[i]] + ([] if upstream == k and kind == "vjp" else [upstream])
+    if kind == "product part":
+        return [record[4]]
+    if kind == "add part":
+        return [an.inputs(record[1])[record[2]]]
+    if kind == "addn":
+        return [record[4], *an.members[record[2]].values()]
+    if kind == "class":
+        members = list(an.members[record[1]].values())
+        return members + [an.inputs(k)[record[2]] for k in members]
+    if kind == "deferred":
+        return list(an.members[record[1]].values())
+    return []
+
+
+def _nodes_read(an, record: tuple) -> list:
+    """The nodes whose values a backward kernel may read, by its record (`backward`): a
+    node's VJP, its inputs and itself; a VJP over all steps of a class, every member's
+    inputs; a kernel of another kind (a local factor, a fill, a transpose) names none, and
+    `activation_reads_first` is used where no local factor is made before the loop."""
+    kind = record[0]
+    if kind in ("vjp", "product part", "add part", "factor", "addn"):
+        return [record[1], *an.inputs(record[1])]
+    if kind in ("class", "deferred"):
+        return [i for k in an.members[record[1]].values() for i in an.inputs(k)]
+    return []
 
 
 class _UnreadByClass:
@@ -388,11 +510,14 @@ def unit_positions(sched: Schedule) -> dict:
     return {unit[1]: i for i, unit in enumerate(sched.units) if unit[0] == "node"}
 
 
-def _candidates(lay, batched: dict, views: dict | None = None) -> list:
+def _candidates(lay, batched: dict, views: dict | None = None, grads: bool = False) -> list:
     """Classes whose buffer nothing else shares: no views (but those in `views`), aliases,
-    in-place writes or seeds."""
+    in-place writes or seeds. With `grads`, an activation over a view (`Layout.activations`)
+    is one: it shares its value's buffer, not its gradient's."""
     shared = {target for _, target, _ in lay.source.values()} - set(views or ())
-    shared |= set(lay.in_place.values()) | set(lay.in_place)
+    shared |= set(lay.in_place.values()) | set(lay.in_place).difference(
+        lay.activations if grads else ()
+    )
     shared |= {root for root, _ in lay.placed.values()}
     return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
 

@@ -32,9 +32,15 @@ backward again without the rule. A factor smaller than GRADIENT_REGION_MIN_BYTES
 own buffer: there the memory is nothing and the step is faster apart (tiny RNN, one step of
 0.14 ms: 4 % slower with the factor in its gradient).
 
-Where the plan's C kernels compile (`ckernels.py`), the factors and folds of one shape run
-as one loop, each factor spelt by its op's `local_c_expr` (`backward._local_factors`): one
-pass over the values instead of two or three NumPy passes per factor and one per fold.
+Where the plan's C kernels compile (`ckernels.py`), the plan makes no factors at all by
+default (`Plan`, `batch_derivatives`): each step's compiled chain computes g * f(y) inline,
+from y, in the loop it runs anyway (README, Speed, has the timing), and the values then
+need no buffer that outlives them: an LSTM's activations and gate gradients take its
+pre-activations' place (`Layout.activations`), an RNN's dL/dh takes dL/da's
+(`Layout.under`). Asked for (`batch_derivatives=True`), the factors and folds of one shape
+run there as one loop, each factor spelt by its op's `local_c_expr`
+(`backward._local_factors`): one pass over the values instead of two or three NumPy passes
+per factor and one per fold.
 """
 
 from __future__ import annotations

@@ -10,18 +10,22 @@ ones before it handed on:
 2. `rewrites.rewrite(analysis) -> Analysis`: the rewritten graph's analysis (common
    subexpressions, fused gate products, bias moves, sibling merges).
 3. `layout.Layout(analysis, ctx) -> Layout`: one buffer per class stacked over time, views
-   for slices and aliases.
+   for slices and aliases; where the backward chains compile (`inline_derivatives`), an
+   activation over its pre-activation's column block (an LSTM's gates) and dL/dy of
+   y = f(x) on a recurrence where dL/dx goes (an RNN's dL/dh).
 4. `schedule.schedule(analysis, layout, outputs) -> Schedule`: the classes that run as ONE
    kernel over all steps, and every unit in dependency order.
 5. `liveness.dead_values(schedule)`, `liveness.dead_grads(schedule, deferred)`: the classes
    whose buffer one step can hold; the layout shrinks them (`Layout.reuse_values`,
    `Layout.reuse_grads`). Between the two, `Layout.add_grads` lays out the gradient
    buffers, a gradient stack in the buffer of a value that backward never reads where one
-   fits (`liveness.dead_in_backward`). `schedule.deferred` names the per-step classes whose
-   parameter gradients are summed after the loop, as one batched product over the stacked
-   steps. `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an
-   LSTM's dc; `Layout.roll_grads`), given their full stacks back where backward would
-   zero-fill them.
+   fits (`liveness.dead_in_backward`), or over the activations that backward reads at
+   each step before it writes there (`liveness.gradients_over_activations`).
+   `schedule.deferred` names the per-step classes whose parameter gradients are summed
+   after the loop, as one batched product over the stacked steps.
+   `liveness.rolling_grads`: the gradient buffers two steps in turn can hold (an LSTM's
+   dc; `Layout.roll_grads`), given their full stacks back where backward would zero-fill
+   them.
 6. `forward.emit(schedule, ...) -> Kernels` and `backward.emit(schedule, ...) -> Backward`:
    the kernels, forward in unit order (fused where `fusion.groups` says), backward in
    reverse, each with a listing entry, so `print(plan)` shows what runs (`listing.py`).
@@ -55,9 +59,12 @@ class Plan:
         full: bool = False,
         grads: bool = True,
         fuse: bool = True,
-        batch_derivatives: bool = True,
+        batch_derivatives: bool | None = None,
         merge_siblings: bool | None = None,
     ):
+        compiles = fuse and module == "numpy" and ckernels.enabled()
+        if batch_derivatives is None:  # compiled chains compute them inline, at no cost
+            batch_derivatives = not compiles
         self.graph, self.batch_derivatives = graph, batch_derivatives
         outputs = list(outputs or []) + [graph.loss]
         self.outputs = set(outputs)
@@ -66,8 +73,11 @@ class Plan:
             merge_siblings = module != "cupy"  # already; joined blocks would split it
         an = Analysis(graph, leaf_meta, outputs, dtype, full)
         self.an = an = rewrites.rewrite(an, merge_siblings)
-        self.layout = Layout(an, self.ctx)
-        compiles = fuse and module == "numpy" and ckernels.enabled()
+        # activations over their pre-activations, gradients over both, and dL/dy where dL/dx
+        # goes: where the backward chains compile, so that each reads a step's values before
+        # it writes over them, and no local factor is made for all steps before the loop
+        over = grads and compiles and not batch_derivatives
+        self.layout = Layout(an, self.ctx, inline_derivatives=over)
         self.schedule = sched = scheduling.schedule(an, self.layout, self.outputs, compiles)
         run_order = liveness.unit_positions(sched)  # for the three liveness passes
         self.compacted = liveness.dead_values(sched, run_order)
@@ -77,7 +87,8 @@ class Plan:
             self.ctx.dead_inputs.add(self.ctx.address(sched.batched[reader][2][position]))
         if grads:  # gradient stacks may take value buffers that backward never reads
             hosts = liveness.dead_in_backward(an, self.layout)
-            self.layout.add_grads(graph.loss, hosts, own=list(self.overwritten))
+            own = list(self.overwritten) + liveness.gradients_over_activations(an, self.layout)
+            self.layout.add_grads(graph.loss, hosts, own=own)
         self.deferred = scheduling.deferred(sched) if grads else {}
         self.grad_compacted = liveness.dead_grads(sched, self.deferred, run_order) if grads else {}
         self.layout.reuse_grads(self.grad_compacted)

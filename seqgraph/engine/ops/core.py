@@ -261,6 +261,7 @@ def _tanh_local_out(m, o, y):
     local_out=_tanh_local_out,
     local_c_expr="({t})1 - {0} * {0}",
     local_in_place=True,
+    out_may_alias_input=True,
     out_forward=ufunc_forward("tanh"),
 )
 def _tanh(xp, a):
@@ -302,6 +303,7 @@ def _sigmoid_out(ctx, out, a):
     local=_sigmoid_local,
     local_out=_sigmoid_local_out,
     local_c_expr="(({t})1 - {0}) * {0}",
+    out_may_alias_input=True,  # `_sigmoid_out`: its first call reads a, the rest only out
     out_forward=_sigmoid_out,
 )
 def _sigmoid(xp, a):

@@ -77,6 +77,10 @@ class Op:
     # local_out(m, y, y) is right too: each of its calls reads y before it writes over it,
     # so the factor may take the place of y once nothing else reads y (`plan.local_factors`)
     local_in_place: bool = False
+    # `out_forward(ctx, out, a)` is right with `out` the very buffer of `a`: each of its calls
+    # reads a at an element before it writes that element (tanh, sigmoid), so the plan may put
+    # an activation in its pre-activation's place (`plan.layout`, `inline_derivatives`)
+    out_may_alias_input: bool = False
     # Input positions `out_forward` may write over when the plan says nothing reads them
     # afterwards (their address in `ctx.dead_inputs`): softmax_ce keeps exp(z - max) in z.
     forward_overwrites: tuple[int, ...] = ()
