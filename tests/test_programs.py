@@ -8,6 +8,7 @@ every kernel it cannot express, and change nothing when switched off.
 from __future__ import annotations
 
 import ctypes
+import io
 from functools import partial
 
 import numpy as np
@@ -186,3 +187,23 @@ def test_a_long_program_lets_other_threads_run(size):
     assert holds_gil == (2 * size**3 < programs.RELEASE_GIL_FLOPS)
     program()
     np.testing.assert_array_equal(out, a @ W + a)
+
+
+def test_only_a_blas_from_numpys_own_folder_is_taken(monkeypatch, tmp_path):
+    """Another BLAS mapped into the process (SciPy's, the system's) is never taken for
+    NumPy's, even with the symbols programs look for."""
+    other = tmp_path / "libscipy_openblas64_.so"
+    other.write_bytes(b"")
+    numpys = blas.find().path if blas.find() is not None else None
+    lines = [f"7f00-7f01 r-xp 00000000 00:00 0 {other}\n"]
+    if numpys:
+        lines.append(f"7f02-7f03 r-xp 00000000 00:00 0 {numpys}\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/maps":
+            return io.StringIO("".join(lines))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert blas._mapped_libraries() == ([numpys] if numpys else [])

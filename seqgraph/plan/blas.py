@@ -4,11 +4,11 @@ A plan's step programs (`programs.py`) run the products of a step (`np.dot(a, b,
 from C, as `cblas_sgemm`/`cblas_dgemm` calls with the arguments NumPy passes. They must call
 the library NumPy is linked with (the same kernels, so the same numbers, and one thread
 pool), not another BLAS on the system: it is found among the shared objects this process
-has mapped (`/proc/self/maps`) by the symbols NumPy's wheels export. OpenBLAS as NumPy's
-wheels ship it (`scipy-openblas`) has 64-bit integers and suffixed names
-(`scipy_cblas_sgemm64_`); an OpenBLAS built the same way for a distribution exports
-`cblas_sgemm64_`. A BLAS with 32-bit integers, or none found (another platform, NumPy built
-against Accelerate or MKL), leaves `find()` None, and the plan calls NumPy as before.
+has mapped (`/proc/self/maps`) from NumPy's own folder, by the symbols NumPy's wheels
+export: OpenBLAS as the wheels ship it (`scipy-openblas`) has 64-bit integers and suffixed
+names (`scipy_cblas_sgemm64_`; a plain ILP64 OpenBLAS build: `cblas_sgemm64_`). NumPy built
+against the system's BLAS, Accelerate or MKL, or another platform, leaves `find()` None, and
+the plan calls NumPy as before.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def find() -> Blas | None:
 
 
 def _mapped_libraries() -> list[str]:
-    """Paths of the shared objects mapped into this process whose names say BLAS, those in
-    NumPy's own folders first."""
+    """Paths of the BLAS libraries mapped into this process from NumPy's own folders (a
+    wheel's `numpy.libs`): another BLAS that happens to be loaded (SciPy's, say) is never
+    taken for NumPy's."""
     import numpy
 
     try:
@@ -59,6 +60,5 @@ def _mapped_libraries() -> list[str]:
             paths = {line.split()[-1] for line in maps if ".so" in line and "blas" in line.lower()}
     except OSError:
         return []
-    home = os.path.dirname(os.path.dirname(numpy.__file__))
-    found = [p for p in paths if os.path.isfile(p)]
-    return sorted(found, key=lambda p: (not p.startswith(home), p))
+    home = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy")
+    return sorted(p for p in paths if p.startswith(home) and os.path.isfile(p))
