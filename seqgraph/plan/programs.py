@@ -6,9 +6,10 @@ for a training step of the small LSTM benchmark, and at small sizes the calls co
 as the work (np.dot's own overhead is about 1 us). Here each run of two or more such kernels
 in a kernel list becomes one kernel: a block of int64 words, 13 per instruction, that one C
 loop (`EXECUTOR`) walks, calling each compiled kernel through its address with its argument
-block, and each product as the `cblas_sgemm`/`cblas_dgemm` call of NumPy's own BLAS
-(`blas.py`) with the arguments `np.dot` passes, so every value is bit for bit the one the
-kernels give one by one. Plan buffers never move, so the block is made once.
+block, each product as the `cblas_sgemm`/`cblas_dgemm` (one row: `gemv`) call of NumPy's own
+BLAS (`blas.py`) with the arguments `np.dot` passes, and each sum of rows (`np.add`, a bias
+to each row) as a loop, so every value is bit for bit the one the kernels give one by one.
+Plan buffers never move, so the block is made once.
 
 Not done (measured, 2026-11-30): running a program's two halves of the batch on two threads
 at once. A step never mixes the batch's sequences, so it is safe, but OpenBLAS packs the
