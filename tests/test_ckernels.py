@@ -15,7 +15,7 @@ import pytest
 
 from seqgraph import Model
 from seqgraph.engine import ops
-from seqgraph.plan import ckernels
+from seqgraph.plan import ckernels, programs
 from seqgraph.plan.layout import Slot
 from seqgraph.runtime import batch as batching
 
@@ -271,7 +271,8 @@ def test_failing_compiler_logs_one_line_and_gives_the_numpy_numbers(
 @needs_compiler
 def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypatch, tmp_path):
     """The first plan builds its libraries (forward groups, backward runs, softmax_ce's two
-    row kernels, the W^T refresh) under $XDG_CACHE_HOME/seqgraph; a process that has not
+    row kernels, the W^T refresh, the step programs' executor where NumPy's BLAS is found:
+    `programs.py`) under $XDG_CACHE_HOME/seqgraph; a process that has not
     loaded them yet (here: the loaded table emptied) reads them back without building."""
     kernels(True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -279,7 +280,7 @@ def test_libraries_are_cached_by_content_under_xdg_cache_home(kernels, monkeypat
     raw, batch = CASES["lstm"], batch_for(CASES["lstm"])
     first = fallback_numbers(raw, batch)
     built = list((tmp_path / "seqgraph").glob("groups-*.so"))
-    assert len(built) == 5 and first[2] > 0
+    assert len(built) == 5 + programs.enabled() and first[2] > 0
 
     def no_build(*args):
         raise AssertionError("built again")
@@ -303,11 +304,12 @@ def test_the_cache_keeps_the_most_recently_used_libraries(kernels, monkeypatch, 
         stale = folder / f"groups-{i:032x}.so"
         stale.write_bytes(b"")
         os.utime(stale, (1000 + i, 1000 + i))
-    monkeypatch.setattr(ckernels._prune, "__defaults__", (7,))  # the model's 5, 2 stale
+    own = 5 + programs.enabled()  # the model's (see the test above)
+    monkeypatch.setattr(ckernels._prune, "__defaults__", (own + 2,))  # and 2 stale
     fallback_numbers(CASES["lstm"], batch_for(CASES["lstm"]))
     kept = {f.name for f in folder.glob("groups-*.so")}
     old = [f"groups-{i:032x}.so" for i in range(4)]
-    assert len(kept) == 7 and set(old[2:]) <= kept and not set(old[:2]) & kept
+    assert len(kept) == own + 2 and set(old[2:]) <= kept and not set(old[:2]) & kept
 
 
 @pytest.mark.parametrize(

@@ -145,18 +145,21 @@ def _compiled(items: list, bind_all) -> list:
     return [None if b is None else _call(getattr(library, b.name), b) for b in bound]
 
 
-def function_kernel(text: str, args: list):
+def function_kernel(text: str, args: list, release_gil: bool = False):
     """A kernel (no-argument callable) running the C function `text`, which defines
     `void {name}(const i64* a)` and reads its arguments from `a`: `args` in order, each an
     int or an array (its address; the kernel keeps it alive). None where compiled kernels
     are off or cannot be built: the caller keeps its NumPy form. An op's own kernel
-    (`softmax_ce`'s rows) rather than a fused group's."""
+    (`softmax_ce`'s rows) rather than a fused group's. `release_gil`: other Python threads
+    run meanwhile (0.6 us more a call), for a kernel that runs long (`programs.py`)."""
     if os.environ.get(SWITCH, "1") == "0" or not enabled():
         return None
     name = "seqgraph_fn_" + hashlib.sha256(text.encode()).hexdigest()[:20]
     library = _library({name: text.replace("{name}", name)})
     if library is None:
         return None
+    if release_gil:
+        library = ctypes.CDLL(library._name)  # the same library, loaded already
     arrays = tuple(a for a in args if isinstance(a, np.ndarray))
     block = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
     return _call(getattr(library, name), Bound(name, text, np.array(block, np.int64), arrays))

@@ -36,7 +36,17 @@ from __future__ import annotations
 from typing import Any
 
 from seqgraph.engine.graph import Graph, Key, collector_paused
-from seqgraph.plan import backward, ckernels, forward, fusion, kernels, listing, liveness, rewrites
+from seqgraph.plan import (
+    backward,
+    ckernels,
+    forward,
+    fusion,
+    kernels,
+    listing,
+    liveness,
+    programs,
+    rewrites,
+)
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import Analysis, class_of
 from seqgraph.plan.layout import Layout
@@ -97,6 +107,7 @@ class Plan:
         self.layout.roll_grads(self.rolled)
         self.groups = fusion.groups(sched) if fuse else [[unit] for unit in sched.units]
         self.forward = forward.emit(sched, self.ctx, self.groups, grads)
+        self._forward_run = self._linked(self.forward.kernels)
         self._fill_consts()
         self.backward: backward.Backward | None = None
         if grads:
@@ -116,6 +127,11 @@ class Plan:
             self.backward = self._emit_backward()
         liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
         liveness.check_own_hosts(self.layout, self.backward.zero)
+        self._backward_run = self._linked(self.backward.kernels.kernels)
+
+    def _linked(self, kernels: list) -> list:
+        """What runs: the kernels, runs of them as step programs on NumPy (`programs.py`)."""
+        return programs.link(kernels) if self.ctx.name == "numpy" else kernels
 
     def _emit_backward(self) -> backward.Backward:
         return backward.emit(
@@ -183,7 +199,7 @@ class Plan:
         copy = self.ctx.m.copyto
         for name, dest in self._param_slots:
             copy(dest, params[name])
-        for kernel in self.forward_kernels:
+        for kernel in self._forward_run:
             kernel()
         return float(self._loss)
 
@@ -211,7 +227,7 @@ class Plan:
         bufs = self.layout.grad_buffers
         for i in self.backward.zero if self.backward is not None else ():
             bufs[i].fill(0)
-        for kernel in self.backward_kernels:
+        for kernel in self._backward_run if self.backward is not None else ():
             kernel()
         grads, zeros = self.layout.grad, self.ctx.m.zeros
         # A parameter that does not reach the loss has no gradient buffer: its gradient is 0.
