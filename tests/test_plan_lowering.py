@@ -13,7 +13,8 @@ from seqgraph import Model
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import ckernels, liveness
+from seqgraph.engine import ops
+from seqgraph.plan import backward, ckernels, liveness
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -300,3 +301,34 @@ def test_units_by_class_are_the_per_node_units_and_reads(cell, pattern):
         found = scheduling.unit_inputs(an, lay, units, unit_of)
         assert found == scheduling.unit_inputs_per_node(an, lay, units, unit_of)
         assert any(found)
+
+
+def wanted_node_by_node(an, lay, k, skip: set) -> list:
+    """The input positions `_Emitter._node_vjp` emits a kernel for, node `k` alone."""
+    node, own = an.node[k], lay.cell[k]
+    if ops.OPS[node["op"]].variadic_sum:
+        return ["sum"]  # `_addn_vjp` may emit one
+    return [
+        i
+        for i, source in enumerate(node["inputs"])
+        if source in an.needs_grad and i not in skip and lay.cell[source] != own
+    ]
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one"])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_idle_classes_emit_no_vjp_at_any_step(cell, pattern, ragged):
+    """`backward.idle_class` (decided over a class's columns) says yes only where no step's
+    node gets a VJP kernel node by node; and it finds the views of every gated cell."""
+    plan = plan_of(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    idle = 0
+    for c, members in an.members.items():
+        if len(c) != 2 or c in plan.batched or an.kind(next(iter(members.values()))) != "op":
+            continue
+        skip = set(plan.deferred.get(c, ()))
+        if backward.idle_class(an, lay, c, skip):
+            idle += 1
+            assert all(not wanted_node_by_node(an, lay, k, skip) for k in members.values()), c
+    assert idle or cell.startswith("rnn")
