@@ -10,10 +10,10 @@ import pytest
 from numpy.lib.array_utils import byte_bounds
 
 from seqgraph import Model
+from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.engine import ops
 from seqgraph.plan import backward, ckernels, liveness
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
