@@ -4,6 +4,8 @@ the reference by `tests/test_plan_listing.py` and the numbers by `tests/test_pla
 
 from __future__ import annotations
 
+import functools
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import backward, ckernels, liveness
+from seqgraph.plan import backward, ckernels, liveness, rewrites, siblings
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -315,13 +317,18 @@ def wanted_node_by_node(an, lay, k, skip: set) -> list:
     ]
 
 
-@pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("pattern", ["many_to_many", "many_to_one"])
+@functools.cache
+def shared_plan(cell: str, pattern: str, ragged: bool = False):
+    """`plan_of`, made once for the tests that only read it."""
+    return plan_of(cell, pattern, ragged)
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
 @pytest.mark.parametrize("cell", sorted(builtin_cells()))
 def test_idle_classes_emit_no_vjp_at_any_step(cell, pattern, ragged):
     """`backward.idle_class` (decided over a class's columns) says yes only where no step's
     node gets a VJP kernel node by node; and it finds the views of every gated cell."""
-    plan = plan_of(cell, pattern, ragged)
+    plan = shared_plan(cell, pattern, ragged)
     an, lay = plan.an, plan.layout
     idle = 0
     for c, members in an.members.items():
@@ -332,3 +339,46 @@ def test_idle_classes_emit_no_vjp_at_any_step(cell, pattern, ragged):
             idle += 1
             assert all(not wanted_node_by_node(an, lay, k, skip) for k in members.values()), c
     assert idle or cell.startswith("rnn")
+
+
+def readers_of_column_blocks_node_by_node(an) -> tuple[list, dict]:
+    """`siblings._readers_of_column_blocks` as it was: every view node's block alone."""
+    views = (name for name, op in ops.OPS.items() if op.view is not None)
+    readers, blocks = set(), {}
+    for v in an.nodes_of(*views):
+        blocks[v] = siblings._column_block(an, v)
+        if blocks[v] is not None:
+            readers.update(k for k, _ in an.consumers.get(v, ()))
+    return sorted(readers, key=an.pos.__getitem__), blocks
+
+
+@pytest.mark.parametrize(
+    ("cell", "pattern"),
+    [(cell, "many_to_many") for cell in sorted(builtin_cells())] + [("gru", "encoder_decoder")],
+)
+def test_column_blocks_by_class_are_the_per_node_blocks(cell, pattern):
+    """The sibling merge's column blocks, found class by class (`siblings._class_blocks`),
+    and the readers it scans are the per-node ones, before and after the rewrites; the
+    classes found whole hold every gated cell's gate views."""
+    plan = shared_plan(cell, pattern)
+    for an in (plan.an, rewritten_before_siblings(plan)):
+        readers, blocks = readers_of_column_blocks_node_by_node(an)
+        found: dict = {}
+        assert siblings._readers_of_column_blocks(an, found) == readers
+        assert {v: found[v] for v in blocks} == blocks
+        assert {v: b for v, b in found.items() if b is not None} == {
+            v: b for v, b in blocks.items() if b is not None
+        }
+        whole = [c for c in an.members if siblings._class_blocks(an, c, {})]
+        assert whole or cell.startswith("rnn")
+
+
+def rewritten_before_siblings(plan):
+    """The plan's graph through the rewrites but before any sibling merge."""
+    an = plan.an.__class__(
+        plan.graph, dict(plan.an.meta), list(plan.outputs), plan.an.dtype, full=True
+    ).fork()
+    for step in rewrites.steps():
+        if step(an):
+            an.update()
+    return an
