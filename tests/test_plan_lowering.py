@@ -382,3 +382,35 @@ def rewritten_before_siblings(plan):
         if step(an):
             an.update()
     return an
+
+
+def has_grad_walked(an, loss) -> set:
+    """`Analysis.has_grad`'s walk back from the loss, node by node."""
+    has = {loss}
+    for k in reversed(an.order):
+        if k in has and an.node[k]["kind"] == "op":
+            has.update([i for i in an.node[k]["inputs"] if i in an.needs_grad])
+    return has
+
+
+@pytest.mark.parametrize("unread_output", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru_layer_norm", "rnn"])
+def test_has_grad_without_the_walk_is_the_walk(cell, unread_output):
+    """Where the first reader of every node that needs a gradient (but the loss and the
+    nodes nothing reads, like the final states) needs one too, `has_grad` skips the walk
+    (`Analysis.has_grad_by_first_readers`): the same set. With an output that needs a
+    gradient and that is the first reader of the last hidden state (tanh of it, read by
+    nothing), the walk decides."""
+    plan = shared_plan(cell, "many_to_many")
+    an, loss = plan.an.fork(), plan.graph.loss
+    if unread_output:
+        extra = ("extra", "tanh_h", None)
+        last_h = next(k for k in reversed(an.order) if k[1] == "h" and k in an.needs_grad)
+        an.order.insert(an.pos[an.consumers[last_h][0][0]], extra)  # read first by extra
+        an.set_node(extra, {"kind": "op", "op": "tanh", "inputs": (last_h,), "attrs": {}})
+        an.outputs = an.outputs | {extra}
+        an.refresh()
+        assert extra in an.needs_grad
+    assert (an.has_grad_by_first_readers(loss) is None) is unread_output
+    assert an.has_grad(loss) == has_grad_walked(an, loss)
+    assert all(an.consumers.values())  # no empty list left by a lookup

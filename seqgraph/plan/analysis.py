@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import itemgetter, not_
 
 import networkx as nx
 import numpy as np
@@ -82,6 +82,7 @@ class AttrsKeys(dict):
 
 _SCALARS = frozenset({int, bool, str, type(None)})
 _OP, _ATTRS, _INPUTS = itemgetter("op"), itemgetter("attrs"), itemgetter("inputs")
+_FIRST = itemgetter(0)
 
 
 class _Floating(dict):
@@ -400,7 +401,13 @@ class Analysis:
         return out
 
     def has_grad(self, loss: Key) -> set:
-        """Nodes that receive a gradient from `loss` (backward skips every other node)."""
+        """Nodes that receive a gradient from `loss` (backward skips every other node): the
+        nodes that need one and have a reader that receives one, walked back from `loss`.
+        Where the first readers say who they are, found without the walk
+        (`has_grad_by_first_readers`)."""
+        found = self.has_grad_by_first_readers(loss)
+        if found is not None:
+            return found
         out, nodes, needs = {loss}, self.node, self.needs_grad
         for k in reversed(self.order):
             if k in out:
@@ -408,6 +415,26 @@ class Analysis:
                 if node["kind"] == "op":  # the inputs that need a gradient, found in C
                     out.update(needs.intersection(node["inputs"]))
         return out
+
+    def has_grad_by_first_readers(self, loss: Key) -> set | None:
+        """`has_grad` without its walk, or None where this cannot tell: the nodes that need
+        a gradient but those that nothing reads (a final state handed back), with `loss`,
+        where the first reader of each of them is among them. Then each reaches
+        `loss` through readers that receive a gradient (follow first readers: the graph
+        has no cycle, and only `loss` lacks one), and the walk would hand every one of
+        them one; a node nothing reads receives none. Asked in C, a consumer list each."""
+        needs = self.needs_grad
+        # in graph order, not the set's: a lookup in a dict of half a million keys costs
+        # half as much again out of order
+        others = list(filter(needs.__contains__, self.order))
+        if len(others) != len(needs):
+            return None  # a node outside the order: the walk decides
+        # .get: `consumers` is a defaultdict, and a lookup must not add an empty list
+        readers = list(map(self.consumers.get, others))
+        unread = set(compress(others, map(not_, readers)))
+        has = (needs - unread) | {loss}
+        first = map(_FIRST, map(_FIRST, filter(None, readers)))
+        return has if has.issuperset(first) else None
 
     def member_inputs(self, cls: tuple) -> list:
         """The input tuples of a class's members, in member order: fetched from the node
