@@ -414,3 +414,39 @@ def test_has_grad_without_the_walk_is_the_walk(cell, unread_output):
     assert (an.has_grad_by_first_readers(loss) is None) is unread_output
     assert an.has_grad(loss) == has_grad_walked(an, loss)
     assert all(an.consumers.values())  # no empty list left by a lookup
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_input_patterns_by_columns_are_the_step_by_step_ones(cell, pattern):
+    """`Analysis._input_pattern_by_columns` (a class's steps in order: its sources split into
+    scope, name and step columns) finds the pattern the step-by-step form finds, for every
+    input of every class; and for sources shifted by hand (a step off, another class, a
+    boundary)."""
+    an = shared_plan(cell, pattern).an
+    checked = 0
+    for c, members in an.members.items():
+        steps = list(members)
+        if len(c) != 2 or steps != list(range(steps[0], steps[0] + len(steps))):
+            continue
+        for i in range(len(an.inputs(members[steps[0]]))):
+            read = [an.inputs(k)[i] for k in members.values()]
+            if len(steps) < 2 or read.count(read[0]) == len(read):
+                continue
+            found = an._input_pattern_by_columns(read, steps[0])
+            assert found == an._input_pattern_by_steps(steps, read), (c, i)
+            checked += found is not None
+    assert checked
+    source = ("l0", "h", None)
+    reads = {
+        "same step": [("s", "x", t) for t in range(1, 5)],
+        "step before, boundary": [("s", "h0", None)] + [("s", "h", t) for t in range(1, 4)],
+        "step after, boundary": [("s", "h", t) for t in range(2, 5)] + [source],
+        "a step off": [("s", "x", 1), ("s", "x", 2), ("s", "x", 4), ("s", "x", 4)],
+        "another class": [("s", "x", 1), ("s", "x", 2), ("s", "y", 3), ("s", "x", 4)],
+        "another scope": [("s", "x", 1), ("r", "x", 2), ("s", "x", 3), ("s", "x", 4)],
+        "boundary in time": [("s", "h", 7)] + [("s", "h", t) for t in range(1, 4)],
+    }
+    for name, read in reads.items():
+        by_steps = an._input_pattern_by_steps(list(range(1, 5)), read)
+        assert an._input_pattern_by_columns(read, 1) == by_steps, name

@@ -499,13 +499,22 @@ class Analysis:
         return self._facts[fact]
 
     def _input_pattern(self, cls: tuple, position: int):
-        members = self.members[cls]
+        members = self.members[cls]  # step -> node
         # map and itemgetter: this reads every step of every class, in C
         read = list(map(itemgetter(position), self.member_inputs(cls)))
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
-        sources = dict(zip(members, read))
+        steps = list(members)
+        if steps == list(range(steps[0], steps[0] + len(steps))) and len(steps) > 1:
+            return self._input_pattern_by_columns(read, steps[0])
+        return self._input_pattern_by_steps(steps, read)
+
+    @staticmethod
+    def _input_pattern_by_steps(steps: list, read: list):
+        """`_input_pattern` of a class whose steps are `steps` (in member order), `read`
+        what each reads (not one node for all), a step at a time."""
+        sources = dict(zip(steps, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
             # the steps but the boundary one (ts holds each step once, in order)
@@ -522,6 +531,32 @@ class Analysis:
             if edge is None or sources[edge] == (*target, edge + d):
                 return ("class", target, d, None)
             boundary = sources[edge]
+            if boundary[2] is None:
+                return ("class", target, d, boundary)
+        return None
+
+    @staticmethod
+    def _input_pattern_by_columns(read: list, start: int):
+        """`_input_pattern` of a class whose members are steps start, start + 1, ... in
+        that order, `read` what each reads (not one node for all): the sources split into
+        columns of scopes, names and steps (`zip(*read)`, in C), each compared whole, with
+        no tuple made per step."""
+        scopes, names, ts = zip(*read)
+        n = len(read)
+        for d, edge in ((0, None), (-1, 0), (1, n - 1)):
+            inner = slice(0, n) if edge is None else (slice(1, n) if d < 0 else slice(0, n - 1))
+            scope, name, t = read[inner.start]
+            if t is None or t != start + inner.start + d:  # the first step already says no
+                continue
+            lo, hi = inner.start, inner.stop
+            if scopes[lo:hi].count(scope) != hi - lo or names[lo:hi].count(name) != hi - lo:
+                continue
+            if ts[lo:hi] != tuple(range(start + lo + d, start + hi + d)):
+                continue
+            target = (scope, name)
+            if edge is None or read[edge] == (*target, start + edge + d):
+                return ("class", target, d, None)
+            boundary = read[edge]
             if boundary[2] is None:
                 return ("class", target, d, boundary)
         return None
