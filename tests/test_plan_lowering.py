@@ -450,3 +450,16 @@ def test_input_patterns_by_columns_are_the_step_by_step_ones(cell, pattern):
     for name, read in reads.items():
         by_steps = an._input_pattern_by_steps(list(range(1, 5)), read)
         assert an._input_pattern_by_columns(read, 1) == by_steps, name
+
+
+@pytest.mark.parametrize(("cell", "pattern"), [("lstm", "many_to_many"), ("gru", "many_to_one")])
+def test_addn_of_class_from_the_live_sums_is_the_per_node_answer(cell, pattern):
+    """`Analysis.addn_of_class` looks only at the live nodes of summing ops (and keeps
+    their answers): for every live node, the answer of the node's own record."""
+    an = shared_plan(cell, pattern).an
+    sums = 0
+    for k in an.live:
+        found = an.addn_of_class(k)
+        assert found == an._addn_of_class(k) == an.addn_of_class(k), k
+        sums += found is not None
+    assert sums or pattern == "many_to_one"  # one loss: nothing sums the steps

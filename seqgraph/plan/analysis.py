@@ -562,8 +562,21 @@ class Analysis:
         return None
 
     def addn_of_class(self, key: Key):
-        """The class whose every step `key` (an addn: `Op.variadic_sum`) sums, in order; None
-        if not that shape."""
+        """The class whose every step the live node `key` (an addn: `Op.variadic_sum`) sums,
+        in order; None if not that shape. Asked of every fusable unit and of readers in the
+        liveness passes: most are no sum at all, found in the few live sums (a fact), and a
+        sum's answer is kept, since it lists every step of a class."""
+        sums = self._facts.get("sums")
+        if sums is None:  # every live node of a summing op: a handful per graph
+            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
+            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        if key not in sums:
+            return None
+        if sums[key] is None:
+            sums[key] = (self._addn_of_class(key),)
+        return sums[key][0]
+
+    def _addn_of_class(self, key: Key):
         node = self.node[key]
         if node["kind"] != "op" or not ops.OPS[node["op"]].variadic_sum or not node["inputs"]:
             return None
