@@ -124,6 +124,7 @@ class Analysis:
         other = copy.copy(self)
         other.node, other.order = dict(self.node), list(self.order)
         other.pos, other.live, other.meta = dict(self.pos), set(self.live), dict(self.meta)
+        other._positioned = other.order if self._positioned is self.order else None
         other.consumers = defaultdict(list, self.consumers)
         other.members = defaultdict(dict, self.members)
         other.class_edges = Counter(self.class_edges)
@@ -142,7 +143,7 @@ class Analysis:
     def refresh(self) -> None:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
         pass over the live nodes in graph order (each node's inputs come before it)."""
-        self.pos = positions(self.order)
+        self.pos, self._positioned = positions(self.order), self.order
         self.live, keys_live, records_live = self._live_in_order(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
         self.members: dict[tuple, dict] = defaultdict(dict)
@@ -183,11 +184,13 @@ class Analysis:
 
     def update(self) -> None:
         """The facts `refresh` derives, derived again only where the edits since the last
-        derivation (`set_node`, and `order` with the old nodes kept in their order) reach:
+        derivation (`set_node`, and `order` with the old nodes kept in their order: a new
+        list, or a slot replaced by `replace_in_order`) reach:
         the edited nodes, the nodes they make live or dead, and the gradient flags their
         change passes on. What every graph-changing rewrite calls."""
         edited, self.edited, self._facts = self.edited, {}, {}
-        self.pos = positions(self.order)
+        if self.order is not self._positioned:  # a new order, not one slot replaced
+            self.pos, self._positioned = positions(self.order), self.order
         readers: dict = {}  # source -> its consumers as a set while they change
         born, lost = [], []  # lost: sources that lost a consumer, maybe dead now
         for k, old in edited.items():
@@ -215,7 +218,19 @@ class Analysis:
         self._update_members(born, died)
         self.meta = self._infer(sorted(born, key=self.pos.__getitem__))
         self.recurrent = self._recurrent()
-        self._update_needs_grad(list(edited) + born + died)
+        # a node that died needs no gradient (unless an initial state handed back), and no
+        # live node reads it: its flag goes without passing anything on
+        gone = set(died) - self.state_inputs
+        self.needs_grad.difference_update(gone)
+        self._update_needs_grad([k for k in [*edited, *born, *died] if k not in gone])
+
+    def replace_in_order(self, old: Key, new: Key) -> None:
+        """Put node `new` in the place of `old` in `order` (and in `pos`): the one edit of
+        the order in place that `update` knows of; any other change of the order assigns
+        a new list, and `update` numbers it again (half a million positions)."""
+        at = self.pos.pop(old)
+        self.order[at] = new
+        self.pos[new] = at
 
     def _index_op(self, key: Key, node: dict | None, present: bool) -> None:
         """Enter the live op node `key` (record `node`) into `by_op`, or take it out."""
