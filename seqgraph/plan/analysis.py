@@ -130,6 +130,7 @@ class Analysis:
         other.class_edges = Counter(self.class_edges)
         other.needs_grad, other.edited = set(self.needs_grad), dict(self.edited)
         other.recurrent, other._facts = set(self.recurrent), {}
+        other.member_records = dict(self.member_records)  # lists shared: never changed
         other.by_op = {op: dict(keys) for op, keys in self.by_op.items()}
         return other
 
@@ -139,6 +140,7 @@ class Analysis:
             self.edited[key] = self.node.get(key)
         self.node[key] = node
         self._facts.clear()
+        self.member_records.pop(key if key[2] is None else key[:2], None)
 
     def refresh(self) -> None:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
@@ -146,15 +148,18 @@ class Analysis:
         self.pos, self._positioned = positions(self.order), self.order
         self.live, keys_live, records_live = self._live_in_order(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
-        self.members: dict[tuple, dict] = defaultdict(dict)
-        consumers, members = self.consumers, self.members
+        consumers, groups = self.consumers, {}  # class -> (step -> member, member records)
         meta, needs, keys = dict(self.meta), set(self.state_inputs), AttrsKeys()
         memo: dict = {AttrsKeys: keys}  # as `_shape` keeps it
         edges, by_op = defaultdict(int), defaultdict(dict)
         floating = _Floating()
         for k, node in zip(keys_live, records_live):
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
-            members[cls][k[2]] = k
+            group = groups.get(cls)
+            if group is None:
+                group = groups[cls] = ({}, [])
+            group[0][k[2]] = k
+            group[1].append(node)
             kind = node["kind"]
             if kind == "op":
                 by_op[node["op"]][k] = None
@@ -177,6 +182,10 @@ class Analysis:
             if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
                 needs.add(k)
         self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
+        self.members: dict[tuple, dict] = defaultdict(dict)
+        self.members.update((c, group[0]) for c, group in groups.items())
+        # each class's member records, in member order, met on the way (`member_inputs`)
+        self.member_records = {c: group[1] for c, group in groups.items()}
         self.meta, self.needs_grad = meta, needs
         self.by_op = dict(by_op)  # op -> its live nodes (a dict as an ordered set)
         self.recurrent = self._recurrent()
@@ -297,6 +306,8 @@ class Analysis:
         changes: dict = defaultdict(list)
         for k in born + died:
             changes[class_of(k)].append(k)
+        for cls in changes:
+            self.member_records.pop(cls, None)
         pos = self.pos
         for cls, keys in changes.items():
             kept = [k for k in self.members.get(cls, {}).values() if k in self.live]
@@ -458,7 +469,9 @@ class Analysis:
         fact = ("inputs", cls)
         found = self._facts.get(fact)
         if found is None:
-            records = list(map(self.node.__getitem__, self.members[cls].values()))
+            records = self.member_records.get(cls)  # as `refresh` met them, if unedited
+            if records is None:
+                records = list(map(self.node.__getitem__, self.members[cls].values()))
             self._facts[("records", cls)] = records
             found = self._facts[fact] = list(map(_INPUTS, records))
         return found
