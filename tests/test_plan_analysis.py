@@ -5,6 +5,7 @@ pipeline (`rewrites.rewrite`), on every kind of model the rewrites act on."""
 from __future__ import annotations
 
 import gc
+import operator
 import weakref
 
 import numpy as np
@@ -68,6 +69,13 @@ def assert_same_facts(updated: Analysis, step: str) -> None:
     assert members == [(c, list(m.items())) for c, m in fresh.members.items()], step
     for c in fresh.members:  # the facts later stages ask per class
         assert updated.same_op(c) == fresh.same_op(c), (step, c)
+        # the member records kept from the derivation before are the graph's records now
+        records = [updated.node[k] for k in fresh.members[c].values()]
+        assert updated.member_inputs(c) == [r["inputs"] for r in records], (step, c)
+        if c in updated.member_records:
+            assert all(map(operator.is_, updated.member_records[c], records)), (step, c)
+        if len(c) == 2:
+            assert updated.stackable(c) == fresh.stackable(c), (step, c)
         k0 = next(iter(fresh.members[c].values()))
         for i in range(len(fresh.inputs(k0))):
             assert updated.input_pattern(c, i) == fresh.input_pattern(c, i), (step, c, i)

@@ -4,16 +4,19 @@ the reference by `tests/test_plan_listing.py` and the numbers by `tests/test_pla
 
 from __future__ import annotations
 
+import functools
+
 import networkx as nx
 import numpy as np
 import pytest
 from numpy.lib.array_utils import byte_bounds
 
 from seqgraph import Model
+from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import ckernels, liveness
+from seqgraph.plan import backward, ckernels, liveness, rewrites, siblings
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -300,3 +303,163 @@ def test_units_by_class_are_the_per_node_units_and_reads(cell, pattern):
         found = scheduling.unit_inputs(an, lay, units, unit_of)
         assert found == scheduling.unit_inputs_per_node(an, lay, units, unit_of)
         assert any(found)
+
+
+def wanted_node_by_node(an, lay, k, skip: set) -> list:
+    """The input positions `_Emitter._node_vjp` emits a kernel for, node `k` alone."""
+    node, own = an.node[k], lay.cell[k]
+    if ops.OPS[node["op"]].variadic_sum:
+        return ["sum"]  # `_addn_vjp` may emit one
+    return [
+        i
+        for i, source in enumerate(node["inputs"])
+        if source in an.needs_grad and i not in skip and lay.cell[source] != own
+    ]
+
+
+@functools.cache
+def shared_plan(cell: str, pattern: str, ragged: bool = False):
+    """`plan_of`, made once for the tests that only read it."""
+    return plan_of(cell, pattern, ragged)
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_idle_classes_emit_no_vjp_at_any_step(cell, pattern, ragged):
+    """`backward.idle_class` (decided over a class's columns) says yes only where no step's
+    node gets a VJP kernel node by node; and it finds the views of every gated cell."""
+    plan = shared_plan(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    idle = 0
+    for c, members in an.members.items():
+        if len(c) != 2 or c in plan.batched or an.kind(next(iter(members.values()))) != "op":
+            continue
+        skip = set(plan.deferred.get(c, ()))
+        if backward.idle_class(an, lay, c, skip):
+            idle += 1
+            assert all(not wanted_node_by_node(an, lay, k, skip) for k in members.values()), c
+    assert idle or cell.startswith("rnn")
+
+
+def readers_of_column_blocks_node_by_node(an) -> tuple[list, dict]:
+    """`siblings._readers_of_column_blocks` as it was: every view node's block alone."""
+    views = (name for name, op in ops.OPS.items() if op.view is not None)
+    readers, blocks = set(), {}
+    for v in an.nodes_of(*views):
+        blocks[v] = siblings._column_block(an, v)
+        if blocks[v] is not None:
+            readers.update(k for k, _ in an.consumers.get(v, ()))
+    return sorted(readers, key=an.pos.__getitem__), blocks
+
+
+@pytest.mark.parametrize(
+    ("cell", "pattern"),
+    [(cell, "many_to_many") for cell in sorted(builtin_cells())] + [("gru", "encoder_decoder")],
+)
+def test_column_blocks_by_class_are_the_per_node_blocks(cell, pattern):
+    """The sibling merge's column blocks, found class by class (`siblings._class_blocks`),
+    and the readers it scans are the per-node ones, before and after the rewrites; the
+    classes found whole hold every gated cell's gate views."""
+    plan = shared_plan(cell, pattern)
+    for an in (plan.an, rewritten_before_siblings(plan)):
+        readers, blocks = readers_of_column_blocks_node_by_node(an)
+        found: dict = {}
+        assert siblings._readers_of_column_blocks(an, found) == readers
+        assert {v: found[v] for v in blocks} == blocks
+        assert {v: b for v, b in found.items() if b is not None} == {
+            v: b for v, b in blocks.items() if b is not None
+        }
+        whole = [c for c in an.members if siblings._class_blocks(an, c, {})]
+        assert whole or cell.startswith("rnn")
+
+
+def rewritten_before_siblings(plan):
+    """The plan's graph through the rewrites but before any sibling merge."""
+    an = plan.an.__class__(
+        plan.graph, dict(plan.an.meta), list(plan.outputs), plan.an.dtype, full=True
+    ).fork()
+    for step in rewrites.steps():
+        if step(an):
+            an.update()
+    return an
+
+
+def has_grad_walked(an, loss) -> set:
+    """`Analysis.has_grad`'s walk back from the loss, node by node."""
+    has = {loss}
+    for k in reversed(an.order):
+        if k in has and an.node[k]["kind"] == "op":
+            has.update([i for i in an.node[k]["inputs"] if i in an.needs_grad])
+    return has
+
+
+@pytest.mark.parametrize("unread_output", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru_layer_norm", "rnn"])
+def test_has_grad_without_the_walk_is_the_walk(cell, unread_output):
+    """Where the first reader of every node that needs a gradient (but the loss and the
+    nodes nothing reads, like the final states) needs one too, `has_grad` skips the walk
+    (`Analysis.has_grad_by_first_readers`): the same set. With an output that needs a
+    gradient and that is the first reader of the last hidden state (tanh of it, read by
+    nothing), the walk decides."""
+    plan = shared_plan(cell, "many_to_many")
+    an, loss = plan.an.fork(), plan.graph.loss
+    if unread_output:
+        extra = ("extra", "tanh_h", None)
+        last_h = next(k for k in reversed(an.order) if k[1] == "h" and k in an.needs_grad)
+        an.order.insert(an.pos[an.consumers[last_h][0][0]], extra)  # read first by extra
+        an.set_node(extra, {"kind": "op", "op": "tanh", "inputs": (last_h,), "attrs": {}})
+        an.outputs = an.outputs | {extra}
+        an.refresh()
+        assert extra in an.needs_grad
+    assert (an.has_grad_by_first_readers(loss) is None) is unread_output
+    assert an.has_grad(loss) == has_grad_walked(an, loss)
+    assert all(an.consumers.values())  # no empty list left by a lookup
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_input_patterns_by_columns_are_the_step_by_step_ones(cell, pattern):
+    """`Analysis._input_pattern_by_columns` (a class's steps in order: its sources split into
+    scope, name and step columns) finds the pattern the step-by-step form finds, for every
+    input of every class; and for sources shifted by hand (a step off, another class, a
+    boundary)."""
+    an = shared_plan(cell, pattern).an
+    checked = 0
+    for c, members in an.members.items():
+        steps = list(members)
+        if len(c) != 2 or steps != list(range(steps[0], steps[0] + len(steps))):
+            continue
+        for i in range(len(an.inputs(members[steps[0]]))):
+            read = [an.inputs(k)[i] for k in members.values()]
+            if len(steps) < 2 or read.count(read[0]) == len(read):
+                continue
+            found = an._input_pattern_by_columns(read, steps[0])
+            assert found == an._input_pattern_by_steps(steps, read), (c, i)
+            checked += found is not None
+    assert checked
+    source = ("l0", "h", None)
+    reads = {
+        "same step": [("s", "x", t) for t in range(1, 5)],
+        "step before, boundary": [("s", "h0", None)] + [("s", "h", t) for t in range(1, 4)],
+        "step after, boundary": [("s", "h", t) for t in range(2, 5)] + [source],
+        "a step off": [("s", "x", 1), ("s", "x", 2), ("s", "x", 4), ("s", "x", 4)],
+        "another class": [("s", "x", 1), ("s", "x", 2), ("s", "y", 3), ("s", "x", 4)],
+        "another scope": [("s", "x", 1), ("r", "x", 2), ("s", "x", 3), ("s", "x", 4)],
+        "boundary in time": [("s", "h", 7)] + [("s", "h", t) for t in range(1, 4)],
+    }
+    for name, read in reads.items():
+        by_steps = an._input_pattern_by_steps(list(range(1, 5)), read)
+        assert an._input_pattern_by_columns(read, 1) == by_steps, name
+
+
+@pytest.mark.parametrize(("cell", "pattern"), [("lstm", "many_to_many"), ("gru", "many_to_one")])
+def test_addn_of_class_from_the_live_sums_is_the_per_node_answer(cell, pattern):
+    """`Analysis.addn_of_class` looks only at the live nodes of summing ops (and keeps
+    their answers): for every live node, the answer of the node's own record."""
+    an = shared_plan(cell, pattern).an
+    sums = 0
+    for k in an.live:
+        found = an.addn_of_class(k)
+        assert found == an._addn_of_class(k) == an.addn_of_class(k), k
+        sums += found is not None
+    assert sums or pattern == "many_to_one"  # one loss: nothing sums the steps

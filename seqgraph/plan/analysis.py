@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import itemgetter, not_
 
 import networkx as nx
 import numpy as np
@@ -82,6 +82,7 @@ class AttrsKeys(dict):
 
 _SCALARS = frozenset({int, bool, str, type(None)})
 _OP, _ATTRS, _INPUTS = itemgetter("op"), itemgetter("attrs"), itemgetter("inputs")
+_FIRST = itemgetter(0)
 
 
 class _Floating(dict):
@@ -123,11 +124,13 @@ class Analysis:
         other = copy.copy(self)
         other.node, other.order = dict(self.node), list(self.order)
         other.pos, other.live, other.meta = dict(self.pos), set(self.live), dict(self.meta)
+        other._positioned = other.order if self._positioned is self.order else None
         other.consumers = defaultdict(list, self.consumers)
         other.members = defaultdict(dict, self.members)
         other.class_edges = Counter(self.class_edges)
         other.needs_grad, other.edited = set(self.needs_grad), dict(self.edited)
         other.recurrent, other._facts = set(self.recurrent), {}
+        other.member_records = dict(self.member_records)  # lists shared: never changed
         other.by_op = {op: dict(keys) for op, keys in self.by_op.items()}
         return other
 
@@ -137,22 +140,26 @@ class Analysis:
             self.edited[key] = self.node.get(key)
         self.node[key] = node
         self._facts.clear()
+        self.member_records.pop(key if key[2] is None else key[:2], None)
 
     def refresh(self) -> None:
         """Liveness, consumers, classes, shapes, recurrences, all derived from scratch: one
         pass over the live nodes in graph order (each node's inputs come before it)."""
-        self.pos = positions(self.order)
+        self.pos, self._positioned = positions(self.order), self.order
         self.live, keys_live, records_live = self._live_in_order(list(self.outputs))
         self.consumers: dict[Key, list] = defaultdict(list)
-        self.members: dict[tuple, dict] = defaultdict(dict)
-        consumers, members = self.consumers, self.members
+        consumers, groups = self.consumers, {}  # class -> (step -> member, member records)
         meta, needs, keys = dict(self.meta), set(self.state_inputs), AttrsKeys()
         memo: dict = {AttrsKeys: keys}  # as `_shape` keeps it
         edges, by_op = defaultdict(int), defaultdict(dict)
         floating = _Floating()
         for k, node in zip(keys_live, records_live):
             cls = k if k[2] is None else k[:2]  # class_of, inline: once per node and edge
-            members[cls][k[2]] = k
+            group = groups.get(cls)
+            if group is None:
+                group = groups[cls] = ({}, [])
+            group[0][k[2]] = k
+            group[1].append(node)
             kind = node["kind"]
             if kind == "op":
                 by_op[node["op"]][k] = None
@@ -175,6 +182,10 @@ class Analysis:
             if floating[shape[1]] and (kind == "param" or not needs.isdisjoint(inputs)):
                 needs.add(k)
         self.class_edges: Counter = Counter(edges)  # (source class, class) -> input edges
+        self.members: dict[tuple, dict] = defaultdict(dict)
+        self.members.update((c, group[0]) for c, group in groups.items())
+        # each class's member records, in member order, met on the way (`member_inputs`)
+        self.member_records = {c: group[1] for c, group in groups.items()}
         self.meta, self.needs_grad = meta, needs
         self.by_op = dict(by_op)  # op -> its live nodes (a dict as an ordered set)
         self.recurrent = self._recurrent()
@@ -182,11 +193,13 @@ class Analysis:
 
     def update(self) -> None:
         """The facts `refresh` derives, derived again only where the edits since the last
-        derivation (`set_node`, and `order` with the old nodes kept in their order) reach:
+        derivation (`set_node`, and `order` with the old nodes kept in their order: a new
+        list, or a slot replaced by `replace_in_order`) reach:
         the edited nodes, the nodes they make live or dead, and the gradient flags their
         change passes on. What every graph-changing rewrite calls."""
         edited, self.edited, self._facts = self.edited, {}, {}
-        self.pos = positions(self.order)
+        if self.order is not self._positioned:  # a new order, not one slot replaced
+            self.pos, self._positioned = positions(self.order), self.order
         readers: dict = {}  # source -> its consumers as a set while they change
         born, lost = [], []  # lost: sources that lost a consumer, maybe dead now
         for k, old in edited.items():
@@ -214,7 +227,19 @@ class Analysis:
         self._update_members(born, died)
         self.meta = self._infer(sorted(born, key=self.pos.__getitem__))
         self.recurrent = self._recurrent()
-        self._update_needs_grad(list(edited) + born + died)
+        # a node that died needs no gradient (unless an initial state handed back), and no
+        # live node reads it: its flag goes without passing anything on
+        gone = set(died) - self.state_inputs
+        self.needs_grad.difference_update(gone)
+        self._update_needs_grad([k for k in [*edited, *born, *died] if k not in gone])
+
+    def replace_in_order(self, old: Key, new: Key) -> None:
+        """Put node `new` in the place of `old` in `order` (and in `pos`): the one edit of
+        the order in place that `update` knows of; any other change of the order assigns
+        a new list, and `update` numbers it again (half a million positions)."""
+        at = self.pos.pop(old)
+        self.order[at] = new
+        self.pos[new] = at
 
     def _index_op(self, key: Key, node: dict | None, present: bool) -> None:
         """Enter the live op node `key` (record `node`) into `by_op`, or take it out."""
@@ -281,6 +306,8 @@ class Analysis:
         changes: dict = defaultdict(list)
         for k in born + died:
             changes[class_of(k)].append(k)
+        for cls in changes:
+            self.member_records.pop(cls, None)
         pos = self.pos
         for cls, keys in changes.items():
             kept = [k for k in self.members.get(cls, {}).values() if k in self.live]
@@ -400,7 +427,13 @@ class Analysis:
         return out
 
     def has_grad(self, loss: Key) -> set:
-        """Nodes that receive a gradient from `loss` (backward skips every other node)."""
+        """Nodes that receive a gradient from `loss` (backward skips every other node): the
+        nodes that need one and have a reader that receives one, walked back from `loss`.
+        Where the first readers say who they are, found without the walk
+        (`has_grad_by_first_readers`)."""
+        found = self.has_grad_by_first_readers(loss)
+        if found is not None:
+            return found
         out, nodes, needs = {loss}, self.node, self.needs_grad
         for k in reversed(self.order):
             if k in out:
@@ -409,6 +442,26 @@ class Analysis:
                     out.update(needs.intersection(node["inputs"]))
         return out
 
+    def has_grad_by_first_readers(self, loss: Key) -> set | None:
+        """`has_grad` without its walk, or None where this cannot tell: the nodes that need
+        a gradient but those that nothing reads (a final state handed back), with `loss`,
+        where the first reader of each of them is among them. Then each reaches
+        `loss` through readers that receive a gradient (follow first readers: the graph
+        has no cycle, and only `loss` lacks one), and the walk would hand every one of
+        them one; a node nothing reads receives none. Asked in C, a consumer list each."""
+        needs = self.needs_grad
+        # in graph order, not the set's: a lookup in a dict of half a million keys costs
+        # half as much again out of order
+        others = list(filter(needs.__contains__, self.order))
+        if len(others) != len(needs):
+            return None  # a node outside the order: the walk decides
+        # .get: `consumers` is a defaultdict, and a lookup must not add an empty list
+        readers = list(map(self.consumers.get, others))
+        unread = set(compress(others, map(not_, readers)))
+        has = (needs - unread) | {loss}
+        first = map(_FIRST, map(_FIRST, filter(None, readers)))
+        return has if has.issuperset(first) else None
+
     def member_inputs(self, cls: tuple) -> list:
         """The input tuples of a class's members, in member order: fetched from the node
         table once per class (a fact, as `same_op`), for `same_op` and `input_pattern` at
@@ -416,7 +469,9 @@ class Analysis:
         fact = ("inputs", cls)
         found = self._facts.get(fact)
         if found is None:
-            records = list(map(self.node.__getitem__, self.members[cls].values()))
+            records = self.member_records.get(cls)  # as `refresh` met them, if unedited
+            if records is None:
+                records = list(map(self.node.__getitem__, self.members[cls].values()))
             self._facts[("records", cls)] = records
             found = self._facts[fact] = list(map(_INPUTS, records))
         return found
@@ -472,13 +527,22 @@ class Analysis:
         return self._facts[fact]
 
     def _input_pattern(self, cls: tuple, position: int):
-        members = self.members[cls]
+        members = self.members[cls]  # step -> node
         # map and itemgetter: this reads every step of every class, in C
         read = list(map(itemgetter(position), self.member_inputs(cls)))
         first = read[0]
         if read.count(first) == len(read):  # list.count and == on lists: loops in C
             return ("shared", first) if first[2] is None else None
-        sources = dict(zip(members, read))
+        steps = list(members)
+        if steps == list(range(steps[0], steps[0] + len(steps))) and len(steps) > 1:
+            return self._input_pattern_by_columns(read, steps[0])
+        return self._input_pattern_by_steps(steps, read)
+
+    @staticmethod
+    def _input_pattern_by_steps(steps: list, read: list):
+        """`_input_pattern` of a class whose steps are `steps` (in member order), `read`
+        what each reads (not one node for all), a step at a time."""
+        sources = dict(zip(steps, read))
         ts = sorted(sources)
         for d, edge in ((0, None), (-1, ts[0]), (1, ts[-1])):
             # the steps but the boundary one (ts holds each step once, in order)
@@ -499,9 +563,48 @@ class Analysis:
                 return ("class", target, d, boundary)
         return None
 
+    @staticmethod
+    def _input_pattern_by_columns(read: list, start: int):
+        """`_input_pattern` of a class whose members are steps start, start + 1, ... in
+        that order, `read` what each reads (not one node for all): the sources split into
+        columns of scopes, names and steps (`zip(*read)`, in C), each compared whole, with
+        no tuple made per step."""
+        scopes, names, ts = zip(*read)
+        n = len(read)
+        for d, edge in ((0, None), (-1, 0), (1, n - 1)):
+            inner = slice(0, n) if edge is None else (slice(1, n) if d < 0 else slice(0, n - 1))
+            scope, name, t = read[inner.start]
+            if t is None or t != start + inner.start + d:  # the first step already says no
+                continue
+            lo, hi = inner.start, inner.stop
+            if scopes[lo:hi].count(scope) != hi - lo or names[lo:hi].count(name) != hi - lo:
+                continue
+            if ts[lo:hi] != tuple(range(start + lo + d, start + hi + d)):
+                continue
+            target = (scope, name)
+            if edge is None or read[edge] == (*target, start + edge + d):
+                return ("class", target, d, None)
+            boundary = read[edge]
+            if boundary[2] is None:
+                return ("class", target, d, boundary)
+        return None
+
     def addn_of_class(self, key: Key):
-        """The class whose every step `key` (an addn: `Op.variadic_sum`) sums, in order; None
-        if not that shape."""
+        """The class whose every step the live node `key` (an addn: `Op.variadic_sum`) sums,
+        in order; None if not that shape. Asked of every fusable unit and of readers in the
+        liveness passes: most are no sum at all, found in the few live sums (a fact), and a
+        sum's answer is kept, since it lists every step of a class."""
+        sums = self._facts.get("sums")
+        if sums is None:  # every live node of a summing op: a handful per graph
+            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
+            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        if key not in sums:
+            return None
+        if sums[key] is None:
+            sums[key] = (self._addn_of_class(key),)
+        return sums[key][0]
+
+    def _addn_of_class(self, key: Key):
         node = self.node[key]
         if node["kind"] != "op" or not ops.OPS[node["op"]].variadic_sum or not node["inputs"]:
             return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from operator import itemgetter
 
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
@@ -184,19 +185,25 @@ class _Emitter:
         factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
         remaining = {c: len(an.members[c]) for c in deferred}
         skip_of: dict = {}  # class -> the input positions its nodes' VJPs skip, made once
+        idle: dict = {}  # class -> whether no node of it gets a VJP kernel (`idle_class`)
+        cells, base, zero, state = lay.cell, lay.base, tracker.zero, tracker.state
         for unit in reversed(self.sched.units):
             if unit[0] == "class":
                 self._class_vjp(unit[1], has, skips.get(unit[1], set()))
                 continue
             k = unit[1]
             c = class_of(k)
-            if k in has:
+            skip = skip_of.get(c)
+            if skip is None:
+                skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
+                idle[c] = c not in factors and c not in folds and idle_class(an, lay, c, skip)
+            if k in has and idle[c]:  # what `_node_vjp` does then: its gradient is ready
+                if not state(cells[k]):
+                    zero.add(base[k])
+            elif k in has:
                 factor = factors[c].stack.at(k[2]) if c in factors else None
                 fold = folds.get(c)
                 upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
-                skip = skip_of.get(c)
-                if skip is None:
-                    skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
                 self._node_vjp(k, skip, factor, upstream)
             if c in remaining:
                 remaining[c] -= 1
@@ -487,6 +494,35 @@ class _Emitter:
             add = self._target([source])
             kernel = kernels_vjp.vjp(ctx, op, i, lay.grad[source], add, g, value, ins, attrs)
             self.out.add(kernel, ("deferred", cls, i, add, None, None))
+
+
+def idle_class(an, lay, cls, skip: set) -> bool:
+    """Whether `_node_vjp` emits no kernel for any node of the per-step class `cls` (given
+    the input positions it skips): one op that is no sum of a class (`_addn_vjp`) and, at
+    every other input position, no step's input needs a gradient or every step's input has
+    the step's own gradient cell (a view's input: the view's gradient is a region of it).
+    Decided column by column over the class's steps, in C, not node by node; where it says
+    yes, each node's VJP comes down to its first step (its gradient zero-filled if nothing
+    wrote it)."""
+    same = an.same_op(cls) if len(cls) == 2 else None
+    if same is None or ops.OPS[same[0]].variadic_sum:
+        return False
+    columns = an.member_inputs(cls)
+    if len(set(map(len, columns))) != 1:
+        return False
+    needs, cells = an.needs_grad, lay.cell
+    own = None  # the members' cells, fetched when a position needs them
+    for i in range(len(columns[0])):
+        if i in skip:
+            continue
+        sources = list(map(itemgetter(i), columns))
+        if needs.isdisjoint(sources):
+            continue
+        if own is None:
+            own = list(map(cells.get, an.members[cls].values()))
+        if list(map(cells.get, sources)) != own or None in own:
+            return False
+    return True
 
 
 def describe(sched: Schedule, record: tuple) -> tuple:

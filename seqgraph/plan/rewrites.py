@@ -256,7 +256,7 @@ def reassociate(an) -> bool:
         v = (k[0], f"{u[1]}+{p[1]}", k[2])
         an.set_node(v, {**an.node[u], "inputs": (a, p)})
         an.set_node(k, {**an.node[k], "inputs": (v, r)})
-        an.order[an.pos[u]] = v  # v needs only a and p, which precede u
+        an.replace_in_order(u, v)  # v needs only a and p, which precede u
     return bool(rewrites)
 
 

@@ -5,11 +5,15 @@ the rewrites in `rewrites.py`, a pure change of the analysis' copy of the graph.
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import chain, repeat
+from operator import itemgetter
 
 from seqgraph.engine import ops
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.edits import op_node, reorder
+
+_READER = itemgetter(0)  # of a consumer (reader, position); of an input tuple, its first
 
 
 def merge_siblings(an, joined: set) -> bool:
@@ -91,14 +95,54 @@ def _sibling_sets(an, after_merges: bool = True) -> dict:
 
 def _readers_of_column_blocks(an, blocks: dict) -> list:
     """The live op nodes that read a column block (`_column_block`, memoized in `blocks`),
-    in graph order: only they can merge, and they are a few of every step's nodes."""
-    views = (name for name, op in ops.OPS.items() if op.view is not None)
-    readers = set()
-    for v in an.nodes_of(*views):
-        blocks[v] = _column_block(an, v)
-        if blocks[v] is not None:
-            readers.update(k for k, _ in an.consumers.get(v, ()))
+    in graph order: only they can merge, and they are a few of every step's nodes. A class
+    of views found whole (`_class_blocks`), the other views node by node."""
+    readers, consumers = set(), an.consumers
+    for cls, members in an.members.items():
+        first = an.node[next(iter(members.values()))]
+        if first["kind"] != "op" or ops.OPS[first["op"]].view is None:
+            continue  # no member a view (`_class_blocks`), or some: node by node
+        if _class_blocks(an, cls, blocks):
+            found = [v for v in members.values() if blocks[v] is not None]
+        else:
+            found = []
+            for v in members.values():
+                blocks[v] = _column_block(an, v)
+                if blocks[v] is not None:
+                    found.append(v)
+        # every reader of every found view, in C
+        readers.update(map(_READER, chain.from_iterable(map(consumers.get, found, repeat(())))))
+    for op in (name for name, op in ops.OPS.items() if op.view is not None):
+        for v in an.by_op.get(op, ()):
+            if v not in blocks:  # a view in a class whose first member is not one
+                blocks[v] = _column_block(an, v)
+                if blocks[v] is not None:
+                    readers.update(k for k, _ in consumers.get(v, ()))
     return sorted(readers, key=an.pos.__getitem__)
+
+
+def _class_blocks(an, cls, blocks: dict) -> bool:
+    """The column blocks of a whole class of views at once, into `blocks`: where every
+    member applies one op with the same attrs (`Analysis.same_op`) to one input of one
+    shape, `_column_block` of the first member holds for all but for the source, each
+    member's own input. False (nothing entered) where the class is not of that form."""
+    same = an.same_op(cls) if len(cls) == 2 else None
+    if same is None:
+        return False
+    columns = an.member_inputs(cls)
+    if len(set(map(len, columns))) != 1 or len(columns[0]) != 1:
+        return False
+    sources = list(map(_READER, columns))
+    if len(set(map(an.meta.__getitem__, sources))) != 1:
+        return False
+    members = an.members[cls]
+    block = _column_block(an, next(iter(members.values())))
+    if block is None:
+        blocks.update(zip(members.values(), repeat(None)))
+    else:
+        found = zip(sources, repeat(block[1]), repeat(block[2]))
+        blocks.update(zip(members.values(), found))
+    return True
 
 
 def _adjacent_runs(an, nodes: list) -> list:
