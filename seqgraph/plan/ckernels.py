@@ -145,10 +145,11 @@ def _compiled(items: list, bind_all) -> list:
     return [None if b is None else _call(getattr(library, b.name), b) for b in bound]
 
 
-def function_kernel(text: str, args: list, release_gil: bool = False):
+def function_kernel(text: str, args, release_gil: bool = False):
     """A kernel (no-argument callable) running the C function `text`, which defines
     `void {name}(const i64* a)` and reads its arguments from `a`: `args` in order, each an
-    int or an array (its address; the kernel keeps it alive). None where compiled kernels
+    int or an array (its address; the kernel keeps it alive), or the int64 block itself
+    (a step program's million words: no array to keep). None where compiled kernels
     are off or cannot be built: the caller keeps its NumPy form. An op's own kernel
     (`softmax_ce`'s rows) rather than a fused group's. `release_gil`: other Python threads
     run meanwhile (0.6 us more a call), for a kernel that runs long (`programs.py`)."""
@@ -160,9 +161,13 @@ def function_kernel(text: str, args: list, release_gil: bool = False):
         return None
     if release_gil:
         library = ctypes.CDLL(library._name)  # the same library, loaded already
-    arrays = tuple(a for a in args if isinstance(a, np.ndarray))
-    block = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
-    return _call(getattr(library, name), Bound(name, text, np.array(block, np.int64), arrays))
+    if isinstance(args, np.ndarray):
+        block, arrays = args, ()
+    else:
+        arrays = tuple(a for a in args if isinstance(a, np.ndarray))
+        words = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
+        block = np.array(words, np.int64)
+    return _call(getattr(library, name), Bound(name, text, block, arrays))
 
 
 def is_compiled(kernel) -> bool:

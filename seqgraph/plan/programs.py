@@ -101,24 +101,27 @@ def link(kernels: list) -> list:
     as they are."""
     if len(kernels) < 2 or not enabled():
         return list(kernels)
-    out, run = [], []
+    out, run, words, flops = [], [], [], 0
+    express = _Linker().instruction
     for kernel in [*kernels, None]:
-        words = None if kernel is None else instruction(kernel)
-        if words is not None:
-            run.append((kernel, words))
+        step = None if kernel is None else express(kernel)
+        if step is not None:
+            run.append(kernel)
+            words += step
+            flops += _flops(step)
             continue
         if len(run) > 1:
-            words = [len(run)] + [w for _, ws in run for w in ws]
+            block = np.array([len(run), *words], np.int64)
             # NumPy lets other Python threads run while BLAS works; a long program does too
-            long = sum(_flops(ws) for _, ws in run) >= RELEASE_GIL_FLOPS
-            program = ckernels.function_kernel(EXECUTOR, words, release_gil=long)
+            long = flops >= RELEASE_GIL_FLOPS
+            program = ckernels.function_kernel(EXECUTOR, block, release_gil=long)
             if program is None:  # the executor could not be built: each kernel on its own
                 return list(kernels)
-            program.kernels = [k for k, _ in run]  # they hold the buffers the words point into
+            program.kernels = run  # they hold the buffers the words point into
             out.append(program)
         else:
-            out += [k for k, _ in run]
-        run = []
+            out += run
+        run, words, flops = [], [], 0
         if kernel is not None:
             out.append(kernel)
     return out
@@ -129,21 +132,76 @@ def instruction(kernel) -> list | None:
     program runs: a compiled kernel (`ckernels.is_compiled`: a C function of one argument
     block), a product `np.dot(a, b, out=c)` that NumPy hands to gemm or gemv, or a sum
     `np.add(a, b, out=c)` of rows (a bias added to each)."""
-    if ckernels.is_compiled(kernel):
-        function = ctypes.cast(kernel.func, ctypes.c_void_p).value
-        return _words(KERNEL, function, kernel.args[0].value)
-    func = getattr(kernel, "func", None)
-    if (func is np.dot or func is np.add) and len(kernel.args) == 2:
-        out = kernel.keywords.get("out")
-        if not isinstance(out, np.ndarray) or len(kernel.keywords) != 1:
+    return _Linker().instruction(kernel)
+
+
+class _Linker:
+    """`instruction` over one kernel list, with what every step repeats asked once: the
+    address of each compiled function, and the layout of each weight matrix (the same array
+    in every step's product). Ids are stable while the list holds the kernels."""
+
+    def __init__(self):
+        self.functions: dict = {}  # id(ctypes function) -> its address
+        self.weights: dict = {}  # id(b) -> (b, its address, its gemm layout, C-, F-ordered)
+
+    def instruction(self, kernel) -> list | None:
+        func = getattr(kernel, "func", None)
+        if isinstance(func, ctypes._CFuncPtr):  # `ckernels.is_compiled`
+            address = self.functions.get(id(func))
+            if address is None:
+                address = self.functions[id(func)] = ctypes.cast(func, ctypes.c_void_p).value
+            return _words(KERNEL, address, kernel.args[0].value)
+        if (func is np.dot or func is np.add) and len(kernel.args) == 2:
+            out = kernel.keywords.get("out")
+            if not isinstance(out, np.ndarray) or len(kernel.keywords) != 1:
+                return None
+            a, b = kernel.args
+            if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+                return None
+            if not (a.dtype == b.dtype == out.dtype) or a.dtype not in (np.float32, np.float64):
+                return None
+            return self.product(a, b, out) if func is np.dot else _sum(a, b, out)
+        return None
+
+    def product(self, a, b, out) -> list | None:
+        """The BLAS call `np.dot` makes for 2-D operands
+        (numpy/_core/src/common/cblasfuncs.c): gemm, row-major, each matrix passed as it is
+        where its rows are unit-stride, else transposed where its columns are, alpha 1,
+        beta 0, where every dimension is at least 2; gemv with the matrix transposed where
+        `a` is one row. None where NumPy goes another way (a column, a copy, syrk for the
+        same data transposed) or `out` overlaps an operand."""
+        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or not out.flags.c_contiguous:
             return None
-        a, b = kernel.args
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        (M, K), (K2, N) = a.shape, b.shape
+        if K != K2 or out.shape != (M, N) or min(K, N) < 2:
             return None
-        if not (a.dtype == b.dtype == out.dtype) or a.dtype not in (np.float32, np.float64):
+        if np.shares_memory(a, b) or np.shares_memory(a, out) or np.shares_memory(b, out):
             return None
-        return _product(a, b, out) if func is np.dot else _sum(a, b, out)
-    return None
+        weight = self.weights.get(id(b))
+        if weight is None:
+            flags = b.flags
+            weight = (b, b.ctypes.data, _blas_layout(b), flags.c_contiguous, flags.f_contiguous)
+            self.weights[id(b)] = weight
+        _, w, (tb, ldb), c_ordered, f_ordered = weight
+        found, single = blas.find(), a.dtype == np.float32
+        if M == 1:  # `a` is a row: gemv, the matrix C- or F-contiguous as NumPy makes it
+            if c_ordered:
+                order, lda = ROW_MAJOR, N
+            elif f_ordered:
+                order, lda = COL_MAJOR, K
+            else:
+                return None
+            kind, gemv = (SGEMV, found.sgemv) if single else (DGEMV, found.dgemv)
+            step = a.strides[1] // a.itemsize
+            if step * a.itemsize != a.strides[1] or step <= 0:
+                return None
+            x, y = a.ctypes.data, out.ctypes.data
+            return _words(kind, gemv, order, TRANS, K, N, w, lda, x, step, y)
+        ta, lda = _blas_layout(a)
+        if ta is None or tb is None:
+            return None
+        kind, gemm = (SGEMM, found.sgemm) if single else (DGEMM, found.dgemm)
+        return _words(kind, gemm, ta, tb, M, N, K, a.ctypes.data, lda, w, ldb, out.ctypes.data, N)
 
 
 def _flops(words: list) -> int:
@@ -155,42 +213,6 @@ def _flops(words: list) -> int:
 
 def _words(*words) -> list:
     return [*words] + [0] * (WIDTH - len(words))
-
-
-def _product(a, b, out) -> list | None:
-    """The BLAS call `np.dot` makes for 2-D operands (numpy/_core/src/common/cblasfuncs.c):
-    gemm, row-major, each matrix passed as it is where its rows are unit-stride, else
-    transposed where its columns are, alpha 1, beta 0, where every dimension is at least 2;
-    gemv with the matrix transposed where `a` is one row. None where NumPy goes another way
-    (a column, a copy, syrk for the same data transposed) or `out` overlaps an operand."""
-    if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or not out.flags.c_contiguous:
-        return None
-    (M, K), (K2, N) = a.shape, b.shape
-    if K != K2 or out.shape != (M, N) or min(K, N) < 2:
-        return None
-    if np.shares_memory(a, b) or np.shares_memory(a, out) or np.shares_memory(b, out):
-        return None
-    found, single = blas.find(), a.dtype == np.float32
-    if M == 1:  # `a` is a row: gemv, the matrix C- or F-contiguous as NumPy makes it
-        if b.flags.c_contiguous:
-            order, lda = ROW_MAJOR, N
-        elif b.flags.f_contiguous:
-            order, lda = COL_MAJOR, K
-        else:
-            return None
-        kind, gemv = (SGEMV, found.sgemv) if single else (DGEMV, found.dgemv)
-        step = a.strides[1] // a.itemsize
-        if step * a.itemsize != a.strides[1] or step <= 0:
-            return None
-        x, y = a.ctypes.data, out.ctypes.data
-        return _words(kind, gemv, order, TRANS, K, N, b.ctypes.data, lda, x, step, y)
-    ta, lda = _blas_layout(a)
-    tb, ldb = _blas_layout(b)
-    if ta is None or tb is None:
-        return None
-    kind, gemm = (SGEMM, found.sgemm) if single else (DGEMM, found.dgemm)
-    x, w, y = a.ctypes.data, b.ctypes.data, out.ctypes.data
-    return _words(kind, gemm, ta, tb, M, N, K, x, lda, w, ldb, y, N)
 
 
 def _sum(a, b, out) -> list | None:
