@@ -220,9 +220,10 @@ class _Emitter:
             if failed:
                 raise _ActivationOverwritten(failed)
             liveness.check_gradients_under_inputs(an, lay, out.records)
-            self._vjps_apart_from_their_reads()
         if self.ctx.name == "numpy":
             self._compile_chains()
+        if lay.activations or lay.under:  # after the chains: only what runs alone needs it
+            self._vjps_apart_from_their_reads()
         copies = [self._transpose_kernel(bt, value) for bt, value in self.transposes.values()]
         entries = [
             ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
@@ -236,8 +237,10 @@ class _Emitter:
         """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over
         dL/dy (`Layout.under`): as NumPy calls (where its chain does not compile), first
         into scratch, then copied there, since `local_out` may write before it reads (a
-        sigmoid's 1 - y, then times y; then times g). Its statement, one C line that reads
-        each operand at an element before writing there, stays for `_compile_chains`."""
+        sigmoid's 1 - y, then times y; then times g). Run after `_compile_chains`: in a
+        compiled chain the VJP is one C line that reads each operand at an element before
+        writing there, so only the VJPs left alone (at T = 10,000, none of 100,000: making
+        them all first took a second) get the scratch."""
         an, lay, ctx, out = self.an, self.lay, self.ctx, self.out
         for index, record in enumerate(out.records):
             if record[0] != "vjp" or record[2] != 0:
