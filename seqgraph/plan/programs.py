@@ -34,9 +34,9 @@ SWITCH = "SEQGRAPH_CPU_PROGRAMS"
 WIDTH = 13  # int64 words per instruction: kind, then the kernel's or the product's
 KERNEL, SGEMM, DGEMM, SGEMV, DGEMV, SADD, DADD = range(7)  # an instruction's kind
 ROW_MAJOR, COL_MAJOR, NO_TRANS, TRANS = 101, 102, 111, 112  # CBLAS's enums
-# a program of this much product work (~50 us) lets go of the GIL while it runs; below, the
-# 0.6 us a call that costs is a tenth of a tiny model's step, and the GIL is held as long as
-# a NumPy call holds it
+# a program with this much product work (~50 us) releases the GIL while it runs, as NumPy
+# does around BLAS; a shorter one keeps it: releasing costs 0.6 us a call, and a tiny
+# model's step makes about 14 of them in 66 us
 RELEASE_GIL_FLOPS = 1e7
 
 EXECUTOR = """\
