@@ -213,7 +213,8 @@ class _Emitter:
             raise _FactorOverwritten
         if not self.check_transposes_in_gradients():
             raise _TransposeOverwritten
-        if lay.activations or lay.under:
+        over = self._written_over_reads()
+        if lay.activations or lay.under or over:
             if factors:  # a factor of all steps would read values a step wrote over
                 raise GraphError("plan: values under gradients need inline local derivatives")
             failed = liveness.activation_reads_first(an, lay, out.records, tracker.zero)
@@ -222,8 +223,8 @@ class _Emitter:
             liveness.check_gradients_under_inputs(an, lay, out.records)
         if self.ctx.name == "numpy":
             self._compile_chains()
-        if lay.activations or lay.under:  # after the chains: only what runs alone needs it
-            self._vjps_apart_from_their_reads()
+        if lay.activations or lay.under or over:  # after the chains: what runs alone
+            self._vjps_apart_from_their_reads(over)
         copies = [self._transpose_kernel(bt, value) for bt, value in self.transposes.values()]
         entries = [
             ("=", "transpose", ((_transposed_name(k), bt),), ((k, value),), None)
@@ -233,26 +234,41 @@ class _Emitter:
         tracker.ready([k for k in wanted if k in lay.grad])
         return Backward(out, tracker.zero, list(factors.values()))
 
-    def _vjps_apart_from_their_reads(self) -> None:
+    def _written_over_reads(self) -> set:
+        """The view nodes backward reads whose gradient goes over their value, in a value
+        buffer that holds its own gradient (`liveness.read_views`)."""
+        lay = self.lay
+        if not lay.inline_derivatives:
+            return set()
+        hosted = set(lay.hosted.values()) & lay.own_hosted
+        read = liveness.read_views(self.an, lay)
+        return {k for parent, nodes in read.items() if parent in hosted for k in nodes}
+
+    def _vjps_apart_from_their_reads(self, over: set) -> None:
         """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over
-        dL/dy (`Layout.under`): as NumPy calls (where its chain does not compile), first
-        into scratch, then copied there, since `local_out` may write before it reads (a
-        sigmoid's 1 - y, then times y; then times g). Run after `_compile_chains`: in a
+        dL/dy (`Layout.under`), and a VJP writing a gradient over the value of its own input
+        (`over`: `_written_over_reads`): as NumPy calls (where its chain does not compile),
+        first into scratch, then copied there, since `local_out` may write before it reads
+        (a sigmoid's 1 - y, then times y; then times g). Run after `_compile_chains`: in a
         compiled chain the VJP is one C line that reads each operand at an element before
         writing there, so only the VJPs left alone (at T = 10,000, none of 100,000: making
         them all first took a second) get the scratch."""
         an, lay, ctx, out = self.an, self.lay, self.ctx, self.out
         for index, record in enumerate(out.records):
-            if record[0] != "vjp" or record[2] != 0:
+            if record[0] != "vjp":
                 continue
-            c = class_of(record[1])
-            if c not in lay.activations and c not in lay.under:
+            k, position = record[1], record[2]
+            c = class_of(k)
+            target = an.inputs(k)[position]
+            mine = position == 0 and (c in lay.activations or c in lay.under)
+            if not mine and target not in over:
                 continue
-            k, g = record[1], lay.grad[record[4]]
-            node, dest = an.node[k], lay.grad[an.inputs(k)[0]]
+            g = lay.grad[record[4]]
+            node, dest = an.node[k], lay.grad[target]
             ins = [lay.value[i] for i in node["inputs"]]
             part = ctx.tmp(dest.shape, dest.dtype, tag=ACTIVATION_PART_TAG)
-            kernel = kernels_vjp.vjp(ctx, node["op"], 0, part, False, g, lay.value[k], ins, {})
+            vjp, attrs = kernels_vjp.vjp, node["attrs"]
+            kernel = vjp(ctx, node["op"], position, part, False, g, lay.value[k], ins, attrs)
             out.kernels[index] = partial(_then_copy, kernel, ctx.m.copyto, dest, part)
 
     def _compile_chains(self) -> None:

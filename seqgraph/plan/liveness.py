@@ -12,6 +12,8 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from seqgraph.engine import ops
@@ -199,55 +201,95 @@ def dead_in_backward(an, lay) -> list:
 
 def gradients_over_activations(an, lay) -> list:
     """The classes whose gradient stack may take their own value buffer although backward
-    reads values there: the parents of the views that activations write over
-    (`Layout.activations`: an LSTM's gates, whose activations then take the pre-activations'
-    place), where every other node in the buffer is unread in backward. Backward reads each
-    activation of step t, by the VJPs of step t, before the activation's own VJP writes its
-    input's gradient over it, element by element (an elementwise chain that reads an element
-    before it writes it is right in place); the emitter holds each plan to that order
-    (`activation_reads_first`) and gives the buffer back where it fails (`Layout.unhost`).
-    `Layout.add_grads` takes them as `own`."""
-    if not lay.activations:
+    reads values there (`Layout.add_grads` takes them as `own`):
+    - the parents of the views that activations write over (`Layout.activations`: an
+      LSTM's gates, whose activations then take the pre-activations' place): backward reads
+      each activation of step t, by the VJPs of step t, before the activation's own VJP
+      writes its input's gradient over it, element by element (an elementwise chain that
+      reads an element before it writes it is right in place);
+    - the parents of column views that backward reads (`read_views`: the GRU's h W_hn +
+      b_hn, a block of h W_hh + b_hh read by the VJP of r * (h W_hn + b_hn)): the view's
+      gradient is its region of the parent's, written by its reader's VJP of the same step,
+      after the reads;
+    where every other node in the buffer is unread in backward. The emitter holds each plan
+    to that order (`activation_reads_first`) and gives the buffer back where it fails
+    (`Layout.unhost`). Only with inline local derivatives (no factor of all steps reads a
+    value before the loop)."""
+    if not lay.inline_derivatives:
         return []
     nodes_of, over = lay.nodes_by_buffer(), set()
     parents = {lay.source[view][1] for view in lay.activations.values()}
     for c in lay.activations:
         over.update(an.members[c].values())
+    read = read_views(an, lay)
+    parents |= set(read)
     found = []
     for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
         nodes = nodes_of.get(id(owner(lay.value_stack[parent].arr)), [])
-        if all(k in over or _unread_in_backward(an, k) for k in nodes):
+        allowed = over | read.get(parent, set())
+        if all(k in allowed or _unread_in_backward(an, k) for k in nodes):
             found.append(parent)
     return found
 
 
+def read_views(an, lay) -> dict:
+    """parent class -> the nodes of its plain column views (`_view_classes`) that backward
+    reads, for the parents with any: each such node's gradient is its own region of the
+    parent's gradient, so the parent's value buffer can hold it once the node is read."""
+    out: dict = {}
+    for parent, views in _view_classes(lay).items():
+        if parent in lay.activations or parent in lay.under:
+            continue
+        for v in views:
+            nodes = list(an.members[v].values())
+            if not all(map(partial(_unread_in_backward, an), nodes)):
+                out.setdefault(parent, set()).update(nodes)
+    return out
+
+
 def activation_reads_first(an, lay, records: list, zero: set) -> list:
-    """The gradient buffers (`Layout.grad_buffers` indices) kept over activations
-    (`gradients_over_activations`) where backward would read an activation after its
-    input's gradient took its place: each activation y of step t must be read by no kernel
-    after the one that writes dL/dx of y = f(x) (its own VJP, which reads y at each element
-    before writing it there), that kernel must write, not add, and the buffer must not be
+    """The gradient buffers (`Layout.grad_buffers` indices) kept over values backward reads
+    (`gradients_over_activations`) where backward would read a value after a gradient took
+    its place: each activation y of step t must be read by no kernel after the one that
+    writes dL/dx of y = f(x) (its own VJP, which reads y at each element before writing it
+    there), each read view node by no kernel after the first that writes its own gradient
+    (its reader's VJP); that kernel must write, not add, and the buffer must not be
     zero-filled. `records`: the emitter's kernel records, in run order."""
-    parents = {lay.source[view][1] for view in lay.activations.values()}
+    over = {lay.source[view][1] for view in lay.activations.values()}
+    read = read_views(an, lay)
+    parents = over | set(read)
     watched = {base: c for base, c in lay.hosted.items() if c in parents & lay.own_hosted}
     if not watched:
         return []
-    members = {k: c for c in lay.activations for k in an.members[c].values()}
-    last_read: dict = {}  # activation node -> the last kernel that may read its value
-    writes: dict = {}  # activation node -> (its own VJP's kernel, whether it adds)
+    # watched node -> its parent class; an activation's gradient write is its own VJP's
+    # (position 0, writing dL/dx over it), a read view node's is its reader's VJP's
+    members = {
+        k: lay.source[lay.activations[c]][1]
+        for c in lay.activations
+        for k in an.members[c].values()
+    }
+    viewed = {k: parent for parent, nodes in read.items() for k in nodes}
+    members.update(viewed)
+    last_read: dict = {}  # watched node -> the last kernel that may read its value
+    writes: dict = {}  # watched node -> (the first kernel writing over it, whether it adds)
     for index, record in enumerate(records):
         for k in _nodes_read(an, record):
             if k in members:
                 last_read[k] = index
-        if record[0] == "vjp" and record[1] in members and record[2] == 0:
+        if record[0] != "vjp":
+            continue
+        if record[1] in members and record[1] not in viewed and record[2] == 0:
             writes.setdefault(record[1], (index, record[3]))
+        target = an.inputs(record[1])[record[2]]
+        if target in viewed:
+            writes.setdefault(target, (index, record[3]))
     failed = []
     for base, parent in watched.items():
         if base in zero:
             failed.append(base)
             continue
-        for k, c in members.items():
-            if lay.source[lay.activations[c]][1] != parent or k not in last_read:
+        for k, p in members.items():
+            if p != parent or k not in last_read:
                 continue
             write = writes.get(k)
             if write is None or write[1] or last_read[k] > write[0]:
