@@ -826,8 +826,11 @@ def test_gru_recurrent_projection_holds_its_own_gradient():
     r * (h W_hn + b_hn) writes that block's gradient over it, element by element. dL/d(h
     W_hn + b_hn) at step t is the very view that holds its value at step t. 18.75 MiB less
     at the medium benchmark, and the interpreter's numbers call after call."""
+    from seqgraph.plan import liveness
+
     model, batch, plan = plan_of("gru")
     lay = plan.layout
+    assert lay.read_views == liveness.read_views(plan.an, lay)  # what the lowering kept
     (nodes,) = hosted_read_views(plan).values()
     assert nodes
     for k in nodes:

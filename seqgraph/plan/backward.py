@@ -241,8 +241,7 @@ class _Emitter:
         if not lay.inline_derivatives:
             return set()
         hosted = set(lay.hosted.values()) & lay.own_hosted
-        read = liveness.read_views(self.an, lay)
-        return {k for parent, nodes in read.items() if parent in hosted for k in nodes}
+        return {k for parent, nodes in lay.read_views.items() if parent in hosted for k in nodes}
 
     def _vjps_apart_from_their_reads(self, over: set) -> None:
         """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over

@@ -115,6 +115,9 @@ class Layout:
         self.activations: dict = {}
         # y -> x, for y = f(x) whose gradient lives where x's will (`_gradient_under_input`)
         self.under: dict = {}
+        # parent class -> its column view nodes that backward reads (`liveness.read_views`,
+        # found by `liveness.gradients_over_activations`)
+        self.read_views: dict = {}
         self.classes = sorted(
             (c for c in an.members if len(c) == 2 and an.stackable(c)),
             key=lambda c: an.pos[next(iter(an.members[c].values()))],

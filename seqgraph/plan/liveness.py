@@ -12,8 +12,6 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 
 from seqgraph.engine import ops
@@ -221,7 +219,7 @@ def gradients_over_activations(an, lay) -> list:
     parents = {lay.source[view][1] for view in lay.activations.values()}
     for c in lay.activations:
         over.update(an.members[c].values())
-    read = read_views(an, lay)
+    read = lay.read_views = read_views(an, lay)
     parents |= set(read)
     found = []
     for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
@@ -237,12 +235,13 @@ def read_views(an, lay) -> dict:
     reads, for the parents with any: each such node's gradient is its own region of the
     parent's gradient, so the parent's value buffer can hold it once the node is read."""
     out: dict = {}
+    unread = _UnreadByClass(an)
     for parent, views in _view_classes(lay).items():
         if parent in lay.activations or parent in lay.under:
             continue
         for v in views:
             nodes = list(an.members[v].values())
-            if not all(map(partial(_unread_in_backward, an), nodes)):
+            if not all(map(unread, nodes)):
                 out.setdefault(parent, set()).update(nodes)
     return out
 
@@ -256,7 +255,7 @@ def activation_reads_first(an, lay, records: list, zero: set) -> list:
     (its reader's VJP); that kernel must write, not add, and the buffer must not be
     zero-filled. `records`: the emitter's kernel records, in run order."""
     over = {lay.source[view][1] for view in lay.activations.values()}
-    read = read_views(an, lay)
+    read = lay.read_views  # `gradients_over_activations` found them
     parents = over | set(read)
     watched = {base: c for base, c in lay.hosted.items() if c in parents & lay.own_hosted}
     if not watched:
