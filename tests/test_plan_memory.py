@@ -667,24 +667,30 @@ def gated_cell(equations: list, layers: int = 1, bidirectional: bool = False):
     params = {"W": {"shape": ["input", "2*hidden"]}, "U": {"shape": ["hidden", "2*hidden"]}}
     if any("V" in line for line in equations):
         params["V"] = {"shape": ["hidden", "hidden"]}
+    cell = {
+        "inputs": ["x"],
+        "state": ["h"],
+        "output": "h",
+        "params": params,
+        "equations": ["a = x @ W + h @ U", *equations],
+    }
+    return ragged_plan("mine", layers, bidirectional, {"mine": cell})
+
+
+def ragged_plan(cell: str, layers: int = 1, bidirectional: bool = False, cells=None):
+    """(plan, model, batch) of `layers` of `cell` over a ragged float64 batch."""
+    layer = {"cell": cell, "hidden": HIDDEN, "bidirectional": bidirectional}
     raw = {
-        "cells": {
-            "mine": {
-                "inputs": ["x"],
-                "state": ["h"],
-                "output": "h",
-                "params": params,
-                "equations": ["a = x @ W + h @ U", *equations],
-            }
-        },
         "model": {
             "pattern": "many_to_many",
             "input": {"type": "vectors", "size": INPUT},
             "target": {"type": "ids", "vocab": VOCAB},
-            "layers": [{"cell": "mine", "hidden": HIDDEN, "bidirectional": bidirectional}] * layers,
+            "layers": [layer] * layers,
         },
         "dtype": "float64",
     }
+    if cells:
+        raw["cells"] = cells
     model = Model(raw, dtype="float64")
     batch = batching.dummy(model.spec, BATCH, STEPS)
     batch["lengths"] = np.array([STEPS, 2, 4])
@@ -841,19 +847,7 @@ def test_gru_recurrent_projection_holds_its_own_gradient():
 @needs_compiler
 @pytest.mark.parametrize("layers, bidirectional", [(2, False), (2, True)])
 def test_gru_stacked_and_bidirectional_hold_their_projection_gradients(layers, bidirectional):
-    raw = {
-        "model": {
-            "pattern": "many_to_many",
-            "input": {"type": "vectors", "size": INPUT},
-            "target": {"type": "ids", "vocab": VOCAB},
-            "layers": [{"cell": "gru", "hidden": HIDDEN, "bidirectional": bidirectional}] * layers,
-        },
-        "dtype": "float64",
-    }
-    model = Model(raw, dtype="float64")
-    batch = batching.dummy(model.spec, BATCH, STEPS)
-    batch["lengths"] = np.array([STEPS, 2, 4])
-    plan = model.plan(batch)
+    plan, model, batch = ragged_plan("gru", layers, bidirectional)
     assert len(hosted_read_views(plan)) == layers * (2 if bidirectional else 1)
     assert_same_as_interpreter(model, batch)
 
