@@ -819,9 +819,7 @@ def hosted_read_views(plan) -> dict:
     """parent class -> its read view nodes, for the parents that hold their own gradient."""
     from seqgraph.plan import liveness
 
-    lay = plan.layout
-    own = {lay.hosted[i] for i in lay.hosted} & lay.own_hosted
-    return {p: nodes for p, nodes in liveness.read_views(plan.an, lay).items() if p in own}
+    return liveness.hosted_read_views(plan.layout)
 
 
 @needs_compiler

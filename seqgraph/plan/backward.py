@@ -213,7 +213,7 @@ class _Emitter:
             raise _FactorOverwritten
         if not self.check_transposes_in_gradients():
             raise _TransposeOverwritten
-        over = self._written_over_reads()
+        over = {k for nodes in liveness.hosted_read_views(lay).values() for k in nodes}
         if lay.activations or lay.under or over:
             if factors:  # a factor of all steps would read values a step wrote over
                 raise GraphError("plan: values under gradients need inline local derivatives")
@@ -234,19 +234,10 @@ class _Emitter:
         tracker.ready([k for k in wanted if k in lay.grad])
         return Backward(out, tracker.zero, list(factors.values()))
 
-    def _written_over_reads(self) -> set:
-        """The view nodes backward reads whose gradient goes over their value, in a value
-        buffer that holds its own gradient (`liveness.read_views`)."""
-        lay = self.lay
-        if not lay.inline_derivatives:
-            return set()
-        hosted = set(lay.hosted.values()) & lay.own_hosted
-        return {k for parent, nodes in lay.read_views.items() if parent in hosted for k in nodes}
-
     def _vjps_apart_from_their_reads(self, over: set) -> None:
         """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over
         dL/dy (`Layout.under`), and a VJP writing a gradient over the value of its own input
-        (`over`: `_written_over_reads`): as NumPy calls (where its chain does not compile),
+        (`over`: `liveness.hosted_read_views`): as NumPy calls (where its chain does not compile),
         first into scratch, then copied there, since `local_out` may write before it reads
         (a sigmoid's 1 - y, then times y; then times g). Run after `_compile_chains`: in a
         compiled chain the VJP is one C line that reads each operand at an element before

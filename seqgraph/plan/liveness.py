@@ -246,6 +246,13 @@ def read_views(an, lay) -> dict:
     return out
 
 
+def hosted_read_views(lay) -> dict:
+    """`Layout.read_views` of the parents whose value buffer holds their own gradient now
+    (`Layout.unhost` may have given one back)."""
+    own = set(lay.hosted.values()) & lay.own_hosted
+    return {parent: nodes for parent, nodes in lay.read_views.items() if parent in own}
+
+
 def activation_reads_first(an, lay, records: list, zero: set) -> list:
     """The gradient buffers (`Layout.grad_buffers` indices) kept over values backward reads
     (`gradients_over_activations`) where backward would read a value after a gradient took
