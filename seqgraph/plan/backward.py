@@ -104,6 +104,7 @@ class Backward:
     kernels: Kernels
     zero: set
     factors: list = field(default_factory=list)  # the `local_factors.Factor`s, in run order
+    transposes: list = field(default_factory=list)  # the W^T copies, made as backward starts
 
 
 def emit(
@@ -232,7 +233,8 @@ class _Emitter:
         ]
         out.insert(1, copies, entries)
         tracker.ready([k for k in wanted if k in lay.grad])
-        return Backward(out, tracker.zero, list(factors.values()))
+        transposes = [bt for bt, _ in self.transposes.values()]
+        return Backward(out, tracker.zero, list(factors.values()), transposes)
 
     def _vjps_apart_from_their_reads(self, over: set) -> None:
         """The VJP of y = f(x) whose dL/dx is written over y (`Layout.activations`) or over

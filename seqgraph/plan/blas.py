@@ -21,6 +21,11 @@ from functools import lru_cache
 # gemm and gemv for float32 and float64, by the naming of the library (64-bit integers)
 ROUTINES = ("sgemm", "dgemm", "sgemv", "dgemv")
 NAMES = tuple(tuple(f"{prefix}{r}64_" for r in ROUTINES) for prefix in ("scipy_cblas_", "cblas_"))
+# how many threads the library's calls use (OPENBLAS_NUM_THREADS, threadpoolctl): get, set
+THREADS = {
+    "scipy_cblas_": ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    "cblas_": ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class Blas:
     dgemm: int
     sgemv: int
     dgemv: int
+    threads: int = 0  # its thread count's getter, `int f(void)`; 0 where it has none
+    set_threads: int = 0  # and setter, `void f(int)`
 
 
 @lru_cache(maxsize=1)
@@ -40,11 +47,13 @@ def find() -> Blas | None:
             library = ctypes.CDLL(path)  # already mapped: the same handle, nothing loads
         except OSError:
             continue
-        for names in NAMES:
+        for prefix, names in zip(THREADS, NAMES, strict=True):
             try:
                 found = [getattr(library, name) for name in names]
             except AttributeError:
                 continue
+            counts = [getattr(library, name, None) for name in THREADS[prefix]]
+            found += counts if None not in counts else []
             return Blas(path, *(ctypes.cast(f, ctypes.c_void_p).value for f in found))
     return None
 

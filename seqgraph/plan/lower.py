@@ -127,11 +127,17 @@ class Plan:
             self.backward = self._emit_backward()
         liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
         liveness.check_own_hosts(self.layout, self.backward.zero)
-        self._backward_run = self._linked(self.backward.kernels.kernels)
+        self._backward_run = self._linked(self.backward.kernels.kernels, self.backward.transposes)
 
-    def _linked(self, kernels: list) -> list:
-        """What runs: the kernels, runs of them as step programs on NumPy (`programs.py`)."""
-        return programs.link(kernels) if self.ctx.name == "numpy" else kernels
+    def _linked(self, kernels: list, transposes: list = ()) -> list:
+        """What runs: the kernels, runs of them as step programs on NumPy (`programs.py`),
+        which pack the weights they multiply by step after step: the parameters and
+        backward's W^T copies, neither written again once a run reads them."""
+        if self.ctx.name != "numpy":
+            return kernels
+        values = self.layout.value  # a parameter that does not reach the loss has none
+        params = [values[k] for k in self.graph.params.values() if k in values]
+        return programs.link(kernels, [*params, *transposes])
 
     def _emit_backward(self) -> backward.Backward:
         return backward.emit(
@@ -199,8 +205,9 @@ class Plan:
         copy = self.ctx.m.copyto
         for name, dest in self._param_slots:
             copy(dest, params[name])
-        for kernel in self._forward_run:
-            kernel()
+        with programs.threads_shared():
+            for kernel in self._forward_run:
+                kernel()
         return float(self._loss)
 
     def leaf_slots(self) -> list:
@@ -227,8 +234,9 @@ class Plan:
         bufs = self.layout.grad_buffers
         for i in self.backward.zero if self.backward is not None else ():
             bufs[i].fill(0)
-        for kernel in self._backward_run if self.backward is not None else ():
-            kernel()
+        with programs.threads_shared():
+            for kernel in self._backward_run if self.backward is not None else ():
+                kernel()
         grads, zeros = self.layout.grad, self.ctx.m.zeros
         # A parameter that does not reach the loss has no gradient buffer: its gradient is 0.
         return {

@@ -4,43 +4,78 @@ After the lowering, a recurrent step on NumPy is a product (`np.dot(h, W, out=z)
 compiled group or chain (`ckernels.py`), another product...: one Python call each, about 300
 for a training step of the small LSTM benchmark, and at small sizes the calls cost as much
 as the work (np.dot's own overhead is about 1 us). Here each run of two or more such kernels
-in a kernel list becomes one kernel: a block of int64 words, 13 per instruction, that one C
+in a kernel list becomes one kernel: a block of int64 words, 16 per instruction, that one C
 loop (`EXECUTOR`) walks, calling each compiled kernel through its address with its argument
 block, each product as the `cblas_sgemm`/`cblas_dgemm` (one row: `gemv`) call of NumPy's own
 BLAS (`blas.py`) with the arguments `np.dot` passes, and each sum of rows (`np.add`, a bias
-to each row) as a loop, so every value is bit for bit the one the kernels give one by one.
-Plan buffers never move, so the block is made once.
+to each row) as a loop. Plan buffers never move, so the block is made once.
 
-Not done (measured, 2026-11-30): running a program's two halves of the batch on two threads
-at once. A step never mixes the batch's sequences, so it is safe, but OpenBLAS packs the
-whole weight matrix on every call whatever the rows, so half the rows took 71 % of the time of
-all of them (small LSTM forward: 1.38 against 1.94 ms on one thread), and handing a half to a
-second thread and back cost 0.2 ms a program on this 2-core virtual machine.
+Two things make a step's products faster than np.dot's:
+- Packed weights. OpenBLAS copies the whole weight matrix into its panels on every call,
+  which at a recurrent step's sizes (32 x 128 by 128 x 512) costs about what the
+  multiply-adds do. A product by a weight that the run makes twice or more (`_packed`) packs
+  the weight on its first use into panels of 32 (float64: 16) columns, and every use runs
+  the executor's own AVX-512 loop over them: each element the fused multiply-adds of its
+  row and column in k order, as OpenBLAS's kernels sum within one block of k (bit for bit
+  with np.dot here up to K = 256; beyond it OpenBLAS adds blocks of k apart, and the last
+  bits may differ). Without AVX-512 the instruction is NumPy's gemm call.
+- Threads of the executor's own. While a plan runs (`threads_shared`), NumPy's BLAS is set
+  to one thread and its thread count is lent to the programs, which split each packed
+  product by panels, and each larger BLAS product by rows or columns (one-thread BLAS calls
+  on each share), over threads that spin while a program runs. Splits never change a
+  value: each element is computed as on one thread.
 
-`SEQGRAPH_CPU_PROGRAMS=0` leaves every kernel its own call. Compiled kernels off, NumPy's BLAS
-not found (`blas.find`) or CuPy: nothing changes.
+Measured on the 2-core development machine (`tools/bench.py`, see README Speed): the small
+LSTM step 6.1 -> 4.2 ms, the medium one 57.5 -> 50.8 ms, in alternating processes.
+
+`SEQGRAPH_CPU_PROGRAMS=0` leaves every kernel its own call; `SEQGRAPH_CPU_POOL=0` keeps the
+programs but neither packs nor lends threads (NumPy's BLAS threads as they are). Compiled
+kernels off, NumPy's BLAS not found (`blas.find`) or CuPy: nothing changes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
 from seqgraph.plan import blas, ckernels
 
 SWITCH = "SEQGRAPH_CPU_PROGRAMS"
-WIDTH = 13  # int64 words per instruction: kind, then the kernel's or the product's
-KERNEL, SGEMM, DGEMM, SGEMV, DGEMV, SADD, DADD = range(7)  # an instruction's kind
+POOL_SWITCH = "SEQGRAPH_CPU_POOL"  # "0": no packed products, no threads of the programs' own
+WIDTH = 16  # int64 words per instruction: kind, then the kernel's or the product's
+# an instruction's kind
+KERNEL, SGEMM, DGEMM, SGEMV, DGEMV, SADD, DADD, SPACKED, DPACKED = range(9)
 ROW_MAJOR, COL_MAJOR, NO_TRANS, TRANS = 101, 102, 111, 112  # CBLAS's enums
 # a program with this much product work (~50 us) releases the GIL while it runs, as NumPy
 # does around BLAS; a shorter one keeps it: releasing costs 0.6 us a call, and a tiny
 # model's step makes about 14 of them in 66 us
 RELEASE_GIL_FLOPS = 1e7
+# a BLAS product with this much work (~5 us on one core) is split over the threads that
+# `threads_shared` lends a program, by rows where it is taller than wide, else by columns
+# (so each thread's BLAS call packs the smaller share); a smaller one runs on the caller
+SHARED_FLOPS = 1e6
+SPLIT_COLUMNS, SPLIT_ROWS = 1, 2
+# the threads a program may use now: set by `threads_shared`, read by the executor
+POOL_THREADS = np.zeros(1, np.int64)
 
 EXECUTOR = """\
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __x86_64__
+#include <immintrin.h>
+#define SEQGRAPH_PAUSE() _mm_pause()
+#else
+#define SEQGRAPH_PAUSE() ((void)0)
+#endif
 typedef void (*seqgraph_kernel)(const i64*);
+typedef int (*seqgraph_threads)(void);
 typedef void (*seqgraph_sgemm)(int, int, int, i64, i64, i64, float, const float*, i64,
                                const float*, i64, float, float*, i64);
 typedef void (*seqgraph_dgemm)(int, int, int, i64, i64, i64, double, const double*, i64,
@@ -56,20 +91,275 @@ typedef void (*seqgraph_dgemv)(int, int, i64, i64, double, const double*, i64, c
         _Pragma("omp simd") \\
         for (i64 j = 0; j < cols; j++) z[i * lo + j] = x[i * la + j] + y[i * lb + j]; \\
     } }
+
+/* A packed product (kinds 7, 8): C = A @ B, A's rows unit-stride, B a weight that every
+   step multiplies by, copied on its first use in a run into panels of 2 x LANES columns, each
+   panel its K rows one after another (64-byte aligned), so the inner loop reads B as one
+   stream and packs nothing per call. Each element of C is the fused multiply-adds of its
+   row and column in k order, as OpenBLAS's own kernels sum within a block of k. Words:
+   kind, gemm, P, A, lda, B, ldb, B's CBLAS transpose, C, ldc, M, N, K, first use, worth
+   sharing over threads. */
+#define SEQGRAPH_PACKED(T, V, LANES, SET1, LOAD, ZERO, FMA, STORE, MASK) \\
+static void seqgraph_pack_##T(const i64* q, i64 p0, i64 p1) { \\
+    const T* const b = (const T*)q[5]; T* const packed = (T*)q[2]; \\
+    const i64 ldb = q[6], K = q[12], N = q[11]; const int trans = q[7] == 112; \\
+    for (i64 p = p0; p < p1; p += 2 * LANES) { \\
+        const i64 w = N - p < 2 * LANES ? N - p : 2 * LANES; \\
+        T* const to = packed + p * K; \\
+        for (i64 k = 0; k < K; k++) { \\
+            for (i64 j = 0; j < w; j++) \\
+                to[k * 2 * LANES + j] = trans ? b[(p + j) * ldb + k] : b[k * ldb + p + j]; \\
+            for (i64 j = w; j < 2 * LANES; j++) to[k * 2 * LANES + j] = 0; \\
+        } \\
+    } \\
+} \\
+static void seqgraph_panels_##T(const i64* q, i64 p0, i64 p1) { \\
+    const T* const a = (const T*)q[3]; const T* const packed = (const T*)q[2]; \\
+    T* const c = (T*)q[8]; \\
+    const i64 lda = q[4], ldc = q[9], M = q[10], N = q[11], K = q[12]; \\
+    for (i64 p = p0; p < p1; p += 2 * LANES) { \\
+        const i64 w = N - p < 2 * LANES ? N - p : 2 * LANES; \\
+        const MASK m0 = w >= LANES ? (MASK)~0 : (MASK)((1u << w) - 1); \\
+        const MASK m1 = w >= 2 * LANES ? (MASK)~0 \\
+                        : w <= LANES   ? 0 : (MASK)((1u << (w - LANES)) - 1); \\
+        const T* const panel = packed + p * K; \\
+        for (i64 i = 0; i < M; i += 8) { \\
+            const T* const ai = a + i * lda; T* const ci = c + i * ldc + p; \\
+            const int rows = M - i < 8 ? (int)(M - i) : 8; \\
+            V c0[8], c1[8]; \\
+            for (int r = 0; r < 8; r++) { c0[r] = ZERO(); c1[r] = ZERO(); } \\
+            if (rows == 8) { \\
+                for (i64 k = 0; k < K; k++) { \\
+                    const T* const row = panel + k * 2 * LANES; \\
+                    const V w0 = LOAD(row), w1 = LOAD(row + LANES); \\
+                    _Pragma("GCC unroll 8") \\
+                    for (int r = 0; r < 8; r++) { \\
+                        const V x = SET1(ai[r * lda + k]); \\
+                        c0[r] = FMA(x, w0, c0[r]); c1[r] = FMA(x, w1, c1[r]); \\
+                    } \\
+                } \\
+            } else { \\
+                for (i64 k = 0; k < K; k++) { \\
+                    const T* const row = panel + k * 2 * LANES; \\
+                    const V w0 = LOAD(row), w1 = LOAD(row + LANES); \\
+                    for (int r = 0; r < rows; r++) { \\
+                        const V x = SET1(ai[r * lda + k]); \\
+                        c0[r] = FMA(x, w0, c0[r]); c1[r] = FMA(x, w1, c1[r]); \\
+                    } \\
+                } \\
+            } \\
+            for (int r = 0; r < rows; r++) { \\
+                STORE(ci + r * ldc, m0, c0[r]); STORE(ci + r * ldc + LANES, m1, c1[r]); \\
+            } \\
+        } \\
+    } \\
+}
+#ifdef __AVX512F__
+#define SEQGRAPH_HAS_PACKED 1
+SEQGRAPH_PACKED(float, __m512, 16, _mm512_set1_ps, _mm512_load_ps, _mm512_setzero_ps,
+                _mm512_fmadd_ps, _mm512_mask_storeu_ps, __mmask16)
+SEQGRAPH_PACKED(double, __m512d, 8, _mm512_set1_pd, _mm512_load_pd, _mm512_setzero_pd,
+                _mm512_fmadd_pd, _mm512_mask_storeu_pd, __mmask8)
+#else
+#define SEQGRAPH_HAS_PACKED 0
+#endif
+
+/* An instruction's share for one of `parts` threads: a packed product's range of panels
+   (packed first where this is the weight's first use in the run), or a range of a BLAS
+   product's columns (the BLAS set to one thread meanwhile: `threads_shared`). */
+/* what a share splits: a packed product's columns; a BLAS product's rows (q[13] 2) or
+   columns (q[13] 1) */
+static i64 seqgraph_columns(const i64* q) {
+    return q[0] == 1 || q[0] == 2 ? (q[13] == 2 ? q[4] : q[5]) : q[11];
+}
+static void seqgraph_part(const i64* q, int part, int parts) {
+    const i64 lanes = q[0] == 7 || q[0] == 1 ? 32 : 16, N = seqgraph_columns(q);
+    const i64 panels = (N + lanes - 1) / lanes;
+    const i64 p0 = panels * part / parts * lanes;
+    i64 p1 = panels * (part + 1) / parts * lanes;
+    if (p1 > N) p1 = N;
+    if (q[0] == 1 || q[0] == 2) {
+        const i64 size = q[0] == 1 ? 4 : 8, lda = q[8], ldb = q[10], ldc = q[12];
+        const char *a = (const char*)q[7], *b = (const char*)q[9];
+        char* c = (char*)q[11];
+        i64 M = q[4], n = q[5];
+        if (q[13] == 2) {  /* rows p0..p1 of A and C */
+            a += (q[2] == 111 ? p0 * lda : p0) * size;
+            c += p0 * ldc * size;
+            M = p1 - p0;
+        } else {  /* columns p0..p1 of B and C */
+            b += (q[3] == 111 ? p0 : p0 * ldb) * size;
+            c += p0 * size;
+            n = p1 - p0;
+        }
+        if (q[0] == 1)
+            ((seqgraph_sgemm)q[1])(101, (int)q[2], (int)q[3], M, n, q[6], 1.0f,
+                (const float*)a, lda, (const float*)b, ldb, 0.0f, (float*)c, ldc);
+        else
+            ((seqgraph_dgemm)q[1])(101, (int)q[2], (int)q[3], M, n, q[6], 1.0,
+                (const double*)a, lda, (const double*)b, ldb, 0.0, (double*)c, ldc);
+        return;
+    }
+#if SEQGRAPH_HAS_PACKED
+    if (q[0] == 7) {
+        if (q[13]) seqgraph_pack_float(q, p0, p1);
+        seqgraph_panels_float(q, p0, p1);
+    } else {
+        if (q[13]) seqgraph_pack_double(q, p0, p1);
+        seqgraph_panels_double(q, p0, p1);
+    }
+#endif
+}
+
+/* The threads that share packed products with the calling one: they spin while a program
+   holds them (`busy`) and sleep otherwise. One program at a time; another that finds them
+   busy works alone. A forked child has none of its parent's threads: it starts its own. */
+#define SEQGRAPH_MAX_WORKERS 63
+static struct {
+    pthread_mutex_t busy, sleep;
+    pthread_cond_t wake;
+    atomic_int awake;
+    atomic_long posted, acks;
+    long seen_at_start[SEQGRAPH_MAX_WORKERS + 1];
+    int workers;
+    pid_t pid;
+    const i64* volatile job;
+    volatile int parts;
+} seqgraph_pool;
+static atomic_flag seqgraph_pool_setup = ATOMIC_FLAG_INIT;
+
+/* A thread waiting on another spins a few microseconds, then yields its core at each turn:
+   where the scheduler has put both on one core (another process busy on the other), the
+   one waited for runs at once instead of after a time slice of milliseconds. */
+#define SEQGRAPH_LINGER 0.02 /* s */
+static double seqgraph_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec + 1e-9 * now.tv_nsec;
+}
+static inline void seqgraph_wait(long turns) {
+    if (turns < 4096)
+        SEQGRAPH_PAUSE();
+    else
+        sched_yield();
+}
+
+static void* seqgraph_worker(void* arg) {
+    const int id = (int)(intptr_t)arg;
+    long seen = seqgraph_pool.seen_at_start[id];
+    for (;;) {
+        /* the next program is often a moment away (backward after forward, the next
+           step): waiting for it awake saves the wake-up, which took 1.5 ms on a virtual
+           machine whose idle core the host had parked */
+        const double until = seqgraph_now() + SEQGRAPH_LINGER;
+        for (long turns = 0; !atomic_load(&seqgraph_pool.awake) && seqgraph_now() < until;)
+            seqgraph_wait(++turns);
+        pthread_mutex_lock(&seqgraph_pool.sleep);
+        while (!atomic_load(&seqgraph_pool.awake))
+            pthread_cond_wait(&seqgraph_pool.wake, &seqgraph_pool.sleep);
+        pthread_mutex_unlock(&seqgraph_pool.sleep);
+        for (long idle = 0; atomic_load_explicit(&seqgraph_pool.awake, memory_order_acquire);) {
+            const long posted = atomic_load_explicit(&seqgraph_pool.posted, memory_order_acquire);
+            if (posted == seen) {
+                seqgraph_wait(++idle);
+                continue;
+            }
+            seen = posted;
+            idle = 0;
+            if (id < seqgraph_pool.parts) seqgraph_part(seqgraph_pool.job, id, seqgraph_pool.parts);
+            atomic_fetch_add_explicit(&seqgraph_pool.acks, 1, memory_order_release);
+        }
+    }
+    return 0;
+}
+
+/* Threads for this program (the calling one counted): 1 where `want` is 1 or another
+   program holds the pool. */
+static int seqgraph_pool_enter(int want) {
+    if (want < 2) return 1;
+    while (atomic_flag_test_and_set(&seqgraph_pool_setup)) SEQGRAPH_PAUSE();
+    if (seqgraph_pool.pid != getpid()) {  /* first use in this process */
+        pthread_mutex_init(&seqgraph_pool.busy, 0);
+        pthread_mutex_init(&seqgraph_pool.sleep, 0);
+        pthread_cond_init(&seqgraph_pool.wake, 0);
+        atomic_store(&seqgraph_pool.awake, 0);
+        seqgraph_pool.workers = 0;
+        seqgraph_pool.pid = getpid();
+    }
+    atomic_flag_clear(&seqgraph_pool_setup);
+    if (pthread_mutex_trylock(&seqgraph_pool.busy)) return 1;
+    if (want > SEQGRAPH_MAX_WORKERS + 1) want = SEQGRAPH_MAX_WORKERS + 1;
+    while (seqgraph_pool.workers < want - 1) {
+        const int id = seqgraph_pool.workers + 1;
+        pthread_t thread;
+        pthread_attr_t attr;
+        seqgraph_pool.seen_at_start[id] = atomic_load(&seqgraph_pool.posted);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int failed = pthread_create(&thread, &attr, seqgraph_worker, (void*)(intptr_t)id);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        seqgraph_pool.workers = id;
+    }
+    if (seqgraph_pool.workers == 0) {
+        pthread_mutex_unlock(&seqgraph_pool.busy);
+        return 1;
+    }
+    return want < seqgraph_pool.workers + 1 ? want : seqgraph_pool.workers + 1;
+}
+
+static void seqgraph_pool_sleep(void) {
+    atomic_store(&seqgraph_pool.awake, 0);
+}
+
+static void seqgraph_pool_wake(void) {
+    pthread_mutex_lock(&seqgraph_pool.sleep);
+    atomic_store(&seqgraph_pool.awake, 1);
+    pthread_cond_broadcast(&seqgraph_pool.wake);
+    pthread_mutex_unlock(&seqgraph_pool.sleep);
+}
+
+/* One instruction over `threads` threads, the calling one taking the first share. */
+static void seqgraph_shared(const i64* q, int threads) {
+    const i64 lanes = q[0] == 7 || q[0] == 1 ? 32 : 16;
+    const i64 panels = (seqgraph_columns(q) + lanes - 1) / lanes;
+    const int parts = panels < threads ? (int)panels : threads;
+    if (parts < 2) {
+        seqgraph_part(q, 0, 1);
+        return;
+    }
+    seqgraph_pool.job = q;
+    seqgraph_pool.parts = parts;
+    const long acks = atomic_load(&seqgraph_pool.acks) + seqgraph_pool.workers;
+    atomic_fetch_add_explicit(&seqgraph_pool.posted, 1, memory_order_release);
+    seqgraph_part(q, 0, parts);
+    for (long idle = 0; atomic_load_explicit(&seqgraph_pool.acks, memory_order_acquire) != acks;)
+        seqgraph_wait(++idle);
+}
+
 void {name}(const i64* a) {
-    const i64* const end = a + 1 + a[0] * 13;
-    for (const i64* q = a + 1; q < end; q += 13) {
+    const i64* const end = a + 2 + a[0] * 16;
+    /* a[1]: where `threads_shared` says how many threads the program may use, or 0 */
+    const int threads = a[1] ? seqgraph_pool_enter((int)*(const i64*)a[1]) : 1;
+    if (threads > 1) seqgraph_pool_wake();
+    for (const i64* q = a + 2; q < end; q += 16) {
         switch (q[0]) {
         case 0:
             ((seqgraph_kernel)q[1])((const i64*)q[2]);
             break;
         case 1:
-            ((seqgraph_sgemm)q[1])(101, (int)q[2], (int)q[3], q[4], q[5], q[6], 1.0f,
-                (const float*)q[7], q[8], (const float*)q[9], q[10], 0.0f, (float*)q[11], q[12]);
-            break;
         case 2:
-            ((seqgraph_dgemm)q[1])(101, (int)q[2], (int)q[3], q[4], q[5], q[6], 1.0,
-                (const double*)q[7], q[8], (const double*)q[9], q[10], 0.0, (double*)q[11], q[12]);
+            if (threads > 1 && q[13]) {  /* worth sharing */
+                seqgraph_shared(q, threads);
+            } else if (q[0] == 1) {
+                ((seqgraph_sgemm)q[1])(101, (int)q[2], (int)q[3], q[4], q[5], q[6], 1.0f,
+                    (const float*)q[7], q[8], (const float*)q[9], q[10], 0.0f, (float*)q[11],
+                    q[12]);
+            } else {
+                ((seqgraph_dgemm)q[1])(101, (int)q[2], (int)q[3], q[4], q[5], q[6], 1.0,
+                    (const double*)q[7], q[8], (const double*)q[9], q[10], 0.0, (double*)q[11],
+                    q[12]);
+            }
             break;
         case 3:
             ((seqgraph_sgemv)q[1])((int)q[2], (int)q[3], q[4], q[5], 1.0f, (const float*)q[6], q[7],
@@ -82,9 +372,29 @@ void {name}(const i64* a) {
         case 5:
             SEQGRAPH_ADD(float)
             break;
-        default:
+        case 6:
             SEQGRAPH_ADD(double)
+            break;
+        default:
+            if (!SEQGRAPH_HAS_PACKED) {  /* the product as NumPy calls it */
+                if (q[0] == 7)
+                    ((seqgraph_sgemm)q[1])(101, 111, (int)q[7], q[10], q[11], q[12], 1.0f,
+                        (const float*)q[3], q[4], (const float*)q[5], q[6], 0.0f, (float*)q[8],
+                        q[9]);
+                else
+                    ((seqgraph_dgemm)q[1])(101, 111, (int)q[7], q[10], q[11], q[12], 1.0,
+                        (const double*)q[3], q[4], (const double*)q[5], q[6], 0.0, (double*)q[8],
+                        q[9]);
+            } else if (threads > 1 && q[14]) {  /* worth sharing */
+                seqgraph_shared(q, threads);
+            } else {
+                seqgraph_part(q, 0, 1);
+            }
         }
+    }
+    if (threads > 1) {
+        seqgraph_pool_sleep();
+        pthread_mutex_unlock(&seqgraph_pool.busy);
     }
 }
 """
@@ -95,29 +405,64 @@ def enabled() -> bool:
     return os.environ.get(SWITCH, "1") != "0" and ckernels.enabled() and blas.find() is not None
 
 
-def link(kernels: list) -> list:
+def pool_enabled() -> bool:
+    """Packed products and the programs' own threads are wanted (`POOL_SWITCH`)."""
+    return os.environ.get(POOL_SWITCH, "1") != "0"
+
+
+@contextmanager
+def threads_shared():
+    """While a plan runs: NumPy's BLAS to one thread, and its thread count lent to the
+    programs instead, which split their products over threads of their own (`EXECUTOR`).
+    OpenBLAS's threads spin for about 0.1 s after each call they share; a program's thread
+    spinning beside one on the same core waits out the scheduler's slices (a small LSTM
+    step took 90 ms instead of 4), so within a plan's run only one pool may work."""
+    found = blas.find()
+    lent = found is not None and found.set_threads and pool_enabled() and not POOL_THREADS[0]
+    get = ctypes.CFUNCTYPE(ctypes.c_int)(found.threads) if lent else None
+    threads = get() if lent else 1
+    if threads < 2:  # nothing to lend, or lent already (a plan run within a training run)
+        yield
+        return
+    set_threads = ctypes.CFUNCTYPE(None, ctypes.c_int)(found.set_threads)
+    set_threads(1)
+    POOL_THREADS[0] = threads
+    try:
+        yield
+    finally:
+        POOL_THREADS[0] = 0
+        set_threads(threads)
+
+
+def link(kernels: list, weights: list = ()) -> list:
     """`kernels` with every run of two or more kernels that `instruction` expresses made
     one program (a kernel that keeps the run's kernels, as `program.kernels`); the others
-    as they are."""
+    as they are. `weights`: arrays that hold the same values through a run once a kernel
+    has written them (the parameters, backward's W^T copies); a product by one of them
+    that the run makes twice or more is packed (`_packed`)."""
     if len(kernels) < 2 or not enabled():
         return list(kernels)
     out, run, words, flops = [], [], [], 0
-    express = _Linker().instruction
+    linker = _Linker(weights)
     for kernel in [*kernels, None]:
-        step = None if kernel is None else express(kernel)
+        step = None if kernel is None else linker.instruction(kernel)
         if step is not None:
             run.append(kernel)
             words += step
             flops += _flops(step)
             continue
         if len(run) > 1:
-            block = np.array([len(run), *words], np.int64)
+            words, packed = _packed(words) if pool_enabled() else (words, [])
+            # where the executor reads how many threads it may use, if it has work to share
+            pool = POOL_THREADS.ctypes.data if _shares(words) else 0
+            block = np.array([len(run), pool, *words], np.int64)
             # NumPy lets other Python threads run while BLAS works; a long program does too
             long = flops >= RELEASE_GIL_FLOPS
             program = ckernels.function_kernel(EXECUTOR, block, release_gil=long)
             if program is None:  # the executor could not be built: each kernel on its own
                 return list(kernels)
             program.kernels = run  # they hold the buffers the words point into
+            program.packed = packed
             out.append(program)
         else:
             out += run
@@ -125,6 +470,61 @@ def link(kernels: list) -> list:
         if kernel is not None:
             out.append(kernel)
     return out
+
+
+def _packed(words: list) -> tuple[list, list]:
+    """A run's words with each product by a weight that the run makes twice or more (a
+    recurrent step's) turned into a packed product (`EXECUTOR`: kinds SPACKED, DPACKED),
+    the first of them packing the weight, and the packed buffers (aligned for the C loop's
+    loads). 32 x 128 by 128 x 512 (the small LSTM's step) took 16.8 us on one thread, np.dot
+    18.6 on two and 26.3 on one; split over two threads, about 9 us."""
+    uses: dict = {}
+    for at in range(0, len(words), WIDTH):
+        key = _weight_product(words[at : at + WIDTH])
+        if key is not None:
+            uses.setdefault(key, []).append(at)
+    buffers, words = [], list(words)
+    for (kind, b, ldb, tb, K, N), ats in uses.items():
+        if len(ats) < 2:
+            continue
+        single = kind == SGEMM
+        lanes = 32 if single else 16
+        dtype = np.float32 if single else np.float64
+        packed = _aligned(-(-N // lanes) * lanes * K, dtype)
+        buffers.append(packed)
+        for n, at in enumerate(ats):
+            _, gemm, _, _, M, _, _, a, lda, _, _, c, ldc = words[at : at + 13]
+            kind_packed, first = (SPACKED if single else DPACKED), int(n == 0)
+            step = _words(kind_packed, gemm, packed.ctypes.data, a, lda, b, ldb, tb, c, ldc)
+            step[10:15] = [M, N, K, first, int(2 * M * N * K >= SHARED_FLOPS)]
+            words[at : at + WIDTH] = step
+    return words, buffers
+
+
+def _shares(words: list) -> bool:
+    """Whether a run has a packed product, or a BLAS product worth splitting."""
+    kinds = words[::WIDTH]
+    packed = [at for at, kind in enumerate(kinds) if kind in (SPACKED, DPACKED)]
+    return any(words[at * WIDTH + 14] for at in packed) or any(
+        words[at * WIDTH + 13] for at, kind in enumerate(kinds) if kind in (SGEMM, DGEMM)
+    )
+
+
+def _weight_product(step: list) -> tuple | None:
+    """(kind, B's address, ldb, its transpose flag, K, N) of a gemm whose right operand is
+    a weight and whose left one is rows (`a` unit-stride along K), else None."""
+    if step[0] not in (SGEMM, DGEMM) or not step[WIDTH - 1] or step[2] != NO_TRANS:
+        return None
+    kind, _, _, tb, M, N, K, _, _, b, ldb = step[:11]
+    return (kind, b, ldb, tb, K, N) if M >= 2 else None
+
+
+def _aligned(size: int, dtype) -> np.ndarray:
+    """A zeroed array of `size` elements starting on a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(size + 64 // itemsize, dtype)
+    skip = (-raw.ctypes.data % 64) // itemsize
+    return raw[skip : skip + size]
 
 
 def instruction(kernel) -> list | None:
@@ -140,9 +540,11 @@ class _Linker:
     address of each compiled function, and the layout of each weight matrix (the same array
     in every step's product). Ids are stable while the list holds the kernels."""
 
-    def __init__(self):
+    def __init__(self, weights: list = ()):
         self.functions: dict = {}  # id(ctypes function) -> its address
-        self.weights: dict = {}  # id(b) -> (b, its address, its gemm layout, C-, F-ordered)
+        # id(b) -> (b, its address, its gemm layout, C-, F-ordered, whether it is a weight)
+        self.weights: dict = {}
+        self.weight_ranges = [_extent(w) for w in weights if isinstance(w, np.ndarray)]
 
     def instruction(self, kernel) -> list | None:
         func = getattr(kernel, "func", None)
@@ -179,10 +581,12 @@ class _Linker:
             return None
         weight = self.weights.get(id(b))
         if weight is None:
-            flags = b.flags
-            weight = (b, b.ctypes.data, _blas_layout(b), flags.c_contiguous, flags.f_contiguous)
+            flags, (lo, hi) = b.flags, _extent(b)
+            is_weight = any(start <= lo and hi <= end for start, end in self.weight_ranges)
+            layout = _blas_layout(b)
+            weight = (b, b.ctypes.data, layout, flags.c_contiguous, flags.f_contiguous, is_weight)
             self.weights[id(b)] = weight
-        _, w, (tb, ldb), c_ordered, f_ordered = weight
+        _, w, (tb, ldb), c_ordered, f_ordered, is_weight = weight
         found, single = blas.find(), a.dtype == np.float32
         if M == 1:  # `a` is a row: gemv, the matrix C- or F-contiguous as NumPy makes it
             if c_ordered:
@@ -201,7 +605,11 @@ class _Linker:
         if ta is None or tb is None:
             return None
         kind, gemm = (SGEMM, found.sgemm) if single else (DGEMM, found.dgemm)
-        return _words(kind, gemm, ta, tb, M, N, K, a.ctypes.data, lda, w, ldb, out.ctypes.data, N)
+        step = _words(kind, gemm, ta, tb, M, N, K, a.ctypes.data, lda, w, ldb, out.ctypes.data, N)
+        if 2 * M * N * K >= SHARED_FLOPS and max(M, N) >= 64:  # split over the threads
+            step[13] = SPLIT_ROWS if M > N else SPLIT_COLUMNS
+        step[WIDTH - 1] = int(is_weight)  # for `_packed`; the executor never reads it
+        return step
 
 
 def _flops(words: list) -> int:
@@ -261,6 +669,17 @@ def _overlaps(out: np.ndarray, x: np.ndarray) -> bool:
     element is read before it is written)."""
     same = out.ctypes.data == x.ctypes.data and out.strides == x.strides and out.shape == x.shape
     return not same and np.shares_memory(out, x)
+
+
+def _extent(x: np.ndarray) -> tuple[int, int]:
+    """The addresses [lo, hi) an array's elements lie within."""
+    lo = hi = x.ctypes.data
+    for n, stride in zip(x.shape, x.strides, strict=True):
+        if stride < 0:
+            lo += (n - 1) * stride
+        else:
+            hi += (n - 1) * stride
+    return lo, hi + x.itemsize
 
 
 def _blas_layout(x: np.ndarray) -> tuple:

@@ -26,6 +26,7 @@ import yaml
 
 from seqgraph.engine.xp_extra import to_numpy
 from seqgraph.errors import DataError, SeqgraphError, SpecError
+from seqgraph.plan import programs
 from seqgraph.runtime.generate import default_prime
 from seqgraph.runtime.model import Model
 from seqgraph.spec import registry
@@ -536,8 +537,12 @@ class _Loop:
 
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
         progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
+        # the whole run, not step by step: NumPy's BLAS threads stay asleep between steps
+        # (`programs.threads_shared`)
+        threads = programs.threads_shared() if self.model.backend.name == "numpy" else None
         try:
-            return self._steps(start, carry, options, progress)
+            with threads or contextlib.nullcontext():
+                return self._steps(start, carry, options, progress)
         finally:  # an error (a full disk) must not leave a progress bar on the terminal
             progress.close()
 
