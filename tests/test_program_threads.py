@@ -95,14 +95,15 @@ def test_the_bits_do_not_depend_on_the_threads(threads):
     one to three threads (more than this machine's cores: the waits yield)."""
     rng = np.random.default_rng(3)
     kernels, rows, W, outs = steps(np.float64, 40, 128, 160)  # 1.6e6 flops: shared
-    tall_a, tall_b = rng.standard_normal((400, 50)), rng.standard_normal((50, 64))
-    wide_a, wide_b = rng.standard_normal((64, 50)), rng.standard_normal((50, 400))
-    tall, wide = np.zeros((400, 64)), np.zeros((64, 400))
+    tall_a, tall_b = rng.standard_normal((800, 64)), rng.standard_normal((64, 64))
+    wide_a, wide_b = rng.standard_normal((64, 64)), rng.standard_normal((64, 800))
+    tall, wide = np.zeros((800, 64)), np.zeros((64, 800))  # 6.6e6 flops each: shared
     products = [
         partial(np.dot, tall_a, tall_b, out=tall),
         partial(np.dot, wide_a, wide_b, out=wide),
     ]
     (program,) = programs.link([*kernels, *products], [W])
+    assert program.shares
     before = blas_threads()
     set_blas_threads(threads)
     try:
@@ -132,6 +133,17 @@ def test_threads_shared_lends_the_blas_threads_and_gives_them_back():
         assert blas_threads() == 1
     assert blas_threads() == before and programs.POOL_THREADS[0] == 0
     assert inside == ((1, before) if before > 1 else (before, 0))
+
+
+@needs_threads
+def test_only_programs_with_work_to_share_borrow_threads():
+    """Small products run on the calling thread: their programs borrow nothing."""
+    small, _, W, _ = steps(np.float32, 4, 8, 16)  # 1,024 flops a product
+    (program,) = programs.link(small, [W])
+    assert program.packed and not programs.borrow([program])
+    big, _, W, _ = steps(np.float32, 32, 128, 512)  # 4.2e6
+    (program,) = programs.link(big, [W])
+    assert programs.borrow([small[0], program])
 
 
 @needs_threads

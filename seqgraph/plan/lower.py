@@ -108,6 +108,7 @@ class Plan:
         self.groups = fusion.groups(sched) if fuse else [[unit] for unit in sched.units]
         self.forward = forward.emit(sched, self.ctx, self.groups, grads)
         self._forward_run = self._linked(self.forward.kernels)
+        self._forward_lends = programs.borrow(self._forward_run)
         self._fill_consts()
         self.backward: backward.Backward | None = None
         if grads:
@@ -128,6 +129,7 @@ class Plan:
         liveness.check_grads(self.layout, self.grad_compacted, self.backward.zero)
         liveness.check_own_hosts(self.layout, self.backward.zero)
         self._backward_run = self._linked(self.backward.kernels.kernels, self.backward.transposes)
+        self._backward_lends = programs.borrow(self._backward_run)
 
     def _linked(self, kernels: list, transposes: list = ()) -> list:
         """What runs: the kernels, runs of them as step programs on NumPy (`programs.py`),
@@ -205,9 +207,7 @@ class Plan:
         copy = self.ctx.m.copyto
         for name, dest in self._param_slots:
             copy(dest, params[name])
-        with programs.threads_shared():
-            for kernel in self._forward_run:
-                kernel()
+        _run(self._forward_run, self._forward_lends)
         return float(self._loss)
 
     def leaf_slots(self) -> list:
@@ -234,9 +234,8 @@ class Plan:
         bufs = self.layout.grad_buffers
         for i in self.backward.zero if self.backward is not None else ():
             bufs[i].fill(0)
-        with programs.threads_shared():
-            for kernel in self._backward_run if self.backward is not None else ():
-                kernel()
+        if self.backward is not None:
+            _run(self._backward_run, self._backward_lends)
         grads, zeros = self.layout.grad, self.ctx.m.zeros
         # A parameter that does not reach the loss has no gradient buffer: its gradient is 0.
         return {
@@ -256,3 +255,15 @@ class Plan:
         """After `gradients`: dL/d(initial state) by state name (`l0.h0`), fresh copies."""
         grads = self.layout.grad
         return {f"{k[0]}.{k[1]}": grads[k].copy() for k in self.state_inputs() if k in grads}
+
+
+def _run(kernels: list, lend: bool) -> None:
+    """Call each kernel; with NumPy's BLAS threads lent to the step programs where one of
+    them has work to share (`programs.threads_shared`), else without its few microseconds."""
+    if lend:
+        with programs.threads_shared():
+            for kernel in kernels:
+                kernel()
+    else:
+        for kernel in kernels:
+            kernel()

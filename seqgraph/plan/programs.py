@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 
@@ -53,10 +53,13 @@ ROW_MAJOR, COL_MAJOR, NO_TRANS, TRANS = 101, 102, 111, 112  # CBLAS's enums
 # does around BLAS; a shorter one keeps it: releasing costs 0.6 us a call, and a tiny
 # model's step makes about 14 of them in 66 us
 RELEASE_GIL_FLOPS = 1e7
-# a BLAS product with this much work (~5 us on one core) is split over the threads that
-# `threads_shared` lends a program, by rows where it is taller than wide, else by columns
-# (so each thread's BLAS call packs the smaller share); a smaller one runs on the caller
+# a packed product with this much work (~5 us on one core) is split by panels over the
+# threads that `threads_shared` lends a program; a smaller one runs on the calling thread
 SHARED_FLOPS = 1e6
+# a BLAS product from this much (~20 us): each share is a BLAS call of its own, with its
+# own packing and overhead (tiny's 25 x 65 by 65 x 400 input projection lost by a split);
+# by rows where it is taller than wide, else by columns (each call packs the smaller share)
+SHARED_BLAS_FLOPS = 4e6
 SPLIT_COLUMNS, SPLIT_ROWS = 1, 2
 # the threads a program may use now: set by `threads_shared`, read by the executor
 POOL_THREADS = np.zeros(1, np.int64)
@@ -410,28 +413,46 @@ def pool_enabled() -> bool:
     return os.environ.get(POOL_SWITCH, "1") != "0"
 
 
-@contextmanager
-def threads_shared():
+class threads_shared:  # noqa: N801 - a context manager, named as one reads it
     """While a plan runs: NumPy's BLAS to one thread, and its thread count lent to the
     programs instead, which split their products over threads of their own (`EXECUTOR`).
     OpenBLAS's threads spin for about 0.1 s after each call they share, without yielding
     the core; a program's thread beside one waits out the scheduler's time slices (small
-    LSTM steps of 40 to 56 ms instead of 3.4 with both pools at work), so only one may."""
+    LSTM steps of 40 to 56 ms instead of 3.4 with both pools at work), so only one may.
+    Nested (a plan run within a training run), the outer one keeps them."""
+
+    def __enter__(self):
+        self.lent = 0
+        wanted = not POOL_THREADS[0] and pool_enabled()
+        counts = _thread_counts() if wanted else None
+        if counts is not None:
+            get, set_threads = counts
+            threads = get()
+            if threads > 1:
+                set_threads(1)
+                POOL_THREADS[0] = self.lent = threads
+        return self
+
+    def __exit__(self, *_):
+        if self.lent:
+            POOL_THREADS[0] = 0
+            _thread_counts()[1](self.lent)
+
+
+def borrow(kernels: list) -> bool:
+    """Whether a kernel list has a program with work to share over threads: only such a
+    list is worth `threads_shared` (about 3 us, 5 % of a tiny model's step)."""
+    return any(getattr(k, "shares", False) for k in kernels)
+
+
+@lru_cache(maxsize=1)
+def _thread_counts() -> tuple | None:
+    """(get, set) of NumPy's BLAS thread count as Python callables, or None."""
     found = blas.find()
-    lent = found is not None and found.set_threads and pool_enabled() and not POOL_THREADS[0]
-    get = ctypes.CFUNCTYPE(ctypes.c_int)(found.threads) if lent else None
-    threads = get() if lent else 1
-    if threads < 2:  # nothing to lend, or lent already (a plan run within a training run)
-        yield
-        return
-    set_threads = ctypes.CFUNCTYPE(None, ctypes.c_int)(found.set_threads)
-    set_threads(1)
-    POOL_THREADS[0] = threads
-    try:
-        yield
-    finally:
-        POOL_THREADS[0] = 0
-        set_threads(threads)
+    if found is None or not found.set_threads:
+        return None
+    get = ctypes.CFUNCTYPE(ctypes.c_int)(found.threads)
+    return get, ctypes.CFUNCTYPE(None, ctypes.c_int)(found.set_threads)
 
 
 def link(kernels: list, weights: list = ()) -> list:
@@ -462,7 +483,7 @@ def link(kernels: list, weights: list = ()) -> list:
             if program is None:  # the executor could not be built: each kernel on its own
                 return list(kernels)
             program.kernels = run  # they hold the buffers the words point into
-            program.packed = packed
+            program.packed, program.shares = packed, bool(pool)
             out.append(program)
         else:
             out += run
@@ -606,7 +627,7 @@ class _Linker:
             return None
         kind, gemm = (SGEMM, found.sgemm) if single else (DGEMM, found.dgemm)
         step = _words(kind, gemm, ta, tb, M, N, K, a.ctypes.data, lda, w, ldb, out.ctypes.data, N)
-        if 2 * M * N * K >= SHARED_FLOPS and max(M, N) >= 64:  # split over the threads
+        if 2 * M * N * K >= SHARED_BLAS_FLOPS and max(M, N) >= 64:  # split over the threads
             step[13] = SPLIT_ROWS if M > N else SPLIT_COLUMNS
         step[WIDTH - 1] = int(is_weight)  # for `_packed`; the executor never reads it
         return step
