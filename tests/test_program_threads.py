@@ -16,6 +16,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import yaml
 from support import make_batch, model_spec
 
 from seqgraph import Model
@@ -232,3 +233,39 @@ def test_a_plan_gives_the_same_bits_with_and_without_the_pool(cell, monkeypatch)
     for key in ref:
         np.testing.assert_allclose(grads[key], plain_grads[key], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(grads[key], ref[key], rtol=1e-11, atol=1e-12, err_msg=key)
+
+
+@needs_threads
+def test_a_training_run_holds_the_threads_and_gives_them_back(tmp_path, monkeypatch):
+    """`seqgraph run`'s loop lends NumPy's BLAS threads for all its steps (they would wake
+    between steps otherwise) and gives them back when it ends."""
+    from seqgraph import api
+    from seqgraph.train import loop
+
+    rows = [f"w{i % 7} w{i % 3}\t{'a' if i % 2 else 'b'}\n" for i in range(40)]
+    (tmp_path / "s.tsv").write_text("".join(rows))
+    spec = {
+        "name": "threads",
+        "model": {
+            "pattern": "many_to_one",
+            "input": {"type": "ids", "vocab": "auto"},
+            "target": {"type": "ids", "vocab": "auto"},
+            "encoders": [{"type": "embedding", "size": 4}],
+            "layers": [{"cell": "lstm", "hidden": 4}],
+        },
+        "data": {"source": "tsv", "path": str(tmp_path / "s.tsv"), "valid_fraction": 0.25},
+        "train": {"steps": 3, "batch_size": 4, "eval_every": 100, "checkpoint_every": 100},
+    }
+    path = tmp_path / "threads.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    seen, steps = [], loop._Loop._steps
+
+    def recording(self, *args):
+        seen.append((int(programs.POOL_THREADS[0]), blas_threads()))
+        return steps(self, *args)
+
+    monkeypatch.setattr(loop._Loop, "_steps", recording)
+    before = blas_threads()
+    api.train(str(path), out=str(tmp_path / "run"), progress=False, sample=False, log=str)
+    assert seen == [(before, 1)] if before > 1 else seen == [(0, before)]
+    assert blas_threads() == before and programs.POOL_THREADS[0] == 0

@@ -538,8 +538,9 @@ class _Loop:
     def train(self, start: int, carry: dict, options: RunOptions) -> tuple[int, bool]:
         progress = Progress(int(self.config["steps"]), start, options.progress, self.log)
         # the whole run, not step by step: NumPy's BLAS threads stay asleep between steps
-        # (`programs.threads_shared`)
-        threads = programs.threads_shared() if self.model.backend.name == "numpy" else None
+        # (`programs.threads_shared`); the interpreter's products keep them
+        on_plans = self.model.backend.name == "numpy" and self.model.engine == "plan"
+        threads = programs.threads_shared() if on_plans else None
         try:
             with threads or contextlib.nullcontext():
                 return self._steps(start, carry, options, progress)
