@@ -16,17 +16,17 @@ Two things make a step's products faster than np.dot's:
   multiply-adds do. A product by a weight that the run makes twice or more (`_packed`) packs
   the weight on its first use into panels of 32 (float64: 16) columns, and every use runs
   the executor's own AVX-512 loop over them: each element the fused multiply-adds of its
-  row and column in k order, as OpenBLAS's kernels sum within one block of k (bit for bit
-  with np.dot here up to K = 256; beyond it OpenBLAS adds blocks of k apart, and the last
-  bits may differ). Without AVX-512 the instruction is NumPy's gemm call.
+  row and column in k order; np.dot's bits where OpenBLAS's kernel sums the same way (its
+  SkylakeX kernels up to K = 256), the last bits apart elsewhere (README: Speed). Without
+  AVX-512 the instruction is NumPy's gemm call.
 - Threads of the executor's own. While a plan runs (`threads_shared`), NumPy's BLAS is set
   to one thread and its thread count is lent to the programs, which split each packed
   product by panels, and each larger BLAS product by rows or columns (one-thread BLAS calls
-  on each share), over threads that spin while a program runs. Splits never change a
-  value: each element is computed as on one thread.
+  on each share), over threads that spin while a program runs. The number of threads
+  changes no bit: each element is computed as on one thread.
 
-Measured on the 2-core development machine (`tools/bench.py`, see README Speed): the small
-LSTM step 6.1 -> 4.2 ms, the medium one 57.5 -> 50.8 ms, in alternating processes.
+On the 2-core development machine, before and after in alternating processes, the small
+LSTM's training step took 6.1 -> 4.2 ms, the medium one's 57.5 -> 50.8 ms (README: Speed).
 
 `SEQGRAPH_CPU_PROGRAMS=0` leaves every kernel its own call; `SEQGRAPH_CPU_POOL=0` keeps the
 programs but neither packs nor lends threads (NumPy's BLAS threads as they are). Compiled
@@ -99,7 +99,7 @@ typedef void (*seqgraph_dgemv)(int, int, i64, i64, double, const double*, i64, c
    step multiplies by, copied on its first use in a run into panels of 2 x LANES columns, each
    panel its K rows one after another (64-byte aligned), so the inner loop reads B as one
    stream and packs nothing per call. Each element of C is the fused multiply-adds of its
-   row and column in k order, as OpenBLAS's own kernels sum within a block of k. Words:
+   row and column in k order, as OpenBLAS's SkylakeX kernels sum within a block of k. Words:
    kind, gemm, P, A, lda, B, ldb, B's CBLAS transpose, C, ldc, M, N, K, first use, worth
    sharing over threads. */
 #define SEQGRAPH_PACKED(T, V, LANES, SET1, LOAD, ZERO, FMA, STORE, MASK) \\
