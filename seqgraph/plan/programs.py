@@ -167,14 +167,15 @@ SEQGRAPH_PACKED(double, __m512d, 8, _mm512_set1_pd, _mm512_load_pd, _mm512_setze
 #define SEQGRAPH_HAS_PACKED 0
 #endif
 
-/* An instruction's share for one of `parts` threads: a packed product's range of panels
-   (packed first where this is the weight's first use in the run), or a range of a BLAS
-   product's columns (the BLAS set to one thread meanwhile: `threads_shared`). */
-/* what a share splits: a packed product's columns; a BLAS product's rows (q[13] 2) or
-   columns (q[13] 1) */
+/* What a product's shares split: a packed product's columns (by panels); a BLAS
+   product's rows (q[13] 2) or columns (q[13] 1). */
 static i64 seqgraph_columns(const i64* q) {
     return q[0] == 1 || q[0] == 2 ? (q[13] == 2 ? q[4] : q[5]) : q[11];
 }
+/* An instruction's share for one of `parts` threads: a packed product's range of panels
+   (packed first where this is the weight's first use in the run), or a BLAS call on a
+   range of the product's rows or columns (the BLAS set to one thread meanwhile:
+   `threads_shared`). */
 static void seqgraph_part(const i64* q, int part, int parts) {
     const i64 lanes = q[0] == 7 || q[0] == 1 ? 32 : 16, N = seqgraph_columns(q);
     const i64 panels = (N + lanes - 1) / lanes;
@@ -214,8 +215,8 @@ static void seqgraph_part(const i64* q, int part, int parts) {
 #endif
 }
 
-/* The threads that share packed products with the calling one: they spin while a program
-   holds them (`busy`) and sleep otherwise. One program at a time; another that finds them
+/* The threads that share products with the calling one: they spin while a program holds
+   them (`busy`), linger a while after, and sleep otherwise. One program at a time; another that finds them
    busy works alone. A forked child has none of its parent's threads: it starts its own. */
 #define SEQGRAPH_MAX_WORKERS 63
 static struct {
