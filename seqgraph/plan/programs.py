@@ -216,8 +216,9 @@ static void seqgraph_part(const i64* q, int part, int parts) {
 }
 
 /* The threads that share products with the calling one: they spin while a program holds
-   them (`busy`), linger a while after, and sleep otherwise. One program at a time; another that finds them
-   busy works alone. A forked child has none of its parent's threads: it starts its own. */
+   them (`busy`), linger a while after, and sleep otherwise. One program at a time; another
+   that finds them busy works alone. A forked child has none of its parent's threads: it
+   starts its own. */
 #define SEQGRAPH_MAX_WORKERS 63
 static struct {
     pthread_mutex_t busy, sleep;
