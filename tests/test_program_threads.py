@@ -269,3 +269,32 @@ def test_a_training_run_holds_the_threads_and_gives_them_back(tmp_path, monkeypa
     api.train(str(path), out=str(tmp_path / "run"), progress=False, sample=False, log=str)
     assert seen == [(before, 1)] if before > 1 else seen == [(0, before)]
     assert blas_threads() == before and programs.POOL_THREADS[0] == 0
+
+
+@needs_threads
+@pytest.mark.parametrize("ragged", [False, True])
+def test_a_plans_bits_do_not_depend_on_the_threads(ragged):
+    """A float32 LSTM whose gate loops (32 x 128) run in two halves of rows and whose step
+    products are packed: loss and gradients, on two threads and on the calling thread
+    alone, bit for bit (NumPy's BLAS on one thread in both: it may round apart from itself
+    on two)."""
+    raw = {**model_spec("many_to_many", "lstm", hidden=32, layers=1), "dtype": "float32"}
+    model = Model(raw, engine="plan")
+    batch = make_batch(model.spec, size=32, steps=4, ragged=ragged)
+    plan = model.plan(batch)
+    runs = plan._forward_run + plan._backward_run
+    assert any(getattr(k, "halves", None) for k in runs)
+    assert any(getattr(k, "packed", None) for k in runs)
+    before = blas_threads()
+    set_blas_threads(1)  # NumPy's own products the same in both (one thread)
+    try:
+        programs.POOL_THREADS[0] = 2  # as `threads_shared` lends them
+        loss, grads = model.loss_and_grads(batch)
+        programs.POOL_THREADS[0] = 0
+        alone_loss, alone = model.loss_and_grads(batch)
+    finally:
+        programs.POOL_THREADS[0] = 0
+        set_blas_threads(before)
+    assert loss == alone_loss
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], alone[key], err_msg=key)

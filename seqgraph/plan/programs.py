@@ -22,8 +22,9 @@ Two things make a step's products faster than np.dot's:
 - Threads of the executor's own. While a plan runs (`threads_shared`), NumPy's BLAS is set
   to one thread and its thread count is lent to the programs, which split each packed
   product by panels, and each larger BLAS product by rows or columns (one-thread BLAS calls
-  on each share), over threads that spin while a program runs. The number of threads
-  changes no bit: each element is computed as on one thread.
+  on each share), and each compiled group or chain of 4096 elements or more by rows, over
+  threads that spin while a program runs. The number of threads changes no bit: each
+  element is computed as on one thread.
 
 On the 2-core development machine, before and after in alternating processes, the small
 LSTM's training step took 6.1 -> 4.2 ms, the medium one's 57.5 -> 50.8 ms (README: Speed).
@@ -47,7 +48,7 @@ SWITCH = "SEQGRAPH_CPU_PROGRAMS"
 POOL_SWITCH = "SEQGRAPH_CPU_POOL"  # "0": no packed products, no threads of the programs' own
 WIDTH = 16  # int64 words per instruction: kind, then the kernel's or the product's
 # an instruction's kind
-KERNEL, SGEMM, DGEMM, SGEMV, DGEMV, SADD, DADD, SPACKED, DPACKED = range(9)
+KERNEL, SGEMM, DGEMM, SGEMV, DGEMV, SADD, DADD, SPACKED, DPACKED, HALVES = range(10)
 ROW_MAJOR, COL_MAJOR, NO_TRANS, TRANS = 101, 102, 111, 112  # CBLAS's enums
 # a program with this much product work (~50 us) releases the GIL while it runs, as NumPy
 # does around BLAS; a shorter one keeps it: releasing costs 0.6 us a call, and a tiny
@@ -61,6 +62,9 @@ SHARED_FLOPS = 1e6
 # by rows where it is taller than wide, else by columns (each call packs the smaller share)
 SHARED_BLAS_FLOPS = 4e6
 SPLIT_COLUMNS, SPLIT_ROWS = 1, 2
+# a compiled group or chain over this many elements runs its rows in two halves, one on a
+# lent thread (a small LSTM step's gate loop: 32 x 128, about 7 us on one core)
+SHARED_ELEMENTS = 4096
 # the threads a program may use now: set by `threads_shared`, read by the executor
 POOL_THREADS = np.zeros(1, np.int64)
 
@@ -177,6 +181,10 @@ static i64 seqgraph_columns(const i64* q) {
    range of the product's rows or columns (the BLAS set to one thread meanwhile:
    `threads_shared`). */
 static void seqgraph_part(const i64* q, int part, int parts) {
+    if (q[0] == 9) {  /* a compiled loop's rows in two halves: words kind, f, all, half 1, 2 */
+        ((seqgraph_kernel)q[1])((const i64*)q[3 + part]);
+        return;
+    }
     const i64 lanes = q[0] == 7 || q[0] == 1 ? 32 : 16, N = seqgraph_columns(q);
     const i64 panels = (N + lanes - 1) / lanes;
     const i64 p0 = panels * part / parts * lanes;
@@ -327,7 +335,7 @@ static void seqgraph_pool_wake(void) {
 /* One instruction over `threads` threads, the calling one taking the first share. */
 static void seqgraph_shared(const i64* q, int threads) {
     const i64 lanes = q[0] == 7 || q[0] == 1 ? 32 : 16;
-    const i64 panels = (seqgraph_columns(q) + lanes - 1) / lanes;
+    const i64 panels = q[0] == 9 ? 2 : (seqgraph_columns(q) + lanes - 1) / lanes;
     const int parts = panels < threads ? (int)panels : threads;
     if (parts < 2) {
         seqgraph_part(q, 0, 1);
@@ -379,6 +387,12 @@ void {name}(const i64* a) {
             break;
         case 6:
             SEQGRAPH_ADD(double)
+            break;
+        case 9:
+            if (threads > 1)
+                seqgraph_shared(q, threads);
+            else
+                ((seqgraph_kernel)q[1])((const i64*)q[2]);
             break;
         default:
             if (!SEQGRAPH_HAS_PACKED) {  /* the product as NumPy calls it */
@@ -486,6 +500,7 @@ def link(kernels: list, weights: list = ()) -> list:
                 return list(kernels)
             program.kernels = run  # they hold the buffers the words point into
             program.packed, program.shares = packed, bool(pool)
+            program.halves = linker.halves
             out.append(program)
         else:
             out += run
@@ -524,9 +539,39 @@ def _packed(words: list) -> tuple[list, list]:
     return words, buffers
 
 
+def _row_halves(func, pointer) -> tuple | None:
+    """The argument blocks of a compiled group's or chain's first and second half of its
+    rows, where it has enough elements to share (`SHARED_ELEMENTS`) and two rows or more;
+    None otherwise. Each row runs the same code in a half as in the whole (rows are the
+    loops' outer loop), so its values are the same bits; and the halves write apart: what a
+    group or chain writes has the loop's whole shape, one row of it per row (a chain reads
+    a buffer it writes only as the very same view: `ckernels.chains`). The block is rows,
+    cols, then (address, row stride in elements) per operand, the operands in
+    `pointer.buffers`."""
+    if not func.__name__.startswith(("seqgraph_group_", "seqgraph_chain_")):
+        return None
+    block, arrays = getattr(pointer, "_arr", None), getattr(pointer, "buffers", None)
+    if block is None or arrays is None or len(block) != 2 + 2 * len(arrays):
+        return None
+    rows, cols = int(block[0]), int(block[1])
+    if rows < 2 or rows * cols < SHARED_ELEMENTS:
+        return None
+    addresses = [a.ctypes.data for a in arrays]
+    if list(block[2::2]) != addresses:
+        return None
+    first, second = block.copy(), block.copy()
+    first[0] = half = rows // 2
+    second[0] = rows - half
+    second[2::2] += half * block[3::2] * np.array([a.itemsize for a in arrays], np.int64)
+    return first, second
+
+
 def _shares(words: list) -> bool:
-    """Whether a run has a packed product, or a BLAS product worth splitting."""
+    """Whether a run has a packed product, a BLAS product worth splitting or a compiled
+    loop in halves."""
     kinds = words[::WIDTH]
+    if HALVES in kinds:
+        return True
     packed = [at for at, kind in enumerate(kinds) if kind in (SPACKED, DPACKED)]
     return any(words[at * WIDTH + 14] for at in packed) or any(
         words[at * WIDTH + 13] for at, kind in enumerate(kinds) if kind in (SGEMM, DGEMM)
@@ -568,6 +613,8 @@ class _Linker:
         # id(b) -> (b, its address, its gemm layout, C-, F-ordered, whether it is a weight)
         self.weights: dict = {}
         self.weight_ranges = [_extent(w) for w in weights if isinstance(w, np.ndarray)]
+        self.halves: list = []  # the argument blocks of `_row_halves`
+        self.split = pool_enabled()
 
     def instruction(self, kernel) -> list | None:
         func = getattr(kernel, "func", None)
@@ -575,7 +622,12 @@ class _Linker:
             address = self.functions.get(id(func))
             if address is None:
                 address = self.functions[id(func)] = ctypes.cast(func, ctypes.c_void_p).value
-            return _words(KERNEL, address, kernel.args[0].value)
+            pointer = kernel.args[0]
+            halves = _row_halves(func, pointer) if self.split else None
+            if halves is None:
+                return _words(KERNEL, address, pointer.value)
+            self.halves += halves  # the program keeps them
+            return _words(HALVES, address, pointer.value, *(h.ctypes.data for h in halves))
         if (func is np.dot or func is np.add) and len(kernel.args) == 2:
             out = kernel.keywords.get("out")
             if not isinstance(out, np.ndarray) or len(kernel.keywords) != 1:
