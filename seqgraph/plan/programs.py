@@ -22,8 +22,8 @@ Two things make a step's products faster than np.dot's:
 - Threads of the executor's own. While a plan runs (`threads_shared`), NumPy's BLAS is set
   to one thread and its thread count is lent to the programs, which split each packed
   product by panels, and each larger BLAS product by rows or columns (one-thread BLAS calls
-  on each share), and each compiled group or chain of 4096 elements or more by rows, over
-  threads that spin while a program runs. The number of threads changes no bit: each
+  on each share), and each larger compiled group or chain by rows, over threads that
+  spin while a program runs. The number of threads changes no bit: each
   element is computed as on one thread.
 
 On the 2-core development machine, before and after in alternating processes, the small
@@ -62,9 +62,11 @@ SHARED_FLOPS = 1e6
 # by rows where it is taller than wide, else by columns (each call packs the smaller share)
 SHARED_BLAS_FLOPS = 4e6
 SPLIT_COLUMNS, SPLIT_ROWS = 1, 2
-# a compiled group or chain over this many elements runs its rows in two halves, one on a
-# lent thread (a small LSTM step's gate loop: 32 x 128, about 7 us on one core)
-SHARED_ELEMENTS = 4096
+# a compiled group or chain that reads and writes this many values (elements times
+# operands) runs its rows in two halves, one on a lent thread: the small LSTM's gate loop
+# (32 x 128 elements, 12 operands, about 7 us on one core) is split, the long one's
+# (16 x 64) is not (about 1 us: the hand-over would cost half of what it saves)
+SHARED_VALUES = 32768
 # the threads a program may use now: set by `threads_shared`, read by the executor
 POOL_THREADS = np.zeros(1, np.int64)
 
@@ -541,7 +543,7 @@ def _packed(words: list) -> tuple[list, list]:
 
 def _row_halves(func, pointer) -> tuple | None:
     """The argument blocks of a compiled group's or chain's first and second half of its
-    rows, where it has enough elements to share (`SHARED_ELEMENTS`) and two rows or more;
+    rows, where it has enough work to share (`SHARED_VALUES`) and two rows or more;
     None otherwise. Each row runs the same code in a half as in the whole (rows are the
     loops' outer loop), so its values are the same bits; and the halves write apart: what a
     group or chain writes has the loop's whole shape, one row of it per row (a chain reads
@@ -554,7 +556,7 @@ def _row_halves(func, pointer) -> tuple | None:
     if block is None or arrays is None or len(block) != 2 + 2 * len(arrays):
         return None
     rows, cols = int(block[0]), int(block[1])
-    if rows < 2 or rows * cols < SHARED_ELEMENTS:
+    if rows < 2 or rows * cols * len(arrays) < SHARED_VALUES:
         return None
     addresses = [a.ctypes.data for a in arrays]
     if list(block[2::2]) != addresses:
