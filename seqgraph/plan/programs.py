@@ -23,8 +23,9 @@ Two things make a step's products faster than np.dot's:
   to one thread and its thread count is lent to the programs, which split each packed
   product by panels, and each larger BLAS product by rows or columns (one-thread BLAS calls
   on each share), and each larger compiled group or chain by rows, over threads that
-  spin while a program runs. The number of threads changes no bit: each
-  element is computed as on one thread.
+  spin while a program runs. The number of threads changes no bit of a packed product or
+  a compiled loop; a BLAS share may round apart from the whole call in the last bits
+  (OpenBLAS picks its kernel by size).
 
 On the 2-core development machine, before and after in alternating processes, the small
 LSTM's training step took 6.1 -> 4.2 ms, the medium one's 57.5 -> 50.8 ms (README: Speed).
