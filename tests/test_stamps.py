@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seqgraph import Model
-from seqgraph.plan import ckernels, stamps
+from seqgraph.plan import ckernels, fusion, stamps
 from seqgraph.runtime import batch as batching
 
 S = ckernels.Statement
@@ -186,3 +186,79 @@ def test_compile_chains_gives_the_per_statement_kernels_numbers():
     assert not np.array_equal(results[0][0], start[0])
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+# ---- forward: fused groups ------------------------------------------------------------------
+
+
+def bound_alone_and_stamped(plan, runs: list, keep_all: bool, monkeypatch) -> tuple:
+    """(each group bound alone, `stamps.bind_groups`, the groups it bound in full)."""
+    alone = [ckernels.bind(plan, run, keep_all) for run in runs]
+    full = []
+    bind = ckernels.bind
+    monkeypatch.setattr(ckernels, "bind", lambda *a: full.append(a[1]) or bind(*a))
+    return alone, stamps.bind_groups(plan, runs, keep_all), full
+
+
+def assert_same_bounds(found: list, want: list) -> None:
+    for one, other in zip(found, want, strict=True):
+        if other is None:
+            assert one is None
+            continue
+        assert_same(([], [one]), ([], [other]))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("grads", [True, False])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_stamped_groups_equal_each_group_bound_alone(name, grads, ragged, monkeypatch):
+    """A plan's fused groups: the stamped `Bound`s are each group's own, with fewer groups
+    bound in full than groups (the steps share a structure and description)."""
+    raw = SPECS[name]
+    batch = batching.dummy(Model(raw).spec, 3, 6)
+    if ragged:
+        batch["lengths"] = np.array([6, 2, 4])
+    if "dropout" in name:
+        batch["dropout"] = {"seed": 5, "step": 11}
+    plan = Model(raw).plan(batch, grads=grads)
+    fused = [run for run in plan.groups if len(run) > 1]
+    alone, found, full = bound_alone_and_stamped(plan.schedule, fused, grads, monkeypatch)
+    assert_same_bounds(found, alone)
+    assert sum(b is not None for b in alone) > 0
+    assert 0 < len(full) < len(fused)
+
+
+def gate_groups(steps: int = 10) -> tuple:
+    """(schedule, the fused groups, those of the LSTM's gates by step) of a float64 plan."""
+    raw = SPECS["lstm"]
+    plan = Model(raw).plan(batching.dummy(Model(raw).spec, 3, steps))
+    fused = [run for run in plan.groups if len(run) > 1]
+    gates = {run[0][1][2]: run for run in fused if len(run) > 3}
+    assert sorted(gates) == list(range(steps))
+    return plan.schedule, fused, gates
+
+
+def test_groups_with_other_buffers_are_bound_alone(monkeypatch):
+    """Step 0 reads the initial state and step 1 is the first of the others: both bound in
+    full; so are step 2, whose outputs lie at other strides (column blocks of a wider
+    array), step 3, whose output is written over an input shifted by one element (an
+    overlap: no kernel), and step 4, over memory no ndarray owns; steps 5-9 are stamped.
+    Every group's `Bound` is its own."""
+    sched, fused, gates = gate_groups()
+    value = sched.layout.value
+    _, _, _, inputs, outputs = fusion.source(sched, gates[2], True)
+    wide = np.zeros((3, 12 * len(outputs)))
+    for j, k in enumerate(outputs):
+        value[k] = wide[:, 12 * j : 12 * j + 6]
+    _, _, _, inputs, outputs = fusion.source(sched, gates[3], True)
+    shifted = np.zeros(19)
+    value[inputs[0]] = shifted[:-1].reshape(3, 6)
+    value[outputs[0]] = shifted[1:].reshape(3, 6)
+    _, _, _, inputs, outputs = fusion.source(sched, gates[4], True)
+    memory = np.frombuffer(bytearray(8 * 18 * len(outputs)), np.float64)
+    for j, k in enumerate(outputs):
+        value[k] = memory[18 * j : 18 * (j + 1)].reshape(3, 6)
+    alone, found, full = bound_alone_and_stamped(sched, fused, True, monkeypatch)
+    assert_same_bounds(found, alone)
+    assert alone[fused.index(gates[3])] is None  # the overlap: NumPy runs that group
+    assert [t for t in sorted(gates) if gates[t] in full] == [0, 1, 2, 3, 4]
