@@ -27,7 +27,7 @@ def emit(sched: Schedule, ctx: kernels.Context, groups: list, keep_all: bool) ->
 
 def group(sched: Schedule, ctx, run: list, keep_all: bool, out: Kernels, compiled=None) -> None:
     """A fused group's kernels (`fusion.py`): one on CuPy, one compiled C loop on NumPy
-    (`compiled`, from `ckernels.compile_groups`), else its ufunc calls. Each is recorded
+    (`compiled`, from `stamps.compile_groups`), else its ufunc calls. Each is recorded
     with its unit (or ("fused", run)) for `describe`."""
     if len(run) > 1 and ctx.name == "cupy":
         out.add(fusion.cupy_kernel(sched, run, keep_all), ("fused", run))
