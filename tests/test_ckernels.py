@@ -15,7 +15,7 @@ import pytest
 
 from seqgraph import Model
 from seqgraph.engine import ops
-from seqgraph.plan import ckernels, programs
+from seqgraph.plan import ckernels, programs, stamps
 from seqgraph.plan.layout import Slot
 from seqgraph.runtime import batch as batching
 
@@ -502,18 +502,25 @@ def assert_same_bindings(derived: list, alone: list) -> None:
         assert all(a is b for a, b in zip(one.arrays, other.arrays, strict=True))
 
 
+def backward_statements(raw: dict, monkeypatch, padded: bool = True) -> tuple:
+    """(statements, alone): what a plan of `raw` hands `stamps.compile_chains`."""
+    seen = []
+    compile_chains = stamps.compile_chains
+    monkeypatch.setattr(
+        stamps, "compile_chains", lambda *args: seen.append(args) or compile_chains(*args)
+    )
+    Model(raw).plan(batch_for(raw, padded))
+    ((statements, alone),) = seen
+    return statements, alone
+
+
 @pytest.mark.parametrize("name", TEMPLATED)
 def test_chains_bound_from_a_template_equal_each_chain_bound_alone(name, monkeypatch):
     """`bind_chains` makes each backward chain's C function once and derives the other
     steps' argument blocks: the same as `bind_chain` of each run alone."""
-    raw = CASES[name]
-    seen = []
-    compile_chains = ckernels.compile_chains
-    monkeypatch.setattr(
-        ckernels, "compile_chains", lambda runs, views: seen.append(runs) or compile_chains(runs)
-    )
-    Model(raw).plan(batch_for(raw))
-    (runs,) = seen
+    statements, alone = backward_statements(CASES[name], monkeypatch)
+    found = ckernels.chains(statements, alone=alone)
+    runs = [statements[lo:hi] for lo, hi in found]
     alone = [ckernels.bind_chain(statements) for statements in runs]
     derived = ckernels.bind_chains(runs)
     assert len({b.name for b in alone}) < len(runs)  # steps share functions

@@ -16,7 +16,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import backward, ckernels, liveness, rewrites, siblings
+from seqgraph.plan import backward, ckernels, fusion, liveness, rewrites, siblings
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -463,3 +463,33 @@ def test_addn_of_class_from_the_live_sums_is_the_per_node_answer(cell, pattern):
         assert found == an._addn_of_class(k) == an.addn_of_class(k), k
         sums += found is not None
     assert sums or pattern == "many_to_one"  # one loss: nothing sums the steps
+
+
+def groups_unit_by_unit(plan) -> list:
+    """`fusion.groups` with each unit's signature found from its own node."""
+    out, run, current = [], [], None
+    for unit in plan.units:
+        signature = fusion._signature(plan, unit)
+        members = {u[1] for u in run}
+        if signature is not None and run and signature == current:
+            if fusion._joins(plan, members, unit):
+                run.append(unit)
+                continue
+        if run:
+            out.append(run)
+        run, current = [unit], signature
+    return out + ([run] if run else [])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ragged"),
+    [("many_to_many", False), ("many_to_many", True), ("many_to_one", False)],
+)
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_fusion_groups_by_class_signature_are_the_unit_by_unit_groups(cell, pattern, ragged):
+    """`fusion.groups` (a class's steps' signature found once from its class facts) cuts
+    the units where the signature of each unit's own node does; and fuses something."""
+    plan = shared_plan(cell, pattern, ragged).schedule
+    found = fusion.groups(plan)
+    assert found == groups_unit_by_unit(plan)
+    assert any(len(run) > 1 for run in found)

@@ -19,7 +19,7 @@ from operator import itemgetter
 
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
-from seqgraph.plan import ckernels, kernels_vjp, listing, liveness, local_factors
+from seqgraph.plan import ckernels, kernels_vjp, listing, liveness, local_factors, stamps
 from seqgraph.plan.analysis import class_of
 from seqgraph.plan.kernels import Context
 from seqgraph.plan.listing import Kernels, grad
@@ -265,12 +265,11 @@ class _Emitter:
 
     def _compile_chains(self) -> None:
         """Runs of elementwise VJP kernels (a step's gate gradients) as one compiled C loop
-        each (`ckernels.chains`), where the kernels can be."""
+        each (`ckernels.chains`), where the kernels can be; found once per step structure and
+        stamped over the steps (`stamps`)."""
         out = self.out
         statements = [self.statements.get(i) for i in range(len(out.kernels))]
-        views = ckernels.Views()  # what is known of each buffer, found once for both
-        runs = ckernels.chains(statements, views, frozenset(self.factor_kernels))
-        compiled = ckernels.compile_chains([statements[lo:hi] for lo, hi in runs], views)
+        runs, compiled = stamps.compile_chains(statements, frozenset(self.factor_kernels))
         kernels, records, start = [], [], 0
         for (lo, hi), kernel in zip(runs, compiled, strict=True):
             if kernel is None:

@@ -30,7 +30,9 @@ layout, only at other addresses: `bind_groups` and `bind_chains` make a structur
 function and argument block once and give each later step a copy with its own addresses
 (after checking each operand's dtype, shape and strides; the overlap checks still run per
 step): binding and chaining at T = 10,000 take 2.4 s of CPU instead of 6.1 (2-layer LSTM
-64). The tests hold both to binding each group and chain alone (`bind`, `bind_chain`).
+64). The tests hold both to binding each group and chain alone (`bind`, `bind_chain`). The
+backward goes further (`stamps.py`): a step's chains are found once per step structure,
+from each buffer's offset in its memory block, and stamped over the steps.
 
 `SEQGRAPH_CPU_KERNELS=0`, no compiler, or a failed build leave the NumPy chain in place,
 with one log line per process at most.
@@ -126,10 +128,10 @@ class Bound:
 def compile_groups(plan, runs: list, keep_all: bool) -> list:
     """A kernel (a no-argument callable) per group in `runs`, or None where the group keeps
     its NumPy chain: a layout the loop cannot walk, or no compiled kernels at all."""
-    return _compiled(runs, lambda items: bind_groups(plan, items, keep_all))
+    return compiled(runs, lambda items: bind_groups(plan, items, keep_all))
 
 
-def _compiled(items: list, bind_all) -> list:
+def compiled(items: list, bind_all) -> list:
     """bind_all(items), a `Bound` or None each, built into one library: a kernel each, or
     None."""
     if not items or os.environ.get(SWITCH, "1") == "0":
@@ -466,7 +468,7 @@ def compile_chains(runs: list, views: Views | None = None) -> list:
     """A compiled kernel (or None) per run of statements (see `chains`); `views`: the one
     `chains` filled, if at hand."""
     views = Views() if views is None else views
-    return _compiled(runs, lambda items: bind_chains(items, views))
+    return compiled(runs, lambda items: bind_chains(items, views))
 
 
 def bind_chains(runs: list, views: Views | None = None) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from seqgraph.plan import ckernels, fusion, kernels, listing
+from seqgraph.plan import fusion, kernels, listing, stamps
 from seqgraph.plan.listing import Kernels
 from seqgraph.plan.schedule import Schedule
 
@@ -18,7 +18,7 @@ def emit(sched: Schedule, ctx: kernels.Context, groups: list, keep_all: bool) ->
     """Every group's kernels in order; `keep_all`: backward will read every value."""
     out = Kernels(partial(describe, sched))
     fused = [run for run in groups if len(run) > 1]
-    compiled = ckernels.compile_groups(sched, fused, keep_all) if ctx.name == "numpy" else []
+    compiled = stamps.compile_groups(sched, fused, keep_all) if ctx.name == "numpy" else []
     compiled_of = {id(run): kernel for run, kernel in zip(fused, compiled, strict=True)}
     for run in groups:
         group(sched, ctx, run, keep_all, out, compiled_of.get(id(run)))
@@ -27,7 +27,7 @@ def emit(sched: Schedule, ctx: kernels.Context, groups: list, keep_all: bool) ->
 
 def group(sched: Schedule, ctx, run: list, keep_all: bool, out: Kernels, compiled=None) -> None:
     """A fused group's kernels (`fusion.py`): one on CuPy, one compiled C loop on NumPy
-    (`compiled`, from `ckernels.compile_groups`), else its ufunc calls. Each is recorded
+    (`compiled`, from `stamps.compile_groups`), else its ufunc calls. Each is recorded
     with its unit (or ("fused", run)) for `describe`."""
     if len(run) > 1 and ctx.name == "cupy":
         out.add(fusion.cupy_kernel(sched, run, keep_all), ("fused", run))

@@ -44,26 +44,51 @@ def _signature(plan, unit):
     return (shape, dtype) if dtype.kind == "f" else None
 
 
+_PER_NODE = object()  # a class whose steps' signatures `_signature` finds node by node
+
+
+def _class_signature(an, cls: tuple):
+    """`_signature` of every step of a class at once where the class facts say it: one op
+    and attrs (`same_op`, not a sum: a sum's signature depends on what it sums) and one
+    shape and dtype (`stackable`); else _PER_NODE."""
+    same = an.same_op(cls)
+    if same is None or not an.stackable(cls) or ops.OPS[same[0]].variadic_sum:
+        return _PER_NODE
+    if ops.OPS[same[0]].c_expr is None or same[1]:
+        return None
+    shape, dtype = an.meta[next(iter(an.members[cls].values()))]
+    return (shape, dtype) if dtype.kind == "f" else None
+
+
 def groups(plan) -> list[list]:
     """plan.units cut into runs: consecutive fusable units of one signature form a group."""
-    out, run, current = [], [], None
+    out, run, current, members = [], [], None, set()
+    by_class: dict = {}  # class -> its steps' signature (`_class_signature`)
     for unit in plan.units:
-        signature = _signature(plan, unit)
-        if signature is not None and run and signature == current and _joins(plan, run, unit):
+        signature = _PER_NODE
+        if unit[0] == "node" and unit[1][2] is not None:  # a step of a class
+            cls = unit[1][:2]
+            signature = by_class.get(cls)
+            if signature is None and cls not in by_class:
+                signature = by_class[cls] = _class_signature(plan.an, cls)
+        if signature is _PER_NODE:
+            signature = _signature(plan, unit)
+        if signature is not None and run and signature == current and _joins(plan, members, unit):
             run.append(unit)
+            members.add(unit[1])
             continue
         if run:
             out.append(run)
-        run, current = [unit], signature
+        run, current, members = [unit], signature, {unit[1]}
     if run:
         out.append(run)
     return out
 
 
-def _joins(plan, run, unit) -> bool:
-    """False if `unit` reads a group member through an alias or view (the kernel would read
-    the buffer before it writes it), so the group must end before it."""
-    members = {u[1] for u in run}
+def _joins(plan, members: set, unit) -> bool:
+    """False if `unit` reads a group member (`members`: the group's unit keys) through an
+    alias or view (the kernel would read the buffer before it writes it), so the group
+    must end before it."""
     for source in plan.an.inputs(unit[1]):
         key, hops = source, 0
         while key in plan.layout.alias_of:
