@@ -27,8 +27,9 @@ Two things make a step's products faster than np.dot's:
   a compiled loop; a BLAS share may round apart from the whole call in the last bits
   (OpenBLAS picks its kernel by size).
 
-On the 2-core development machine, before and after in alternating processes, the small
-LSTM's training step took 6.1 -> 4.2 ms, the medium one's 57.5 -> 50.8 ms (README: Speed).
+On the 2-core development machine (`tools/bench.py`, README: Speed) the small LSTM's
+training step took 4.68 -> 3.15 ms, the medium one's 58.5 -> 46.5 ms (352 GFLOP/s, 76 % of
+the GEMM peak), before and after in the same rounds.
 
 `SEQGRAPH_CPU_PROGRAMS=0` leaves every kernel its own call; `SEQGRAPH_CPU_POOL=0` keeps the
 programs but neither packs nor lends threads (NumPy's BLAS threads as they are). Compiled
