@@ -172,14 +172,14 @@ def _packed(words: list) -> tuple[list, list]:
     loads). 32 x 128 by 128 x 512 (the small LSTM's step) took 16.8 us on one thread, np.dot
     18.6 on two and 26.3 on one; split over two threads, about 9 us."""
     uses: dict = {}
-    for at in range(0, len(words), WIDTH):
-        key = _weight_product(words[at : at + WIDTH])
-        if key is not None:
-            uses.setdefault(key, []).append(at)
-    buffers, words = [], list(words)
+    for n, kind in enumerate(words[::WIDTH]):  # a program has 100,000 words at T = 10,000
+        if kind == SGEMM or kind == DGEMM:
+            key = _weight_product(words, n * WIDTH)
+            if key is not None:
+                uses.setdefault(key, []).append(n * WIDTH)
+    uses = {key: ats for key, ats in uses.items() if len(ats) > 1}
+    buffers, words = [], list(words) if uses else words
     for (kind, b, ldb, tb, K, N), ats in uses.items():
-        if len(ats) < 2:
-            continue
         single = kind == SGEMM
         lanes = 32 if single else 16
         dtype = np.float32 if single else np.float64
@@ -194,21 +194,22 @@ def _packed(words: list) -> tuple[list, list]:
     return words, buffers
 
 
-def _row_halves(func, pointer) -> tuple | None:
-    """The argument blocks of a compiled group's or chain's first and second half of its
-    rows, where it has enough work to share (`SHARED_VALUES`) and two rows or more;
+LOOPS = ("seqgraph_group_", "seqgraph_chain_")  # the compiled loops over rows (`ckernels`)
+
+
+def _row_halves(pointer) -> tuple | None:
+    """The argument blocks of a compiled group's or chain's (`LOOPS`) first and second half
+    of its rows, where it has enough work to share (`SHARED_VALUES`) and two rows or more;
     None otherwise. Each row runs the same code in a half as in the whole (rows are the
     loops' outer loop), so its values are the same bits; and the halves write apart: what a
     group or chain writes has the loop's whole shape, one row of it per row (a chain reads
     a buffer it writes only as the very same view: `ckernels.chains`). The block is rows,
     cols, then (address, row stride in elements) per operand, the operands in
     `pointer.buffers`."""
-    if not func.__name__.startswith(("seqgraph_group_", "seqgraph_chain_")):
-        return None
     block, arrays = getattr(pointer, "_arr", None), getattr(pointer, "buffers", None)
     if block is None or arrays is None or len(block) != 2 + 2 * len(arrays):
         return None
-    rows, cols = int(block[0]), int(block[1])
+    rows, cols = block[:2].tolist()
     if rows < 2 or rows * cols * len(arrays) < SHARED_VALUES:
         return None
     addresses = [a.ctypes.data for a in arrays]
@@ -233,13 +234,13 @@ def _shares(words: list) -> bool:
     )
 
 
-def _weight_product(step: list) -> tuple | None:
-    """(kind, B's address, ldb, its transpose flag, K, N) of a gemm whose right operand is
-    a weight and whose left one is rows (`a` unit-stride along K), else None."""
-    if step[0] not in (SGEMM, DGEMM) or not step[WIDTH - 1] or step[2] != NO_TRANS:
+def _weight_product(words: list, at: int) -> tuple | None:
+    """(kind, B's address, ldb, its transpose flag, K, N) of the gemm at words[at] if its
+    right operand is a weight and its left one rows (`a` unit-stride along K), else None."""
+    if not words[at + WIDTH - 1] or words[at + 2] != NO_TRANS or words[at + 4] < 2:
         return None
-    kind, _, _, tb, M, N, K, _, _, b, ldb = step[:11]
-    return (kind, b, ldb, tb, K, N) if M >= 2 else None
+    kind, _, _, tb, _, N, K, _, _, b, ldb = words[at : at + 11]
+    return kind, b, ldb, tb, K, N
 
 
 def _aligned(size: int, dtype) -> np.ndarray:
@@ -265,6 +266,7 @@ class _Linker:
 
     def __init__(self, weights: list = ()):
         self.functions: dict = {}  # id(ctypes function) -> its address
+        self.loops: dict = {}  # id(ctypes function) -> whether it is a group's or chain's
         # id(b) -> (b, its address, its gemm layout, C-, F-ordered, whether it is a weight)
         self.weights: dict = {}
         self.weight_ranges = [_extent(w) for w in weights if isinstance(w, np.ndarray)]
@@ -277,8 +279,9 @@ class _Linker:
             address = self.functions.get(id(func))
             if address is None:
                 address = self.functions[id(func)] = ctypes.cast(func, ctypes.c_void_p).value
+                self.loops[id(func)] = func.__name__.startswith(LOOPS)
             pointer = kernel.args[0]
-            halves = _row_halves(func, pointer) if self.split else None
+            halves = _row_halves(pointer) if self.split and self.loops[id(func)] else None
             if halves is None:
                 return _words(KERNEL, address, pointer.value)
             self.halves += halves  # the program keeps them
