@@ -79,6 +79,28 @@ def model_spec(
     return spec
 
 
+def vector_spec(
+    cell: str = "lstm",
+    layers: int = 1,
+    pattern: str = "many_to_many",
+    dtype: str = "float64",
+    cells: dict | None = None,
+    **layer,
+) -> dict:
+    """A spec of `layers` layers of `cell` (hidden 6, each with `layer`'s keys: dropout,
+    layer_norm...) over 3-wide vectors, 4 target classes, seed 3; `cells`: user cells."""
+    model = {
+        "pattern": pattern,
+        "input": {"type": "vectors", "size": 3},
+        "target": {"type": "ids", "vocab": 4},
+        "layers": [{"cell": cell, "hidden": 6, **layer}] * layers,
+    }
+    spec = {"model": model, "dtype": dtype, "seed": 3}
+    if cells:
+        spec["cells"] = cells
+    return spec
+
+
 def make_batch(
     spec, size: int = 3, steps: int = 4, out_steps: int = 3, seed: int = 0, ragged: bool = True
 ) -> dict:

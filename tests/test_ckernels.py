@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+from support import vector_spec
 
 from seqgraph import Model
 from seqgraph.engine import ops
@@ -60,18 +61,8 @@ OVERFLOWING = {  # exp overflows to inf, inf / inf is NaN: they must come out as
 
 
 def spec(cell="lstm", layers=1, pattern="many_to_many", dtype="float64", **layer) -> dict:
-    model = {
-        "pattern": pattern,
-        "input": {"type": "vectors", "size": 3},
-        "target": {"type": "ids", "vocab": 4},
-        "layers": [{"cell": cell, "hidden": 6, **layer}] * layers,
-    }
-    return {
-        "model": model,
-        "dtype": dtype,
-        "seed": 3,
-        "cells": {"unusual": UNUSUAL, "overflowing": OVERFLOWING},
-    }
+    cells = {"unusual": UNUSUAL, "overflowing": OVERFLOWING}
+    return vector_spec(cell, layers, pattern, dtype, cells, **layer)
 
 
 CASES = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import vector_spec
 
 from seqgraph import Model
 from seqgraph.plan import ckernels, fusion, stamps
@@ -15,25 +16,15 @@ from seqgraph.runtime import batch as batching
 S = ckernels.Statement
 
 
-def spec(cell: str, layers: int = 1, pattern: str = "many_to_many", **layer) -> dict:
-    model = {
-        "pattern": pattern,
-        "input": {"type": "vectors", "size": 3},
-        "target": {"type": "ids", "vocab": 4},
-        "layers": [{"cell": cell, "hidden": 6, **layer}] * layers,
-    }
-    return {"model": model, "dtype": "float64", "seed": 3}
-
-
 SPECS = {
-    "lstm": spec("lstm"),
-    "gru": spec("gru"),
-    "rnn": spec("rnn"),
-    "stacked": spec("lstm", 2),
-    "bidirectional": spec("gru", 2, bidirectional=True),
-    "many_to_one_bidirectional": spec("lstm", pattern="many_to_one", bidirectional=True),
-    "layer_norm": spec("lstm", layer_norm=True),
-    "dropout": spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
+    "lstm": vector_spec("lstm"),
+    "gru": vector_spec("gru"),
+    "rnn": vector_spec("rnn"),
+    "stacked": vector_spec("lstm", 2),
+    "bidirectional": vector_spec("gru", 2, bidirectional=True),
+    "many_to_one_bidirectional": vector_spec("lstm", pattern="many_to_one", bidirectional=True),
+    "layer_norm": vector_spec("lstm", layer_norm=True),
+    "dropout": vector_spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
 }
 
 
