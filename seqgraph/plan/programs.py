@@ -155,11 +155,11 @@ def link(kernels: list, weights: list = ()) -> list:
                 return list(kernels)
             program.kernels = run  # they hold the buffers the words point into
             program.packed, program.shares = packed, bool(pool)
-            program.halves = linker.halves
+            program.halves = linker.halves  # this run's: the words point into them
             out.append(program)
         else:
             out += run
-        run, words, flops = [], [], 0
+        run, words, flops, linker.halves = [], [], 0, []
         if kernel is not None:
             out.append(kernel)
     return out
@@ -270,7 +270,7 @@ class _Linker:
         # id(b) -> (b, its address, its gemm layout, C-, F-ordered, whether it is a weight)
         self.weights: dict = {}
         self.weight_ranges = [_extent(w) for w in weights if isinstance(w, np.ndarray)]
-        self.halves: list = []  # the argument blocks of `_row_halves`
+        self.halves: list = []  # the argument blocks of `_row_halves`, for the run at hand
         self.split = pool_enabled()
 
     def instruction(self, kernel) -> list | None:
@@ -284,7 +284,7 @@ class _Linker:
             halves = _row_halves(pointer) if self.split and self.loops[id(func)] else None
             if halves is None:
                 return _words(KERNEL, address, pointer.value)
-            self.halves += halves  # the program keeps them
+            self.halves += halves  # `link` hands them to the run's program
             return _words(HALVES, address, pointer.value, *(h.ctypes.data for h in halves))
         if (func is np.dot or func is np.add) and len(kernel.args) == 2:
             out = kernel.keywords.get("out")
