@@ -141,28 +141,38 @@ class _Blocks:
         addresses: list = []
         anchors: dict = {}  # id of a block -> (its number in the segment, first address)
         numbers: dict = {}  # id of an array -> its number
-        current, recent, owners = {}, self.recent, self.owners
+        current, recent, owners, geometries = {}, self.recent, self.owners, self.geometries
         lines = []
         owned = True
         for j in range(lo, hi):
             statement = statements[j]
             line = []
             for a in (*statement.operands, statement.dest):
-                number = numbers.get(id(a))
+                key = id(a)
+                number = numbers.get(key)
                 if number is None:
-                    facts = recent.get(id(a)) or self.facts(a)
-                    current[id(a)] = facts
-                    _, block, address, geometry = facts
+                    facts = recent.get(key)
+                    if facts is None:  # `facts`, inline where the block is known (420,000
+                        base = a.base  # arrays at T = 10,000, in a few dozen blocks)
+                        block = id(a if base is None else base)
+                        if block in owners:
+                            geometry = (a.strides, a.shape, a.dtype)
+                            geometry = geometries.setdefault(geometry, len(geometries))
+                            facts = (a, block, address(a), geometry)
+                        else:
+                            facts = self.facts(a)
+                    current[key] = facts
+                    _, block, here, geometry = facts
                     anchor = anchors.get(block)
                     if anchor is None:
-                        anchor = anchors[block] = (len(anchors), address)
+                        anchor = anchors[block] = (len(anchors), here)
                         owned = owned and owners[block][1]
-                    place = (anchor[0], address - anchor[1], geometry)
+                    place = (anchor[0], here - anchor[1], geometry)
                     number = places.get(place)
                     if number is None:
                         number = places[place] = len(addresses)
-                        addresses.append(address)
-                    numbers[id(a)] = number
+                        addresses.append(here)
+                    numbers[key] = number
                 line.append(number)
             lines.append((statement.expr, statement.add, tuple(line), j in alone))
         self.recent = current
