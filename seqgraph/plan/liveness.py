@@ -290,12 +290,15 @@ def activation_reads_first(an, lay, records: list, zero: set) -> list:
         if target in viewed:
             writes.setdefault(target, (index, record[3]))
     failed = []
+    nodes_of: dict = {}  # parent class -> its watched nodes: each buffer walks its own only
+    for k, parent in members.items():
+        nodes_of.setdefault(parent, []).append(k)
     for base, parent in watched.items():
         if base in zero:
             failed.append(base)
             continue
-        for k, p in members.items():
-            if p != parent or k not in last_read:
+        for k in nodes_of.get(parent, ()):
+            if k not in last_read:
                 continue
             write = writes.get(k)
             if write is None or write[1] or last_read[k] > write[0]:
