@@ -39,19 +39,18 @@ class Tracker:
         written when the gradient it is a region of is; a gradient with views is written
         when views covering all of it are (`Layout.covered`), partly when some are, and
         so is a view when another view overlapping it is (`Layout.overlapping`)."""
-        lay, up = self.lay, cell
+        lay, written, up = self.lay, self.written, cell
         while up is not None:
-            if up in self.written:
+            if up in written:
                 return True
             up = lay.parent.get(up)
-        if cell in lay.overlapping and any(
-            k in self.written for k in lay.children[lay.parent[cell]] if k != cell
-        ):
+        # the set tests in C (the cell itself is not written by now)
+        if cell in lay.overlapping and not written.isdisjoint(lay.children[lay.parent[cell]]):
             return None  # another view wrote some of its elements: zero-fill, then add
         kids = lay.children.get(cell)
-        if kids and cell in lay.covered and all(k in self.written for k in kids):
+        if kids and cell in lay.covered and written.issuperset(kids):
             return True
-        if kids and any(k in self.written for k in kids):
+        if kids and not written.isdisjoint(kids):
             return None
         return False
 
@@ -74,24 +73,30 @@ class Tracker:
 
     def target_one(self, key) -> bool:
         """`target([key])`, the case of nearly every VJP, without its sets and lists."""
-        lay = self.lay
+        lay, written = self.lay, self.written
         cell = lay.cell[key]
-        state = self.state(cell)
         kids = lay.children.get(cell)
+        if kids is None and cell not in lay.parent:  # no views, no view of another: `state`
+            add = cell in written  # is whether it is written
+            written.add(cell)
+            return add
+        state = self.state(cell)
         if state is None or (cell in lay.children and not state):
             self.zero.add(lay.base[key])
             add = True
         else:
             add = bool(state)
-        self.written.add(cell)
+        written.add(cell)
         if kids:
-            self.written.update(kids)
+            written.update(kids)
         return add
 
     def ready(self, keys) -> None:
         """These gradients are about to be read: zero-fill any that nothing wrote."""
+        cells, written, state = self.lay.cell, self.written, self.state
         for k in keys:
-            if not self.state(self.lay.cell[k]):
+            cell = cells[k]
+            if cell not in written and not state(cell):  # written: `state` says so first
                 self.zero.add(self.lay.base[k])
 
 
@@ -173,6 +178,9 @@ class _Emitter:
         # adds), for a W^T kept in dW's buffer (`_transposed`)
         self.hosted_transposes: dict = {}
         self.statements: dict = {}  # kernel index -> its `ckernels.Statement`, if it is one
+        # kernel index -> the `kernels_vjp.vjp` arguments of a statement that writes (not
+        # adds), its NumPy kernel made by `_compile_chains` only where no chain runs it
+        self.unmade: dict = {}
         self.factor_kernels: list = []  # indices of the local factors' own kernels
         # the elementwise VJPs will run as compiled chains (`_compile_chains`)
         self.chains_compile = ctx.name == "numpy" and ckernels.enabled()
@@ -188,18 +196,20 @@ class _Emitter:
         skip_of: dict = {}  # class -> the input positions its nodes' VJPs skip, made once
         idle: dict = {}  # class -> whether no node of it gets a VJP kernel (`idle_class`)
         cells, base, zero, state = lay.cell, lay.base, tracker.zero, tracker.state
+        written = tracker.written
         for unit in reversed(self.sched.units):
             if unit[0] == "class":
                 self._class_vjp(unit[1], has, skips.get(unit[1], set()))
                 continue
             k = unit[1]
-            c = class_of(k)
+            c = k if k[2] is None else k[:2]  # `class_of`, inline: once per unit
             skip = skip_of.get(c)
             if skip is None:
                 skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
                 idle[c] = c not in factors and c not in folds and idle_class(an, lay, c, skip)
             if k in has and idle[c]:  # what `_node_vjp` does then: its gradient is ready
-                if not state(cells[k]):
+                cell = cells[k]
+                if cell not in written and not state(cell):  # written: `state` says so first
                     zero.add(base[k])
             elif k in has:
                 factor = factors[c].stack.at(k[2]) if c in factors else None
@@ -266,10 +276,20 @@ class _Emitter:
     def _compile_chains(self) -> None:
         """Runs of elementwise VJP kernels (a step's gate gradients) as one compiled C loop
         each (`ckernels.chains`), where the kernels can be; found once per step structure and
-        stamped over the steps (`stamps`)."""
+        stamped over the steps (`stamps`). The NumPy kernels of the statements that write
+        (`unmade`) are made here for those that no chain runs: at T = 10,000 that is none of
+        200,000, and making them all cost 0.3 s. Such a kernel (`kernels_vjp._direct_vjp`)
+        takes no scratch from `ctx.tmp`, so the plan's buffers stay the ones it had when
+        every kernel was made as its VJP was emitted."""
         out = self.out
         statements = [self.statements.get(i) for i in range(len(out.kernels))]
         runs, compiled = stamps.compile_chains(statements, frozenset(self.factor_kernels))
+        chained = set()
+        for (lo, hi), kernel in zip(runs, compiled, strict=True):
+            if kernel is not None:
+                chained.update(range(lo, hi))
+        for index in self.unmade.keys() - chained:
+            out.kernels[index] = kernels_vjp.vjp(self.ctx, *self.unmade[index])
         kernels, records, start = [], [], 0
         for (lo, hi), kernel in zip(runs, compiled, strict=True):
             if kernel is None:
@@ -366,10 +386,16 @@ class _Emitter:
         waits in dW's buffer."""
         add = self.tracker.target(keys)
         for k in keys:
-            hosted = self.hosted_transposes.get(k)
-            if hosted is not None and hosted[1] is None:
-                hosted[1] = (len(self.out.kernels), add)
+            if k in self.hosted_transposes:
+                self._note_first_write(k, add)
         return add
+
+    def _note_first_write(self, right, add: bool) -> None:
+        """The kernel emitted next writes (or adds to) dW, where W^T waits in dW's buffer:
+        noted if it is the first."""
+        hosted = self.hosted_transposes[right]
+        if hosted[1] is None:
+            hosted[1] = (len(self.out.kernels), add)
 
     def check_transposes_in_gradients(self) -> bool:
         """Every W^T kept in dW's buffer is read only before dW's first write, which writes
@@ -391,7 +417,8 @@ class _Emitter:
         node, g = an.node[k], lay.grad[source_of_g]
         op, inputs, cells = node["op"], node["inputs"], lay.cell
         entry = ops.OPS[op]
-        if not tracker.state(cells[source_of_g]):  # `tracker.ready([source_of_g])`
+        cell = cells[source_of_g]  # `tracker.ready([source_of_g])`, written cells asked first
+        if cell not in tracker.written and not tracker.state(cell):
             tracker.zero.add(lay.base[source_of_g])
         if entry.variadic_sum and self._addn_vjp(k, g, source_of_g):
             return
@@ -407,31 +434,31 @@ class _Emitter:
             return
         ins, value = list(map(lay.value.__getitem__, inputs)), lay.value[k]
         grads, out, statements = lay.grad, self.out, self.statements
+        compiles, hosted = self.chains_compile, self.hosted_transposes
         for i in wanted:
-            source = inputs[i]
-            add = self._target_one(source)
+            source, index = inputs[i], len(out.kernels)
+            add = tracker.target_one(source)  # `_target([source])`, one call fewer
+            if source in hosted:
+                self._note_first_write(source, add)
             if factor is not None:  # g * (d out / d input), the factor computed before the loop
                 self.factor_writes[(class_of(k), k[2])] = add
                 how = ("mul", 0, grads[source], add, g, None, [g, factor], {})
-                statements[len(out.kernels)] = kernels_vjp.statement(*how)
+                statements[index] = kernels_vjp.statement(*how)
                 out.add(kernels_vjp.vjp(ctx, *how), ("factor", k, i, add, source_of_g, factor))
                 continue
             bt = self._transposed(op, i, inputs) if entry.vjp_transposed_right else None
-            if add and bt is not None and self.chains_compile:
+            if add and bt is not None and compiles:
                 self._product_then_add(k, i, source, g, value, ins, bt, source_of_g)
                 continue
             how = (op, i, grads[source], add, g, value, ins, node["attrs"])
+            record = ("vjp", k, i, add, source_of_g, bt)
             if bt is None:
-                statements[len(out.kernels)] = kernels_vjp.statement(*how)
-            out.add(kernels_vjp.vjp(ctx, *how, bt), ("vjp", k, i, add, source_of_g, bt))
-
-    def _target_one(self, key) -> bool:
-        """`_target([key])`: the tracker's one-key form, then dW's first write noted."""
-        add = self.tracker.target_one(key)
-        hosted = self.hosted_transposes.get(key)
-        if hosted is not None and hosted[1] is None:
-            hosted[1] = (len(self.out.kernels), add)
-        return add
+                statement = statements[index] = kernels_vjp.statement(*how)
+                if statement is not None and not add and compiles:
+                    self.unmade[index] = how
+                    out.add(None, record)
+                    continue
+            out.add(kernels_vjp.vjp(ctx, *how, bt), record)
 
     def _addn_vjp(self, k, g, source_of_g) -> bool:
         """The VJP of an addn that sums every step of a class (`Analysis.addn_of_class`):
