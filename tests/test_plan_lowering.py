@@ -5,6 +5,7 @@ the reference by `tests/test_plan_listing.py` and the numbers by `tests/test_pla
 from __future__ import annotations
 
 import functools
+import itertools
 
 import networkx as nx
 import numpy as np
@@ -16,7 +17,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import backward, ckernels, fusion, liveness, rewrites, siblings
+from seqgraph.plan import backward, ckernels, fusion, kernels_vjp, liveness, rewrites, siblings
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -493,3 +494,83 @@ def test_fusion_groups_by_class_signature_are_the_unit_by_unit_groups(cell, patt
     found = fusion.groups(plan)
     assert found == groups_unit_by_unit(plan)
     assert any(len(run) > 1 for run in found)
+
+
+def statement_per_vjp(op: str, position: int, dest, add: bool, g, out, ins: list, attrs: dict):
+    """`kernels_vjp.statement` as it was: the op's rule asked again at every VJP."""
+    rules = ops.OPS[op].out_vjp
+    if rules is None or attrs or tuple(g.shape) != tuple(dest.shape):
+        return None
+    rule = rules[position]
+    if rule is None or rule == ops.NEGATE:
+        return ckernels.Statement(dest, add, "{0}" if rule is None else "-{0}", (g,))
+    entry = ops.OPS[op]
+    if entry.local_c_expr is not None and rule is entry.out_vjp[0] and entry.local is not None:
+        ctype = ckernels.C_TYPES.get(dest.dtype)
+        if ctype is None:
+            return None
+        local = entry.local_c_expr.replace("{0}", "{1}").replace("{t}", ctype)
+        return ckernels.Statement(dest, add, f"({local}) * {{0}}", (g, out))
+    if isinstance(rule, ops.UfuncVJP) and rule.ufunc in kernels_vjp.UFUNC_C:
+        operand = out if rule.operand == "out" else ins[rule.operand]
+        return ckernels.Statement(
+            dest, add, f"{{0}} {kernels_vjp.UFUNC_C[rule.ufunc]} {{1}}", (g, operand)
+        )
+    return None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_statement_forms_found_once_are_the_per_vjp_statements(dtype):
+    """`kernels_vjp.statement` (its form found once per op, position and dtype) is the
+    statement the op's rules give at each VJP, for every op and input, asked twice (the
+    second from the forms found), and None at another shape or with attrs."""
+    rng = np.random.default_rng(0)
+    lines = 0
+    for op, entry in ops.OPS.items():
+        for position in range(len(entry.out_vjp or (None,) * 2)):
+            dest, g, out = (rng.standard_normal((2, 3)).astype(dtype) for _ in range(3))
+            ins = [rng.standard_normal((2, 3)).astype(dtype) for _ in range(3)]
+            cases = [(dest, g, {}), (dest[0], g, {}), (dest, g, {"axis": 0})]
+            for (d, grad, attrs), add in itertools.product(cases, (False, True)):
+                want = statement_per_vjp(op, position, d, add, grad, out, ins, attrs)
+                for _ in range(2):
+                    found = kernels_vjp.statement(op, position, d, add, grad, out, ins, attrs)
+                    assert (found is None) == (want is None), (op, position)
+                    if found is not None:
+                        assert (found.expr, found.add, found.dest) == (want.expr, add, d)
+                        assert list(map(id, found.operands)) == list(map(id, want.operands))
+                        lines += 1
+    assert lines > 20
+
+
+def target_one_by_state(tracker, key) -> bool:
+    """`Tracker.target_one` as it was: every cell's state asked."""
+    lay = tracker.lay
+    cell = lay.cell[key]
+    state = tracker.state(cell)
+    kids = lay.children.get(cell)
+    if state is None or (cell in lay.children and not state):
+        tracker.zero.add(lay.base[key])
+        add = True
+    else:
+        add = bool(state)
+    tracker.written.add(cell)
+    if kids:
+        tracker.written.update(kids)
+    return add
+
+
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_target_one_without_state_is_the_state_form(cell):
+    """`Tracker.target_one` (a cell with no views and no view of another: written or not,
+    without `state`) says add or write, and records writes and zero-fills, as asking each
+    cell's state does, over every gradient of a plan in a shuffled order, twice."""
+    lay = shared_plan(cell, "many_to_many", True).layout
+    keys = [k for k in lay.cell if k in lay.base]
+    order = [keys[i] for i in np.random.default_rng(1).permutation(len(keys))] * 2
+    fast, by_state = backward.Tracker(lay), backward.Tracker(lay)
+    answers = [fast.target_one(k) for k in order]
+    assert answers == [target_one_by_state(by_state, k) for k in order]
+    assert (fast.written, fast.zero) == (by_state.written, by_state.zero)
+    assert any(answers) and not all(answers)
+    assert any(c in lay.children or c in lay.parent for c in fast.written) or cell.startswith("rnn")
