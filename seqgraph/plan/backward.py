@@ -500,11 +500,14 @@ class _Emitter:
         g, value = lay.grad_stack[cls].span(*span), lay.value_stack[cls].span(*span)
         in_nd = [len(an.meta[i][0]) for i in an.inputs(members[0])]
         dests = stacked_inputs(an, lay, cls, op, in_nd, members[0], grad=True)
+        inputs = list(map(an.inputs, members))  # each member's, asked once for all positions
         for i in range(len(in_nd)):
-            sources = [an.inputs(k)[i] for k in members]
+            if i in skip:
+                continue
+            sources = list(map(itemgetter(i), inputs))
             targets = [s for s in dict.fromkeys(sources) if s in an.needs_grad]
             pairs = zip(sources, members, strict=True)
-            if i in skip or not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
+            if not targets or all(lay.cell.get(s) == lay.cell[k] for s, k in pairs):
                 continue
             if dests[i] is None:
                 raise GraphError(f"plan: no stacked gradient for input {i} of {cls}")
