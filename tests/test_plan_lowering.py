@@ -326,20 +326,26 @@ def shared_plan(cell: str, pattern: str, ragged: bool = False):
 
 @pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
 @pytest.mark.parametrize("cell", sorted(builtin_cells()))
-def test_idle_classes_emit_no_vjp_at_any_step(cell, pattern, ragged):
-    """`backward.idle_class` (decided over a class's columns) says yes only where no step's
-    node gets a VJP kernel node by node; and it finds the views of every gated cell."""
+def test_class_wanted_positions_are_each_steps_own(cell, pattern, ragged):
+    """`backward.class_wanted` (decided over a class's columns) gives the positions that
+    every step's node gets a VJP kernel for, node by node, where it gives any; it says so
+    for most classes, and finds idle ones ([]: the views of every gated cell)."""
     plan = shared_plan(cell, pattern, ragged)
     an, lay = plan.an, plan.layout
-    idle = 0
+    idle = known = classes = 0
     for c, members in an.members.items():
         if len(c) != 2 or c in plan.batched or an.kind(next(iter(members.values()))) != "op":
             continue
+        classes += 1
         skip = set(plan.deferred.get(c, ()))
-        if backward.idle_class(an, lay, c, skip):
-            idle += 1
-            assert all(not wanted_node_by_node(an, lay, k, skip) for k in members.values()), c
+        wanted = backward.class_wanted(an, lay, c, skip)
+        if wanted is None:
+            continue
+        known += 1
+        idle += wanted == []
+        assert all(wanted_node_by_node(an, lay, k, skip) == wanted for k in members.values()), c
     assert idle or cell.startswith("rnn")
+    assert known > classes // 2
 
 
 def readers_of_column_blocks_node_by_node(an) -> tuple[list, dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from operator import itemgetter
+from operator import itemgetter, ne
 
 from seqgraph.engine import ops
 from seqgraph.errors import GraphError
@@ -194,7 +194,7 @@ class _Emitter:
         factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
         remaining = {c: len(an.members[c]) for c in deferred}
         skip_of: dict = {}  # class -> the input positions its nodes' VJPs skip, made once
-        idle: dict = {}  # class -> whether no node of it gets a VJP kernel (`idle_class`)
+        wanted_of: dict = {}  # class -> `class_wanted`, or None where a factor is folded in
         cells, base, zero, state = lay.cell, lay.base, tracker.zero, tracker.state
         written = tracker.written
         for unit in reversed(self.sched.units):
@@ -206,8 +206,10 @@ class _Emitter:
             skip = skip_of.get(c)
             if skip is None:
                 skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
-                idle[c] = c not in factors and c not in folds and idle_class(an, lay, c, skip)
-            if k in has and idle[c]:  # what `_node_vjp` does then: its gradient is ready
+                known = c not in factors and c not in folds
+                wanted_of[c] = class_wanted(an, lay, c, skip) if known else None
+            positions = wanted_of[c]
+            if k in has and positions == []:  # what `_node_vjp` does: its gradient is ready
                 cell = cells[k]
                 if cell not in written and not state(cell):  # written: `state` says so first
                     zero.add(base[k])
@@ -215,7 +217,7 @@ class _Emitter:
                 factor = factors[c].stack.at(k[2]) if c in factors else None
                 fold = folds.get(c)
                 upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
-                self._node_vjp(k, skip, factor, upstream)
+                self._node_vjp(k, skip, factor, upstream, positions)
             if c in remaining:
                 remaining[c] -= 1
                 if not remaining[c]:
@@ -408,10 +410,11 @@ class _Emitter:
                 return False
         return True
 
-    def _node_vjp(self, k, skip, factor=None, upstream=None) -> None:
+    def _node_vjp(self, k, skip, factor=None, upstream=None, wanted=None) -> None:
         """VJP kernels of node k; with `factor` (local_factors) its input's gradient is g
         times the factor, g being k's gradient or, where k is folded into the product
-        `upstream`, that product's."""
+        `upstream`, that product's; `wanted`: the positions that get a kernel, if its class
+        says (`class_wanted`)."""
         an, lay, ctx, tracker = self.an, self.lay, self.ctx, self.tracker
         source_of_g = upstream if upstream is not None else k
         node, g = an.node[k], lay.grad[source_of_g]
@@ -422,14 +425,13 @@ class _Emitter:
             tracker.zero.add(lay.base[source_of_g])
         if entry.variadic_sum and self._addn_vjp(k, g, source_of_g):
             return
-        # the inputs that get a kernel, found before anything is looked up for them (one
-        # node in three has none: a data input's projection, a step's mask)
-        needs, own = an.needs_grad, cells[k]
-        wanted = [
-            i
-            for i, source in enumerate(inputs)
-            if source in needs and i not in skip and cells[source] != own
-        ]
+        if wanted is None:  # the inputs that get a kernel, found before anything is
+            needs, own = an.needs_grad, cells[k]  # looked up for them
+            wanted = [
+                i
+                for i, source in enumerate(inputs)
+                if source in needs and i not in skip and cells[source] != own
+            ]
         if not wanted:
             return
         ins, value = list(map(lay.value.__getitem__, inputs)), lay.value[k]
@@ -536,22 +538,24 @@ class _Emitter:
             self.out.add(kernel, ("deferred", cls, i, add, None, None))
 
 
-def idle_class(an, lay, cls, skip: set) -> bool:
-    """Whether `_node_vjp` emits no kernel for any node of the per-step class `cls` (given
-    the input positions it skips): one op that is no sum of a class (`_addn_vjp`) and, at
-    every other input position, no step's input needs a gradient or every step's input has
-    the step's own gradient cell (a view's input: the view's gradient is a region of it).
-    Decided column by column over the class's steps, in C, not node by node; where it says
-    yes, each node's VJP comes down to its first step (its gradient zero-filled if nothing
-    wrote it)."""
+def class_wanted(an, lay, cls, skip: set) -> list | None:
+    """The input positions at which `_node_vjp` emits a kernel for every node of the
+    per-step class `cls` (given the positions it skips), or None where that is a fact of
+    each node: one op that is no sum of a class (`_addn_vjp`) and, at each other position,
+    either every step's input needs a gradient and has a gradient cell other than the
+    step's own, or none does (no gradient needed, or the step's own cell: a view's input,
+    whose gradient the view's is a region of). Decided column by column over the class's
+    steps, in C, not node by node. [] (an idle class): each node's VJP comes down to its
+    first step (its gradient zero-filled if nothing wrote it)."""
     same = an.same_op(cls) if len(cls) == 2 else None
     if same is None or ops.OPS[same[0]].variadic_sum:
-        return False
+        return None
     columns = an.member_inputs(cls)
     if len(set(map(len, columns))) != 1:
-        return False
+        return None
     needs, cells = an.needs_grad, lay.cell
     own = None  # the members' cells, fetched when a position needs them
+    wanted = []
     for i in range(len(columns[0])):
         if i in skip:
             continue
@@ -560,9 +564,14 @@ def idle_class(an, lay, cls, skip: set) -> bool:
             continue
         if own is None:
             own = list(map(cells.get, an.members[cls].values()))
-        if list(map(cells.get, sources)) != own or None in own:
-            return False
-    return True
+        if None in own or not needs.issuperset(sources):
+            return None
+        source_cells = list(map(cells.get, sources))
+        if all(map(ne, source_cells, own)):
+            wanted.append(i)
+        elif source_cells != own:
+            return None
+    return wanted
 
 
 def describe(sched: Schedule, record: tuple) -> tuple:
