@@ -193,8 +193,10 @@ class _Emitter:
         tracker.written.add(lay.cell[loss])
         factors, folds, skips = self._local_factors() if batch_derivatives else ({}, {}, {})
         remaining = {c: len(an.members[c]) for c in deferred}
-        skip_of: dict = {}  # class -> the input positions its nodes' VJPs skip, made once
-        wanted_of: dict = {}  # class -> `class_wanted`, or None where a factor is folded in
+        # class -> (the input positions its nodes' VJPs skip, `class_wanted` or None where
+        # a factor is folded in, whether it has a factor, its fold, whether it is deferred):
+        # made once, so that a unit hashes its class once
+        of_class: dict = {}
         cells, base, zero, state = lay.cell, lay.base, tracker.zero, tracker.state
         written = tracker.written
         for unit in reversed(self.sched.units):
@@ -203,22 +205,22 @@ class _Emitter:
                 continue
             k = unit[1]
             c = k if k[2] is None else k[:2]  # `class_of`, inline: once per unit
-            skip = skip_of.get(c)
-            if skip is None:
-                skip = skip_of[c] = set(deferred.get(c, ())) | skips.get(c, set())
-                known = c not in factors and c not in folds
-                wanted_of[c] = class_wanted(an, lay, c, skip) if known else None
-            positions = wanted_of[c]
+            facts = of_class.get(c)
+            if facts is None:
+                skip = set(deferred.get(c, ())) | skips.get(c, set())
+                folded = c in factors or c in folds
+                positions = None if folded else class_wanted(an, lay, c, skip)
+                facts = of_class[c] = (skip, positions, c in factors, folds.get(c), c in remaining)
+            skip, positions, factored, fold, counted = facts
             if k in has and positions == []:  # what `_node_vjp` does: its gradient is ready
                 cell = cells[k]
                 if cell not in written and not state(cell):  # written: `state` says so first
                     zero.add(base[k])
             elif k in has:
-                factor = factors[c].stack.at(k[2]) if c in factors else None
-                fold = folds.get(c)
+                factor = factors[c].stack.at(k[2]) if factored else None
                 upstream = an.members[fold[0]][k[2]] if fold else None  # the product it feeds
                 self._node_vjp(k, skip, factor, upstream, positions)
-            if c in remaining:
+            if counted:
                 remaining[c] -= 1
                 if not remaining[c]:
                     self._deferred_vjp(c, deferred[c])
