@@ -169,6 +169,32 @@ def test_positions_has_grad_and_run_order_are_their_per_node_forms(cell):
     assert run_order == {u[1]: i for i, u in enumerate(sched.units) if u[0] == "node"}
 
 
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_unread_by_columns_is_the_per_node_unread_in_backward(cell, pattern, ragged):
+    """`_UnreadByClass.every` (a buffer's nodes' own records asked as columns) is
+    `_unread_in_backward` of each node, for every node alone and every buffer's nodes;
+    and the passes that ask it find what the per-node form finds."""
+    plan = plan_of(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    unread = liveness._UnreadByClass(an)
+    answers = {k: liveness._unread_in_backward(an, k) for k in an.live}
+    assert {k: unread.every([k]) for k in an.live} == answers
+    assert {k: unread(k) for k in an.live} == answers
+    assert True in answers.values() and False in answers.values()
+    for nodes in lay.nodes_by_buffer().values():
+        assert unread.every(nodes) == all(answers[k] for k in nodes)
+    assert unread.every([])
+    per_node = [
+        c
+        for c in lay.classes
+        if c not in lay.source
+        and c not in lay.in_place
+        and all(answers[k] for k in lay.nodes_by_buffer()[id(owner(lay.value_stack[c].arr))])
+    ]
+    assert liveness.dead_in_backward(an, lay) == per_node
+
+
 def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():
     """`Graph.order` (the inputs table built with map and zip) is still networkx's order."""
     graph = plan_of("gru_layer_norm", "many_to_one").graph

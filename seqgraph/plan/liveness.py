@@ -12,6 +12,9 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
+from itertools import chain, compress, filterfalse, repeat
+from operator import itemgetter
+
 import numpy as np
 
 from seqgraph.engine import ops
@@ -20,6 +23,8 @@ from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
 from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
+
+_KIND, _OP = itemgetter("kind"), itemgetter("op")
 
 
 def dead_values(sched: Schedule, position: dict | None = None) -> list:
@@ -90,10 +95,12 @@ def rolling_grads(sched: Schedule, deferred: dict, position: dict | None = None)
     for k, base in lay.base.items():
         keys_of.setdefault(base, []).append(k)
     found: dict = {}
+    decided = set()  # bases asked already: the classes sharing a stack get one answer
     for c in lay.classes:
         stack = lay.grad_stack.get(c)
-        if type(stack) is not Stack or stack.base in found or stack.base in lay.hosted:
+        if type(stack) is not Stack or stack.base in decided or stack.base in lay.hosted:
             continue
+        decided.add(stack.base)
         classes = [d for d, other in lay.grad_stack.items() if other is stack]
         if stack.arr.shape[0] < 3 or any(d in deferred or d in sched.batched for d in classes):
             continue
@@ -125,12 +132,14 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     initial state's last (see `rolling_grads`)."""
     spans: dict = {}
     sums: dict = {}  # reader class -> whether its nodes may sum a whole class (`_sums`)
+    at, readers_of, nodes = position.get, an.consumers.get, an.node  # hoisted: per node
     for k, index in slots.items():
-        touched = _touching(an, position, k, slots, sums)
+        touched = _touching(an, at, readers_of, nodes, k, slots, sums)
         if not touched:
             return False
-        lo, hi = spans.get(index, (touched[0], touched[0]))
-        spans[index] = (min(lo, *touched), max(hi, *touched))
+        lo, hi = min(touched), max(touched)
+        span = spans.get(index)
+        spans[index] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
     seeds = {index for k, index in slots.items() if k[2] is None}
     for parity in (0, 1):
         # backward runs the forward units in reverse: the latest forward span goes first
@@ -142,21 +151,22 @@ def _takes_turns(an, position: dict, slots: dict) -> bool:
     return True
 
 
-def _touching(an, position: dict, k, slots: dict, sums: dict) -> list | None:
+def _touching(an, at, readers_of, nodes: dict, k, slots: dict, sums: dict) -> list | None:
     """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
     those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
     unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`).
-    `sums`: `_sums`' answers by reader class, kept by the caller."""
-    at = position.get
+    `at`, `readers_of`, `nodes`: the bound lookups of the unit positions, `an.consumers`
+    and `an.node`, made once by the caller, not per node (tens of thousands of nodes per
+    buffer). `sums`: `_sums`' answers by reader class, kept by the caller."""
     own = at(k)
     touched = [] if own is None else [own]
-    for user, _ in an.consumers.get(k, []):
+    for user, _ in readers_of(k, ()):
         place = at(user)
         if place is not None and not _sums(an, user, sums):
             touched.append(place)
         elif user not in slots:
             return None
-    node = an.node[k]
+    node = nodes[k]
     if node["kind"] == "op":
         touched += [place for place in map(at, node["inputs"]) if place is not None]
     return touched
@@ -192,7 +202,7 @@ def dead_in_backward(an, lay) -> list:
         if c in lay.source or c in lay.in_place:
             continue  # not a buffer of its own
         nodes = nodes_of.get(id(owner(lay.value_stack[c].arr)), [])
-        if nodes and all(map(unread, nodes)):
+        if nodes and unread.every(nodes):
             found.append(c)
     return found
 
@@ -221,11 +231,11 @@ def gradients_over_activations(an, lay) -> list:
         over.update(an.members[c].values())
     read = lay.read_views = read_views(an, lay)
     parents |= set(read)
-    found = []
+    found, unread = [], _UnreadByClass(an)
     for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
         nodes = nodes_of.get(id(owner(lay.value_stack[parent].arr)), [])
         allowed = over | read.get(parent, set())
-        if all(k in allowed or _unread_in_backward(an, k) for k in nodes):
+        if unread.every(list(filterfalse(allowed.__contains__, nodes))):
             found.append(parent)
     return found
 
@@ -241,7 +251,7 @@ def read_views(an, lay) -> dict:
             continue
         for v in views:
             nodes = list(an.members[v].values())
-            if not all(map(unread, nodes)):
+            if not unread.every(nodes):
                 out.setdefault(parent, set()).update(nodes)
     return out
 
@@ -374,11 +384,36 @@ class _UnreadByClass:
         self.an, self.ignores = an, {}  # (reader class, position) -> bool or None
 
     def __call__(self, k) -> bool:
-        an = self.an
-        if _read_for_itself(an, k):
+        if _read_for_itself(self.an, k):
             return False
-        ignores = self.ignores
-        for user, i in an.consumers.get(k, []):
+        return self._readers_ignore(self.an.consumers.get(k, ()))
+
+    def every(self, nodes: list) -> bool:
+        """`all(map(self, nodes))`, with the nodes' own records asked as columns: their
+        kinds, ops and membership of the outputs and of the nodes that need a gradient
+        each found in C for all of them (a call and three lookups per node were most of
+        `dead_in_backward`, over buffers of tens of thousands of nodes); then their readers,
+        as `__call__` asks them."""
+        an = self.an
+        records = list(map(an.node.__getitem__, nodes))
+        if list(map(_KIND, records)).count("op") != len(records):
+            return False  # not computed by forward
+        if not an.outputs.isdisjoint(nodes):
+            return False
+        names = list(map(_OP, records))
+        entries = {op: ops.OPS[op] for op in set(names)}
+        reading = {op for op, entry in entries.items() if entry.reads_output and entry.view is None}
+        if reading and not an.needs_grad.isdisjoint(
+            compress(nodes, map(reading.__contains__, names))
+        ):
+            return False  # differentiated by a VJP that reads its output
+        return self._readers_ignore(chain.from_iterable(map(an.consumers.get, nodes, repeat(()))))
+
+    def _readers_ignore(self, readers) -> bool:
+        """Whether each (user, input position) of `readers` ignores that input's value in
+        backward: decided per reader class and position where the class allows."""
+        an, ignores = self.an, self.ignores
+        for user, i in readers:
             fact = (user if user[2] is None else user[:2], i)  # (class_of(user), i)
             ignored = ignores.get(fact, 0)
             if ignored == 0:
