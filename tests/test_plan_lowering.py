@@ -195,6 +195,67 @@ def test_unread_by_columns_is_the_per_node_unread_in_backward(cell, pattern, rag
     assert liveness.dead_in_backward(an, lay) == per_node
 
 
+def takes_turns_per_node(an, position: dict, slots: dict) -> bool:
+    """`liveness._takes_turns` node by node: each node's touched positions, then spans."""
+    spans: dict = {}
+    for k, index in slots.items():
+        touched = [position[k]] if k in position else []
+        for user, _ in an.consumers.get(k, []):
+            if user in position and an.addn_of_class(user) is None:
+                touched.append(position[user])
+            elif user not in slots:
+                return False
+        if an.node[k]["kind"] == "op":
+            touched += [position[i] for i in an.node[k]["inputs"] if i in position]
+        if not touched:
+            return False
+        lo, hi = spans.get(index, (touched[0], touched[0]))
+        spans[index] = (min(lo, *touched), max(hi, *touched))
+    seeds = {index for k, index in slots.items() if k[2] is None}
+    for parity in (0, 1):
+        runs = sorted((span, i) for i, span in spans.items() if i % 2 == parity)
+        if any(a[0][1] >= b[0][0] for a, b in zip(runs, runs[1:])):
+            return False
+        if any(i in seeds for _, i in runs[1:]):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_turns_by_columns_are_the_per_node_turns(cell, pattern, ragged, monkeypatch):
+    """`liveness._takes_turns` (positions looked up as columns, spans by NumPy) answers as
+    its per-node form for every buffer `rolling_grads` asks about, and for the same nodes
+    with their slots taken two by two (spans of one parity then overlap)."""
+    asked = []
+    by_columns = liveness._takes_turns
+
+    def recorded(an, position, slots):
+        asked.append((an, dict(position), dict(slots)))
+        return by_columns(an, position, slots)
+
+    monkeypatch.setattr(liveness, "_takes_turns", recorded)
+    plan_of(cell, pattern, ragged)
+    for an, position, slots in asked:
+        assert by_columns(an, position, slots) == takes_turns_per_node(an, position, slots)
+        paired = {k: index // 2 for k, index in slots.items()}
+        assert by_columns(an, position, paired) == takes_turns_per_node(an, position, paired)
+
+
+def test_turns_are_asked_of_buffers_that_take_turns_and_of_buffers_that_do_not(monkeypatch):
+    """The check above meets both answers (an LSTM's dc takes turns, its dh does not)."""
+    answers = []
+    by_columns = liveness._takes_turns
+
+    def recorded(an, position, slots):
+        answers.append(by_columns(an, position, slots))
+        return answers[-1]
+
+    monkeypatch.setattr(liveness, "_takes_turns", recorded)
+    plan_of("lstm")
+    assert True in answers and False in answers
+
+
 def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():
     """`Graph.order` (the inputs table built with map and zip) is still networkx's order."""
     graph = plan_of("gru_layer_norm", "many_to_one").graph

@@ -594,15 +594,27 @@ class Analysis:
         in order; None if not that shape. Asked of every fusable unit and of readers in the
         liveness passes: most are no sum at all, found in the few live sums (a fact), and a
         sum's answer is kept, since it lists every step of a class."""
-        sums = self._facts.get("sums")
-        if sums is None:  # every live node of a summing op: a handful per graph
-            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
-            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        sums = self._live_sums()
         if key not in sums:
             return None
         if sums[key] is None:
             sums[key] = (self._addn_of_class(key),)
         return sums[key][0]
+
+    def class_sums(self, keys) -> set:
+        """The nodes among `keys` that sum a whole class (`addn_of_class`), looked for
+        among the few live sums in C, not asked of each key."""
+        found = self._live_sums().keys() & set(keys)
+        return {k for k in found if self.addn_of_class(k) is not None}
+
+    def _live_sums(self) -> dict:
+        """Every live node of a summing op (a handful per graph) -> (its `addn_of_class`,)
+        once asked, else None (a fact)."""
+        sums = self._facts.get("sums")
+        if sums is None:
+            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
+            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        return sums
 
     def _addn_of_class(self, key: Key):
         node = self.node[key]

@@ -25,6 +25,7 @@ from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
 
 _KIND, _OP = itemgetter("kind"), itemgetter("op")
+_READER = itemgetter(0)  # of a consumer (reader, position)
 
 
 def dead_values(sched: Schedule, position: dict | None = None) -> list:
@@ -129,59 +130,62 @@ def _slots(lay, stack, classes: list, keys: list) -> dict | None:
 
 def _takes_turns(an, position: dict, slots: dict) -> bool:
     """Whether the steps of each parity are touched by backward in disjoint runs, an
-    initial state's last (see `rolling_grads`)."""
-    spans: dict = {}
-    sums: dict = {}  # reader class -> whether its nodes may sum a whole class (`_sums`)
-    at, readers_of, nodes = position.get, an.consumers.get, an.node  # hoisted: per node
-    for k, index in slots.items():
-        touched = _touching(an, at, readers_of, nodes, k, slots, sums)
-        if not touched:
-            return False
-        lo, hi = min(touched), max(touched)
-        span = spans.get(index)
-        spans[index] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
+    initial state's last (see `rolling_grads`).
+
+    The forward positions of the units whose VJPs may touch dL/dk, for every k in `slots`:
+    k's own, its readers' and those of the nodes it reads (a fold reads k's gradient
+    there); a reader that is no unit of its own (a batched class) or sums a whole class
+    (`Analysis.addn_of_class`) may only be another node of the buffer. They are looked up
+    as columns in C (a unit's position -1: none), and each slot's span, the least and the
+    greatest of its nodes' positions, taken by NumPy: a loop over the buffer's nodes and
+    their edges was this pass's time (tens of thousands of nodes per buffer)."""
+    keys, at = list(slots), position.get
+    readers = list(map(an.consumers.get, keys, repeat(())))
+    users = list(map(_READER, chain.from_iterable(readers)))
+    user_places = np.fromiter(map(at, users, repeat(-1)), np.int64, len(users))
+    summing = an.class_sums(users)
+    if summing:
+        user_places[[i for i, user in enumerate(users) if user in summing]] = -1
+    if not slots.keys() >= {users[i] for i in np.flatnonzero(user_places < 0)}:
+        return False
+    records = list(map(an.node.__getitem__, keys))
+    read = [r["inputs"] if r["kind"] == "op" else () for r in records]
+    inputs = list(chain.from_iterable(read))
+    count = len(keys)
+    places = np.concatenate(
+        [
+            np.fromiter(map(at, keys, repeat(-1)), np.int64, count),
+            user_places,
+            np.fromiter(map(at, inputs, repeat(-1)), np.int64, len(inputs)),
+        ]
+    )
+    nodes = np.concatenate(
+        [
+            np.arange(count),
+            np.repeat(np.arange(count), list(map(len, readers))),
+            np.repeat(np.arange(count), list(map(len, read))),
+        ]
+    )
+    places, nodes = places[places >= 0], nodes[places >= 0]
+    if np.bincount(nodes, minlength=count).min(initial=1) == 0:
+        return False  # a node whose gradient no unit touches
+    index = np.fromiter(slots.values(), np.int64, count)
+    at_index = index[nodes]
+    lo = np.full(index.max() + 1, np.iinfo(np.int64).max)
+    hi = np.full(index.max() + 1, -1)
+    np.minimum.at(lo, at_index, places)
+    np.maximum.at(hi, at_index, places)
+    used = np.unique(index)
     seeds = {index for k, index in slots.items() if k[2] is None}
     for parity in (0, 1):
         # backward runs the forward units in reverse: the latest forward span goes first
-        runs = sorted((span, i) for i, span in spans.items() if i % 2 == parity)
-        if any(a[0][1] >= b[0][0] for a, b in zip(runs, runs[1:])):
+        ids = used[used % 2 == parity]
+        runs = ids[np.lexsort((ids, hi[ids], lo[ids]))]  # by span, then index
+        if np.any(hi[runs[:-1]] >= lo[runs[1:]]):
             return False
-        if any(i in seeds for _, i in runs[1:]):
+        if not seeds.isdisjoint(runs[1:].tolist()):
             return False
     return True
-
-
-def _touching(an, at, readers_of, nodes: dict, k, slots: dict, sums: dict) -> list | None:
-    """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
-    those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
-    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`).
-    `at`, `readers_of`, `nodes`: the bound lookups of the unit positions, `an.consumers`
-    and `an.node`, made once by the caller, not per node (tens of thousands of nodes per
-    buffer). `sums`: `_sums`' answers by reader class, kept by the caller."""
-    own = at(k)
-    touched = [] if own is None else [own]
-    for user, _ in readers_of(k, ()):
-        place = at(user)
-        if place is not None and not _sums(an, user, sums):
-            touched.append(place)
-        elif user not in slots:
-            return None
-    node = nodes[k]
-    if node["kind"] == "op":
-        touched += [place for place in map(at, node["inputs"]) if place is not None]
-    return touched
-
-
-def _sums(an, user, sums: dict) -> bool:
-    """Whether `user` sums a whole class (`Analysis.addn_of_class`): asked of the node only
-    where its class may hold such a sum (an op that sums its inputs, or several ops), once
-    per class otherwise (no node of one other op does)."""
-    cls = analysis.class_of(user)
-    may = sums.get(cls)
-    if may is None:
-        same = an.same_op(cls)
-        may = sums[cls] = same is None or ops.OPS[same[0]].variadic_sum
-    return may and an.addn_of_class(user) is not None
 
 
 def rings_written_first(lay, rolled: dict, zero: set) -> bool:
