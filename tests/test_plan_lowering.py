@@ -16,7 +16,7 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import backward, ckernels, fusion, liveness, rewrites, siblings
+from seqgraph.plan import analysis, backward, ckernels, fusion, liveness, rewrites, siblings
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -253,6 +253,33 @@ def test_turns_are_asked_of_buffers_that_take_turns_and_of_buffers_that_do_not(m
 
     monkeypatch.setattr(liveness, "_takes_turns", recorded)
     plan_of("lstm")
+    assert True in answers and False in answers
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_class_reads_by_columns_are_their_per_node_forms(cell, pattern, ragged):
+    """`Layout._each_read_alone` (a class's inputs and their consumers as columns) and
+    `Analysis.reader_classes` (from the folded graph's edges) against the per-node
+    derivations they replace, at every class and input position."""
+    plan = plan_of(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    answers = []
+    for cls in lay.classes:
+        members = list(an.members[cls].values())
+        readers = {analysis.class_of(u) for k in members for u, _ in an.consumers.get(k, [])}
+        assert an.reader_classes(cls) == readers
+        for position in range(len(an.inputs(members[0]))):
+            if len({len(an.inputs(k)) for k in members}) != 1:
+                continue
+            alone = all(
+                an.consumers.get(an.inputs(k)[position]) == [(k, position)]
+                and an.inputs(k)[position] not in an.outputs
+                and an.meta[an.inputs(k)[position]] == an.meta[k]
+                for k in members
+            )
+            assert lay._each_read_alone(cls, position) == alone
+            answers.append(alone)
     assert True in answers and False in answers
 
 

@@ -426,6 +426,11 @@ class Analysis:
                 out |= part
         return out
 
+    def reader_classes(self, cls: tuple) -> set:
+        """The classes with a node that reads a node of class `cls`: from the folded
+        graph's edges (`class_edges`, a few per class), not every member's consumers."""
+        return {reader for source, reader in self.class_edges if source == cls}
+
     def has_grad(self, loss: Key) -> set:
         """Nodes that receive a gradient from `loss` (backward skips every other node): the
         nodes that need one and have a reader that receives one, walked back from `loss`.
