@@ -283,6 +283,24 @@ def test_class_reads_by_columns_are_their_per_node_forms(cell, pattern, ragged):
     assert True in answers and False in answers
 
 
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", ["lstm", "gru_layer_norm", "rnn"])
+def test_stackable_classes_are_those_with_one_shape_by_a_set(cell, pattern):
+    """`Analysis.stackable` (every member's shape and dtype the first's, by list.count) is
+    the per-class set of shapes of one element, over contiguous steps."""
+    an = plan_of(cell, pattern).an
+    answers = {}
+    for cls, members in an.members.items():
+        steps = sorted(members)
+        answers[cls] = (
+            None not in members
+            and steps == list(range(steps[0], steps[-1] + 1))
+            and len({an.meta[k] for k in members.values()}) == 1
+        )
+    assert {cls: an.stackable(cls) for cls in an.members} == answers
+    assert True in answers.values() and False in answers.values()
+
+
 def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():
     """`Graph.order` (the inputs table built with map and zip) is still networkx's order."""
     graph = plan_of("gru_layer_norm", "many_to_one").graph

@@ -493,10 +493,13 @@ class Analysis:
         if None in members:
             return False
         ts = sorted(members)
-        return (
-            ts == list(range(ts[0], ts[-1] + 1))
-            and len(set(map(self.meta.__getitem__, members.values()))) == 1
-        )
+        if ts != list(range(ts[0], ts[-1] + 1)):
+            return False
+        # every (shape, dtype) equal to the first, by list.count: the members share one
+        # memoized tuple (`_shape`), which it finds by identity; a set would hash each
+        # one, its dtype too (not cached: about half this pass over every node)
+        metas = list(map(self.meta.__getitem__, members.values()))
+        return metas.count(metas[0]) == len(metas)
 
     def same_op(self, cls: tuple):
         """(op, attrs) if every member of the class applies the same op, else None."""
