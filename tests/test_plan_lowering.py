@@ -301,6 +301,49 @@ def test_stackable_classes_are_those_with_one_shape_by_a_set(cell, pattern):
     assert True in answers.values() and False in answers.values()
 
 
+def dead_soon_per_node(lay, c, position: dict, allowed, views: dict | None) -> bool:
+    """`liveness._dead_soon` member by member, in the order they run."""
+    an = lay.an
+    steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
+    for k, following in zip(steps, steps[1:] + [None]):
+        if position.get(k) is None or k in an.outputs:
+            return False
+        readers = liveness._readers(an, k, views or {})
+        if readers is None:
+            return False
+        for user, i in readers:
+            place = position.get(user)
+            if place is None or user[2] != k[2] or (allowed and not allowed(user, i)):
+                return False
+            if following is not None and place > position[following]:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_dead_soon_by_columns_is_the_per_member_walk(cell, pattern, ragged, monkeypatch):
+    """`liveness._dead_soon` (places, readers and steps compared as columns) answers as
+    the member-by-member walk for every class `dead_values` and `dead_grads` ask about,
+    and for every laid-out class with no limit on its readers."""
+    asked = []
+    by_columns = liveness._dead_soon
+
+    def recorded(lay, c, position, allowed=None, views=None):
+        asked.append((lay, c, dict(position), allowed, views))
+        return by_columns(lay, c, position, allowed, views)
+
+    monkeypatch.setattr(liveness, "_dead_soon", recorded)
+    plan = plan_of(cell, pattern, ragged)
+    position = liveness.unit_positions(plan.schedule)
+    asked += [(plan.layout, c, position, None, None) for c in plan.layout.classes]
+    answers = []
+    for lay, c, position, allowed, views in asked:
+        answers.append(by_columns(lay, c, position, allowed, views))
+        assert answers[-1] == dead_soon_per_node(lay, c, position, allowed, views)
+    assert True in answers and False in answers
+
+
 def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():
     """`Graph.order` (the inputs table built with map and zip) is still networkx's order."""
     graph = plan_of("gru_layer_norm", "many_to_one").graph

@@ -13,7 +13,8 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 from __future__ import annotations
 
 from itertools import chain, compress, filterfalse, repeat
-from operator import itemgetter
+from math import inf
+from operator import gt, itemgetter
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from seqgraph.plan.schedule import Schedule
 
 _KIND, _OP = itemgetter("kind"), itemgetter("op")
 _READER = itemgetter(0)  # of a consumer (reader, position)
+_STEP = itemgetter(2)  # of a node key (scope, name, t)
 
 
 def dead_values(sched: Schedule, position: dict | None = None) -> list:
@@ -71,7 +73,7 @@ def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) ->
             continue
         if views.get(c) and not _only_through_views(lay, c, views[c]):
             continue  # its gradient would be zero-filled once and added to at each step
-        if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
+        if not _dead_soon(lay, c, position, None, views.get(c, {})):
             continue
         found[c] = views.get(c, {})
     return found
@@ -609,26 +611,47 @@ def _candidates(lay, batched: dict, views: dict | None = None, grads: bool = Fal
     return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
 
 
-def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bool:
+def _dead_soon(lay, c, position: dict, allowed=None, views: dict | None = None) -> bool:
     """Each step of `c` is read only by same-step units that run (one by one) before the
-    next step of `c` is computed, each passing `allowed(user, input position)`; a reader
-    through one of `views` counts as reading `c`."""
-    an, at = lay.an, position.get  # one lookup per node, not a test and a read
-    steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
-    for k, following in zip(steps, steps[1:] + [None]):
-        if at(k) is None or k in an.outputs:
+    next step of `c` is computed, each passing `allowed(user, input position)` (if given);
+    a reader through one of `views` counts as reading `c`.
+
+    Asked as columns: the members' places and readers, the readers' places and steps
+    looked up in C and compared whole with what each member allows (its step; the place of
+    the member that runs next), then `allowed` of each reader: a loop over the members and
+    their edges was most of `dead_values` and `dead_grads`."""
+    an = lay.an
+    members = list(an.members[c].values())
+    places = list(map(position.get, members))
+    if None in places or not an.outputs.isdisjoint(members):
+        return False
+    if views:
+        readers = [_readers(an, k, views) for k in members]
+        if None in readers:
             return False
-        readers = _readers(an, k, views or {})
-        if readers is None:
-            return False
-        limit = at(following) if following is not None else None  # the members sorted
-        for user, i in readers:  # by place: a following one has its place if k has
-            place = at(user)
-            if place is None or user[2] != k[2] or not allowed(user, i):
-                return False
-            if limit is not None and place > limit:
-                return False
-    return True
+    else:
+        readers = list(map(an.consumers.get, members, repeat(())))
+    counts = list(map(len, readers))
+    users = list(chain.from_iterable(readers))  # (user, input position)
+    user_places = list(map(position.get, map(_READER, users)))
+    if None in user_places:
+        return False
+    # each reader's step and latest place: its member's step, and the place of the member
+    # that runs next (none after the last)
+    if list(map(_STEP, map(_READER, users))) != list(_each(map(_STEP, members), counts)):
+        return False
+    by_place = sorted(range(len(members)), key=places.__getitem__)
+    latest = [inf] * len(members)
+    for this, following in zip(by_place, by_place[1:]):
+        latest[this] = places[following]
+    if any(map(gt, user_places, _each(latest, counts))):
+        return False
+    return allowed is None or all(allowed(user, i) for user, i in users)
+
+
+def _each(items, counts: list):
+    """Each of `items` repeated its count in `counts` times, in order (in C)."""
+    return chain.from_iterable(map(repeat, items, counts))
 
 
 def _readers(an, k, views: dict) -> list | None:
