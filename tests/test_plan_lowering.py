@@ -17,7 +17,16 @@ from seqgraph.engine import ops
 from seqgraph.engine.graph import topological_order
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.errors import GraphError
-from seqgraph.plan import backward, ckernels, fusion, kernels_vjp, liveness, rewrites, siblings
+from seqgraph.plan import (
+    analysis,
+    backward,
+    ckernels,
+    fusion,
+    kernels_vjp,
+    liveness,
+    rewrites,
+    siblings,
+)
 from seqgraph.plan import layout as layout_module
 from seqgraph.plan import schedule as scheduling
 from seqgraph.plan.analysis import AttrsKeys, attrs_key, positions
@@ -168,6 +177,181 @@ def test_positions_has_grad_and_run_order_are_their_per_node_forms(cell):
     assert an.has_grad(plan.graph.loss) == has
     run_order = liveness.unit_positions(sched)
     assert run_order == {u[1]: i for i, u in enumerate(sched.units) if u[0] == "node"}
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_unread_by_columns_is_the_per_node_unread_in_backward(cell, pattern, ragged):
+    """`_UnreadByClass.every` (a buffer's nodes' own records asked as columns) is
+    `_unread_in_backward` of each node, for every node alone and every buffer's nodes;
+    and the passes that ask it find what the per-node form finds."""
+    plan = plan_of(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    unread = liveness._UnreadByClass(an)
+    answers = {k: liveness._unread_in_backward(an, k) for k in an.live}
+    assert {k: unread.every([k]) for k in an.live} == answers
+    assert {k: unread(k) for k in an.live} == answers
+    assert True in answers.values() and False in answers.values()
+    for nodes in lay.nodes_by_buffer().values():
+        assert unread.every(nodes) == all(answers[k] for k in nodes)
+    assert unread.every([])
+    per_node = [
+        c
+        for c in lay.classes
+        if c not in lay.source
+        and c not in lay.in_place
+        and all(answers[k] for k in lay.nodes_by_buffer()[id(owner(lay.value_stack[c].arr))])
+    ]
+    assert liveness.dead_in_backward(an, lay) == per_node
+
+
+def takes_turns_per_node(an, position: dict, slots: dict) -> bool:
+    """`liveness._takes_turns` node by node: each node's touched positions, then spans."""
+    spans: dict = {}
+    for k, index in slots.items():
+        touched = [position[k]] if k in position else []
+        for user, _ in an.consumers.get(k, []):
+            if user in position and an.addn_of_class(user) is None:
+                touched.append(position[user])
+            elif user not in slots:
+                return False
+        if an.node[k]["kind"] == "op":
+            touched += [position[i] for i in an.node[k]["inputs"] if i in position]
+        if not touched:
+            return False
+        lo, hi = spans.get(index, (touched[0], touched[0]))
+        spans[index] = (min(lo, *touched), max(hi, *touched))
+    seeds = {index for k, index in slots.items() if k[2] is None}
+    for parity in (0, 1):
+        runs = sorted((span, i) for i, span in spans.items() if i % 2 == parity)
+        if any(a[0][1] >= b[0][0] for a, b in zip(runs, runs[1:])):
+            return False
+        if any(i in seeds for _, i in runs[1:]):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_turns_by_columns_are_the_per_node_turns(cell, pattern, ragged, monkeypatch):
+    """`liveness._takes_turns` (positions looked up as columns, spans by NumPy) answers as
+    its per-node form for every buffer `rolling_grads` asks about, and for the same nodes
+    with their slots taken two by two (spans of one parity then overlap)."""
+    asked = []
+    by_columns = liveness._takes_turns
+
+    def recorded(an, position, slots):
+        asked.append((an, dict(position), dict(slots)))
+        return by_columns(an, position, slots)
+
+    monkeypatch.setattr(liveness, "_takes_turns", recorded)
+    plan_of(cell, pattern, ragged)
+    for an, position, slots in asked:
+        assert by_columns(an, position, slots) == takes_turns_per_node(an, position, slots)
+        paired = {k: index // 2 for k, index in slots.items()}
+        assert by_columns(an, position, paired) == takes_turns_per_node(an, position, paired)
+
+
+def test_turns_are_asked_of_buffers_that_take_turns_and_of_buffers_that_do_not(monkeypatch):
+    """The check above meets both answers (an LSTM's dc takes turns, its dh does not)."""
+    answers = []
+    by_columns = liveness._takes_turns
+
+    def recorded(an, position, slots):
+        answers.append(by_columns(an, position, slots))
+        return answers[-1]
+
+    monkeypatch.setattr(liveness, "_takes_turns", recorded)
+    plan_of("lstm")
+    assert True in answers and False in answers
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_class_reads_by_columns_are_their_per_node_forms(cell, pattern, ragged):
+    """`Layout._each_read_alone` (a class's inputs and their consumers as columns) and
+    `Analysis.reader_classes` (from the folded graph's edges) against the per-node
+    derivations they replace, at every class and input position."""
+    plan = plan_of(cell, pattern, ragged)
+    an, lay = plan.an, plan.layout
+    answers = []
+    for cls in lay.classes:
+        members = list(an.members[cls].values())
+        readers = {analysis.class_of(u) for k in members for u, _ in an.consumers.get(k, [])}
+        assert an.reader_classes(cls) == readers
+        for position in range(len(an.inputs(members[0]))):
+            if len({len(an.inputs(k)) for k in members}) != 1:
+                continue
+            alone = all(
+                an.consumers.get(an.inputs(k)[position]) == [(k, position)]
+                and an.inputs(k)[position] not in an.outputs
+                and an.meta[an.inputs(k)[position]] == an.meta[k]
+                for k in members
+            )
+            assert lay._each_read_alone(cls, position) == alone
+            answers.append(alone)
+    assert True in answers and False in answers
+
+
+@pytest.mark.parametrize("pattern", ["many_to_many", "encoder_decoder"])
+@pytest.mark.parametrize("cell", ["lstm", "gru_layer_norm", "rnn"])
+def test_stackable_classes_are_those_with_one_shape_by_a_set(cell, pattern):
+    """`Analysis.stackable` (every member's shape and dtype the first's, by list.count) is
+    the per-class set of shapes of one element, over contiguous steps."""
+    an = plan_of(cell, pattern).an
+    answers = {}
+    for cls, members in an.members.items():
+        steps = sorted(members)
+        answers[cls] = (
+            None not in members
+            and steps == list(range(steps[0], steps[-1] + 1))
+            and len({an.meta[k] for k in members.values()}) == 1
+        )
+    assert {cls: an.stackable(cls) for cls in an.members} == answers
+    assert True in answers.values() and False in answers.values()
+
+
+def dead_soon_per_node(lay, c, position: dict, allowed, views: dict | None) -> bool:
+    """`liveness._dead_soon` member by member, in the order they run."""
+    an = lay.an
+    steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
+    for k, following in zip(steps, steps[1:] + [None]):
+        if position.get(k) is None or k in an.outputs:
+            return False
+        readers = liveness._readers(an, k, views or {})
+        if readers is None:
+            return False
+        for user, i in readers:
+            place = position.get(user)
+            if place is None or user[2] != k[2] or (allowed and not allowed(user, i)):
+                return False
+            if following is not None and place > position[following]:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(("pattern", "ragged"), [("many_to_many", True), ("many_to_one", False)])
+@pytest.mark.parametrize("cell", sorted(builtin_cells()))
+def test_dead_soon_by_columns_is_the_per_member_walk(cell, pattern, ragged, monkeypatch):
+    """`liveness._dead_soon` (places, readers and steps compared as columns) answers as
+    the member-by-member walk for every class `dead_values` and `dead_grads` ask about,
+    and for every laid-out class with no limit on its readers."""
+    asked = []
+    by_columns = liveness._dead_soon
+
+    def recorded(lay, c, position, allowed=None, views=None):
+        asked.append((lay, c, dict(position), allowed, views))
+        return by_columns(lay, c, position, allowed, views)
+
+    monkeypatch.setattr(liveness, "_dead_soon", recorded)
+    plan = plan_of(cell, pattern, ragged)
+    position = liveness.unit_positions(plan.schedule)
+    asked += [(plan.layout, c, position, None, None) for c in plan.layout.classes]
+    answers = []
+    for lay, c, position, allowed, views in asked:
+        answers.append(by_columns(lay, c, position, allowed, views))
+        assert answers[-1] == dead_soon_per_node(lay, c, position, allowed, views)
+    assert True in answers and False in answers
 
 
 def test_graph_order_is_networkx_topological_sort_of_an_unrolled_graph():

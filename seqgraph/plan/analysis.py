@@ -426,6 +426,11 @@ class Analysis:
                 out |= part
         return out
 
+    def reader_classes(self, cls: tuple) -> set:
+        """The classes with a node that reads a node of class `cls`: from the folded
+        graph's edges (`class_edges`, a few per class), not every member's consumers."""
+        return {reader for source, reader in self.class_edges if source == cls}
+
     def has_grad(self, loss: Key) -> set:
         """Nodes that receive a gradient from `loss` (backward skips every other node): the
         nodes that need one and have a reader that receives one, walked back from `loss`.
@@ -488,10 +493,13 @@ class Analysis:
         if None in members:
             return False
         ts = sorted(members)
-        return (
-            ts == list(range(ts[0], ts[-1] + 1))
-            and len(set(map(self.meta.__getitem__, members.values()))) == 1
-        )
+        if ts != list(range(ts[0], ts[-1] + 1)):
+            return False
+        # every (shape, dtype) equal to the first, by list.count: the members share one
+        # memoized tuple (`_shape`), which it finds by identity; a set would hash each
+        # one, its dtype too (not cached: about half this pass over every node)
+        metas = list(map(self.meta.__getitem__, members.values()))
+        return metas.count(metas[0]) == len(metas)
 
     def same_op(self, cls: tuple):
         """(op, attrs) if every member of the class applies the same op, else None."""
@@ -594,15 +602,27 @@ class Analysis:
         in order; None if not that shape. Asked of every fusable unit and of readers in the
         liveness passes: most are no sum at all, found in the few live sums (a fact), and a
         sum's answer is kept, since it lists every step of a class."""
-        sums = self._facts.get("sums")
-        if sums is None:  # every live node of a summing op: a handful per graph
-            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
-            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        sums = self._live_sums()
         if key not in sums:
             return None
         if sums[key] is None:
             sums[key] = (self._addn_of_class(key),)
         return sums[key][0]
+
+    def class_sums(self, keys) -> set:
+        """The nodes among `keys` that sum a whole class (`addn_of_class`), looked for
+        among the few live sums in C, not asked of each key."""
+        found = self._live_sums().keys() & set(keys)
+        return {k for k in found if self.addn_of_class(k) is not None}
+
+    def _live_sums(self) -> dict:
+        """Every live node of a summing op (a handful per graph) -> (its `addn_of_class`,)
+        once asked, else None (a fact)."""
+        sums = self._facts.get("sums")
+        if sums is None:
+            found = (keys for op, keys in self.by_op.items() if ops.OPS[op].variadic_sum)
+            sums = self._facts["sums"] = {k: None for keys in found for k in keys}
+        return sums
 
     def _addn_of_class(self, key: Key):
         node = self.node[key]

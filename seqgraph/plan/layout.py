@@ -19,12 +19,17 @@ y's VJP writes over it (an RNN's dL/dh: `under`).
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import itemgetter
+
 import numpy as np
 
 from seqgraph.engine import ops
 from seqgraph.engine.ops.buffers import owner
 from seqgraph.plan import analysis
 from seqgraph.plan.analysis import Analysis, class_of
+
+_FIRST = itemgetter(0)
 
 
 class Stack:
@@ -262,14 +267,27 @@ class Layout:
                 continue
             if any(k in an.outputs for k in an.members[parent].values()):
                 continue
-            if all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[c].values()):
+            if self._each_read_alone(c, 0):
                 out[c] = view
         return out
 
-    def _read_by_alone(self, x, k) -> bool:
-        """Whether node k alone reads x, x is no output, and both hold values of one shape."""
+    def _each_read_alone(self, cls, position: int) -> bool:
+        """Whether each node k of `cls` alone reads its input x at `position` (x's one
+        consumer is (k, position)), x is no output, and both hold values of one shape and
+        dtype. Asked as columns: the inputs from the class's input table
+        (`Analysis.member_inputs`, no lookup of each record), their consumers and both
+        shapes looked up in C, and the consumers compared whole with what each should be."""
         an = self.an
-        return an.consumers.get(x) == [(k, 0)] and x not in an.outputs and an.meta[x] == an.meta[k]
+        members = list(an.members[cls].values())
+        read = list(map(itemgetter(position), an.member_inputs(cls)))
+        readers = list(map(an.consumers.get, read, repeat(())))
+        if list(map(len, readers)).count(1) != len(readers):
+            return False
+        if list(map(_FIRST, readers)) != list(zip(members, repeat(position))):
+            return False
+        if not an.outputs.isdisjoint(read):
+            return False
+        return list(map(an.meta.__getitem__, read)) == list(map(an.meta.__getitem__, members))
 
     def _dead_after(self, source, cls, position) -> bool:
         an = self.an
@@ -280,12 +298,9 @@ class Layout:
             r == source for r, _ in self.placed.values()
         ):
             return False
-        return all(
-            an.consumers.get(k, []) == [(an.members[cls][t], position)]
-            and k not in an.outputs
-            and an.meta[k] == an.meta[an.members[cls][t]]
-            for t, k in an.members[source].items()
-        )
+        # cls reads source at `position` at the same step, over the same steps (the
+        # caller's input pattern): each step of source is that input of one step of cls
+        return self._each_read_alone(cls, position)
 
     def _values(self) -> None:
         an, m = self.an, self.m
@@ -309,8 +324,9 @@ class Layout:
             members = an.members[c]
             self.value.update(self.value_stack[c].views(members))
             if kind is not None:
-                position, nodes = (1 if kind == "alias" else 0), an.node
-                self.alias_of.update({k: nodes[k]["inputs"][position] for k in members.values()})
+                # each member's input from the class's input table: no record looked up
+                read = map(itemgetter(1 if kind == "alias" else 0), an.member_inputs(c))
+                self.alias_of.update(zip(members.values(), read))
         for seed, (root, side) in self.placed.items():
             arr = self.value_stack[root].arr
             self.value[seed] = arr[0, ...] if side == "pre" else arr[arr.shape[0] - 1, ...]
@@ -528,7 +544,7 @@ class Layout:
         an, (_, parent, index) = self.an, self.source[view]
         if parent in self.source and (self.source[parent][0] != "view" or not self._alone(parent)):
             return False
-        readers = {class_of(u) for k in an.members[parent].values() for u, _ in an.consumers[k]}
+        readers = an.reader_classes(parent)
         if any(self.source.get(c, ("",))[:2] != ("view", parent) for c in readers):
             return False
         k0 = next(iter(an.members[parent].values()))
@@ -582,7 +598,7 @@ class Layout:
             return None
         if any(r == x for r, _ in self.placed.values()) or self.grad_source(x) is not None:
             return None
-        if not all(self._read_by_alone(an.inputs(k)[0], k) for k in an.members[cls].values()):
+        if not self._each_read_alone(cls, 0):
             return None
         return x if self._no_shifted_batched_reader(cls) else None
 

@@ -12,6 +12,10 @@ one step (`Layout.reuse_values`, `Layout.reuse_grads`).
 
 from __future__ import annotations
 
+from itertools import chain, compress, filterfalse, repeat
+from math import inf
+from operator import gt, itemgetter
+
 import numpy as np
 
 from seqgraph.engine import ops
@@ -20,6 +24,10 @@ from seqgraph.errors import GraphError
 from seqgraph.plan import analysis
 from seqgraph.plan.layout import Slot, Stack
 from seqgraph.plan.schedule import Schedule
+
+_KIND, _OP = itemgetter("kind"), itemgetter("op")
+_READER = itemgetter(0)  # of a consumer (reader, position)
+_STEP = itemgetter(2)  # of a node key (scope, name, t)
 
 
 def dead_values(sched: Schedule, position: dict | None = None) -> list:
@@ -65,7 +73,7 @@ def dead_grads(sched: Schedule, deferred: dict, position: dict | None = None) ->
             continue
         if views.get(c) and not _only_through_views(lay, c, views[c]):
             continue  # its gradient would be zero-filled once and added to at each step
-        if not _dead_soon(lay, c, position, lambda user, i: True, views.get(c, {})):
+        if not _dead_soon(lay, c, position, None, views.get(c, {})):
             continue
         found[c] = views.get(c, {})
     return found
@@ -90,10 +98,12 @@ def rolling_grads(sched: Schedule, deferred: dict, position: dict | None = None)
     for k, base in lay.base.items():
         keys_of.setdefault(base, []).append(k)
     found: dict = {}
+    decided = set()  # bases asked already: the classes sharing a stack get one answer
     for c in lay.classes:
         stack = lay.grad_stack.get(c)
-        if type(stack) is not Stack or stack.base in found or stack.base in lay.hosted:
+        if type(stack) is not Stack or stack.base in decided or stack.base in lay.hosted:
             continue
+        decided.add(stack.base)
         classes = [d for d, other in lay.grad_stack.items() if other is stack]
         if stack.arr.shape[0] < 3 or any(d in deferred or d in sched.batched for d in classes):
             continue
@@ -122,56 +132,62 @@ def _slots(lay, stack, classes: list, keys: list) -> dict | None:
 
 def _takes_turns(an, position: dict, slots: dict) -> bool:
     """Whether the steps of each parity are touched by backward in disjoint runs, an
-    initial state's last (see `rolling_grads`)."""
-    spans: dict = {}
-    sums: dict = {}  # reader class -> whether its nodes may sum a whole class (`_sums`)
-    for k, index in slots.items():
-        touched = _touching(an, position, k, slots, sums)
-        if not touched:
-            return False
-        lo, hi = spans.get(index, (touched[0], touched[0]))
-        spans[index] = (min(lo, *touched), max(hi, *touched))
+    initial state's last (see `rolling_grads`).
+
+    The forward positions of the units whose VJPs may touch dL/dk, for every k in `slots`:
+    k's own, its readers' and those of the nodes it reads (a fold reads k's gradient
+    there); a reader that is no unit of its own (a batched class) or sums a whole class
+    (`Analysis.addn_of_class`) may only be another node of the buffer. They are looked up
+    as columns in C (a unit's position -1: none), and each slot's span, the least and the
+    greatest of its nodes' positions, taken by NumPy: a loop over the buffer's nodes and
+    their edges was this pass's time (tens of thousands of nodes per buffer)."""
+    keys, at = list(slots), position.get
+    readers = list(map(an.consumers.get, keys, repeat(())))
+    users = list(map(_READER, chain.from_iterable(readers)))
+    user_places = np.fromiter(map(at, users, repeat(-1)), np.int64, len(users))
+    summing = an.class_sums(users)
+    if summing:
+        user_places[[i for i, user in enumerate(users) if user in summing]] = -1
+    if not slots.keys() >= {users[i] for i in np.flatnonzero(user_places < 0)}:
+        return False
+    records = list(map(an.node.__getitem__, keys))
+    read = [r["inputs"] if r["kind"] == "op" else () for r in records]
+    inputs = list(chain.from_iterable(read))
+    count = len(keys)
+    places = np.concatenate(
+        [
+            np.fromiter(map(at, keys, repeat(-1)), np.int64, count),
+            user_places,
+            np.fromiter(map(at, inputs, repeat(-1)), np.int64, len(inputs)),
+        ]
+    )
+    nodes = np.concatenate(
+        [
+            np.arange(count),
+            np.repeat(np.arange(count), list(map(len, readers))),
+            np.repeat(np.arange(count), list(map(len, read))),
+        ]
+    )
+    places, nodes = places[places >= 0], nodes[places >= 0]
+    if np.bincount(nodes, minlength=count).min(initial=1) == 0:
+        return False  # a node whose gradient no unit touches
+    index = np.fromiter(slots.values(), np.int64, count)
+    at_index = index[nodes]
+    lo = np.full(index.max() + 1, np.iinfo(np.int64).max)
+    hi = np.full(index.max() + 1, -1)
+    np.minimum.at(lo, at_index, places)
+    np.maximum.at(hi, at_index, places)
+    used = np.unique(index)
     seeds = {index for k, index in slots.items() if k[2] is None}
     for parity in (0, 1):
         # backward runs the forward units in reverse: the latest forward span goes first
-        runs = sorted((span, i) for i, span in spans.items() if i % 2 == parity)
-        if any(a[0][1] >= b[0][0] for a, b in zip(runs, runs[1:])):
+        ids = used[used % 2 == parity]
+        runs = ids[np.lexsort((ids, hi[ids], lo[ids]))]  # by span, then index
+        if np.any(hi[runs[:-1]] >= lo[runs[1:]]):
             return False
-        if any(i in seeds for _, i in runs[1:]):
+        if not seeds.isdisjoint(runs[1:].tolist()):
             return False
     return True
-
-
-def _touching(an, position: dict, k, slots: dict, sums: dict) -> list | None:
-    """Forward positions of the units whose VJPs may touch dL/dk: k's own, its readers' and
-    those of the nodes it reads (a fold reads k's gradient there); None if a reader is no
-    unit of its own (a batched class) or sums a whole class (`Analysis.addn_of_class`).
-    `sums`: `_sums`' answers by reader class, kept by the caller."""
-    at = position.get
-    own = at(k)
-    touched = [] if own is None else [own]
-    for user, _ in an.consumers.get(k, []):
-        place = at(user)
-        if place is not None and not _sums(an, user, sums):
-            touched.append(place)
-        elif user not in slots:
-            return None
-    node = an.node[k]
-    if node["kind"] == "op":
-        touched += [place for place in map(at, node["inputs"]) if place is not None]
-    return touched
-
-
-def _sums(an, user, sums: dict) -> bool:
-    """Whether `user` sums a whole class (`Analysis.addn_of_class`): asked of the node only
-    where its class may hold such a sum (an op that sums its inputs, or several ops), once
-    per class otherwise (no node of one other op does)."""
-    cls = analysis.class_of(user)
-    may = sums.get(cls)
-    if may is None:
-        same = an.same_op(cls)
-        may = sums[cls] = same is None or ops.OPS[same[0]].variadic_sum
-    return may and an.addn_of_class(user) is not None
 
 
 def rings_written_first(lay, rolled: dict, zero: set) -> bool:
@@ -192,7 +208,7 @@ def dead_in_backward(an, lay) -> list:
         if c in lay.source or c in lay.in_place:
             continue  # not a buffer of its own
         nodes = nodes_of.get(id(owner(lay.value_stack[c].arr)), [])
-        if nodes and all(map(unread, nodes)):
+        if nodes and unread.every(nodes):
             found.append(c)
     return found
 
@@ -221,11 +237,11 @@ def gradients_over_activations(an, lay) -> list:
         over.update(an.members[c].values())
     read = lay.read_views = read_views(an, lay)
     parents |= set(read)
-    found = []
+    found, unread = [], _UnreadByClass(an)
     for parent in sorted(parents, key=lambda c: lay.classes.index(c)):
         nodes = nodes_of.get(id(owner(lay.value_stack[parent].arr)), [])
         allowed = over | read.get(parent, set())
-        if all(k in allowed or _unread_in_backward(an, k) for k in nodes):
+        if unread.every(list(filterfalse(allowed.__contains__, nodes))):
             found.append(parent)
     return found
 
@@ -241,7 +257,7 @@ def read_views(an, lay) -> dict:
             continue
         for v in views:
             nodes = list(an.members[v].values())
-            if not all(map(unread, nodes)):
+            if not unread.every(nodes):
                 out.setdefault(parent, set()).update(nodes)
     return out
 
@@ -377,11 +393,36 @@ class _UnreadByClass:
         self.an, self.ignores = an, {}  # (reader class, position) -> bool or None
 
     def __call__(self, k) -> bool:
-        an = self.an
-        if _read_for_itself(an, k):
+        if _read_for_itself(self.an, k):
             return False
-        ignores = self.ignores
-        for user, i in an.consumers.get(k, []):
+        return self._readers_ignore(self.an.consumers.get(k, ()))
+
+    def every(self, nodes: list) -> bool:
+        """`all(map(self, nodes))`, with the nodes' own records asked as columns: their
+        kinds, ops and membership of the outputs and of the nodes that need a gradient
+        each found in C for all of them (a call and three lookups per node were most of
+        `dead_in_backward`, over buffers of tens of thousands of nodes); then their readers,
+        as `__call__` asks them."""
+        an = self.an
+        records = list(map(an.node.__getitem__, nodes))
+        if list(map(_KIND, records)).count("op") != len(records):
+            return False  # not computed by forward
+        if not an.outputs.isdisjoint(nodes):
+            return False
+        names = list(map(_OP, records))
+        entries = {op: ops.OPS[op] for op in set(names)}
+        reading = {op for op, entry in entries.items() if entry.reads_output and entry.view is None}
+        if reading and not an.needs_grad.isdisjoint(
+            compress(nodes, map(reading.__contains__, names))
+        ):
+            return False  # differentiated by a VJP that reads its output
+        return self._readers_ignore(chain.from_iterable(map(an.consumers.get, nodes, repeat(()))))
+
+    def _readers_ignore(self, readers) -> bool:
+        """Whether each (user, input position) of `readers` ignores that input's value in
+        backward: decided per reader class and position where the class allows."""
+        an, ignores = self.an, self.ignores
+        for user, i in readers:
             fact = (user if user[2] is None else user[:2], i)  # (class_of(user), i)
             ignored = ignores.get(fact, 0)
             if ignored == 0:
@@ -573,26 +614,47 @@ def _candidates(lay, batched: dict, views: dict | None = None, grads: bool = Fal
     return [c for c in lay.classes if c not in lay.source and c not in shared | set(batched)]
 
 
-def _dead_soon(lay, c, position: dict, allowed, views: dict | None = None) -> bool:
+def _dead_soon(lay, c, position: dict, allowed=None, views: dict | None = None) -> bool:
     """Each step of `c` is read only by same-step units that run (one by one) before the
-    next step of `c` is computed, each passing `allowed(user, input position)`; a reader
-    through one of `views` counts as reading `c`."""
-    an, at = lay.an, position.get  # one lookup per node, not a test and a read
-    steps = sorted(an.members[c].values(), key=lambda k: position.get(k, -1))
-    for k, following in zip(steps, steps[1:] + [None]):
-        if at(k) is None or k in an.outputs:
+    next step of `c` is computed, each passing `allowed(user, input position)` (if given);
+    a reader through one of `views` counts as reading `c`.
+
+    Asked as columns: the members' places and readers, the readers' places and steps
+    looked up in C and compared whole with what each member allows (its step; the place of
+    the member that runs next), then `allowed` of each reader: a loop over the members and
+    their edges was most of `dead_values` and `dead_grads`."""
+    an = lay.an
+    members = list(an.members[c].values())
+    places = list(map(position.get, members))
+    if None in places or not an.outputs.isdisjoint(members):
+        return False
+    if views:
+        readers = [_readers(an, k, views) for k in members]
+        if None in readers:
             return False
-        readers = _readers(an, k, views or {})
-        if readers is None:
-            return False
-        limit = at(following) if following is not None else None  # the members sorted
-        for user, i in readers:  # by place: a following one has its place if k has
-            place = at(user)
-            if place is None or user[2] != k[2] or not allowed(user, i):
-                return False
-            if limit is not None and place > limit:
-                return False
-    return True
+    else:
+        readers = list(map(an.consumers.get, members, repeat(())))
+    counts = list(map(len, readers))
+    users = list(chain.from_iterable(readers))  # (user, input position)
+    user_places = list(map(position.get, map(_READER, users)))
+    if None in user_places:
+        return False
+    # each reader's step and latest place: its member's step, and the place of the member
+    # that runs next (none after the last)
+    if list(map(_STEP, map(_READER, users))) != list(_each(map(_STEP, members), counts)):
+        return False
+    by_place = sorted(range(len(members)), key=places.__getitem__)
+    latest = [inf] * len(members)
+    for this, following in zip(by_place, by_place[1:]):
+        latest[this] = places[following]
+    if any(map(gt, user_places, _each(latest, counts))):
+        return False
+    return allowed is None or all(allowed(user, i) for user, i in users)
+
+
+def _each(items, counts: list):
+    """Each of `items` repeated its count in `counts` times, in order (in C)."""
+    return chain.from_iterable(map(repeat, items, counts))
 
 
 def _readers(an, k, views: dict) -> list | None:

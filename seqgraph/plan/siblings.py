@@ -68,7 +68,7 @@ def _sibling_sets(an, after_merges: bool = True) -> dict:
     only over an earlier merge's output (`merge_siblings`), so their reads are not worked
     out (the LSTM's gate activations, every step, to find that nothing merges)."""
     out, blocks = defaultdict(list), {}
-    for k in _readers_of_column_blocks(an, blocks):
+    for k in _readers_of_column_blocks(an, blocks, after_merges):
         node = an.node[k]
         if not ops.OPS[node["op"]].sibling_merge:
             continue
@@ -93,16 +93,23 @@ def _sibling_sets(an, after_merges: bool = True) -> dict:
     return out
 
 
-def _readers_of_column_blocks(an, blocks: dict) -> list:
+def _readers_of_column_blocks(an, blocks: dict, after_merges: bool | None = None) -> list:
     """The live op nodes that read a column block (`_column_block`, memoized in `blocks`),
     in graph order: only they can merge, and they are a few of every step's nodes. A class
-    of views found whole (`_class_blocks`), the other views node by node."""
+    of views found whole (`_class_blocks`), the other views node by node. With
+    `after_merges` (True or False, as `_sibling_sets` has it), not the readers of a class
+    of views that no class reading it may merge (`_class_may_merge`: the LSTM's gate
+    activations before any merge), which `_sibling_sets` would pass over one by one."""
     readers, consumers = set(), an.consumers
     for cls, members in an.members.items():
         first = an.node[next(iter(members.values()))]
         if first["kind"] != "op" or ops.OPS[first["op"]].view is None:
             continue  # no member a view (`_class_blocks`), or some: node by node
         if _class_blocks(an, cls, blocks):
+            if after_merges is not None and not any(
+                _class_may_merge(an, reader, after_merges) for reader in an.reader_classes(cls)
+            ):
+                continue
             found = [v for v in members.values() if blocks[v] is not None]
         else:
             found = []
@@ -119,6 +126,19 @@ def _readers_of_column_blocks(an, blocks: dict) -> list:
                 if blocks[v] is not None:
                     readers.update(k for k, _ in consumers.get(v, ()))
     return sorted(readers, key=an.pos.__getitem__)
+
+
+def _class_may_merge(an, cls, after_merges: bool) -> bool:
+    """Whether a node of class `cls` may pass `_sibling_sets`' own tests (a sibling-merge
+    op without attrs, at a step; with more than one input before any merge): where every
+    member applies one op with the same attrs (`Analysis.same_op`), its record says."""
+    if len(cls) != 2:
+        return False  # a node outside time
+    same = an.same_op(cls)
+    if same is None:
+        return True  # node by node
+    entry = ops.OPS[same[0]]
+    return entry.sibling_merge and not same[1] and (after_merges or entry.arity != 1)
 
 
 def _class_blocks(an, cls, blocks: dict) -> bool:
