@@ -192,16 +192,23 @@ def test_the_duplicate_precheck_is_the_scan_over_every_node(case):
     )  # the cases hold one graph with duplicates (the repeated gate)
 
 
+def rewritten_before_merges(case: str):
+    """The analysis of CASES[case] after every rewrite but the sibling merges (as
+    `rewrites.rewrite` leaves it before its first merge)."""
+    raw, options = CASES[case]
+    an = analysis_of(raw, **options).fork()
+    for step in rewrites.steps():
+        if step(an):
+            an.update()
+    return an
+
+
 def test_sibling_sets_before_any_merge_are_the_groups_of_several_inputs():
     """Before any merge, `siblings._sibling_sets` leaves out one-input ops, which then
     merge nowhere (`merge_siblings`): exactly the groups of one read, found in full."""
     skipped = 0
     for case in ("gru", "user cell, one weight per gate", "lstm", "stacked lstm"):
-        raw, options = CASES[case]
-        an = analysis_of(raw, **options).fork()
-        for step in rewrites.steps():
-            if step(an):
-                an.update()
+        an = rewritten_before_merges(case)
         full = siblings._sibling_sets(an, True)
         several = {key: nodes for key, nodes in full.items() if len(key[2]) > 1}
         assert siblings._sibling_sets(an, False) == several, case
@@ -217,11 +224,7 @@ def test_sibling_sets_without_the_readers_of_classes_that_cannot_merge_are_the_s
     with every reader looked at, before and after each merge."""
     skipped = []
     for case in ("gru", "user cell, one weight per gate", "lstm", "stacked lstm"):
-        raw, options = CASES[case]
-        an = analysis_of(raw, **options).fork()
-        for step in rewrites.steps():
-            if step(an):
-                an.update()
+        an = rewritten_before_merges(case)
         joined: set = set()
         while True:
             for after_merges in (False, True):
