@@ -101,6 +101,20 @@ def vector_spec(
     return spec
 
 
+# the layer shapes the compiled-kernel tests walk (`test_ckernels`, `test_stamps`): each
+# built-in cell, stacked, bidirectional (both patterns), layer norm and dropout
+VECTOR_MODELS = {
+    "lstm": vector_spec("lstm"),
+    "gru": vector_spec("gru"),
+    "rnn": vector_spec("rnn"),
+    "stacked": vector_spec("lstm", 2),
+    "bidirectional": vector_spec("gru", 2, bidirectional=True),
+    "many_to_one_bidirectional": vector_spec("lstm", pattern="many_to_one", bidirectional=True),
+    "layer_norm": vector_spec("lstm", layer_norm=True),
+    "dropout": vector_spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
+}
+
+
 def make_batch(
     spec, size: int = 3, steps: int = 4, out_steps: int = 3, seed: int = 0, ragged: bool = True
 ) -> dict:

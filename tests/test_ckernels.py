@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from support import vector_spec
+from support import VECTOR_MODELS, vector_spec
 
 from seqgraph import Model
 from seqgraph.engine import ops
@@ -66,16 +66,9 @@ def spec(cell="lstm", layers=1, pattern="many_to_many", dtype="float64", **layer
 
 
 CASES = {
-    "lstm": spec("lstm"),
-    "gru": spec("gru"),
-    "rnn": spec("rnn"),
+    **VECTOR_MODELS,
     "rnn_relu": spec("rnn_relu"),
-    "stacked": spec("lstm", 2),
-    "bidirectional": spec("gru", 2, bidirectional=True),
-    "many_to_one_bidirectional": spec("lstm", pattern="many_to_one", bidirectional=True),
-    "layer_norm": spec("lstm", layer_norm=True),
     "unusual_cell": spec("unusual"),
-    "dropout": spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
     "dropout_gru_layer_norm": spec("gru", layer_norm=True, recurrent_dropout=0.3),
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import vector_spec
+from support import VECTOR_MODELS
 
 from seqgraph import Model
 from seqgraph.plan import ckernels, fusion, stamps
@@ -16,16 +16,7 @@ from seqgraph.runtime import batch as batching
 S = ckernels.Statement
 
 
-SPECS = {
-    "lstm": vector_spec("lstm"),
-    "gru": vector_spec("gru"),
-    "rnn": vector_spec("rnn"),
-    "stacked": vector_spec("lstm", 2),
-    "bidirectional": vector_spec("gru", 2, bidirectional=True),
-    "many_to_one_bidirectional": vector_spec("lstm", pattern="many_to_one", bidirectional=True),
-    "layer_norm": vector_spec("lstm", layer_norm=True),
-    "dropout": vector_spec("lstm", 2, dropout=0.3, recurrent_dropout=0.4),
-}
+SPECS = VECTOR_MODELS
 
 
 def per_statement(statements: list, alone: frozenset = frozenset()) -> tuple:
